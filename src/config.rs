@@ -1,0 +1,90 @@
+//! How an engine is set up: its limits, its threads, its clock and its journal.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::journal::{Journal, MemoryJournal};
+use crate::limits::Limits;
+
+/// An engine's configuration. `Config::default()` is the embedded default: system clock,
+/// in-memory journal, one arbiter per core, product limits.
+///
+/// # Examples
+///
+/// ```
+/// use hongbao::{Config, ManualClock};
+/// use std::sync::Arc;
+/// let clock = ManualClock::default();
+/// let config = Config::default().with_clock(Arc::new(clock.clone())).with_seed(7);
+/// assert_eq!(config.seed, Some(7));
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    /// Every bound.
+    pub limits: Limits,
+    /// Threads that host packet actors (default: one per core). Packets are placed on them by
+    /// hashing their id.
+    pub arbiters: usize,
+    /// Wallet shard actors (default: two per arbiter). Users are placed on them by hashing.
+    pub wallet_shards: usize,
+    /// Where deadlines come from.
+    pub clock: Arc<dyn Clock>,
+    /// Where state changes are made durable.
+    pub journal: Arc<dyn Journal>,
+    /// Seeds every packet's lucky draw from this and the packet id, for reproducible runs.
+    /// `None` (the default) draws each packet's seed from the operating system.
+    pub seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Config {
+            limits: Limits::default(),
+            arbiters: cores,
+            wallet_shards: cores * 2,
+            clock: Arc::new(SystemClock),
+            journal: Arc::new(MemoryJournal::new()),
+            seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// This configuration with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Config {
+        self.clock = clock;
+        self
+    }
+
+    /// This configuration with `journal`.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Config {
+        self.journal = journal;
+        self
+    }
+
+    /// This configuration with `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Config {
+        self.limits = limits;
+        self
+    }
+
+    /// This configuration with a fixed seed for every packet's lucky draw.
+    pub fn with_seed(mut self, seed: u64) -> Config {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("limits", &self.limits)
+            .field("arbiters", &self.arbiters)
+            .field("wallet_shards", &self.wallet_shards)
+            .field("clock", &self.clock)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,776 @@
+//! The [`Engine`] handle: the only thing callers hold.
+//!
+//! `Engine` is `Clone + Send + Sync`, its futures are `Send`, and no actix type appears in its
+//! API: it works from any tokio runtime (multi-thread servers, `#[tokio::test]`) and from an
+//! actix-rt context alike. Behind it, an actix system runs on its own threads: packet actors
+//! on `arbiters` arbiters (placed by hashing the packet id), `wallet_shards` wallet shards, and
+//! one timer.
+//!
+//! # Routing
+//!
+//! A grab costs one lookup in the routing table (a sharded map from packet id to the packet's
+//! mailbox) and one in the group's roster; then the request goes to the packet's bounded
+//! mailbox with `try_send`, and a full mailbox answers `Busy` at once. The handle decides
+//! eligibility from the roster before routing, so the actor's serialized work is only the
+//! claim itself.
+//!
+//! # Shutdown
+//!
+//! [`Engine::shutdown`] refuses new requests, lets every mailbox drain (each actor answers a
+//! flush after everything queued before it), flushes the journal, ends event subscriptions and
+//! stops the actor threads. Dropping the last handle without it stops the threads at once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use futures::future::join_all;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
+use crate::events::{EventHub, Subscription};
+use crate::journal::{Journal, Record};
+use crate::limits::Limits;
+use crate::money::{bucket, Amount, GroupId, OpId, PacketId, UserId};
+use crate::packet::{check_view, NewPacket, PacketStatus, PacketView};
+use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
+use crate::split::{self, Split};
+use crate::timer::Timer;
+use crate::wallet::{self, Balance, Deposit, Escrow, GetTotals, WalletShard, Withdraw};
+
+/// How long `Engine::start` waits for the actor threads to come up.
+const START_TIMEOUT_SECS: u64 = 30;
+
+/// How often a request follows a route whose actor stopped under it (it closed at expiry)
+/// before concluding that the engine is stopping.
+const ROUTE_ATTEMPTS_MAX: usize = 3;
+
+/// A share won.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grabbed {
+    /// The packet.
+    pub packet: PacketId,
+    /// The winner.
+    pub user: UserId,
+    /// The share, already in the winner's wallet.
+    pub amount: Amount,
+    /// 1 for the first share taken.
+    pub position: u32,
+    /// Shares left after this one.
+    pub shares_left: u32,
+    /// Escrow left after this one.
+    pub remaining: Amount,
+}
+
+/// Both sides of the conservation equation, and every invariant violation found.
+///
+/// At a quiescent point (no request in flight),
+/// `wallets + escrow + pending == deposits - withdrawals`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audit {
+    /// Sum of wallet balances.
+    pub wallets: Amount,
+    /// Sum of the escrow of open packets.
+    pub escrow: Amount,
+    /// Sum of pending transfers (none exist yet: always zero).
+    pub pending: Amount,
+    /// Sum of deposits.
+    pub deposits: Amount,
+    /// Sum of withdrawals.
+    pub withdrawals: Amount,
+    /// Packets still live (open, or sold out and not yet expired).
+    pub packets_live: usize,
+    /// Packets closed at expiry.
+    pub packets_closed: usize,
+    /// Every broken packet invariant, described.
+    pub violations: Vec<String>,
+}
+
+impl Audit {
+    /// Whether money is conserved and no invariant is broken.
+    pub fn is_balanced(&self) -> bool {
+        let held =
+            u128::from(self.wallets.as_fen()) + u128::from(self.escrow.as_fen()) + u128::from(self.pending.as_fen());
+        let net = i128::from(self.deposits.as_fen()) - i128::from(self.withdrawals.as_fen());
+        held as i128 == net && self.violations.is_empty()
+    }
+}
+
+/// A packet actor's address, with what the handle needs to route and check eligibility.
+pub(crate) struct LivePacket {
+    pub addr: Addr<PacketActor>,
+    pub spec: NewPacket,
+    pub expires_at: Timestamp,
+}
+
+/// Where a packet id leads.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// A send is in progress: the escrow is being debited.
+    Opening,
+    /// The packet's actor is running.
+    Live(Arc<LivePacket>),
+    /// Expired and stopped; the final view answers repeat grabs and queries.
+    Closed(Arc<PacketView>),
+}
+
+/// State shared by the handle and the actors.
+pub(crate) struct Shared {
+    pub limits: Limits,
+    pub clock: Arc<dyn Clock>,
+    pub journal: Arc<dyn Journal>,
+    pub events: Arc<EventHub>,
+    pub routes: Arc<DashMap<PacketId, Route>>,
+    pub rosters: DashMap<GroupId, Arc<HashSet<UserId>>>,
+    pub wallets: Box<[Addr<WalletShard>]>,
+    pub arbiters: Box<[ArbiterHandle]>,
+    pub timer: Addr<Timer>,
+    /// Packets opening or live; bounded by `open_packets_max`.
+    pub open_packets: AtomicUsize,
+    /// Which user each operation id belongs to, so an id reused for another user is refused
+    /// even though the two users live on different shards.
+    op_owners: DashMap<OpId, UserId>,
+    running: AtomicBool,
+    seed: Option<u64>,
+}
+
+impl Shared {
+    pub(crate) fn wallet(&self, user: UserId) -> &Addr<WalletShard> {
+        &self.wallets[bucket(user.0, self.wallets.len())]
+    }
+
+    /// Forgets a send that was refused, so the id can be sent again.
+    pub(crate) fn abandon_opening(&self, packet: PacketId) {
+        if self.routes.remove_if(&packet, |_, r| matches!(r, Route::Opening)).is_some() {
+            self.open_packets.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn is_eligible(&self, spec: &NewPacket, user: UserId) -> bool {
+        match spec.split {
+            Split::Exclusive { to, .. } => to == user,
+            _ => self.is_member(spec.group, user),
+        }
+    }
+
+    fn is_member(&self, group: GroupId, user: UserId) -> bool {
+        self.rosters.get(&group).is_some_and(|r| r.contains(&user))
+    }
+
+    fn route(&self, packet: PacketId) -> Option<Route> {
+        self.routes.get(&packet).map(|r| r.value().clone())
+    }
+
+    fn packet_seed(&self, packet: PacketId) -> u64 {
+        match self.seed {
+            // splitmix64 of the pair: distinct, well-mixed seeds per packet, reproducible.
+            Some(seed) => {
+                let mut z = seed ^ packet.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            }
+            None => rand::random(),
+        }
+    }
+}
+
+/// The running actor system, stopped when the last handle goes.
+struct Runtime {
+    shared: Arc<Shared>,
+    system: actix_rt::System,
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shared.running.store(false, Ordering::Release);
+        self.shared.events.close();
+        self.system.stop();
+    }
+}
+
+/// The handle to a running engine. Cheap to clone; every clone drives the same engine.
+///
+/// # Examples
+///
+/// ```
+/// use hongbao::{Amount, Config, Engine, GroupId, NewPacket, OpId, PacketId, Split, UserId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = Engine::start(Config::default())?;
+/// engine.set_members(GroupId(7), (1..=3).map(UserId)).await?;
+/// engine.deposit(OpId(1), UserId(1), Amount::yuan(10)).await?;
+/// engine
+///     .send_packet(NewPacket {
+///         id: PacketId(42),
+///         sender: UserId(1),
+///         group: GroupId(7),
+///         split: Split::Fixed { each: Amount::yuan(1), shares: 2 },
+///         greeting: "恭喜发财".into(),
+///     })
+///     .await?;
+/// let won = engine.grab(PacketId(42), UserId(2)).await?;
+/// assert_eq!(won.amount, Amount::yuan(1));
+/// assert_eq!(engine.balance(UserId(2)).await?, Amount::yuan(1));
+/// assert!(engine.audit().await?.is_balanced());
+/// engine.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("arbiters", &self.runtime.shared.arbiters.len())
+            .field("wallet_shards", &self.runtime.shared.wallets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts the actor system on background threads and returns a handle to it.
+    ///
+    /// It blocks the calling thread for the few milliseconds the threads take to start.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] if the limits contradict each other, `arbiters` or `wallet_shards` is
+    /// zero, or the threads cannot be started.
+    pub fn start(config: Config) -> Result<Engine, StartError> {
+        config.limits.validate()?;
+        if config.arbiters == 0 || config.wallet_shards == 0 {
+            return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
+        }
+        let (system, arbiters, stopped) = start_system(config.arbiters)?;
+        let Config { limits, clock, journal, seed, .. } = config;
+        let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
+        let routes = Arc::new(DashMap::new());
+
+        // Each actor reports once its mailbox capacity is set, so no request meets actix's
+        // default capacity.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let wallets: Box<[_]> = (0..config.wallet_shards)
+            .map(|i| {
+                let (journal, events, ready) = (Arc::clone(&journal), Arc::clone(&events), ready_tx.clone());
+                let (balance_fen_max, capacity) = (limits.balance_fen_max, limits.wallet_mailbox_capacity);
+                WalletShard::start_in_arbiter(&arbiters[i % arbiters.len()], move |ctx| {
+                    ctx.set_mailbox_capacity(capacity);
+                    let _ = ready.send(());
+                    WalletShard::new(balance_fen_max, journal, events)
+                })
+            })
+            .collect();
+        let timer = {
+            let (clock, routes, ready) = (Arc::clone(&clock), Arc::clone(&routes), ready_tx.clone());
+            Timer::start_in_arbiter(&arbiters[0], move |_| {
+                let _ = ready.send(());
+                Timer::new(clock, routes)
+            })
+        };
+        drop(ready_tx);
+        for _ in 0..=wallets.len() {
+            if ready_rx.recv_timeout(Duration::from_secs(START_TIMEOUT_SECS)).is_err() {
+                system.stop();
+                return Err(StartError::Runtime("actors did not start".into()));
+            }
+        }
+        let shared = Arc::new(Shared {
+            limits,
+            clock,
+            journal,
+            events,
+            routes,
+            rosters: DashMap::new(),
+            wallets,
+            arbiters,
+            timer,
+            open_packets: AtomicUsize::new(0),
+            op_owners: DashMap::new(),
+            running: AtomicBool::new(true),
+            seed,
+        });
+        Ok(Engine { runtime: Arc::new(Runtime { shared, system, stopped: Mutex::new(Some(stopped)) }) })
+    }
+
+    fn shared(&self) -> Option<&Arc<Shared>> {
+        let shared = &self.runtime.shared;
+        shared.running.load(Ordering::Acquire).then_some(shared)
+    }
+
+    /// The limits this engine runs with.
+    pub fn limits(&self) -> &Limits {
+        &self.runtime.shared.limits
+    }
+
+    /// The engine's clock's current time.
+    pub fn now(&self) -> Timestamp {
+        self.runtime.shared.clock.now()
+    }
+
+    /// Replaces a group's roster: its members are the only ones who may grab its packets
+    /// (besides the named recipient of an exclusive packet). Duplicates are ignored.
+    ///
+    /// # Errors
+    ///
+    /// `TooManyMembers` over `members_per_group_max`, `TooManyGroups` over `groups_max`,
+    /// `ShuttingDown`.
+    pub async fn set_members(
+        &self,
+        group: GroupId,
+        members: impl IntoIterator<Item = UserId>,
+    ) -> Result<(), EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let max = shared.limits.members_per_group_max;
+        let mut sorted: Vec<UserId> = Vec::new();
+        for m in members {
+            sorted.push(m);
+            // Checked as they come, so an endless iterator cannot exhaust memory.
+            if sorted.len() > max.saturating_mul(2) {
+                return Err(EngineError::TooManyMembers { members: sorted.len(), max });
+            }
+        }
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() > max {
+            return Err(EngineError::TooManyMembers { members: sorted.len(), max });
+        }
+        if !shared.rosters.contains_key(&group) && shared.rosters.len() >= shared.limits.groups_max {
+            return Err(EngineError::TooManyGroups { max: shared.limits.groups_max });
+        }
+        shared.rosters.insert(group, Arc::new(sorted.iter().copied().collect()));
+        let (tx, rx) = oneshot::channel();
+        shared.journal.append(
+            Record::Roster { group, members: sorted },
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Adds `amount` to `user`'s wallet, once per `op`: a retry with the same fields returns
+    /// the balance the first application produced. Returns the new balance.
+    ///
+    /// # Errors
+    ///
+    /// `ZeroAmount`, `BalanceLimit`, `IdConflict` (the id was used with other fields),
+    /// `Busy`, `ShuttingDown`. Nothing changes on an error.
+    pub async fn deposit(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
+        let shared = self.shared().ok_or(WalletError::ShuttingDown)?;
+        claim_op(shared, op, user)?;
+        let (reply, rx) = oneshot::channel();
+        try_send_wallet(shared.wallet(user), Deposit { op, user, amount, reply })?;
+        rx.await.map_err(|_| WalletError::ShuttingDown)?
+    }
+
+    /// Takes `amount` from `user`'s wallet, once per `op`. Returns the new balance.
+    ///
+    /// # Errors
+    ///
+    /// `ZeroAmount`, `InsufficientFunds`, `IdConflict`, `Busy`, `ShuttingDown`. Nothing
+    /// changes on an error.
+    pub async fn withdraw(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
+        let shared = self.shared().ok_or(WalletError::ShuttingDown)?;
+        claim_op(shared, op, user)?;
+        let (reply, rx) = oneshot::channel();
+        try_send_wallet(shared.wallet(user), Withdraw { op, user, amount, reply })?;
+        rx.await.map_err(|_| WalletError::ShuttingDown)?
+    }
+
+    /// `user`'s balance, including every share whose grab has returned.
+    ///
+    /// # Errors
+    ///
+    /// `Busy` when the wallet shard's mailbox is full, `ShuttingDown`.
+    pub async fn balance(&self, user: UserId) -> Result<Amount, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let (reply, rx) = oneshot::channel();
+        shared.wallet(user).try_send(Balance { user, reply }).map_err(|e| match e {
+            actix::prelude::SendError::Full(_) => EngineError::Busy,
+            actix::prelude::SendError::Closed(_) => EngineError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Sends a packet: debits the sender's wallet by its total (held in escrow) and opens it
+    /// for grabs. Sending the same packet again (same id, same fields) returns its current
+    /// view and debits nothing.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSplit`, `GreetingTooLong`, `NotMember` (sender, or exclusive recipient),
+    /// `InsufficientFunds`, `IdConflict` (same id, other fields), `TooManyOpenPackets`,
+    /// `Busy`, `ShuttingDown`. Nothing is debited on an error.
+    pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
+        let shared = self.shared().ok_or(SendError::ShuttingDown)?;
+        let limits = &shared.limits;
+        if spec.greeting.len() > limits.greeting_bytes_max {
+            return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
+        }
+        split::validate(&spec.split, limits).map_err(|reason| SendError::InvalidSplit { reason })?;
+        if !shared.is_member(spec.group, spec.sender) {
+            return Err(SendError::NotMember { user: spec.sender });
+        }
+        if let Split::Exclusive { to, .. } = spec.split {
+            if !shared.is_member(spec.group, to) {
+                return Err(SendError::NotMember { user: to });
+            }
+        }
+        // Reserve the id, or find that it is taken. The map guard is released before any await.
+        let existing = match shared.routes.entry(spec.id) {
+            Entry::Occupied(e) => Some(e.get().clone()),
+            Entry::Vacant(e) => {
+                let max = limits.open_packets_max;
+                if shared
+                    .open_packets
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                    .is_err()
+                {
+                    return Err(SendError::TooManyOpenPackets { max });
+                }
+                e.insert(Route::Opening);
+                None
+            }
+        };
+        match existing {
+            None => {}
+            Some(Route::Opening) => return Err(SendError::Busy),
+            Some(Route::Live(live)) if live.spec == spec => {
+                return self.packet(spec.id).await.map_err(|_| SendError::Busy)
+            }
+            Some(Route::Closed(view)) if same_spec(&view, &spec) => return Ok((*view).clone()),
+            Some(_) => return Err(SendError::IdConflict { packet: spec.id }),
+        }
+        let (id, sender) = (spec.id, spec.sender);
+        let (reply, rx) = oneshot::channel();
+        let escrow = Escrow { shared: Arc::clone(shared), spec, seed: shared.packet_seed(id), reply };
+        if let Err(e) = shared.wallet(sender).try_send(escrow) {
+            shared.abandon_opening(id);
+            return Err(match e {
+                actix::prelude::SendError::Full(_) => SendError::Busy,
+                actix::prelude::SendError::Closed(_) => SendError::ShuttingDown,
+            });
+        }
+        // From here the send completes even if this future is dropped: the shard debits and
+        // the packet opens without the caller.
+        rx.await.map_err(|_| SendError::ShuttingDown)?
+    }
+
+    /// Grabs a share of `packet` for `user`. The share is in the user's wallet when this
+    /// returns. A repeat grab by the same user returns `AlreadyGrabbed` with the first share.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyGrabbed`, `NotEligible`, `Expired`, `SoldOut`, `UnknownPacket`, `Busy` (the
+    /// packet's mailbox is full: retry), `ShuttingDown`.
+    pub async fn grab(&self, packet: PacketId, user: UserId) -> Result<Grabbed, GrabError> {
+        let shared = self.shared().ok_or(GrabError::ShuttingDown)?;
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let live = match shared.route(packet) {
+                None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
+                Some(Route::Closed(view)) => {
+                    return Err(closed_answer(&view, user, shared.is_eligible(&spec_of(&view), user)))
+                }
+                Some(Route::Live(live)) => live,
+            };
+            let eligible = shared.is_eligible(&live.spec, user);
+            let (reply, rx) = oneshot::channel();
+            match live.addr.try_send(Grab { user, eligible, reply }) {
+                Ok(()) => {}
+                Err(actix::prelude::SendError::Full(_)) => return Err(GrabError::Busy),
+                Err(actix::prelude::SendError::Closed(_)) => continue,
+            }
+            match rx.await {
+                Ok(result) => return result,
+                // The actor closed at expiry with this grab still queued: the route now
+                // holds the closed view, which answers it.
+                Err(_) => continue,
+            }
+        }
+        Err(GrabError::ShuttingDown)
+    }
+
+    /// The packet as it stands: status, claims in grab order, escrow left, best luck once sold
+    /// out.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownPacket`, `Busy`, `ShuttingDown`.
+    pub async fn packet(&self, packet: PacketId) -> Result<PacketView, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let live = match shared.route(packet) {
+                None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
+                Some(Route::Closed(view)) => return Ok((*view).clone()),
+                Some(Route::Live(live)) => live,
+            };
+            let (reply, rx) = oneshot::channel();
+            match live.addr.try_send(Query { reply }) {
+                Ok(()) => {}
+                Err(actix::prelude::SendError::Full(_)) => return Err(EngineError::Busy),
+                Err(actix::prelude::SendError::Closed(_)) => continue,
+            }
+            if let Ok(view) = rx.await {
+                return Ok(view);
+            }
+        }
+        Err(EngineError::ShuttingDown)
+    }
+
+    /// A stream of events from now on.
+    ///
+    /// # Errors
+    ///
+    /// `TooManySubscribers` over `subscribers_max`, `ShuttingDown`.
+    pub fn subscribe(&self) -> Result<Subscription, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        shared.events.subscribe().ok_or(EngineError::TooManySubscribers { max: shared.limits.subscribers_max })
+    }
+
+    /// Expires every live packet whose deadline has passed by the engine's clock, and returns
+    /// once each refund is durable and credited. Returns how many packets it found due.
+    ///
+    /// The timer does this by itself; this call is for callers that must know it is done (a
+    /// test that moved a manual clock, an operator draining expiries before maintenance). It
+    /// scans the routing table: O(packets).
+    ///
+    /// # Errors
+    ///
+    /// `ShuttingDown`.
+    pub async fn expire_due(&self) -> Result<usize, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let now = shared.clock.now();
+        let due: Vec<Arc<LivePacket>> = shared
+            .routes
+            .iter()
+            .filter_map(|r| match r.value() {
+                Route::Live(live) if live.expires_at <= now => Some(Arc::clone(live)),
+                _ => None,
+            })
+            .collect();
+        // Not refused: one per due packet per call. A dropped reply means the packet closed
+        // under an earlier expiry; the barrier below waits for that expiry's refund too.
+        join_all(due.iter().map(|live| {
+            let (reply, rx) = oneshot::channel();
+            live.addr.do_send(Expire { reply: Some(reply) });
+            rx
+        }))
+        .await;
+        barrier(&shared.journal).await;
+        // Credits travel through the wallet mailboxes; a flush of each makes them applied.
+        join_all(shared.wallets.iter().map(|w| {
+            let (reply, rx) = oneshot::channel();
+            w.do_send(wallet::Flush { reply });
+            rx
+        }))
+        .await;
+        Ok(due.len())
+    }
+
+    /// Both sides of the conservation equation and every packet invariant, for a quiescent
+    /// moment (requests in flight during the audit may be counted on one side only).
+    ///
+    /// # Errors
+    ///
+    /// `ShuttingDown`.
+    pub async fn audit(&self) -> Result<Audit, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let routes: Vec<Route> = shared.routes.iter().map(|r| r.value().clone()).collect();
+        let mut audit = Audit {
+            wallets: Amount::ZERO,
+            escrow: Amount::ZERO,
+            pending: Amount::ZERO,
+            deposits: Amount::ZERO,
+            withdrawals: Amount::ZERO,
+            packets_live: 0,
+            packets_closed: 0,
+            violations: Vec::new(),
+        };
+        let mut inspections = Vec::new();
+        for route in routes {
+            match route {
+                Route::Opening => {}
+                Route::Live(live) => {
+                    let (reply, rx) = oneshot::channel();
+                    // Not refused: the audit must see every packet. A packet that closes
+                    // meanwhile drops the message; its closed view carries no escrow.
+                    live.addr.do_send(Inspect { reply });
+                    inspections.push(rx);
+                }
+                Route::Closed(view) => {
+                    audit.packets_closed += 1;
+                    if let Err(v) = check_view(&view) {
+                        audit.violations.push(v);
+                    }
+                }
+            }
+        }
+        let mut escrow: u128 = 0;
+        for (amount, check) in join_all(inspections).await.into_iter().flatten() {
+            audit.packets_live += 1;
+            escrow += u128::from(amount.as_fen());
+            if let Err(v) = check {
+                audit.violations.push(v);
+            }
+        }
+        let totals = join_all(shared.wallets.iter().map(|w| {
+            let (reply, rx) = oneshot::channel();
+            w.do_send(GetTotals { reply });
+            rx
+        }))
+        .await;
+        let (mut balances, mut deposited, mut withdrawn) = (0u128, 0u128, 0u128);
+        for t in totals {
+            let t = t.map_err(|_| EngineError::ShuttingDown)?;
+            balances += u128::from(t.balances);
+            deposited += u128::from(t.deposited);
+            withdrawn += u128::from(t.withdrawn);
+        }
+        let fen = |sum: u128, what: &str, violations: &mut Vec<String>| {
+            u64::try_from(sum).map(Amount::fen).unwrap_or_else(|_| {
+                violations.push(format!("{what} overflows u64 fen"));
+                Amount::ZERO
+            })
+        };
+        audit.escrow = fen(escrow, "escrow", &mut audit.violations);
+        audit.wallets = fen(balances, "wallets", &mut audit.violations);
+        audit.deposits = fen(deposited, "deposits", &mut audit.violations);
+        audit.withdrawals = fen(withdrawn, "withdrawals", &mut audit.violations);
+        Ok(audit)
+    }
+
+    /// Stops the engine gracefully: new requests are refused with `ShuttingDown`, requests
+    /// already queued are answered, the journal is flushed, subscriptions end, and the actor
+    /// threads stop. Other handles see `ShuttingDown` from then on. Calling it again does
+    /// nothing.
+    pub async fn shutdown(&self) {
+        let shared = &self.runtime.shared;
+        if !shared.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let live: Vec<Arc<LivePacket>> = shared
+            .routes
+            .iter()
+            .filter_map(|r| if let Route::Live(l) = r.value() { Some(Arc::clone(l)) } else { None })
+            .collect();
+        // Packets first: their credits land in wallet mailboxes, which drain next.
+        join_all(live.iter().map(|l| {
+            let (reply, rx) = oneshot::channel();
+            l.addr.do_send(packet_actor::Flush { reply });
+            rx
+        }))
+        .await;
+        join_all(shared.wallets.iter().map(|w| {
+            let (reply, rx) = oneshot::channel();
+            w.do_send(wallet::Flush { reply });
+            rx
+        }))
+        .await;
+        shared.journal.flush();
+        shared.events.close();
+        self.runtime.system.stop();
+        let stopped = self.runtime.stopped.lock().take();
+        if let Some(stopped) = stopped {
+            let _ = stopped.await;
+        }
+    }
+}
+
+/// Starts the actix system thread and its arbiters; returns the system, the arbiters' handles
+/// and a receiver told when every thread has ended.
+fn start_system(
+    arbiters: usize,
+) -> Result<(actix_rt::System, Box<[ArbiterHandle]>, oneshot::Receiver<()>), StartError> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stopped_tx, stopped_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("hongbao-system".into())
+        .spawn(move || {
+            let runner = actix_rt::System::new();
+            let threads: Vec<Arbiter> = (0..arbiters).map(|_| Arbiter::new()).collect();
+            let handles: Box<[ArbiterHandle]> = threads.iter().map(Arbiter::handle).collect();
+            let _ = started_tx.send((actix_rt::System::current(), handles));
+            let _ = runner.run();
+            for arbiter in threads {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+            let _ = stopped_tx.send(());
+        })
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let (system, handles) = started_rx
+        .recv_timeout(Duration::from_secs(START_TIMEOUT_SECS))
+        .map_err(|_| StartError::Runtime("the actor system did not start".into()))?;
+    Ok((system, handles, stopped_rx))
+}
+
+/// Records that `op` belongs to `user`, or refuses it if it belongs to someone else.
+fn claim_op(shared: &Shared, op: OpId, user: UserId) -> Result<(), WalletError> {
+    let owner = *shared.op_owners.entry(op).or_insert(user);
+    if owner == user {
+        Ok(())
+    } else {
+        Err(WalletError::IdConflict { op })
+    }
+}
+
+fn try_send_wallet<M>(wallet: &Addr<WalletShard>, msg: M) -> Result<(), WalletError>
+where
+    M: Message<Result = ()> + Send + 'static,
+    WalletShard: Handler<M>,
+{
+    wallet.try_send(msg).map_err(|e| match e {
+        actix::prelude::SendError::Full(_) => WalletError::Busy,
+        actix::prelude::SendError::Closed(_) => WalletError::ShuttingDown,
+    })
+}
+
+async fn barrier(journal: &Arc<dyn Journal>) {
+    let (tx, rx) = oneshot::channel();
+    journal.barrier(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    let _ = rx.await;
+}
+
+fn spec_of(view: &PacketView) -> NewPacket {
+    NewPacket {
+        id: view.id,
+        sender: view.sender,
+        group: view.group,
+        split: view.split.clone(),
+        greeting: view.greeting.clone(),
+    }
+}
+
+fn same_spec(view: &PacketView, spec: &NewPacket) -> bool {
+    spec_of(view) == *spec
+}
+
+/// The answer a closed packet gives a grab, in the same order a live one would.
+fn closed_answer(view: &PacketView, user: UserId, eligible: bool) -> GrabError {
+    if let Some(c) = view.claims.iter().find(|c| c.user == user) {
+        return GrabError::AlreadyGrabbed { amount: c.amount, position: c.position };
+    }
+    if !eligible {
+        return GrabError::NotEligible;
+    }
+    match view.status {
+        PacketStatus::SoldOut => GrabError::SoldOut,
+        PacketStatus::Open | PacketStatus::Expired { .. } => GrabError::Expired,
+    }
+}

@@ -1,0 +1,171 @@
+//! The errors callers can act on. Each names what went wrong and, where it helps, the value or
+//! bound involved. An error always means nothing changed.
+
+use thiserror::Error;
+
+use crate::money::{Amount, OpId, PacketId, UserId};
+use crate::split::InvalidSplit;
+
+/// Why a grab won nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum GrabError {
+    /// The member already won a share of this packet: the first result, again.
+    #[error("already grabbed {amount} (share {position})")]
+    AlreadyGrabbed {
+        /// The share won the first time.
+        amount: Amount,
+        /// Its position.
+        position: u32,
+    },
+    /// Every share was taken.
+    #[error("every share was taken")]
+    SoldOut,
+    /// The packet expired; its remainder went back to the sender.
+    #[error("the packet expired")]
+    Expired,
+    /// Not a member of the packet's group, or not the recipient of an exclusive packet.
+    #[error("not eligible for this packet")]
+    NotEligible,
+    /// No packet has this id (or its send has not completed).
+    #[error("no such packet")]
+    UnknownPacket,
+    /// The packet's mailbox is full: try again shortly.
+    #[error("the packet is busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a packet was not sent. Nothing was debited.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SendError {
+    /// The sender's balance cannot cover the total.
+    #[error("insufficient funds: balance {balance}, needed {needed}")]
+    InsufficientFunds {
+        /// The balance.
+        balance: Amount,
+        /// The packet's total.
+        needed: Amount,
+    },
+    /// The split breaks a rule of money or a limit.
+    #[error("invalid split: {reason}")]
+    InvalidSplit {
+        /// Which rule.
+        reason: InvalidSplit,
+    },
+    /// The sender (or an exclusive packet's recipient) is not a member of the group.
+    #[error("user {user} is not a member of the group")]
+    NotMember {
+        /// Who.
+        user: UserId,
+    },
+    /// A packet with this id exists with different fields.
+    #[error("packet {packet} exists with different fields")]
+    IdConflict {
+        /// The id.
+        packet: PacketId,
+    },
+    /// The greeting is longer than `greeting_bytes_max`.
+    #[error("greeting is {bytes} bytes; the limit is {max}")]
+    GreetingTooLong {
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `open_packets_max` packets are open already.
+    #[error("too many open packets (limit {max})")]
+    TooManyOpenPackets {
+        /// The limit.
+        max: usize,
+    },
+    /// A mailbox on the way is full, or a send with the same id is in progress: try again.
+    #[error("busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a deposit or withdrawal did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum WalletError {
+    /// Zero amounts move nothing and are refused.
+    #[error("the amount is zero")]
+    ZeroAmount,
+    /// The balance cannot cover the withdrawal.
+    #[error("insufficient funds: balance {balance}, needed {needed}")]
+    InsufficientFunds {
+        /// The balance.
+        balance: Amount,
+        /// The amount asked for.
+        needed: Amount,
+    },
+    /// The deposit would take the balance past `balance_fen_max`.
+    #[error("the balance would exceed its limit of {max}")]
+    BalanceLimit {
+        /// The limit.
+        max: Amount,
+    },
+    /// The operation id was used before with different fields.
+    #[error("operation {op} was used before with different fields")]
+    IdConflict {
+        /// The id.
+        op: OpId,
+    },
+    /// The wallet's mailbox is full: try again shortly.
+    #[error("the wallet is busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a query or administrative call failed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum EngineError {
+    /// No packet has this id.
+    #[error("no such packet")]
+    UnknownPacket,
+    /// A roster larger than `members_per_group_max`.
+    #[error("{members} members is more than the limit of {max}")]
+    TooManyMembers {
+        /// Members given.
+        members: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `groups_max` groups have rosters already.
+    #[error("too many groups (limit {max})")]
+    TooManyGroups {
+        /// The limit.
+        max: usize,
+    },
+    /// `subscribers_max` subscribers already.
+    #[error("too many subscribers (limit {max})")]
+    TooManySubscribers {
+        /// The limit.
+        max: usize,
+    },
+    /// A mailbox on the way is full: try again shortly.
+    #[error("busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why the engine did not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The configuration contradicts itself.
+    #[error(transparent)]
+    InvalidLimits(#[from] crate::limits::InvalidLimits),
+    /// `arbiters` or `wallet_shards` is zero.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The actor threads could not be started.
+    #[error("could not start the actor system: {0}")]
+    Runtime(String),
+}

@@ -1,0 +1,213 @@
+//! Events: what happened, for subscribers (a chat server pushes them to members).
+//!
+//! Events are published after the journal made their change durable, from the completion of
+//! that change, so a subscriber never hears of something a crash could undo. Completions run
+//! in journal order, so the events of one packet arrive in the order they happened: sent, then
+//! each grab by position, then sold out or expired.
+//!
+//! Limits: at most `subscribers_max` subscribers; each buffers `event_buffer_len` events, and
+//! one that falls further behind is told how many it missed ([`EventsError::Lagged`]) rather
+//! than holding the engine back or growing without bound. While nobody subscribes, publishing
+//! costs one atomic load: the grab path takes no shared lock for events nobody reads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::{broadcast, watch};
+
+use crate::clock::Timestamp;
+use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+
+/// Something that happened in the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A packet was sent and can be grabbed.
+    PacketSent {
+        /// The packet.
+        packet: PacketId,
+        /// Who sent it.
+        sender: UserId,
+        /// Its group.
+        group: GroupId,
+        /// Its total.
+        total: Amount,
+        /// Its shares.
+        shares: u32,
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// A member won a share.
+    Grabbed {
+        /// The packet.
+        packet: PacketId,
+        /// The winner.
+        user: UserId,
+        /// The share.
+        amount: Amount,
+        /// 1 for the first share.
+        position: u32,
+        /// Shares still in the packet.
+        shares_left: u32,
+    },
+    /// The last share was taken.
+    SoldOut {
+        /// The packet.
+        packet: PacketId,
+        /// The member with the largest share (the earlier grab on a tie).
+        best_luck: UserId,
+        /// That share.
+        best_amount: Amount,
+    },
+    /// The packet expired and its remainder went back to the sender.
+    Expired {
+        /// The packet.
+        packet: PacketId,
+        /// Who was refunded.
+        sender: UserId,
+        /// How much.
+        refunded: Amount,
+    },
+    /// Money was deposited.
+    Deposited {
+        /// The operation.
+        op: OpId,
+        /// The wallet.
+        user: UserId,
+        /// How much.
+        amount: Amount,
+        /// The balance after it.
+        balance: Amount,
+    },
+    /// Money was withdrawn.
+    Withdrawn {
+        /// The operation.
+        op: OpId,
+        /// The wallet.
+        user: UserId,
+        /// How much.
+        amount: Amount,
+        /// The balance after it.
+        balance: Amount,
+    },
+}
+
+impl Event {
+    /// The packet this event is about, if any.
+    pub fn packet(&self) -> Option<PacketId> {
+        match *self {
+            Event::PacketSent { packet, .. }
+            | Event::Grabbed { packet, .. }
+            | Event::SoldOut { packet, .. }
+            | Event::Expired { packet, .. } => Some(packet),
+            Event::Deposited { .. } | Event::Withdrawn { .. } => None,
+        }
+    }
+}
+
+/// Why a subscription yielded no event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum EventsError {
+    /// The subscriber fell behind and `0` events were skipped; the next `recv` continues with
+    /// the oldest event still buffered.
+    #[error("subscriber lagged: {0} events skipped")]
+    Lagged(u64),
+    /// The engine shut down.
+    #[error("the engine has shut down")]
+    Closed,
+}
+
+/// The publishing side, shared by every actor.
+#[derive(Debug)]
+pub(crate) struct EventHub {
+    tx: broadcast::Sender<Event>,
+    subscribers: Arc<AtomicUsize>,
+    subscribers_max: usize,
+    // Set at shutdown so that subscribers end even while some engine handle is still alive.
+    closed: watch::Sender<bool>,
+}
+
+impl EventHub {
+    pub(crate) fn new(buffer_len: usize, subscribers_max: usize) -> EventHub {
+        let (tx, _) = broadcast::channel(buffer_len);
+        EventHub { tx, subscribers: Arc::new(AtomicUsize::new(0)), subscribers_max, closed: watch::Sender::new(false) }
+    }
+
+    /// Publishes to current subscribers; free when there are none.
+    pub(crate) fn publish(&self, event: impl FnOnce() -> Event) {
+        if self.subscribers.load(Ordering::Acquire) > 0 {
+            // An error here only means the last subscriber left meanwhile.
+            let _ = self.tx.send(event());
+        }
+    }
+
+    /// A new subscription, or `None` when `subscribers_max` are already subscribed.
+    pub(crate) fn subscribe(&self) -> Option<Subscription> {
+        let taken = self
+            .subscribers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.subscribers_max).then_some(n + 1));
+        taken.ok()?;
+        Some(Subscription {
+            rx: self.tx.subscribe(),
+            subscribers: Arc::clone(&self.subscribers),
+            closed: self.closed.subscribe(),
+        })
+    }
+
+    /// Ends every subscription once it has read what was already published.
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+/// A stream of [`Event`]s, from the moment of subscribing on.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Event>,
+    subscribers: Arc<AtomicUsize>,
+    closed: watch::Receiver<bool>,
+}
+
+impl Subscription {
+    /// The next event.
+    ///
+    /// # Errors
+    ///
+    /// [`EventsError::Lagged`] if events were skipped because this subscriber fell behind;
+    /// [`EventsError::Closed`] once the engine has shut down and every event was read.
+    pub async fn recv(&mut self) -> Result<Event, EventsError> {
+        let received = tokio::select! {
+            // Buffered events first: a subscriber reads everything published before shutdown.
+            biased;
+            r = self.rx.recv() => Some(r),
+            _ = self.closed.wait_for(|closed| *closed) => None,
+        };
+        let Some(received) = received else {
+            return self.try_recv()?.ok_or(EventsError::Closed);
+        };
+        received.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+            broadcast::error::RecvError::Closed => EventsError::Closed,
+        })
+    }
+
+    /// The next event if one is buffered, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::recv`]; `Ok(None)` when nothing is buffered.
+    pub fn try_recv(&mut self) -> Result<Option<Event>, EventsError> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,131 @@
+//! Every bound in hongbao, in one place, with its unit last.
+//!
+//! A bound that is exceeded produces a typed error naming the bound; nothing queues without
+//! limit and nothing is dropped silently. [`Limits::validate`] checks the relations between
+//! the bounds once, when the engine starts.
+
+use thiserror::Error;
+
+/// The engine's bounds. `Limits::default()` holds the product defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Seconds from sending until the unclaimed remainder is refunded (default 86 400: 24 h).
+    pub expiry_secs: u64,
+    /// Largest single share, in fen (default 20 000: 200 yuan).
+    pub share_fen_max: u64,
+    /// Largest packet total, in fen (default 20 000 000: 200 000 yuan).
+    pub packet_total_fen_max: u64,
+    /// Most shares in one packet (default 10 000).
+    pub shares_per_packet_max: u32,
+    /// Most members in one group roster (default 100 000).
+    pub members_per_group_max: usize,
+    /// Most groups with a roster (default 1 000 000).
+    pub groups_max: usize,
+    /// Longest greeting, in UTF-8 bytes (default 256).
+    pub greeting_bytes_max: usize,
+    /// Largest wallet balance, in fen (default 10¹²: ten billion yuan). A deposit that would
+    /// pass it is refused; it also keeps every sum in the engine far from `u64` overflow.
+    pub balance_fen_max: u64,
+    /// Most packets open at once, across the engine (default 4 000 000).
+    pub open_packets_max: usize,
+    /// Requests a packet actor's mailbox holds before a grab is answered `Busy` (default 4 096).
+    pub packet_mailbox_capacity: usize,
+    /// Requests a wallet shard's mailbox holds before a request is answered `Busy`
+    /// (default 16 384). Credits from packets are never refused: they are bounded by the
+    /// shares of open packets, not by this number.
+    pub wallet_mailbox_capacity: usize,
+    /// Most event subscribers at once (default 1 024).
+    pub subscribers_max: usize,
+    /// Events buffered for a slow subscriber before it is told it lagged (default 65 536).
+    pub event_buffer_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            expiry_secs: 86_400,
+            share_fen_max: 20_000,
+            packet_total_fen_max: 20_000_000,
+            shares_per_packet_max: 10_000,
+            members_per_group_max: 100_000,
+            groups_max: 1_000_000,
+            greeting_bytes_max: 256,
+            balance_fen_max: 1_000_000_000_000,
+            open_packets_max: 4_000_000,
+            packet_mailbox_capacity: 4_096,
+            wallet_mailbox_capacity: 16_384,
+            subscribers_max: 1_024,
+            event_buffer_len: 65_536,
+        }
+    }
+}
+
+/// A configuration whose bounds contradict each other.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("invalid limits: {0}")]
+pub struct InvalidLimits(pub String);
+
+impl Limits {
+    /// Checks the relations between the bounds.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidLimits`] naming the first relation that does not hold.
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
+        let fail = |why: &str| Err(InvalidLimits(why.to_string()));
+        if self.expiry_secs == 0 {
+            return fail("expiry_secs must be at least 1");
+        }
+        if self.share_fen_max == 0 {
+            return fail("share_fen_max must be at least 1 fen");
+        }
+        if self.packet_total_fen_max < self.share_fen_max {
+            return fail("packet_total_fen_max must be at least share_fen_max");
+        }
+        if self.shares_per_packet_max == 0 {
+            return fail("shares_per_packet_max must be at least 1");
+        }
+        if self.balance_fen_max < self.packet_total_fen_max {
+            return fail("balance_fen_max must be at least packet_total_fen_max");
+        }
+        // Sums of balances and escrow are computed in u64; this bound keeps them exact for
+        // any number of wallets the process could hold.
+        if self.balance_fen_max > u64::MAX >> 24 {
+            return fail("balance_fen_max must be below 2^40 fen so that sums cannot overflow");
+        }
+        if self.packet_mailbox_capacity == 0 || self.wallet_mailbox_capacity == 0 {
+            return fail("mailbox capacities must be at least 1");
+        }
+        if self.members_per_group_max == 0 || self.groups_max == 0 || self.open_packets_max == 0 {
+            return fail("members_per_group_max, groups_max and open_packets_max must be at least 1");
+        }
+        if self.event_buffer_len == 0 {
+            return fail("event_buffer_len must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_product() {
+        let l = Limits::default();
+        l.validate().unwrap();
+        assert_eq!(l.expiry_secs, 24 * 60 * 60);
+        assert_eq!(l.share_fen_max, 200 * 100);
+        assert!(l.shares_per_packet_max >= 1_000);
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let l = Limits { packet_total_fen_max: 10, share_fen_max: 20, ..Limits::default() };
+        assert!(l.validate().is_err());
+        let l = Limits { packet_mailbox_capacity: 0, ..Limits::default() };
+        assert!(l.validate().is_err());
+        let l = Limits { balance_fen_max: u64::MAX, ..Limits::default() };
+        assert!(l.validate().is_err());
+    }
+}

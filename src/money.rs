@@ -1,0 +1,250 @@
+//! Money and identifiers.
+//!
+//! Every amount in hongbao is an integer number of fen (1 yuan = 100 fen) held in a `u64`.
+//! No floating point touches an amount: parsing reads digits, display writes digits, and all
+//! arithmetic is checked so that an overflow is an error value, never a wrap.
+//!
+//! Identifiers are plain `u64` newtypes chosen by the caller, so that a retried request
+//! carrying the same id is recognised and applied once.
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// A non-negative amount of money in fen (分). `Amount::yuan(1) == Amount::fen(100)`.
+///
+/// # Examples
+///
+/// ```
+/// use hongbao::Amount;
+/// let a: Amount = "12.34".parse().unwrap();
+/// assert_eq!(a, Amount::fen(1234));
+/// assert_eq!(a.to_string(), "12.34");
+/// assert_eq!(Amount::yuan(5).to_string(), "5.00");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(u64);
+
+impl Amount {
+    /// Zero fen.
+    pub const ZERO: Amount = Amount(0);
+
+    /// An amount of `fen` fen.
+    pub const fn fen(fen: u64) -> Amount {
+        Amount(fen)
+    }
+
+    /// An amount of `yuan` whole yuan.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `yuan * 100` does not fit in a `u64` (more than 1.8 × 10¹⁷ yuan).
+    pub const fn yuan(yuan: u64) -> Amount {
+        match yuan.checked_mul(100) {
+            Some(fen) => Amount(fen),
+            None => panic!("Amount::yuan overflows u64 fen"),
+        }
+    }
+
+    /// The amount in fen.
+    pub const fn as_fen(self) -> u64 {
+        self.0
+    }
+
+    /// Whether the amount is zero.
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `self + other`, or `None` on overflow.
+    pub const fn checked_add(self, other: Amount) -> Option<Amount> {
+        match self.0.checked_add(other.0) {
+            Some(fen) => Some(Amount(fen)),
+            None => None,
+        }
+    }
+
+    /// `self - other`, or `None` if `other` is larger.
+    pub const fn checked_sub(self, other: Amount) -> Option<Amount> {
+        match self.0.checked_sub(other.0) {
+            Some(fen) => Some(Amount(fen)),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+/// Why a string is not an amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum ParseAmountError {
+    /// The string was empty.
+    #[error("empty amount")]
+    Empty,
+    /// A character other than ASCII digits and one decimal point (signs, exponents, spaces).
+    #[error("amount may contain only digits and one decimal point, as in 12.34")]
+    InvalidCharacter,
+    /// More than two digits after the point: fen is the smallest unit.
+    #[error("amount has more than two decimal places (fen is the smallest unit)")]
+    TooManyDecimals,
+    /// A point with no digits before or after it (".5", "5.").
+    #[error("amount needs digits on both sides of the decimal point")]
+    MissingDigits,
+    /// The value does not fit in a `u64` of fen.
+    #[error("amount is too large")]
+    Overflow,
+}
+
+impl FromStr for Amount {
+    type Err = ParseAmountError;
+
+    /// Parses `"12"`, `"12.3"` or `"12.34"` yuan. Rejects signs, exponents, white space,
+    /// a third decimal place and a bare point.
+    fn from_str(s: &str) -> Result<Amount, ParseAmountError> {
+        if s.is_empty() {
+            return Err(ParseAmountError::Empty);
+        }
+        let (whole, frac) = match s.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (s, None),
+        };
+        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !frac.is_none_or(digits) {
+            return Err(ParseAmountError::InvalidCharacter);
+        }
+        if whole.is_empty() || frac.is_some_and(str::is_empty) {
+            return Err(ParseAmountError::MissingDigits);
+        }
+        let frac = frac.unwrap_or("");
+        if frac.len() > 2 {
+            return Err(ParseAmountError::TooManyDecimals);
+        }
+        let mut fen: u64 = 0;
+        // Reading yuan digits then exactly two fen digits (padded) keeps this integer-only.
+        for b in whole.bytes().chain(frac.bytes()).chain(std::iter::repeat_n(b'0', 2 - frac.len())) {
+            fen = fen
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                .ok_or(ParseAmountError::Overflow)?;
+        }
+        Ok(Amount(fen))
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A wallet holder and group member.
+    UserId
+);
+id_type!(
+    /// A chat group: its roster decides who may grab its packets.
+    GroupId
+);
+id_type!(
+    /// A red packet, chosen by the sender's client so that a retried send is applied once.
+    PacketId
+);
+id_type!(
+    /// A deposit or withdrawal, chosen by the caller so that a retry is applied once.
+    OpId
+);
+
+/// Spreads sequential ids evenly over `buckets` (Fibonacci hashing): used to place packets
+/// on arbiters and users on wallet shards.
+pub(crate) fn bucket(id: u64, buckets: usize) -> usize {
+    debug_assert!(buckets > 0);
+    let mixed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The high bits are the well-mixed ones; reduce them without a division bias worth
+    // caring about for bucket counts this small.
+    ((u128::from(mixed >> 32) * buckets as u128) >> 32) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_amounts() {
+        for (text, fen) in [
+            ("0", 0),
+            ("12", 1200),
+            ("12.3", 1230),
+            ("12.34", 1234),
+            ("0.01", 1),
+            ("007.05", 705),
+            ("184467440737095516.15", u64::MAX),
+        ] {
+            assert_eq!(text.parse::<Amount>(), Ok(Amount::fen(fen)), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_amounts() {
+        use ParseAmountError::*;
+        for (text, err) in [
+            ("", Empty),
+            ("12.345", TooManyDecimals),
+            ("-1", InvalidCharacter),
+            ("+1", InvalidCharacter),
+            ("1e3", InvalidCharacter),
+            (" 1", InvalidCharacter),
+            ("1.2.3", InvalidCharacter),
+            ("１２", InvalidCharacter),
+            (".5", MissingDigits),
+            ("5.", MissingDigits),
+            (".", MissingDigits),
+            ("184467440737095516.16", Overflow),
+            ("99999999999999999999", Overflow),
+        ] {
+            assert_eq!(text.parse::<Amount>(), Err(err), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn displays_two_decimals_and_round_trips() {
+        assert_eq!(Amount::fen(1234).to_string(), "12.34");
+        assert_eq!(Amount::fen(5).to_string(), "0.05");
+        assert_eq!(Amount::fen(0).to_string(), "0.00");
+        assert_eq!(Amount::yuan(200).to_string(), "200.00");
+        for fen in [0, 1, 99, 100, 101, 123_456_789, u64::MAX] {
+            let a = Amount::fen(fen);
+            assert_eq!(a.to_string().parse::<Amount>(), Ok(a));
+        }
+    }
+
+    #[test]
+    fn checked_arithmetic() {
+        assert_eq!(Amount::fen(5).checked_sub(Amount::fen(6)), None);
+        assert_eq!(Amount::fen(u64::MAX).checked_add(Amount::fen(1)), None);
+        assert_eq!(Amount::fen(5).checked_add(Amount::fen(6)), Some(Amount::fen(11)));
+    }
+
+    #[test]
+    fn buckets_spread_sequential_ids() {
+        let mut counts = [0usize; 4];
+        for id in 0..4000 {
+            counts[bucket(id, 4)] += 1;
+        }
+        for c in counts {
+            assert!((900..=1100).contains(&c), "{counts:?}");
+        }
+    }
+}

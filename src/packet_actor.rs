@@ -1,0 +1,271 @@
+//! The packet actor: one per open packet, serializing every grab of that packet.
+//!
+//! It owns a [`PacketState`]; for each grab it decides the share (no lock: the actor is the only
+//! one touching its state), appends a claim record, and once the record is durable credits the
+//! winner's wallet shard and replies — in that order, which is what makes the credit visible to
+//! a `balance` issued after the grab returned. It does not wait for the journal before taking
+//! the next grab: replies queue behind the journal's commits.
+//!
+//! # Messages
+//!
+//! | message   | reply                                              | refused when full |
+//! |-----------|----------------------------------------------------|-------------------|
+//! | `Grab`    | `Grabbed` or `GrabError`, after the journal        | yes (`Busy`)      |
+//! | `Query`   | the packet's view, after a journal barrier         | yes (`Busy`)      |
+//! | `Expire`  | what expiry did, after the refund is durable       | never (the timer's) |
+//! | `Inspect`, `Flush` | escrow and invariants / after a barrier   | never (audit, shutdown) |
+//!
+//! # Lifecycle
+//!
+//! Opened by the sender's wallet shard once the escrow is durable; on start it publishes
+//! itself in the routing table, schedules its expiry and answers the sender. At expiry it
+//! refunds what is left (once), replaces its route with a closed view that keeps answering
+//! repeat grabs, and stops. Messages still in its mailbox then are dropped; their callers see
+//! the closed route and are answered from it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::clock::Timestamp;
+use crate::engine::{Grabbed, LivePacket, Route, Shared};
+use crate::error::{GrabError, SendError};
+use crate::events::Event;
+use crate::journal::Record;
+use crate::money::{bucket, Amount, UserId};
+use crate::packet::{Expiry, NewPacket, PacketState, PacketView};
+use crate::timer::Schedule;
+use crate::wallet::Credit;
+
+/// A grab request. `eligible` was decided by the engine handle from the group roster.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Grab {
+    pub user: UserId,
+    pub eligible: bool,
+    pub reply: oneshot::Sender<Result<Grabbed, GrabError>>,
+}
+
+/// A read of the packet's view.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Query {
+    pub reply: oneshot::Sender<PacketView>,
+}
+
+/// Expire now if due (from the timer, or `Engine::expire_due`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Expire {
+    pub reply: Option<oneshot::Sender<Expiry>>,
+}
+
+/// Escrow and the invariant check, for the audit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Inspect {
+    pub reply: oneshot::Sender<(Amount, Result<(), String>)>,
+}
+
+/// Answers once everything the packet did before is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Flush {
+    pub reply: oneshot::Sender<()>,
+}
+
+pub(crate) struct PacketActor {
+    shared: Arc<Shared>,
+    state: PacketState,
+    /// The sender's reply, answered once the actor has started.
+    opened: Option<oneshot::Sender<Result<PacketView, SendError>>>,
+}
+
+impl PacketActor {
+    /// Starts the actor for a packet whose escrow is durable, on the arbiter its id hashes to.
+    /// Callable from any thread (it runs in a journal completion).
+    pub(crate) fn open(
+        shared: Arc<Shared>,
+        spec: NewPacket,
+        seed: u64,
+        sent_at: Timestamp,
+        expires_at: Timestamp,
+        reply: oneshot::Sender<Result<PacketView, SendError>>,
+    ) {
+        let arbiter = &shared.arbiters[bucket(spec.id.0, shared.arbiters.len())];
+        let capacity = shared.limits.packet_mailbox_capacity;
+        let state = PacketState::new(spec, shared.limits.share_fen_max, seed, sent_at, expires_at);
+        let arbiter = arbiter.clone();
+        PacketActor::start_in_arbiter(&arbiter, move |ctx| {
+            // Set before `started` publishes the address, so no grab ever meets the default
+            // capacity.
+            ctx.set_mailbox_capacity(capacity);
+            PacketActor { shared, state, opened: Some(reply) }
+        });
+    }
+
+    fn id(&self) -> crate::money::PacketId {
+        self.state.spec().id
+    }
+
+    /// Expires the packet (refunding what is left, once), closes its route and stops.
+    fn expire(&mut self, ctx: &mut Context<Self>, reply: Option<oneshot::Sender<Expiry>>) {
+        let now = self.shared.clock.now();
+        let outcome = self.state.expire(now);
+        let answer = move || {
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        };
+        match outcome {
+            Expiry::Refund(refunded) => {
+                let shared = Arc::clone(&self.shared);
+                let (packet, sender) = (self.id(), self.state.spec().sender);
+                self.shared.journal.append(
+                    Record::Expired { packet, refund: refunded, at: now },
+                    Box::new(move || {
+                        // The credit leaves for the wallet before anyone hears of the refund.
+                        shared.wallet(sender).do_send(Credit { user: sender, amount: refunded });
+                        answer();
+                        shared.events.publish(|| Event::Expired { packet, sender, refunded });
+                    }),
+                );
+            }
+            Expiry::NothingLeft | Expiry::AlreadyExpired | Expiry::NotDue => {
+                self.shared.journal.barrier(Box::new(answer))
+            }
+        }
+        if matches!(outcome, Expiry::Refund(_) | Expiry::NothingLeft) {
+            self.shared.routes.insert(self.id(), Route::Closed(Arc::new(self.state.view())));
+            self.shared.open_packets.fetch_sub(1, Ordering::AcqRel);
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for PacketActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let spec = self.state.spec();
+        let live = LivePacket { addr: ctx.address(), spec: spec.clone(), expires_at: self.state.expires_at() };
+        self.shared.routes.insert(spec.id, Route::Live(Arc::new(live)));
+        // The timer's mailbox is not refused: one deadline per open packet, bounded by
+        // `open_packets_max`.
+        self.shared.timer.do_send(Schedule { at: self.state.expires_at(), packet: spec.id });
+        let view = self.state.view();
+        // Published here, before this actor handles any grab, so `PacketSent` is the first
+        // event of the packet.
+        self.shared.events.publish(|| Event::PacketSent {
+            packet: view.id,
+            sender: view.sender,
+            group: view.group,
+            total: view.total,
+            shares: view.shares,
+            expires_at: view.expires_at,
+        });
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(Ok(view));
+        }
+    }
+}
+
+impl Handler<Grab> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Grab, ctx: &mut Context<Self>) {
+        let now = self.shared.clock.now();
+        if self.state.is_due(now) {
+            // The timer has not fired yet, but the deadline has passed: expire first, so a
+            // grab can never win money that is due back to the sender.
+            self.expire(ctx, None);
+        }
+        let won = match self.state.grab(m.user, m.eligible, now) {
+            Ok(won) => won,
+            Err(e) => {
+                let reply = m.reply;
+                self.shared.journal.barrier(Box::new(move || {
+                    let _ = reply.send(Err(e));
+                }));
+                return;
+            }
+        };
+        let packet = self.id();
+        let claim = won.claim;
+        let grabbed = Grabbed {
+            packet,
+            user: claim.user,
+            amount: claim.amount,
+            position: claim.position,
+            shares_left: won.shares_left,
+            remaining: won.remaining,
+        };
+        let shared = Arc::clone(&self.shared);
+        let reply = m.reply;
+        self.shared.journal.append(
+            Record::Claim { packet, user: claim.user, amount: claim.amount, position: claim.position, at: claim.at },
+            Box::new(move || {
+                // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent
+                // after this reply is handled after the credit.
+                shared.wallet(claim.user).do_send(Credit { user: claim.user, amount: claim.amount });
+                let _ = reply.send(Ok(grabbed));
+                shared.events.publish(|| Event::Grabbed {
+                    packet,
+                    user: claim.user,
+                    amount: claim.amount,
+                    position: claim.position,
+                    shares_left: won.shares_left,
+                });
+            }),
+        );
+        if won.sold_out {
+            let best = self.state.best_luck().expect("a sold-out packet has claims");
+            let shared = Arc::clone(&self.shared);
+            self.shared.journal.append(
+                Record::SoldOut { packet },
+                Box::new(move || {
+                    shared.events.publish(|| Event::SoldOut { packet, best_luck: best.user, best_amount: best.amount })
+                }),
+            );
+        }
+    }
+}
+
+impl Handler<Query> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Query, _: &mut Context<Self>) {
+        let view = self.state.view();
+        self.shared.journal.barrier(Box::new(move || {
+            let _ = m.reply.send(view);
+        }));
+    }
+}
+
+impl Handler<Expire> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Expire, ctx: &mut Context<Self>) {
+        self.expire(ctx, m.reply);
+    }
+}
+
+impl Handler<Inspect> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Inspect, _: &mut Context<Self>) {
+        let _ = m.reply.send((self.state.escrow(), self.state.check()));
+    }
+}
+
+impl Handler<Flush> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Flush, _: &mut Context<Self>) {
+        self.shared.journal.barrier(Box::new(move || {
+            let _ = m.reply.send(());
+        }));
+    }
+}

@@ -1,0 +1,179 @@
+//! The timer actor: every pending deadline, in one sorted set, driven by the engine's clock.
+//!
+//! Deadlines are `(when, packet)` pairs in a `BTreeSet` (as mini-redis keeps key expiries), so
+//! millions of pending expiries cost one set entry each and one armed sleep in all — never a
+//! timer future per packet. When the clock reaches the earliest deadline the timer tells each
+//! due packet to expire, at most `EXPIRIES_PER_TURN_MAX` per turn of the actor so that a
+//! million packets due at the same instant do not stall the arbiter or flood a mailbox at once.
+//!
+//! # Messages
+//!
+//! | message    | from          | reply |
+//! |------------|---------------|-------|
+//! | `Schedule` | packet actors | none; never refused (one per open packet, bounded by `open_packets_max`) |
+//!
+//! A packet re-checks its own deadline against the clock on every grab and on `Expire`, so a
+//! late timer never lets a grab win money that is due back, and an early one changes nothing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use crate::clock::{Clock, Timestamp};
+use crate::engine::Route;
+use crate::money::PacketId;
+use crate::packet_actor::Expire;
+
+/// How many due packets the timer tells to expire before yielding to other work.
+const EXPIRIES_PER_TURN_MAX: usize = 4_096;
+
+/// Adds a deadline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Schedule {
+    pub at: Timestamp,
+    pub packet: PacketId,
+}
+
+/// Fires due deadlines (sent by the timer to itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Fire;
+
+/// The sorted deadlines, as plain data.
+#[derive(Debug, Default)]
+pub(crate) struct Deadlines {
+    set: BTreeSet<(Timestamp, PacketId)>,
+}
+
+impl Deadlines {
+    pub(crate) fn insert(&mut self, at: Timestamp, packet: PacketId) {
+        self.set.insert((at, packet));
+    }
+
+    pub(crate) fn next(&self) -> Option<Timestamp> {
+        self.set.first().map(|&(at, _)| at)
+    }
+
+    /// Removes and returns up to `max` packets due at `now`, earliest first.
+    pub(crate) fn take_due(&mut self, now: Timestamp, max: usize) -> Vec<PacketId> {
+        let mut due = Vec::new();
+        while due.len() < max {
+            match self.set.first() {
+                Some(&(at, packet)) if at <= now => {
+                    self.set.pop_first();
+                    due.push(packet);
+                }
+                _ => break,
+            }
+        }
+        due
+    }
+}
+
+pub(crate) struct Timer {
+    clock: Arc<dyn Clock>,
+    routes: Arc<DashMap<PacketId, Route>>,
+    deadlines: Deadlines,
+    armed: Option<(Timestamp, SpawnHandle)>,
+}
+
+impl Timer {
+    pub(crate) fn new(clock: Arc<dyn Clock>, routes: Arc<DashMap<PacketId, Route>>) -> Timer {
+        Timer { clock, routes, deadlines: Deadlines::default(), armed: None }
+    }
+
+    /// Keeps exactly one sleep armed, for the earliest deadline.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.deadlines.next();
+        if self.armed.map(|(at, _)| at) == next {
+            return;
+        }
+        if let Some((_, handle)) = self.armed.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let sleep =
+                self.clock.sleep_until(at).into_actor(self).map(|(), timer: &mut Timer, ctx: &mut Context<Timer>| {
+                    timer.armed = None;
+                    timer.fire(ctx);
+                });
+            self.armed = Some((at, ctx.spawn(sleep)));
+        }
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let due = self.deadlines.take_due(self.clock.now(), EXPIRIES_PER_TURN_MAX);
+        for packet in &due {
+            let route = self.routes.get(packet).map(|r| r.value().clone());
+            if let Some(Route::Live(live)) = route {
+                // Not refused: each packet gets one expiry message per deadline.
+                live.addr.do_send(Expire { reply: None });
+            }
+        }
+        if due.len() == EXPIRIES_PER_TURN_MAX {
+            // More may be due: continue after the messages already queued on this arbiter.
+            ctx.notify(Fire);
+        } else {
+            self.arm(ctx);
+        }
+    }
+}
+
+impl Actor for Timer {
+    type Context = Context<Self>;
+}
+
+impl Handler<Schedule> for Timer {
+    type Result = ();
+
+    fn handle(&mut self, m: Schedule, ctx: &mut Context<Self>) {
+        self.deadlines.insert(m.at, m.packet);
+        self.arm(ctx);
+    }
+}
+
+impl Handler<Fire> for Timer {
+    type Result = ();
+
+    fn handle(&mut self, _: Fire, ctx: &mut Context<Self>) {
+        self.fire(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_due_deadlines_in_order_up_to_a_bound() {
+        let mut d = Deadlines::default();
+        for (at, id) in [(30, 3), (10, 1), (20, 2), (10, 4), (40, 5)] {
+            d.insert(Timestamp(at), PacketId(id));
+        }
+        assert_eq!(d.next(), Some(Timestamp(10)));
+        assert_eq!(d.take_due(Timestamp(5), 10), vec![]);
+        assert_eq!(d.take_due(Timestamp(30), 2), vec![PacketId(1), PacketId(4)]);
+        assert_eq!(d.take_due(Timestamp(30), 10), vec![PacketId(2), PacketId(3)]);
+        assert_eq!(d.next(), Some(Timestamp(40)));
+    }
+
+    #[test]
+    fn holds_a_million_deadlines() {
+        let mut d = Deadlines::default();
+        for id in 0..1_000_000u64 {
+            d.insert(Timestamp(1_000 + id % 977), PacketId(id));
+        }
+        let mut taken = 0;
+        loop {
+            let due = d.take_due(Timestamp(u64::MAX), EXPIRIES_PER_TURN_MAX);
+            if due.is_empty() {
+                break;
+            }
+            taken += due.len();
+        }
+        assert_eq!(taken, 1_000_000);
+    }
+}
