@@ -154,10 +154,10 @@ impl Shared {
         }
     }
 
-    fn is_eligible(&self, spec: &NewPacket, user: UserId) -> bool {
-        match spec.split {
+    fn is_eligible(&self, group: GroupId, split: &Split, user: UserId) -> bool {
+        match *split {
             Split::Exclusive { to, .. } => to == user,
-            _ => self.is_member(spec.group, user),
+            _ => self.is_member(group, user),
         }
     }
 
@@ -483,11 +483,11 @@ impl Engine {
             let live = match shared.route(packet) {
                 None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
                 Some(Route::Closed(view)) => {
-                    return Err(closed_answer(&view, user, shared.is_eligible(&spec_of(&view), user)))
+                    return Err(closed_answer(&view, user, shared.is_eligible(view.group, &view.split, user)))
                 }
                 Some(Route::Live(live)) => live,
             };
-            let eligible = shared.is_eligible(&live.spec, user);
+            let eligible = shared.is_eligible(live.spec.group, &live.spec.split, user);
             let (reply, rx) = oneshot::channel();
             match live.addr.try_send(Grab { user, eligible, reply }) {
                 Ok(()) => {}
@@ -542,7 +542,8 @@ impl Engine {
     }
 
     /// Expires every live packet whose deadline has passed by the engine's clock, and returns
-    /// once each refund is durable and credited. Returns how many packets it found due.
+    /// once each refund is durable and credited. Returns how many live packets it found due;
+    /// the timer may have closed others already, and this call waits for those too.
     ///
     /// The timer does this by itself; this call is for callers that must know it is done (a
     /// test that moved a manual clock, an operator draining expiries before maintenance). It
@@ -690,11 +691,12 @@ impl Engine {
     }
 }
 
-/// Starts the actix system thread and its arbiters; returns the system, the arbiters' handles
-/// and a receiver told when every thread has ended.
-fn start_system(
-    arbiters: usize,
-) -> Result<(actix_rt::System, Box<[ArbiterHandle]>, oneshot::Receiver<()>), StartError> {
+/// The actix system thread's handles: the system, its arbiters, and a receiver told when every
+/// thread has ended.
+type SystemHandles = (actix_rt::System, Box<[ArbiterHandle]>, oneshot::Receiver<()>);
+
+/// Starts the actix system thread and its arbiters.
+fn start_system(arbiters: usize) -> Result<SystemHandles, StartError> {
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (stopped_tx, stopped_rx) = oneshot::channel();
     std::thread::Builder::new()

@@ -3,7 +3,9 @@
 //! Events are published after the journal made their change durable, from the completion of
 //! that change, so a subscriber never hears of something a crash could undo. Completions run
 //! in journal order, so the events of one packet arrive in the order they happened: sent, then
-//! each grab by position, then sold out or expired.
+//! each grab by position, then sold out or expired. An event is published before the reply to
+//! the request that caused it, so whatever a caller does after hearing back comes later in the
+//! stream.
 //!
 //! Limits: at most `subscribers_max` subscribers; each buffers `event_buffer_len` events, and
 //! one that falls further behind is told how many it missed ([`EventsError::Lagged`]) rather

@@ -46,3 +46,8 @@ pub use limits::Limits;
 pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, UserId};
 pub use packet::{ClaimView, NewPacket, PacketStatus, PacketView};
 pub use split::{InvalidSplit, Split};
+
+/// The README's example, compiled and run as a doc test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

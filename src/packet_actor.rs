@@ -128,8 +128,8 @@ impl PacketActor {
                     Box::new(move || {
                         // The credit leaves for the wallet before anyone hears of the refund.
                         shared.wallet(sender).do_send(Credit { user: sender, amount: refunded });
-                        answer();
                         shared.events.publish(|| Event::Expired { packet, sender, refunded });
+                        answer();
                     }),
                 );
             }
@@ -202,15 +202,18 @@ impl Handler<Grab> for PacketActor {
             shares_left: won.shares_left,
             remaining: won.remaining,
         };
+        // The last grab's reply waits for the sold-out record too, so its caller hears of
+        // the grab only after every event it caused is published.
+        let sold_out = won.sold_out.then(|| self.state.best_luck().expect("a sold-out packet has claims"));
+        let mut reply = Some(m.reply);
         let shared = Arc::clone(&self.shared);
-        let reply = m.reply;
+        let claim_reply = if sold_out.is_some() { None } else { reply.take() };
         self.shared.journal.append(
             Record::Claim { packet, user: claim.user, amount: claim.amount, position: claim.position, at: claim.at },
             Box::new(move || {
                 // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent
-                // after this reply is handled after the credit.
+                // after the reply is handled after the credit.
                 shared.wallet(claim.user).do_send(Credit { user: claim.user, amount: claim.amount });
-                let _ = reply.send(Ok(grabbed));
                 shared.events.publish(|| Event::Grabbed {
                     packet,
                     user: claim.user,
@@ -218,15 +221,18 @@ impl Handler<Grab> for PacketActor {
                     position: claim.position,
                     shares_left: won.shares_left,
                 });
+                if let Some(reply) = claim_reply {
+                    let _ = reply.send(Ok(grabbed));
+                }
             }),
         );
-        if won.sold_out {
-            let best = self.state.best_luck().expect("a sold-out packet has claims");
+        if let (Some(best), Some(reply)) = (sold_out, reply) {
             let shared = Arc::clone(&self.shared);
             self.shared.journal.append(
                 Record::SoldOut { packet },
                 Box::new(move || {
-                    shared.events.publish(|| Event::SoldOut { packet, best_luck: best.user, best_amount: best.amount })
+                    shared.events.publish(|| Event::SoldOut { packet, best_luck: best.user, best_amount: best.amount });
+                    let _ = reply.send(Ok(grabbed));
                 }),
             );
         }

@@ -261,8 +261,10 @@ impl WalletShard {
                 self.journal.append(
                     record,
                     Box::new(move || {
-                        let _ = reply.send(Ok(balance));
+                        // Published before the reply, so events follow cause: by the time a
+                        // caller hears back, its operation's event is out.
                         events.publish(|| event);
+                        let _ = reply.send(Ok(balance));
                     }),
                 );
             }

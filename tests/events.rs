@@ -33,7 +33,7 @@ async fn one_packet_tells_its_story_in_order() {
     engine.expire_due().await.unwrap();
     let best = if b.amount > a.amount { b } else { a };
     let got = drain(&mut events);
-    let expected = vec![
+    let expected = [
         Event::Deposited { op: OpId(1), user: SENDER, amount: Amount::yuan(3), balance: Amount::yuan(3) },
         Event::PacketSent {
             packet: PacketId(1),
@@ -50,7 +50,7 @@ async fn one_packet_tells_its_story_in_order() {
                 .unwrap(),
         },
     ];
-    assert_eq!(got[..2], expected[..]);
+    assert_eq!(got[..2], expected);
     let rest: Vec<&Event> = got[2..].iter().collect();
     assert!(matches!(rest[0], Event::PacketSent { packet: PacketId(2), .. }));
     assert_eq!(
