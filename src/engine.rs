@@ -531,6 +531,21 @@ impl Engine {
         Err(EngineError::ShuttingDown)
     }
 
+    /// Asks to take back a packet's unclaimed remainder before expiry. Personal packets are
+    /// irrevocable (rule 9 of the design): the remainder returns to the sender at expiry, and
+    /// this call always refuses. It exists so that callers get that answer as a typed error.
+    ///
+    /// # Errors
+    ///
+    /// `Irrevocable` for any packet that exists, `UnknownPacket`, `ShuttingDown`.
+    pub async fn recall(&self, packet: PacketId) -> Result<Amount, EngineError> {
+        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        match shared.route(packet) {
+            None | Some(Route::Opening) => Err(EngineError::UnknownPacket),
+            Some(Route::Live(_) | Route::Closed(_)) => Err(EngineError::Irrevocable { packet }),
+        }
+    }
+
     /// A stream of events from now on.
     ///
     /// # Errors

@@ -128,6 +128,13 @@ pub enum EngineError {
     /// No packet has this id.
     #[error("no such packet")]
     UnknownPacket,
+    /// Personal packets cannot be recalled by their sender: what nobody grabs returns at
+    /// expiry.
+    #[error("packet {packet} is a personal packet and cannot be recalled; its remainder returns at expiry")]
+    Irrevocable {
+        /// The packet.
+        packet: crate::money::PacketId,
+    },
     /// A roster larger than `members_per_group_max`.
     #[error("{members} members is more than the limit of {max}")]
     TooManyMembers {

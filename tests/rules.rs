@@ -57,6 +57,12 @@ async fn only_members_grab_and_exclusive_pays_only_its_recipient() {
         engine.grab(PacketId(1), UserId(FIRST_MEMBER)).await,
         Err(GrabError::AlreadyGrabbed { amount: won.amount, position: 1 })
     );
+    // Personal packets are irrevocable: the sender cannot take the remainder back.
+    let before = engine.balance(SENDER).await.unwrap();
+    assert_eq!(engine.recall(PacketId(1)).await, Err(EngineError::Irrevocable { packet: PacketId(1) }));
+    assert_eq!(engine.recall(PacketId(77)).await, Err(EngineError::UnknownPacket));
+    assert_eq!(engine.balance(SENDER).await.unwrap(), before);
+    assert_eq!(engine.packet(PacketId(1)).await.unwrap().status, PacketStatus::Open);
     assert_balanced(engine).await;
     engine.shutdown().await;
 }
