@@ -14,6 +14,10 @@
 //! eligibility from the roster before routing, so the actor's serialized work is only the
 //! claim itself.
 //!
+//! A sent packet is *dormant* — a route entry with its metadata, no actor, no mailbox — until
+//! the first grab or its expiry wakes it (under the routing entry's lock, so exactly once).
+//! Packets nobody opens therefore cost a few hundred bytes each, not an actor apiece.
+//!
 //! # Shutdown
 //!
 //! [`Engine::shutdown`] refuses new requests, lets every mailbox drain (each actor answers a
@@ -36,14 +40,14 @@ use tokio::sync::oneshot;
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
-use crate::events::{EventHub, Subscription};
+use crate::events::{Event, EventHub, Subscription};
 use crate::journal::{Journal, Record};
 use crate::limits::Limits;
 use crate::money::{bucket, Amount, GroupId, OpId, PacketId, UserId};
-use crate::packet::{check_view, NewPacket, PacketStatus, PacketView};
+use crate::packet::{check_view, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
 use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
 use crate::split::{self, Split};
-use crate::timer::Timer;
+use crate::timer::{Attach, Schedule, Timer};
 use crate::wallet::{self, Balance, Deposit, Escrow, GetTotals, WalletShard, Withdraw};
 
 /// How long `Engine::start` waits for the actor threads to come up.
@@ -104,11 +108,25 @@ impl Audit {
     }
 }
 
+/// What the engine keeps of every open packet, awake or dormant.
+pub(crate) struct PacketMeta {
+    pub spec: NewPacket,
+    pub seed: u64,
+    pub sent_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl PacketMeta {
+    /// The view of a packet nobody has touched.
+    fn untouched_view(&self, share_fen_max: u64) -> PacketView {
+        PacketState::new(self.spec.clone(), share_fen_max, self.seed, self.sent_at, self.expires_at).view()
+    }
+}
+
 /// A packet actor's address, with what the handle needs to route and check eligibility.
 pub(crate) struct LivePacket {
     pub addr: Addr<PacketActor>,
-    pub spec: NewPacket,
-    pub expires_at: Timestamp,
+    pub meta: Arc<PacketMeta>,
 }
 
 /// Where a packet id leads.
@@ -116,10 +134,23 @@ pub(crate) struct LivePacket {
 pub(crate) enum Route {
     /// A send is in progress: the escrow is being debited.
     Opening,
+    /// Open, and nobody has touched it yet: no actor, no mailbox.
+    Dormant(Arc<PacketMeta>),
     /// The packet's actor is running.
     Live(Arc<LivePacket>),
     /// Expired and stopped; the final view answers repeat grabs and queries.
     Closed(Arc<PacketView>),
+}
+
+impl Route {
+    /// The packet's metadata if it is open (dormant or live).
+    fn open_meta(&self) -> Option<&Arc<PacketMeta>> {
+        match self {
+            Route::Dormant(meta) => Some(meta),
+            Route::Live(live) => Some(&live.meta),
+            Route::Opening | Route::Closed(_) => None,
+        }
+    }
 }
 
 /// State shared by the handle and the actors.
@@ -167,6 +198,54 @@ impl Shared {
 
     fn route(&self, packet: PacketId) -> Option<Route> {
         self.routes.get(&packet).map(|r| r.value().clone())
+    }
+
+    /// Opens a packet whose escrow is durable: dormant until someone touches it. Runs in the
+    /// escrow record's journal completion, so it completes even if the sender stopped
+    /// waiting.
+    pub(crate) fn open_packet(&self, meta: PacketMeta) -> PacketView {
+        let view = meta.untouched_view(self.limits.share_fen_max);
+        // Published before the route exists, so `PacketSent` is the packet's first event.
+        self.events.publish(|| Event::PacketSent {
+            packet: view.id,
+            sender: view.sender,
+            group: view.group,
+            total: view.total,
+            shares: view.shares,
+            expires_at: view.expires_at,
+        });
+        self.routes.insert(view.id, Route::Dormant(Arc::new(meta)));
+        // Not refused: one deadline per open packet, bounded by `open_packets_max`.
+        self.timer.do_send(Schedule { at: view.expires_at, packet: view.id });
+        view
+    }
+
+    /// Tells an open packet (waking it if dormant) to expire if it is due. Returns whether the
+    /// packet was open. The message is not refused: one per due packet per caller.
+    pub(crate) fn expire_packet(self: &Arc<Self>, packet: PacketId, reply: Option<oneshot::Sender<Expiry>>) -> bool {
+        match self.wake(packet) {
+            Some(Route::Live(live)) => {
+                live.addr.do_send(Expire { reply });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The packet's route, with its actor started if it was dormant. The routing table's
+    /// entry lock makes sure only one actor is ever started for a packet.
+    pub(crate) fn wake(self: &Arc<Self>, packet: PacketId) -> Option<Route> {
+        let route = self.route(packet)?;
+        if !matches!(route, Route::Dormant(_)) {
+            return Some(route);
+        }
+        let mut entry = self.routes.get_mut(&packet)?;
+        if let Route::Dormant(meta) = entry.value() {
+            let meta = Arc::clone(meta);
+            let addr = PacketActor::spawn(Arc::clone(self), &meta);
+            *entry.value_mut() = Route::Live(Arc::new(LivePacket { addr, meta }));
+        }
+        Some(entry.value().clone())
     }
 
     fn packet_seed(&self, packet: PacketId) -> u64 {
@@ -275,10 +354,10 @@ impl Engine {
             })
             .collect();
         let timer = {
-            let (clock, routes, ready) = (Arc::clone(&clock), Arc::clone(&routes), ready_tx.clone());
+            let (clock, ready) = (Arc::clone(&clock), ready_tx.clone());
             Timer::start_in_arbiter(&arbiters[0], move |_| {
                 let _ = ready.send(());
-                Timer::new(clock, routes)
+                Timer::new(clock)
             })
         };
         drop(ready_tx);
@@ -303,6 +382,8 @@ impl Engine {
             running: AtomicBool::new(true),
             seed,
         });
+        // Weak: the timer must not keep the engine alive after the last handle is gone.
+        shared.timer.do_send(Attach(Arc::downgrade(&shared)));
         Ok(Engine { runtime: Arc::new(Runtime { shared, system, stopped: Mutex::new(Some(stopped)) }) })
     }
 
@@ -449,7 +530,7 @@ impl Engine {
         match existing {
             None => {}
             Some(Route::Opening) => return Err(SendError::Busy),
-            Some(Route::Live(live)) if live.spec == spec => {
+            Some(route @ (Route::Dormant(_) | Route::Live(_))) if route.open_meta().is_some_and(|m| m.spec == spec) => {
                 return self.packet(spec.id).await.map_err(|_| SendError::Busy)
             }
             Some(Route::Closed(view)) if same_spec(&view, &spec) => return Ok((*view).clone()),
@@ -480,14 +561,15 @@ impl Engine {
     pub async fn grab(&self, packet: PacketId, user: UserId) -> Result<Grabbed, GrabError> {
         let shared = self.shared().ok_or(GrabError::ShuttingDown)?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match shared.route(packet) {
+            let live = match shared.wake(packet) {
                 None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
                 Some(Route::Closed(view)) => {
                     return Err(closed_answer(&view, user, shared.is_eligible(view.group, &view.split, user)))
                 }
                 Some(Route::Live(live)) => live,
+                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
             };
-            let eligible = shared.is_eligible(live.spec.group, &live.spec.split, user);
+            let eligible = shared.is_eligible(live.meta.spec.group, &live.meta.spec.split, user);
             let (reply, rx) = oneshot::channel();
             match live.addr.try_send(Grab { user, eligible, reply }) {
                 Ok(()) => {}
@@ -516,6 +598,8 @@ impl Engine {
             let live = match shared.route(packet) {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
                 Some(Route::Closed(view)) => return Ok((*view).clone()),
+                // Nothing has happened to it yet: no need to wake it to describe it.
+                Some(Route::Dormant(meta)) => return Ok(meta.untouched_view(shared.limits.share_fen_max)),
                 Some(Route::Live(live)) => live,
             };
             let (reply, rx) = oneshot::channel();
@@ -542,7 +626,7 @@ impl Engine {
         let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
         match shared.route(packet) {
             None | Some(Route::Opening) => Err(EngineError::UnknownPacket),
-            Some(Route::Live(_) | Route::Closed(_)) => Err(EngineError::Irrevocable { packet }),
+            Some(Route::Dormant(_) | Route::Live(_) | Route::Closed(_)) => Err(EngineError::Irrevocable { packet }),
         }
     }
 
@@ -570,20 +654,17 @@ impl Engine {
     pub async fn expire_due(&self) -> Result<usize, EngineError> {
         let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
         let now = shared.clock.now();
-        let due: Vec<Arc<LivePacket>> = shared
+        let due: Vec<PacketId> = shared
             .routes
             .iter()
-            .filter_map(|r| match r.value() {
-                Route::Live(live) if live.expires_at <= now => Some(Arc::clone(live)),
-                _ => None,
-            })
+            .filter(|r| r.value().open_meta().is_some_and(|m| m.expires_at <= now))
+            .map(|r| *r.key())
             .collect();
-        // Not refused: one per due packet per call. A dropped reply means the packet closed
-        // under an earlier expiry; the barrier below waits for that expiry's refund too.
-        join_all(due.iter().map(|live| {
+        // A dropped reply means the packet closed under an earlier expiry; the barrier below
+        // waits for that expiry's refund too.
+        join_all(due.iter().filter_map(|&packet| {
             let (reply, rx) = oneshot::channel();
-            live.addr.do_send(Expire { reply: Some(reply) });
-            rx
+            shared.expire_packet(packet, Some(reply)).then_some(rx)
         }))
         .await;
         barrier(&shared.journal).await;
@@ -617,9 +698,14 @@ impl Engine {
             violations: Vec::new(),
         };
         let mut inspections = Vec::new();
+        let mut escrow: u128 = 0;
         for route in routes {
             match route {
                 Route::Opening => {}
+                Route::Dormant(meta) => {
+                    audit.packets_live += 1;
+                    escrow += u128::from(meta.spec.split.total().map_or(0, |t| t.as_fen()));
+                }
                 Route::Live(live) => {
                     let (reply, rx) = oneshot::channel();
                     // Not refused: the audit must see every packet. A packet that closes
@@ -635,7 +721,6 @@ impl Engine {
                 }
             }
         }
-        let mut escrow: u128 = 0;
         for (amount, check) in join_all(inspections).await.into_iter().flatten() {
             audit.packets_live += 1;
             escrow += u128::from(amount.as_fen());

@@ -17,8 +17,9 @@
 //!
 //! # Lifecycle
 //!
-//! Opened by the sender's wallet shard once the escrow is durable; on start it publishes
-//! itself in the routing table, schedules its expiry and answers the sender. At expiry it
+//! A sent packet starts dormant: a small record in the routing table, with no actor and no
+//! mailbox, so that a million packets nobody touches cost a few hundred bytes each. The first
+//! grab or expiry wakes it: the handle creates its mailbox and starts this actor. At expiry it
 //! refunds what is left (once), replaces its route with a closed view that keeps answering
 //! repeat grabs, and stops. Messages still in its mailbox then are dropped; their callers see
 //! the closed route and are answered from it.
@@ -29,14 +30,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::clock::Timestamp;
-use crate::engine::{Grabbed, LivePacket, Route, Shared};
-use crate::error::{GrabError, SendError};
+use crate::engine::{Grabbed, PacketMeta, Route, Shared};
+use crate::error::GrabError;
 use crate::events::Event;
 use crate::journal::Record;
 use crate::money::{bucket, Amount, UserId};
-use crate::packet::{Expiry, NewPacket, PacketState, PacketView};
-use crate::timer::Schedule;
+use crate::packet::{Expiry, PacketState, PacketView};
 use crate::wallet::Credit;
 
 /// A grab request. `eligible` was decided by the engine handle from the group roster.
@@ -79,31 +78,22 @@ pub(crate) struct Flush {
 pub(crate) struct PacketActor {
     shared: Arc<Shared>,
     state: PacketState,
-    /// The sender's reply, answered once the actor has started.
-    opened: Option<oneshot::Sender<Result<PacketView, SendError>>>,
 }
 
 impl PacketActor {
-    /// Starts the actor for a packet whose escrow is durable, on the arbiter its id hashes to.
-    /// Callable from any thread (it runs in a journal completion).
-    pub(crate) fn open(
-        shared: Arc<Shared>,
-        spec: NewPacket,
-        seed: u64,
-        sent_at: Timestamp,
-        expires_at: Timestamp,
-        reply: oneshot::Sender<Result<PacketView, SendError>>,
-    ) {
-        let arbiter = &shared.arbiters[bucket(spec.id.0, shared.arbiters.len())];
-        let capacity = shared.limits.packet_mailbox_capacity;
-        let state = PacketState::new(spec, shared.limits.share_fen_max, seed, sent_at, expires_at);
-        let arbiter = arbiter.clone();
-        PacketActor::start_in_arbiter(&arbiter, move |ctx| {
-            // Set before `started` publishes the address, so no grab ever meets the default
-            // capacity.
-            ctx.set_mailbox_capacity(capacity);
-            PacketActor { shared, state, opened: Some(reply) }
+    /// Starts the actor of a dormant packet on the arbiter its id hashes to and returns its
+    /// address at once. The mailbox is created here with its real capacity, so grabs can be
+    /// queued (and bounded) before the actor's first turn. Callable from any thread.
+    pub(crate) fn spawn(shared: Arc<Shared>, meta: &PacketMeta) -> Addr<PacketActor> {
+        let (tx, rx) = actix::dev::channel::channel(shared.limits.packet_mailbox_capacity);
+        let state = PacketState::new(meta.spec.clone(), shared.limits.share_fen_max, meta.seed, meta.sent_at, meta.expires_at);
+        let arbiter = shared.arbiters[bucket(meta.spec.id.0, shared.arbiters.len())].clone();
+        // If the arbiter has stopped (shutdown), the receiver is dropped with the closure and
+        // every send to the address fails as closed.
+        arbiter.spawn_fn(move || {
+            Context::with_receiver(rx).run(PacketActor { shared, state });
         });
+        Addr::new(tx)
     }
 
     fn id(&self) -> crate::money::PacketId {
@@ -147,29 +137,6 @@ impl PacketActor {
 
 impl Actor for PacketActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let spec = self.state.spec();
-        let live = LivePacket { addr: ctx.address(), spec: spec.clone(), expires_at: self.state.expires_at() };
-        self.shared.routes.insert(spec.id, Route::Live(Arc::new(live)));
-        // The timer's mailbox is not refused: one deadline per open packet, bounded by
-        // `open_packets_max`.
-        self.shared.timer.do_send(Schedule { at: self.state.expires_at(), packet: spec.id });
-        let view = self.state.view();
-        // Published here, before this actor handles any grab, so `PacketSent` is the first
-        // event of the packet.
-        self.shared.events.publish(|| Event::PacketSent {
-            packet: view.id,
-            sender: view.sender,
-            group: view.group,
-            total: view.total,
-            shares: view.shares,
-            expires_at: view.expires_at,
-        });
-        if let Some(opened) = self.opened.take() {
-            let _ = opened.send(Ok(view));
-        }
-    }
 }
 
 impl Handler<Grab> for PacketActor {

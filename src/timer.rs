@@ -16,15 +16,13 @@
 //! late timer never lets a grab win money that is due back, and an early one changes nothing.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use actix::prelude::*;
-use dashmap::DashMap;
 
 use crate::clock::{Clock, Timestamp};
-use crate::engine::Route;
+use crate::engine::Shared;
 use crate::money::PacketId;
-use crate::packet_actor::Expire;
 
 /// How many due packets the timer tells to expire before yielding to other work.
 const EXPIRIES_PER_TURN_MAX: usize = 4_096;
@@ -36,6 +34,11 @@ pub(crate) struct Schedule {
     pub at: Timestamp,
     pub packet: PacketId,
 }
+
+/// Connects the timer to the engine once the engine exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Attach(pub Weak<Shared>);
 
 /// Fires due deadlines (sent by the timer to itself).
 #[derive(Message)]
@@ -75,14 +78,14 @@ impl Deadlines {
 
 pub(crate) struct Timer {
     clock: Arc<dyn Clock>,
-    routes: Arc<DashMap<PacketId, Route>>,
+    shared: Weak<Shared>,
     deadlines: Deadlines,
     armed: Option<(Timestamp, SpawnHandle)>,
 }
 
 impl Timer {
-    pub(crate) fn new(clock: Arc<dyn Clock>, routes: Arc<DashMap<PacketId, Route>>) -> Timer {
-        Timer { clock, routes, deadlines: Deadlines::default(), armed: None }
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Timer {
+        Timer { clock, shared: Weak::new(), deadlines: Deadlines::default(), armed: None }
     }
 
     /// Keeps exactly one sleep armed, for the earliest deadline.
@@ -106,11 +109,10 @@ impl Timer {
 
     fn fire(&mut self, ctx: &mut Context<Self>) {
         let due = self.deadlines.take_due(self.clock.now(), EXPIRIES_PER_TURN_MAX);
-        for packet in &due {
-            let route = self.routes.get(packet).map(|r| r.value().clone());
-            if let Some(Route::Live(live)) = route {
-                // Not refused: each packet gets one expiry message per deadline.
-                live.addr.do_send(Expire { reply: None });
+        if let Some(shared) = self.shared.upgrade() {
+            for &packet in &due {
+                // A dormant packet is woken to expire, so expiry has one implementation.
+                shared.expire_packet(packet, None);
             }
         }
         if due.len() == EXPIRIES_PER_TURN_MAX {
@@ -124,6 +126,14 @@ impl Timer {
 
 impl Actor for Timer {
     type Context = Context<Self>;
+}
+
+impl Handler<Attach> for Timer {
+    type Result = ();
+
+    fn handle(&mut self, m: Attach, _: &mut Context<Self>) {
+        self.shared = m.0;
+    }
 }
 
 impl Handler<Schedule> for Timer {

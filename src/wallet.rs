@@ -31,13 +31,12 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::clock::Timestamp;
-use crate::engine::Shared;
+use crate::engine::{PacketMeta, Shared};
 use crate::error::{SendError, WalletError};
 use crate::events::{Event, EventHub};
 use crate::journal::{Journal, Record};
 use crate::money::{Amount, OpId, UserId};
 use crate::packet::{NewPacket, PacketView};
-use crate::packet_actor::PacketActor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OpKind {
@@ -343,10 +342,15 @@ impl Handler<Escrow> for WalletShard {
             sent_at,
             expires_at,
         };
-        // The packet opens only once its escrow is durable; the actor answers the sender
-        // when it has started, so a grab can never reach a packet whose money could vanish.
-        self.journal
-            .append(record, Box::new(move || PacketActor::open(shared, spec, seed, sent_at, expires_at, reply)));
+        // The packet opens only once its escrow is durable, so a grab can never reach a
+        // packet whose money could vanish.
+        self.journal.append(
+            record,
+            Box::new(move || {
+                let meta = PacketMeta { spec, seed, sent_at, expires_at };
+                let _ = reply.send(Ok(shared.open_packet(meta)));
+            }),
+        );
     }
 }
 
