@@ -1,0 +1,424 @@
+//! What a run measured, and the ways it is written out: the human table, `--json`, `--hgrm`
+//! (the HdrHistogram percentile-distribution text that existing plotters read) and `--plot`
+//! (an SVG latency-by-percentile chart). Pure functions over the merged figures.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes, at 3 significant digits.
+pub const LATENCY_US_MAX: u64 = 600_000_000;
+
+/// A latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static histogram bounds are valid")
+}
+
+/// The percentiles every report shows.
+pub const PERCENTILES: [(&str, f64); 6] =
+    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99), ("max", 100.0)];
+
+/// Everything one worker (and, merged, the whole run) measured.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// Replies by kind ("won", "sold_out", ..., and errors such as "busy").
+    pub replies: BTreeMap<String, u64>,
+    /// Times a request was answered `Busy` and sent again.
+    pub busy_retries: u64,
+    /// Latency from the request's intended start (the storm's release, or its slot on the
+    /// open-loop schedule) to its reply: corrected for coordinated omission.
+    pub corrected: Histogram<u64>,
+    /// Latency from the moment the request was actually sent to its reply.
+    pub uncorrected: Histogram<u64>,
+}
+
+impl Default for Figures {
+    fn default() -> Figures {
+        Figures { replies: BTreeMap::new(), busy_retries: 0, corrected: histogram(), uncorrected: histogram() }
+    }
+}
+
+impl Figures {
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, other: &Figures) {
+        for (kind, n) in &other.replies {
+            *self.replies.entry(kind.clone()).or_default() += n;
+        }
+        self.busy_retries += other.busy_retries;
+        self.corrected.add(&other.corrected).expect("same bounds");
+        self.uncorrected.add(&other.uncorrected).expect("same bounds");
+    }
+
+    /// Counts one reply of `kind` with its two latencies in microseconds.
+    pub fn record(&mut self, kind: &str, corrected_us: u64, uncorrected_us: u64) {
+        match self.replies.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.replies.insert(kind.to_string(), 1);
+            }
+        }
+        self.corrected.saturating_record(corrected_us.max(1));
+        self.uncorrected.saturating_record(uncorrected_us.max(1));
+    }
+
+    /// All requests answered.
+    pub fn requests(&self) -> u64 {
+        self.replies.values().sum()
+    }
+
+    /// Replies of one kind.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.replies.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// Reply kinds that are a normal answer rather than an error.
+pub const ANSWERS: [&str; 10] = [
+    "won",
+    "sold_out",
+    "already_grabbed",
+    "not_eligible",
+    "expired",
+    "deposited",
+    "sent",
+    "balance",
+    "insufficient_funds",
+    "unknown_packet",
+];
+
+/// A finished run, ready to print.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub mode: String,
+    pub params: Value,
+    pub figures: Figures,
+    pub elapsed_secs: f64,
+    pub audit_balanced: bool,
+    pub audit_detail: String,
+    pub violations: Vec<String>,
+    /// For the idle scenario: (packets, resident bytes before, after).
+    pub idle: Option<(u64, u64, u64)>,
+}
+
+impl Report {
+    /// Whether the run is a pass: audit balanced and no invariant broken.
+    pub fn ok(&self) -> bool {
+        self.audit_balanced && self.violations.is_empty()
+    }
+
+    fn rate(&self, n: u64) -> f64 {
+        if self.elapsed_secs > 0.0 {
+            n as f64 / self.elapsed_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let f = &self.figures;
+        let mut out = String::new();
+        let _ = writeln!(out, "scenario      {} ({}), target {}", self.scenario, self.mode, self.target);
+        let _ = writeln!(out, "requests      {:>12}", f.requests());
+        for kind in ANSWERS.iter().filter(|k| f.count(k) > 0) {
+            let _ = writeln!(out, "  {kind:<18}{:>10}", f.count(kind));
+        }
+        let errors: Vec<_> = f.replies.iter().filter(|(k, _)| !ANSWERS.contains(&k.as_str())).collect();
+        let error_total: u64 = errors.iter().map(|(_, n)| **n).sum();
+        let _ = writeln!(out, "errors        {error_total:>12}");
+        for (kind, n) in errors {
+            let _ = writeln!(out, "  {kind:<18}{n:>10}");
+        }
+        let _ = writeln!(out, "busy, retried {:>12}", f.busy_retries);
+        let _ = writeln!(out, "elapsed       {:>12.3} s", self.elapsed_secs);
+        let _ = writeln!(out, "throughput    {:>12.0} requests/s", self.rate(f.requests()));
+        let _ = writeln!(out, "              {:>12.0} winning grabs/s", self.rate(f.count("won")));
+        let mut latency = |name: &str, h: &Histogram<u64>| {
+            let cells: Vec<String> =
+                PERCENTILES.iter().map(|(label, p)| format!("{label} {}", ms(h.value_at_percentile(*p)))).collect();
+            let _ = writeln!(out, "{name:<14}{}", cells.join("  "));
+        };
+        latency("latency ms", &f.corrected);
+        if self.mode == "open-loop" {
+            latency("uncorrected ms", &f.uncorrected);
+        }
+        if let Some((packets, before, after)) = self.idle {
+            let _ = writeln!(
+                out,
+                "idle memory   {} open packets, resident {:.1} → {:.1} MiB, {:.0} bytes per packet",
+                packets,
+                before as f64 / MIB,
+                after as f64 / MIB,
+                per_packet(packets, before, after)
+            );
+        }
+        for v in self.violations.iter().take(VIOLATIONS_SHOWN_MAX) {
+            let _ = writeln!(out, "INVARIANT BROKEN: {v}");
+        }
+        if self.violations.len() > VIOLATIONS_SHOWN_MAX {
+            let _ = writeln!(out, "INVARIANT BROKEN: … and {} more", self.violations.len() - VIOLATIONS_SHOWN_MAX);
+        }
+        let verdict = if self.audit_balanced { "balanced" } else { "NOT BALANCED" };
+        let _ = writeln!(out, "audit         {verdict}: {}", self.audit_detail);
+        out
+    }
+
+    /// The JSON document (fields documented in BENCHMARKS.md).
+    pub fn json(&self) -> Value {
+        let f = &self.figures;
+        let latency = |h: &Histogram<u64>| {
+            let mut m = serde_json::Map::new();
+            for (label, p) in PERCENTILES {
+                m.insert(label.replace('.', "_"), json!(h.value_at_percentile(p)));
+            }
+            m.insert("mean".into(), json!(h.mean()));
+            m.insert("count".into(), json!(h.len()));
+            Value::Object(m)
+        };
+        json!({
+            "scenario": self.scenario,
+            "target": self.target,
+            "mode": self.mode,
+            "params": self.params,
+            "requests": f.requests(),
+            "replies": f.replies,
+            "busy_retries": f.busy_retries,
+            "elapsed_secs": self.elapsed_secs,
+            "requests_per_sec": self.rate(f.requests()),
+            "winning_grabs_per_sec": self.rate(f.count("won")),
+            "latency_us": { "corrected": latency(&f.corrected), "uncorrected": latency(&f.uncorrected) },
+            "idle": self.idle.map(|(packets, before, after)| json!({
+                "open_packets": packets,
+                "resident_bytes_before": before,
+                "resident_bytes_after": after,
+                "bytes_per_packet": per_packet(packets, before, after),
+            })),
+            "audit": { "balanced": self.audit_balanced, "detail": self.audit_detail },
+            "violations": self.violations.iter().take(VIOLATIONS_SHOWN_MAX).collect::<Vec<_>>(),
+            "violations_total": self.violations.len(),
+            "ok": self.ok(),
+        })
+    }
+}
+
+/// One line comparing two runs of the same scenario: throughput ratio and p99s.
+pub fn comparison(a: &Report, b: &Report) -> String {
+    let (ra, rb) = (a.rate(a.figures.requests()), b.rate(b.figures.requests()));
+    let ratio = if rb > 0.0 { ra / rb } else { f64::INFINITY };
+    format!(
+        "comparison    {} vs {}: {ratio:.1}× the requests/s ({ra:.0} vs {rb:.0}); p99 {} ms vs {} ms",
+        a.target,
+        b.target,
+        ms(a.figures.corrected.value_at_percentile(99.0)),
+        ms(b.figures.corrected.value_at_percentile(99.0)),
+    )
+}
+
+/// The JSON document for several targets: every run, and each later run's throughput
+/// relative to the first.
+pub fn comparison_json(reports: &[Report]) -> Value {
+    let first = &reports[0];
+    let base = first.rate(first.figures.requests());
+    json!({
+        "runs": reports.iter().map(Report::json).collect::<Vec<_>>(),
+        "throughput_ratio_first_to": reports[1..].iter().map(|r| json!({
+            "target": r.target,
+            "ratio": base / r.rate(r.figures.requests()).max(f64::MIN_POSITIVE),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Broken invariants listed one by one; past this many only their number is given.
+const VIOLATIONS_SHOWN_MAX: usize = 20;
+
+fn per_packet(packets: u64, before: u64, after: u64) -> f64 {
+    after.saturating_sub(before) as f64 / packets.max(1) as f64
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1_000.0)
+}
+
+/// The percentile distribution in HdrHistogram's text layout, values in milliseconds.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let value = h.highest_equivalent(v.value_iterated_to()) as f64 / 1_000.0;
+        let q = v.quantile_iterated_to();
+        if q < 1.0 {
+            let _ = writeln!(out, "{value:>12.3} {q:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - q));
+        } else {
+            let _ = writeln!(out, "{value:>12.3} {q:>2.12} {total:>10}");
+        }
+    }
+    let _ = writeln!(out, "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]", h.mean() / 1_000.0, h.stdev() / 1_000.0);
+    let _ = writeln!(out, "#[Max     = {:>12.3}, Total count    = {:>12}]", h.max() as f64 / 1_000.0, h.len());
+    // As HdrHistogram computes it: the smallest power of two covering 2 × 10^sigfig.
+    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
+    let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), sub_buckets);
+    out
+}
+
+/// An SVG chart of latency (ms) by percentile, the percentile axis log-scaled as
+/// HdrHistogram plots are: x = log10(1 / (1 - p)), so 90%, 99%, 99.9% … are evenly spaced.
+pub fn plot_svg(path: &std::path::Path, title: &str, series: &[(&str, &Histogram<u64>)]) -> Result<(), String> {
+    use plotters::prelude::*;
+    const NINES_MAX: f64 = 5.0; // up to 99.999%
+    let points = |h: &Histogram<u64>| -> Vec<(f64, f64)> {
+        h.iter_quantiles(10)
+            .map(|v| {
+                let q = v.quantile_iterated_to().min(1.0 - 1e-5);
+                ((1.0 / (1.0 - q)).log10().min(NINES_MAX), h.highest_equivalent(v.value_iterated_to()) as f64 / 1e3)
+            })
+            .collect()
+    };
+    let all: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, h)| points(h)).collect();
+    let y_max = all.iter().flatten().map(|p| p.1).fold(0.001, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..NINES_MAX, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| {
+            let nines = x.round() as i32;
+            match nines {
+                0 => "0%".into(),
+                n => format!("{}%", 100.0 - 100.0 / 10f64.powi(n)),
+            }
+        })
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA];
+    for (i, ((name, _), pts)) in series.iter().zip(all).enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Histogram<u64> {
+        let mut h = histogram();
+        for v in 1..=10_000u64 {
+            h.record(v * 10).unwrap(); // 10 µs .. 100 ms, uniform
+        }
+        h
+    }
+
+    #[test]
+    fn hgrm_lines_match_the_histogram() {
+        let h = sample();
+        let text = hgrm(&h);
+        let mut last_count = 0;
+        let mut rows = 0;
+        for line in text.lines().skip(2).filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (value_ms, q, count): (f64, f64, u64) =
+                (cols[0].parse().unwrap(), cols[1].parse().unwrap(), cols[2].parse().unwrap());
+            // Each row's value is the histogram's value at that percentile (to the printed
+            // precision), and counts only grow.
+            let expected = h.highest_equivalent(h.value_at_quantile(q)) as f64 / 1_000.0;
+            assert!((value_ms - expected).abs() < 0.002, "{line}: expected {expected}");
+            assert!(count >= last_count);
+            if cols.len() == 4 {
+                let inv: f64 = cols[3].parse().unwrap();
+                assert!((inv - 1.0 / (1.0 - q)).abs() / inv < 0.01, "{line}");
+            }
+            last_count = count;
+            rows += 1;
+        }
+        assert!(rows > 20);
+        assert_eq!(last_count, h.len(), "the last row counts every value");
+        assert!(text.contains(&format!("Total count    = {:>12}", h.len())));
+        let max_line = text.lines().find(|l| l.starts_with("#[Max")).unwrap();
+        assert!(max_line.contains(&format!("{:.3}", h.max() as f64 / 1_000.0)), "{max_line}");
+    }
+
+    #[test]
+    fn json_figures_come_from_the_histograms() {
+        let mut figures = Figures::default();
+        for v in 1..=1_000u64 {
+            figures.record(if v % 10 == 0 { "won" } else { "sold_out" }, v * 100, v);
+        }
+        figures.record("busy", 5, 5);
+        let report = Report {
+            scenario: "storm".into(),
+            target: "embedded".into(),
+            mode: "burst".into(),
+            params: json!({"groups": 1}),
+            figures: figures.clone(),
+            elapsed_secs: 2.0,
+            audit_balanced: true,
+            audit_detail: "ok".into(),
+            violations: vec![],
+            idle: None,
+        };
+        let j = report.json();
+        assert_eq!(j["requests"], 1_001);
+        assert_eq!(j["replies"]["won"], 100);
+        assert_eq!(j["replies"]["sold_out"], 900);
+        assert_eq!(j["replies"]["busy"], 1);
+        assert_eq!(j["requests_per_sec"], 500.5);
+        assert_eq!(j["winning_grabs_per_sec"], 50.0);
+        let c = &j["latency_us"]["corrected"];
+        for (label, p) in PERCENTILES {
+            assert_eq!(c[label.replace('.', "_")], figures.corrected.value_at_percentile(p), "{label}");
+        }
+        assert_eq!(j["latency_us"]["uncorrected"]["max"], figures.uncorrected.max());
+        assert_eq!(c["count"], 1_001);
+        assert_eq!(j["ok"], true);
+        let table = report.table();
+        assert!(table.contains("errors                   1"), "{table}");
+    }
+
+    #[test]
+    fn merging_adds_counts_and_histograms() {
+        let (mut a, mut b) = (Figures::default(), Figures::default());
+        a.record("won", 10, 10);
+        b.record("won", 20, 20);
+        b.record("sold_out", 30, 30);
+        b.busy_retries = 4;
+        a.merge(&b);
+        assert_eq!((a.count("won"), a.count("sold_out"), a.busy_retries, a.corrected.len()), (2, 1, 4, 3));
+    }
+
+    #[test]
+    fn plot_writes_an_svg() {
+        let dir = std::env::temp_dir().join(format!("hongbao-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latency.svg");
+        let h = sample();
+        plot_svg(&path, "test", &[("corrected", &h)]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("99.9%") && svg.contains("polyline"), "{}", &svg[..200]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,475 @@
+//! The scenarios and the client that drives them.
+//!
+//! Requests are spread over `--connections` workers, each recording into its own histograms
+//! (merged at the end, so recording takes no shared lock). Workers start together: each
+//! allocates what it needs, then waits at a barrier; the clock starts when the last one is
+//! there. In a burst (storm, hot) each worker has all its grabs in flight at once; in open loop
+//! each worker starts its share of a fixed schedule and measures from the scheduled instant.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hongbao::{GroupId, PacketId, UserId};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::args::{Args, Scenario};
+use crate::report::{Figures, Report};
+use crate::target::{Reply, Target};
+
+/// One grab to make.
+#[derive(Clone, Copy, Debug)]
+struct GrabOp {
+    packet: PacketId,
+    group: GroupId,
+    user: UserId,
+}
+
+/// A grab that won: checked against the target afterwards.
+type Win = (PacketId, UserId, u64);
+
+/// Counts finished requests for the progress bar; absent when no bar is drawn, so the
+/// measured path touches no shared counter.
+#[derive(Clone)]
+struct Progress(Option<Arc<AtomicU64>>);
+
+impl Progress {
+    fn add(&self, n: u64) {
+        if let Some(c) = &self.0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Draws a progress bar on stderr while `total` requests run, when stderr is a terminal.
+fn progress_bar(args: &Args, total: u64, what: &str) -> (Progress, Option<tokio::task::JoinHandle<()>>) {
+    use std::io::IsTerminal;
+    if args.no_progress || !std::io::stderr().is_terminal() {
+        return (Progress(None), None);
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    let done = Arc::new(AtomicU64::new(0));
+    let watch = Arc::clone(&done);
+    let task = tokio::spawn(async move {
+        loop {
+            let n = watch.load(Ordering::Relaxed);
+            bar.set_position(n);
+            if n >= total {
+                bar.finish_and_clear();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (Progress(Some(done)), Some(task))
+}
+
+/// Packet seeds for the Redis pre-split (the engine derives its own from `--seed`).
+fn packet_seed(seed: u64, packet: PacketId) -> u64 {
+    seed.rotate_left(17) ^ packet.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// User 0 of each group is its sender; members follow, distinct across groups.
+pub fn member(group: u64, i: u64, members: u64) -> UserId {
+    UserId(group * (members + 1) + i + 1)
+}
+
+async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32) -> (Reply, u64) {
+    let mut retries = 0u64;
+    loop {
+        let reply = target.grab(op.packet, op.group, op.user).await;
+        if reply == Reply::Busy && retries < u64::from(retries_max) {
+            // A real client backs off and retries; the latency keeps counting from the start.
+            retries += 1;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        return (reply, retries);
+    }
+}
+
+/// Runs one round of grabs; returns the wins and the time from the release to the last
+/// reply. Each worker records into its own entry of `figures` (kept across rounds, so their
+/// memory is warm; nothing is recorded when `measure` is false).
+async fn grab_round(
+    target: &Arc<Target>,
+    ops: Arc<Vec<GrabOp>>,
+    args: &Args,
+    figures: &mut [Figures],
+    measure: bool,
+    progress: &Progress,
+) -> (Vec<Win>, Duration) {
+    let workers = figures.len().min(ops.len()).max(1);
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let tasks: Vec<_> = figures[..workers]
+        .iter_mut()
+        .enumerate()
+        .map(|(w, slot)| {
+            let mut figures = std::mem::take(slot);
+            let (target, ops, barrier, start_at, progress) =
+                (Arc::clone(target), Arc::clone(&ops), Arc::clone(&barrier), Arc::clone(&start_at), progress.clone());
+            let (rate, retries_max) = (args.rate, args.busy_retries_max);
+            tokio::spawn(async move {
+                let mut wins = Vec::new();
+                let mut last = None;
+                barrier.wait().await;
+                let start = *start_at.get().expect("set before the barrier opens");
+                let mine = ops.iter().enumerate().skip(w).step_by(workers);
+                let mut record = |op: GrabOp, reply: Reply, retries: u64, intended: Instant, sent: Instant| {
+                    let done = Instant::now();
+                    last = Some(done);
+                    if measure {
+                        figures.busy_retries += retries;
+                        let us = |from: Instant| done.duration_since(from).as_micros() as u64;
+                        figures.record(reply.kind(), us(intended), us(sent));
+                        progress.add(1);
+                    }
+                    if let Reply::Won(fen) = reply {
+                        wins.push((op.packet, op.user, fen));
+                    }
+                };
+                match rate {
+                    None => {
+                        // Burst: every grab of this worker in flight at once, all intended at
+                        // the storm's release.
+                        let mut inflight: FuturesUnordered<_> = mine
+                            .map(|(_, &op)| {
+                                let target = &target;
+                                async move {
+                                    let sent = Instant::now();
+                                    let (reply, retries) = grab_until_answered(target, op, retries_max).await;
+                                    (op, reply, retries, sent)
+                                }
+                            })
+                            .collect();
+                        while let Some((op, reply, retries, sent)) = inflight.next().await {
+                            record(op, reply, retries, start, sent);
+                        }
+                    }
+                    Some(rate) => {
+                        for (k, &op) in mine {
+                            let intended = start + Duration::from_secs_f64(k as f64 / rate);
+                            tokio::time::sleep_until(intended.into()).await;
+                            let sent = Instant::now();
+                            let (reply, retries) = grab_until_answered(&target, op, retries_max).await;
+                            record(op, reply, retries, intended, sent);
+                        }
+                    }
+                }
+                (figures, wins, last)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    start_at.set(start).expect("set once");
+    barrier.wait().await;
+    let mut wins = Vec::new();
+    let mut last = start;
+    for (slot, t) in figures.iter_mut().zip(tasks) {
+        let (f, w, done) = t.await.expect("worker panicked");
+        *slot = f;
+        wins.extend(w);
+        last = last.max(done.unwrap_or(start));
+    }
+    (wins, last.duration_since(start))
+}
+
+/// Checks every packet and winner after a storm: winners distinct, no more than the shares,
+/// shares summing to the total when sold out, the target's claims equal to the acknowledged
+/// wins, and every member's balance equal to what they won.
+async fn check_storm(target: &Target, packets: &[(PacketId, u64, u32)], wins: &[Win]) -> Result<Vec<String>, String> {
+    let mut violations = Vec::new();
+    let mut by_packet: HashMap<PacketId, Vec<(UserId, u64)>> = HashMap::new();
+    let mut by_user: HashMap<UserId, u64> = HashMap::new();
+    for &(p, u, fen) in wins {
+        by_packet.entry(p).or_default().push((u, fen));
+        *by_user.entry(u).or_default() += fen;
+    }
+    for &(packet, total, shares) in packets {
+        let mut won = by_packet.remove(&packet).unwrap_or_default();
+        let users: HashSet<UserId> = won.iter().map(|w| w.0).collect();
+        if users.len() != won.len() {
+            violations.push(format!("packet {packet}: a member was paid twice"));
+        }
+        let sum: u64 = won.iter().map(|w| w.1).sum();
+        if won.len() > shares as usize || (won.len() == shares as usize && sum != total) {
+            violations.push(format!("packet {packet}: {} wins summing to {sum} fen of {total} in {shares} shares", won.len()));
+        }
+        let mut claims = target.claims(packet).await?;
+        claims.sort_unstable();
+        won.sort_unstable();
+        if claims != won {
+            violations.push(format!("packet {packet}: {} claims recorded, {} wins acknowledged", claims.len(), won.len()));
+        }
+    }
+    let balances: Vec<_> = futures::stream::iter(by_user)
+        .map(|(user, won)| async move { (user, won, target.balance(user).await) })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for (user, won, balance) in balances {
+        if balance? != won {
+            violations.push(format!("{user}'s balance is not the {won} fen they won"));
+        }
+    }
+    Ok(violations)
+}
+
+/// storm and hot: rounds of packets grabbed by every member at once.
+pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
+    let groups = if args.scenario == Scenario::Hot { 1 } else { args.groups };
+    let (members, shares, total) = (args.members, args.shares, args.yuan * 100);
+    for g in 0..groups {
+        target.set_members(GroupId(g), (0..=members).map(|i| member(g, i, members)).collect()).await?;
+    }
+    let rounds = args.warmup + args.rounds();
+    let measured_requests = u64::from(args.rounds()) * groups * members;
+    let (progress, bar) = progress_bar(args, measured_requests, &format!("{:?}", args.scenario).to_lowercase());
+    let mut workers: Vec<Figures> = (0..args.connections).map(|_| Figures::default()).collect();
+    let mut elapsed = Duration::ZERO;
+    let mut packets = Vec::new();
+    let mut wins = Vec::new();
+    for round in 0..u64::from(rounds) {
+        // Fund and send this round's packets (not timed).
+        let sends = (0..groups).map(|g| {
+            let target = &target;
+            async move {
+                let packet = PacketId(round * groups + g);
+                let sender = member(g, 0, members);
+                let deposited = target.deposit(packet.0, sender, total).await;
+                let sent = target.send(packet, sender, GroupId(g), total, shares, packet_seed(args.seed, packet)).await;
+                (deposited == "deposited" && sent == "sent").then_some(packet).ok_or(format!("round {round}: {deposited}, {sent}"))
+            }
+        });
+        for sent in futures::future::join_all(sends).await {
+            packets.push((sent?, total, shares));
+        }
+        let ops: Vec<GrabOp> = (0..groups)
+            .flat_map(|g| {
+                (1..=members).map(move |i| GrabOp { packet: PacketId(round * groups + g), group: GroupId(g), user: member(g, i, members) })
+            })
+            .collect();
+        let measure = round >= u64::from(args.warmup);
+        let (round_wins, took) = grab_round(&target, Arc::new(ops), args, &mut workers, measure, &progress).await;
+        if measure {
+            elapsed += took;
+        }
+        wins.extend(round_wins);
+    }
+    let mut figures = Figures::default();
+    for w in &workers {
+        figures.merge(w);
+    }
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    let violations = check_storm(&target, &packets, &wins).await?;
+    let verdict = target.audit().await?;
+    Ok(Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        target: target.name(),
+        mode: if args.rate.is_some() { "open-loop".into() } else { "burst".into() },
+        params: json!({
+            "groups": groups, "members": members, "shares": shares, "yuan": args.yuan,
+            "rounds": args.rounds(), "warmup": args.warmup, "rate": args.rate,
+            "connections": args.connections, "seed": args.seed,
+        }),
+        figures,
+        elapsed_secs: elapsed.as_secs_f64(),
+        audit_balanced: verdict.balanced,
+        audit_detail: verdict.detail,
+        violations,
+        idle: None,
+    })
+}
+
+/// mixed: deposits, sends, grabs and balance reads, closed-loop or on a schedule.
+pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
+    let (groups, members, total, shares) = (args.groups, args.members, args.yuan * 100, args.shares);
+    for g in 0..groups {
+        target.set_members(GroupId(g), (0..=members).map(|i| member(g, i, members)).collect()).await?;
+    }
+    // Everyone starts with enough for a few packets.
+    let op_ids = Arc::new(AtomicU64::new(1 << 40));
+    let funding: Vec<_> = futures::stream::iter((0..groups).flat_map(|g| (0..=members).map(move |i| member(g, i, members))))
+        .map(|user| {
+            let (target, op) = (&target, op_ids.fetch_add(1, Ordering::Relaxed));
+            async move { target.deposit(op, user, total * 3).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    if let Some(kind) = funding.iter().find(|k| **k != "deposited") {
+        return Err(format!("funding members failed: {kind}"));
+    }
+    let current: Arc<Vec<AtomicU64>> = Arc::new((0..groups).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let packet_ids = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs(args.duration_secs);
+    let workers = args.connections;
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let (progress, bar) = match args.rate {
+        Some(rate) => progress_bar(args, (rate * duration.as_secs_f64()) as u64, "mixed"),
+        None => (Progress(None), None),
+    };
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (target, barrier, start_at, current, packet_ids, op_ids, progress) = (
+                Arc::clone(&target),
+                Arc::clone(&barrier),
+                Arc::clone(&start_at),
+                Arc::clone(&current),
+                Arc::clone(&packet_ids),
+                Arc::clone(&op_ids),
+                progress.clone(),
+            );
+            let (rate, seed, retries_max) = (args.rate, args.seed, args.busy_retries_max);
+            tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (w as u64).wrapping_mul(0x9E37_79B9));
+                let mut figures = Figures::default();
+                barrier.wait().await;
+                let start = *start_at.get().expect("set before the barrier opens");
+                let deadline = start + duration;
+                for k in (w..).step_by(workers) {
+                    let intended = match rate {
+                        Some(rate) => start + Duration::from_secs_f64(k as f64 / rate),
+                        None => Instant::now(),
+                    };
+                    if intended >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(intended.into()).await;
+                    let sent = Instant::now();
+                    let g = rng.random_range(0..groups);
+                    let user = member(g, rng.random_range(1..=members), members);
+                    let roll = rng.random_range(0..100);
+                    let packet = current[g as usize].load(Ordering::Acquire);
+                    let (kind, retries) = if roll < 8 || (roll < 68 && packet == u64::MAX) {
+                        let id = PacketId(packet_ids.fetch_add(1, Ordering::Relaxed));
+                        let kind = target.send(id, user, GroupId(g), total, shares, packet_seed(seed, id)).await;
+                        if kind == "sent" {
+                            current[g as usize].store(id.0, Ordering::Release);
+                        }
+                        (kind, 0)
+                    } else if roll < 68 {
+                        let op = GrabOp { packet: PacketId(packet), group: GroupId(g), user };
+                        let (reply, retries) = grab_until_answered(&target, op, retries_max).await;
+                        (reply.kind(), retries)
+                    } else if roll < 80 {
+                        (target.deposit(op_ids.fetch_add(1, Ordering::Relaxed), user, 1_000).await, 0)
+                    } else {
+                        (if target.balance(user).await.is_ok() { "balance" } else { "error" }, 0)
+                    };
+                    let done = Instant::now();
+                    figures.busy_retries += retries;
+                    figures.record(kind, done.duration_since(intended).as_micros() as u64, done.duration_since(sent).as_micros() as u64);
+                    progress.add(1);
+                }
+                figures
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    start_at.set(start).expect("set once");
+    barrier.wait().await;
+    let mut figures = Figures::default();
+    for t in tasks {
+        figures.merge(&t.await.map_err(|e| format!("worker failed: {e}"))?);
+    }
+    let elapsed = start.elapsed();
+    if let Some(bar) = bar {
+        bar.abort();
+    }
+    let verdict = target.audit().await?;
+    Ok(Report {
+        scenario: "mixed".into(),
+        target: target.name(),
+        mode: if args.rate.is_some() { "open-loop".into() } else { "closed-loop".into() },
+        params: json!({
+            "groups": groups, "members": members, "shares": shares, "yuan": args.yuan,
+            "duration_secs": args.duration_secs, "rate": args.rate, "connections": workers, "seed": args.seed,
+            "mix": "60% grab, 8% send, 12% deposit, 20% balance",
+        }),
+        figures,
+        elapsed_secs: elapsed.as_secs_f64(),
+        audit_balanced: verdict.balanced,
+        audit_detail: verdict.detail,
+        violations: Vec::new(),
+        idle: None,
+    })
+}
+
+/// idle: open packets that nobody grabs and report what each costs in memory.
+pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
+    let (sender, packets) = (member(0, 0, 1), args.packets);
+    target.set_members(GroupId(0), vec![sender, member(0, 1, 1)]).await?;
+    let per_packet_fen = 100; // 1 yuan in 10 shares: a typical small packet
+    if target.deposit(0, sender, packets * per_packet_fen).await != "deposited" {
+        return Err("funding the sender failed".into());
+    }
+    let workers = args.connections.min(packets as usize).max(1);
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let (progress, bar) = progress_bar(args, packets, "idle");
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (target, barrier, progress, seed) = (Arc::clone(&target), Arc::clone(&barrier), progress.clone(), args.seed);
+            tokio::spawn(async move {
+                let mut figures = Figures::default();
+                barrier.wait().await;
+                for p in (w as u64..packets).step_by(workers) {
+                    let sent = Instant::now();
+                    let id = PacketId(p);
+                    let kind = target.send(id, sender, GroupId(0), per_packet_fen, 10, packet_seed(seed, id)).await;
+                    let us = sent.elapsed().as_micros() as u64;
+                    figures.record(kind, us, us);
+                    progress.add(1);
+                }
+                figures
+            })
+        })
+        .collect();
+    // Let every worker allocate its histograms before the first reading.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = target.memory_bytes().await?;
+    let start = Instant::now();
+    barrier.wait().await;
+    let mut figures = Figures::default();
+    for t in tasks {
+        figures.merge(&t.await.map_err(|e| format!("worker failed: {e}"))?);
+    }
+    let elapsed = start.elapsed();
+    let after = target.memory_bytes().await?;
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    let verdict = target.audit().await?;
+    let mut violations = Vec::new();
+    if figures.count("sent") != packets {
+        violations.push(format!("{} of {packets} packets were sent", figures.count("sent")));
+    }
+    Ok(Report {
+        scenario: "idle".into(),
+        target: target.name(),
+        mode: "closed-loop".into(),
+        params: json!({ "packets": packets, "connections": workers, "packet_fen": per_packet_fen, "shares": 10 }),
+        figures,
+        elapsed_secs: elapsed.as_secs_f64(),
+        audit_balanced: verdict.balanced,
+        audit_detail: verdict.detail,
+        violations,
+        idle: Some((packets, before, after)),
+    })
+}
