@@ -9,10 +9,10 @@
 //! # Routing
 //!
 //! A grab costs one lookup in the routing table (a sharded map from packet id to the packet's
-//! mailbox) and one in the group's roster; then the request goes to the packet's bounded
-//! mailbox with `try_send`, and a full mailbox answers `Busy` at once. The handle decides
-//! eligibility from the roster before routing, so the actor's serialized work is only the
-//! claim itself.
+//! mailbox); then the request goes to the packet's bounded mailbox with `try_send`, and a full
+//! mailbox answers `Busy` at once. The packet actor checks eligibility against a roster it
+//! caches until a roster change bumps the roster epoch, so a grab reads no shared map but the
+//! routing table.
 //!
 //! A sent packet is *dormant* — a route entry with its metadata, no actor, no mailbox — until
 //! the first grab or its expiry wakes it (under the routing entry's lock, so exactly once).
@@ -24,8 +24,7 @@
 //! flush after everything queued before it), flushes the journal, ends event subscriptions and
 //! stops the actor threads. Dropping the last handle without it stops the threads at once.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
 use crate::events::{Event, EventHub, Subscription};
 use crate::journal::{Journal, Record};
 use crate::limits::Limits;
-use crate::money::{bucket, Amount, GroupId, OpId, PacketId, UserId};
+use crate::money::{bucket, Amount, GroupId, IdSet, OpId, PacketId, UserId};
 use crate::packet::{check_view, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
 use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
 use crate::split::{self, Split};
@@ -160,7 +159,9 @@ pub(crate) struct Shared {
     pub journal: Arc<dyn Journal>,
     pub events: Arc<EventHub>,
     pub routes: Arc<DashMap<PacketId, Route>>,
-    pub rosters: DashMap<GroupId, Arc<HashSet<UserId>>>,
+    pub rosters: DashMap<GroupId, Arc<IdSet<UserId>>>,
+    /// Bumped by every roster change, so packet actors know when their cached roster is old.
+    pub roster_epoch: AtomicU64,
     pub wallets: Box<[Addr<WalletShard>]>,
     pub arbiters: Box<[ArbiterHandle]>,
     pub timer: Addr<Timer>,
@@ -183,6 +184,12 @@ impl Shared {
         if self.routes.remove_if(&packet, |_, r| matches!(r, Route::Opening)).is_some() {
             self.open_packets.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// The current roster of `group` and the epoch it was read at.
+    pub(crate) fn roster(&self, group: GroupId) -> (u64, Option<Arc<IdSet<UserId>>>) {
+        let epoch = self.roster_epoch.load(Ordering::Acquire);
+        (epoch, self.rosters.get(&group).map(|r| Arc::clone(r.value())))
     }
 
     fn is_eligible(&self, group: GroupId, split: &Split, user: UserId) -> bool {
@@ -374,6 +381,7 @@ impl Engine {
             events,
             routes,
             rosters: DashMap::new(),
+            roster_epoch: AtomicU64::new(0),
             wallets,
             arbiters,
             timer,
@@ -433,6 +441,8 @@ impl Engine {
             return Err(EngineError::TooManyGroups { max: shared.limits.groups_max });
         }
         shared.rosters.insert(group, Arc::new(sorted.iter().copied().collect()));
+        // After the insert: an actor that sees the new epoch finds the new roster.
+        shared.roster_epoch.fetch_add(1, Ordering::AcqRel);
         let (tx, rx) = oneshot::channel();
         shared.journal.append(
             Record::Roster { group, members: sorted },
@@ -569,9 +579,8 @@ impl Engine {
                 Some(Route::Live(live)) => live,
                 Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
             };
-            let eligible = shared.is_eligible(live.meta.spec.group, &live.meta.spec.split, user);
             let (reply, rx) = oneshot::channel();
-            match live.addr.try_send(Grab { user, eligible, reply }) {
+            match live.addr.try_send(Grab { user, reply }) {
                 Ok(()) => {}
                 Err(actix::prelude::SendError::Full(_)) => return Err(GrabError::Busy),
                 Err(actix::prelude::SendError::Closed(_)) => continue,

@@ -167,6 +167,50 @@ id_type!(
     OpId
 );
 
+/// A fast hasher for the `u64` ids used as map keys on the grab path (claims, rosters).
+///
+/// The ids are the embedding server's own (not chosen by remote users), so a multiplicative
+/// hash is enough; a per-process random key is still mixed in so that no fixed set of ids
+/// collides on every run.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher {
+    hash: u64,
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u64 keys; fold the bytes in so the hasher stays correct.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        let mixed = (self.hash ^ id ^ process_key()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // hashbrown takes its control bits from the top and its index from the bottom;
+        // folding the high half down gives both well-mixed bits.
+        self.hash = mixed ^ (mixed >> 32);
+    }
+}
+
+fn process_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(rand::random)
+}
+
+/// Builds [`IdHasher`]s.
+pub type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by an id type, hashed with [`IdHasher`].
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
+
+/// A set of ids, hashed with [`IdHasher`].
+pub type IdSet<K> = std::collections::HashSet<K, IdBuildHasher>;
+
 /// Spreads sequential ids evenly over `buckets` (Fibonacci hashing): used to place packets
 /// on arbiters and users on wallet shards.
 pub(crate) fn bucket(id: u64, buckets: usize) -> usize {
@@ -235,6 +279,13 @@ mod tests {
         assert_eq!(Amount::fen(5).checked_sub(Amount::fen(6)), None);
         assert_eq!(Amount::fen(u64::MAX).checked_add(Amount::fen(1)), None);
         assert_eq!(Amount::fen(5).checked_add(Amount::fen(6)), Some(Amount::fen(11)));
+    }
+
+    #[test]
+    fn id_sets_hold_what_is_put_in() {
+        let set: IdSet<UserId> = (0..10_000).map(UserId).collect();
+        assert!((0..10_000).all(|i| set.contains(&UserId(i))));
+        assert!(!set.contains(&UserId(10_000)));
     }
 
     #[test]

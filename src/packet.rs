@@ -10,13 +10,12 @@
 //! - a lucky packet keeps `shares_left ≤ remaining ≤ shares_left · cap` while open;
 //! - status moves only `Open → SoldOut` or `Open → Expired`, once.
 
-use std::collections::HashMap;
 
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;
 use crate::error::GrabError;
-use crate::money::{Amount, GroupId, PacketId, UserId};
+use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
 use crate::split::{self, Split};
 
 /// What a sender asks for. The same id with the same fields is the same send (a retry).
@@ -133,7 +132,7 @@ pub struct PacketState {
     rng: ChaCha8Rng,
     remaining_fen: u64,
     claims: Vec<ClaimView>,
-    claimed_by: HashMap<UserId, u32>,
+    claimed_by: IdMap<UserId, u32>,
     status: PacketStatus,
     sent_at: Timestamp,
     expires_at: Timestamp,
@@ -158,7 +157,7 @@ impl PacketState {
             rng: split::rng(seed),
             remaining_fen: total.as_fen(),
             claims: Vec::new(),
-            claimed_by: HashMap::new(),
+            claimed_by: IdMap::default(),
             status: PacketStatus::Open,
             sent_at,
             expires_at,

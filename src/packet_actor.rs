@@ -34,16 +34,16 @@ use crate::engine::{Grabbed, PacketMeta, Route, Shared};
 use crate::error::GrabError;
 use crate::events::Event;
 use crate::journal::Record;
-use crate::money::{bucket, Amount, UserId};
+use crate::money::{bucket, Amount, IdSet, UserId};
+use crate::split::Split;
 use crate::packet::{Expiry, PacketState, PacketView};
 use crate::wallet::Credit;
 
-/// A grab request. `eligible` was decided by the engine handle from the group roster.
+/// A grab request.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Grab {
     pub user: UserId,
-    pub eligible: bool,
     pub reply: oneshot::Sender<Result<Grabbed, GrabError>>,
 }
 
@@ -78,6 +78,8 @@ pub(crate) struct Flush {
 pub(crate) struct PacketActor {
     shared: Arc<Shared>,
     state: PacketState,
+    /// The group's roster as of a roster epoch; re-read only when the epoch moves.
+    roster: (u64, Option<Arc<IdSet<UserId>>>),
 }
 
 impl PacketActor {
@@ -91,9 +93,24 @@ impl PacketActor {
         // If the arbiter has stopped (shutdown), the receiver is dropped with the closure and
         // every send to the address fails as closed.
         arbiter.spawn_fn(move || {
-            Context::with_receiver(rx).run(PacketActor { shared, state });
+            let roster = (u64::MAX, None); // no epoch yet: read on the first grab
+            Context::with_receiver(rx).run(PacketActor { shared, state, roster });
         });
         Addr::new(tx)
+    }
+
+    /// Whether `user` may grab: the named recipient of an exclusive packet, or a member of the
+    /// group's current roster.
+    fn is_eligible(&mut self, user: UserId) -> bool {
+        let spec = self.state.spec();
+        if let Split::Exclusive { to, .. } = spec.split {
+            return to == user;
+        }
+        let epoch = self.shared.roster_epoch.load(Ordering::Acquire);
+        if epoch != self.roster.0 {
+            self.roster = self.shared.roster(spec.group);
+        }
+        self.roster.1.as_ref().is_some_and(|r| r.contains(&user))
     }
 
     fn id(&self) -> crate::money::PacketId {
@@ -149,7 +166,8 @@ impl Handler<Grab> for PacketActor {
             // grab can never win money that is due back to the sender.
             self.expire(ctx, None);
         }
-        let won = match self.state.grab(m.user, m.eligible, now) {
+        let eligible = self.is_eligible(m.user);
+        let won = match self.state.grab(m.user, eligible, now) {
             Ok(won) => won,
             Err(e) => {
                 let reply = m.reply;
