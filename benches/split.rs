@@ -36,5 +36,9 @@ fn lucky(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lucky);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(2));
+    targets = lucky
+}
 criterion_main!(benches);

@@ -206,13 +206,20 @@ async fn check_storm(target: &Target, packets: &[(PacketId, u64, u32)], wins: &[
         }
         let sum: u64 = won.iter().map(|w| w.1).sum();
         if won.len() > shares as usize || (won.len() == shares as usize && sum != total) {
-            violations.push(format!("packet {packet}: {} wins summing to {sum} fen of {total} in {shares} shares", won.len()));
+            violations.push(format!(
+                "packet {packet}: {} wins summing to {sum} fen of {total} in {shares} shares",
+                won.len()
+            ));
         }
         let mut claims = target.claims(packet).await?;
         claims.sort_unstable();
         won.sort_unstable();
         if claims != won {
-            violations.push(format!("packet {packet}: {} claims recorded, {} wins acknowledged", claims.len(), won.len()));
+            violations.push(format!(
+                "packet {packet}: {} claims recorded, {} wins acknowledged",
+                claims.len(),
+                won.len()
+            ));
         }
     }
     let balances: Vec<_> = futures::stream::iter(by_user)
@@ -251,7 +258,9 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                 let sender = member(g, 0, members);
                 let deposited = target.deposit(packet.0, sender, total).await;
                 let sent = target.send(packet, sender, GroupId(g), total, shares, packet_seed(args.seed, packet)).await;
-                (deposited == "deposited" && sent == "sent").then_some(packet).ok_or(format!("round {round}: {deposited}, {sent}"))
+                (deposited == "deposited" && sent == "sent")
+                    .then_some(packet)
+                    .ok_or(format!("round {round}: {deposited}, {sent}"))
             }
         });
         for sent in futures::future::join_all(sends).await {
@@ -259,7 +268,11 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         }
         let ops: Vec<GrabOp> = (0..groups)
             .flat_map(|g| {
-                (1..=members).map(move |i| GrabOp { packet: PacketId(round * groups + g), group: GroupId(g), user: member(g, i, members) })
+                (1..=members).map(move |i| GrabOp {
+                    packet: PacketId(round * groups + g),
+                    group: GroupId(g),
+                    user: member(g, i, members),
+                })
             })
             .collect();
         let measure = round >= u64::from(args.warmup);
@@ -304,14 +317,15 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     }
     // Everyone starts with enough for a few packets.
     let op_ids = Arc::new(AtomicU64::new(1 << 40));
-    let funding: Vec<_> = futures::stream::iter((0..groups).flat_map(|g| (0..=members).map(move |i| member(g, i, members))))
-        .map(|user| {
-            let (target, op) = (&target, op_ids.fetch_add(1, Ordering::Relaxed));
-            async move { target.deposit(op, user, total * 3).await }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let funding: Vec<_> =
+        futures::stream::iter((0..groups).flat_map(|g| (0..=members).map(move |i| member(g, i, members))))
+            .map(|user| {
+                let (target, op) = (&target, op_ids.fetch_add(1, Ordering::Relaxed));
+                async move { target.deposit(op, user, total * 3).await }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
     if let Some(kind) = funding.iter().find(|k| **k != "deposited") {
         return Err(format!("funding members failed: {kind}"));
     }
@@ -375,7 +389,11 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                     };
                     let done = Instant::now();
                     figures.busy_retries += retries;
-                    figures.record(kind, done.duration_since(intended).as_micros() as u64, done.duration_since(sent).as_micros() as u64);
+                    figures.record(
+                        kind,
+                        done.duration_since(intended).as_micros() as u64,
+                        done.duration_since(sent).as_micros() as u64,
+                    );
                     progress.add(1);
                 }
                 figures
@@ -425,7 +443,8 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     let (progress, bar) = progress_bar(args, packets, "idle");
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (target, barrier, progress, seed) = (Arc::clone(&target), Arc::clone(&barrier), progress.clone(), args.seed);
+            let (target, barrier, progress, seed) =
+                (Arc::clone(&target), Arc::clone(&barrier), progress.clone(), args.seed);
             tokio::spawn(async move {
                 let mut figures = Figures::default();
                 barrier.wait().await;

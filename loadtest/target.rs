@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hongbao::{split, Amount, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, SendError, Split, UserId, WalletError};
+use hongbao::{
+    split, Amount, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, SendError, Split, UserId, WalletError,
+};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 
@@ -52,7 +54,7 @@ pub struct Verdict {
 /// The system under test.
 pub enum Target {
     Embedded(Engine),
-    Redis(RedisTarget),
+    Redis(Box<RedisTarget>),
 }
 
 impl Target {
@@ -84,7 +86,15 @@ impl Target {
     }
 
     /// Sends a lucky packet; the reply kind ("sent", "insufficient_funds" or an error kind).
-    pub async fn send(&self, packet: PacketId, sender: UserId, group: GroupId, fen: u64, shares: u32, seed: u64) -> &'static str {
+    pub async fn send(
+        &self,
+        packet: PacketId,
+        sender: UserId,
+        group: GroupId,
+        fen: u64,
+        shares: u32,
+        seed: u64,
+    ) -> &'static str {
         match self {
             Target::Embedded(e) => {
                 let split = Split::Lucky { total: Amount::fen(fen), shares };
@@ -169,7 +179,8 @@ impl Target {
 
 /// This process's resident set size.
 pub fn resident_bytes() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -256,10 +267,13 @@ impl RedisTarget {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
                 .set_response_timeout(None);
-            let conn = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection_with_config(&config))
-                .await
-                .map_err(|_| format!("Redis at {url} did not answer within 5 s"))?
-                .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+            let conn = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|_| format!("Redis at {url} did not answer within 5 s"))?
+            .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
             conns.push(conn);
         }
         let mut first = conns[0].clone();
@@ -295,7 +309,8 @@ impl RedisTarget {
         let _: () = del.query_async(&mut conn).await.map_err(|e| e.to_string())?;
         for chunk in members.chunks(10_000) {
             let ids: Vec<u64> = chunk.iter().map(|u| u.0).collect();
-            let _: () = redis::cmd("SADD").arg(&key).arg(ids).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let _: () =
+                redis::cmd("SADD").arg(&key).arg(ids).query_async(&mut conn).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -309,7 +324,15 @@ impl RedisTarget {
         }
     }
 
-    async fn send(&self, packet: PacketId, sender: UserId, group: GroupId, fen: u64, shares: u32, seed: u64) -> &'static str {
+    async fn send(
+        &self,
+        packet: PacketId,
+        sender: UserId,
+        group: GroupId,
+        fen: u64,
+        shares: u32,
+        seed: u64,
+    ) -> &'static str {
         let _ = group;
         // Pre-split at send, with the same code and seed the engine draws from at grab time.
         let split = split::lucky_shares(fen, shares, self.share_fen_max, seed);
@@ -342,8 +365,12 @@ impl RedisTarget {
 
     async fn balance(&self, user: UserId) -> Result<u64, String> {
         let mut conn = self.conn();
-        let v: Option<u64> =
-            redis::cmd("HGET").arg(self.key("w")).arg(user.0).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(self.key("w"))
+            .arg(user.0)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(v.unwrap_or(0))
     }
 

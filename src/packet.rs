@@ -10,7 +10,6 @@
 //! - a lucky packet keeps `shares_left ≤ remaining ≤ shares_left · cap` while open;
 //! - status moves only `Open → SoldOut` or `Open → Expired`, once.
 
-
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;

@@ -35,8 +35,8 @@ use crate::error::GrabError;
 use crate::events::Event;
 use crate::journal::Record;
 use crate::money::{bucket, Amount, IdSet, UserId};
-use crate::split::Split;
 use crate::packet::{Expiry, PacketState, PacketView};
+use crate::split::Split;
 use crate::wallet::Credit;
 
 /// A grab request.
@@ -88,7 +88,8 @@ impl PacketActor {
     /// queued (and bounded) before the actor's first turn. Callable from any thread.
     pub(crate) fn spawn(shared: Arc<Shared>, meta: &PacketMeta) -> Addr<PacketActor> {
         let (tx, rx) = actix::dev::channel::channel(shared.limits.packet_mailbox_capacity);
-        let state = PacketState::new(meta.spec.clone(), shared.limits.share_fen_max, meta.seed, meta.sent_at, meta.expires_at);
+        let state =
+            PacketState::new(meta.spec.clone(), shared.limits.share_fen_max, meta.seed, meta.sent_at, meta.expires_at);
         let arbiter = shared.arbiters[bucket(meta.spec.id.0, shared.arbiters.len())].clone();
         // If the arbiter has stopped (shutdown), the receiver is dropped with the closure and
         // every send to the address fails as closed.

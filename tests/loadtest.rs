@@ -1,0 +1,169 @@
+//! The load tool end to end: a small storm run as a user would run it, its files read back,
+//! and (where `redis-server` is installed) the same storm against the Redis + Lua baseline.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn loadtest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadtest")).args(args).output().expect("loadtest runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hongbao-loadtest-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn small_storm_passes_and_writes_its_files() {
+    let dir = scratch("storm");
+    let (json, hgrm, plot) = (dir.join("r.json"), dir.join("r.hgrm"), dir.join("r.svg"));
+    let out = loadtest(&[
+        "--groups",
+        "4",
+        "--members",
+        "300",
+        "--shares",
+        "50",
+        "--rounds",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("audit         balanced"), "{stdout}");
+
+    let j = read_json(&json);
+    // Warm-up rounds are left out: 3 measured rounds × 4 groups × 300 members.
+    assert_eq!(j["requests"], 3 * 4 * 300);
+    assert_eq!(j["replies"]["won"], 3 * 4 * 50);
+    assert_eq!(j["replies"]["sold_out"], 3 * 4 * 250);
+    assert_eq!(j["audit"]["balanced"], true);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["latency_us"]["corrected"]["count"], 3 * 4 * 300);
+    let p50 = j["latency_us"]["corrected"]["p50"].as_u64().unwrap();
+    let max = j["latency_us"]["corrected"]["max"].as_u64().unwrap();
+    assert!(p50 <= max && max > 0);
+
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    let total = format!("Total count    = {:>12}", 3 * 4 * 300);
+    assert!(text.contains(&total), "{text}");
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hot_open_loop_and_idle_run() {
+    let out = loadtest(&["--scenario", "hot", "--members", "500", "--rounds", "2", "--warmup", "0", "--rate", "20000"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("open-loop") && stdout.contains("uncorrected ms"), "{stdout}");
+    let out = loadtest(&["--scenario", "idle", "--packets", "2000"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("idle memory   2000 open packets"), "{stdout}");
+    let out = loadtest(&["--scenario", "mixed", "--groups", "3", "--members", "50", "--duration-secs", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn bad_arguments_and_unreachable_redis_are_clear_errors() {
+    let out = loadtest(&["--rate", "-5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = loadtest(&["--target", "memcached://x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--target"));
+    // Nothing listens on port 1.
+    let out = loadtest(&["--target", "redis://127.0.0.1:1", "--groups", "1", "--members", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Redis at redis://127.0.0.1:1"), "{stderr}");
+}
+
+/// A throwaway `redis-server` on a free loopback port, stopped on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn same_storm_against_redis_side_by_side() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("skipped: no redis-server on PATH (.ci/run installs it)");
+        return;
+    };
+    let dir = scratch("redis");
+    let json = dir.join("cmp.json");
+    let target = format!("embedded,redis://127.0.0.1:{}", redis.port);
+    let out = loadtest(&[
+        "--target",
+        &target,
+        "--groups",
+        "3",
+        "--members",
+        "200",
+        "--shares",
+        "20",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("comparison    embedded"), "{stdout}");
+    let j = read_json(&json);
+    let runs = j["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        // The same storm, the same answers: 2 rounds × 3 packets × 20 winners each.
+        assert_eq!(run["requests"], 2 * 3 * 200, "{run}");
+        assert_eq!(run["replies"]["won"], 2 * 3 * 20, "{run}");
+        assert_eq!(run["audit"]["balanced"], true, "{run}");
+    }
+    assert!(runs[1]["target"].as_str().unwrap().starts_with("redis+lua"));
+    assert!(j["throughput_ratio_first_to"][0]["ratio"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
