@@ -52,6 +52,11 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
 
+    /// Packets opened (and left untouched) before a storm, to show that a grab's cost does not
+    /// depend on how many packets are open (storm, hot)
+    #[arg(long, default_value_t = 0)]
+    pub background_packets: u64,
+
     /// How long to run, in seconds (mixed)
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
@@ -74,6 +79,16 @@ pub struct Args {
     /// Client runtime threads [default: the number of cores]
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Arbiter threads of the embedded engine [default: half the cores, at least one: the
+    /// client shares the machine, so the engine gets half of it rather than the library's
+    /// default of one per core]
+    #[arg(long)]
+    pub arbiters: Option<usize>,
+
+    /// Wallet shards of the embedded engine [default: two per arbiter]
+    #[arg(long)]
+    pub wallet_shards: Option<usize>,
 
     /// Requests the embedded engine queues per packet before answering Busy
     #[arg(long, default_value_t = 4_096)]
@@ -114,6 +129,11 @@ pub enum Scenario {
 }
 
 impl Args {
+    /// The embedded engine's arbiter threads.
+    pub fn arbiters(&self) -> usize {
+        self.arbiters.unwrap_or_else(|| (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1))
+    }
+
     /// Measured rounds for storm and hot.
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(match self.scenario {

@@ -97,9 +97,17 @@ async fn run_all(args: &Args) -> Result<bool, String> {
 }
 
 async fn run(args: &Args, target: &str) -> Result<Report, String> {
-    let limits = Limits { packet_mailbox_capacity: args.mailbox_capacity, ..Limits::default() };
+    let defaults = Limits::default();
+    let limits = Limits {
+        packet_mailbox_capacity: args.mailbox_capacity,
+        // Room for the sender beside --members members.
+        members_per_group_max: defaults.members_per_group_max.max(args.members as usize + 1),
+        ..defaults
+    };
     let target = if target == "embedded" {
-        let config = Config::default().with_limits(limits).with_seed(args.seed);
+        let mut config = Config::default().with_limits(limits).with_seed(args.seed);
+        config.arbiters = args.arbiters();
+        config.wallet_shards = args.wallet_shards.unwrap_or(config.arbiters * 2);
         Target::Embedded(Engine::start(config).map_err(|e| e.to_string())?)
     } else {
         Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))

@@ -242,6 +242,18 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     for g in 0..groups {
         target.set_members(GroupId(g), (0..=members).map(|i| member(g, i, members)).collect()).await?;
     }
+    if args.background_packets > 0 {
+        // Open, untouched packets in a group of their own, ids far above the storm's.
+        let (group, sender, first) = (GroupId(1 << 40), UserId(1 << 40), 1 << 40);
+        target.set_members(group, vec![sender]).await?;
+        if target.deposit(1 << 40, sender, args.background_packets * IDLE_PACKET_FEN).await != "deposited" {
+            return Err("funding the background packets failed".into());
+        }
+        let opened = open_packets(&target, args, sender, group, first, args.background_packets, &Progress(None), || async { Ok(()) }).await?;
+        if opened.count("sent") != args.background_packets {
+            return Err(format!("only {} background packets opened", opened.count("sent")));
+        }
+    }
     let rounds = args.warmup + args.rounds();
     let measured_requests = u64::from(args.rounds()) * groups * members;
     let (progress, bar) = progress_bar(args, measured_requests, &format!("{:?}", args.scenario).to_lowercase());
@@ -298,7 +310,8 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         params: json!({
             "groups": groups, "members": members, "shares": shares, "yuan": args.yuan,
             "rounds": args.rounds(), "warmup": args.warmup, "rate": args.rate,
-            "connections": args.connections, "seed": args.seed,
+            "connections": args.connections, "seed": args.seed, "arbiters": args.arbiters(),
+            "background_packets": args.background_packets,
         }),
         figures,
         elapsed_secs: elapsed.as_secs_f64(),
@@ -430,28 +443,35 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     })
 }
 
-/// idle: open packets that nobody grabs and report what each costs in memory.
-pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
-    let (sender, packets) = (member(0, 0, 1), args.packets);
-    target.set_members(GroupId(0), vec![sender, member(0, 1, 1)]).await?;
-    let per_packet_fen = 100; // 1 yuan in 10 shares: a typical small packet
-    if target.deposit(0, sender, packets * per_packet_fen).await != "deposited" {
-        return Err("funding the sender failed".into());
-    }
+/// Opens `packets` packets (ids from `first_id`) of 1 yuan in 10 shares from `sender`, spread
+/// over the workers; `ready` runs once every worker is set up, just before they start.
+#[allow(clippy::too_many_arguments)]
+async fn open_packets<F, Fut>(
+    target: &Arc<Target>,
+    args: &Args,
+    sender: UserId,
+    group: GroupId,
+    first_id: u64,
+    packets: u64,
+    progress: &Progress,
+    ready: F,
+) -> Result<Figures, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let workers = args.connections.min(packets as usize).max(1);
     let barrier = Arc::new(Barrier::new(workers + 1));
-    let (progress, bar) = progress_bar(args, packets, "idle");
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (target, barrier, progress, seed) =
-                (Arc::clone(&target), Arc::clone(&barrier), progress.clone(), args.seed);
+            let (target, barrier, progress, seed) = (Arc::clone(target), Arc::clone(&barrier), progress.clone(), args.seed);
             tokio::spawn(async move {
                 let mut figures = Figures::default();
                 barrier.wait().await;
                 for p in (w as u64..packets).step_by(workers) {
                     let sent = Instant::now();
-                    let id = PacketId(p);
-                    let kind = target.send(id, sender, GroupId(0), per_packet_fen, 10, packet_seed(seed, id)).await;
+                    let id = PacketId(first_id + p);
+                    let kind = target.send(id, sender, group, IDLE_PACKET_FEN, 10, packet_seed(seed, id)).await;
                     let us = sent.elapsed().as_micros() as u64;
                     figures.record(kind, us, us);
                     progress.add(1);
@@ -460,15 +480,35 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             })
         })
         .collect();
-    // Let every worker allocate its histograms before the first reading.
+    // Let every worker allocate its histograms before `ready` (which may read memory).
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let before = target.memory_bytes().await?;
-    let start = Instant::now();
+    ready().await?;
     barrier.wait().await;
     let mut figures = Figures::default();
     for t in tasks {
         figures.merge(&t.await.map_err(|e| format!("worker failed: {e}"))?);
     }
+    Ok(figures)
+}
+
+/// What an idle packet holds: 1 yuan (in 10 shares), a typical small packet.
+const IDLE_PACKET_FEN: u64 = 100;
+
+/// idle: open packets that nobody grabs and report what each costs in memory.
+pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
+    let (sender, packets) = (member(0, 0, 1), args.packets);
+    target.set_members(GroupId(0), vec![sender, member(0, 1, 1)]).await?;
+    if target.deposit(0, sender, packets * IDLE_PACKET_FEN).await != "deposited" {
+        return Err("funding the sender failed".into());
+    }
+    let (progress, bar) = progress_bar(args, packets, "idle");
+    let (mut before, mut start) = (0, Instant::now());
+    let figures = open_packets(&target, args, sender, GroupId(0), 0, packets, &progress, || async {
+        before = target.memory_bytes().await?;
+        start = Instant::now();
+        Ok(())
+    })
+    .await?;
     let elapsed = start.elapsed();
     let after = target.memory_bytes().await?;
     if let Some(bar) = bar {
@@ -483,7 +523,7 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         scenario: "idle".into(),
         target: target.name(),
         mode: "closed-loop".into(),
-        params: json!({ "packets": packets, "connections": workers, "packet_fen": per_packet_fen, "shares": 10 }),
+        params: json!({ "packets": packets, "connections": args.connections, "packet_fen": IDLE_PACKET_FEN, "shares": 10 }),
         figures,
         elapsed_secs: elapsed.as_secs_f64(),
         audit_balanced: verdict.balanced,
