@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub yuan: u64,
 
-    /// Measured rounds, each with fresh packets (storm, hot) [default: 40 for storm, 200 for hot]
+    /// Measured rounds, each with fresh packets (storm, hot) [default: 100 for storm, 1000 for hot]
     #[arg(long)]
     pub rounds: Option<u32>,
 
@@ -137,8 +137,8 @@ impl Args {
     /// Measured rounds for storm and hot.
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(match self.scenario {
-            Scenario::Hot => 200,
-            _ => 40,
+            Scenario::Hot => 1_000,
+            _ => 100,
         })
     }
 
@@ -179,7 +179,7 @@ mod tests {
     fn defaults_are_the_documented_storm() {
         let a = parse(&[]).unwrap();
         assert_eq!(a.scenario, Scenario::Storm);
-        assert_eq!((a.groups, a.members, a.shares, a.yuan, a.rounds(), a.warmup), (100, 1_000, 100, 100, 40, 2));
+        assert_eq!((a.groups, a.members, a.shares, a.yuan, a.rounds(), a.warmup), (100, 1_000, 100, 100, 100, 2));
         assert_eq!(a.target, ["embedded"]);
         assert!(a.rate.is_none() && a.json.is_none());
         a.validate().unwrap();
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn scenarios_and_flags_parse() {
         let a = parse(&["--scenario", "hot", "--members", "100000", "--rate", "5000", "--json", "out.json"]).unwrap();
-        assert_eq!((a.scenario, a.members, a.rate, a.rounds()), (Scenario::Hot, 100_000, Some(5_000.0), 200));
+        assert_eq!((a.scenario, a.members, a.rate, a.rounds()), (Scenario::Hot, 100_000, Some(5_000.0), 1_000));
         assert_eq!(a.json.unwrap().to_str(), Some("out.json"));
         let a = parse(&["--scenario", "idle", "--packets", "10", "--target", "redis://127.0.0.1:6379"]).unwrap();
         assert_eq!((a.scenario, a.packets), (Scenario::Idle, 10));

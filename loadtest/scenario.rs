@@ -155,9 +155,14 @@ async fn grab_round(
                                 }
                             })
                             .collect();
-                        while let Some((op, reply, retries, sent)) = inflight.next().await {
-                            record(op, reply, retries, start, sent);
-                        }
+                        // Unconstrained: tokio's per-task budget would make thousands of ready
+                        // replies look pending and have the set poll them again and again.
+                        tokio::task::unconstrained(async {
+                            while let Some((op, reply, retries, sent)) = inflight.next().await {
+                                record(op, reply, retries, start, sent);
+                            }
+                        })
+                        .await;
                     }
                     Some(rate) => {
                         for (k, &op) in mine {
