@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4_096)]
     pub mailbox_capacity: usize,
 
-    /// Times a request answered Busy is sent again before it counts as an error
+    /// Times a grab answered Busy is sent again (after 1 ms) before it counts as an error
     #[arg(long, default_value_t = 10_000)]
     pub busy_retries_max: u32,
 

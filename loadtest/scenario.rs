@@ -86,6 +86,9 @@ pub fn member(group: u64, i: u64, members: u64) -> UserId {
     UserId(group * (members + 1) + i + 1)
 }
 
+/// How long a client waits before sending a grab again after `Busy`.
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+
 async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32) -> (Reply, u64) {
     let mut retries = 0u64;
     loop {
@@ -93,7 +96,7 @@ async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32) -> (
         if reply == Reply::Busy && retries < u64::from(retries_max) {
             // A real client backs off and retries; the latency keeps counting from the start.
             retries += 1;
-            tokio::task::yield_now().await;
+            tokio::time::sleep(BUSY_BACKOFF).await;
             continue;
         }
         return (reply, retries);
