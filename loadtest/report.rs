@@ -289,6 +289,7 @@ pub fn plot_svg(path: &std::path::Path, title: &str, series: &[(&str, &Histogram
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..NINES_MAX, 0.0..y_max)
