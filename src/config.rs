@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
+use crate::file_journal::{Durability, FileJournalConfig};
 use crate::journal::{Journal, MemoryJournal};
 use crate::limits::Limits;
 
@@ -30,8 +31,11 @@ pub struct Config {
     pub wallet_shards: usize,
     /// Where deadlines come from.
     pub clock: Arc<dyn Clock>,
-    /// Where state changes are made durable.
+    /// Where state changes are recorded when `journal_dir` is not set (default: in memory).
     pub journal: Arc<dyn Journal>,
+    /// The durable file journal: when set, the engine recovers from this directory at start
+    /// and records every change there (`journal` is then unused).
+    pub journal_dir: Option<FileJournalConfig>,
     /// Seeds every packet's lucky draw from this and the packet id, for reproducible runs.
     /// `None` (the default) draws each packet's seed from the operating system.
     pub seed: Option<u64>,
@@ -46,6 +50,7 @@ impl Default for Config {
             wallet_shards: cores * 2,
             clock: Arc::new(SystemClock),
             journal: Arc::new(MemoryJournal::new()),
+            journal_dir: None,
             seed: None,
         }
     }
@@ -61,6 +66,13 @@ impl Config {
     /// This configuration with `journal`.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Config {
         self.journal = journal;
+        self
+    }
+
+    /// This configuration with the durable journal in `dir` (see [`FileJournalConfig`] for
+    /// its other bounds).
+    pub fn with_journal_dir(mut self, dir: impl Into<std::path::PathBuf>, durability: Durability) -> Config {
+        self.journal_dir = Some(FileJournalConfig::new(dir, durability));
         self
     }
 
@@ -84,6 +96,7 @@ impl fmt::Debug for Config {
             .field("arbiters", &self.arbiters)
             .field("wallet_shards", &self.wallet_shards)
             .field("clock", &self.clock)
+            .field("journal_dir", &self.journal_dir)
             .field("seed", &self.seed)
             .finish_non_exhaustive()
     }

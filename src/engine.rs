@@ -40,14 +40,16 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
 use crate::events::{Event, EventHub, Subscription};
+use crate::file_journal::FileJournal;
 use crate::journal::{Journal, Record};
 use crate::limits::Limits;
 use crate::money::{bucket, Amount, GroupId, IdSet, OpId, PacketId, UserId};
-use crate::packet::{check_view, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
+use crate::packet::{check_view, ClaimView, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
 use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
+use crate::replay::Replica;
 use crate::split::{self, Split};
 use crate::timer::{Attach, Schedule, Timer};
-use crate::wallet::{self, Balance, Deposit, Escrow, GetTotals, WalletShard, Withdraw};
+use crate::wallet::{self, Balance, Deposit, Escrow, GetTotals, Ledger, WalletShard, Withdraw};
 
 /// How long `Engine::start` waits for the actor threads to come up.
 const START_TIMEOUT_SECS: u64 = 30;
@@ -113,12 +115,28 @@ pub(crate) struct PacketMeta {
     pub seed: u64,
     pub sent_at: Timestamp,
     pub expires_at: Timestamp,
+    /// Claims made before a restart (empty for a packet sent in this run).
+    pub claims: Vec<ClaimView>,
 }
 
 impl PacketMeta {
-    /// The view of a packet nobody has touched.
+    /// The packet's state as of its last claim.
+    pub(crate) fn state(&self, share_fen_max: u64) -> PacketState {
+        PacketState::restore(
+            self.spec.clone(),
+            share_fen_max,
+            self.seed,
+            self.sent_at,
+            self.expires_at,
+            &self.claims,
+            None,
+        )
+        .expect("claims were checked against the draw when the journal was read")
+    }
+
+    /// The view of a packet nobody has touched in this run.
     fn untouched_view(&self, share_fen_max: u64) -> PacketView {
-        PacketState::new(self.spec.clone(), share_fen_max, self.seed, self.sent_at, self.expires_at).view()
+        self.state(share_fen_max).view()
     }
 }
 
@@ -205,6 +223,39 @@ impl Shared {
 
     fn route(&self, packet: PacketId) -> Option<Route> {
         self.routes.get(&packet).map(|r| r.value().clone())
+    }
+
+    /// Loads what a journal recorded: rosters, operation ids, and every packet — open ones
+    /// dormant with their claims and their deadlines scheduled (a deadline that passed while
+    /// the engine was down fires at once), expired ones closed.
+    fn load(&self, replica: Replica) -> Result<(), StartError> {
+        let cap = self.limits.share_fen_max;
+        for (group, members) in replica.rosters {
+            self.rosters.insert(group, Arc::new(members.into_iter().collect()));
+        }
+        self.roster_epoch.fetch_add(1, Ordering::AcqRel);
+        for (op, applied) in replica.ops {
+            self.op_owners.insert(op, applied.user);
+        }
+        for (id, p) in replica.packets {
+            if p.refunded.is_some() {
+                let state = p.state(cap).map_err(StartError::Recovery)?;
+                self.routes.insert(id, Route::Closed(Arc::new(state.view())));
+                continue;
+            }
+            let meta = PacketMeta {
+                spec: p.spec,
+                seed: p.seed,
+                sent_at: p.sent_at,
+                expires_at: p.expires_at,
+                claims: p.claims,
+            };
+            let expires_at = meta.expires_at;
+            self.routes.insert(id, Route::Dormant(Arc::new(meta)));
+            self.open_packets.fetch_add(1, Ordering::AcqRel);
+            self.timer.do_send(Schedule { at: expires_at, packet: id });
+        }
+        Ok(())
     }
 
     /// Opens a packet whose escrow is durable: dormant until someone touches it. Runs in the
@@ -341,22 +392,50 @@ impl Engine {
         if config.arbiters == 0 || config.wallet_shards == 0 {
             return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
         }
+        let shard_count = config.wallet_shards;
+        let Config { limits, clock, journal, journal_dir, seed, .. } = config;
+        // Recovery first: a journal that cannot be read refuses the start before any thread.
+        let (journal, replica) = match journal_dir {
+            Some(dir) => {
+                let (file, recovered) = FileJournal::open(&dir)?;
+                let problems = recovered.replica.check(limits.share_fen_max);
+                if !problems.is_empty() {
+                    return Err(StartError::Recovery(problems.join("; ")));
+                }
+                (Arc::new(file) as Arc<dyn Journal>, Some(recovered.replica))
+            }
+            None => (journal, None),
+        };
+        let mut ledgers: Vec<Ledger> = (0..shard_count).map(|_| Ledger::new(limits.balance_fen_max)).collect();
+        if let Some(replica) = &replica {
+            let mut balances: Vec<Vec<(UserId, u64)>> = vec![Vec::new(); shard_count];
+            let mut ops: Vec<Vec<_>> = vec![Vec::new(); shard_count];
+            for (&user, &fen) in &replica.balances {
+                balances[bucket(user.0, shard_count)].push((user, fen));
+            }
+            for (&op, &applied) in &replica.ops {
+                ops[bucket(applied.user.0, shard_count)].push((op, applied));
+            }
+            ledgers =
+                balances.into_iter().zip(ops).map(|(b, o)| Ledger::restore(limits.balance_fen_max, b, o)).collect();
+        }
         let (system, arbiters, stopped) = start_system(config.arbiters)?;
-        let Config { limits, clock, journal, seed, .. } = config;
         let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
         let routes = Arc::new(DashMap::new());
 
         // Each actor reports once its mailbox capacity is set, so no request meets actix's
         // default capacity.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let wallets: Box<[_]> = (0..config.wallet_shards)
-            .map(|i| {
+        let wallets: Box<[_]> = ledgers
+            .into_iter()
+            .enumerate()
+            .map(|(i, ledger)| {
                 let (journal, events, ready) = (Arc::clone(&journal), Arc::clone(&events), ready_tx.clone());
-                let (balance_fen_max, capacity) = (limits.balance_fen_max, limits.wallet_mailbox_capacity);
+                let capacity = limits.wallet_mailbox_capacity;
                 WalletShard::start_in_arbiter(&arbiters[i % arbiters.len()], move |ctx| {
                     ctx.set_mailbox_capacity(capacity);
                     let _ = ready.send(());
-                    WalletShard::new(balance_fen_max, journal, events)
+                    WalletShard::new(ledger, journal, events)
                 })
             })
             .collect();
@@ -392,12 +471,17 @@ impl Engine {
         });
         // Weak: the timer must not keep the engine alive after the last handle is gone.
         shared.timer.do_send(Attach(Arc::downgrade(&shared)));
+        if let Some(replica) = replica {
+            shared.load(replica)?;
+        }
         Ok(Engine { runtime: Arc::new(Runtime { shared, system, stopped: Mutex::new(Some(stopped)) }) })
     }
 
     fn shared(&self) -> Option<&Arc<Shared>> {
         let shared = &self.runtime.shared;
-        shared.running.load(Ordering::Acquire).then_some(shared)
+        // A journal that can no longer make changes durable stops the engine: answering
+        // anything then could acknowledge what a restart would not have.
+        (shared.running.load(Ordering::Acquire) && !shared.journal.failed()).then_some(shared)
     }
 
     /// The limits this engine runs with.
@@ -713,7 +797,7 @@ impl Engine {
                 Route::Opening => {}
                 Route::Dormant(meta) => {
                     audit.packets_live += 1;
-                    escrow += u128::from(meta.spec.split.total().map_or(0, |t| t.as_fen()));
+                    escrow += u128::from(meta.state(shared.limits.share_fen_max).escrow().as_fen());
                 }
                 Route::Live(live) => {
                     let (reply, rx) = oneshot::channel();

@@ -172,6 +172,12 @@ pub enum StartError {
     /// `arbiters` or `wallet_shards` is zero.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The journal could not be opened: locked by another process, damaged, or unreadable.
+    #[error(transparent)]
+    Journal(#[from] crate::file_journal::JournalError),
+    /// The journal reads cleanly but the state it describes breaks a rule of money.
+    #[error("journal replay found the state inconsistent: {0}")]
+    Recovery(String),
     /// The actor threads could not be started.
     #[error("could not start the actor system: {0}")]
     Runtime(String),

@@ -115,6 +115,12 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Waits until every record appended so far is durable (used by a graceful shutdown).
     fn flush(&self);
+
+    /// Whether the journal has stopped after a storage error: nothing more can be made
+    /// durable, so the engine refuses every request.
+    fn failed(&self) -> bool {
+        false
+    }
 }
 
 /// A journal that keeps records in memory: for tests, benchmarks and the load tool.

@@ -17,21 +17,26 @@
 //! - [`wallet`]: the ledger (pure) and the wallet shard actors.
 //! - `timer`: the deadline actor driving expiries.
 //! - [`journal`]: the record of every state change, and the order replies wait for.
+//! - [`codec`], [`file_journal`]: the durable journal's encoding and its segment files.
+//! - [`replay`]: the state a journal describes, for recovery and `hongbao audit`.
 //! - [`events`]: what subscribers hear.
 //! - [`clock`]: system and manual time.
 //! - [`limits`]: every bound, in one place.
 //! - [`engine`]: the handle callers hold.
 
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod file_journal;
 pub mod journal;
 pub mod limits;
 pub mod money;
 pub mod packet;
 mod packet_actor;
+pub mod replay;
 pub mod split;
 mod timer;
 pub mod wallet;
@@ -41,6 +46,7 @@ pub use config::Config;
 pub use engine::{Audit, Engine, Grabbed};
 pub use error::{EngineError, GrabError, SendError, StartError, WalletError};
 pub use events::{Event, EventsError, Subscription};
+pub use file_journal::{Durability, FileJournalConfig, JournalError};
 pub use journal::{Journal, MemoryJournal, Record};
 pub use limits::Limits;
 pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, UserId};

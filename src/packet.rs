@@ -210,6 +210,16 @@ impl PacketState {
             PacketStatus::Open => {}
         }
         debug_assert!(now < self.expires_at, "the actor expires a due packet before grabbing");
+        let amount = self.next_share();
+        let claim = ClaimView { user, amount: Amount::fen(amount), position: self.claims.len() as u32 + 1, at: now };
+        self.take(claim);
+        debug_assert_eq!(self.check(), Ok(()));
+        let shares_left = self.shares - self.claims.len() as u32;
+        Ok(Won { claim, shares_left, remaining: self.escrow(), sold_out: shares_left == 0 })
+    }
+
+    /// The amount of the next share (advancing the draw of a lucky packet).
+    fn next_share(&mut self) -> u64 {
         let left = self.shares - self.claims.len() as u32;
         let amount = match self.spec.split {
             Split::Lucky { .. } => split::draw(&mut self.rng, self.remaining_fen, left, self.share_fen_max),
@@ -217,17 +227,60 @@ impl PacketState {
             Split::Exclusive { amount, .. } => amount.as_fen(),
         };
         assert!(amount >= 1 && amount <= self.remaining_fen, "share {amount} outside escrow {}", self.remaining_fen);
-        self.remaining_fen -= amount;
-        let claim = ClaimView { user, amount: Amount::fen(amount), position: self.claims.len() as u32 + 1, at: now };
-        self.claimed_by.insert(user, self.claims.len() as u32);
+        amount
+    }
+
+    fn take(&mut self, claim: ClaimView) {
+        self.remaining_fen -= claim.amount.as_fen();
+        self.claimed_by.insert(claim.user, self.claims.len() as u32);
         self.claims.push(claim);
-        let shares_left = left - 1;
-        if shares_left == 0 {
+        if self.claims.len() as u32 == self.shares {
             assert_eq!(self.remaining_fen, 0, "the last share takes the rest");
             self.status = PacketStatus::SoldOut;
         }
-        debug_assert_eq!(self.check(), Ok(()));
-        Ok(Won { claim, shares_left, remaining: self.escrow(), sold_out: shares_left == 0 })
+    }
+
+    /// A packet rebuilt from its journal: its draw is replayed claim by claim, so it continues
+    /// exactly where it stopped, and each recorded claim is checked against the draw.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first claim that is not the share the packet would have drawn,
+    /// goes to a member twice, or a refund that is not what was left.
+    pub fn restore(
+        spec: NewPacket,
+        share_fen_max: u64,
+        seed: u64,
+        sent_at: Timestamp,
+        expires_at: Timestamp,
+        claims: &[ClaimView],
+        refunded: Option<Amount>,
+    ) -> Result<PacketState, String> {
+        let mut state = PacketState::new(spec, share_fen_max, seed, sent_at, expires_at);
+        let id = state.spec.id;
+        for claim in claims {
+            if state.status != PacketStatus::Open || state.claimed_by.contains_key(&claim.user) {
+                return Err(format!("packet {id}: claim {} by {} cannot happen", claim.position, claim.user));
+            }
+            let expected = state.next_share();
+            if claim.amount.as_fen() != expected || claim.position as usize != state.claims.len() + 1 {
+                return Err(format!(
+                    "packet {id}: claim {} is {} but the draw gives {}",
+                    claim.position,
+                    claim.amount,
+                    Amount::fen(expected)
+                ));
+            }
+            state.take(*claim);
+        }
+        if let Some(refund) = refunded {
+            if refund != state.escrow() || state.status != PacketStatus::Open {
+                return Err(format!("packet {id}: refund {refund} with {} in escrow", state.escrow()));
+            }
+            state.remaining_fen = 0;
+            state.status = PacketStatus::Expired { refunded: refund };
+        }
+        Ok(state)
     }
 
     /// Expires the packet once its deadline has passed at `now`: an open packet refunds its
@@ -386,6 +439,23 @@ mod tests {
             p.grab(UserId(u), true, T0).unwrap();
         }
         assert_eq!(p.best_luck().unwrap().user, UserId(7));
+    }
+
+    #[test]
+    fn restore_continues_the_draw_and_checks_claims() {
+        let mut live = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
+        let claims: Vec<ClaimView> = (0..3).map(|u| live.grab(UserId(10 + u), true, T0).unwrap().claim).collect();
+        let spec = live.spec().clone();
+        let mut restored =
+            PacketState::restore(spec.clone(), CAP, 99, T0, T0.plus_secs(86_400), &claims, None).unwrap();
+        assert_eq!(restored.view(), live.view());
+        // The next draws match the packet that never stopped.
+        assert_eq!(restored.grab(UserId(50), true, T0), live.grab(UserId(50), true, T0));
+        let mut forged = claims.clone();
+        forged[1].amount = Amount::fen(forged[1].amount.as_fen() + 1);
+        assert!(PacketState::restore(spec.clone(), CAP, 99, T0, T0, &forged, None).unwrap_err().contains("draw gives"));
+        let expired = PacketState::restore(spec, CAP, 99, T0, T0, &claims, Some(restored.escrow())).unwrap_err();
+        assert!(expired.contains("refund"), "{expired}");
     }
 
     #[test]

@@ -88,6 +88,30 @@ impl Ledger {
         Ledger { balance_fen_max, ..Ledger::default() }
     }
 
+    /// A ledger rebuilt from a journal: the balances of its users, the deposits and
+    /// withdrawals applied to them (with the balance each left), and their sums.
+    pub fn restore(
+        balance_fen_max: u64,
+        balances: impl IntoIterator<Item = (UserId, u64)>,
+        ops: impl IntoIterator<Item = (OpId, crate::replay::AppliedOp)>,
+    ) -> Ledger {
+        let mut ledger = Ledger::new(balance_fen_max);
+        ledger.balances = balances.into_iter().collect();
+        for (op, applied) in ops {
+            let kind = if applied.deposit { OpKind::Deposit } else { OpKind::Withdrawal };
+            if applied.deposit {
+                ledger.deposited += applied.amount.as_fen();
+            } else {
+                ledger.withdrawn += applied.amount.as_fen();
+            }
+            ledger.ops.insert(
+                op,
+                OpDone { kind, user: applied.user, amount: applied.amount, balance_after: applied.balance_after },
+            );
+        }
+        ledger
+    }
+
     /// A user's balance (zero for a user never seen).
     pub fn balance(&self, user: UserId) -> Amount {
         Amount::fen(self.balances.get(&user).copied().unwrap_or(0))
@@ -241,8 +265,8 @@ pub(crate) struct WalletShard {
 }
 
 impl WalletShard {
-    pub(crate) fn new(balance_fen_max: u64, journal: Arc<dyn Journal>, events: Arc<EventHub>) -> WalletShard {
-        WalletShard { ledger: Ledger::new(balance_fen_max), journal, events }
+    pub(crate) fn new(ledger: Ledger, journal: Arc<dyn Journal>, events: Arc<EventHub>) -> WalletShard {
+        WalletShard { ledger, journal, events }
     }
 
     /// Replies `result` once the record of a fresh operation (or, for a retry, everything
@@ -347,7 +371,7 @@ impl Handler<Escrow> for WalletShard {
         self.journal.append(
             record,
             Box::new(move || {
-                let meta = PacketMeta { spec, seed, sent_at, expires_at };
+                let meta = PacketMeta { spec, seed, sent_at, expires_at, claims: Vec::new() };
                 let _ = reply.send(Ok(shared.open_packet(meta)));
             }),
         );
