@@ -415,13 +415,15 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            let must_sync = match self.config.durability {
-                Durability::Sync => true,
-                Durability::Buffered { interval_ms } => {
-                    !flushes.is_empty() || self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
-                }
-            };
             unsynced |= !buf.is_empty();
+            // A batch of barriers alone adds nothing to sync.
+            let must_sync = unsynced
+                && match self.config.durability {
+                    Durability::Sync => true,
+                    Durability::Buffered { interval_ms } => {
+                        !flushes.is_empty() || self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+                    }
+                };
             if let Err(e) = self.write(&mut buf, must_sync) {
                 return self.fail(e, &rx);
             }
