@@ -90,6 +90,20 @@ pub struct Args {
     #[arg(long)]
     pub wallet_shards: Option<usize>,
 
+    /// Run the embedded engine on the durable file journal in DIR (which must be empty or
+    /// missing) instead of the in-memory journal
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+
+    /// With --journal: `sync` (acknowledged means fsynced) or `buffered` (written to the OS,
+    /// fsynced every --sync-interval-ms)
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    pub durability: DurabilityArg,
+
+    /// With --durability buffered: milliseconds between fsyncs
+    #[arg(long, default_value_t = 100)]
+    pub sync_interval_ms: u64,
+
     /// Requests the embedded engine queues per packet before answering Busy
     #[arg(long, default_value_t = 4_096)]
     pub mailbox_capacity: usize,
@@ -117,6 +131,13 @@ pub struct Args {
     /// Never draw the progress bar (it is drawn only when stderr is a terminal)
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// The journal's durability, as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Sync,
+    Buffered,
 }
 
 /// The scenarios.
@@ -159,6 +180,14 @@ impl Args {
         }
         if self.yuan * 100 < u64::from(self.shares) {
             return Err("--yuan must give every share at least 0.01".into());
+        }
+        if let Some(dir) = &self.journal {
+            if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                return Err(format!(
+                    "--journal {} must be empty or missing: a load test starts from nothing",
+                    dir.display()
+                ));
+            }
         }
         if self.scenario == Scenario::Idle && self.packets == 0 {
             return Err("--packets must be at least 1".into());

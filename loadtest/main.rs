@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hongbao::{Config, Engine, Limits};
+use hongbao::{Config, Durability, Engine, Limits};
 
-use crate::args::{Args, Scenario};
+use crate::args::{Args, DurabilityArg, Scenario};
 use crate::report::Report;
 use crate::target::{RedisTarget, Target};
 
@@ -108,6 +108,13 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         let mut config = Config::default().with_limits(limits).with_seed(args.seed);
         config.arbiters = args.arbiters();
         config.wallet_shards = args.wallet_shards.unwrap_or(config.arbiters * 2);
+        if let Some(dir) = &args.journal {
+            let durability = match args.durability {
+                DurabilityArg::Sync => Durability::Sync,
+                DurabilityArg::Buffered => Durability::Buffered { interval_ms: args.sync_interval_ms },
+            };
+            config = config.with_journal_dir(dir, durability);
+        }
         Target::Embedded(Engine::start(config).map_err(|e| e.to_string())?)
     } else {
         Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))
@@ -119,5 +126,17 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         Scenario::Idle => scenario::idle(Arc::clone(&target), args).await,
     };
     target.shutdown().await;
-    report
+    drop(target);
+    let mut report = report?;
+    if let (Some(dir), true) = (&args.journal, matches!(report.target.as_str(), t if t.starts_with("embedded"))) {
+        report.target = format!("embedded ({:?} file journal)", args.durability).to_lowercase();
+        report.journal_bytes = Some(dir_bytes(dir)?);
+    }
+    Ok(report)
+}
+
+/// Bytes in the journal's segment files.
+fn dir_bytes(dir: &std::path::Path) -> Result<u64, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    Ok(entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
 }

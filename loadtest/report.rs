@@ -102,6 +102,8 @@ pub struct Report {
     pub violations: Vec<String>,
     /// For the idle scenario: (packets, resident bytes before, after).
     pub idle: Option<(u64, u64, u64)>,
+    /// With a file journal: its size after the run, in bytes.
+    pub journal_bytes: Option<u64>,
 }
 
 impl Report {
@@ -156,6 +158,14 @@ impl Report {
                 per_packet(packets, before, after)
             );
         }
+        if let Some(bytes) = self.journal_bytes {
+            let grabs = f.count("won").max(1);
+            let _ = writeln!(
+                out,
+                "journal       {bytes} bytes on disk (whole run, setup included), {} per winning grab",
+                bytes / grabs
+            );
+        }
         for v in self.violations.iter().take(VIOLATIONS_SHOWN_MAX) {
             let _ = writeln!(out, "INVARIANT BROKEN: {v}");
         }
@@ -197,6 +207,7 @@ impl Report {
                 "resident_bytes_after": after,
                 "bytes_per_packet": per_packet(packets, before, after),
             })),
+            "journal_bytes": self.journal_bytes,
             "audit": { "balanced": self.audit_balanced, "detail": self.audit_detail },
             "violations": self.violations.iter().take(VIOLATIONS_SHOWN_MAX).collect::<Vec<_>>(),
             "violations_total": self.violations.len(),
@@ -383,6 +394,7 @@ mod tests {
             audit_detail: "ok".into(),
             violations: vec![],
             idle: None,
+            journal_bytes: None,
         };
         let j = report.json();
         assert_eq!(j["requests"], 1_001);

@@ -331,6 +331,7 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations,
         idle: None,
+        journal_bytes: None,
     })
 }
 
@@ -456,6 +457,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations: Vec::new(),
         idle: None,
+        journal_bytes: None,
     })
 }
 
@@ -547,5 +549,6 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations,
         idle: Some((packets, before, after)),
+        journal_bytes: None,
     })
 }
