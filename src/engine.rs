@@ -237,8 +237,12 @@ impl Shared {
         for (op, applied) in replica.ops {
             self.op_owners.insert(op, applied.user);
         }
+        let now = self.clock.now();
         for (id, p) in replica.packets {
-            if p.refunded.is_some() {
+            // Expired ones, and sold-out ones past their deadline (closing those records
+            // nothing), are closed; the rest wait for a grab or their deadline.
+            let sold_out = p.claims.len() == p.spec.split.shares() as usize;
+            if p.refunded.is_some() || (sold_out && p.expires_at <= now) {
                 let state = p.state(cap).map_err(StartError::Recovery)?;
                 self.routes.insert(id, Route::Closed(Arc::new(state.view())));
                 continue;

@@ -41,6 +41,7 @@ use thiserror::Error;
 use crate::codec;
 use crate::journal::{Completion, Journal, Record};
 use crate::replay::{Replica, Violation};
+use crate::snapshot;
 
 const MAGIC: &[u8; 8] = b"HONGBAO1";
 const FRAME_HEADER_BYTES: usize = 4 + 4 + 32;
@@ -73,6 +74,13 @@ pub struct FileJournalConfig {
     pub batch_bytes_max: usize,
     /// Records waiting for the writer before appenders wait for room (default 65 536).
     pub queue_len_max: usize,
+    /// Write a snapshot every this many records, and at a clean shutdown (default 1 000 000;
+    /// `None`: never). The writer keeps a replica of the state to snapshot from, which costs
+    /// about as much memory as the engine's own state.
+    pub snapshot_every_records: Option<u64>,
+    /// Keep the segments a snapshot covers (as an archive) instead of deleting them (default
+    /// false).
+    pub keep_segments: bool,
 }
 
 impl FileJournalConfig {
@@ -84,6 +92,8 @@ impl FileJournalConfig {
             segment_bytes_max: 64 << 20,
             batch_bytes_max: 1 << 20,
             queue_len_max: 65_536,
+            snapshot_every_records: Some(1_000_000),
+            keep_segments: false,
         }
     }
 }
@@ -154,20 +164,54 @@ fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(found)
 }
 
-/// Reads and checks every record in `dir`, applying each to a [`Replica`]; a torn tail is
-/// reported in [`Recovered::torn_bytes`] (and not cut here: see [`FileJournal::open`]).
+/// Reads and checks the journal in `dir` from its newest snapshot on (see [`read_with`]).
 ///
 /// # Errors
 ///
-/// [`JournalError::Corrupt`] naming the segment, offset and record of the first damaged frame
-/// or of the first record that contradicts the ones before it.
+/// As [`read_with`].
 pub fn read(dir: &Path) -> Result<Recovered, JournalError> {
-    let files = segments(dir)?;
-    let mut replica = Replica::default();
-    let mut prev = [0u8; 32];
-    let mut seq = 0u64;
+    read_with(dir, true)
+}
+
+/// Reads and checks every record in `dir`, applying each to a [`Replica`] — from the newest
+/// snapshot on when `from_snapshot` (records it covers are still checksummed and chained but
+/// not applied), or from the first record otherwise. A torn tail is reported in
+/// [`Recovered::torn_bytes`] (and cut by [`FileJournal::open`], not here).
+///
+/// # Errors
+///
+/// [`JournalError::Corrupt`] naming the segment, offset and record of the first damaged frame,
+/// of the first record that contradicts the ones before it, or of a gap in the history.
+pub fn read_with(dir: &Path, from_snapshot: bool) -> Result<Recovered, JournalError> {
+    let snapshot = if from_snapshot { snapshot::latest(dir).map_err(io(dir))? } else { None };
+    let (mut replica, start_seq, snapshot_hash) = match snapshot {
+        Some(s) => (s.replica, s.seq, Some(s.last_hash)),
+        None => (Replica::default(), 0, None),
+    };
+    let mut files: Vec<(u64, PathBuf)> = segments(dir)?
+        .into_iter()
+        .map(|p| (p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(u64::MAX), p))
+        .collect();
+    // Segments wholly before the starting point are not read.
+    while files.len() > 1 && files[1].0 <= start_seq {
+        files.remove(0);
+    }
+    let mut seq = files.first().map_or(start_seq, |f| f.0);
+    if seq > start_seq {
+        let (first, path) = &files[0];
+        return Err(JournalError::Corrupt {
+            segment: path.clone(),
+            offset: 0,
+            seq: start_seq,
+            what: format!("records {start_seq}..{first} are missing (no segment or snapshot holds them)"),
+        });
+    }
+    // The first frame after compacted history has no predecessor to check against.
+    let mut prev: Option<[u8; 32]> = (seq == 0).then_some([0u8; 32]);
+    let mut last_hash = snapshot_hash.unwrap_or([0u8; 32]);
     let mut torn_bytes = 0;
     let mut tail = None;
+    let files: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
     for (i, path) in files.iter().enumerate() {
         let last_segment = i + 1 == files.len();
         let mut bytes = Vec::new();
@@ -213,7 +257,8 @@ pub fn read(dir: &Path) -> Result<Recovered, JournalError> {
                 }
                 return Err(corrupt(at, seq, "checksum mismatch".into()));
             }
-            if prev_in_frame != prev {
+            let expected = if seq == start_seq { snapshot_hash.or(prev) } else { prev };
+            if expected.is_some_and(|p| p != prev_in_frame) {
                 return Err(corrupt(
                     at,
                     seq,
@@ -221,8 +266,12 @@ pub fn read(dir: &Path) -> Result<Recovered, JournalError> {
                 ));
             }
             let record = codec::decode(payload).map_err(|e| corrupt(at, seq, e.to_string()))?;
-            replica.apply(seq, &record).map_err(|Violation { seq, what }| corrupt(at, seq, what))?;
-            prev = *blake3::hash(frame).as_bytes();
+            let hash = *blake3::hash(frame).as_bytes();
+            if seq >= start_seq {
+                replica.apply(seq, &record).map_err(|Violation { seq, what }| corrupt(at, seq, what))?;
+                last_hash = hash;
+            }
+            prev = Some(hash);
             seq += 1;
             at += frame_len;
         }
@@ -231,7 +280,15 @@ pub fn read(dir: &Path) -> Result<Recovered, JournalError> {
             tail = Some((path.clone(), at as u64));
         }
     }
-    Ok(Recovered { replica, records: seq, segments: files.len(), torn_bytes, tail, last_hash: prev })
+    if seq < start_seq {
+        return Err(JournalError::Corrupt {
+            segment: files.last().cloned().unwrap_or_else(|| dir.to_path_buf()),
+            offset: 0,
+            seq,
+            what: format!("the snapshot covers {start_seq} records but the segments hold {seq}"),
+        });
+    }
+    Ok(Recovered { replica, records: seq, segments: files.len(), torn_bytes, tail, last_hash })
 }
 
 enum Entry {
@@ -297,7 +354,10 @@ impl FileJournal {
 
         let (tx, rx) = mpsc::sync_channel(config.queue_len_max);
         let failed = std::sync::Arc::new(AtomicBool::new(false));
+        let shadow = config.snapshot_every_records.map(|_| recovered.replica.clone());
         let writer = Writer {
+            shadow,
+            last_snapshot_seq: recovered.records,
             dir: dir.clone(),
             file,
             path,
@@ -358,6 +418,9 @@ impl Drop for FileJournal {
 }
 
 struct Writer {
+    /// The state after every record written, to snapshot from (when snapshots are on).
+    shadow: Option<Replica>,
+    last_snapshot_seq: u64,
     dir: PathBuf,
     file: File,
     path: PathBuf,
@@ -403,6 +466,17 @@ impl Writer {
                     Entry::Record(record, then) => {
                         payload.clear();
                         codec::encode(&record, &mut payload);
+                        if let Some(shadow) = &mut self.shadow {
+                            // The engine made this change from the same state: a refusal here
+                            // is a bug, reported, and snapshots stop rather than lie.
+                            if let Err(v) = shadow.apply(self.next_seq, &record) {
+                                eprintln!(
+                                    "hongbao: journal replica diverged at record {}: {}; snapshots stop",
+                                    v.seq, v.what
+                                );
+                                self.shadow = None;
+                            }
+                        }
                         if let Err(e) = self.frame(&payload, &mut buf) {
                             return self.fail(e, &rx);
                         }
@@ -430,6 +504,13 @@ impl Writer {
             unsynced &= !must_sync;
             for then in done.drain(..) {
                 then();
+            }
+            let due =
+                self.config.snapshot_every_records.is_some_and(|every| self.next_seq - self.last_snapshot_seq >= every);
+            if (due || !flushes.is_empty()) && self.next_seq > self.last_snapshot_seq {
+                if let Err(e) = self.snapshot() {
+                    return self.fail(e, &rx);
+                }
             }
             for tx in flushes.drain(..) {
                 let _ = tx.send(());
@@ -470,6 +551,29 @@ impl Writer {
             self.last_sync = Instant::now();
         }
         Ok(())
+    }
+
+    /// Writes a snapshot of everything written so far, starts a new segment at that point,
+    /// and deletes what the snapshot makes redundant (older snapshots; covered segments unless
+    /// `keep_segments`).
+    fn snapshot(&mut self) -> std::io::Result<()> {
+        let Some(shadow) = &self.shadow else { return Ok(()) };
+        self.file.sync_data()?;
+        snapshot::write(&self.dir, self.next_seq, &self.prev, shadow)?;
+        self.last_snapshot_seq = self.next_seq;
+        if self.segment_len > MAGIC.len() as u64 {
+            self.roll()?;
+        }
+        for entry in fs::read_dir(&self.dir)?.filter_map(Result::ok) {
+            let path = entry.path();
+            let first = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+            let old = first.is_some_and(|f| f < self.next_seq);
+            let kind = path.extension().and_then(|e| e.to_str());
+            if old && (kind == Some("hbs") || (kind == Some("hbj") && !self.config.keep_segments)) {
+                fs::remove_file(&path)?;
+            }
+        }
+        File::open(&self.dir)?.sync_all()
     }
 
     fn roll(&mut self) -> std::io::Result<()> {

@@ -37,6 +37,7 @@ pub mod money;
 pub mod packet;
 mod packet_actor;
 pub mod replay;
+pub mod snapshot;
 pub mod split;
 mod timer;
 pub mod wallet;

@@ -85,7 +85,7 @@ impl ReplayedPacket {
 }
 
 /// The state of everything a journal recorded.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Replica {
     /// Balances by user.
     pub balances: HashMap<UserId, u64>,

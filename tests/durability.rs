@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use hongbao::{
-    split, Amount, Config, Durability, Engine, GrabError, GroupId, JournalError, ManualClock, OpId, PacketId,
-    PacketStatus, StartError, UserId,
+    split, Amount, Config, Durability, Engine, FileJournalConfig, GrabError, GroupId, JournalError, ManualClock, OpId,
+    PacketId, PacketStatus, StartError, UserId,
 };
 
 fn scratch(name: &str) -> PathBuf {
@@ -21,12 +21,30 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn start_on(dir: &Path, clock: &ManualClock) -> Result<Engine, StartError> {
-    let config = Config { arbiters: 2, wallet_shards: 3, ..Config::default() }
-        .with_clock(Arc::new(clock.clone()))
-        .with_seed(5)
-        .with_journal_dir(dir, Durability::Sync);
+fn start_with(
+    dir: &Path,
+    clock: &ManualClock,
+    snapshot_every_records: Option<u64>,
+    keep_segments: bool,
+) -> Result<Engine, StartError> {
+    let mut config =
+        Config { arbiters: 2, wallet_shards: 3, ..Config::default() }.with_clock(Arc::new(clock.clone())).with_seed(5);
+    let mut journal = FileJournalConfig::new(dir, Durability::Sync);
+    journal.snapshot_every_records = snapshot_every_records;
+    journal.keep_segments = keep_segments;
+    config.journal_dir = Some(journal);
     Engine::start(config)
+}
+
+/// The default journal: snapshots at shutdown and every million records, covered segments
+/// deleted.
+fn start_on(dir: &Path, clock: &ManualClock) -> Result<Engine, StartError> {
+    start_with(dir, clock, Some(1_000_000), false)
+}
+
+/// No snapshots: every record stays in the segments (for the tests that damage them).
+fn start_unsnapshotted(dir: &Path, clock: &ManualClock) -> Result<Engine, StartError> {
+    start_with(dir, clock, None, false)
 }
 
 async fn stop(engine: Engine) {
@@ -153,7 +171,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn a_torn_last_record_is_cut_off_at_every_offset() {
     let dir = scratch("torn");
     let clock = ManualClock::default();
-    let engine = start_on(&dir, &clock).unwrap();
+    let engine = start_unsnapshotted(&dir, &clock).unwrap();
     group_with_funds(&engine, GroupId(1), 5, Amount::yuan(10)).await;
     engine.send_packet(lucky(1, GroupId(1), Amount::yuan(10), 5)).await.unwrap();
     engine.grab(PacketId(1), UserId(FIRST_MEMBER)).await.unwrap();
@@ -169,7 +187,7 @@ async fn a_torn_last_record_is_cut_off_at_every_offset() {
         let f = std::fs::OpenOptions::new().write(true).open(copy.join(segment.file_name().unwrap())).unwrap();
         f.set_len(cut).unwrap();
         drop(f);
-        let engine = start_on(&copy, &clock).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let engine = start_unsnapshotted(&copy, &clock).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(
             engine.balance(UserId(5)).await.unwrap(),
             Amount::ZERO,
@@ -180,7 +198,7 @@ async fn a_torn_last_record_is_cut_off_at_every_offset() {
         // Writing continues cleanly after the cut.
         engine.deposit(OpId(78), UserId(5), Amount::fen(1)).await.unwrap();
         stop(engine).await;
-        let engine = start_on(&copy, &clock).unwrap();
+        let engine = start_unsnapshotted(&copy, &clock).unwrap();
         assert_eq!(engine.balance(UserId(5)).await.unwrap(), Amount::fen(1), "cut at {cut}");
         stop(engine).await;
     }
@@ -192,7 +210,7 @@ async fn a_torn_last_record_is_cut_off_at_every_offset() {
 async fn corruption_refuses_to_start_and_audit_names_the_record() {
     let dir = scratch("corrupt");
     let clock = ManualClock::default();
-    let engine = start_on(&dir, &clock).unwrap();
+    let engine = start_unsnapshotted(&dir, &clock).unwrap();
     group_with_funds(&engine, GroupId(1), 5, Amount::yuan(10)).await;
     engine.send_packet(lucky(1, GroupId(1), Amount::yuan(10), 5)).await.unwrap();
     for u in members(3) {
@@ -211,7 +229,7 @@ async fn corruption_refuses_to_start_and_audit_names_the_record() {
     bytes[victim as usize + 45] ^= 0x40; // inside the payload of a record in the middle
     std::fs::write(&segment, &bytes).unwrap();
 
-    match start_on(&dir, &clock) {
+    match start_unsnapshotted(&dir, &clock) {
         Err(StartError::Journal(JournalError::Corrupt { segment: s, offset, .. })) => {
             assert_eq!((s, offset), (segment.clone(), victim));
         }
@@ -224,5 +242,71 @@ async fn corruption_refuses_to_start_and_audit_names_the_record() {
     let json = Command::new(env!("CARGO_BIN_EXE_hongbao")).args(["audit", "--json"]).arg(&dir).output().unwrap();
     let j: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(j["first_bad_record"]["offset"], victim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Activity that writes a few hundred records: deposits, rosters, sends, grabs, an expiry.
+async fn activity(engine: &Engine, clock: &ManualClock) {
+    group_with_funds(engine, GroupId(1), 30, Amount::yuan(100)).await;
+    for p in 0..6 {
+        engine.send_packet(lucky(p, GroupId(1), Amount::yuan(5), 10)).await.unwrap();
+        for u in members(12) {
+            let _ = engine.grab(PacketId(p), u).await;
+        }
+    }
+    engine.send_packet(lucky(50, GroupId(1), Amount::yuan(5), 10)).await.unwrap();
+    engine.grab(PacketId(50), UserId(FIRST_MEMBER)).await.unwrap();
+    clock.advance(Duration::from_secs(86_400));
+    engine.expire_due().await.unwrap();
+    engine.withdraw(OpId(5), UserId(FIRST_MEMBER), Amount::fen(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_plus_replay_equals_full_replay() {
+    let dir = scratch("snapshot");
+    let clock = ManualClock::default();
+    // Snapshots every 25 records, every segment kept, so both replays can be compared.
+    let engine = start_with(&dir, &clock, Some(25), true).unwrap();
+    activity(&engine, &clock).await;
+    let audit_before = engine.audit().await.unwrap();
+    stop(engine).await;
+
+    let full = hongbao::file_journal::read_with(&dir, false).unwrap();
+    let from_snapshot = hongbao::file_journal::read_with(&dir, true).unwrap();
+    assert!(full.records > 60, "{} records", full.records);
+    assert_eq!(from_snapshot.replica, full.replica, "same state");
+    assert_eq!(from_snapshot.records, full.records);
+    assert_eq!(full.replica.check(20_000), Vec::<String>::new());
+
+    let engine = start_with(&dir, &clock, Some(25), true).unwrap();
+    assert_eq!(engine.audit().await.unwrap(), audit_before, "same audit");
+    stop(engine).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn covered_segments_are_deleted_and_the_chain_continues() {
+    let dir = scratch("compact");
+    let clock = ManualClock::default();
+    let engine = start_on(&dir, &clock).unwrap();
+    activity(&engine, &clock).await;
+    let audit_before = engine.audit().await.unwrap();
+    stop(engine).await;
+    // A clean shutdown snapshots; the covered segments are gone.
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".hbs")).count(), 1, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with(".hbj")).count(), 1, "{names:?}");
+
+    let engine = start_on(&dir, &clock).unwrap();
+    assert_eq!(engine.audit().await.unwrap(), audit_before);
+    // New records chain onto the snapshot: they read back, and `hongbao audit` agrees.
+    engine.deposit(OpId(6), UserId(3), Amount::fen(7)).await.unwrap();
+    stop(engine).await;
+    let engine = start_on(&dir, &clock).unwrap();
+    assert_eq!(engine.balance(UserId(3)).await.unwrap(), Amount::fen(7));
+    stop(engine).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_hongbao")).arg("audit").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     std::fs::remove_dir_all(&dir).unwrap();
 }
