@@ -104,6 +104,14 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub sync_interval_ms: u64,
 
+    /// With --journal: write a snapshot every this many records (0: only at shutdown)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_every_records: u64,
+
+    /// With --journal: keep the segments a snapshot covers instead of deleting them
+    #[arg(long)]
+    pub keep_segments: bool,
+
     /// Requests the embedded engine queues per packet before answering Busy
     #[arg(long, default_value_t = 4_096)]
     pub mailbox_capacity: usize,

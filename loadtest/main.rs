@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hongbao::{Config, Durability, Engine, Limits};
+use hongbao::{Config, Durability, Engine, FileJournalConfig, Limits};
 
 use crate::args::{Args, DurabilityArg, Scenario};
 use crate::report::Report;
@@ -113,7 +113,10 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
                 DurabilityArg::Sync => Durability::Sync,
                 DurabilityArg::Buffered => Durability::Buffered { interval_ms: args.sync_interval_ms },
             };
-            config = config.with_journal_dir(dir, durability);
+            let mut journal = FileJournalConfig::new(dir, durability);
+            journal.snapshot_every_records = Some(args.snapshot_every_records).filter(|&n| n > 0).or(Some(u64::MAX));
+            journal.keep_segments = args.keep_segments;
+            config.journal_dir = Some(journal);
         }
         Target::Embedded(Engine::start(config).map_err(|e| e.to_string())?)
     } else {

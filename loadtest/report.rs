@@ -142,7 +142,7 @@ impl Report {
         let mut latency = |name: &str, h: &Histogram<u64>| {
             let cells: Vec<String> =
                 PERCENTILES.iter().map(|(label, p)| format!("{label} {}", ms(h.value_at_percentile(*p)))).collect();
-            let _ = writeln!(out, "{name:<14}{}", cells.join("  "));
+            let _ = writeln!(out, "{name:<15}{}", cells.join("  "));
         };
         latency("latency ms", &f.corrected);
         if self.mode == "open-loop" {

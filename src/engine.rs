@@ -878,7 +878,15 @@ impl Engine {
             rx
         }))
         .await;
-        shared.journal.flush();
+        // The flush (an fsync, and a snapshot for the file journal) blocks: it runs on a thread
+        // of its own so the caller's runtime keeps turning, whatever runtime that is.
+        let (flushed_tx, flushed_rx) = oneshot::channel();
+        let journal = Arc::clone(&shared.journal);
+        std::thread::spawn(move || {
+            journal.flush();
+            let _ = flushed_tx.send(());
+        });
+        let _ = flushed_rx.await;
         shared.events.close();
         self.runtime.system.stop();
         let stopped = self.runtime.stopped.lock().take();
