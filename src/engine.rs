@@ -44,7 +44,7 @@ use crate::file_journal::FileJournal;
 use crate::journal::{Journal, Record};
 use crate::limits::Limits;
 use crate::money::{bucket, Amount, GroupId, IdSet, OpId, PacketId, UserId};
-use crate::packet::{check_view, ClaimView, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
+use crate::packet::{check_view, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
 use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
 use crate::replay::Replica;
 use crate::split::{self, Split};
@@ -109,34 +109,20 @@ impl Audit {
     }
 }
 
-/// What the engine keeps of every open packet, awake or dormant.
-pub(crate) struct PacketMeta {
-    pub spec: NewPacket,
-    pub seed: u64,
-    pub sent_at: Timestamp,
-    pub expires_at: Timestamp,
-    /// Claims made before a restart (empty for a packet sent in this run).
-    pub claims: Vec<ClaimView>,
-}
+/// What the engine keeps of every open packet, awake or dormant: what was sent, the draw's
+/// seed, the deadline, and the claims made before a restart (none for a packet sent in this
+/// run). The same shape as a packet replayed from the journal, because that is what it is.
+pub(crate) use crate::replay::ReplayedPacket as PacketMeta;
 
 impl PacketMeta {
-    /// The packet's state as of its last claim.
-    pub(crate) fn state(&self, share_fen_max: u64) -> PacketState {
-        PacketState::restore(
-            self.spec.clone(),
-            share_fen_max,
-            self.seed,
-            self.sent_at,
-            self.expires_at,
-            &self.claims,
-            None,
-        )
-        .expect("claims were checked against the draw when the journal was read")
+    /// The state of an open packet as of its last claim.
+    pub(crate) fn open_state(&self, share_fen_max: u64) -> PacketState {
+        self.state(share_fen_max).expect("claims were checked against the draw when the journal was read")
     }
 
     /// The view of a packet nobody has touched in this run.
     fn untouched_view(&self, share_fen_max: u64) -> PacketView {
-        self.state(share_fen_max).view()
+        self.open_state(share_fen_max).view()
     }
 }
 
@@ -247,15 +233,8 @@ impl Shared {
                 self.routes.insert(id, Route::Closed(Arc::new(state.view())));
                 continue;
             }
-            let meta = PacketMeta {
-                spec: p.spec,
-                seed: p.seed,
-                sent_at: p.sent_at,
-                expires_at: p.expires_at,
-                claims: p.claims,
-            };
-            let expires_at = meta.expires_at;
-            self.routes.insert(id, Route::Dormant(Arc::new(meta)));
+            let expires_at = p.expires_at;
+            self.routes.insert(id, Route::Dormant(Arc::new(p)));
             self.open_packets.fetch_add(1, Ordering::AcqRel);
             self.timer.do_send(Schedule { at: expires_at, packet: id });
         }
@@ -801,7 +780,7 @@ impl Engine {
                 Route::Opening => {}
                 Route::Dormant(meta) => {
                     audit.packets_live += 1;
-                    escrow += u128::from(meta.state(shared.limits.share_fen_max).escrow().as_fen());
+                    escrow += u128::from(meta.open_state(shared.limits.share_fen_max).escrow().as_fen());
                 }
                 Route::Live(live) => {
                     let (reply, rx) = oneshot::channel();

@@ -88,7 +88,7 @@ impl PacketActor {
     /// queued (and bounded) before the actor's first turn. Callable from any thread.
     pub(crate) fn spawn(shared: Arc<Shared>, meta: &PacketMeta) -> Addr<PacketActor> {
         let (tx, rx) = actix::dev::channel::channel(shared.limits.packet_mailbox_capacity);
-        let state = meta.state(shared.limits.share_fen_max);
+        let state = meta.open_state(shared.limits.share_fen_max);
         let arbiter = shared.arbiters[bucket(meta.spec.id.0, shared.arbiters.len())].clone();
         // If the arbiter has stopped (shutdown), the receiver is dropped with the closure and
         // every send to the address fails as closed.

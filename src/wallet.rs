@@ -371,7 +371,7 @@ impl Handler<Escrow> for WalletShard {
         self.journal.append(
             record,
             Box::new(move || {
-                let meta = PacketMeta { spec, seed, sent_at, expires_at, claims: Vec::new() };
+                let meta = PacketMeta { spec, seed, sent_at, expires_at, claims: Vec::new(), refunded: None };
                 let _ = reply.send(Ok(shared.open_packet(meta)));
             }),
         );
