@@ -1,4 +1,4 @@
-//! Wallets: a [`Ledger`] of balances (plain data) and the [`WalletShard`] actor that owns one.
+//! Wallets: a [`Ledger`] of balances (plain data) and the `WalletShard` actor that owns one.
 //!
 //! Users are spread over a fixed number of shards by hashing their id; each shard serializes
 //! every change to its users' balances, so no balance is ever touched by two threads.
