@@ -45,6 +45,8 @@ use crate::snapshot;
 
 const MAGIC: &[u8; 8] = b"HONGBAO1";
 const FRAME_HEADER_BYTES: usize = 4 + 4 + 32;
+/// The writer thread's name.
+const WRITER_THREAD: &str = "hongbao-journal";
 /// Largest payload a frame may claim; anything larger is damage, not a record.
 const PAYLOAD_BYTES_MAX: usize = 64 << 20;
 
@@ -368,10 +370,8 @@ impl FileJournal {
             failed: std::sync::Arc::clone(&failed),
             last_sync: Instant::now(),
         };
-        let handle = std::thread::Builder::new()
-            .name("hongbao-journal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(io(dir))?;
+        let handle =
+            std::thread::Builder::new().name(WRITER_THREAD.into()).spawn(move || writer.run(rx)).map_err(io(dir))?;
         // The writer ends by itself once the journal (its sender) is dropped.
         drop(handle);
         Ok((FileJournal { tx, failed, _lock: lock }, recovered))
@@ -413,7 +413,12 @@ impl Journal for FileJournal {
 
 impl Drop for FileJournal {
     fn drop(&mut self) {
-        self.flush();
+        // A completion run by the writer can hold the last reference to the engine, and so to
+        // this journal: waiting for the writer from its own thread would never end. It then
+        // finishes (syncs) by itself once the channel closes.
+        if std::thread::current().name() != Some(WRITER_THREAD) {
+            self.flush();
+        }
     }
 }
 
