@@ -863,6 +863,9 @@ impl Engine {
         let journal = Arc::clone(&shared.journal);
         std::thread::spawn(move || {
             journal.flush();
+            // Released before answering: once shutdown returns, dropping the handle releases
+            // the journal (and its directory lock) at once.
+            drop(journal);
             let _ = flushed_tx.send(());
         });
         let _ = flushed_rx.await;

@@ -103,7 +103,9 @@ impl FileJournalConfig {
 /// Why a journal could not be opened or read.
 #[derive(Debug, Error)]
 pub enum JournalError {
-    /// Another process holds the directory.
+    /// Another engine holds the directory. (A child process forked at the moment an engine
+    /// closes its journal shares the lock until it execs, so a restart right after a close
+    /// in a process that spawns children may see this briefly.)
     #[error("journal {0} is in use by another process")]
     Locked(PathBuf),
     /// A frame that is not the torn tail is damaged.
