@@ -21,7 +21,7 @@ use tokio::sync::Barrier;
 
 use crate::args::{Args, Scenario};
 use crate::report::{Figures, Report};
-use crate::target::{Reply, Target};
+use crate::target::{LuckySend, Reply, Target};
 
 /// One grab to make.
 #[derive(Clone, Copy, Debug)]
@@ -281,7 +281,15 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                 let packet = PacketId(round * groups + g);
                 let sender = member(g, 0, members);
                 let deposited = target.deposit(packet.0, sender, total).await;
-                let sent = target.send(packet, sender, GroupId(g), total, shares, packet_seed(args.seed, packet)).await;
+                let send = LuckySend {
+                    packet,
+                    sender,
+                    group: GroupId(g),
+                    fen: total,
+                    shares,
+                    seed: packet_seed(args.seed, packet),
+                };
+                let sent = target.send(&send).await;
                 (deposited == "deposited" && sent == "sent")
                     .then_some(packet)
                     .ok_or(format!("round {round}: {deposited}, {sent}"))
@@ -403,7 +411,15 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                     let packet = current[g as usize].load(Ordering::Acquire);
                     let (kind, retries) = if roll < 8 || (roll < 68 && packet == u64::MAX) {
                         let id = PacketId(packet_ids.fetch_add(1, Ordering::Relaxed));
-                        let kind = target.send(id, user, GroupId(g), total, shares, packet_seed(seed, id)).await;
+                        let send = LuckySend {
+                            packet: id,
+                            sender: user,
+                            group: GroupId(g),
+                            fen: total,
+                            shares,
+                            seed: packet_seed(seed, id),
+                        };
+                        let kind = target.send(&send).await;
                         if kind == "sent" {
                             current[g as usize].store(id.0, Ordering::Release);
                         }
@@ -463,6 +479,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
 
 /// Opens `packets` packets (ids from `first_id`) of 1 yuan in 10 shares from `sender`, spread
 /// over the workers; `ready` runs once every worker is set up, just before they start.
+// Each argument is a different part of the request; a struct for one caller would only move them.
 #[allow(clippy::too_many_arguments)]
 async fn open_packets<F, Fut>(
     target: &Arc<Target>,
@@ -490,7 +507,15 @@ where
                 for p in (w as u64..packets).step_by(workers) {
                     let sent = Instant::now();
                     let id = PacketId(first_id + p);
-                    let kind = target.send(id, sender, group, IDLE_PACKET_FEN, 10, packet_seed(seed, id)).await;
+                    let send = LuckySend {
+                        packet: id,
+                        sender,
+                        group,
+                        fen: IDLE_PACKET_FEN,
+                        shares: 10,
+                        seed: packet_seed(seed, id),
+                    };
+                    let kind = target.send(&send).await;
                     let us = sent.elapsed().as_micros() as u64;
                     figures.record(kind, us, us);
                     progress.add(1);

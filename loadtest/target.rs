@@ -45,6 +45,18 @@ impl Reply {
     }
 }
 
+/// A lucky packet to send, the same for both targets.
+#[derive(Clone, Copy, Debug)]
+pub struct LuckySend {
+    pub packet: PacketId,
+    pub sender: UserId,
+    pub group: GroupId,
+    pub fen: u64,
+    pub shares: u32,
+    /// Seed of the Redis pre-split (the engine derives its own from `--seed`).
+    pub seed: u64,
+}
+
 /// The outcome of an audit: whether money is conserved, and the figures.
 pub struct Verdict {
     pub balanced: bool,
@@ -86,15 +98,8 @@ impl Target {
     }
 
     /// Sends a lucky packet; the reply kind ("sent", "insufficient_funds" or an error kind).
-    pub async fn send(
-        &self,
-        packet: PacketId,
-        sender: UserId,
-        group: GroupId,
-        fen: u64,
-        shares: u32,
-        seed: u64,
-    ) -> &'static str {
+    pub async fn send(&self, send: &LuckySend) -> &'static str {
+        let &LuckySend { packet, sender, group, fen, shares, .. } = send;
         match self {
             Target::Embedded(e) => {
                 let split = Split::Lucky { total: Amount::fen(fen), shares };
@@ -106,7 +111,7 @@ impl Target {
                     Err(_) => "send_refused",
                 }
             }
-            Target::Redis(r) => r.send(packet, sender, group, fen, shares, seed).await,
+            Target::Redis(r) => r.send(send).await,
         }
     }
 
@@ -324,16 +329,8 @@ impl RedisTarget {
         }
     }
 
-    async fn send(
-        &self,
-        packet: PacketId,
-        sender: UserId,
-        group: GroupId,
-        fen: u64,
-        shares: u32,
-        seed: u64,
-    ) -> &'static str {
-        let _ = group;
+    async fn send(&self, send: &LuckySend) -> &'static str {
+        let &LuckySend { packet, sender, fen, shares, seed, .. } = send;
         // Pre-split at send, with the same code and seed the engine draws from at grab time.
         let split = split::lucky_shares(fen, shares, self.share_fen_max, seed);
         let mut inv = self.send.prepare_invoke();
