@@ -4,8 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::file_journal::{Durability, FileJournalConfig};
-use crate::journal::{Journal, MemoryJournal};
+use crate::journal::{Durability, FileJournalConfig, Journal, MemoryJournal};
 use crate::limits::Limits;
 
 /// An engine's configuration. `Config::default()` is the embedded default: system clock,

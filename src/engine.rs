@@ -2,21 +2,13 @@
 //!
 //! `Engine` is `Clone + Send + Sync`, its futures are `Send`, and no actix type appears in its
 //! API: it works from any tokio runtime (multi-thread servers, `#[tokio::test]`) and from an
-//! actix-rt context alike. Behind it, an actix system runs on its own threads: packet actors
-//! on `arbiters` arbiters (placed by hashing the packet id), `wallet_shards` wallet shards, and
-//! one timer.
+//! actix-rt context alike. Behind it, an actix system runs on its own threads (`runtime.rs`):
+//! packet actors on `arbiters` arbiters, placed by hashing the packet id and reached through
+//! the routing table (`routes.rs`); `wallet_shards` wallet shards (`wallet.rs`); one timer.
 //!
-//! # Routing
-//!
-//! A grab costs one lookup in the routing table (a sharded map from packet id to the packet's
-//! mailbox); then the request goes to the packet's bounded mailbox with `try_send`, and a full
-//! mailbox answers `Busy` at once. The packet actor checks eligibility against a roster it
-//! caches until a roster change bumps the roster epoch, so a grab reads no shared map but the
-//! routing table.
-//!
-//! A sent packet is *dormant* — a route entry with its metadata, no actor, no mailbox — until
-//! the first grab or its expiry wakes it (under the routing entry's lock, so exactly once).
-//! Packets nobody opens therefore cost a few hundred bytes each, not an actor apiece.
+//! The handle checks what can be checked without the state (limits, the split, membership),
+//! then hands the request to the actor that owns the state; the actor decides, records and
+//! applies (see `lib.rs` for where each rule lives). A full mailbox answers `Busy` at once.
 //!
 //! # Shutdown
 //!
@@ -24,297 +16,54 @@
 //! flush after everything queued before it), flushes the journal, ends event subscriptions and
 //! stops the actor threads. Dropping the last handle without it stops the threads at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use actix::prelude::*;
-use actix_rt::ArbiterHandle;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
-use futures::future::join_all;
-use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::audit::{self, Audit, Sums};
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
 use crate::events::{Event, EventHub, Subscription};
-use crate::file_journal::FileJournal;
-use crate::journal::{Journal, Record};
+use crate::journal::{self, FileJournal, Journal};
 use crate::limits::Limits;
-use crate::money::{bucket, Amount, GroupId, IdSet, OpId, PacketId, UserId};
-use crate::packet::{check_view, Expiry, NewPacket, PacketState, PacketStatus, PacketView};
-use crate::packet_actor::{self, Expire, Grab, Inspect, PacketActor, Query};
+use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+use crate::packet::{check_view, grab_refusal, PacketState, PacketView};
+use crate::packet_actor::{self, Grab, Grabbed, Inspect, PacketCtx, Query};
+use crate::placement;
+use crate::record::{NewPacket, PacketSent};
 use crate::replay::Replica;
-use crate::split::{self, Split};
-use crate::timer::{Attach, Schedule, Timer};
-use crate::wallet::{self, Balance, Deposit, Escrow, GetTotals, Ledger, WalletShard, Withdraw};
-
-/// How long `Engine::start` waits for the actor threads to come up.
-const START_TIMEOUT_SECS: u64 = 30;
+use crate::roster::{self, Change, Rosters};
+use crate::routes::{PacketMeta, Reservation, Route, Routes};
+use crate::runtime::{self, Refused, Runtime};
+use crate::split;
+use crate::timer::{Attach, Timer};
+use crate::wallet::{Balance, Deposit, Escrow, Settle, WalletShard, Wallets, Withdraw};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
 /// before concluding that the engine is stopping.
 const ROUTE_ATTEMPTS_MAX: usize = 3;
 
-/// A share won.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Grabbed {
-    /// The packet.
-    pub packet: PacketId,
-    /// The winner.
-    pub user: UserId,
-    /// The share, already in the winner's wallet.
-    pub amount: Amount,
-    /// 1 for the first share taken.
-    pub position: u32,
-    /// Shares left after this one.
-    pub shares_left: u32,
-    /// Escrow left after this one.
-    pub remaining: Amount,
-}
-
-/// Both sides of the conservation equation, and every invariant violation found.
-///
-/// At a quiescent point (no request in flight),
-/// `wallets + escrow + pending == deposits - withdrawals`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Audit {
-    /// Sum of wallet balances.
-    pub wallets: Amount,
-    /// Sum of the escrow of open packets.
-    pub escrow: Amount,
-    /// Sum of pending transfers (none exist yet: always zero).
-    pub pending: Amount,
-    /// Sum of deposits.
-    pub deposits: Amount,
-    /// Sum of withdrawals.
-    pub withdrawals: Amount,
-    /// Packets still live (open, or sold out and not yet expired).
-    pub packets_live: usize,
-    /// Packets closed at expiry.
-    pub packets_closed: usize,
-    /// Every broken packet invariant, described.
-    pub violations: Vec<String>,
-}
-
-impl Audit {
-    /// Whether money is conserved and no invariant is broken.
-    pub fn is_balanced(&self) -> bool {
-        let held =
-            u128::from(self.wallets.as_fen()) + u128::from(self.escrow.as_fen()) + u128::from(self.pending.as_fen());
-        let net = i128::from(self.deposits.as_fen()) - i128::from(self.withdrawals.as_fen());
-        held as i128 == net && self.violations.is_empty()
-    }
-}
-
-/// What the engine keeps of every open packet, awake or dormant: what was sent, the draw's
-/// seed, the deadline, and the claims made before a restart (none for a packet sent in this
-/// run). The same shape as a packet replayed from the journal, because that is what it is.
-pub(crate) use crate::replay::ReplayedPacket as PacketMeta;
-
-impl PacketMeta {
-    /// The state of an open packet as of its last claim.
-    pub(crate) fn open_state(&self, share_fen_max: u64) -> PacketState {
-        self.state(share_fen_max).expect("claims were checked against the draw when the journal was read")
-    }
-
-    /// The view of a packet nobody has touched in this run.
-    fn untouched_view(&self, share_fen_max: u64) -> PacketView {
-        self.open_state(share_fen_max).view()
-    }
-}
-
-/// A packet actor's address, with what the handle needs to route and check eligibility.
-pub(crate) struct LivePacket {
-    pub addr: Addr<PacketActor>,
-    pub meta: Arc<PacketMeta>,
-}
-
-/// Where a packet id leads.
-#[derive(Clone)]
-pub(crate) enum Route {
-    /// A send is in progress: the escrow is being debited.
-    Opening,
-    /// Open, and nobody has touched it yet: no actor, no mailbox.
-    Dormant(Arc<PacketMeta>),
-    /// The packet's actor is running.
-    Live(Arc<LivePacket>),
-    /// Expired and stopped; the final view answers repeat grabs and queries.
-    Closed(Arc<PacketView>),
-}
-
-impl Route {
-    /// The packet's metadata if it is open (dormant or live).
-    fn open_meta(&self) -> Option<&Arc<PacketMeta>> {
-        match self {
-            Route::Dormant(meta) => Some(meta),
-            Route::Live(live) => Some(&live.meta),
-            Route::Opening | Route::Closed(_) => None,
-        }
-    }
-}
-
-/// State shared by the handle and the actors.
-pub(crate) struct Shared {
-    pub limits: Limits,
-    pub clock: Arc<dyn Clock>,
-    pub journal: Arc<dyn Journal>,
-    pub events: Arc<EventHub>,
-    pub routes: Arc<DashMap<PacketId, Route>>,
-    pub rosters: DashMap<GroupId, Arc<IdSet<UserId>>>,
-    /// Bumped by every roster change, so packet actors know when their cached roster is old.
-    pub roster_epoch: AtomicU64,
-    pub wallets: Box<[Addr<WalletShard>]>,
-    pub arbiters: Box<[ArbiterHandle]>,
-    pub timer: Addr<Timer>,
-    /// Packets opening or live; bounded by `open_packets_max`.
-    pub open_packets: AtomicUsize,
-    /// Which user each operation id belongs to, so an id reused for another user is refused
-    /// even though the two users live on different shards.
-    op_owners: DashMap<OpId, UserId>,
+/// The engine's parts, shared by every handle.
+struct Inner {
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    journal: Arc<dyn Journal>,
+    events: Arc<EventHub>,
+    routes: Arc<Routes>,
+    rosters: Arc<Rosters>,
+    wallets: Arc<Wallets>,
     running: AtomicBool,
     seed: Option<u64>,
+    runtime: Runtime,
 }
 
-impl Shared {
-    pub(crate) fn wallet(&self, user: UserId) -> &Addr<WalletShard> {
-        &self.wallets[bucket(user.0, self.wallets.len())]
-    }
-
-    /// Forgets a send that was refused, so the id can be sent again.
-    pub(crate) fn abandon_opening(&self, packet: PacketId) {
-        if self.routes.remove_if(&packet, |_, r| matches!(r, Route::Opening)).is_some() {
-            self.open_packets.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The current roster of `group` and the epoch it was read at.
-    pub(crate) fn roster(&self, group: GroupId) -> (u64, Option<Arc<IdSet<UserId>>>) {
-        let epoch = self.roster_epoch.load(Ordering::Acquire);
-        (epoch, self.rosters.get(&group).map(|r| Arc::clone(r.value())))
-    }
-
-    fn is_eligible(&self, group: GroupId, split: &Split, user: UserId) -> bool {
-        match *split {
-            Split::Exclusive { to, .. } => to == user,
-            _ => self.is_member(group, user),
-        }
-    }
-
-    fn is_member(&self, group: GroupId, user: UserId) -> bool {
-        self.rosters.get(&group).is_some_and(|r| r.contains(&user))
-    }
-
-    fn route(&self, packet: PacketId) -> Option<Route> {
-        self.routes.get(&packet).map(|r| r.value().clone())
-    }
-
-    /// Loads what a journal recorded: rosters, operation ids, and every packet — open ones
-    /// dormant with their claims and their deadlines scheduled (a deadline that passed while
-    /// the engine was down fires at once), expired ones closed.
-    fn load(&self, replica: Replica) -> Result<(), StartError> {
-        let cap = self.limits.share_fen_max;
-        for (group, members) in replica.rosters {
-            self.rosters.insert(group, Arc::new(members.into_iter().collect()));
-        }
-        self.roster_epoch.fetch_add(1, Ordering::AcqRel);
-        for (op, applied) in replica.ops {
-            self.op_owners.insert(op, applied.user);
-        }
-        let now = self.clock.now();
-        for (id, p) in replica.packets {
-            // Expired ones, and sold-out ones past their deadline (closing those records
-            // nothing), are closed; the rest wait for a grab or their deadline.
-            let sold_out = p.claims.len() == p.spec.split.shares() as usize;
-            if p.refunded.is_some() || (sold_out && p.expires_at <= now) {
-                let state = p.state(cap).map_err(StartError::Recovery)?;
-                self.routes.insert(id, Route::Closed(Arc::new(state.view())));
-                continue;
-            }
-            let expires_at = p.expires_at;
-            self.routes.insert(id, Route::Dormant(Arc::new(p)));
-            self.open_packets.fetch_add(1, Ordering::AcqRel);
-            self.timer.do_send(Schedule { at: expires_at, packet: id });
-        }
-        Ok(())
-    }
-
-    /// Opens a packet whose escrow is durable: dormant until someone touches it. Runs in the
-    /// escrow record's journal completion, so it completes even if the sender stopped
-    /// waiting.
-    pub(crate) fn open_packet(&self, meta: PacketMeta) -> PacketView {
-        let view = meta.untouched_view(self.limits.share_fen_max);
-        // Published before the route exists, so `PacketSent` is the packet's first event.
-        self.events.publish(|| Event::PacketSent {
-            packet: view.id,
-            sender: view.sender,
-            group: view.group,
-            total: view.total,
-            shares: view.shares,
-            expires_at: view.expires_at,
-        });
-        self.routes.insert(view.id, Route::Dormant(Arc::new(meta)));
-        // Not refused: one deadline per open packet, bounded by `open_packets_max`.
-        self.timer.do_send(Schedule { at: view.expires_at, packet: view.id });
-        view
-    }
-
-    /// Tells an open packet (waking it if dormant) to expire if it is due. Returns whether the
-    /// packet was open. The message is not refused: one per due packet per caller.
-    pub(crate) fn expire_packet(self: &Arc<Self>, packet: PacketId, reply: Option<oneshot::Sender<Expiry>>) -> bool {
-        match self.wake(packet) {
-            Some(Route::Live(live)) => {
-                live.addr.do_send(Expire { reply });
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The packet's route, with its actor started if it was dormant. The routing table's
-    /// entry lock makes sure only one actor is ever started for a packet.
-    pub(crate) fn wake(self: &Arc<Self>, packet: PacketId) -> Option<Route> {
-        let route = self.route(packet)?;
-        if !matches!(route, Route::Dormant(_)) {
-            return Some(route);
-        }
-        let mut entry = self.routes.get_mut(&packet)?;
-        if let Route::Dormant(meta) = entry.value() {
-            let meta = Arc::clone(meta);
-            let addr = PacketActor::spawn(Arc::clone(self), &meta);
-            *entry.value_mut() = Route::Live(Arc::new(LivePacket { addr, meta }));
-        }
-        Some(entry.value().clone())
-    }
-
-    fn packet_seed(&self, packet: PacketId) -> u64 {
-        match self.seed {
-            // splitmix64 of the pair: distinct, well-mixed seeds per packet, reproducible.
-            Some(seed) => {
-                let mut z = seed ^ packet.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^ (z >> 31)
-            }
-            None => rand::random(),
-        }
-    }
-}
-
-/// The running actor system, stopped when the last handle goes.
-struct Runtime {
-    shared: Arc<Shared>,
-    system: actix_rt::System,
-    stopped: Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-impl Drop for Runtime {
+impl Drop for Inner {
     fn drop(&mut self) {
-        self.shared.running.store(false, Ordering::Release);
-        self.shared.events.close();
-        self.system.stop();
+        // The last handle went (the runtime stops its threads as it drops).
+        self.running.store(false, Ordering::Release);
+        self.events.close();
     }
 }
 
@@ -349,132 +98,111 @@ impl Drop for Runtime {
 /// ```
 #[derive(Clone)]
 pub struct Engine {
-    runtime: Arc<Runtime>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("arbiters", &self.runtime.shared.arbiters.len())
-            .field("wallet_shards", &self.runtime.shared.wallets.len())
+            .field("arbiters", &self.inner.runtime.arbiters().len())
+            .field("wallet_shards", &self.inner.wallets.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Opens the journal the configuration names: the file journal's recovery first, so a journal
+/// that cannot be read refuses the start before any thread starts.
+fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
+    let Some(dir) = &config.journal_dir else { return Ok((Arc::clone(&config.journal), None)) };
+    let (file, recovered) = FileJournal::open(dir, Replica::new(config.limits.share_fen_max))?;
+    let audit = audit::replica_audit(&recovered.state);
+    if !audit.is_balanced() {
+        let mut problems = audit.violations.clone();
+        if !audit.is_conserved() {
+            problems.push(format!("not conserved: {audit:?}"));
+        }
+        return Err(StartError::Recovery(problems.join("; ")));
+    }
+    Ok((Arc::new(file), Some(recovered.state)))
+}
+
 impl Engine {
-    /// Starts the actor system on background threads and returns a handle to it.
+    /// Starts the actor system on background threads and returns a handle to it. With a
+    /// journal directory, it first recovers the state the journal records.
     ///
-    /// It blocks the calling thread for the few milliseconds the threads take to start.
+    /// It blocks the calling thread for the few milliseconds the threads take to start (and
+    /// for recovery).
     ///
     /// # Errors
     ///
     /// [`StartError`] if the limits contradict each other, `arbiters` or `wallet_shards` is
-    /// zero, or the threads cannot be started.
+    /// zero, the journal cannot be opened or recovered, or the threads cannot be started.
     pub fn start(config: Config) -> Result<Engine, StartError> {
         config.limits.validate()?;
         if config.arbiters == 0 || config.wallet_shards == 0 {
             return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
         }
-        let shard_count = config.wallet_shards;
-        let Config { limits, clock, journal, journal_dir, seed, .. } = config;
-        // Recovery first: a journal that cannot be read refuses the start before any thread.
-        let (journal, replica) = match journal_dir {
-            Some(dir) => {
-                let (file, recovered) = FileJournal::open(&dir)?;
-                let problems = recovered.replica.check(limits.share_fen_max);
-                if !problems.is_empty() {
-                    return Err(StartError::Recovery(problems.join("; ")));
-                }
-                (Arc::new(file) as Arc<dyn Journal>, Some(recovered.replica))
-            }
-            None => (journal, None),
-        };
-        let mut ledgers: Vec<Ledger> = (0..shard_count).map(|_| Ledger::new(limits.balance_fen_max)).collect();
-        if let Some(replica) = &replica {
-            let mut balances: Vec<Vec<(UserId, u64)>> = vec![Vec::new(); shard_count];
-            let mut ops: Vec<Vec<_>> = vec![Vec::new(); shard_count];
-            for (&user, &fen) in &replica.balances {
-                balances[bucket(user.0, shard_count)].push((user, fen));
-            }
-            for (&op, &applied) in &replica.ops {
-                ops[bucket(applied.user.0, shard_count)].push((op, applied));
-            }
-            ledgers =
-                balances.into_iter().zip(ops).map(|(b, o)| Ledger::restore(limits.balance_fen_max, b, o)).collect();
-        }
-        let (system, arbiters, stopped) = start_system(config.arbiters)?;
+        let (journal, replica) = open_journal(&config)?;
+        let Config { limits, clock, seed, arbiters, wallet_shards, .. } = config;
+        let replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
+        let runtime = Runtime::start(arbiters)?;
         let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
-        let routes = Arc::new(DashMap::new());
 
-        // Each actor reports once its mailbox capacity is set, so no request meets actix's
-        // default capacity.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let wallets: Box<[_]> = ledgers
-            .into_iter()
-            .enumerate()
-            .map(|(i, ledger)| {
-                let (journal, events, ready) = (Arc::clone(&journal), Arc::clone(&events), ready_tx.clone());
-                let capacity = limits.wallet_mailbox_capacity;
-                WalletShard::start_in_arbiter(&arbiters[i % arbiters.len()], move |ctx| {
-                    ctx.set_mailbox_capacity(capacity);
-                    let _ = ready.send(());
-                    WalletShard::new(ledger, journal, events)
-                })
-            })
-            .collect();
-        let timer = {
-            let (clock, ready) = (Arc::clone(&clock), ready_tx.clone());
-            Timer::start_in_arbiter(&arbiters[0], move |_| {
-                let _ = ready.send(());
-                Timer::new(clock)
-            })
-        };
-        drop(ready_tx);
-        for _ in 0..=wallets.len() {
-            if ready_rx.recv_timeout(Duration::from_secs(START_TIMEOUT_SECS)).is_err() {
-                system.stop();
-                return Err(StartError::Runtime("actors did not start".into()));
-            }
-        }
-        let shared = Arc::new(Shared {
-            limits,
-            clock,
-            journal,
-            events,
-            routes,
-            rosters: DashMap::new(),
-            roster_epoch: AtomicU64::new(0),
-            wallets,
-            arbiters,
-            timer,
-            open_packets: AtomicUsize::new(0),
-            op_owners: DashMap::new(),
-            running: AtomicBool::new(true),
-            seed,
-        });
+        let ops: Vec<(OpId, UserId)> = replica.ledger.ops().map(|(op, done)| (op, done.user)).collect();
+        let mut ledgers = replica.ledger.split(wallet_shards, |u| Wallets::place(u, wallet_shards)).into_iter();
+        let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
+            let ledger = ledgers.next().expect("one ledger per shard");
+            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events))
+        })?;
+        let timer = runtime.start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock)))?;
+        let timer = timer[0].clone();
+        let wallets = Arc::new(Wallets::new(shards, ops));
+        let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
+        let routes = Routes::new(
+            limits.open_packets_max,
+            limits.share_fen_max,
+            runtime.arbiters().into(),
+            timer.clone(),
+            |on_close| PacketCtx {
+                clock: Arc::clone(&clock),
+                journal: Arc::clone(&journal),
+                events: Arc::clone(&events),
+                wallets: Arc::clone(&wallets),
+                rosters: Arc::clone(&rosters),
+                mailbox_capacity: limits.packet_mailbox_capacity,
+                on_close,
+            },
+        );
         // Weak: the timer must not keep the engine alive after the last handle is gone.
-        shared.timer.do_send(Attach(Arc::downgrade(&shared)));
-        if let Some(replica) = replica {
-            shared.load(replica)?;
-        }
-        Ok(Engine { runtime: Arc::new(Runtime { shared, system, stopped: Mutex::new(Some(stopped)) }) })
+        let due_routes = Arc::downgrade(&routes);
+        timer.do_send(Attach(Box::new(move |packet| {
+            if let Some(routes) = due_routes.upgrade() {
+                // A dormant packet is woken to expire, so expiry has one implementation.
+                routes.expire(packet, None);
+            }
+        })));
+        routes.load(replica.packets.into_values(), clock.now());
+        let inner =
+            Inner { limits, clock, journal, events, routes, rosters, wallets, running: true.into(), seed, runtime };
+        Ok(Engine { inner: Arc::new(inner) })
     }
 
-    fn shared(&self) -> Option<&Arc<Shared>> {
-        let shared = &self.runtime.shared;
+    /// The engine's parts, unless it is stopping or its journal has failed.
+    fn inner(&self) -> Option<&Inner> {
+        let inner = &*self.inner;
         // A journal that can no longer make changes durable stops the engine: answering
         // anything then could acknowledge what a restart would not have.
-        (shared.running.load(Ordering::Acquire) && !shared.journal.failed()).then_some(shared)
+        (inner.running.load(Ordering::Acquire) && !inner.journal.failed()).then_some(inner)
     }
 
     /// The limits this engine runs with.
     pub fn limits(&self) -> &Limits {
-        &self.runtime.shared.limits
+        &self.inner.limits
     }
 
     /// The engine's clock's current time.
     pub fn now(&self) -> Timestamp {
-        self.runtime.shared.clock.now()
+        self.inner.clock.now()
     }
 
     /// Replaces a group's roster: its members are the only ones who may grab its packets
@@ -483,40 +211,70 @@ impl Engine {
     /// # Errors
     ///
     /// `TooManyMembers` over `members_per_group_max`, `TooManyGroups` over `groups_max`,
-    /// `ShuttingDown`.
+    /// `ShuttingDown`. Nothing changes on an error.
     pub async fn set_members(
         &self,
         group: GroupId,
         members: impl IntoIterator<Item = UserId>,
     ) -> Result<(), EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
-        let max = shared.limits.members_per_group_max;
-        let mut sorted: Vec<UserId> = Vec::new();
-        for m in members {
-            sorted.push(m);
-            // Checked as they come, so an endless iterator cannot exhaust memory.
-            if sorted.len() > max.saturating_mul(2) {
-                return Err(EngineError::TooManyMembers { members: sorted.len(), max });
-            }
-        }
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() > max {
-            return Err(EngineError::TooManyMembers { members: sorted.len(), max });
-        }
-        if !shared.rosters.contains_key(&group) && shared.rosters.len() >= shared.limits.groups_max {
-            return Err(EngineError::TooManyGroups { max: shared.limits.groups_max });
-        }
-        shared.rosters.insert(group, Arc::new(sorted.iter().copied().collect()));
-        // After the insert: an actor that sees the new epoch finds the new roster.
-        shared.roster_epoch.fetch_add(1, Ordering::AcqRel);
+        let max = self.inner.limits.members_per_group_max;
+        self.change_roster(group, Change::Set(roster::collect_ids(members, max)?)).await
+    }
+
+    /// Adds members to a group's roster (creating it if it has none); members already in it
+    /// stay. Journaled as the additions alone.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::set_members`].
+    pub async fn add_members(
+        &self,
+        group: GroupId,
+        members: impl IntoIterator<Item = UserId>,
+    ) -> Result<(), EngineError> {
+        let max = self.inner.limits.members_per_group_max;
+        self.change_roster(group, Change::Add(roster::collect_ids(members, max)?)).await
+    }
+
+    /// Removes members from a group's roster; ids not in it are ignored. A member removed
+    /// can no longer grab the group's packets (a repeat grab still returns the first share).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::set_members`].
+    pub async fn remove_members(
+        &self,
+        group: GroupId,
+        members: impl IntoIterator<Item = UserId>,
+    ) -> Result<(), EngineError> {
+        let max = self.inner.limits.members_per_group_max;
+        self.change_roster(group, Change::Remove(roster::collect_ids(members, max)?)).await
+    }
+
+    async fn change_roster(&self, group: GroupId, change: Change) -> Result<(), EngineError> {
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
         let (tx, rx) = oneshot::channel();
-        shared.journal.append(
-            Record::Roster { group, members: sorted },
-            Box::new(move || {
-                let _ = tx.send(());
-            }),
-        );
+        let then = Box::new(move || {
+            let _ = tx.send(());
+        });
+        inner.rosters.change(group, change, &*inner.journal, then)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// A group's members, sorted (empty for a group without a roster). Every roster change
+    /// that returned before this call is in it.
+    ///
+    /// # Errors
+    ///
+    /// `ShuttingDown`.
+    pub async fn members(&self, group: GroupId) -> Result<Vec<UserId>, EngineError> {
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let mut members: Vec<UserId> =
+            inner.rosters.get(group).map(|m| m.iter().copied().collect()).unwrap_or_default();
+        members.sort_unstable();
+        // A change still on its way to the disk is not reported before it is durable.
+        let (tx, rx) = oneshot::channel();
+        journal::reply_after_barrier(&*inner.journal, tx, members);
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -528,10 +286,11 @@ impl Engine {
     /// `ZeroAmount`, `BalanceLimit`, `IdConflict` (the id was used with other fields),
     /// `Busy`, `ShuttingDown`. Nothing changes on an error.
     pub async fn deposit(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
-        let shared = self.shared().ok_or(WalletError::ShuttingDown)?;
-        claim_op(shared, op, user)?;
+        let inner = self.inner().ok_or(WalletError::ShuttingDown)?;
+        inner.wallets.claim_op(op, user)?;
         let (reply, rx) = oneshot::channel();
-        try_send_wallet(shared.wallet(user), Deposit { op, user, amount, reply })?;
+        let balance_fen_max = inner.limits.balance_fen_max;
+        inner.wallets.tell(user, Deposit { op, user, amount, balance_fen_max, reply })?;
         rx.await.map_err(|_| WalletError::ShuttingDown)?
     }
 
@@ -542,10 +301,10 @@ impl Engine {
     /// `ZeroAmount`, `InsufficientFunds`, `IdConflict`, `Busy`, `ShuttingDown`. Nothing
     /// changes on an error.
     pub async fn withdraw(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
-        let shared = self.shared().ok_or(WalletError::ShuttingDown)?;
-        claim_op(shared, op, user)?;
+        let inner = self.inner().ok_or(WalletError::ShuttingDown)?;
+        inner.wallets.claim_op(op, user)?;
         let (reply, rx) = oneshot::channel();
-        try_send_wallet(shared.wallet(user), Withdraw { op, user, amount, reply })?;
+        inner.wallets.tell(user, Withdraw { op, user, amount, reply })?;
         rx.await.map_err(|_| WalletError::ShuttingDown)?
     }
 
@@ -555,12 +314,9 @@ impl Engine {
     ///
     /// `Busy` when the wallet shard's mailbox is full, `ShuttingDown`.
     pub async fn balance(&self, user: UserId) -> Result<Amount, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
         let (reply, rx) = oneshot::channel();
-        shared.wallet(user).try_send(Balance { user, reply }).map_err(|e| match e {
-            actix::prelude::SendError::Full(_) => EngineError::Busy,
-            actix::prelude::SendError::Closed(_) => EngineError::ShuttingDown,
-        })?;
+        inner.wallets.tell(user, Balance { user, reply })?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -574,54 +330,38 @@ impl Engine {
     /// `InsufficientFunds`, `IdConflict` (same id, other fields), `TooManyOpenPackets`,
     /// `Busy`, `ShuttingDown`. Nothing is debited on an error.
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
-        let shared = self.shared().ok_or(SendError::ShuttingDown)?;
-        let limits = &shared.limits;
+        let inner = self.inner().ok_or(SendError::ShuttingDown)?;
+        let limits = &inner.limits;
         if spec.greeting.len() > limits.greeting_bytes_max {
             return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
         }
         split::validate(&spec.split, limits).map_err(|reason| SendError::InvalidSplit { reason })?;
-        if !shared.is_member(spec.group, spec.sender) {
+        if !inner.rosters.is_member(spec.group, spec.sender) {
             return Err(SendError::NotMember { user: spec.sender });
         }
-        if let Split::Exclusive { to, .. } = spec.split {
-            if !shared.is_member(spec.group, to) {
+        if let split::Split::Exclusive { to, .. } = spec.split {
+            if !inner.rosters.is_member(spec.group, to) {
                 return Err(SendError::NotMember { user: to });
             }
         }
-        // Reserve the id, or find that it is taken. The map guard is released before any await.
-        let existing = match shared.routes.entry(spec.id) {
-            Entry::Occupied(e) => Some(e.get().clone()),
-            Entry::Vacant(e) => {
-                let max = limits.open_packets_max;
-                if shared
-                    .open_packets
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-                    .is_err()
-                {
-                    return Err(SendError::TooManyOpenPackets { max });
-                }
-                e.insert(Route::Opening);
-                None
-            }
-        };
-        match existing {
-            None => {}
-            Some(Route::Opening) => return Err(SendError::Busy),
-            Some(route @ (Route::Dormant(_) | Route::Live(_))) if route.open_meta().is_some_and(|m| m.spec == spec) => {
+        match inner.routes.reserve(spec.id) {
+            Reservation::Reserved => {}
+            Reservation::Full => return Err(SendError::TooManyOpenPackets { max: limits.open_packets_max }),
+            Reservation::Taken(Route::Opening) => return Err(SendError::Busy),
+            Reservation::Taken(route) if route.open_meta().is_some_and(|m| m.sent.spec == spec) => {
                 return self.packet(spec.id).await.map_err(|_| SendError::Busy)
             }
-            Some(Route::Closed(view)) if same_spec(&view, &spec) => return Ok((*view).clone()),
-            Some(_) => return Err(SendError::IdConflict { packet: spec.id }),
+            Reservation::Taken(Route::Closed(view)) if view.spec() == spec => return Ok((*view).clone()),
+            Reservation::Taken(_) => return Err(SendError::IdConflict { packet: spec.id }),
         }
-        let (id, sender) = (spec.id, spec.sender);
+        let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
+        let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, id));
+        let sent = PacketSent { spec, seed, sent_at: now, expires_at: now.plus_secs(limits.expiry_secs) };
         let (reply, rx) = oneshot::channel();
-        let escrow = Escrow { shared: Arc::clone(shared), spec, seed: shared.packet_seed(id), reply };
-        if let Err(e) = shared.wallet(sender).try_send(escrow) {
-            shared.abandon_opening(id);
-            return Err(match e {
-                actix::prelude::SendError::Full(_) => SendError::Busy,
-                actix::prelude::SendError::Closed(_) => SendError::ShuttingDown,
-            });
+        let settle = settle_send(inner, id, reply);
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, settle }) {
+            inner.routes.abandon(id);
+            return Err(refused.into());
         }
         // From here the send completes even if this future is dropped: the shard debits and
         // the packet opens without the caller.
@@ -636,21 +376,24 @@ impl Engine {
     /// `AlreadyGrabbed`, `NotEligible`, `Expired`, `SoldOut`, `UnknownPacket`, `Busy` (the
     /// packet's mailbox is full: retry), `ShuttingDown`.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> Result<Grabbed, GrabError> {
-        let shared = self.shared().ok_or(GrabError::ShuttingDown)?;
+        let inner = self.inner().ok_or(GrabError::ShuttingDown)?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match shared.wake(packet) {
+            let live = match inner.routes.wake(packet) {
                 None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
                 Some(Route::Closed(view)) => {
-                    return Err(closed_answer(&view, user, shared.is_eligible(view.group, &view.split, user)))
+                    let first = view.claims.iter().find(|c| c.user == user);
+                    let eligible = inner.rosters.is_eligible(view.group, &view.split, user);
+                    // A closed packet that is not sold out has expired.
+                    return Err(grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired));
                 }
                 Some(Route::Live(live)) => live,
                 Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
             };
             let (reply, rx) = oneshot::channel();
-            match live.addr.try_send(Grab { user, reply }) {
+            match runtime::tell(&live.addr, Grab { user, reply }) {
                 Ok(()) => {}
-                Err(actix::prelude::SendError::Full(_)) => return Err(GrabError::Busy),
-                Err(actix::prelude::SendError::Closed(_)) => continue,
+                Err(Refused::Full) => return Err(GrabError::Busy),
+                Err(Refused::Closed) => continue,
             }
             match rx.await {
                 Ok(result) => return result,
@@ -669,20 +412,20 @@ impl Engine {
     ///
     /// `UnknownPacket`, `Busy`, `ShuttingDown`.
     pub async fn packet(&self, packet: PacketId) -> Result<PacketView, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match shared.route(packet) {
+            let live = match inner.routes.get(packet) {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
                 Some(Route::Closed(view)) => return Ok((*view).clone()),
                 // Nothing has happened to it yet: no need to wake it to describe it.
-                Some(Route::Dormant(meta)) => return Ok(meta.untouched_view(shared.limits.share_fen_max)),
+                Some(Route::Dormant(meta)) => return Ok(meta.state(inner.limits.share_fen_max).view()),
                 Some(Route::Live(live)) => live,
             };
             let (reply, rx) = oneshot::channel();
-            match live.addr.try_send(Query { reply }) {
+            match runtime::tell(&live.addr, Query(reply)) {
                 Ok(()) => {}
-                Err(actix::prelude::SendError::Full(_)) => return Err(EngineError::Busy),
-                Err(actix::prelude::SendError::Closed(_)) => continue,
+                Err(Refused::Full) => return Err(EngineError::Busy),
+                Err(Refused::Closed) => continue,
             }
             if let Ok(view) = rx.await {
                 return Ok(view);
@@ -699,10 +442,10 @@ impl Engine {
     ///
     /// `Irrevocable` for any packet that exists, `UnknownPacket`, `ShuttingDown`.
     pub async fn recall(&self, packet: PacketId) -> Result<Amount, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
-        match shared.route(packet) {
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        match inner.routes.get(packet) {
             None | Some(Route::Opening) => Err(EngineError::UnknownPacket),
-            Some(Route::Dormant(_) | Route::Live(_) | Route::Closed(_)) => Err(EngineError::Irrevocable { packet }),
+            Some(_) => Err(EngineError::Irrevocable { packet }),
         }
     }
 
@@ -712,8 +455,8 @@ impl Engine {
     ///
     /// `TooManySubscribers` over `subscribers_max`, `ShuttingDown`.
     pub fn subscribe(&self) -> Result<Subscription, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
-        shared.events.subscribe().ok_or(EngineError::TooManySubscribers { max: shared.limits.subscribers_max })
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        inner.events.subscribe().ok_or(EngineError::TooManySubscribers { max: inner.limits.subscribers_max })
     }
 
     /// Expires every live packet whose deadline has passed by the engine's clock, and returns
@@ -728,29 +471,20 @@ impl Engine {
     ///
     /// `ShuttingDown`.
     pub async fn expire_due(&self) -> Result<usize, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
-        let now = shared.clock.now();
-        let due: Vec<PacketId> = shared
-            .routes
-            .iter()
-            .filter(|r| r.value().open_meta().is_some_and(|m| m.expires_at <= now))
-            .map(|r| *r.key())
-            .collect();
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let due = inner.routes.due(inner.clock.now());
         // A dropped reply means the packet closed under an earlier expiry; the barrier below
         // waits for that expiry's refund too.
-        join_all(due.iter().filter_map(|&packet| {
+        futures::future::join_all(due.iter().filter_map(|&packet| {
             let (reply, rx) = oneshot::channel();
-            shared.expire_packet(packet, Some(reply)).then_some(rx)
+            inner.routes.expire(packet, Some(reply)).then_some(rx)
         }))
         .await;
-        barrier(&shared.journal).await;
+        let (tx, rx) = oneshot::channel();
+        journal::reply_after_barrier(&*inner.journal, tx, ());
+        let _ = rx.await;
         // Credits travel through the wallet mailboxes; a flush of each makes them applied.
-        join_all(shared.wallets.iter().map(|w| {
-            let (reply, rx) = oneshot::channel();
-            w.do_send(wallet::Flush { reply });
-            rx
-        }))
-        .await;
+        inner.wallets.flush().await;
         Ok(due.len())
     }
 
@@ -761,73 +495,36 @@ impl Engine {
     ///
     /// `ShuttingDown`.
     pub async fn audit(&self) -> Result<Audit, EngineError> {
-        let shared = self.shared().ok_or(EngineError::ShuttingDown)?;
-        let routes: Vec<Route> = shared.routes.iter().map(|r| r.value().clone()).collect();
-        let mut audit = Audit {
-            wallets: Amount::ZERO,
-            escrow: Amount::ZERO,
-            pending: Amount::ZERO,
-            deposits: Amount::ZERO,
-            withdrawals: Amount::ZERO,
-            packets_live: 0,
-            packets_closed: 0,
-            violations: Vec::new(),
-        };
-        let mut inspections = Vec::new();
-        let mut escrow: u128 = 0;
-        for route in routes {
+        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let (mut live, mut closed, mut violations) = (0, 0, Vec::new());
+        let mut sums = Sums::default();
+        let mut actors = Vec::new();
+        for route in inner.routes.all() {
             match route {
                 Route::Opening => {}
                 Route::Dormant(meta) => {
-                    audit.packets_live += 1;
-                    escrow += u128::from(meta.open_state(shared.limits.share_fen_max).escrow().as_fen());
+                    live += 1;
+                    sums.escrow += u128::from(meta.state(inner.limits.share_fen_max).escrow().as_fen());
                 }
-                Route::Live(live) => {
-                    let (reply, rx) = oneshot::channel();
-                    // Not refused: the audit must see every packet. A packet that closes
-                    // meanwhile drops the message; its closed view carries no escrow.
-                    live.addr.do_send(Inspect { reply });
-                    inspections.push(rx);
-                }
+                Route::Live(l) => actors.push(l.addr.clone()),
                 Route::Closed(view) => {
-                    audit.packets_closed += 1;
-                    if let Err(v) = check_view(&view) {
-                        audit.violations.push(v);
-                    }
+                    closed += 1;
+                    violations.extend(check_view(&view).err());
                 }
             }
         }
-        for (amount, check) in join_all(inspections).await.into_iter().flatten() {
-            audit.packets_live += 1;
-            escrow += u128::from(amount.as_fen());
-            if let Err(v) = check {
-                audit.violations.push(v);
-            }
+        // A packet that closes meanwhile drops the message; its closed view carries no escrow.
+        for (escrow, check) in runtime::ask_all(actors.iter(), Inspect).await.into_iter().flatten() {
+            live += 1;
+            sums.escrow += u128::from(escrow.as_fen());
+            violations.extend(check.err());
         }
-        let totals = join_all(shared.wallets.iter().map(|w| {
-            let (reply, rx) = oneshot::channel();
-            w.do_send(GetTotals { reply });
-            rx
-        }))
-        .await;
-        let (mut balances, mut deposited, mut withdrawn) = (0u128, 0u128, 0u128);
-        for t in totals {
-            let t = t.map_err(|_| EngineError::ShuttingDown)?;
-            balances += u128::from(t.balances);
-            deposited += u128::from(t.deposited);
-            withdrawn += u128::from(t.withdrawn);
+        for t in inner.wallets.totals().await.ok_or(EngineError::ShuttingDown)? {
+            sums.wallets += u128::from(t.balances);
+            sums.deposits += u128::from(t.deposited);
+            sums.withdrawals += u128::from(t.withdrawn);
         }
-        let fen = |sum: u128, what: &str, violations: &mut Vec<String>| {
-            u64::try_from(sum).map(Amount::fen).unwrap_or_else(|_| {
-                violations.push(format!("{what} overflows u64 fen"));
-                Amount::ZERO
-            })
-        };
-        audit.escrow = fen(escrow, "escrow", &mut audit.violations);
-        audit.wallets = fen(balances, "wallets", &mut audit.violations);
-        audit.deposits = fen(deposited, "deposits", &mut audit.violations);
-        audit.withdrawals = fen(withdrawn, "withdrawals", &mut audit.violations);
-        Ok(audit)
+        Ok(Audit::new(sums, live, closed, violations))
     }
 
     /// Stops the engine gracefully: new requests are refused with `ShuttingDown`, requests
@@ -835,32 +532,17 @@ impl Engine {
     /// threads stop. Other handles see `ShuttingDown` from then on. Calling it again does
     /// nothing.
     pub async fn shutdown(&self) {
-        let shared = &self.runtime.shared;
-        if !shared.running.swap(false, Ordering::AcqRel) {
+        let inner = &*self.inner;
+        if !inner.running.swap(false, Ordering::AcqRel) {
             return;
         }
-        let live: Vec<Arc<LivePacket>> = shared
-            .routes
-            .iter()
-            .filter_map(|r| if let Route::Live(l) = r.value() { Some(Arc::clone(l)) } else { None })
-            .collect();
         // Packets first: their credits land in wallet mailboxes, which drain next.
-        join_all(live.iter().map(|l| {
-            let (reply, rx) = oneshot::channel();
-            l.addr.do_send(packet_actor::Flush { reply });
-            rx
-        }))
-        .await;
-        join_all(shared.wallets.iter().map(|w| {
-            let (reply, rx) = oneshot::channel();
-            w.do_send(wallet::Flush { reply });
-            rx
-        }))
-        .await;
+        runtime::ask_all(inner.routes.live().iter(), packet_actor::Flush).await;
+        inner.wallets.flush().await;
         // The flush (an fsync, and a snapshot for the file journal) blocks: it runs on a thread
         // of its own so the caller's runtime keeps turning, whatever runtime that is.
         let (flushed_tx, flushed_rx) = oneshot::channel();
-        let journal = Arc::clone(&shared.journal);
+        let journal = Arc::clone(&inner.journal);
         std::thread::spawn(move || {
             journal.flush();
             // Released before answering: once shutdown returns, dropping the handle releases
@@ -869,97 +551,40 @@ impl Engine {
             let _ = flushed_tx.send(());
         });
         let _ = flushed_rx.await;
-        shared.events.close();
-        self.runtime.system.stop();
-        let stopped = self.runtime.stopped.lock().take();
-        if let Some(stopped) = stopped {
-            let _ = stopped.await;
-        }
+        inner.events.close();
+        inner.runtime.stop().await;
     }
 }
 
-/// The actix system thread's handles: the system, its arbiters, and a receiver told when every
-/// thread has ended.
-type SystemHandles = (actix_rt::System, Box<[ArbiterHandle]>, oneshot::Receiver<()>);
-
-/// Starts the actix system thread and its arbiters.
-fn start_system(arbiters: usize) -> Result<SystemHandles, StartError> {
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (stopped_tx, stopped_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("hongbao-system".into())
-        .spawn(move || {
-            let runner = actix_rt::System::new();
-            let threads: Vec<Arbiter> = (0..arbiters).map(|_| Arbiter::new()).collect();
-            let handles: Box<[ArbiterHandle]> = threads.iter().map(Arbiter::handle).collect();
-            let _ = started_tx.send((actix_rt::System::current(), handles));
-            let _ = runner.run();
-            for arbiter in threads {
-                arbiter.stop();
-                let _ = arbiter.join();
+/// What happens to a send once its sender's shard decided it: with the durable send record,
+/// the packet's first event is published and the packet opens (dormant); with a refusal, the
+/// id is given back. Runs in the journal's completion, so it completes even if the sender
+/// stopped waiting.
+fn settle_send(inner: &Inner, id: PacketId, reply: oneshot::Sender<Result<PacketView, SendError>>) -> Settle {
+    let (routes, events) = (Arc::clone(&inner.routes), Arc::clone(&inner.events));
+    Box::new(move |result| {
+        let answer = match result {
+            Ok(sent) => {
+                let view = PacketState::open(sent.clone(), routes.share_fen_max()).view();
+                // Published before the route exists, so `PacketSent` is the packet's first event.
+                events.publish(|| Event::PacketSent {
+                    packet: view.id,
+                    sender: view.sender,
+                    group: view.group,
+                    split: view.split.clone(),
+                    greeting: view.greeting.clone(),
+                    total: view.total,
+                    shares: view.shares,
+                    expires_at: view.expires_at,
+                });
+                routes.open(PacketMeta { sent, claims: Vec::new() }, true);
+                Ok(view)
             }
-            let _ = stopped_tx.send(());
-        })
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
-    let (system, handles) = started_rx
-        .recv_timeout(Duration::from_secs(START_TIMEOUT_SECS))
-        .map_err(|_| StartError::Runtime("the actor system did not start".into()))?;
-    Ok((system, handles, stopped_rx))
-}
-
-/// Records that `op` belongs to `user`, or refuses it if it belongs to someone else.
-fn claim_op(shared: &Shared, op: OpId, user: UserId) -> Result<(), WalletError> {
-    let owner = *shared.op_owners.entry(op).or_insert(user);
-    if owner == user {
-        Ok(())
-    } else {
-        Err(WalletError::IdConflict { op })
-    }
-}
-
-fn try_send_wallet<M>(wallet: &Addr<WalletShard>, msg: M) -> Result<(), WalletError>
-where
-    M: Message<Result = ()> + Send + 'static,
-    WalletShard: Handler<M>,
-{
-    wallet.try_send(msg).map_err(|e| match e {
-        actix::prelude::SendError::Full(_) => WalletError::Busy,
-        actix::prelude::SendError::Closed(_) => WalletError::ShuttingDown,
+            Err(e) => {
+                routes.abandon(id);
+                Err(e)
+            }
+        };
+        let _ = reply.send(answer);
     })
-}
-
-async fn barrier(journal: &Arc<dyn Journal>) {
-    let (tx, rx) = oneshot::channel();
-    journal.barrier(Box::new(move || {
-        let _ = tx.send(());
-    }));
-    let _ = rx.await;
-}
-
-fn spec_of(view: &PacketView) -> NewPacket {
-    NewPacket {
-        id: view.id,
-        sender: view.sender,
-        group: view.group,
-        split: view.split.clone(),
-        greeting: view.greeting.clone(),
-    }
-}
-
-fn same_spec(view: &PacketView, spec: &NewPacket) -> bool {
-    spec_of(view) == *spec
-}
-
-/// The answer a closed packet gives a grab, in the same order a live one would.
-fn closed_answer(view: &PacketView, user: UserId, eligible: bool) -> GrabError {
-    if let Some(c) = view.claims.iter().find(|c| c.user == user) {
-        return GrabError::AlreadyGrabbed { amount: c.amount, position: c.position };
-    }
-    if !eligible {
-        return GrabError::NotEligible;
-    }
-    match view.status {
-        PacketStatus::SoldOut => GrabError::SoldOut,
-        PacketStatus::Open | PacketStatus::Expired { .. } => GrabError::Expired,
-    }
 }

@@ -1,5 +1,9 @@
 //! The errors callers can act on. Each names what went wrong and, where it helps, the value or
 //! bound involved. An error always means nothing changed.
+//!
+//! The enums are `#[non_exhaustive]`: new refusals come with new rules. With the `serde`
+//! feature each serializes as a `kind` tag plus its fields, as in
+//! `{"kind":"already_grabbed","amount":"1.00","position":3}`.
 
 use thiserror::Error;
 
@@ -8,6 +12,9 @@ use crate::split::InvalidSplit;
 
 /// Why a grab won nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum GrabError {
     /// The member already won a share of this packet: the first result, again.
     #[error("already grabbed {amount} (share {position})")]
@@ -39,6 +46,9 @@ pub enum GrabError {
 
 /// Why a packet was not sent. Nothing was debited.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum SendError {
     /// The sender's balance cannot cover the total.
     #[error("insufficient funds: balance {balance}, needed {needed}")]
@@ -90,6 +100,9 @@ pub enum SendError {
 
 /// Why a deposit or withdrawal did nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum WalletError {
     /// Zero amounts move nothing and are refused.
     #[error("the amount is zero")]
@@ -124,6 +137,9 @@ pub enum WalletError {
 
 /// Why a query or administrative call failed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum EngineError {
     /// No packet has this id.
     #[error("no such packet")]
@@ -165,6 +181,7 @@ pub enum EngineError {
 
 /// Why the engine did not start.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration contradicts itself.
     #[error(transparent)]
@@ -174,7 +191,7 @@ pub enum StartError {
     InvalidConfig(String),
     /// The journal could not be opened: locked by another process, damaged, or unreadable.
     #[error(transparent)]
-    Journal(#[from] crate::file_journal::JournalError),
+    Journal(#[from] crate::journal::JournalError),
     /// The journal reads cleanly but the state it describes breaks a rule of money.
     #[error("journal replay found the state inconsistent: {0}")]
     Recovery(String),

@@ -7,22 +7,33 @@
 //! the request that caused it, so whatever a caller does after hearing back comes later in the
 //! stream.
 //!
+//! Events that concern a packet carry its group, so a chat server can fan each out to one
+//! group's members without a second lookup; [`Event::group`] reads it.
+//!
 //! Limits: at most `subscribers_max` subscribers; each buffers `event_buffer_len` events, and
 //! one that falls further behind is told how many it missed ([`EventsError::Lagged`]) rather
 //! than holding the engine back or growing without bound. While nobody subscribes, publishing
 //! costs one atomic load: the grab path takes no shared lock for events nobody reads.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures::Stream;
 use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 
 use crate::clock::Timestamp;
 use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+use crate::split::Split;
 
 /// Something that happened in the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Event {
     /// A packet was sent and can be grabbed.
     PacketSent {
@@ -32,6 +43,10 @@ pub enum Event {
         sender: UserId,
         /// Its group.
         group: GroupId,
+        /// How it divides: lucky, fixed or exclusive, with its amounts.
+        split: Split,
+        /// The greeting shown with it.
+        greeting: String,
         /// Its total.
         total: Amount,
         /// Its shares.
@@ -43,6 +58,8 @@ pub enum Event {
     Grabbed {
         /// The packet.
         packet: PacketId,
+        /// Its group.
+        group: GroupId,
         /// The winner.
         user: UserId,
         /// The share.
@@ -56,6 +73,8 @@ pub enum Event {
     SoldOut {
         /// The packet.
         packet: PacketId,
+        /// Its group.
+        group: GroupId,
         /// The member with the largest share (the earlier grab on a tie).
         best_luck: UserId,
         /// That share.
@@ -65,6 +84,8 @@ pub enum Event {
     Expired {
         /// The packet.
         packet: PacketId,
+        /// Its group.
+        group: GroupId,
         /// Who was refunded.
         sender: UserId,
         /// How much.
@@ -105,15 +126,32 @@ impl Event {
             Event::Deposited { .. } | Event::Withdrawn { .. } => None,
         }
     }
+
+    /// The group whose members this event concerns, if any.
+    pub fn group(&self) -> Option<GroupId> {
+        match *self {
+            Event::PacketSent { group, .. }
+            | Event::Grabbed { group, .. }
+            | Event::SoldOut { group, .. }
+            | Event::Expired { group, .. } => Some(group),
+            Event::Deposited { .. } | Event::Withdrawn { .. } => None,
+        }
+    }
 }
 
 /// Why a subscription yielded no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum EventsError {
-    /// The subscriber fell behind and `0` events were skipped; the next `recv` continues with
-    /// the oldest event still buffered.
-    #[error("subscriber lagged: {0} events skipped")]
-    Lagged(u64),
+    /// The subscriber fell behind and `skipped` events were skipped; the next `recv`
+    /// continues with the oldest event still buffered.
+    #[error("subscriber lagged: {skipped} events skipped")]
+    Lagged {
+        /// How many events it missed.
+        skipped: u64,
+    },
     /// The engine shut down.
     #[error("the engine has shut down")]
     Closed,
@@ -149,11 +187,12 @@ impl EventHub {
             .subscribers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.subscribers_max).then_some(n + 1));
         taken.ok()?;
-        Some(Subscription {
+        let receiver = Receiver {
             rx: self.tx.subscribe(),
-            subscribers: Arc::clone(&self.subscribers),
             closed: self.closed.subscribe(),
-        })
+            _seat: Seat(Arc::clone(&self.subscribers)),
+        };
+        Some(Subscription { receiver: Some(receiver), pending: None, ended: false })
     }
 
     /// Ends every subscription once it has read what was already published.
@@ -162,22 +201,26 @@ impl EventHub {
     }
 }
 
-/// A stream of [`Event`]s, from the moment of subscribing on.
+/// A subscriber's place among `subscribers_max`, given back when the subscription goes.
 #[derive(Debug)]
-pub struct Subscription {
-    rx: broadcast::Receiver<Event>,
-    subscribers: Arc<AtomicUsize>,
-    closed: watch::Receiver<bool>,
+struct Seat(Arc<AtomicUsize>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
-impl Subscription {
-    /// The next event.
-    ///
-    /// # Errors
-    ///
-    /// [`EventsError::Lagged`] if events were skipped because this subscriber fell behind;
-    /// [`EventsError::Closed`] once the engine has shut down and every event was read.
-    pub async fn recv(&mut self) -> Result<Event, EventsError> {
+/// The receiving end of a subscription.
+#[derive(Debug)]
+struct Receiver {
+    rx: broadcast::Receiver<Event>,
+    closed: watch::Receiver<bool>,
+    _seat: Seat,
+}
+
+impl Receiver {
+    async fn recv(&mut self) -> Result<Event, EventsError> {
         let received = tokio::select! {
             // Buffered events first: a subscriber reads everything published before shutdown.
             biased;
@@ -188,9 +231,59 @@ impl Subscription {
             return self.try_recv()?.ok_or(EventsError::Closed);
         };
         received.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+            broadcast::error::RecvError::Lagged(skipped) => EventsError::Lagged { skipped },
             broadcast::error::RecvError::Closed => EventsError::Closed,
         })
+    }
+
+    fn try_recv(&mut self) -> Result<Option<Event>, EventsError> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Lagged(skipped)) => Err(EventsError::Lagged { skipped }),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+        }
+    }
+}
+
+/// A receive started by [`Stream::poll_next`], holding the receiver until it completes.
+type Pending = Pin<Box<dyn Future<Output = (Receiver, Result<Event, EventsError>)> + Send>>;
+
+/// A stream of [`Event`]s, from the moment of subscribing on.
+///
+/// Read it with [`Subscription::recv`], or as a [`futures::Stream`] of
+/// `Result<Event, EventsError>` that yields `Err(Lagged)` when events were skipped and ends
+/// once the engine has shut down and every event was read.
+pub struct Subscription {
+    /// `None` while a receive started by `poll_next` holds it.
+    receiver: Option<Receiver>,
+    pending: Option<Pending>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("pending", &self.pending.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next event.
+    ///
+    /// # Errors
+    ///
+    /// [`EventsError::Lagged`] if events were skipped because this subscriber fell behind;
+    /// [`EventsError::Closed`] once the engine has shut down and every event was read.
+    pub async fn recv(&mut self) -> Result<Event, EventsError> {
+        if let Some(pending) = self.pending.take() {
+            let (receiver, result) = pending.await;
+            self.receiver = Some(receiver);
+            return result;
+        }
+        match &mut self.receiver {
+            Some(receiver) => receiver.recv().await,
+            None => Err(EventsError::Closed),
+        }
     }
 
     /// The next event if one is buffered, without waiting.
@@ -199,17 +292,41 @@ impl Subscription {
     ///
     /// As [`Subscription::recv`]; `Ok(None)` when nothing is buffered.
     pub fn try_recv(&mut self) -> Result<Option<Event>, EventsError> {
-        match self.rx.try_recv() {
-            Ok(e) => Ok(Some(e)),
-            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
-            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+        if let Some(pending) = &mut self.pending {
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            let Poll::Ready((receiver, result)) = pending.as_mut().poll(&mut cx) else { return Ok(None) };
+            self.pending = None;
+            self.receiver = Some(receiver);
+            return result.map(Some);
         }
+        self.receiver.as_mut().map_or(Err(EventsError::Closed), Receiver::try_recv)
     }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+impl Stream for Subscription {
+    type Item = Result<Event, EventsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.pending.is_none() {
+            let Some(mut receiver) = self.receiver.take() else { return Poll::Ready(None) };
+            self.pending = Some(Box::pin(async move {
+                let result = receiver.recv().await;
+                (receiver, result)
+            }));
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        let (receiver, result) = std::task::ready!(pending.as_mut().poll(cx));
+        self.pending = None;
+        self.receiver = Some(receiver);
+        match result {
+            Err(EventsError::Closed) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            other => Poll::Ready(Some(other)),
+        }
     }
 }

@@ -10,48 +10,86 @@
 //!
 //! # Layout
 //!
-//! - [`money`]: [`Amount`] (integer fen) and the id types.
-//! - [`split`]: validation of a split and the lucky "double mean" draw. Pure.
-//! - [`packet`]: a packet's state and rules — claims, sold out, expiry. Pure.
-//! - `packet_actor`: one actix actor per packet, serializing its grabs.
-//! - [`wallet`]: the ledger (pure) and the wallet shard actors.
-//! - `timer`: the deadline actor driving expiries.
-//! - [`journal`]: the record of every state change, and the order replies wait for.
-//! - [`codec`], [`file_journal`]: the durable journal's encoding and its segment files.
-//! - [`replay`]: the state a journal describes, for recovery and `hongbao audit`.
-//! - [`events`]: what subscribers hear.
-//! - [`clock`]: system and manual time.
-//! - [`limits`]: every bound, in one place.
-//! - [`engine`]: the handle callers hold.
+//! Imports point down this list: a module uses only modules below it (the actors get narrow
+//! handles and callbacks when they start, never the engine).
+//!
+//! | module | role |
+//! |---|---|
+//! | `engine` | the [`Engine`] handle: checks what needs no state, routes requests, start and shutdown |
+//! | `config` | [`Config`]: limits, threads, clock, journal, seed |
+//! | `routes` | the routing table: packet id → opening / dormant / live actor / closed view, the open count |
+//! | `runtime` | the actix system and arbiters, start and stop order, bounded sends (`Busy`) |
+//! | `packet_actor` | one actor per live packet: decides grabs and expiry, records, applies, replies |
+//! | `wallet` | wallet shard actors (user → shard by hash) and the handle that routes to them |
+//! | `timer` | every deadline in one sorted set, driven by the clock |
+//! | `audit` | conservation and invariants, for an engine and for a journal directory |
+//! | `replay` | the state a journal describes, folded through the same rules as the live engine |
+//! | `journal` | the [`Journal`] trait, the memory journal, the file journal (`format`, `reader`, `writer`, `snapshot`) |
+//! | `events` | [`Event`]s and [`Subscription`]s (a `Stream`) |
+//! | `roster` | who belongs to which group: eligibility, roster changes |
+//! | `packet` | a packet's state and rules, as plain data |
+//! | `ledger` | wallet balances and their rules, as plain data |
+//! | `record` | [`Record`]s of every state change, and their binary encoding |
+//! | `split` | validation of a split and the lucky "double mean" draw |
+//! | `error` | the typed errors callers act on |
+//! | `placement` | which thread or shard an id goes to; per-packet seeds |
+//! | `limits`, `clock`, `money` | every bound; system and manual time; [`Amount`] in fen and the ids |
+//!
+//! # Where each rule of money lives
+//!
+//! Every rule is one function; the live actors and replay call the same one (decide → record
+//! → apply). The numbers are those of the design's rules.
+//!
+//! | rule | owner |
+//! |---|---|
+//! | 1 integer fen | [`Amount`] (`money.rs`) |
+//! | 2 a send debits at once, or changes nothing | `Ledger::decide_debit`, `Ledger::apply` (`ledger.rs`) |
+//! | 3, 4 kinds of packet, shares within bounds and summing to the total | [`split::validate`] |
+//! | 5 the lucky draw, re-derivable from its seed | [`split::draw`]; checked on every claim by `PacketState::apply` |
+//! | 6 one claim per member, a repeat gets the first result | `grab_refusal` and `PacketState::apply` (`packet.rs`) |
+//! | 7 eligibility | `roster::eligible` |
+//! | 8 credit before the reply | `packet_actor.rs` (`Credit` sent before the reply, FIFO shard mailbox) |
+//! | 9 personal packets are irrevocable | [`Engine::recall`] |
+//! | 10 expiry refunds once | `PacketState::decide_expiry`, `PacketState::apply` |
+//! | 11 conservation | [`Audit::is_balanced`] |
+//! | 12 records before replies | the [`Journal`] contract; every reply leaves through a completion |
+//! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`) |
 
-pub mod clock;
-pub mod codec;
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod events;
-pub mod file_journal;
+mod audit;
+mod clock;
+mod config;
+mod engine;
+mod error;
+mod events;
 pub mod journal;
-pub mod limits;
-pub mod money;
-pub mod packet;
+mod ledger;
+mod limits;
+mod money;
+mod packet;
 mod packet_actor;
-pub mod replay;
-pub mod snapshot;
+mod placement;
+mod record;
+mod replay;
+mod roster;
+mod routes;
+mod runtime;
 pub mod split;
 mod timer;
-pub mod wallet;
+mod wallet;
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use audit::{audit_journal, Audit, JournalAudit};
+pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
-pub use engine::{Audit, Engine, Grabbed};
+pub use engine::Engine;
 pub use error::{EngineError, GrabError, SendError, StartError, WalletError};
 pub use events::{Event, EventsError, Subscription};
-pub use file_journal::{Durability, FileJournalConfig, JournalError};
-pub use journal::{Journal, MemoryJournal, Record};
-pub use limits::Limits;
-pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, UserId};
-pub use packet::{ClaimView, NewPacket, PacketStatus, PacketView};
+pub use journal::{Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Record};
+pub use limits::{InvalidLimits, Limits};
+pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, UserId};
+pub use packet::{ClaimView, PacketStatus, PacketView};
+pub use packet_actor::Grabbed;
+pub use placement::packet_seed;
+pub use record::{DecodeError, NewPacket, PacketSent};
 pub use split::{InvalidSplit, Split};
 
 /// The README's example, compiled and run as a doc test so that it stays true.

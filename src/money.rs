@@ -26,6 +26,23 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(u64);
 
+/// An amount travels as its decimal string (`"12.34"`), never as a float: a JSON number
+/// would be read as one by most clients.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Amount, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Amount {
     /// Zero fen.
     pub const ZERO: Amount = Amount(0);
@@ -140,6 +157,7 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -147,8 +165,26 @@ macro_rules! id_type {
                 write!(f, "{}", self.0)
             }
         }
+
+        impl FromStr for $name {
+            type Err = ParseIdError;
+
+            /// Parses the decimal id, as `Display` writes it.
+            fn from_str(s: &str) -> Result<$name, ParseIdError> {
+                // `u64::from_str` accepts a leading `+`; an id is digits only.
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseIdError);
+                }
+                s.parse().map($name).map_err(|_| ParseIdError)
+            }
+        }
     };
 }
+
+/// Why a string is not an id: ids are decimal `u64`s, digits only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("an id is a decimal number from 0 to 18446744073709551615")]
+pub struct ParseIdError;
 
 id_type!(
     /// A wallet holder and group member.
@@ -210,16 +246,6 @@ pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
 
 /// A set of ids, hashed with [`IdHasher`].
 pub type IdSet<K> = std::collections::HashSet<K, IdBuildHasher>;
-
-/// Spreads sequential ids evenly over `buckets` (Fibonacci hashing): used to place packets
-/// on arbiters and users on wallet shards.
-pub(crate) fn bucket(id: u64, buckets: usize) -> usize {
-    debug_assert!(buckets > 0);
-    let mixed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    // The high bits are the well-mixed ones; reduce them without a division bias worth
-    // caring about for bucket counts this small.
-    ((u128::from(mixed >> 32) * buckets as u128) >> 32) as usize
-}
 
 #[cfg(test)]
 mod tests {
@@ -289,13 +315,11 @@ mod tests {
     }
 
     #[test]
-    fn buckets_spread_sequential_ids() {
-        let mut counts = [0usize; 4];
-        for id in 0..4000 {
-            counts[bucket(id, 4)] += 1;
-        }
-        for c in counts {
-            assert!((900..=1100).contains(&c), "{counts:?}");
+    fn ids_parse_as_they_display() {
+        assert_eq!("42".parse::<PacketId>(), Ok(PacketId(42)));
+        assert_eq!(UserId(u64::MAX).to_string().parse::<UserId>(), Ok(UserId(u64::MAX)));
+        for bad in ["", "+1", "-1", "1.0", " 1", "18446744073709551616", "x"] {
+            assert_eq!(bad.parse::<OpId>(), Err(ParseIdError), "{bad:?}");
         }
     }
 }

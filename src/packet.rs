@@ -1,9 +1,19 @@
-//! A packet's state and its rules, as plain data: what a grab wins, when a packet sells out,
-//! what expiry refunds. The packet actor (`packet_actor.rs`) owns one of these and adds the
-//! journal, the wallets and the replies; everything decided about money is decided here.
+//! A packet's state and its rules, as plain data: who may win what, when a packet sells out,
+//! what expiry refunds. The packet actor (`packet_actor.rs`) owns one of these for a live
+//! packet and replay owns one for every packet; both change it only through
+//! [`PacketState::apply`], so every rule below has one implementation.
 //!
-//! # Invariants (checked by [`PacketState::check`], asserted after every change in debug
-//! builds, and by `Engine::audit`)
+//! Decide → record → apply: [`PacketState::decide_grab`] and [`PacketState::decide_expiry`]
+//! look at the state and say what happens (a [`Record`] to write, or a refusal) without
+//! changing it; [`PacketState::apply`] applies a record, checking it against the state, and
+//! says which wallet it credits.
+//!
+//! The lucky draw is kept one step ahead: the state holds the share the next claim takes, so
+//! deciding a grab only reads it, and applying a claim checks the claim against it before
+//! drawing the one after. A claim that is not what the seeded draw gives is refused.
+//!
+//! # Invariants (checked by [`check_view`], asserted after every change in debug builds, and
+//! by `Engine::audit`)
 //!
 //! - `sum(claims) + remaining + refunded == total`;
 //! - `claims ≤ shares`, each claim in `[1 fen, cap]`, one claim per member;
@@ -14,26 +24,16 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;
 use crate::error::GrabError;
+use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
+use crate::record::{NewPacket, PacketSent, Record};
 use crate::split::{self, Split};
-
-/// What a sender asks for. The same id with the same fields is the same send (a retry).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct NewPacket {
-    /// Chosen by the caller, so that a retried send is applied once.
-    pub id: PacketId,
-    /// Who pays; must be a member of `group`.
-    pub sender: UserId,
-    /// Whose members may grab it.
-    pub group: GroupId,
-    /// How the total divides.
-    pub split: Split,
-    /// Shown with the packet (恭喜发财).
-    pub greeting: String,
-}
 
 /// Where a packet stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum PacketStatus {
     /// Shares are left and it has not expired.
     Open,
@@ -48,6 +48,7 @@ pub enum PacketStatus {
 
 /// One share taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClaimView {
     /// The winner.
     pub user: UserId,
@@ -61,6 +62,7 @@ pub struct ClaimView {
 
 /// A packet as callers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PacketView {
     /// The packet.
     pub id: PacketId,
@@ -94,25 +96,25 @@ pub struct PacketView {
     pub seed: u64,
 }
 
-/// What a successful grab decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Won {
-    /// The claim.
-    pub claim: ClaimView,
-    /// Shares left after it.
-    pub shares_left: u32,
-    /// Escrow left after it.
-    pub remaining: Amount,
-    /// Whether it took the last share.
-    pub sold_out: bool,
+impl PacketView {
+    /// What the sender asked for.
+    pub fn spec(&self) -> NewPacket {
+        NewPacket {
+            id: self.id,
+            sender: self.sender,
+            group: self.group,
+            split: self.split.clone(),
+            greeting: self.greeting.clone(),
+        }
+    }
 }
 
-/// What expiring a packet did.
+/// What expiring a packet would do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expiry {
-    /// The remainder goes back to the sender.
+pub(crate) enum Expiry {
+    /// The remainder goes back to the sender: write `Record::Expired`.
     Refund(Amount),
-    /// Sold out before expiry: nothing to refund.
+    /// Sold out before its deadline: nothing to refund, nothing to record; it closes.
     NothingLeft,
     /// It had expired already: nothing happens a second time.
     AlreadyExpired,
@@ -121,113 +123,175 @@ pub enum Expiry {
 }
 
 /// A packet's state.
-#[derive(Debug)]
-pub struct PacketState {
-    spec: NewPacket,
+#[derive(Clone, Debug)]
+pub(crate) struct PacketState {
+    sent: PacketSent,
     total: Amount,
     shares: u32,
     share_fen_max: u64,
-    seed: u64,
-    rng: ChaCha8Rng,
+    /// The lucky draw's stream, positioned after `next_fen`; dropped once the packet closes.
+    rng: Option<Box<ChaCha8Rng>>,
+    /// The share the next claim takes; zero once no share is left.
+    next_fen: u64,
     remaining_fen: u64,
     claims: Vec<ClaimView>,
     claimed_by: IdMap<UserId, u32>,
     status: PacketStatus,
-    sent_at: Timestamp,
-    expires_at: Timestamp,
 }
 
 impl PacketState {
-    /// A freshly sent packet. `spec` must have passed [`split::validate`] with the same cap.
-    pub fn new(
-        spec: NewPacket,
-        share_fen_max: u64,
-        seed: u64,
-        sent_at: Timestamp,
-        expires_at: Timestamp,
-    ) -> PacketState {
-        let total = spec.split.total().expect("validated split has a total");
-        let shares = spec.split.shares();
-        PacketState {
+    /// The state of a packet just sent. `sent.spec` must have passed [`split::validate`] with
+    /// the same cap.
+    pub(crate) fn open(sent: PacketSent, share_fen_max: u64) -> PacketState {
+        let total = sent.spec.split.total().expect("a validated split has a total");
+        let shares = sent.spec.split.shares();
+        let rng = matches!(sent.spec.split, Split::Lucky { .. }).then(|| Box::new(split::rng(sent.seed)));
+        let mut state = PacketState {
             total,
             shares,
             share_fen_max,
-            seed,
-            rng: split::rng(seed),
+            rng,
+            next_fen: 0,
             remaining_fen: total.as_fen(),
             claims: Vec::new(),
             claimed_by: IdMap::default(),
             status: PacketStatus::Open,
-            sent_at,
-            expires_at,
-            spec,
-        }
+            sent,
+        };
+        state.next_fen = state.draw_next();
+        state
     }
 
-    /// What the sender asked for.
-    pub fn spec(&self) -> &NewPacket {
-        &self.spec
+    /// A packet rebuilt from its send and its claims, each applied (and so checked against
+    /// the draw) in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`PacketState::apply`], for the first claim that cannot happen.
+    pub(crate) fn restore(sent: PacketSent, share_fen_max: u64, claims: &[ClaimView]) -> Result<PacketState, String> {
+        let mut state = PacketState::open(sent, share_fen_max);
+        for c in claims {
+            let record =
+                Record::Claim { packet: state.id(), user: c.user, amount: c.amount, position: c.position, at: c.at };
+            state.apply(&record)?;
+        }
+        Ok(state)
+    }
+
+    /// The packet's id.
+    pub(crate) fn id(&self) -> PacketId {
+        self.sent.spec.id
+    }
+
+    /// The send, as recorded.
+    pub(crate) fn sent(&self) -> &PacketSent {
+        &self.sent
     }
 
     /// Where it stands.
-    pub fn status(&self) -> PacketStatus {
+    pub(crate) fn status(&self) -> PacketStatus {
         self.status
     }
 
     /// Money in escrow.
-    pub fn escrow(&self) -> Amount {
+    pub(crate) fn escrow(&self) -> Amount {
         Amount::fen(self.remaining_fen)
     }
 
-    /// When it expires.
-    pub fn expires_at(&self) -> Timestamp {
-        self.expires_at
+    /// Claims in grab order.
+    pub(crate) fn claims(&self) -> &[ClaimView] {
+        &self.claims
+    }
+
+    /// Shares not yet taken.
+    pub(crate) fn shares_left(&self) -> u32 {
+        self.shares - self.claims.len() as u32
     }
 
     /// Whether it is open and its deadline has passed at `now`.
-    pub fn is_due(&self, now: Timestamp) -> bool {
-        self.status == PacketStatus::Open && now >= self.expires_at
+    pub(crate) fn is_due(&self, now: Timestamp) -> bool {
+        self.status == PacketStatus::Open && now >= self.sent.expires_at
     }
 
-    /// A grab by `user`. `eligible` says whether the user is a member of the group (or the
-    /// recipient of an exclusive packet). A repeat grab returns the first result even if the
+    /// Decides a grab by `user`; changes nothing. `eligible` says whether the user may grab
+    /// (see `roster::eligible`). A repeat grab is answered with the first result even if the
     /// member has left the group or the packet has closed since.
     ///
     /// # Errors
     ///
     /// In this order: `AlreadyGrabbed`, `NotEligible`, `Expired`, `SoldOut`.
-    pub fn grab(&mut self, user: UserId, eligible: bool, now: Timestamp) -> Result<Won, GrabError> {
-        if let Some(&index) = self.claimed_by.get(&user) {
-            let first = self.claims[index as usize];
-            return Err(GrabError::AlreadyGrabbed { amount: first.amount, position: first.position });
+    pub(crate) fn decide_grab(&self, user: UserId, eligible: bool, now: Timestamp) -> Result<Record, GrabError> {
+        let first = self.claimed_by.get(&user).map(|&index| &self.claims[index as usize]);
+        if let Some(refusal) = grab_refusal(first, eligible, self.status) {
+            return Err(refusal);
         }
-        if !eligible {
-            return Err(GrabError::NotEligible);
-        }
-        match self.status {
-            PacketStatus::Expired { .. } => return Err(GrabError::Expired),
-            PacketStatus::SoldOut => return Err(GrabError::SoldOut),
-            PacketStatus::Open => {}
-        }
-        debug_assert!(now < self.expires_at, "the actor expires a due packet before grabbing");
-        let amount = self.next_share();
-        let claim = ClaimView { user, amount: Amount::fen(amount), position: self.claims.len() as u32 + 1, at: now };
-        self.take(claim);
-        debug_assert_eq!(self.check(), Ok(()));
-        let shares_left = self.shares - self.claims.len() as u32;
-        Ok(Won { claim, shares_left, remaining: self.escrow(), sold_out: shares_left == 0 })
+        debug_assert!(now < self.sent.expires_at, "the actor expires a due packet before grabbing");
+        let position = self.claims.len() as u32 + 1;
+        Ok(Record::Claim { packet: self.id(), user, amount: Amount::fen(self.next_fen), position, at: now })
     }
 
-    /// The amount of the next share (advancing the draw of a lucky packet).
-    fn next_share(&mut self) -> u64 {
-        let left = self.shares - self.claims.len() as u32;
-        let amount = match self.spec.split {
-            Split::Lucky { .. } => split::draw(&mut self.rng, self.remaining_fen, left, self.share_fen_max),
-            Split::Fixed { each, .. } => each.as_fen(),
-            Split::Exclusive { amount, .. } => amount.as_fen(),
+    /// Decides what expiring at `now` does; changes nothing.
+    pub(crate) fn decide_expiry(&self, now: Timestamp) -> Expiry {
+        match self.status {
+            PacketStatus::Expired { .. } => Expiry::AlreadyExpired,
+            _ if now < self.sent.expires_at => Expiry::NotDue,
+            PacketStatus::SoldOut => Expiry::NothingLeft,
+            PacketStatus::Open => Expiry::Refund(self.escrow()),
+        }
+    }
+
+    /// Applies a record about this packet: a claim (the next share, to a member who has not
+    /// claimed), its sold-out mark, or its expiry refund. Returns the credit the record
+    /// implies: the share to the winner, or the refund to the sender.
+    ///
+    /// # Errors
+    ///
+    /// A description of why the record cannot happen to this state; nothing changes then.
+    pub(crate) fn apply(&mut self, record: &Record) -> Result<Option<Credit>, String> {
+        let id = self.id();
+        let credit = match *record {
+            Record::Claim { packet, user, amount, position, at } if packet == id => {
+                self.check_claim(user, amount, position)?;
+                self.take(ClaimView { user, amount, position, at });
+                Some(Credit { user, amount })
+            }
+            Record::SoldOut { packet } if packet == id => {
+                if self.status != PacketStatus::SoldOut {
+                    return Err(format!("packet {id} recorded sold out with shares left"));
+                }
+                None
+            }
+            Record::Expired { packet, refund, .. } if packet == id => {
+                if self.status != PacketStatus::Open || refund != self.escrow() {
+                    return Err(format!("packet {id}: refund {refund} with {} in escrow", self.escrow()));
+                }
+                self.remaining_fen = 0;
+                self.status = PacketStatus::Expired { refunded: refund };
+                self.rng = None;
+                Some(Credit { user: self.sent.spec.sender, amount: refund })
+            }
+            _ => return Err(format!("packet {id}: {record:?} is not about this packet")),
         };
-        assert!(amount >= 1 && amount <= self.remaining_fen, "share {amount} outside escrow {}", self.remaining_fen);
-        amount
+        debug_assert_eq!(self.check(), Ok(()));
+        Ok(credit)
+    }
+
+    fn check_claim(&self, user: UserId, amount: Amount, position: u32) -> Result<(), String> {
+        let id = self.id();
+        if self.status != PacketStatus::Open || self.claimed_by.contains_key(&user) {
+            return Err(format!("packet {id}: claim {position} by {user} cannot happen"));
+        }
+        if position as usize != self.claims.len() + 1 {
+            return Err(format!("packet {id}: claim at position {position} with {} claims", self.claims.len()));
+        }
+        if amount.as_fen() != self.next_fen {
+            return Err(format!("packet {id}: claim {position} is {amount} but the draw gives {}", self.next()));
+        }
+        Ok(())
+    }
+
+    fn next(&self) -> Amount {
+        Amount::fen(self.next_fen)
     }
 
     fn take(&mut self, claim: ClaimView) {
@@ -237,71 +301,30 @@ impl PacketState {
         if self.claims.len() as u32 == self.shares {
             assert_eq!(self.remaining_fen, 0, "the last share takes the rest");
             self.status = PacketStatus::SoldOut;
+            self.rng = None;
         }
+        self.next_fen = self.draw_next();
     }
 
-    /// A packet rebuilt from its journal: its draw is replayed claim by claim, so it continues
-    /// exactly where it stopped, and each recorded claim is checked against the draw.
-    ///
-    /// # Errors
-    ///
-    /// A description of the first claim that is not the share the packet would have drawn,
-    /// goes to a member twice, or a refund that is not what was left.
-    pub fn restore(
-        spec: NewPacket,
-        share_fen_max: u64,
-        seed: u64,
-        sent_at: Timestamp,
-        expires_at: Timestamp,
-        claims: &[ClaimView],
-        refunded: Option<Amount>,
-    ) -> Result<PacketState, String> {
-        let mut state = PacketState::new(spec, share_fen_max, seed, sent_at, expires_at);
-        let id = state.spec.id;
-        for claim in claims {
-            if state.status != PacketStatus::Open || state.claimed_by.contains_key(&claim.user) {
-                return Err(format!("packet {id}: claim {} by {} cannot happen", claim.position, claim.user));
-            }
-            let expected = state.next_share();
-            if claim.amount.as_fen() != expected || claim.position as usize != state.claims.len() + 1 {
-                return Err(format!(
-                    "packet {id}: claim {} is {} but the draw gives {}",
-                    claim.position,
-                    claim.amount,
-                    Amount::fen(expected)
-                ));
-            }
-            state.take(*claim);
+    /// The share the next claim takes (advancing a lucky packet's stream), zero when none is
+    /// left.
+    fn draw_next(&mut self) -> u64 {
+        let left = self.shares_left();
+        if left == 0 {
+            return 0;
         }
-        if let Some(refund) = refunded {
-            if refund != state.escrow() || state.status != PacketStatus::Open {
-                return Err(format!("packet {id}: refund {refund} with {} in escrow", state.escrow()));
-            }
-            state.remaining_fen = 0;
-            state.status = PacketStatus::Expired { refunded: refund };
-        }
-        Ok(state)
-    }
-
-    /// Expires the packet once its deadline has passed at `now`: an open packet refunds its
-    /// remainder, once.
-    pub fn expire(&mut self, now: Timestamp) -> Expiry {
-        match self.status {
-            PacketStatus::Expired { .. } => Expiry::AlreadyExpired,
-            _ if now < self.expires_at => Expiry::NotDue,
-            PacketStatus::SoldOut => Expiry::NothingLeft,
-            PacketStatus::Open => {
-                let refunded = self.escrow();
-                self.remaining_fen = 0;
-                self.status = PacketStatus::Expired { refunded };
-                debug_assert_eq!(self.check(), Ok(()));
-                Expiry::Refund(refunded)
-            }
-        }
+        let amount = match (&self.sent.spec.split, self.rng.as_deref_mut()) {
+            (Split::Lucky { .. }, Some(rng)) => split::draw(rng, self.remaining_fen, left, self.share_fen_max),
+            (Split::Fixed { each, .. }, _) => each.as_fen(),
+            (Split::Exclusive { amount, .. }, _) => amount.as_fen(),
+            (Split::Lucky { .. }, None) => unreachable!("an open lucky packet keeps its stream"),
+        };
+        assert!(amount >= 1 && amount <= self.remaining_fen, "share {amount} outside escrow {}", self.remaining_fen);
+        amount
     }
 
     /// The largest share, the earlier grab on a tie; only once sold out.
-    pub fn best_luck(&self) -> Option<ClaimView> {
+    pub(crate) fn best_luck(&self) -> Option<ClaimView> {
         if self.status != PacketStatus::SoldOut {
             return None;
         }
@@ -310,23 +333,24 @@ impl PacketState {
     }
 
     /// The packet as callers see it.
-    pub fn view(&self) -> PacketView {
+    pub(crate) fn view(&self) -> PacketView {
+        let PacketSent { spec, seed, sent_at, expires_at } = &self.sent;
         PacketView {
-            id: self.spec.id,
-            sender: self.spec.sender,
-            group: self.spec.group,
-            split: self.spec.split.clone(),
-            greeting: self.spec.greeting.clone(),
+            id: spec.id,
+            sender: spec.sender,
+            group: spec.group,
+            split: spec.split.clone(),
+            greeting: spec.greeting.clone(),
             total: self.total,
             shares: self.shares,
             status: self.status,
             remaining: self.escrow(),
-            shares_left: self.shares - self.claims.len() as u32,
+            shares_left: self.shares_left(),
             claims: self.claims.clone(),
             best_luck: self.best_luck(),
-            sent_at: self.sent_at,
-            expires_at: self.expires_at,
-            seed: self.seed,
+            sent_at: *sent_at,
+            expires_at: *expires_at,
+            seed: *seed,
         }
     }
 
@@ -335,8 +359,26 @@ impl PacketState {
     /// # Errors
     ///
     /// A description of the first invariant that does not hold.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         check_view(&self.view())
+    }
+}
+
+/// Why a grab wins nothing, if it does not: the rule every grab answer follows, for a live
+/// packet and a closed one alike. `first` is the member's earlier claim on the packet.
+/// In this order: `AlreadyGrabbed` (a repeat gets the first result, even after the member
+/// left the group or the packet closed), `NotEligible`, `Expired`, `SoldOut`.
+pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: PacketStatus) -> Option<GrabError> {
+    if let Some(first) = first {
+        return Some(GrabError::AlreadyGrabbed { amount: first.amount, position: first.position });
+    }
+    if !eligible {
+        return Some(GrabError::NotEligible);
+    }
+    match status {
+        PacketStatus::Expired { .. } => Some(GrabError::Expired),
+        PacketStatus::SoldOut => Some(GrabError::SoldOut),
+        PacketStatus::Open => None,
     }
 }
 
@@ -345,7 +387,7 @@ impl PacketState {
 /// # Errors
 ///
 /// A description of the first invariant that does not hold.
-pub fn check_view(v: &PacketView) -> Result<(), String> {
+pub(crate) fn check_view(v: &PacketView) -> Result<(), String> {
     let id = v.id;
     let claimed: u64 = v.claims.iter().map(|c| c.amount.as_fen()).sum();
     let refunded = match v.status {
@@ -382,11 +424,35 @@ mod tests {
 
     const CAP: u64 = 20_000;
     const T0: Timestamp = Timestamp(1_000_000);
+    const DAY: u64 = 86_400;
 
-    fn packet(split: Split) -> PacketState {
+    fn sent(split: Split, seed: u64) -> PacketSent {
         let spec =
             NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: "恭喜发财".into() };
-        PacketState::new(spec, CAP, 99, T0, T0.plus_secs(86_400))
+        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY) }
+    }
+
+    fn packet(split: Split) -> PacketState {
+        PacketState::open(sent(split, 99), CAP)
+    }
+
+    /// Decides and applies a grab, as the packet actor does.
+    fn grab(p: &mut PacketState, user: u64, eligible: bool) -> Result<ClaimView, GrabError> {
+        let record = p.decide_grab(UserId(user), eligible, T0)?;
+        let credit = p.apply(&record).unwrap().unwrap();
+        let claim = *p.claims().last().unwrap();
+        assert_eq!(credit, Credit { user: claim.user, amount: claim.amount });
+        Ok(claim)
+    }
+
+    /// Decides and applies an expiry, as the packet actor does.
+    fn expire(p: &mut PacketState, now: Timestamp) -> Expiry {
+        let expiry = p.decide_expiry(now);
+        if let Expiry::Refund(refund) = expiry {
+            let credit = p.apply(&Record::Expired { packet: p.id(), refund, at: now }).unwrap();
+            assert_eq!(credit, Some(Credit { user: UserId(1), amount: refund }));
+        }
+        expiry
     }
 
     #[test]
@@ -394,40 +460,40 @@ mod tests {
         let mut p = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
         let expected = split::lucky_shares(1_000, 5, CAP, 99);
         for (i, want) in expected.iter().enumerate() {
-            let won = p.grab(UserId(10 + i as u64), true, T0).unwrap();
-            assert_eq!(won.claim.amount.as_fen(), *want);
-            assert_eq!(won.claim.position, i as u32 + 1);
-            assert_eq!(won.sold_out, i == 4);
+            let claim = grab(&mut p, 10 + i as u64, true).unwrap();
+            assert_eq!(claim.amount.as_fen(), *want);
+            assert_eq!(claim.position, i as u32 + 1);
+            assert_eq!(p.status() == PacketStatus::SoldOut, i == 4);
         }
-        assert_eq!(p.status(), PacketStatus::SoldOut);
-        assert_eq!(p.grab(UserId(99), true, T0), Err(GrabError::SoldOut));
+        assert_eq!(grab(&mut p, 99, true), Err(GrabError::SoldOut));
         let best = p.best_luck().unwrap();
         assert_eq!(best.amount.as_fen(), *expected.iter().max().unwrap());
-        assert_eq!(p.expire(T0.plus_secs(86_400)), Expiry::NothingLeft);
+        p.apply(&Record::SoldOut { packet: p.id() }).unwrap();
+        assert_eq!(expire(&mut p, T0.plus_secs(DAY)), Expiry::NothingLeft);
         p.check().unwrap();
     }
 
     #[test]
     fn repeat_grab_returns_first_result_even_when_ineligible_or_closed() {
         let mut p = packet(Split::Fixed { each: Amount::fen(7), shares: 2 });
-        let won = p.grab(UserId(5), true, T0).unwrap();
+        grab(&mut p, 5, true).unwrap();
         let again = Err(GrabError::AlreadyGrabbed { amount: Amount::fen(7), position: 1 });
-        assert_eq!(p.grab(UserId(5), true, T0), again);
-        assert_eq!(p.grab(UserId(5), false, T0), again);
-        assert_eq!(p.expire(T0.plus_secs(86_400)), Expiry::Refund(Amount::fen(7)));
-        assert_eq!(p.grab(UserId(5), true, T0), again);
-        assert_eq!(won.shares_left, 1);
+        assert_eq!(grab(&mut p, 5, true), again);
+        assert_eq!(grab(&mut p, 5, false), again);
+        assert_eq!(expire(&mut p, T0.plus_secs(DAY)), Expiry::Refund(Amount::fen(7)));
+        assert_eq!(grab(&mut p, 5, true), again);
+        assert_eq!(p.shares_left(), 1);
     }
 
     #[test]
     fn ineligible_and_expired_grabs_change_nothing() {
         let mut p = packet(Split::Exclusive { to: UserId(3), amount: Amount::fen(500) });
-        assert_eq!(p.grab(UserId(4), false, T0), Err(GrabError::NotEligible));
+        assert_eq!(grab(&mut p, 4, false), Err(GrabError::NotEligible));
         assert_eq!(p.escrow(), Amount::fen(500));
         assert!(p.view().claims.is_empty());
-        assert_eq!(p.expire(T0.plus_secs(86_400)), Expiry::Refund(Amount::fen(500)));
-        assert_eq!(p.expire(T0.plus_secs(86_400)), Expiry::AlreadyExpired);
-        assert_eq!(p.grab(UserId(3), true, T0), Err(GrabError::Expired));
+        assert_eq!(expire(&mut p, T0.plus_secs(DAY)), Expiry::Refund(Amount::fen(500)));
+        assert_eq!(expire(&mut p, T0.plus_secs(DAY)), Expiry::AlreadyExpired);
+        assert_eq!(grab(&mut p, 3, true), Err(GrabError::Expired));
         assert_eq!(p.status(), PacketStatus::Expired { refunded: Amount::fen(500) });
         p.check().unwrap();
     }
@@ -436,7 +502,7 @@ mod tests {
     fn best_luck_tie_goes_to_earlier_grab() {
         let mut p = packet(Split::Fixed { each: Amount::fen(3), shares: 3 });
         for u in [7, 8, 9] {
-            p.grab(UserId(u), true, T0).unwrap();
+            grab(&mut p, u, true).unwrap();
         }
         assert_eq!(p.best_luck().unwrap().user, UserId(7));
     }
@@ -444,41 +510,61 @@ mod tests {
     #[test]
     fn restore_continues_the_draw_and_checks_claims() {
         let mut live = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
-        let claims: Vec<ClaimView> = (0..3).map(|u| live.grab(UserId(10 + u), true, T0).unwrap().claim).collect();
-        let spec = live.spec().clone();
-        let mut restored =
-            PacketState::restore(spec.clone(), CAP, 99, T0, T0.plus_secs(86_400), &claims, None).unwrap();
+        let claims: Vec<ClaimView> = (0..3).map(|u| grab(&mut live, 10 + u, true).unwrap()).collect();
+        let mut restored = PacketState::restore(live.sent().clone(), CAP, &claims).unwrap();
         assert_eq!(restored.view(), live.view());
         // The next draws match the packet that never stopped.
-        assert_eq!(restored.grab(UserId(50), true, T0), live.grab(UserId(50), true, T0));
+        assert_eq!(grab(&mut restored, 50, true), grab(&mut live, 50, true));
         let mut forged = claims.clone();
         forged[1].amount = Amount::fen(forged[1].amount.as_fen() + 1);
-        assert!(PacketState::restore(spec.clone(), CAP, 99, T0, T0, &forged, None).unwrap_err().contains("draw gives"));
-        let expired = PacketState::restore(spec, CAP, 99, T0, T0, &claims, Some(restored.escrow())).unwrap_err();
-        assert!(expired.contains("refund"), "{expired}");
+        let refused = PacketState::restore(live.sent().clone(), CAP, &forged).unwrap_err();
+        assert!(refused.contains("draw gives"), "{refused}");
+    }
+
+    #[test]
+    fn apply_refuses_what_cannot_happen_and_changes_nothing() {
+        let mut p = packet(Split::Fixed { each: Amount::fen(3), shares: 2 });
+        grab(&mut p, 7, true).unwrap();
+        let before = p.view();
+        let claim = |user, position, fen| Record::Claim {
+            packet: PacketId(1),
+            user: UserId(user),
+            amount: Amount::fen(fen),
+            position,
+            at: T0,
+        };
+        assert!(p.apply(&claim(7, 2, 3)).unwrap_err().contains("cannot happen"));
+        assert!(p.apply(&claim(8, 3, 3)).unwrap_err().contains("position"));
+        assert!(p.apply(&claim(8, 2, 4)).unwrap_err().contains("draw gives"));
+        assert!(p.apply(&Record::SoldOut { packet: PacketId(1) }).unwrap_err().contains("shares left"));
+        let wrong_refund = Record::Expired { packet: PacketId(1), refund: Amount::fen(6), at: T0 };
+        assert!(p.apply(&wrong_refund).unwrap_err().contains("refund"));
+        let other = Record::SoldOut { packet: PacketId(2) };
+        assert!(p.apply(&other).unwrap_err().contains("not about this packet"));
+        assert_eq!(p.view(), before);
     }
 
     #[test]
     fn expiry_waits_for_the_deadline() {
         let mut p = packet(Split::Fixed { each: Amount::fen(3), shares: 2 });
-        assert_eq!(p.expire(T0), Expiry::NotDue);
+        assert_eq!(expire(&mut p, T0), Expiry::NotDue);
         assert_eq!(p.status(), PacketStatus::Open);
-        assert_eq!(p.expire(T0.plus_secs(86_400)), Expiry::Refund(Amount::fen(6)));
+        assert_eq!(expire(&mut p, T0.plus_secs(DAY)), Expiry::Refund(Amount::fen(6)));
     }
 
     #[test]
     fn due_only_when_open_and_past_deadline() {
         let mut p = packet(Split::Fixed { each: Amount::fen(3), shares: 1 });
         assert!(!p.is_due(T0));
-        assert!(p.is_due(T0.plus_secs(86_400)));
-        p.grab(UserId(1), true, T0).unwrap();
-        assert!(!p.is_due(T0.plus_secs(86_400)));
+        assert!(p.is_due(T0.plus_secs(DAY)));
+        grab(&mut p, 1, true).unwrap();
+        assert!(!p.is_due(T0.plus_secs(DAY)));
     }
 
     #[test]
     fn check_catches_broken_views() {
         let mut p = packet(Split::Fixed { each: Amount::fen(3), shares: 2 });
-        p.grab(UserId(1), true, T0).unwrap();
+        grab(&mut p, 1, true).unwrap();
         let mut v = p.view();
         v.remaining = Amount::fen(4);
         assert!(check_view(&v).is_err());

@@ -1,10 +1,12 @@
-//! The packet actor: one per open packet, serializing every grab of that packet.
+//! The packet actor: one per live packet, serializing every grab, query and the expiry of
+//! that packet.
 //!
-//! It owns a [`PacketState`]; for each grab it decides the share (no lock: the actor is the only
-//! one touching its state), appends a claim record, and once the record is durable credits the
-//! winner's wallet shard and replies — in that order, which is what makes the credit visible to
-//! a `balance` issued after the grab returned. It does not wait for the journal before taking
-//! the next grab: replies queue behind the journal's commits.
+//! It owns a [`PacketState`]. For each grab it decides (no lock: the actor is the only one
+//! touching its state), applies the claim record to its state, and appends it; once the
+//! record is durable it passes the credit to the winner's wallet shard and replies — in that
+//! order, which is what makes the credit visible to a `balance` issued after the grab
+//! returned. It does not wait for the journal before taking the next grab: replies queue
+//! behind the journal's commits.
 //!
 //! # Messages
 //!
@@ -17,27 +19,57 @@
 //!
 //! # Lifecycle
 //!
-//! A sent packet starts dormant: a small record in the routing table, with no actor and no
-//! mailbox, so that a million packets nobody touches cost a few hundred bytes each. The first
-//! grab or expiry wakes it: the handle creates its mailbox and starts this actor. At expiry it
-//! refunds what is left (once), replaces its route with a closed view that keeps answering
-//! repeat grabs, and stops. Messages still in its mailbox then are dropped; their callers see
-//! the closed route and are answered from it.
+//! The routes (`routes.rs`) start the actor when a dormant packet is first touched. At expiry
+//! it refunds what is left (once), hands its final view to [`PacketCtx::on_close`] (the routes
+//! replace its entry with the closed view, which keeps answering repeat grabs), and stops.
+//! Messages still in its mailbox then are dropped; their callers see the closed route and are
+//! answered from it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
 
-use crate::engine::{Grabbed, PacketMeta, Route, Shared};
+use crate::clock::Clock;
 use crate::error::GrabError;
-use crate::events::Event;
-use crate::journal::Record;
-use crate::money::{bucket, Amount, IdSet, UserId};
-use crate::packet::{Expiry, PacketState, PacketView};
-use crate::split::Split;
-use crate::wallet::Credit;
+use crate::events::{Event, EventHub};
+use crate::journal::{reply_after_barrier, Journal};
+use crate::money::{Amount, IdSet, PacketId, UserId};
+use crate::packet::{Expiry, PacketState, PacketStatus, PacketView};
+use crate::record::Record;
+use crate::roster::{self, Rosters};
+use crate::wallet::Wallets;
+
+/// A share won.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Grabbed {
+    /// The packet.
+    pub packet: PacketId,
+    /// The winner.
+    pub user: UserId,
+    /// The share, already in the winner's wallet.
+    pub amount: Amount,
+    /// 1 for the first share taken.
+    pub position: u32,
+    /// Shares left after this one.
+    pub shares_left: u32,
+    /// Escrow left after this one.
+    pub remaining: Amount,
+}
+
+/// What every packet actor shares: the narrow set of engine parts it uses.
+pub(crate) struct PacketCtx {
+    pub clock: Arc<dyn Clock>,
+    pub journal: Arc<dyn Journal>,
+    pub events: Arc<EventHub>,
+    pub wallets: Arc<Wallets>,
+    pub rosters: Arc<Rosters>,
+    pub mailbox_capacity: usize,
+    /// Called with the final view when the packet closes.
+    pub on_close: Box<dyn Fn(PacketView) + Send + Sync>,
+}
 
 /// A grab request.
 #[derive(Message)]
@@ -50,104 +82,132 @@ pub(crate) struct Grab {
 /// A read of the packet's view.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Query {
-    pub reply: oneshot::Sender<PacketView>,
-}
+pub(crate) struct Query(pub oneshot::Sender<PacketView>);
 
-/// Expire now if due (from the timer, or `Engine::expire_due`).
+/// Expire now if due (from the timer, or `Engine::expire_due`); the reply says whether it
+/// closed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Expire {
-    pub reply: Option<oneshot::Sender<Expiry>>,
-}
+pub(crate) struct Expire(pub Option<oneshot::Sender<()>>);
 
 /// Escrow and the invariant check, for the audit.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Inspect {
-    pub reply: oneshot::Sender<(Amount, Result<(), String>)>,
-}
+pub(crate) struct Inspect(pub oneshot::Sender<(Amount, Result<(), String>)>);
 
 /// Answers once everything the packet did before is durable.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Flush {
-    pub reply: oneshot::Sender<()>,
-}
+pub(crate) struct Flush(pub oneshot::Sender<()>);
 
 pub(crate) struct PacketActor {
-    shared: Arc<Shared>,
+    ctx: Arc<PacketCtx>,
     state: PacketState,
     /// The group's roster as of a roster epoch; re-read only when the epoch moves.
     roster: (u64, Option<Arc<IdSet<UserId>>>),
 }
 
 impl PacketActor {
-    /// Starts the actor of a dormant packet on the arbiter its id hashes to and returns its
-    /// address at once. The mailbox is created here with its real capacity, so grabs can be
-    /// queued (and bounded) before the actor's first turn. Callable from any thread.
-    pub(crate) fn spawn(shared: Arc<Shared>, meta: &PacketMeta) -> Addr<PacketActor> {
-        let (tx, rx) = actix::dev::channel::channel(shared.limits.packet_mailbox_capacity);
-        let state = meta.open_state(shared.limits.share_fen_max);
-        let arbiter = shared.arbiters[bucket(meta.spec.id.0, shared.arbiters.len())].clone();
+    /// Starts the actor of `state` on `arbiter` and returns its address at once. The mailbox
+    /// is created here with its real capacity, so grabs can be queued (and bounded) before
+    /// the actor's first turn. Callable from any thread.
+    pub(crate) fn spawn(ctx: Arc<PacketCtx>, arbiter: &ArbiterHandle, state: PacketState) -> Addr<PacketActor> {
+        let (tx, rx) = actix::dev::channel::channel(ctx.mailbox_capacity);
         // If the arbiter has stopped (shutdown), the receiver is dropped with the closure and
         // every send to the address fails as closed.
         arbiter.spawn_fn(move || {
             let roster = (u64::MAX, None); // no epoch yet: read on the first grab
-            Context::with_receiver(rx).run(PacketActor { shared, state, roster });
+            Context::with_receiver(rx).run(PacketActor { ctx, state, roster });
         });
         Addr::new(tx)
     }
 
-    /// Whether `user` may grab: the named recipient of an exclusive packet, or a member of the
-    /// group's current roster.
+    /// Whether `user` may grab, by the group's current roster (cached until it changes).
     fn is_eligible(&mut self, user: UserId) -> bool {
-        let spec = self.state.spec();
-        if let Split::Exclusive { to, .. } = spec.split {
-            return to == user;
+        let spec = &self.state.sent().spec;
+        let epoch = self.ctx.rosters.epoch();
+        if epoch != self.roster.0 && !matches!(spec.split, crate::Split::Exclusive { .. }) {
+            self.roster = (epoch, self.ctx.rosters.get(spec.group));
         }
-        let epoch = self.shared.roster_epoch.load(Ordering::Acquire);
-        if epoch != self.roster.0 {
-            self.roster = self.shared.roster(spec.group);
-        }
-        self.roster.1.as_ref().is_some_and(|r| r.contains(&user))
+        roster::eligible(&spec.split, self.roster.1.as_deref(), user)
     }
 
-    fn id(&self) -> crate::money::PacketId {
-        self.state.spec().id
-    }
-
-    /// Expires the packet (refunding what is left, once), closes its route and stops.
-    fn expire(&mut self, ctx: &mut Context<Self>, reply: Option<oneshot::Sender<Expiry>>) {
-        let now = self.shared.clock.now();
-        let outcome = self.state.expire(now);
+    /// Expires the packet if it is due (refunding what is left, once), closes it and stops.
+    fn expire(&mut self, actx: &mut Context<Self>, reply: Option<oneshot::Sender<()>>) {
+        let now = self.ctx.clock.now();
+        let expiry = self.state.decide_expiry(now);
         let answer = move || {
             if let Some(reply) = reply {
-                let _ = reply.send(outcome);
+                let _ = reply.send(());
             }
         };
-        match outcome {
-            Expiry::Refund(refunded) => {
-                let shared = Arc::clone(&self.shared);
-                let (packet, sender) = (self.id(), self.state.spec().sender);
-                self.shared.journal.append(
-                    Record::Expired { packet, refund: refunded, at: now },
-                    Box::new(move || {
-                        // The credit leaves for the wallet before anyone hears of the refund.
-                        shared.wallet(sender).do_send(Credit { user: sender, amount: refunded });
-                        shared.events.publish(|| Event::Expired { packet, sender, refunded });
-                        answer();
-                    }),
-                );
-            }
-            Expiry::NothingLeft | Expiry::AlreadyExpired | Expiry::NotDue => {
-                self.shared.journal.barrier(Box::new(answer))
-            }
+        if let Expiry::Refund(refund) = expiry {
+            let (packet, spec) = (self.state.id(), &self.state.sent().spec);
+            let (sender, group) = (spec.sender, spec.group);
+            let record = Record::Expired { packet, refund, at: now };
+            let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
+            let ctx = Arc::clone(&self.ctx);
+            self.ctx.journal.append(
+                record,
+                Box::new(move || {
+                    // The credit leaves for the wallet before anyone hears of the refund.
+                    ctx.wallets.credit(credit);
+                    ctx.events.publish(|| Event::Expired { packet, group, sender, refunded: refund });
+                    answer();
+                }),
+            );
+        } else {
+            self.ctx.journal.barrier(Box::new(answer));
         }
-        if matches!(outcome, Expiry::Refund(_) | Expiry::NothingLeft) {
-            self.shared.routes.insert(self.id(), Route::Closed(Arc::new(self.state.view())));
-            self.shared.open_packets.fetch_sub(1, Ordering::AcqRel);
-            ctx.stop();
+        if matches!(expiry, Expiry::Refund(_) | Expiry::NothingLeft) {
+            (self.ctx.on_close)(self.state.view());
+            actx.stop();
+        }
+    }
+
+    /// Appends a decided claim (already applied) and, once durable, credits, publishes and
+    /// replies. The last share's reply also waits for the sold-out record, so its caller hears
+    /// of the grab only after every event it caused is published.
+    fn record_claim(&self, record: Record, grabbed: Grabbed, reply: oneshot::Sender<Result<Grabbed, GrabError>>) {
+        let ctx = Arc::clone(&self.ctx);
+        let group = self.state.sent().spec.group;
+        let sold_out = self.state.best_luck().filter(|_| self.state.status() == PacketStatus::SoldOut);
+        let mut reply = Some(reply);
+        let claim_reply = if sold_out.is_some() { None } else { reply.take() };
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent
+                // after the reply is handled after the credit.
+                ctx.wallets.credit(crate::ledger::Credit { user: grabbed.user, amount: grabbed.amount });
+                ctx.events.publish(|| Event::Grabbed {
+                    packet: grabbed.packet,
+                    group,
+                    user: grabbed.user,
+                    amount: grabbed.amount,
+                    position: grabbed.position,
+                    shares_left: grabbed.shares_left,
+                });
+                if let Some(reply) = claim_reply {
+                    let _ = reply.send(Ok(grabbed));
+                }
+            }),
+        );
+        if let (Some(best), Some(reply)) = (sold_out, reply) {
+            let ctx = Arc::clone(&self.ctx);
+            let packet = grabbed.packet;
+            self.ctx.journal.append(
+                Record::SoldOut { packet },
+                Box::new(move || {
+                    ctx.events.publish(|| Event::SoldOut {
+                        packet,
+                        group,
+                        best_luck: best.user,
+                        best_amount: best.amount,
+                    });
+                    let _ = reply.send(Ok(grabbed));
+                }),
+            );
         }
     }
 }
@@ -159,68 +219,28 @@ impl Actor for PacketActor {
 impl Handler<Grab> for PacketActor {
     type Result = ();
 
-    fn handle(&mut self, m: Grab, ctx: &mut Context<Self>) {
-        let now = self.shared.clock.now();
+    fn handle(&mut self, m: Grab, actx: &mut Context<Self>) {
+        let now = self.ctx.clock.now();
         if self.state.is_due(now) {
             // The timer has not fired yet, but the deadline has passed: expire first, so a
             // grab can never win money that is due back to the sender.
-            self.expire(ctx, None);
+            self.expire(actx, None);
         }
         let eligible = self.is_eligible(m.user);
-        let won = match self.state.grab(m.user, eligible, now) {
-            Ok(won) => won,
-            Err(e) => {
-                let reply = m.reply;
-                self.shared.journal.barrier(Box::new(move || {
-                    let _ = reply.send(Err(e));
-                }));
-                return;
-            }
+        let record = match self.state.decide_grab(m.user, eligible, now) {
+            Ok(record) => record,
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
         };
-        let packet = self.id();
-        let claim = won.claim;
+        let credit = self.state.apply(&record).expect("decided against this state").expect("a claim credits");
         let grabbed = Grabbed {
-            packet,
-            user: claim.user,
-            amount: claim.amount,
-            position: claim.position,
-            shares_left: won.shares_left,
-            remaining: won.remaining,
+            packet: self.state.id(),
+            user: credit.user,
+            amount: credit.amount,
+            position: self.state.claims().len() as u32,
+            shares_left: self.state.shares_left(),
+            remaining: self.state.escrow(),
         };
-        // The last grab's reply waits for the sold-out record too, so its caller hears of
-        // the grab only after every event it caused is published.
-        let sold_out = won.sold_out.then(|| self.state.best_luck().expect("a sold-out packet has claims"));
-        let mut reply = Some(m.reply);
-        let shared = Arc::clone(&self.shared);
-        let claim_reply = if sold_out.is_some() { None } else { reply.take() };
-        self.shared.journal.append(
-            Record::Claim { packet, user: claim.user, amount: claim.amount, position: claim.position, at: claim.at },
-            Box::new(move || {
-                // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent
-                // after the reply is handled after the credit.
-                shared.wallet(claim.user).do_send(Credit { user: claim.user, amount: claim.amount });
-                shared.events.publish(|| Event::Grabbed {
-                    packet,
-                    user: claim.user,
-                    amount: claim.amount,
-                    position: claim.position,
-                    shares_left: won.shares_left,
-                });
-                if let Some(reply) = claim_reply {
-                    let _ = reply.send(Ok(grabbed));
-                }
-            }),
-        );
-        if let (Some(best), Some(reply)) = (sold_out, reply) {
-            let shared = Arc::clone(&self.shared);
-            self.shared.journal.append(
-                Record::SoldOut { packet },
-                Box::new(move || {
-                    shared.events.publish(|| Event::SoldOut { packet, best_luck: best.user, best_amount: best.amount });
-                    let _ = reply.send(Ok(grabbed));
-                }),
-            );
-        }
+        self.record_claim(record, grabbed, m.reply);
     }
 }
 
@@ -228,18 +248,15 @@ impl Handler<Query> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Query, _: &mut Context<Self>) {
-        let view = self.state.view();
-        self.shared.journal.barrier(Box::new(move || {
-            let _ = m.reply.send(view);
-        }));
+        reply_after_barrier(&*self.ctx.journal, m.0, self.state.view());
     }
 }
 
 impl Handler<Expire> for PacketActor {
     type Result = ();
 
-    fn handle(&mut self, m: Expire, ctx: &mut Context<Self>) {
-        self.expire(ctx, m.reply);
+    fn handle(&mut self, m: Expire, actx: &mut Context<Self>) {
+        self.expire(actx, m.0);
     }
 }
 
@@ -247,7 +264,7 @@ impl Handler<Inspect> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Inspect, _: &mut Context<Self>) {
-        let _ = m.reply.send((self.state.escrow(), self.state.check()));
+        let _ = m.0.send((self.state.escrow(), self.state.check()));
     }
 }
 
@@ -255,8 +272,6 @@ impl Handler<Flush> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Flush, _: &mut Context<Self>) {
-        self.shared.journal.barrier(Box::new(move || {
-            let _ = m.reply.send(());
-        }));
+        reply_after_barrier(&*self.ctx.journal, m.0, ());
     }
 }

@@ -1,336 +1,268 @@
 //! The state a journal describes, rebuilt record by record: what recovery loads into a
-//! restarting engine and what `hongbao audit` checks. Plain data and one fold, no runtime.
+//! starting engine, what the journal writer snapshots, and what `hongbao audit` checks.
 //!
-//! Applying a record checks it against the state before it: a claim must take the next
-//! position, fit the escrow and go to a member who has not claimed; a packet expires once; a
-//! deposit or withdrawal with an id already applied is skipped (records are idempotent by
-//! their ids). Anything else is a [`Violation`] naming the record.
+//! [`Replica::apply`] holds no rule of its own: it hands each record to the owners the live
+//! engine hands it to — the ledger (`Ledger::apply`, `Ledger::credit`), the packet
+//! (`PacketState::apply`), the rosters (`roster::apply`) — so replay and the running engine
+//! cannot disagree. A record that contradicts the state before it is refused, naming itself.
+//!
+//! The snapshot encoding of a replica is here too (format `HBSNAP01`'s body): sums, balances,
+//! operations, rosters, then each packet as its send record, its claims and its refund.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
-use crate::journal::Record;
+use crate::journal::{Fold, Restore};
+use crate::ledger::{Ledger, OpDone};
 use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
-use crate::packet::{check_view, ClaimView, NewPacket, PacketState, PacketView};
-use crate::split::{self, Split};
-
-/// A record that contradicts the state before it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The record's position in the journal, from 0.
-    pub seq: u64,
-    /// What is wrong.
-    pub what: String,
-}
-
-/// A deposit or withdrawal as applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AppliedOp {
-    /// True for a deposit.
-    pub deposit: bool,
-    /// The wallet.
-    pub user: UserId,
-    /// The amount.
-    pub amount: Amount,
-    /// The balance after it.
-    pub balance_after: Amount,
-}
-
-/// A packet as the journal describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayedPacket {
-    /// What was sent.
-    pub spec: NewPacket,
-    /// The draw's seed.
-    pub seed: u64,
-    /// When it was sent.
-    pub sent_at: Timestamp,
-    /// When it expires.
-    pub expires_at: Timestamp,
-    /// Claims in order.
-    pub claims: Vec<ClaimView>,
-    /// The refund, once expired with money left.
-    pub refunded: Option<Amount>,
-}
-
-impl ReplayedPacket {
-    fn total(&self) -> u64 {
-        self.spec.split.total().map_or(0, |t| t.as_fen())
-    }
-
-    /// Money still in escrow.
-    pub fn escrow(&self) -> u64 {
-        if self.refunded.is_some() {
-            return 0;
-        }
-        self.total() - self.claims.iter().map(|c| c.amount.as_fen()).sum::<u64>()
-    }
-
-    /// The packet's state, its draw replayed up to its last claim.
-    ///
-    /// # Errors
-    ///
-    /// A description if a claim is not what the seeded draw gives at its position.
-    pub fn state(&self, share_fen_max: u64) -> Result<PacketState, String> {
-        PacketState::restore(
-            self.spec.clone(),
-            share_fen_max,
-            self.seed,
-            self.sent_at,
-            self.expires_at,
-            &self.claims,
-            self.refunded,
-        )
-    }
-}
+use crate::packet::{ClaimView, PacketState, PacketStatus};
+use crate::record::{self, put_u64s, DecodeError, Reader, Record};
+use crate::roster::{self, RosterBook};
 
 /// The state of everything a journal recorded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replica {
-    /// Balances by user.
-    pub balances: HashMap<UserId, u64>,
-    /// Deposits and withdrawals by id.
-    pub ops: HashMap<OpId, AppliedOp>,
+#[derive(Clone, Debug)]
+pub(crate) struct Replica {
+    /// Every wallet, and the deposits and withdrawals applied to them.
+    pub ledger: Ledger,
     /// Rosters by group.
-    pub rosters: HashMap<GroupId, Vec<UserId>>,
-    /// Every packet ever sent.
-    pub packets: BTreeMap<PacketId, ReplayedPacket>,
-    /// Sum of deposits.
-    pub deposited: u64,
-    /// Sum of withdrawals.
-    pub withdrawn: u64,
+    pub rosters: RosterBook,
+    /// Every packet ever sent, by id.
+    pub packets: BTreeMap<PacketId, PacketState>,
+    /// The per-share cap that lucky draws are replayed with.
+    pub share_fen_max: u64,
     /// Records applied.
     pub records: u64,
 }
 
 impl Replica {
-    fn balance(&mut self, user: UserId) -> &mut u64 {
-        self.balances.entry(user).or_insert(0)
+    /// An empty replica whose lucky draws are replayed with `share_fen_max`.
+    pub(crate) fn new(share_fen_max: u64) -> Replica {
+        Replica {
+            ledger: Ledger::default(),
+            rosters: RosterBook::new(),
+            packets: BTreeMap::new(),
+            share_fen_max,
+            records: 0,
+        }
     }
 
-    /// Applies the record at position `seq`.
+    /// Applies one record.
     ///
     /// # Errors
     ///
-    /// A [`Violation`] if the record contradicts the state; the state is then unchanged.
-    pub fn apply(&mut self, seq: u64, record: &Record) -> Result<(), Violation> {
-        let fail = |what: String| Err(Violation { seq, what });
+    /// A description if the record contradicts the state; the state is then unchanged.
+    pub(crate) fn apply_record(&mut self, record: &Record) -> Result<(), String> {
         match record {
-            Record::Deposit { op, user, amount } | Record::Withdrawal { op, user, amount } => {
-                let deposit = matches!(record, Record::Deposit { .. });
-                if let Some(done) = self.ops.get(op) {
-                    if (done.deposit, done.user, done.amount) != (deposit, *user, *amount) {
-                        return fail(format!("operation {op} applied twice with different fields"));
-                    }
-                    // Idempotent: applied once, counted as read.
-                    self.records += 1;
-                    return Ok(());
+            Record::PacketSent(sent) => {
+                let id = sent.spec.id;
+                if self.packets.contains_key(&id) {
+                    return Err(format!("packet {id} sent twice"));
                 }
-                let balance = *self.balance(*user);
-                let after = if deposit {
-                    balance + amount.as_fen()
-                } else if balance >= amount.as_fen() {
-                    balance - amount.as_fen()
-                } else {
-                    return fail(format!("withdrawal {op} of {amount} from a balance of {}", Amount::fen(balance)));
-                };
-                *self.balance(*user) = after;
-                if deposit {
-                    self.deposited += amount.as_fen();
-                } else {
-                    self.withdrawn += amount.as_fen();
-                }
-                let applied = AppliedOp { deposit, user: *user, amount: *amount, balance_after: Amount::fen(after) };
-                self.ops.insert(*op, applied);
+                self.ledger.apply(record)?;
+                self.packets.insert(id, PacketState::open(sent.clone(), self.share_fen_max));
             }
-            Record::Roster { group, members } => {
-                self.rosters.insert(*group, members.clone());
-            }
-            Record::PacketSent { packet, sender, group, split, seed, greeting, sent_at, expires_at } => {
-                if self.packets.contains_key(packet) {
-                    return fail(format!("packet {packet} sent twice"));
-                }
-                let total = split.total().map_or(0, |t| t.as_fen());
-                let balance = *self.balance(*sender);
-                if balance < total {
-                    return fail(format!("packet {packet} escrows {total} fen from a balance of {balance}"));
-                }
-                *self.balance(*sender) = balance - total;
-                let spec = NewPacket {
-                    id: *packet,
-                    sender: *sender,
-                    group: *group,
-                    split: split.clone(),
-                    greeting: greeting.clone(),
-                };
-                let p = ReplayedPacket {
-                    spec,
-                    seed: *seed,
-                    sent_at: *sent_at,
-                    expires_at: *expires_at,
-                    claims: Vec::new(),
-                    refunded: None,
-                };
-                self.packets.insert(*packet, p);
-            }
-            Record::Claim { packet, user, amount, position, at } => {
-                let Some(p) = self.packets.get_mut(packet) else {
-                    return fail(format!("claim on unknown packet {packet}"));
-                };
-                if p.refunded.is_some() {
-                    return fail(format!("claim on packet {packet} after its refund"));
-                }
-                if *position as usize != p.claims.len() + 1 || *position > p.spec.split.shares() {
-                    return fail(format!(
-                        "claim at position {position} of packet {packet} with {} claims",
-                        p.claims.len()
-                    ));
-                }
-                if p.claims.iter().any(|c| c.user == *user) {
-                    return fail(format!("{user} paid twice by packet {packet}"));
-                }
-                if amount.is_zero() || amount.as_fen() > p.escrow() {
-                    return fail(format!("claim of {amount} on packet {packet} with {} fen in escrow", p.escrow()));
-                }
-                p.claims.push(ClaimView { user: *user, amount: *amount, position: *position, at: *at });
-                *self.balance(*user) += amount.as_fen();
-            }
-            Record::SoldOut { packet } => {
-                let Some(p) = self.packets.get(packet) else {
-                    return fail(format!("sold out on unknown packet {packet}"));
-                };
-                if p.claims.len() != p.spec.split.shares() as usize || p.escrow() != 0 {
-                    return fail(format!("packet {packet} recorded sold out with shares left"));
+            Record::Claim { packet, .. } | Record::SoldOut { packet } | Record::Expired { packet, .. } => {
+                let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
+                if let Some(credit) = state.apply(record)? {
+                    self.ledger.credit(credit);
                 }
             }
-            Record::Expired { packet, refund, .. } => {
-                let Some(p) = self.packets.get_mut(packet) else {
-                    return fail(format!("expiry of unknown packet {packet}"));
-                };
-                if p.refunded.is_some() {
-                    return fail(format!("packet {packet} refunded twice"));
-                }
-                if p.escrow() != refund.as_fen() {
-                    return fail(format!("packet {packet} refunds {refund} of {} fen in escrow", p.escrow()));
-                }
-                p.refunded = Some(*refund);
-                let sender = p.spec.sender;
-                *self.balance(sender) += refund.as_fen();
+            Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {
+                roster::apply(&mut self.rosters, record);
+            }
+            _ => {
+                self.ledger.apply(record)?;
             }
         }
         self.records += 1;
         Ok(())
     }
 
-    /// Sum of balances and of escrow.
-    pub fn held(&self) -> (u64, u64) {
-        (self.balances.values().sum(), self.packets.values().map(ReplayedPacket::escrow).sum())
+    /// Sum of balances and of escrow, in fen.
+    pub(crate) fn held(&self) -> (u128, u128) {
+        let escrow = self.packets.values().map(|p| u128::from(p.escrow().as_fen())).sum();
+        (u128::from(self.ledger.totals().balances), escrow)
     }
 
-    /// Every check of the state as a whole: conservation, each packet's invariants, and each
-    /// lucky packet's claims against the shares its seed derives. Empty when all hold.
-    pub fn check(&self, share_fen_max: u64) -> Vec<String> {
-        let mut problems = Vec::new();
-        let (wallets, escrow) = self.held();
-        if u128::from(wallets) + u128::from(escrow) + u128::from(self.withdrawn) != u128::from(self.deposited) {
-            problems.push(format!(
-                "not conserved: wallets {} + escrow {} != deposits {} - withdrawals {}",
-                Amount::fen(wallets),
-                Amount::fen(escrow),
-                Amount::fen(self.deposited),
-                Amount::fen(self.withdrawn)
-            ));
-        }
+    /// Each packet's status, counted: (open, sold out, expired).
+    pub(crate) fn packet_counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
         for p in self.packets.values() {
-            match p.state(share_fen_max) {
-                Ok(state) => {
-                    if let Err(e) = check_view(&state.view()) {
-                        problems.push(e);
-                    }
-                }
-                Err(e) => problems.push(e),
-            }
-            if let Split::Lucky { total, shares } = p.spec.split {
-                let derived = split::lucky_shares(total.as_fen(), shares, share_fen_max, p.seed);
-                if let Some(c) = p.claims.iter().find(|c| derived[c.position as usize - 1] != c.amount.as_fen()) {
-                    problems
-                        .push(format!("packet {}: claim {} is not the share its seed derives", p.spec.id, c.position));
-                }
+            match p.status() {
+                PacketStatus::Open => counts.0 += 1,
+                PacketStatus::SoldOut => counts.1 += 1,
+                PacketStatus::Expired { .. } => counts.2 += 1,
             }
         }
-        problems
+        counts
+    }
+}
+
+impl Fold for Replica {
+    fn apply(&mut self, _seq: u64, record: &Record) -> Result<(), String> {
+        self.apply_record(record)
     }
 
-    /// The view of a packet.
-    pub fn view(&self, packet: PacketId, share_fen_max: u64) -> Option<PacketView> {
-        self.packets.get(&packet).and_then(|p| p.state(share_fen_max).ok()).map(|s| s.view())
+    fn encode(&self, out: &mut Vec<u8>) {
+        let totals = self.ledger.totals();
+        put_u64s(out, &[totals.deposited, totals.withdrawn, self.records]);
+        let mut balances: Vec<(UserId, u64)> = self.ledger.balances().collect();
+        balances.sort_unstable();
+        put_u64s(out, &[balances.len() as u64]);
+        balances.iter().for_each(|(u, fen)| put_u64s(out, &[u.0, *fen]));
+        let mut ops: Vec<(OpId, OpDone)> = self.ledger.ops().collect();
+        ops.sort_unstable_by_key(|(op, _)| *op);
+        put_u64s(out, &[ops.len() as u64]);
+        for (op, d) in ops {
+            put_u64s(out, &[op.0, u64::from(d.deposit), d.user.0, d.amount.as_fen(), d.balance_after.as_fen()]);
+        }
+        let mut rosters: Vec<_> = self.rosters.iter().collect();
+        rosters.sort_unstable_by_key(|(g, _)| **g);
+        put_u64s(out, &[rosters.len() as u64]);
+        for (g, members) in rosters {
+            let mut members: Vec<UserId> = members.iter().copied().collect();
+            members.sort_unstable();
+            put_u64s(out, &[g.0, members.len() as u64]);
+            members.iter().for_each(|m| put_u64s(out, &[m.0]));
+        }
+        put_u64s(out, &[self.packets.len() as u64]);
+        for p in self.packets.values() {
+            record::encode_prefixed(&Record::PacketSent(p.sent().clone()), out);
+            put_u64s(out, &[p.claims().len() as u64]);
+            for c in p.claims() {
+                put_u64s(out, &[c.user.0, c.amount.as_fen(), u64::from(c.position), c.at.0]);
+            }
+            let refunded = match p.status() {
+                PacketStatus::Expired { refunded } => Some(refunded),
+                _ => None,
+            };
+            put_u64s(out, &[u64::from(refunded.is_some()), refunded.map_or(0, Amount::as_fen)]);
+        }
+    }
+}
+
+impl Restore for Replica {
+    fn decode(&self, bytes: &[u8]) -> Result<Replica, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let (_deposited, _withdrawn, records) = (r.u64()?, r.u64()?, r.u64()?);
+        let balances = (0..r.count(16)?).map(|_| Ok((UserId(r.u64()?), r.u64()?))).collect::<Result<Vec<_>, _>>()?;
+        let ops = (0..r.count(40)?)
+            .map(|_| {
+                let op = OpId(r.u64()?);
+                let deposit = r.u64()? == 1;
+                let (user, amount, balance_after) = (UserId(r.u64()?), Amount::fen(r.u64()?), Amount::fen(r.u64()?));
+                Ok((op, OpDone { deposit, user, amount, balance_after }))
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        // The sums follow from the operations; the stored ones are only kept for older readers.
+        let mut replica =
+            Replica { ledger: Ledger::from_parts(balances, ops), records, ..Replica::new(self.share_fen_max) };
+        for _ in 0..r.count(16)? {
+            let group = GroupId(r.u64()?);
+            let members = (0..r.count(8)?).map(|_| r.u64().map(UserId)).collect::<Result<_, _>>()?;
+            replica.rosters.insert(group, members);
+        }
+        for _ in 0..r.count(24)? {
+            let Record::PacketSent(sent) = record::decode_prefixed(&mut r)? else {
+                return Err(DecodeError::Damaged("a snapshot's packet is not a send record"));
+            };
+            let claims = (0..r.count(32)?)
+                .map(|_| {
+                    let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
+                    Ok(ClaimView { user, amount, position: r.u64()? as u32, at: Timestamp(r.u64()?) })
+                })
+                .collect::<Result<Vec<_>, DecodeError>>()?;
+            let (refunded, refund) = (r.u64()? == 1, Amount::fen(r.u64()?));
+            let id = sent.spec.id;
+            let mut state = PacketState::restore(sent, replica.share_fen_max, &claims)
+                .map_err(|_| DecodeError::Damaged("a snapshot's claims do not follow the packet's draw"))?;
+            if refunded {
+                let expired = Record::Expired { packet: id, refund, at: Timestamp(0) };
+                state.apply(&expired).map_err(|_| DecodeError::Damaged("a snapshot's refund is not the escrow"))?;
+            }
+            replica.packets.insert(id, state);
+        }
+        r.finish()?;
+        Ok(replica)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{NewPacket, PacketSent};
+    use crate::split::{self, Split};
+
+    const CAP: u64 = 20_000;
 
     fn sent(id: u64, total: u64, shares: u32) -> Record {
-        Record::PacketSent {
-            packet: PacketId(id),
-            sender: UserId(1),
-            group: GroupId(1),
-            split: Split::Lucky { total: Amount::fen(total), shares },
+        Record::PacketSent(PacketSent {
+            spec: NewPacket {
+                id: PacketId(id),
+                sender: UserId(1),
+                group: GroupId(1),
+                split: Split::Lucky { total: Amount::fen(total), shares },
+                greeting: String::new(),
+            },
             seed: 9,
-            greeting: String::new(),
             sent_at: Timestamp(0),
             expires_at: Timestamp(10),
-        }
+        })
+    }
+
+    fn claim(user: u64, position: u32, fen: u64) -> Record {
+        Record::Claim { packet: PacketId(7), user: UserId(user), amount: Amount::fen(fen), position, at: Timestamp(1) }
     }
 
     #[test]
-    fn a_history_replays_and_conserves() {
-        let cap = 20_000;
-        let shares = split::lucky_shares(1_000, 3, cap, 9);
-        let mut r = Replica::default();
+    fn a_history_replays_conserves_and_snapshots() {
+        let shares = split::lucky_shares(1_000, 3, CAP, 9);
+        let mut r = Replica::new(CAP);
         let history = [
             Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) },
             Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) }, // a retry: once
+            Record::Roster { group: GroupId(1), members: vec![UserId(1), UserId(2)] },
             sent(7, 1_000, 3),
-            Record::Claim {
-                packet: PacketId(7),
-                user: UserId(2),
-                amount: Amount::fen(shares[0]),
-                position: 1,
-                at: Timestamp(1),
-            },
+            claim(2, 1, shares[0]),
             Record::Expired { packet: PacketId(7), refund: Amount::fen(1_000 - shares[0]), at: Timestamp(10) },
             Record::Withdrawal { op: OpId(2), user: UserId(2), amount: Amount::fen(shares[0]) },
         ];
-        for (seq, rec) in history.iter().enumerate() {
-            r.apply(seq as u64, rec).unwrap();
+        for rec in &history {
+            r.apply_record(rec).unwrap();
         }
-        assert_eq!(r.records, 6);
-        assert_eq!(r.balances[&UserId(1)], 5_000 - shares[0]);
-        assert_eq!(r.check(cap), Vec::<String>::new());
+        assert_eq!(r.records, 7);
+        assert_eq!(r.ledger.balance(UserId(1)), Amount::fen(5_000 - shares[0]));
+        let (wallets, escrow) = r.held();
+        assert_eq!(wallets + escrow, 5_000 - u128::from(shares[0]));
+        let mut bytes = Vec::new();
+        r.encode(&mut bytes);
+        let back = Replica::new(CAP).decode(&bytes).unwrap();
+        assert_eq!(back.ledger, r.ledger);
+        assert_eq!(back.rosters, r.rosters);
+        assert_eq!(back.records, r.records);
+        let views = |x: &Replica| x.packets.values().map(PacketState::view).collect::<Vec<_>>();
+        assert_eq!(views(&back), views(&r));
     }
 
     #[test]
-    fn contradictions_are_named() {
-        let mut r = Replica::default();
-        r.apply(0, &Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) }).unwrap();
-        r.apply(1, &sent(7, 1_000, 3)).unwrap();
-        let claim = |user, position, fen| Record::Claim {
-            packet: PacketId(7),
-            user: UserId(user),
-            amount: Amount::fen(fen),
-            position,
-            at: Timestamp(1),
-        };
-        r.apply(2, &claim(2, 1, 10)).unwrap();
-        assert!(r.apply(3, &claim(2, 2, 10)).unwrap_err().what.contains("paid twice"));
-        assert!(r.apply(3, &claim(3, 5, 10)).unwrap_err().what.contains("position"));
-        assert!(r.apply(3, &claim(3, 2, 5_000)).unwrap_err().what.contains("escrow"));
-        assert_eq!(r.apply(3, &sent(7, 1, 1)).unwrap_err().seq, 3);
-        r.apply(3, &Record::Expired { packet: PacketId(7), refund: Amount::fen(990), at: Timestamp(10) }).unwrap();
-        assert!(r.apply(4, &Record::Expired { packet: PacketId(7), refund: Amount::ZERO, at: Timestamp(10) }).is_err());
-        // The claim of 10 fen at position 1 is not what seed 9 draws.
-        assert!(r.check(20_000).iter().any(|p| p.contains("seed")));
+    fn contradictions_are_refused_and_change_nothing() {
+        let mut r = Replica::new(CAP);
+        r.apply_record(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) }).unwrap();
+        r.apply_record(&sent(7, 1_000, 3)).unwrap();
+        let first = split::lucky_shares(1_000, 3, CAP, 9)[0];
+        r.apply_record(&claim(2, 1, first)).unwrap();
+        let records = r.records;
+        assert!(r.apply_record(&claim(2, 2, 10)).unwrap_err().contains("cannot happen"));
+        assert!(r.apply_record(&claim(3, 5, 10)).unwrap_err().contains("position"));
+        assert!(r.apply_record(&claim(3, 2, 5_000)).unwrap_err().contains("draw gives"));
+        assert!(r.apply_record(&sent(7, 1, 1)).unwrap_err().contains("sent twice"));
+        assert!(r.apply_record(&sent(8, 10_000, 3)).unwrap_err().contains("escrows"));
+        let unknown = Record::SoldOut { packet: PacketId(9) };
+        assert!(r.apply_record(&unknown).unwrap_err().contains("unknown packet"));
+        assert_eq!(r.records, records);
+        let refund = Amount::fen(1_000 - first);
+        r.apply_record(&Record::Expired { packet: PacketId(7), refund, at: Timestamp(10) }).unwrap();
+        let again = Record::Expired { packet: PacketId(7), refund: Amount::ZERO, at: Timestamp(10) };
+        assert!(r.apply_record(&again).is_err());
     }
 }

@@ -24,6 +24,9 @@ use crate::money::{Amount, UserId};
 
 /// How a packet's total is divided.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Split {
     /// 拼手气: `total` split into `shares` random shares, drawn at grab time.
     Lucky {
@@ -69,6 +72,9 @@ impl Split {
 
 /// Why a split cannot be sent.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum InvalidSplit {
     /// A packet needs at least one share.
     #[error("a packet needs at least one share")]

@@ -10,18 +10,21 @@
 //!
 //! | message    | from          | reply |
 //! |------------|---------------|-------|
-//! | `Schedule` | packet actors | none; never refused (one per open packet, bounded by `open_packets_max`) |
+//! | `Schedule` | routes        | none; never refused (one per open packet, bounded by `open_packets_max`) |
+//! | `Attach`   | engine start  | none: the callback that expires a due packet |
+//!
+//! The timer knows nothing of packets beyond their ids: what "expire" means is the callback the
+//! engine attaches (it wakes the packet's actor and tells it to expire).
 //!
 //! A packet re-checks its own deadline against the clock on every grab and on `Expire`, so a
 //! late timer never lets a grab win money that is due back, and an early one changes nothing.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::clock::{Clock, Timestamp};
-use crate::engine::Shared;
 use crate::money::PacketId;
 
 /// How many due packets the timer tells to expire before yielding to other work.
@@ -35,10 +38,13 @@ pub(crate) struct Schedule {
     pub packet: PacketId,
 }
 
+/// What the timer calls for each due packet.
+pub(crate) type OnDue = Box<dyn Fn(PacketId) + Send>;
+
 /// Connects the timer to the engine once the engine exists.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Attach(pub Weak<Shared>);
+pub(crate) struct Attach(pub OnDue);
 
 /// Fires due deadlines (sent by the timer to itself).
 #[derive(Message)]
@@ -78,14 +84,14 @@ impl Deadlines {
 
 pub(crate) struct Timer {
     clock: Arc<dyn Clock>,
-    shared: Weak<Shared>,
+    on_due: Option<OnDue>,
     deadlines: Deadlines,
     armed: Option<(Timestamp, SpawnHandle)>,
 }
 
 impl Timer {
     pub(crate) fn new(clock: Arc<dyn Clock>) -> Timer {
-        Timer { clock, shared: Weak::new(), deadlines: Deadlines::default(), armed: None }
+        Timer { clock, on_due: None, deadlines: Deadlines::default(), armed: None }
     }
 
     /// Keeps exactly one sleep armed, for the earliest deadline.
@@ -109,11 +115,8 @@ impl Timer {
 
     fn fire(&mut self, ctx: &mut Context<Self>) {
         let due = self.deadlines.take_due(self.clock.now(), EXPIRIES_PER_TURN_MAX);
-        if let Some(shared) = self.shared.upgrade() {
-            for &packet in &due {
-                // A dormant packet is woken to expire, so expiry has one implementation.
-                shared.expire_packet(packet, None);
-            }
+        if let Some(on_due) = &self.on_due {
+            due.iter().copied().for_each(on_due);
         }
         if due.len() == EXPIRIES_PER_TURN_MAX {
             // More may be due: continue after the messages already queued on this arbiter.
@@ -132,7 +135,7 @@ impl Handler<Attach> for Timer {
     type Result = ();
 
     fn handle(&mut self, m: Attach, _: &mut Context<Self>) {
-        self.shared = m.0;
+        self.on_due = Some(m.0);
     }
 }
 

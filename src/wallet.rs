@@ -1,7 +1,7 @@
-//! Wallets: a [`Ledger`] of balances (plain data) and the `WalletShard` actor that owns one.
-//!
-//! Users are spread over a fixed number of shards by hashing their id; each shard serializes
-//! every change to its users' balances, so no balance is ever touched by two threads.
+//! Wallet shards: the actors that own users' balances. Users are spread over a fixed number of
+//! shards by hashing their id; each shard owns a [`Ledger`] and serializes every change to its
+//! users' balances, so no balance is ever touched by two threads. [`Wallets`] is the handle
+//! that routes a user to their shard.
 //!
 //! # Messages
 //!
@@ -10,192 +10,33 @@
 //! | `Deposit` | engine handle   | new balance, after the record is durable | yes (`Busy`)    |
 //! | `Withdraw`| engine handle   | new balance, after the record is durable | yes (`Busy`)    |
 //! | `Balance` | engine handle   | balance, after a journal barrier       | yes (`Busy`)      |
-//! | `Escrow`  | engine handle   | the opened packet, or `InsufficientFunds` | yes (`Busy`)   |
+//! | `Escrow`  | engine handle   | the send record, or `InsufficientFunds`, to a settle callback | yes (`Busy`) |
 //! | `Credit`  | packet actors   | none                                   | never: a won share or refund must land |
-//! | `Totals`, `Flush` | engine (audit, shutdown) | sums / after a barrier  | never (one per shard per call) |
+//! | `GetTotals`, `Flush` | engine (audit, shutdown) | sums / after a barrier | never (one per shard per call) |
 //!
-//! # Invariants
-//!
-//! No balance goes below zero or above `balance_fen_max` by a deposit; an `OpId` is applied
-//! once; `sum(balances) = deposited - withdrawn + credited - debited` (checked by
-//! `Engine::audit` together with the packets' escrow).
+//! Each request is decided by the ledger, recorded, and applied by the ledger (`ledger.rs`).
 //!
 //! Read-your-writes: a packet actor sends a share's `Credit` before it replies to the grab,
 //! and a shard's mailbox is first in, first out, so a `Balance` sent after the grab returned
 //! is handled after the credit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::clock::Timestamp;
-use crate::engine::{PacketMeta, Shared};
 use crate::error::{SendError, WalletError};
 use crate::events::{Event, EventHub};
-use crate::journal::{Journal, Record};
+use crate::journal::{reply_after_barrier, Journal};
+use crate::ledger::{Credit as CreditMove, Decision, Ledger, Totals};
 use crate::money::{Amount, OpId, UserId};
-use crate::packet::{NewPacket, PacketView};
+use crate::placement::bucket;
+use crate::record::{PacketSent, Record};
+use crate::runtime::{self, Refused};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OpKind {
-    Deposit,
-    Withdrawal,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct OpDone {
-    kind: OpKind,
-    user: UserId,
-    amount: Amount,
-    balance_after: Amount,
-}
-
-/// What applying a deposit or withdrawal did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Applied {
-    /// The balance after the operation.
-    pub balance: Amount,
-    /// False when the operation id had been applied before (a retry: nothing changed now).
-    pub fresh: bool,
-}
-
-/// Balances of a set of users, with the operations applied to them.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    balances: HashMap<UserId, u64>,
-    ops: HashMap<OpId, OpDone>,
-    balance_fen_max: u64,
-    deposited: u64,
-    withdrawn: u64,
-}
-
-/// A ledger's sums, for the audit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    /// Sum of balances.
-    pub balances: u64,
-    /// Sum of deposits applied.
-    pub deposited: u64,
-    /// Sum of withdrawals applied.
-    pub withdrawn: u64,
-}
-
-impl Ledger {
-    /// An empty ledger whose deposits stop at `balance_fen_max`.
-    pub fn new(balance_fen_max: u64) -> Ledger {
-        Ledger { balance_fen_max, ..Ledger::default() }
-    }
-
-    /// A ledger rebuilt from a journal: the balances of its users, the deposits and
-    /// withdrawals applied to them (with the balance each left), and their sums.
-    pub fn restore(
-        balance_fen_max: u64,
-        balances: impl IntoIterator<Item = (UserId, u64)>,
-        ops: impl IntoIterator<Item = (OpId, crate::replay::AppliedOp)>,
-    ) -> Ledger {
-        let mut ledger = Ledger::new(balance_fen_max);
-        ledger.balances = balances.into_iter().collect();
-        for (op, applied) in ops {
-            let kind = if applied.deposit { OpKind::Deposit } else { OpKind::Withdrawal };
-            if applied.deposit {
-                ledger.deposited += applied.amount.as_fen();
-            } else {
-                ledger.withdrawn += applied.amount.as_fen();
-            }
-            ledger.ops.insert(
-                op,
-                OpDone { kind, user: applied.user, amount: applied.amount, balance_after: applied.balance_after },
-            );
-        }
-        ledger
-    }
-
-    /// A user's balance (zero for a user never seen).
-    pub fn balance(&self, user: UserId) -> Amount {
-        Amount::fen(self.balances.get(&user).copied().unwrap_or(0))
-    }
-
-    fn repeat(&self, op: OpId, kind: OpKind, user: UserId, amount: Amount) -> Option<Result<Applied, WalletError>> {
-        let done = self.ops.get(&op)?;
-        Some(if done.kind == kind && done.user == user && done.amount == amount {
-            Ok(Applied { balance: done.balance_after, fresh: false })
-        } else {
-            Err(WalletError::IdConflict { op })
-        })
-    }
-
-    /// Adds `amount` to `user` once per `op`.
-    ///
-    /// # Errors
-    ///
-    /// `ZeroAmount`, `BalanceLimit`, or `IdConflict` if `op` was used with other fields.
-    pub fn deposit(&mut self, op: OpId, user: UserId, amount: Amount) -> Result<Applied, WalletError> {
-        if let Some(result) = self.repeat(op, OpKind::Deposit, user, amount) {
-            return result;
-        }
-        if amount.is_zero() {
-            return Err(WalletError::ZeroAmount);
-        }
-        let balance = self.balance(user).as_fen();
-        let after = balance.checked_add(amount.as_fen()).filter(|&b| b <= self.balance_fen_max);
-        let after = after.ok_or(WalletError::BalanceLimit { max: Amount::fen(self.balance_fen_max) })?;
-        self.balances.insert(user, after);
-        self.deposited += amount.as_fen();
-        let balance_after = Amount::fen(after);
-        self.ops.insert(op, OpDone { kind: OpKind::Deposit, user, amount, balance_after });
-        Ok(Applied { balance: balance_after, fresh: true })
-    }
-
-    /// Takes `amount` from `user` once per `op`.
-    ///
-    /// # Errors
-    ///
-    /// `ZeroAmount`, `InsufficientFunds`, or `IdConflict` if `op` was used with other fields.
-    pub fn withdraw(&mut self, op: OpId, user: UserId, amount: Amount) -> Result<Applied, WalletError> {
-        if let Some(result) = self.repeat(op, OpKind::Withdrawal, user, amount) {
-            return result;
-        }
-        if amount.is_zero() {
-            return Err(WalletError::ZeroAmount);
-        }
-        let balance = self.balance(user);
-        let after = balance.checked_sub(amount).ok_or(WalletError::InsufficientFunds { balance, needed: amount })?;
-        self.balances.insert(user, after.as_fen());
-        self.withdrawn += amount.as_fen();
-        self.ops.insert(op, OpDone { kind: OpKind::Withdrawal, user, amount, balance_after: after });
-        Ok(Applied { balance: after, fresh: true })
-    }
-
-    /// Moves `amount` out of `user`'s wallet into a packet's escrow.
-    ///
-    /// # Errors
-    ///
-    /// `InsufficientFunds` with the balance; nothing changes.
-    pub fn debit(&mut self, user: UserId, amount: Amount) -> Result<Amount, SendError> {
-        let balance = self.balance(user);
-        let after = balance.checked_sub(amount).ok_or(SendError::InsufficientFunds { balance, needed: amount })?;
-        self.balances.insert(user, after.as_fen());
-        Ok(after)
-    }
-
-    /// Adds a won share or a refund from escrow.
-    ///
-    /// # Panics
-    ///
-    /// If the balance would overflow `u64`: escrow only holds money that was deposited, and
-    /// deposits stop far below that, so this is a bug, never an input error.
-    pub fn credit(&mut self, user: UserId, amount: Amount) {
-        let balance = self.balances.entry(user).or_insert(0);
-        *balance = balance.checked_add(amount.as_fen()).expect("credits come from escrowed deposits");
-    }
-
-    /// The ledger's sums.
-    pub fn totals(&self) -> Totals {
-        Totals { balances: self.balances.values().sum(), deposited: self.deposited, withdrawn: self.withdrawn }
-    }
-}
+/// The reply to a deposit or withdrawal.
+type Reply = oneshot::Sender<Result<Amount, WalletError>>;
 
 /// A deposit request.
 #[derive(Message)]
@@ -204,7 +45,8 @@ pub(crate) struct Deposit {
     pub op: OpId,
     pub user: UserId,
     pub amount: Amount,
-    pub reply: oneshot::Sender<Result<Amount, WalletError>>,
+    pub balance_fen_max: u64,
+    pub reply: Reply,
 }
 
 /// A withdrawal request.
@@ -214,7 +56,7 @@ pub(crate) struct Withdraw {
     pub op: OpId,
     pub user: UserId,
     pub amount: Amount,
-    pub reply: oneshot::Sender<Result<Amount, WalletError>>,
+    pub reply: Reply,
 }
 
 /// A balance read.
@@ -225,37 +67,32 @@ pub(crate) struct Balance {
     pub reply: oneshot::Sender<Amount>,
 }
 
-/// Debits a packet's total from its sender and, once that is durable, opens the packet.
+/// What the shard does with a send once it is decided: with the durable send record, or with
+/// the refusal. The shard knows nothing of routes; the engine's callback opens the packet.
+pub(crate) type Settle = Box<dyn FnOnce(Result<PacketSent, SendError>) + Send>;
+
+/// Debits a packet's total from its sender and, once that is durable, settles the send.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Escrow {
-    pub shared: Arc<Shared>,
-    pub spec: NewPacket,
-    pub seed: u64,
-    pub reply: oneshot::Sender<Result<PacketView, SendError>>,
+    pub sent: PacketSent,
+    pub settle: Settle,
 }
 
 /// A won share or a refund, from a packet actor. Never refused, never answered.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Credit {
-    pub user: UserId,
-    pub amount: Amount,
-}
+pub(crate) struct Credit(pub CreditMove);
 
 /// The shard's sums, for the audit.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct GetTotals {
-    pub reply: oneshot::Sender<Totals>,
-}
+pub(crate) struct GetTotals(pub oneshot::Sender<Totals>);
 
 /// Answers once everything the shard did before is durable (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Flush {
-    pub reply: oneshot::Sender<()>,
-}
+pub(crate) struct Flush(pub oneshot::Sender<()>);
 
 /// The actor owning one shard of wallets.
 pub(crate) struct WalletShard {
@@ -269,17 +106,17 @@ impl WalletShard {
         WalletShard { ledger, journal, events }
     }
 
-    /// Replies `result` once the record of a fresh operation (or, for a retry, everything
-    /// before it) is durable.
-    fn answer(
-        &self,
-        result: Result<Applied, WalletError>,
-        record: Record,
-        event: Event,
-        reply: oneshot::Sender<Result<Amount, WalletError>>,
-    ) {
-        match result {
-            Ok(Applied { balance, fresh: true }) => {
+    /// Records and applies a decided deposit or withdrawal and replies once it is durable; a
+    /// repeat is answered after a barrier, a refusal at once (nothing changed).
+    fn settle(&mut self, decision: Result<Decision, WalletError>, reply: Reply) {
+        match decision {
+            Ok(Decision::Fresh(record)) => {
+                let balance = self.ledger.apply(&record).expect("decided against this ledger");
+                let event = match record {
+                    Record::Deposit { op, user, amount } => Event::Deposited { op, user, amount, balance },
+                    Record::Withdrawal { op, user, amount } => Event::Withdrawn { op, user, amount, balance },
+                    _ => unreachable!("a wallet decides deposits and withdrawals only"),
+                };
                 let events = Arc::clone(&self.events);
                 self.journal.append(
                     record,
@@ -291,9 +128,7 @@ impl WalletShard {
                     }),
                 );
             }
-            Ok(Applied { balance, fresh: false }) => self.journal.barrier(Box::new(move || {
-                let _ = reply.send(Ok(balance));
-            })),
+            Ok(Decision::Repeat(balance)) => reply_after_barrier(&*self.journal, reply, Ok(balance)),
             // Nothing changed, so nothing needs to be durable before saying so.
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -310,11 +145,8 @@ impl Handler<Deposit> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Deposit, _: &mut Context<Self>) {
-        let result = self.ledger.deposit(m.op, m.user, m.amount);
-        let balance = result.as_ref().map_or(Amount::ZERO, |a| a.balance);
-        let record = Record::Deposit { op: m.op, user: m.user, amount: m.amount };
-        let event = Event::Deposited { op: m.op, user: m.user, amount: m.amount, balance };
-        self.answer(result, record, event, m.reply);
+        let decision = self.ledger.decide_deposit(m.op, m.user, m.amount, m.balance_fen_max);
+        self.settle(decision, m.reply);
     }
 }
 
@@ -322,11 +154,8 @@ impl Handler<Withdraw> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Withdraw, _: &mut Context<Self>) {
-        let result = self.ledger.withdraw(m.op, m.user, m.amount);
-        let balance = result.as_ref().map_or(Amount::ZERO, |a| a.balance);
-        let record = Record::Withdrawal { op: m.op, user: m.user, amount: m.amount };
-        let event = Event::Withdrawn { op: m.op, user: m.user, amount: m.amount, balance };
-        self.answer(result, record, event, m.reply);
+        let decision = self.ledger.decide_withdrawal(m.op, m.user, m.amount);
+        self.settle(decision, m.reply);
     }
 }
 
@@ -334,12 +163,9 @@ impl Handler<Balance> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Balance, _: &mut Context<Self>) {
-        let balance = self.ledger.balance(m.user);
         // A debit not yet durable shows as already gone, which is safe; every credit in a
         // balance came from a durable record, and the barrier covers deposits in flight.
-        self.journal.barrier(Box::new(move || {
-            let _ = m.reply.send(balance);
-        }));
+        reply_after_barrier(&*self.journal, m.reply, self.ledger.balance(m.user));
     }
 }
 
@@ -347,34 +173,17 @@ impl Handler<Escrow> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Escrow, _: &mut Context<Self>) {
-        let Escrow { shared, spec, seed, reply } = m;
-        let total = spec.split.total().expect("validated before escrow");
-        if let Err(e) = self.ledger.debit(spec.sender, total) {
-            shared.abandon_opening(spec.id);
-            let _ = reply.send(Err(e));
+        let Escrow { sent, settle } = m;
+        let total = sent.spec.split.total().expect("validated before escrow");
+        if let Err(e) = self.ledger.decide_debit(sent.spec.sender, total) {
+            settle(Err(e));
             return;
         }
-        let sent_at: Timestamp = shared.clock.now();
-        let expires_at = sent_at.plus_secs(shared.limits.expiry_secs);
-        let record = Record::PacketSent {
-            packet: spec.id,
-            sender: spec.sender,
-            group: spec.group,
-            split: spec.split.clone(),
-            seed,
-            greeting: spec.greeting.clone(),
-            sent_at,
-            expires_at,
-        };
+        let record = Record::PacketSent(sent.clone());
+        self.ledger.apply(&record).expect("decided against this ledger");
         // The packet opens only once its escrow is durable, so a grab can never reach a
         // packet whose money could vanish.
-        self.journal.append(
-            record,
-            Box::new(move || {
-                let meta = PacketMeta { spec, seed, sent_at, expires_at, claims: Vec::new(), refunded: None };
-                let _ = reply.send(Ok(shared.open_packet(meta)));
-            }),
-        );
+        self.journal.append(record, Box::new(move || settle(Ok(sent))));
     }
 }
 
@@ -382,7 +191,7 @@ impl Handler<Credit> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Credit, _: &mut Context<Self>) {
-        self.ledger.credit(m.user, m.amount);
+        self.ledger.credit(m.0);
     }
 }
 
@@ -390,7 +199,7 @@ impl Handler<GetTotals> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: GetTotals, _: &mut Context<Self>) {
-        let _ = m.reply.send(self.ledger.totals());
+        let _ = m.0.send(self.ledger.totals());
     }
 }
 
@@ -398,70 +207,70 @@ impl Handler<Flush> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Flush, _: &mut Context<Self>) {
-        self.journal.barrier(Box::new(move || {
-            let _ = m.reply.send(());
-        }));
+        reply_after_barrier(&*self.journal, m.0, ());
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The handle to every wallet shard.
+pub(crate) struct Wallets {
+    shards: Box<[Addr<WalletShard>]>,
+    /// Which user each operation id belongs to, so an id reused for another user is refused
+    /// even though the two users live on different shards.
+    op_owners: DashMap<OpId, UserId>,
+}
 
-    #[test]
-    fn deposits_and_withdrawals_apply_once_per_op() {
-        let mut l = Ledger::new(1_000);
-        assert_eq!(
-            l.deposit(OpId(1), UserId(1), Amount::fen(500)),
-            Ok(Applied { balance: Amount::fen(500), fresh: true })
-        );
-        assert_eq!(
-            l.deposit(OpId(1), UserId(1), Amount::fen(500)),
-            Ok(Applied { balance: Amount::fen(500), fresh: false })
-        );
-        assert_eq!(l.balance(UserId(1)), Amount::fen(500));
-        assert_eq!(l.deposit(OpId(1), UserId(1), Amount::fen(501)), Err(WalletError::IdConflict { op: OpId(1) }));
-        assert_eq!(l.withdraw(OpId(1), UserId(1), Amount::fen(500)), Err(WalletError::IdConflict { op: OpId(1) }));
-        assert_eq!(
-            l.withdraw(OpId(2), UserId(1), Amount::fen(200)),
-            Ok(Applied { balance: Amount::fen(300), fresh: true })
-        );
-        assert_eq!(
-            l.withdraw(OpId(2), UserId(1), Amount::fen(200)),
-            Ok(Applied { balance: Amount::fen(300), fresh: false })
-        );
-        assert_eq!(l.totals(), Totals { balances: 300, deposited: 500, withdrawn: 200 });
+impl Wallets {
+    /// The handle to `shards`, whose ledgers already applied the operations in `ops`.
+    pub(crate) fn new(shards: Box<[Addr<WalletShard>]>, ops: impl IntoIterator<Item = (OpId, UserId)>) -> Wallets {
+        Wallets { shards, op_owners: ops.into_iter().collect() }
     }
 
-    #[test]
-    fn refusals_change_nothing() {
-        let mut l = Ledger::new(1_000);
-        l.deposit(OpId(1), UserId(1), Amount::fen(900)).unwrap();
-        assert_eq!(
-            l.deposit(OpId(2), UserId(1), Amount::fen(101)),
-            Err(WalletError::BalanceLimit { max: Amount::fen(1_000) })
-        );
-        assert_eq!(l.deposit(OpId(3), UserId(1), Amount::ZERO), Err(WalletError::ZeroAmount));
-        assert_eq!(
-            l.withdraw(OpId(4), UserId(1), Amount::fen(901)),
-            Err(WalletError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
-        );
-        assert_eq!(
-            l.debit(UserId(1), Amount::fen(901)),
-            Err(SendError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
-        );
-        assert_eq!(l.totals(), Totals { balances: 900, deposited: 900, withdrawn: 0 });
-        // A refused op id stays free: the retry can succeed once funds are there.
-        assert!(l.deposit(OpId(2), UserId(1), Amount::fen(100)).is_ok());
+    /// Which shard holds `user`'s wallet, of `shards`.
+    pub(crate) fn place(user: UserId, shards: usize) -> usize {
+        bucket(user.0, shards)
     }
 
-    #[test]
-    fn debit_and_credit_move_escrow() {
-        let mut l = Ledger::new(1_000);
-        l.deposit(OpId(1), UserId(1), Amount::fen(900)).unwrap();
-        assert_eq!(l.debit(UserId(1), Amount::fen(400)), Ok(Amount::fen(500)));
-        l.credit(UserId(2), Amount::fen(150));
-        assert_eq!(l.balance(UserId(2)), Amount::fen(150));
-        assert_eq!(l.totals().balances, 650);
+    /// The shard that holds `user`'s wallet.
+    pub(crate) fn shard(&self, user: UserId) -> &Addr<WalletShard> {
+        &self.shards[Wallets::place(user, self.shards.len())]
+    }
+
+    /// How many shards there are.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Passes a credit on to the winner's shard. Never refused: see [`Credit`].
+    pub(crate) fn credit(&self, credit: CreditMove) {
+        self.shard(credit.user).do_send(Credit(credit));
+    }
+
+    /// Records that `op` belongs to `user`, or refuses it if it belongs to someone else.
+    pub(crate) fn claim_op(&self, op: OpId, user: UserId) -> Result<(), WalletError> {
+        let owner = *self.op_owners.entry(op).or_insert(user);
+        if owner == user {
+            Ok(())
+        } else {
+            Err(WalletError::IdConflict { op })
+        }
+    }
+
+    /// Sends `msg` to `user`'s shard unless its mailbox is full.
+    pub(crate) fn tell<M>(&self, user: UserId, msg: M) -> Result<(), Refused>
+    where
+        WalletShard: Handler<M>,
+        M: Message<Result = ()> + Send + 'static,
+    {
+        runtime::tell(self.shard(user), msg)
+    }
+
+    /// Waits until every shard has applied everything sent to it before and that is durable.
+    pub(crate) async fn flush(&self) {
+        runtime::ask_all(self.shards.iter(), Flush).await;
+    }
+
+    /// The sums of every shard, or `None` if a shard has stopped.
+    pub(crate) async fn totals(&self) -> Option<Vec<Totals>> {
+        runtime::ask_all(self.shards.iter(), GetTotals).await.into_iter().collect()
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use hongbao::{Amount, Event, EventsError, GrabError, GroupId, OpId, PacketId, Subscription, UserId};
+use hongbao::{Amount, Event, EventsError, GrabError, GroupId, OpId, PacketId, Split, Subscription, UserId};
 
 fn drain(events: &mut Subscription) -> Vec<Event> {
     let mut out = Vec::new();
@@ -39,6 +39,8 @@ async fn one_packet_tells_its_story_in_order() {
             packet: PacketId(1),
             sender: SENDER,
             group,
+            split: Split::Lucky { total: Amount::yuan(1), shares: 2 },
+            greeting: lucky(1, group, Amount::yuan(1), 2).greeting,
             total: Amount::yuan(1),
             shares: 2,
             expires_at: got
@@ -55,22 +57,24 @@ async fn one_packet_tells_its_story_in_order() {
     assert!(matches!(rest[0], Event::PacketSent { packet: PacketId(2), .. }));
     assert_eq!(
         *rest[1],
-        Event::Grabbed { packet: PacketId(1), user: a.user, amount: a.amount, position: 1, shares_left: 1 }
+        Event::Grabbed { packet: PacketId(1), group, user: a.user, amount: a.amount, position: 1, shares_left: 1 }
     );
     assert_eq!(
         *rest[2],
-        Event::Grabbed { packet: PacketId(1), user: b.user, amount: b.amount, position: 2, shares_left: 0 }
+        Event::Grabbed { packet: PacketId(1), group, user: b.user, amount: b.amount, position: 2, shares_left: 0 }
     );
-    assert_eq!(*rest[3], Event::SoldOut { packet: PacketId(1), best_luck: best.user, best_amount: best.amount });
+    assert_eq!(*rest[3], Event::SoldOut { packet: PacketId(1), group, best_luck: best.user, best_amount: best.amount });
     assert_eq!(
         *rest[4],
-        Event::Grabbed { packet: PacketId(2), user: c.user, amount: c.amount, position: 1, shares_left: 1 }
+        Event::Grabbed { packet: PacketId(2), group, user: c.user, amount: c.amount, position: 1, shares_left: 1 }
     );
     assert_eq!(
         *rest[5],
-        Event::Expired { packet: PacketId(2), sender: SENDER, refunded: Amount::fen(200 - c.amount.as_fen()) }
+        Event::Expired { packet: PacketId(2), group, sender: SENDER, refunded: Amount::fen(200 - c.amount.as_fen()) }
     );
     assert_eq!(rest.len(), 6, "{got:?}");
+    // Every event about a packet names its group, so a chat server can fan it out directly.
+    assert!(got.iter().all(|e| e.packet().is_none() || e.group() == Some(group)), "{got:?}");
     engine.shutdown().await;
 }
 

@@ -145,6 +145,7 @@ impl Model {
             Split::Lucky { .. } => split::lucky_shares(p.total, p.shares, cap, p.seed)[p.claims.len()],
             Split::Fixed { each, .. } => each.as_fen(),
             Split::Exclusive { amount, .. } => amount.as_fen(),
+            ref other => unreachable!("the model sends no {other:?}"),
         };
         self.packets.get_mut(&id).unwrap().claims.push((user, amount));
         *self.balances.entry(user).or_default() += amount;

@@ -1,16 +1,17 @@
 //! `hongbao`: operator commands for a hongbao journal.
 //!
 //! `hongbao audit DIR` verifies every checksum and the whole hash chain of the journal in
-//! DIR, replays it, checks conservation and every packet (shares within bounds and summing to
-//! the total, nobody paid twice, refunds exactly once) and re-derives each lucky packet's
-//! shares from its recorded seed. Exit status 0 when all holds, 1 naming the first problem.
+//! DIR, replays it through the engine's own rules (every lucky claim checked against the share
+//! its recorded seed draws), checks conservation and every packet (shares within bounds and
+//! summing to the total, nobody paid twice, refunds exactly once). Exit status 0 when all
+//! holds, 1 naming the first problem. The work is the library's `audit_journal`; this only
+//! prints it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hongbao::file_journal::{self, JournalError};
-use hongbao::{Amount, Limits, PacketStatus};
+use hongbao::{audit_journal, Amount, JournalError, Limits};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -94,40 +95,39 @@ fn open(dir: &std::path::Path) -> ExitCode {
 }
 
 fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value) {
-    // The whole history when it is all there; otherwise from the snapshot that replaced the
-    // deleted segments (whose records are then checked as far as they remain).
-    let whole = dir.join("00000000000000000000.hbj").exists();
-    let recovered = match file_journal::read_with(dir, !whole) {
-        Ok(r) => r,
+    let report = match audit_journal(dir, share_fen_max) {
+        Ok(report) => report,
         Err(JournalError::Corrupt { segment, offset, seq, what }) => {
             let first_bad = json!({ "segment": segment, "offset": offset, "record": seq, "what": what });
             return (false, json!({ "ok": false, "dir": dir, "first_bad_record": first_bad }));
         }
         Err(e) => return (false, json!({ "ok": false, "dir": dir, "error": e.to_string() })),
     };
-    let r = &recovered.replica;
-    let problems = r.check(share_fen_max);
-    let (mut open, mut sold_out, mut expired) = (0, 0, 0);
-    for id in r.packets.keys() {
-        match r.view(*id, share_fen_max).map(|v| v.status) {
-            Some(PacketStatus::Open) => open += 1,
-            Some(PacketStatus::SoldOut) => sold_out += 1,
-            Some(PacketStatus::Expired { .. }) => expired += 1,
-            None => {}
-        }
+    let a = &report.audit;
+    let mut problems = a.violations.clone();
+    if !a.is_conserved() {
+        problems.push(format!(
+            "not conserved: wallets {} + escrow {} != deposits {} - withdrawals {}",
+            a.wallets, a.escrow, a.deposits, a.withdrawals
+        ));
     }
-    let (wallets, escrow) = r.held();
-    let report = json!({
-        "ok": problems.is_empty(),
+    let json = json!({
+        "ok": report.is_ok(),
         "dir": dir,
-        "records": recovered.records,
-        "segments": recovered.segments,
-        "torn_tail_bytes": recovered.torn_bytes,
-        "packets": { "open": open, "sold_out": sold_out, "expired": expired },
-        "totals_fen": { "wallets": wallets, "escrow": escrow, "deposits": r.deposited, "withdrawals": r.withdrawn },
+        "records": report.records,
+        "segments": report.segments,
+        "torn_tail_bytes": report.torn_tail_bytes,
+        "whole_history": report.whole_history,
+        "packets": { "open": report.packets_open, "sold_out": report.packets_sold_out, "expired": report.packets_expired },
+        "totals_fen": {
+            "wallets": a.wallets.as_fen(),
+            "escrow": a.escrow.as_fen(),
+            "deposits": a.deposits.as_fen(),
+            "withdrawals": a.withdrawals.as_fen(),
+        },
         "problems": problems,
     });
-    (problems.is_empty(), report)
+    (report.is_ok(), json)
 }
 
 fn print_human(report: &serde_json::Value) {

@@ -17,90 +17,27 @@
 //!
 //! Records are idempotent by the ids they carry (`OpId`, `PacketId`, `(PacketId, UserId)`), so
 //! a replay that meets a record twice applies it once.
+//!
+//! # The file journal
+//!
+//! [`format`] is the on-disk format and the one place file names are made, `reader` checks
+//! and replays a directory, `writer` is the group-commit thread behind [`FileJournal`], and
+//! `snapshot` writes and finds snapshots. The journal does not know the domain: it folds
+//! records into any [`Fold`] (the engine's is `replay::Replica`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::clock::Timestamp;
-use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
-use crate::split::Split;
+pub(crate) mod format;
+pub(crate) mod reader;
+pub(crate) mod snapshot;
+pub(crate) mod writer;
 
-/// One state change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// Money entered a wallet from outside.
-    Deposit {
-        /// Idempotency key.
-        op: OpId,
-        /// The wallet.
-        user: UserId,
-        /// How much.
-        amount: Amount,
-    },
-    /// Money left a wallet to the outside.
-    Withdrawal {
-        /// Idempotency key.
-        op: OpId,
-        /// The wallet.
-        user: UserId,
-        /// How much.
-        amount: Amount,
-    },
-    /// A group's roster was replaced.
-    Roster {
-        /// The group.
-        group: GroupId,
-        /// Its members, sorted.
-        members: Vec<UserId>,
-    },
-    /// A packet was sent: its total left the sender's wallet for escrow.
-    PacketSent {
-        /// The packet.
-        packet: PacketId,
-        /// Who paid.
-        sender: UserId,
-        /// Whose members may grab.
-        group: GroupId,
-        /// How it divides.
-        split: Split,
-        /// Seed of the lucky draw's random stream.
-        seed: u64,
-        /// The greeting shown with it.
-        greeting: String,
-        /// When it was sent.
-        sent_at: Timestamp,
-        /// When its remainder is refunded.
-        expires_at: Timestamp,
-    },
-    /// A member won a share; it moved from escrow to the member's wallet.
-    Claim {
-        /// The packet.
-        packet: PacketId,
-        /// The winner.
-        user: UserId,
-        /// The share.
-        amount: Amount,
-        /// 1 for the first share taken.
-        position: u32,
-        /// When.
-        at: Timestamp,
-    },
-    /// The packet's last share was taken.
-    SoldOut {
-        /// The packet.
-        packet: PacketId,
-    },
-    /// The packet expired; its remainder went back to the sender.
-    Expired {
-        /// The packet.
-        packet: PacketId,
-        /// The refund (zero is not recorded: a sold-out packet has nothing to refund).
-        refund: Amount,
-        /// When.
-        at: Timestamp,
-    },
-}
+pub use crate::record::Record;
+pub use format::JournalError;
+pub(crate) use writer::FileJournal;
+pub use writer::{Durability, FileJournalConfig};
 
 /// What runs once a record (or a barrier) is durable.
 pub type Completion = Box<dyn FnOnce() + Send>;
@@ -121,6 +58,44 @@ pub trait Journal: Send + Sync + 'static {
     fn failed(&self) -> bool {
         false
     }
+}
+
+/// Sends `value` on `reply` once everything appended so far is durable: how an actor answers
+/// a request that read state or changed nothing.
+pub(crate) fn reply_after_barrier<T: Send + 'static>(
+    journal: &dyn Journal,
+    reply: tokio::sync::oneshot::Sender<T>,
+    value: T,
+) {
+    journal.barrier(Box::new(move || {
+        // The caller may have stopped waiting; nothing is lost by not telling it.
+        let _ = reply.send(value);
+    }));
+}
+
+/// State that a journal's records fold into, as the file journal sees it: it applies each
+/// record written to its own copy and writes snapshots of it, without knowing what it is.
+pub(crate) trait Fold: Send + 'static {
+    /// Applies the record at position `seq`.
+    ///
+    /// # Errors
+    ///
+    /// A description if the record contradicts the state; the state is then unchanged.
+    fn apply(&mut self, seq: u64, record: &Record) -> Result<(), String>;
+
+    /// Appends the state's snapshot encoding to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// A [`Fold`] that a journal can also rebuild from a snapshot.
+pub(crate) trait Restore: Fold + Clone {
+    /// The state a snapshot encoded, read with the settings of `self` (an empty state: the
+    /// reader starts from it when there is no snapshot).
+    ///
+    /// # Errors
+    ///
+    /// If the bytes are not a state this version can read.
+    fn decode(&self, bytes: &[u8]) -> Result<Self, crate::record::DecodeError>;
 }
 
 /// A journal that keeps records in memory: for tests, benchmarks and the load tool.

@@ -76,11 +76,6 @@ fn progress_bar(args: &Args, total: u64, what: &str) -> (Progress, Option<tokio:
     (Progress(Some(done)), Some(task))
 }
 
-/// Packet seeds for the Redis pre-split (the engine derives its own from `--seed`).
-fn packet_seed(seed: u64, packet: PacketId) -> u64 {
-    seed.rotate_left(17) ^ packet.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 /// User 0 of each group is its sender; members follow, distinct across groups.
 pub fn member(group: u64, i: u64, members: u64) -> UserId {
     UserId(group * (members + 1) + i + 1)
@@ -287,7 +282,7 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                     group: GroupId(g),
                     fen: total,
                     shares,
-                    seed: packet_seed(args.seed, packet),
+                    seed: hongbao::packet_seed(args.seed, packet),
                 };
                 let sent = target.send(&send).await;
                 (deposited == "deposited" && sent == "sent")
@@ -417,7 +412,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                             group: GroupId(g),
                             fen: total,
                             shares,
-                            seed: packet_seed(seed, id),
+                            seed: hongbao::packet_seed(seed, id),
                         };
                         let kind = target.send(&send).await;
                         if kind == "sent" {
@@ -513,7 +508,7 @@ where
                         group,
                         fen: IDLE_PACKET_FEN,
                         shares: 10,
-                        seed: packet_seed(seed, id),
+                        seed: hongbao::packet_seed(seed, id),
                     };
                     let kind = target.send(&send).await;
                     let us = sent.elapsed().as_micros() as u64;

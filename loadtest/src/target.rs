@@ -53,7 +53,8 @@ pub struct LuckySend {
     pub group: GroupId,
     pub fen: u64,
     pub shares: u32,
-    /// Seed of the Redis pre-split (the engine derives its own from `--seed`).
+    /// Seed of the Redis pre-split: `hongbao::packet_seed(--seed, packet)`, the seed the engine
+    /// draws this packet's shares with, so both targets pay the same shares.
     pub seed: u64,
 }
 

@@ -1,0 +1,324 @@
+//! Wallet balances as plain data, and the rules of money that touch them: deposits and
+//! withdrawals once per operation id, a send's debit into escrow, a share's or a refund's
+//! credit. No runtime: a wallet shard owns one ledger for its users, replay owns one for all.
+//!
+//! Each rule is split the same way (decide → record → apply): `decide_*` checks a request
+//! against the state and the limits and returns the [`Record`] to write, changing nothing;
+//! [`Ledger::apply`] applies a record (live after deciding it, or on replay) and refuses one
+//! that contradicts the state. Credits are not decided here: a packet's record implies them
+//! (see `PacketState::apply`), and [`Ledger::credit`] applies them.
+//!
+//! # Invariants
+//!
+//! No balance below zero; an `OpId` applied once;
+//! `sum(balances) = deposited - withdrawn - debited + credited`, where the debited and
+//! credited money is the escrow that `Engine::audit` adds back.
+
+use std::collections::HashMap;
+
+use crate::error::{SendError, WalletError};
+use crate::money::{Amount, IdMap, OpId, UserId};
+use crate::record::Record;
+
+/// Money a record moves from escrow into a wallet: a won share, or a refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credit {
+    /// The wallet.
+    pub user: UserId,
+    /// How much.
+    pub amount: Amount,
+}
+
+/// A deposit or withdrawal as applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpDone {
+    /// True for a deposit.
+    pub deposit: bool,
+    /// The wallet.
+    pub user: UserId,
+    /// The amount.
+    pub amount: Amount,
+    /// The balance it left.
+    pub balance_after: Amount,
+}
+
+/// What deciding a deposit or withdrawal found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// A new operation: write and apply this record.
+    Fresh(Record),
+    /// The id was applied before with the same fields: nothing to do, the first answer again.
+    Repeat(Amount),
+}
+
+/// Balances of a set of users, with the operations applied to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ledger {
+    balances: IdMap<UserId, u64>,
+    ops: HashMap<OpId, OpDone>,
+    deposited: u64,
+    withdrawn: u64,
+}
+
+/// A ledger's sums, for the audit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Sum of balances.
+    pub balances: u64,
+    /// Sum of deposits applied.
+    pub deposited: u64,
+    /// Sum of withdrawals applied.
+    pub withdrawn: u64,
+}
+
+impl Ledger {
+    /// A user's balance (zero for a user never seen).
+    pub(crate) fn balance(&self, user: UserId) -> Amount {
+        Amount::fen(self.balances.get(&user).copied().unwrap_or(0))
+    }
+
+    fn repeat(&self, op: OpId, deposit: bool, user: UserId, amount: Amount) -> Option<Result<Decision, WalletError>> {
+        let done = self.ops.get(&op)?;
+        Some(if (done.deposit, done.user, done.amount) == (deposit, user, amount) {
+            Ok(Decision::Repeat(done.balance_after))
+        } else {
+            Err(WalletError::IdConflict { op })
+        })
+    }
+
+    /// Decides a deposit of `amount` to `user` under `op`; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `IdConflict` if `op` was used with other fields, `ZeroAmount`, `BalanceLimit` past
+    /// `balance_fen_max`.
+    pub(crate) fn decide_deposit(
+        &self,
+        op: OpId,
+        user: UserId,
+        amount: Amount,
+        balance_fen_max: u64,
+    ) -> Result<Decision, WalletError> {
+        if let Some(decided) = self.repeat(op, true, user, amount) {
+            return decided;
+        }
+        if amount.is_zero() {
+            return Err(WalletError::ZeroAmount);
+        }
+        let after = self.balance(user).as_fen().checked_add(amount.as_fen()).filter(|&b| b <= balance_fen_max);
+        after.ok_or(WalletError::BalanceLimit { max: Amount::fen(balance_fen_max) })?;
+        Ok(Decision::Fresh(Record::Deposit { op, user, amount }))
+    }
+
+    /// Decides a withdrawal of `amount` from `user` under `op`; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `IdConflict` if `op` was used with other fields, `ZeroAmount`, `InsufficientFunds`.
+    pub(crate) fn decide_withdrawal(&self, op: OpId, user: UserId, amount: Amount) -> Result<Decision, WalletError> {
+        if let Some(decided) = self.repeat(op, false, user, amount) {
+            return decided;
+        }
+        if amount.is_zero() {
+            return Err(WalletError::ZeroAmount);
+        }
+        let balance = self.balance(user);
+        if balance < amount {
+            return Err(WalletError::InsufficientFunds { balance, needed: amount });
+        }
+        Ok(Decision::Fresh(Record::Withdrawal { op, user, amount }))
+    }
+
+    /// Decides whether `user` can put `amount` into a packet's escrow; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `InsufficientFunds` with the balance.
+    pub(crate) fn decide_debit(&self, user: UserId, amount: Amount) -> Result<(), SendError> {
+        let balance = self.balance(user);
+        if balance < amount {
+            return Err(SendError::InsufficientFunds { balance, needed: amount });
+        }
+        Ok(())
+    }
+
+    /// Applies a record's effect on wallets: a deposit or withdrawal (once per id: a record
+    /// met again with the same fields is skipped), or a send's debit into escrow. Returns the
+    /// balance of the wallet it touched; other records touch no wallet and return zero.
+    ///
+    /// # Errors
+    ///
+    /// A description of the contradiction (an id reused with other fields, a withdrawal or a
+    /// debit the balance cannot cover); nothing changes then.
+    pub(crate) fn apply(&mut self, record: &Record) -> Result<Amount, String> {
+        let (deposit, op, user, amount) = match *record {
+            Record::Deposit { op, user, amount } => (true, op, user, amount),
+            Record::Withdrawal { op, user, amount } => (false, op, user, amount),
+            Record::PacketSent(ref sent) => {
+                let (user, id) = (sent.spec.sender, sent.spec.id);
+                let total = sent.spec.split.total().ok_or(format!("packet {id}: total overflows"))?;
+                let after = self.balance(user).checked_sub(total);
+                let after =
+                    after.ok_or(format!("packet {id} escrows {total} from a balance of {}", self.balance(user)))?;
+                self.balances.insert(user, after.as_fen());
+                return Ok(after);
+            }
+            _ => return Ok(Amount::ZERO),
+        };
+        match self.repeat(op, deposit, user, amount) {
+            Some(Ok(Decision::Repeat(balance))) => return Ok(balance),
+            Some(_) => return Err(format!("operation {op} applied twice with different fields")),
+            None => {}
+        }
+        let balance = self.balance(user);
+        let after = if deposit { balance.checked_add(amount) } else { balance.checked_sub(amount) };
+        let after = after.ok_or(format!("operation {op}: {amount} does not fit a balance of {balance}"))?;
+        self.balances.insert(user, after.as_fen());
+        if deposit {
+            self.deposited += amount.as_fen();
+        } else {
+            self.withdrawn += amount.as_fen();
+        }
+        self.ops.insert(op, OpDone { deposit, user, amount, balance_after: after });
+        Ok(after)
+    }
+
+    /// Adds a won share or a refund from escrow.
+    ///
+    /// # Panics
+    ///
+    /// If the balance would overflow `u64`: escrow only holds money that was deposited, and
+    /// deposits stop far below that, so this is a bug, never an input error.
+    pub(crate) fn credit(&mut self, credit: Credit) {
+        let balance = self.balances.entry(credit.user).or_insert(0);
+        *balance = balance.checked_add(credit.amount.as_fen()).expect("credits come from escrowed deposits");
+    }
+
+    /// The ledger's sums.
+    pub(crate) fn totals(&self) -> Totals {
+        Totals { balances: self.balances.values().sum(), deposited: self.deposited, withdrawn: self.withdrawn }
+    }
+
+    /// Every balance, in no order.
+    pub(crate) fn balances(&self) -> impl Iterator<Item = (UserId, u64)> + '_ {
+        self.balances.iter().map(|(&u, &fen)| (u, fen))
+    }
+
+    /// Every deposit and withdrawal applied, in no order.
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (OpId, OpDone)> + '_ {
+        self.ops.iter().map(|(&op, &done)| (op, done))
+    }
+
+    /// A ledger of these balances and operations (the sums follow from the operations).
+    pub(crate) fn from_parts(
+        balances: impl IntoIterator<Item = (UserId, u64)>,
+        ops: impl IntoIterator<Item = (OpId, OpDone)>,
+    ) -> Ledger {
+        let mut ledger = Ledger { balances: balances.into_iter().collect(), ..Ledger::default() };
+        for (op, done) in ops {
+            if done.deposit {
+                ledger.deposited += done.amount.as_fen();
+            } else {
+                ledger.withdrawn += done.amount.as_fen();
+            }
+            ledger.ops.insert(op, done);
+        }
+        ledger
+    }
+
+    /// Splits the ledger into `parts` by `part(user)`: one for each wallet shard.
+    pub(crate) fn split(self, parts: usize, part: impl Fn(UserId) -> usize) -> Vec<Ledger> {
+        let mut balances: Vec<Vec<(UserId, u64)>> = vec![Vec::new(); parts];
+        let mut ops: Vec<Vec<(OpId, OpDone)>> = vec![Vec::new(); parts];
+        for (user, fen) in self.balances {
+            balances[part(user)].push((user, fen));
+        }
+        for (op, done) in self.ops {
+            ops[part(done.user)].push((op, done));
+        }
+        balances.into_iter().zip(ops).map(|(b, o)| Ledger::from_parts(b, o)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = 1_000;
+
+    /// Decides and applies, as a wallet shard does.
+    fn deposit(l: &mut Ledger, op: u64, user: u64, fen: u64) -> Result<Amount, WalletError> {
+        match l.decide_deposit(OpId(op), UserId(user), Amount::fen(fen), MAX)? {
+            Decision::Fresh(record) => Ok(l.apply(&record).unwrap()),
+            Decision::Repeat(balance) => Ok(balance),
+        }
+    }
+
+    fn withdraw(l: &mut Ledger, op: u64, user: u64, fen: u64) -> Result<Amount, WalletError> {
+        match l.decide_withdrawal(OpId(op), UserId(user), Amount::fen(fen))? {
+            Decision::Fresh(record) => Ok(l.apply(&record).unwrap()),
+            Decision::Repeat(balance) => Ok(balance),
+        }
+    }
+
+    #[test]
+    fn deposits_and_withdrawals_apply_once_per_op() {
+        let mut l = Ledger::default();
+        assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(500)));
+        assert_eq!(l.decide_deposit(OpId(1), UserId(1), Amount::fen(500), MAX), Ok(Decision::Repeat(Amount::fen(500))));
+        assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(500)));
+        assert_eq!(l.balance(UserId(1)), Amount::fen(500));
+        assert_eq!(deposit(&mut l, 1, 1, 501), Err(WalletError::IdConflict { op: OpId(1) }));
+        assert_eq!(withdraw(&mut l, 1, 1, 500), Err(WalletError::IdConflict { op: OpId(1) }));
+        assert_eq!(withdraw(&mut l, 2, 1, 200), Ok(Amount::fen(300)));
+        assert_eq!(withdraw(&mut l, 2, 1, 200), Ok(Amount::fen(300)));
+        assert_eq!(l.totals(), Totals { balances: 300, deposited: 500, withdrawn: 200 });
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut l = Ledger::default();
+        deposit(&mut l, 1, 1, 900).unwrap();
+        let before = l.clone();
+        assert_eq!(deposit(&mut l, 2, 1, 101), Err(WalletError::BalanceLimit { max: Amount::fen(1_000) }));
+        assert_eq!(deposit(&mut l, 3, 1, 0), Err(WalletError::ZeroAmount));
+        assert_eq!(
+            withdraw(&mut l, 4, 1, 901),
+            Err(WalletError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
+        );
+        assert_eq!(
+            l.decide_debit(UserId(1), Amount::fen(901)),
+            Err(SendError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
+        );
+        assert_eq!(l, before);
+        // A refused op id stays free: the retry can succeed once funds are there.
+        assert!(deposit(&mut l, 2, 1, 100).is_ok());
+    }
+
+    #[test]
+    fn apply_refuses_contradictions_and_changes_nothing() {
+        let mut l = Ledger::default();
+        l.apply(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5) }).unwrap();
+        let before = l.clone();
+        let overdraw = Record::Withdrawal { op: OpId(2), user: UserId(1), amount: Amount::fen(6) };
+        assert!(l.apply(&overdraw).unwrap_err().contains("does not fit"));
+        let conflict = Record::Withdrawal { op: OpId(1), user: UserId(1), amount: Amount::fen(5) };
+        assert!(l.apply(&conflict).unwrap_err().contains("different fields"));
+        assert_eq!(l, before);
+    }
+
+    #[test]
+    fn credits_and_splitting_keep_the_sums() {
+        let mut l = Ledger::default();
+        deposit(&mut l, 1, 1, 900).unwrap();
+        l.credit(Credit { user: UserId(2), amount: Amount::fen(150) });
+        assert_eq!(l.balance(UserId(2)), Amount::fen(150));
+        let parts = l.clone().split(3, |u| u.0 as usize % 3);
+        let sum = parts.iter().map(Ledger::totals).fold(Totals::default(), |a, t| Totals {
+            balances: a.balances + t.balances,
+            deposited: a.deposited + t.deposited,
+            withdrawn: a.withdrawn + t.withdrawn,
+        });
+        assert_eq!(sum, l.totals());
+    }
+}

@@ -1,0 +1,243 @@
+//! The routing table: where each packet id leads, and the count of open packets. Only this
+//! module writes them, through the transitions of [`Route`]:
+//!
+//! ```text
+//!  reserve ──▶ Opening ──open──▶ Dormant ──wake──▶ Live ──close──▶ Closed
+//!                 │                  └──────────────────close──────────▲ (loaded closed)
+//!                 └──abandon──▶ (gone: the send was refused)
+//! ```
+//!
+//! A sent packet is *dormant* — an entry holding its send record and the claims it had before
+//! a restart, no actor, no mailbox — until the first grab or its expiry wakes it (under the
+//! entry's lock, so exactly once). Packets nobody opens therefore cost a few hundred bytes
+//! each, not an actor apiece. A grab costs one lookup here; then the request goes to the
+//! packet's bounded mailbox.
+//!
+//! # Limits
+//!
+//! At most `open_packets_max` packets opening or open; a reservation past it is refused.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::clock::Timestamp;
+use crate::money::PacketId;
+use crate::packet::{ClaimView, PacketState, PacketStatus, PacketView};
+use crate::packet_actor::{Expire, PacketActor, PacketCtx};
+use crate::placement::bucket;
+use crate::record::PacketSent;
+use crate::timer::{Schedule, Timer};
+
+/// What the engine keeps of a dormant packet: its send, and the claims made before a restart
+/// (none for a packet sent in this run).
+#[derive(Debug)]
+pub(crate) struct PacketMeta {
+    pub sent: PacketSent,
+    pub claims: Vec<ClaimView>,
+}
+
+impl PacketMeta {
+    /// The packet's state, its draw replayed up to its last claim.
+    pub(crate) fn state(&self, share_fen_max: u64) -> PacketState {
+        PacketState::restore(self.sent.clone(), share_fen_max, &self.claims)
+            .expect("claims were checked against the draw when the journal was read")
+    }
+}
+
+/// A packet actor's address, with its send.
+#[derive(Debug)]
+pub(crate) struct LivePacket {
+    pub addr: Addr<PacketActor>,
+    pub meta: Arc<PacketMeta>,
+}
+
+/// Where a packet id leads.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    /// A send is in progress: the escrow is being debited.
+    Opening,
+    /// Open, and nobody has touched it yet: no actor, no mailbox.
+    Dormant(Arc<PacketMeta>),
+    /// The packet's actor is running.
+    Live(Arc<LivePacket>),
+    /// Closed; the final view answers repeat grabs and queries.
+    Closed(Arc<PacketView>),
+}
+
+impl Route {
+    /// The packet's send if it is open (dormant or live).
+    pub(crate) fn open_meta(&self) -> Option<&Arc<PacketMeta>> {
+        match self {
+            Route::Dormant(meta) => Some(meta),
+            Route::Live(live) => Some(&live.meta),
+            Route::Opening | Route::Closed(_) => None,
+        }
+    }
+}
+
+/// What reserving an id found.
+pub(crate) enum Reservation {
+    /// The id is reserved for this send.
+    Reserved,
+    /// The id is taken.
+    Taken(Route),
+    /// `open_packets_max` packets are open.
+    Full,
+}
+
+/// The routing table and what waking a packet needs.
+pub(crate) struct Routes {
+    table: DashMap<PacketId, Route>,
+    /// Packets opening or open; bounded by `open_packets_max`.
+    open: AtomicUsize,
+    open_max: usize,
+    share_fen_max: u64,
+    arbiters: Box<[ArbiterHandle]>,
+    timer: Addr<Timer>,
+    ctx: Arc<PacketCtx>,
+}
+
+impl Routes {
+    /// An empty table. `make_ctx` builds the packet actors' context around the callback that
+    /// closes a packet's route (which needs the table, hence the cycle through a weak handle).
+    pub(crate) fn new(
+        open_max: usize,
+        share_fen_max: u64,
+        arbiters: Box<[ArbiterHandle]>,
+        timer: Addr<Timer>,
+        make_ctx: impl FnOnce(Box<dyn Fn(PacketView) + Send + Sync>) -> PacketCtx,
+    ) -> Arc<Routes> {
+        Arc::new_cyclic(|routes: &Weak<Routes>| {
+            let routes = Weak::clone(routes);
+            let on_close = Box::new(move |view: PacketView| {
+                if let Some(routes) = routes.upgrade() {
+                    routes.close(view);
+                }
+            });
+            let ctx = Arc::new(make_ctx(on_close));
+            Routes { table: DashMap::new(), open: AtomicUsize::new(0), open_max, share_fen_max, arbiters, timer, ctx }
+        })
+    }
+
+    /// Where `packet` leads now.
+    pub(crate) fn get(&self, packet: PacketId) -> Option<Route> {
+        self.table.get(&packet).map(|r| r.value().clone())
+    }
+
+    /// Reserves `packet` for a send, unless it is taken or too many packets are open.
+    pub(crate) fn reserve(&self, packet: PacketId) -> Reservation {
+        match self.table.entry(packet) {
+            Entry::Occupied(e) => Reservation::Taken(e.get().clone()),
+            Entry::Vacant(e) => {
+                let max = self.open_max;
+                if self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err()
+                {
+                    return Reservation::Full;
+                }
+                e.insert(Route::Opening);
+                Reservation::Reserved
+            }
+        }
+    }
+
+    /// Forgets a send that was refused, so the id can be sent again.
+    pub(crate) fn abandon(&self, packet: PacketId) {
+        if self.table.remove_if(&packet, |_, r| matches!(r, Route::Opening)).is_some() {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Opens a reserved packet whose escrow is durable (or one loaded from the journal, with
+    /// `counted` false): dormant until someone touches it, its deadline scheduled.
+    pub(crate) fn open(&self, meta: PacketMeta, counted: bool) {
+        let (id, expires_at) = (meta.sent.spec.id, meta.sent.expires_at);
+        if !counted {
+            self.open.fetch_add(1, Ordering::AcqRel);
+        }
+        self.table.insert(id, Route::Dormant(Arc::new(meta)));
+        // Not refused: one deadline per open packet, bounded by `open_packets_max`.
+        self.timer.do_send(Schedule { at: expires_at, packet: id });
+    }
+
+    /// Loads the packets a journal recorded: closed ones (expired, or sold out past their
+    /// deadline, whose closing records nothing) as their final view, the rest dormant with
+    /// their claims and their deadlines scheduled (a deadline that passed while the engine was
+    /// down fires at once).
+    pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>, now: Timestamp) {
+        for p in packets {
+            let closed = match p.status() {
+                PacketStatus::Open => false,
+                PacketStatus::SoldOut => p.sent().expires_at <= now,
+                _ => true,
+            };
+            if closed {
+                self.table.insert(p.id(), Route::Closed(Arc::new(p.view())));
+            } else {
+                self.open(PacketMeta { sent: p.sent().clone(), claims: p.claims().to_vec() }, false);
+            }
+        }
+    }
+
+    /// Replaces a live packet's route with its final view.
+    fn close(&self, view: PacketView) {
+        self.table.insert(view.id, Route::Closed(Arc::new(view)));
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The packet's route, with its actor started if it was dormant. The entry's lock makes
+    /// sure only one actor is ever started for a packet.
+    pub(crate) fn wake(&self, packet: PacketId) -> Option<Route> {
+        let route = self.get(packet)?;
+        if !matches!(route, Route::Dormant(_)) {
+            return Some(route);
+        }
+        let mut entry = self.table.get_mut(&packet)?;
+        if let Route::Dormant(meta) = entry.value() {
+            let meta = Arc::clone(meta);
+            let arbiter = &self.arbiters[bucket(packet.0, self.arbiters.len())];
+            let addr = PacketActor::spawn(Arc::clone(&self.ctx), arbiter, meta.state(self.share_fen_max));
+            *entry.value_mut() = Route::Live(Arc::new(LivePacket { addr, meta }));
+        }
+        Some(entry.value().clone())
+    }
+
+    /// Tells an open packet (waking it if dormant) to expire if it is due; `reply` hears once
+    /// the refund is durable. Returns whether the packet was open. The message is not refused:
+    /// one per due packet per caller.
+    pub(crate) fn expire(&self, packet: PacketId, reply: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
+        match self.wake(packet) {
+            Some(Route::Live(live)) => {
+                live.addr.do_send(Expire(reply));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every route, for the audit.
+    pub(crate) fn all(&self) -> Vec<Route> {
+        self.table.iter().map(|r| r.value().clone()).collect()
+    }
+
+    /// The open packets whose deadline is at or before `now`.
+    pub(crate) fn due(&self, now: Timestamp) -> Vec<PacketId> {
+        let due = |r: &Route| r.open_meta().is_some_and(|m| m.sent.expires_at <= now);
+        self.table.iter().filter(|r| due(r.value())).map(|r| *r.key()).collect()
+    }
+
+    /// The addresses of every live packet actor.
+    pub(crate) fn live(&self) -> Vec<Addr<PacketActor>> {
+        let live = |r: &Route| if let Route::Live(l) = r { Some(l.addr.clone()) } else { None };
+        self.table.iter().filter_map(|r| live(r.value())).collect()
+    }
+
+    /// The per-share cap the packets draw with.
+    pub(crate) fn share_fen_max(&self) -> u64 {
+        self.share_fen_max
+    }
+}
