@@ -164,3 +164,29 @@ async fn shutdown_answers_what_was_queued_then_refuses() {
     }
     engine.shutdown().await; // a second call does nothing
 }
+
+/// A subscription is a `Stream`: a chat server can `next().await` it, or mix it with `recv`,
+/// and it ends once the engine has shut down and every event was read.
+#[tokio::test]
+async fn a_subscription_is_a_stream_that_ends_at_shutdown() {
+    use futures::StreamExt;
+
+    let Setup { engine, .. } = start(64);
+    let group = GroupId(1);
+    group_with_funds(&engine, group, 3, Amount::yuan(1)).await;
+    let mut events = engine.subscribe().unwrap();
+    engine.send_packet(lucky(1, group, Amount::yuan(1), 2)).await.unwrap();
+    engine.grab(PacketId(1), UserId(FIRST_MEMBER)).await.unwrap();
+    assert!(matches!(events.next().await, Some(Ok(Event::PacketSent { packet: PacketId(1), .. }))));
+    assert!(matches!(events.next().await, Some(Ok(Event::Grabbed { position: 1, .. }))));
+    // A receive the stream started while nothing was published, then abandoned, loses nothing:
+    // the next read, by `recv` or by the stream, gets the event it was waiting for.
+    assert!(futures::poll!(events.next()).is_pending());
+    engine.grab(PacketId(1), UserId(FIRST_MEMBER + 1)).await.unwrap();
+    assert!(matches!(events.recv().await, Ok(Event::Grabbed { position: 2, .. })));
+    assert!(matches!(events.next().await, Some(Ok(Event::SoldOut { packet: PacketId(1), .. }))));
+    assert!(futures::poll!(events.next()).is_pending());
+    engine.shutdown().await;
+    assert!(events.next().await.is_none(), "the stream ends after shutdown");
+    assert_eq!(events.recv().await, Err(EventsError::Closed));
+}

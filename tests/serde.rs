@@ -1,0 +1,133 @@
+//! With the `serde` feature every public value type, event and error round-trips through
+//! JSON, amounts travel as decimal strings and enums as a `kind` tag plus their fields.
+#![cfg(feature = "serde")]
+
+use hongbao::{
+    Amount, ClaimView, EngineError, Event, EventsError, GrabError, GroupId, InvalidSplit, NewPacket, OpId, PacketId,
+    PacketStatus, PacketView, SendError, Split, Timestamp, UserId, WalletError,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) -> serde_json::Value {
+    let json = serde_json::to_value(value).unwrap();
+    let back: T = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{json}: {e}"));
+    assert_eq!(&back, value, "{json}");
+    json
+}
+
+fn claim(user: u64, fen: u64, position: u32) -> ClaimView {
+    ClaimView { user: UserId(user), amount: Amount::fen(fen), position, at: Timestamp(1_767_225_600_000) }
+}
+
+#[test]
+fn amounts_are_decimal_strings_and_ids_are_numbers() {
+    assert_eq!(round_trip(&Amount::fen(1234)), serde_json::json!("12.34"));
+    assert_eq!(round_trip(&Amount::ZERO), serde_json::json!("0.00"));
+    assert_eq!(round_trip(&UserId(7)), serde_json::json!(7));
+    round_trip(&(GroupId(1), PacketId(u64::MAX), OpId(0)));
+    // Bad amounts are refused with the parser's reason, never read as floats.
+    for bad in ["\"12.345\"", "\"-1\"", "12.34", "\"1e3\""] {
+        assert!(serde_json::from_str::<Amount>(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn packets_and_grabs_round_trip() {
+    let spec = NewPacket {
+        id: PacketId(42),
+        sender: UserId(1),
+        group: GroupId(7),
+        split: Split::Lucky { total: Amount::yuan(100), shares: 3 },
+        greeting: "恭喜发财".into(),
+    };
+    let json = round_trip(&spec);
+    assert_eq!(json["split"], serde_json::json!({ "kind": "lucky", "total": "100.00", "shares": 3 }));
+    round_trip(&Split::Fixed { each: Amount::fen(88), shares: 2 });
+    round_trip(&Split::Exclusive { to: UserId(3), amount: Amount::fen(9) });
+    let view = PacketView {
+        id: spec.id,
+        sender: spec.sender,
+        group: spec.group,
+        split: spec.split.clone(),
+        greeting: spec.greeting.clone(),
+        total: Amount::yuan(100),
+        shares: 3,
+        status: PacketStatus::Expired { refunded: Amount::fen(5) },
+        remaining: Amount::ZERO,
+        shares_left: 1,
+        claims: vec![claim(2, 9_000, 1), claim(3, 995, 2)],
+        best_luck: Some(claim(2, 9_000, 1)),
+        sent_at: Timestamp(1),
+        expires_at: Timestamp(2),
+        seed: 99,
+    };
+    assert_eq!(round_trip(&view)["status"], serde_json::json!({ "kind": "expired", "refunded": "0.05" }));
+    round_trip(&PacketStatus::Open);
+    round_trip(&PacketStatus::SoldOut);
+    let grabbed = hongbao::Grabbed {
+        packet: PacketId(1),
+        user: UserId(2),
+        amount: Amount::fen(3),
+        position: 1,
+        shares_left: 0,
+        remaining: Amount::ZERO,
+    };
+    round_trip(&grabbed);
+}
+
+#[test]
+fn every_event_round_trips() {
+    let (packet, group, user) = (PacketId(1), GroupId(2), UserId(3));
+    let events = [
+        Event::PacketSent {
+            packet,
+            sender: user,
+            group,
+            split: Split::Fixed { each: Amount::fen(1), shares: 2 },
+            greeting: "hi".into(),
+            total: Amount::fen(2),
+            shares: 2,
+            expires_at: Timestamp(5),
+        },
+        Event::Grabbed { packet, group, user, amount: Amount::fen(1), position: 1, shares_left: 1 },
+        Event::SoldOut { packet, group, best_luck: user, best_amount: Amount::fen(1) },
+        Event::Expired { packet, group, sender: user, refunded: Amount::fen(1) },
+        Event::Deposited { op: OpId(1), user, amount: Amount::fen(1), balance: Amount::fen(1) },
+        Event::Withdrawn { op: OpId(2), user, amount: Amount::fen(1), balance: Amount::ZERO },
+    ];
+    for event in &events {
+        let json = round_trip(event);
+        assert!(json["kind"].is_string(), "{json}");
+    }
+    assert_eq!(round_trip(&events[1])["kind"], "grabbed");
+}
+
+#[test]
+fn every_error_round_trips_as_a_kind_and_fields() {
+    let json = round_trip(&GrabError::AlreadyGrabbed { amount: Amount::yuan(1), position: 3 });
+    assert_eq!(json, serde_json::json!({ "kind": "already_grabbed", "amount": "1.00", "position": 3 }));
+    for e in [GrabError::SoldOut, GrabError::Expired, GrabError::NotEligible, GrabError::UnknownPacket, GrabError::Busy]
+    {
+        round_trip(&e);
+    }
+    let reason = InvalidSplit::TooManyShares { shares: 9, max: 8 };
+    let json = round_trip(&SendError::InvalidSplit { reason });
+    assert_eq!(json["reason"]["kind"], "too_many_shares");
+    round_trip(&SendError::InsufficientFunds { balance: Amount::fen(1), needed: Amount::fen(2) });
+    round_trip(&SendError::GreetingTooLong { bytes: 300, max: 256 });
+    round_trip(&WalletError::IdConflict { op: OpId(4) });
+    round_trip(&WalletError::BalanceLimit { max: Amount::yuan(1) });
+    round_trip(&EngineError::TooManyMembers { members: 5, max: 4 });
+    round_trip(&EngineError::Irrevocable { packet: PacketId(1) });
+    assert_eq!(round_trip(&EventsError::Lagged { skipped: 3 }), serde_json::json!({ "kind": "lagged", "skipped": 3 }));
+}
+
+#[tokio::test]
+async fn an_audit_round_trips() {
+    let engine = hongbao::Engine::start(hongbao::Config::default()).unwrap();
+    engine.deposit(OpId(1), UserId(1), Amount::yuan(3)).await.unwrap();
+    let audit = engine.audit().await.unwrap();
+    assert_eq!(round_trip(&audit)["deposits"], "3.00");
+    engine.shutdown().await;
+}
