@@ -61,9 +61,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The last handle went (the runtime stops its threads as it drops).
+        // The last handle went (the runtime stops its threads as it drops). The journal is
+        // closed first, so that the directory is free for a new engine when this returns.
         self.running.store(false, Ordering::Release);
         self.events.close();
+        self.journal.close();
     }
 }
 
@@ -158,12 +160,8 @@ impl Engine {
         let timer = timer[0].clone();
         let wallets = Arc::new(Wallets::new(shards, ops));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
-        let routes = Routes::new(
-            limits.open_packets_max,
-            limits.share_fen_max,
-            runtime.arbiters().into(),
-            timer.clone(),
-            |on_close| PacketCtx {
+        let routes =
+            Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
                 clock: Arc::clone(&clock),
                 journal: Arc::clone(&journal),
                 events: Arc::clone(&events),
@@ -171,8 +169,7 @@ impl Engine {
                 rosters: Arc::clone(&rosters),
                 mailbox_capacity: limits.packet_mailbox_capacity,
                 on_close,
-            },
-        );
+            });
         // Weak: the timer must not keep the engine alive after the last handle is gone.
         let due_routes = Arc::downgrade(&routes);
         timer.do_send(Attach(Box::new(move |packet| {
@@ -356,7 +353,8 @@ impl Engine {
         }
         let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
         let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, id));
-        let sent = PacketSent { spec, seed, sent_at: now, expires_at: now.plus_secs(limits.expiry_secs) };
+        let expires_at = now.plus_secs(limits.expiry_secs);
+        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max: limits.share_fen_max };
         let (reply, rx) = oneshot::channel();
         let settle = settle_send(inner, id, reply);
         if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, settle }) {
@@ -418,7 +416,7 @@ impl Engine {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
                 Some(Route::Closed(view)) => return Ok((*view).clone()),
                 // Nothing has happened to it yet: no need to wake it to describe it.
-                Some(Route::Dormant(meta)) => return Ok(meta.state(inner.limits.share_fen_max).view()),
+                Some(Route::Dormant(meta)) => return Ok(meta.state().view()),
                 Some(Route::Live(live)) => live,
             };
             let (reply, rx) = oneshot::channel();
@@ -504,7 +502,7 @@ impl Engine {
                 Route::Opening => {}
                 Route::Dormant(meta) => {
                     live += 1;
-                    sums.escrow += u128::from(meta.state(inner.limits.share_fen_max).escrow().as_fen());
+                    sums.escrow += u128::from(meta.state().escrow().as_fen());
                 }
                 Route::Live(l) => actors.push(l.addr.clone()),
                 Route::Closed(view) => {
@@ -565,7 +563,7 @@ fn settle_send(inner: &Inner, id: PacketId, reply: oneshot::Sender<Result<Packet
     Box::new(move |result| {
         let answer = match result {
             Ok(sent) => {
-                let view = PacketState::open(sent.clone(), routes.share_fen_max()).view();
+                let view = PacketState::open(sent.clone()).view();
                 // Published before the route exists, so `PacketSent` is the packet's first event.
                 events.publish(|| Event::PacketSent {
                     packet: view.id,

@@ -141,8 +141,9 @@ pub(crate) struct PacketState {
 
 impl PacketState {
     /// The state of a packet just sent. `sent.spec` must have passed [`split::validate`] with
-    /// the same cap.
-    pub(crate) fn open(sent: PacketSent, share_fen_max: u64) -> PacketState {
+    /// the cap it records (or, on replay, [`split::check_servable`]).
+    pub(crate) fn open(sent: PacketSent) -> PacketState {
+        let share_fen_max = sent.share_fen_max;
         let total = sent.spec.split.total().expect("a validated split has a total");
         let shares = sent.spec.split.shares();
         let rng = matches!(sent.spec.split, Split::Lucky { .. }).then(|| Box::new(split::rng(sent.seed)));
@@ -168,8 +169,8 @@ impl PacketState {
     /// # Errors
     ///
     /// As [`PacketState::apply`], for the first claim that cannot happen.
-    pub(crate) fn restore(sent: PacketSent, share_fen_max: u64, claims: &[ClaimView]) -> Result<PacketState, String> {
-        let mut state = PacketState::open(sent, share_fen_max);
+    pub(crate) fn restore(sent: PacketSent, claims: &[ClaimView]) -> Result<PacketState, String> {
+        let mut state = PacketState::open(sent);
         for c in claims {
             let record =
                 Record::Claim { packet: state.id(), user: c.user, amount: c.amount, position: c.position, at: c.at };
@@ -334,7 +335,7 @@ impl PacketState {
 
     /// The packet as callers see it.
     pub(crate) fn view(&self) -> PacketView {
-        let PacketSent { spec, seed, sent_at, expires_at } = &self.sent;
+        let PacketSent { spec, seed, sent_at, expires_at, .. } = &self.sent;
         PacketView {
             id: spec.id,
             sender: spec.sender,
@@ -429,11 +430,11 @@ mod tests {
     fn sent(split: Split, seed: u64) -> PacketSent {
         let spec =
             NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: "恭喜发财".into() };
-        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY) }
+        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY), share_fen_max: CAP }
     }
 
     fn packet(split: Split) -> PacketState {
-        PacketState::open(sent(split, 99), CAP)
+        PacketState::open(sent(split, 99))
     }
 
     /// Decides and applies a grab, as the packet actor does.
@@ -511,13 +512,13 @@ mod tests {
     fn restore_continues_the_draw_and_checks_claims() {
         let mut live = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
         let claims: Vec<ClaimView> = (0..3).map(|u| grab(&mut live, 10 + u, true).unwrap()).collect();
-        let mut restored = PacketState::restore(live.sent().clone(), CAP, &claims).unwrap();
+        let mut restored = PacketState::restore(live.sent().clone(), &claims).unwrap();
         assert_eq!(restored.view(), live.view());
         // The next draws match the packet that never stopped.
         assert_eq!(grab(&mut restored, 50, true), grab(&mut live, 50, true));
         let mut forged = claims.clone();
         forged[1].amount = Amount::fen(forged[1].amount.as_fen() + 1);
-        let refused = PacketState::restore(live.sent().clone(), CAP, &forged).unwrap_err();
+        let refused = PacketState::restore(live.sent().clone(), &forged).unwrap_err();
         assert!(refused.contains("draw gives"), "{refused}");
     }
 

@@ -28,6 +28,9 @@ const SOLD_OUT: u8 = 6;
 const EXPIRED: u8 = 7;
 const MEMBERS_ADDED: u8 = 8;
 const MEMBERS_REMOVED: u8 = 9;
+/// A send that records its per-share cap (format version 2); tag 4 is the older send record
+/// without it.
+const PACKET_SENT_CAPPED: u8 = 10;
 
 const SPLIT_LUCKY: u8 = 1;
 const SPLIT_FIXED: u8 = 2;
@@ -49,8 +52,10 @@ pub struct NewPacket {
     pub greeting: String,
 }
 
-/// A packet as sent: the request with the seed of its draw and its deadline. This is the
-/// payload of [`Record::PacketSent`], and the part of every packet state that never changes.
+/// A packet as sent: the request with every parameter its shares depend on (the seed of its
+/// draw, the per-share cap it was sent under) and its deadline. This is the payload of
+/// [`Record::PacketSent`], and the part of every packet state that never changes: a journal
+/// replays each packet as it was sent, whatever the engine's configuration is later.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PacketSent {
     /// What the sender asked for.
@@ -61,6 +66,19 @@ pub struct PacketSent {
     pub sent_at: Timestamp,
     /// When its remainder is refunded.
     pub expires_at: Timestamp,
+    /// The per-share cap, in fen, its shares are drawn under. Zero in a record written before
+    /// the cap was recorded (format version 1): replay then uses the cap it is configured with.
+    pub share_fen_max: u64,
+}
+
+impl PacketSent {
+    /// This send with `cap` as its cap if its record did not carry one.
+    pub(crate) fn with_legacy_cap(mut self, cap: u64) -> PacketSent {
+        if self.share_fen_max == 0 {
+            self.share_fen_max = cap;
+        }
+        self
+    }
 }
 
 /// One state change.
@@ -205,9 +223,9 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[group.0]);
             put_ids(out, members);
         }
-        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at }) => {
-            out.push(PACKET_SENT);
-            put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0]);
+        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max }) => {
+            out.push(PACKET_SENT_CAPPED);
+            put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
             match spec.split {
                 Split::Lucky { total, shares } => {
                     out.push(SPLIT_LUCKY);
@@ -322,9 +340,10 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         ROSTER => Record::Roster { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_ADDED => Record::MembersAdded { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_REMOVED => Record::MembersRemoved { group: GroupId(r.u64()?), members: r.ids()? },
-        PACKET_SENT => {
+        tag @ (PACKET_SENT | PACKET_SENT_CAPPED) => {
             let (id, sender, group) = (PacketId(r.u64()?), UserId(r.u64()?), GroupId(r.u64()?));
             let (seed, sent_at, expires_at) = (r.u64()?, Timestamp(r.u64()?), Timestamp(r.u64()?));
+            let share_fen_max = if tag == PACKET_SENT_CAPPED { r.u64()? } else { 0 };
             let split = match r.u8()? {
                 SPLIT_LUCKY => Split::Lucky { total: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
                 SPLIT_FIXED => Split::Fixed { each: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
@@ -334,7 +353,7 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let len = r.u32()? as usize;
             let greeting = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| DecodeError::BadText)?;
             let spec = NewPacket { id, sender, group, split, greeting };
-            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at })
+            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max })
         }
         CLAIM => Record::Claim {
             packet: PacketId(r.u64()?),
@@ -382,6 +401,7 @@ pub(crate) mod tests {
             seed,
             sent_at: Timestamp(5),
             expires_at: Timestamp(86_400_005),
+            share_fen_max: 20_000,
         })
     }
 
@@ -418,6 +438,21 @@ pub(crate) mod tests {
             encode_prefixed(&record, &mut prefixed);
             assert_eq!(decode_prefixed(&mut Reader::new(&prefixed)), Ok(record.clone()));
         }
+    }
+
+    #[test]
+    fn a_send_of_format_1_reads_with_its_cap_unrecorded() {
+        let Record::PacketSent(sent) = sent(42, Split::Fixed { each: Amount::fen(1), shares: 1 }, "x", 3) else {
+            unreachable!()
+        };
+        let mut bytes = Vec::new();
+        encode(&Record::PacketSent(sent.clone()), &mut bytes);
+        // Format 1: tag 4 and no cap after the deadline.
+        bytes[0] = PACKET_SENT;
+        bytes.drain(1 + 6 * 8..1 + 7 * 8);
+        let Ok(Record::PacketSent(old)) = decode(&bytes) else { panic!("decodes") };
+        assert_eq!(old.share_fen_max, 0);
+        assert_eq!(old.with_legacy_cap(20_000), sent);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
 use crate::packet::{ClaimView, PacketState, PacketStatus};
 use crate::record::{self, put_u64s, DecodeError, Reader, Record};
 use crate::roster::{self, RosterBook};
+use crate::split;
 
 /// The state of everything a journal recorded.
 #[derive(Clone, Debug)]
@@ -28,14 +29,14 @@ pub(crate) struct Replica {
     pub rosters: RosterBook,
     /// Every packet ever sent, by id.
     pub packets: BTreeMap<PacketId, PacketState>,
-    /// The per-share cap that lucky draws are replayed with.
+    /// The per-share cap of packets whose record does not carry theirs (format version 1).
     pub share_fen_max: u64,
     /// Records applied.
     pub records: u64,
 }
 
 impl Replica {
-    /// An empty replica whose lucky draws are replayed with `share_fen_max`.
+    /// An empty replica, replaying packets of format version 1 with `share_fen_max`.
     pub(crate) fn new(share_fen_max: u64) -> Replica {
         Replica {
             ledger: Ledger::default(),
@@ -58,8 +59,12 @@ impl Replica {
                 if self.packets.contains_key(&id) {
                     return Err(format!("packet {id} sent twice"));
                 }
+                let sent = sent.clone().with_legacy_cap(self.share_fen_max);
+                // A record is input: one whose split its cap cannot serve is refused, never drawn.
+                split::check_servable(&sent.spec.split, sent.share_fen_max)
+                    .map_err(|e| format!("packet {id} cannot be drawn: {e}"))?;
                 self.ledger.apply(record)?;
-                self.packets.insert(id, PacketState::open(sent.clone(), self.share_fen_max));
+                self.packets.insert(id, PacketState::open(sent));
             }
             Record::Claim { packet, .. } | Record::SoldOut { packet } | Record::Expired { packet, .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
@@ -174,7 +179,10 @@ impl Restore for Replica {
                 .collect::<Result<Vec<_>, DecodeError>>()?;
             let (refunded, refund) = (r.u64()? == 1, Amount::fen(r.u64()?));
             let id = sent.spec.id;
-            let mut state = PacketState::restore(sent, replica.share_fen_max, &claims)
+            let sent = sent.with_legacy_cap(replica.share_fen_max);
+            split::check_servable(&sent.spec.split, sent.share_fen_max)
+                .map_err(|_| DecodeError::Damaged("a snapshot's packet cannot be drawn under its cap"))?;
+            let mut state = PacketState::restore(sent, &claims)
                 .map_err(|_| DecodeError::Damaged("a snapshot's claims do not follow the packet's draw"))?;
             if refunded {
                 let expired = Record::Expired { packet: id, refund, at: Timestamp(0) };
@@ -191,7 +199,7 @@ impl Restore for Replica {
 mod tests {
     use super::*;
     use crate::record::{NewPacket, PacketSent};
-    use crate::split::{self, Split};
+    use crate::split::Split;
 
     const CAP: u64 = 20_000;
 
@@ -207,6 +215,7 @@ mod tests {
             seed: 9,
             sent_at: Timestamp(0),
             expires_at: Timestamp(10),
+            share_fen_max: CAP,
         })
     }
 

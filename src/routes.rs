@@ -43,8 +43,8 @@ pub(crate) struct PacketMeta {
 
 impl PacketMeta {
     /// The packet's state, its draw replayed up to its last claim.
-    pub(crate) fn state(&self, share_fen_max: u64) -> PacketState {
-        PacketState::restore(self.sent.clone(), share_fen_max, &self.claims)
+    pub(crate) fn state(&self) -> PacketState {
+        PacketState::restore(self.sent.clone(), &self.claims)
             .expect("claims were checked against the draw when the journal was read")
     }
 }
@@ -96,7 +96,6 @@ pub(crate) struct Routes {
     /// Packets opening or open; bounded by `open_packets_max`.
     open: AtomicUsize,
     open_max: usize,
-    share_fen_max: u64,
     arbiters: Box<[ArbiterHandle]>,
     timer: Addr<Timer>,
     ctx: Arc<PacketCtx>,
@@ -107,7 +106,6 @@ impl Routes {
     /// closes a packet's route (which needs the table, hence the cycle through a weak handle).
     pub(crate) fn new(
         open_max: usize,
-        share_fen_max: u64,
         arbiters: Box<[ArbiterHandle]>,
         timer: Addr<Timer>,
         make_ctx: impl FnOnce(Box<dyn Fn(PacketView) + Send + Sync>) -> PacketCtx,
@@ -120,7 +118,7 @@ impl Routes {
                 }
             });
             let ctx = Arc::new(make_ctx(on_close));
-            Routes { table: DashMap::new(), open: AtomicUsize::new(0), open_max, share_fen_max, arbiters, timer, ctx }
+            Routes { table: DashMap::new(), open: AtomicUsize::new(0), open_max, arbiters, timer, ctx }
         })
     }
 
@@ -200,7 +198,7 @@ impl Routes {
         if let Route::Dormant(meta) = entry.value() {
             let meta = Arc::clone(meta);
             let arbiter = &self.arbiters[bucket(packet.0, self.arbiters.len())];
-            let addr = PacketActor::spawn(Arc::clone(&self.ctx), arbiter, meta.state(self.share_fen_max));
+            let addr = PacketActor::spawn(Arc::clone(&self.ctx), arbiter, meta.state());
             *entry.value_mut() = Route::Live(Arc::new(LivePacket { addr, meta }));
         }
         Some(entry.value().clone())
@@ -234,10 +232,5 @@ impl Routes {
     pub(crate) fn live(&self) -> Vec<Addr<PacketActor>> {
         let live = |r: &Route| if let Route::Live(l) = r { Some(l.addr.clone()) } else { None };
         self.table.iter().filter_map(|r| live(r.value())).collect()
-    }
-
-    /// The per-share cap the packets draw with.
-    pub(crate) fn share_fen_max(&self) -> u64 {
-        self.share_fen_max
     }
 }

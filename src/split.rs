@@ -126,18 +126,38 @@ pub fn validate(split: &Split, limits: &Limits) -> Result<(Amount, u32), Invalid
     if shares > limits.shares_per_packet_max {
         return Err(InvalidSplit::TooManyShares { shares, max: limits.shares_per_packet_max });
     }
-    let cap = Amount::fen(limits.share_fen_max);
     let total_cap = Amount::fen(limits.packet_total_fen_max);
     let total = split.total().ok_or(InvalidSplit::TotalAboveCap { cap: total_cap })?;
+    check_servable(split, limits.share_fen_max)?;
+    if total > total_cap {
+        return Err(InvalidSplit::TotalAboveCap { cap: total_cap });
+    }
+    Ok((total, shares))
+}
+
+/// Checks that a split can be drawn under the per-share cap `cap_fen`: at least one share,
+/// every share between 1 fen and the cap, the shares summing to the total. What every packet,
+/// new or replayed, must satisfy before a share is drawn ([`draw`] relies on it).
+///
+/// # Errors
+///
+/// [`InvalidSplit`] naming the first bound that does not hold.
+pub fn check_servable(split: &Split, cap_fen: u64) -> Result<(), InvalidSplit> {
+    let shares = split.shares();
+    if shares == 0 {
+        return Err(InvalidSplit::ZeroShares);
+    }
+    let total = split.total().ok_or(InvalidSplit::TotalAboveCap { cap: Amount::fen(u64::MAX) })?;
     if total.is_zero() {
         return Err(InvalidSplit::Zero);
     }
+    let cap = Amount::fen(cap_fen);
     match *split {
         Split::Lucky { total, shares } => {
             if total.as_fen() < u64::from(shares) {
                 return Err(InvalidSplit::ShareBelowOneFen { total, shares });
             }
-            if total.as_fen() > cap.as_fen() * u64::from(shares) {
+            if total.as_fen() > cap_fen.saturating_mul(u64::from(shares)) {
                 return Err(InvalidSplit::ShareAboveCap { cap });
             }
         }
@@ -147,10 +167,7 @@ pub fn validate(split: &Split, limits: &Limits) -> Result<(Amount, u32), Invalid
             }
         }
     }
-    if total > total_cap {
-        return Err(InvalidSplit::TotalAboveCap { cap: total_cap });
-    }
-    Ok((total, shares))
+    Ok(())
 }
 
 /// The random stream of a packet.
@@ -181,7 +198,7 @@ fn uniform(rng: &mut impl RngCore, lo: u64, hi: u64) -> u64 {
 pub fn draw(rng: &mut impl RngCore, remaining_fen: u64, shares_left: u32, cap_fen: u64) -> u64 {
     let k = u64::from(shares_left);
     assert!(
-        k >= 1 && remaining_fen >= k && remaining_fen <= k * cap_fen,
+        k >= 1 && remaining_fen >= k && remaining_fen <= k.saturating_mul(cap_fen),
         "lucky invariant broken: {remaining_fen} fen, {k} shares, cap {cap_fen}"
     );
     if k == 1 {
@@ -189,7 +206,7 @@ pub fn draw(rng: &mut impl RngCore, remaining_fen: u64, shares_left: u32, cap_fe
     }
     let mean_twice = 2 * remaining_fen / k;
     let drawn = uniform(rng, 1, mean_twice);
-    let lo = remaining_fen.saturating_sub((k - 1) * cap_fen).max(1);
+    let lo = remaining_fen.saturating_sub((k - 1).saturating_mul(cap_fen)).max(1);
     let hi = cap_fen.min(remaining_fen - (k - 1));
     drawn.clamp(lo, hi)
 }

@@ -1,8 +1,10 @@
 //! The file journal's format, and the one place its file names are made.
 //!
 //! A directory holds segments and snapshots. A segment is named after the position of its
-//! first record (`00000000000000000000.hbj`) and starts with the 8-byte magic `HONGBAO1`.
-//! Then frames, one per record:
+//! first record (`00000000000000000000.hbj`) and starts with an 8-byte header: `HONGBAO` and
+//! the format version as an ASCII digit (`HONGBAO2`). Version 1 recorded sends without their
+//! per-share cap; this build reads versions 1 and 2 and writes 2, and refuses any other
+//! version by name. Then frames, one per record:
 //!
 //! ```text
 //! len: u32 LE | crc32c(prev ‖ payload): u32 LE | prev: [u8; 32] | payload: len bytes
@@ -18,8 +20,50 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-/// The first bytes of every segment.
-pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"HONGBAO1";
+/// The first bytes of every segment, before the version digit.
+const SEGMENT_MAGIC_PREFIX: &[u8; 7] = b"HONGBAO";
+/// The format version this build writes.
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// The oldest format version this build reads.
+pub(crate) const FORMAT_VERSION_MIN: u8 = 1;
+/// The bytes of a segment's header.
+pub(crate) const SEGMENT_HEADER_BYTES: usize = 8;
+
+/// The header of a segment of the current format.
+pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut header = [0; SEGMENT_HEADER_BYTES];
+    header[..7].copy_from_slice(SEGMENT_MAGIC_PREFIX);
+    header[7] = b'0' + FORMAT_VERSION;
+    header
+}
+
+/// What a segment's first bytes say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// A segment of a format this build reads.
+    Version(u8),
+    /// A header cut short by a crash while the segment was created.
+    Torn,
+    /// A hongbao segment of a format this build does not know.
+    Unknown(u8),
+    /// Not a hongbao segment.
+    Foreign,
+}
+
+/// Reads a segment's header.
+pub(crate) fn read_header(bytes: &[u8]) -> Header {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        let prefix = &bytes[..bytes.len().min(SEGMENT_MAGIC_PREFIX.len())];
+        return if SEGMENT_MAGIC_PREFIX.starts_with(prefix) { Header::Torn } else { Header::Foreign };
+    }
+    if &bytes[..7] != SEGMENT_MAGIC_PREFIX || !bytes[7].is_ascii_digit() {
+        return Header::Foreign;
+    }
+    match bytes[7] - b'0' {
+        v @ FORMAT_VERSION_MIN..=FORMAT_VERSION => Header::Version(v),
+        v => Header::Unknown(v),
+    }
+}
 /// Length, checksum and previous hash.
 pub(crate) const FRAME_HEADER_BYTES: usize = 4 + 4 + 32;
 /// Largest payload a frame may claim; anything larger is damage, not a record.
@@ -51,6 +95,16 @@ pub enum JournalError {
         seq: u64,
         /// What is wrong.
         what: String,
+    },
+    /// A segment of a format version this build does not read (written by a newer one).
+    #[error(
+        "journal segment {segment} has format version {version}; this build reads versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"
+    )]
+    UnsupportedVersion {
+        /// The segment file.
+        segment: PathBuf,
+        /// Its version.
+        version: u8,
     },
     /// The operating system refused.
     #[error("journal I/O on {path}: {source}")]
@@ -147,11 +201,8 @@ pub(crate) enum Frame<'a> {
     },
     /// The bytes end inside the frame, or its length is impossible.
     CutShort,
-    /// The frame is whole but its checksum fails; it is `len` bytes long.
-    BadChecksum {
-        /// The length its header claims.
-        len: usize,
-    },
+    /// The frame is whole but its checksum fails.
+    BadChecksum,
 }
 
 /// Reads the frame at the start of `bytes`.
@@ -167,14 +218,36 @@ pub(crate) fn read_frame(bytes: &[u8]) -> Frame<'_> {
     }
     let (prev, payload) = (&bytes[8..FRAME_HEADER_BYTES], &bytes[FRAME_HEADER_BYTES..len]);
     if crc32c::crc32c_append(crc32c::crc32c(prev), payload) != crc {
-        return Frame::BadChecksum { len };
+        return Frame::BadChecksum;
     }
     Frame::Whole { prev, payload, hash: *blake3::hash(&bytes[..len]).as_bytes(), len }
+}
+
+/// The offset of the first whole frame whose checksum holds at or after `from` in `bytes`, if
+/// any: what tells a torn tail (nothing valid after the damage) from damage in the middle of
+/// acknowledged history. A checksum that holds by chance in garbage is a 1 in 2³² event per
+/// offset; a length beyond the bytes left is rejected before any hashing, so the scan costs
+/// little more than a pass over the bytes.
+pub(crate) fn next_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1))
+        .find(|&at| matches!(read_frame(&bytes[at..]), Frame::Whole { .. }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_name_their_version() {
+        assert_eq!(&segment_header(), b"HONGBAO2");
+        assert_eq!(read_header(b"HONGBAO1rest"), Header::Version(1));
+        assert_eq!(read_header(b"HONGBAO2"), Header::Version(2));
+        assert_eq!(read_header(b"HONGBAO9"), Header::Unknown(9));
+        assert_eq!(read_header(b"HONG"), Header::Torn);
+        assert_eq!(read_header(b""), Header::Torn);
+        assert_eq!(read_header(b"HONX"), Header::Foreign);
+        assert_eq!(read_header(b"PK\x03\x04rest"), Header::Foreign);
+    }
 
     #[test]
     fn names_sort_in_record_order_and_parse_back() {
@@ -200,6 +273,6 @@ mod tests {
         assert!(matches!(read_frame(&bytes[..bytes.len() - 1]), Frame::CutShort));
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(read_frame(&bytes), Frame::BadChecksum { len } if len == bytes.len()));
+        assert!(matches!(read_frame(&bytes), Frame::BadChecksum));
     }
 }

@@ -58,6 +58,12 @@ pub trait Journal: Send + Sync + 'static {
     fn failed(&self) -> bool {
         false
     }
+
+    /// Makes everything appended so far durable, stops accepting records (later appends and
+    /// barriers are dropped), and releases what the journal holds — the file journal's
+    /// directory lock — before returning. The engine calls it when its last handle goes, so a
+    /// new engine can open the same directory at once.
+    fn close(&self) {}
 }
 
 /// Sends `value` on `reply` once everything appended so far is durable: how an actor answers

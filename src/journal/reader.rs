@@ -1,16 +1,17 @@
 //! Reading a journal directory back: every frame's checksum and the hash chain, from the
 //! first segment to the last, each record folded into a state.
 //!
-//! A frame cut short at the very end of the last segment — or one whose checksum fails and
-//! that runs to the end of that segment — is a write torn by a crash: it is reported (and cut
-//! by the writer when it opens the directory), and nothing it held was ever acknowledged. A
-//! bad frame anywhere else is corruption: reading refuses, naming the segment and offset.
+//! Damage at the end of the last segment with no valid frame anywhere after it — a frame cut
+//! short, garbage, or zeros (what some file systems leave after a power loss) — is a write
+//! torn by a crash: it is reported (and cut by the writer when it opens the directory), and
+//! nothing it held was ever acknowledged. Any other damage is corruption: reading refuses,
+//! naming the segment and offset.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, Frame, JournalError, Kind, GENESIS, SEGMENT_MAGIC};
+use super::format::{self, Frame, Header, JournalError, Kind, GENESIS, SEGMENT_HEADER_BYTES};
 use super::{snapshot, Restore};
 use crate::record;
 
@@ -25,10 +26,20 @@ pub(crate) struct Recovered<S> {
     pub segments: usize,
     /// Bytes of a torn tail (0 if none).
     pub torn_bytes: u64,
-    /// The last segment and its valid length, where writing continues.
-    pub tail: Option<(PathBuf, u64)>,
+    /// The last segment, where writing continues.
+    pub tail: Option<Tail>,
     /// Hash of the last frame.
     pub last_hash: [u8; 32],
+}
+
+/// The last segment of a journal.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    pub path: PathBuf,
+    /// The length of its valid part.
+    pub len: u64,
+    /// Its format version (meaningless when `len` is 0).
+    pub version: u8,
 }
 
 /// Where the fold starts, and what the first record applied must follow.
@@ -81,10 +92,10 @@ pub(crate) fn read<S: Restore>(dir: &Path, from_snapshot: bool, empty: S) -> Res
     let (mut torn_bytes, mut tail) = (0, None);
     for (i, (_, path)) in files.iter().enumerate() {
         let last_segment = i + 1 == files.len();
-        let valid_len = read_segment(path, last_segment, &start, &mut at)?;
+        let (valid_len, version) = read_segment(path, last_segment, &start, &mut at)?;
         if last_segment {
             torn_bytes = std::fs::metadata(path).map_err(format::io(path))?.len() - valid_len;
-            tail = Some((path.clone(), valid_len));
+            tail = Some(Tail { path: path.clone(), len: valid_len, version });
         }
     }
     if at.seq < start.seq {
@@ -100,13 +111,14 @@ pub(crate) fn read<S: Restore>(dir: &Path, from_snapshot: bool, empty: S) -> Res
 }
 
 /// Reads one segment, folding its records from `start` on into the cursor. Returns the length
-/// of its valid part (short of the file's length only for a torn tail of the last segment).
+/// of its valid part (short of the file's length only for a torn tail of the last segment) and
+/// its format version.
 fn read_segment<S: Restore>(
     path: &Path,
     last_segment: bool,
     start: &Start,
     at: &mut Cursor<S>,
-) -> Result<u64, JournalError> {
+) -> Result<(u64, u8), JournalError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(format::io(path))?;
     let corrupt = |offset: usize, seq: u64, what: String| JournalError::Corrupt {
@@ -115,24 +127,35 @@ fn read_segment<S: Restore>(
         seq,
         what,
     };
-    if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-        if last_segment && bytes.len() < SEGMENT_MAGIC.len() && SEGMENT_MAGIC.starts_with(&bytes) {
-            // Created but the magic never fully written: a torn start.
-            return Ok(0);
-        }
-        return Err(corrupt(0, at.seq, "not a hongbao journal segment".into()));
-    }
-    let mut offset = SEGMENT_MAGIC.len();
+    let version = match format::read_header(&bytes) {
+        Header::Version(v) => v,
+        // Created but the header never fully written: a torn start.
+        Header::Torn if last_segment => return Ok((0, format::FORMAT_VERSION)),
+        Header::Unknown(version) => return Err(JournalError::UnsupportedVersion { segment: path.into(), version }),
+        Header::Torn | Header::Foreign => return Err(corrupt(0, at.seq, "not a hongbao journal segment".into())),
+    };
+    let mut offset = SEGMENT_HEADER_BYTES;
     while offset < bytes.len() {
         let (prev, payload, hash, len) = match format::read_frame(&bytes[offset..]) {
             Frame::Whole { prev, payload, hash, len } => (prev, payload, hash, len),
-            // Damage that only a crash mid-write can leave: allowed at the end of the last
-            // segment, corruption anywhere else.
-            Frame::CutShort if last_segment => break,
-            Frame::CutShort => return Err(corrupt(offset, at.seq, "frame cut short".into())),
-            // A torn final write leaves garbage up to the end of the file.
-            Frame::BadChecksum { len } if last_segment && offset + len == bytes.len() => break,
-            Frame::BadChecksum { .. } => return Err(corrupt(offset, at.seq, "checksum mismatch".into())),
+            // A write torn by a crash leaves a cut frame, garbage or zeros at the very end of
+            // the last segment, with nothing valid after it: that tail was never acknowledged.
+            // Damage with a valid frame after it (a flipped bit in a length, say) would cut
+            // acknowledged history: it is corruption, like damage in any other segment.
+            damaged => {
+                let what = match damaged {
+                    Frame::CutShort => "frame cut short",
+                    _ => "checksum mismatch",
+                };
+                if !last_segment {
+                    return Err(corrupt(offset, at.seq, what.into()));
+                }
+                if let Some(valid) = format::next_valid_frame(&bytes, offset + 1) {
+                    let what = format!("{what}, with a valid record at byte {valid} after it");
+                    return Err(corrupt(offset, at.seq, what));
+                }
+                break;
+            }
         };
         let expected = if at.seq == start.seq { start.snapshot_hash.or(at.prev) } else { at.prev };
         if expected.is_some_and(|p| p != prev) {
@@ -148,5 +171,5 @@ fn read_segment<S: Restore>(
         at.seq += 1;
         offset += len;
     }
-    Ok(offset as u64)
+    Ok((offset as u64, version))
 }

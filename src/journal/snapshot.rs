@@ -1,7 +1,8 @@
 //! Snapshots, so a restart replays a snapshot plus the records after it instead of the whole
 //! history.
 //!
-//! A snapshot file covers the records before position N. It holds the magic `HBSNAP01`, N,
+//! A snapshot file covers the records before position N. It holds the magic `HBSNAP02` (this
+//! build also reads `HBSNAP01`, whose sends do not record their cap), N,
 //! the hash of the last frame it covers (the chain continues: the next frame's `prev` must
 //! equal it), the state's own encoding ([`Fold::encode`]), and a BLAKE3 hash of all of that.
 //! It is written to a temporary file, synced and renamed, so a crash leaves either the old
@@ -15,7 +16,10 @@ use super::format::{self, Kind};
 use super::{Fold, Restore};
 use crate::record::{put_u64s, DecodeError, Reader};
 
-const MAGIC: &[u8; 8] = b"HBSNAP01";
+/// The magic this build writes: version 2, whose sends record their cap.
+const MAGIC: &[u8; 8] = b"HBSNAP02";
+/// The magics this build reads.
+const MAGICS: [&[u8; 8]; 2] = [b"HBSNAP01", MAGIC];
 
 /// A loaded snapshot.
 #[derive(Debug)]
@@ -46,7 +50,7 @@ pub(crate) fn encode(seq: u64, last_hash: &[u8; 32], state: &dyn Fold) -> Vec<u8
 ///
 /// [`DecodeError`] if it is damaged or not a snapshot.
 pub(crate) fn decode<S: Restore>(empty: &S, bytes: &[u8]) -> Result<Snapshot<S>, DecodeError> {
-    if bytes.len() < MAGIC.len() + 8 + 32 + 32 || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.len() < MAGIC.len() + 8 + 32 + 32 || !MAGICS.iter().any(|m| &bytes[..MAGIC.len()] == *m) {
         return Err(DecodeError::Damaged("not a snapshot"));
     }
     let (body, hash) = bytes.split_at(bytes.len() - 32);

@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::format::{self, io, JournalError, Kind, SEGMENT_MAGIC};
+use super::format::{self, io, JournalError, Kind, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use super::reader::{self, Recovered};
 use super::{snapshot, Completion, Fold, Journal, Restore};
 use crate::record::{self, Record};
@@ -82,14 +82,16 @@ enum Entry {
     Record(Record, Completion),
     Barrier(Completion),
     Flush(SyncSender<()>),
+    /// Make everything before durable, then stop (releasing the directory).
+    Close,
 }
 
 /// The durable [`Journal`].
 pub(crate) struct FileJournal {
     tx: SyncSender<Entry>,
     failed: Arc<AtomicBool>,
-    // Held for the journal's lifetime: the directory's lock.
-    _lock: File,
+    /// The writer thread, which holds the directory's lock while it runs.
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for FileJournal {
@@ -121,8 +123,11 @@ impl FileJournal {
         }
         let recovered = reader::read(dir, true, empty)?;
         let (path, len) = match &recovered.tail {
-            Some((path, len)) => (path.clone(), *len),
-            None => (format::path(dir, Kind::Segment, 0), 0),
+            Some(tail) if tail.version == FORMAT_VERSION || tail.len == 0 => (tail.path.clone(), tail.len),
+            // No segment (a new directory, or one holding only a snapshot), or one of an older
+            // format: new records go to a new segment, named after the first record it will
+            // hold. (A segment already named so holds no record and is rewritten.)
+            _ => (format::path(dir, Kind::Segment, recovered.records), 0),
         };
         if recovered.torn_bytes > 0 {
             tracing::warn!(
@@ -137,6 +142,7 @@ impl FileJournal {
         let failed = Arc::new(AtomicBool::new(false));
         let shadow = config.snapshot_every_records.map(|_| Box::new(recovered.state.clone()) as Box<dyn Fold>);
         let writer = Writer {
+            _lock: lock,
             shadow,
             last_snapshot_seq: recovered.records,
             dir: dir.clone(),
@@ -151,9 +157,7 @@ impl FileJournal {
         };
         let handle =
             std::thread::Builder::new().name(WRITER_THREAD.into()).spawn(move || writer.run(rx)).map_err(io(dir))?;
-        // The writer ends by itself once the journal (its sender) is dropped.
-        drop(handle);
-        Ok((FileJournal { tx, failed, _lock: lock }, recovered))
+        Ok((FileJournal { tx, failed, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
     }
 
     fn send(&self, entry: Entry) {
@@ -188,16 +192,24 @@ impl Journal for FileJournal {
     fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
+
+    fn close(&self) {
+        let Some(writer) = self.writer.lock().take() else { return };
+        // A completion run by the writer can hold the last reference to the engine: waiting
+        // for the writer from its own thread would never end. It then stops (and unlocks the
+        // directory) as soon as it is done with the batch in hand.
+        if writer.thread().id() == std::thread::current().id() {
+            let _ = self.tx.try_send(Entry::Close);
+            return;
+        }
+        self.send(Entry::Close);
+        let _ = writer.join();
+    }
 }
 
 impl Drop for FileJournal {
     fn drop(&mut self) {
-        // A completion run by the writer can hold the last reference to the engine, and so to
-        // this journal: waiting for the writer from its own thread would never end. It then
-        // finishes (syncs) by itself once the channel closes.
-        if std::thread::current().name() != Some(WRITER_THREAD) {
-            self.flush();
-        }
+        self.close();
     }
 }
 
@@ -209,8 +221,8 @@ fn open_tail(dir: &Path, path: &Path, len: u64) -> Result<(File, u64), JournalEr
     file.set_len(len).map_err(io(path))?;
     let mut segment_len = len;
     if len == 0 {
-        file.write_all(SEGMENT_MAGIC).map_err(io(path))?;
-        segment_len = SEGMENT_MAGIC.len() as u64;
+        file.write_all(&format::segment_header()).map_err(io(path))?;
+        segment_len = SEGMENT_HEADER_BYTES as u64;
     }
     file.sync_all().map_err(io(path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
@@ -219,6 +231,8 @@ fn open_tail(dir: &Path, path: &Path, len: u64) -> Result<(File, u64), JournalEr
 }
 
 struct Writer {
+    // Held while the writer runs: the directory's lock.
+    _lock: File,
     /// The state after every record written, to snapshot from (when snapshots are on).
     shadow: Option<Box<dyn Fold>>,
     last_snapshot_seq: u64,
@@ -242,6 +256,8 @@ struct Batch {
     done: Vec<Completion>,
     /// Callers of `flush` waiting for the batch (and a snapshot) to be durable.
     flushes: Vec<SyncSender<()>>,
+    /// The journal is closing: stop after this batch.
+    closing: bool,
 }
 
 impl Writer {
@@ -277,6 +293,9 @@ impl Writer {
                 Ok(synced) => unsynced &= !synced,
                 Err(e) => return self.fail(e, &rx),
             }
+            if batch.closing {
+                return;
+            }
         }
         let _ = self.file.sync_data();
     }
@@ -296,6 +315,10 @@ impl Writer {
                 }
                 Entry::Barrier(then) => batch.done.push(then),
                 Entry::Flush(tx) => batch.flushes.push(tx),
+                Entry::Close => {
+                    batch.closing = true;
+                    return Ok(());
+                }
             }
             if batch.bytes.len() < self.config.batch_bytes_max {
                 next = rx.try_recv().ok();
@@ -312,7 +335,9 @@ impl Writer {
             && match self.config.durability {
                 Durability::Sync => true,
                 Durability::Buffered { interval_ms } => {
-                    !batch.flushes.is_empty() || self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+                    !batch.flushes.is_empty()
+                        || batch.closing
+                        || self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
                 }
             };
         self.write(&mut batch.bytes, must_sync)?;
@@ -346,7 +371,7 @@ impl Writer {
     fn frame(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
         let frame_len = (format::FRAME_HEADER_BYTES + payload.len()) as u64;
         if self.segment_len + buf.len() as u64 + frame_len > self.config.segment_bytes_max
-            && self.segment_len > SEGMENT_MAGIC.len() as u64
+            && self.segment_len > SEGMENT_HEADER_BYTES as u64
         {
             self.write(buf, true)?;
             self.roll()?;
@@ -377,7 +402,7 @@ impl Writer {
         self.file.sync_data()?;
         snapshot::write(&self.dir, self.next_seq, &self.prev, shadow.as_ref())?;
         self.last_snapshot_seq = self.next_seq;
-        if self.segment_len > SEGMENT_MAGIC.len() as u64 {
+        if self.segment_len > SEGMENT_HEADER_BYTES as u64 {
             self.roll()?;
         }
         for entry in fs::read_dir(&self.dir)?.filter_map(Result::ok) {
@@ -398,10 +423,10 @@ impl Writer {
         self.file.sync_all()?;
         self.path = format::path(&self.dir, Kind::Segment, self.next_seq);
         self.file = OpenOptions::new().create_new(true).write(true).open(&self.path)?;
-        self.file.write_all(SEGMENT_MAGIC)?;
+        self.file.write_all(&format::segment_header())?;
         self.file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
-        self.segment_len = SEGMENT_MAGIC.len() as u64;
+        self.segment_len = SEGMENT_HEADER_BYTES as u64;
         Ok(())
     }
 
