@@ -59,6 +59,15 @@ struct Inner {
     runtime: Runtime,
 }
 
+impl Inner {
+    /// `value`, once everything appended so far is durable; `None` if the journal stopped.
+    async fn after_barrier<T: Send + 'static>(&self, value: T) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        journal::reply_after_barrier(&*self.journal, tx, value);
+        rx.await.ok()
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle went (the runtime stops its threads as it drops). The journal is
@@ -266,12 +275,8 @@ impl Engine {
     /// `ShuttingDown`.
     pub async fn members(&self, group: GroupId) -> Result<Vec<UserId>, EngineError> {
         let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
-        let mut members: Vec<UserId> =
-            inner.rosters.get(group).map(|m| m.iter().copied().collect()).unwrap_or_default();
-        members.sort_unstable();
-        // A change still on its way to the disk is not reported before it is durable.
         let (tx, rx) = oneshot::channel();
-        journal::reply_after_barrier(&*inner.journal, tx, members);
+        inner.rosters.members(group, &*inner.journal, tx);
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -348,7 +353,9 @@ impl Engine {
             Reservation::Taken(route) if route.open_meta().is_some_and(|m| m.sent.spec == spec) => {
                 return self.packet(spec.id).await.map_err(|_| SendError::Busy)
             }
-            Reservation::Taken(Route::Closed(view)) if view.spec() == spec => return Ok((*view).clone()),
+            Reservation::Taken(Route::Closed(view)) if view.spec() == spec => {
+                return inner.after_barrier((*view).clone()).await.ok_or(SendError::ShuttingDown)
+            }
             Reservation::Taken(_) => return Err(SendError::IdConflict { packet: spec.id }),
         }
         let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
@@ -382,7 +389,10 @@ impl Engine {
                     let first = view.claims.iter().find(|c| c.user == user);
                     let eligible = inner.rosters.is_eligible(view.group, &view.split, user);
                     // A closed packet that is not sold out has expired.
-                    return Err(grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired));
+                    let refusal = grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired);
+                    // The view may hold records still on their way to the disk (the last claims,
+                    // the refund): the answer waits until they are durable, as a live one would.
+                    return Err(inner.after_barrier(refusal).await.ok_or(GrabError::ShuttingDown)?);
                 }
                 Some(Route::Live(live)) => live,
                 Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
@@ -414,7 +424,9 @@ impl Engine {
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.get(packet) {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
-                Some(Route::Closed(view)) => return Ok((*view).clone()),
+                Some(Route::Closed(view)) => {
+                    return inner.after_barrier((*view).clone()).await.ok_or(EngineError::ShuttingDown)
+                }
                 // Nothing has happened to it yet: no need to wake it to describe it.
                 Some(Route::Dormant(meta)) => return Ok(meta.state().view()),
                 Some(Route::Live(live)) => live,
@@ -478,9 +490,7 @@ impl Engine {
             inner.routes.expire(packet, Some(reply)).then_some(rx)
         }))
         .await;
-        let (tx, rx) = oneshot::channel();
-        journal::reply_after_barrier(&*inner.journal, tx, ());
-        let _ = rx.await;
+        inner.after_barrier(()).await;
         // Credits travel through the wallet mailboxes; a flush of each makes them applied.
         inner.wallets.flush().await;
         Ok(due.len())

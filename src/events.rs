@@ -247,7 +247,7 @@ impl Receiver {
 }
 
 /// A receive started by [`Stream::poll_next`], holding the receiver until it completes.
-type Pending = Pin<Box<dyn Future<Output = (Receiver, Result<Event, EventsError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (Receiver, Result<Event, EventsError>)> + Send + Sync>>;
 
 /// A stream of [`Event`]s, from the moment of subscribing on.
 ///
@@ -275,8 +275,10 @@ impl Subscription {
     /// [`EventsError::Lagged`] if events were skipped because this subscriber fell behind;
     /// [`EventsError::Closed`] once the engine has shut down and every event was read.
     pub async fn recv(&mut self) -> Result<Event, EventsError> {
-        if let Some(pending) = self.pending.take() {
-            let (receiver, result) = pending.await;
+        if let Some(pending) = &mut self.pending {
+            // Awaited in place: if this call is cancelled, the receive stays where it was.
+            let (receiver, result) = pending.as_mut().await;
+            self.pending = None;
             self.receiver = Some(receiver);
             return result;
         }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::error::EngineError;
 use crate::journal::{Completion, Journal};
@@ -138,7 +139,9 @@ impl Rosters {
     }
 
     /// Applies `change` to `group`'s roster and appends its record; `then` runs once the
-    /// record is durable.
+    /// record is durable. Additions and removals are recorded as what they change (members
+    /// already in, or not in, the roster are left out); a change that changes nothing records
+    /// nothing, and removing from a group without a roster does not create one.
     ///
     /// # Errors
     ///
@@ -151,34 +154,70 @@ impl Rosters {
         journal: &dyn Journal,
         then: Completion,
     ) -> Result<(), EngineError> {
-        let max = self.members_per_group_max;
-        let record = match change {
-            Change::Set(members) => Record::Roster { group, members },
-            Change::Add(members) => Record::MembersAdded { group, members },
-            Change::Remove(members) => Record::MembersRemoved { group, members },
-        };
         let _order = self.writer.lock();
         let current = self.get(group);
+        let Some(record) = decide(group, current.as_deref(), change, self.members_per_group_max)? else {
+            // Nothing to record; the reply still waits for what was appended before.
+            journal.barrier(then);
+            return Ok(());
+        };
         if current.is_none() && self.table.len() >= self.groups_max {
             return Err(EngineError::TooManyGroups { max: self.groups_max });
         }
         let mut members = current.as_deref().cloned().unwrap_or_default();
-        change_checked(&mut members, &record, max)?;
+        self::change(&mut members, &record);
         self.table.insert(group, Arc::new(members));
         // After the insert: an actor that sees the new epoch finds the new roster.
         self.epoch.fetch_add(1, Ordering::AcqRel);
         journal.append(record, then);
         Ok(())
     }
+
+    /// `group`'s members, sorted, sent on `reply` once every change made before is durable.
+    pub(crate) fn members(&self, group: GroupId, journal: &dyn Journal, reply: oneshot::Sender<Vec<UserId>>) {
+        // Under the change lock: a change is either not visible yet, or its record is appended
+        // and the barrier waits for it, so a reply never shows a change a crash could undo.
+        let _order = self.writer.lock();
+        let mut members: Vec<UserId> = self.get(group).map(|m| m.iter().copied().collect()).unwrap_or_default();
+        members.sort_unstable();
+        crate::journal::reply_after_barrier(journal, reply, members);
+    }
 }
 
-/// [`change`], refused when the roster would pass `max` members.
-fn change_checked(members: &mut IdSet<UserId>, record: &Record, max: usize) -> Result<(), EngineError> {
-    change(members, record);
-    if members.len() > max {
-        return Err(EngineError::TooManyMembers { members: members.len(), max });
-    }
-    Ok(())
+/// Decides a roster change: the record that makes it, `None` if it changes nothing.
+///
+/// # Errors
+///
+/// `TooManyMembers` if the roster would pass `max` members.
+fn decide(
+    group: GroupId,
+    current: Option<&IdSet<UserId>>,
+    change: Change,
+    max: usize,
+) -> Result<Option<Record>, EngineError> {
+    let has = |m: &UserId| current.is_some_and(|c| c.contains(m));
+    let record = match change {
+        Change::Set(members) => Record::Roster { group, members },
+        Change::Add(mut members) => {
+            members.retain(|m| !has(m));
+            let after = current.map_or(0, |c| c.len()) + members.len();
+            if after > max {
+                return Err(EngineError::TooManyMembers { members: after, max });
+            }
+            Record::MembersAdded { group, members }
+        }
+        Change::Remove(mut members) => {
+            members.retain(has);
+            Record::MembersRemoved { group, members }
+        }
+    };
+    Ok(match &record {
+        Record::Roster { members, .. } if members.len() > max => {
+            return Err(EngineError::TooManyMembers { members: members.len(), max })
+        }
+        Record::MembersAdded { members, .. } | Record::MembersRemoved { members, .. } if members.is_empty() => None,
+        _ => Some(record),
+    })
 }
 
 #[cfg(test)]

@@ -170,11 +170,13 @@ async fn shutdown_answers_what_was_queued_then_refuses() {
 #[tokio::test]
 async fn a_subscription_is_a_stream_that_ends_at_shutdown() {
     use futures::StreamExt;
+    fn shareable<T: Send + Sync>(_: &T) {}
 
     let Setup { engine, .. } = start(64);
     let group = GroupId(1);
     group_with_funds(&engine, group, 3, Amount::yuan(1)).await;
     let mut events = engine.subscribe().unwrap();
+    shareable(&events);
     engine.send_packet(lucky(1, group, Amount::yuan(1), 2)).await.unwrap();
     engine.grab(PacketId(1), UserId(FIRST_MEMBER)).await.unwrap();
     assert!(matches!(events.next().await, Some(Ok(Event::PacketSent { packet: PacketId(1), .. }))));
@@ -185,6 +187,11 @@ async fn a_subscription_is_a_stream_that_ends_at_shutdown() {
     engine.grab(PacketId(1), UserId(FIRST_MEMBER + 1)).await.unwrap();
     assert!(matches!(events.recv().await, Ok(Event::Grabbed { position: 2, .. })));
     assert!(matches!(events.next().await, Some(Ok(Event::SoldOut { packet: PacketId(1), .. }))));
+    // A `recv` cancelled while it waits on a receive the stream started keeps the subscription.
+    assert!(futures::poll!(events.next()).is_pending());
+    assert!(futures::poll!(std::pin::pin!(events.recv())).is_pending());
+    engine.deposit(OpId(9), SENDER, Amount::fen(1)).await.unwrap();
+    assert!(matches!(events.recv().await, Ok(Event::Deposited { op: OpId(9), .. })));
     assert!(futures::poll!(events.next()).is_pending());
     engine.shutdown().await;
     assert!(events.next().await.is_none(), "the stream ends after shutdown");
