@@ -31,9 +31,9 @@ pub struct Audit {
     pub deposits: Amount,
     /// Sum of withdrawals.
     pub withdrawals: Amount,
-    /// Packets still live (open, or sold out and not yet expired).
+    /// Packets open (shares left, not expired).
     pub packets_live: usize,
-    /// Packets closed at expiry.
+    /// Packets closed: sold out or expired.
     pub packets_closed: usize,
     /// Every broken invariant, described.
     pub violations: Vec<String>,
@@ -158,7 +158,7 @@ pub(crate) fn replica_audit(replica: &Replica) -> Audit {
     };
     let violations = replica.packets.values().filter_map(|p| check_view(&p.view()).err()).collect();
     let (open, sold_out, expired) = replica.packet_counts();
-    Audit::new(sums, open + sold_out, expired, violations)
+    Audit::new(sums, open, sold_out + expired, violations)
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
 use crate::events::{Event, EventHub, Subscription};
-use crate::journal::{self, FileJournal, Journal};
+use crate::health::{Failure, Fuse, Health, Stopped};
+use crate::journal::{self, FileJournal, Journal, StorageFailure};
 use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
 use crate::packet::{check_view, grab_refusal, PacketState, PacketView};
@@ -39,7 +40,7 @@ use crate::routes::{PacketMeta, Reservation, Route, Routes};
 use crate::runtime::{self, Refused, Runtime};
 use crate::split;
 use crate::timer::{Attach, Timer};
-use crate::wallet::{Balance, Deposit, Escrow, Settle, WalletShard, Wallets, Withdraw};
+use crate::wallet::{Balance, Escrow, Settle, WalletShard, Wallets};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
 /// before concluding that the engine is stopping.
@@ -55,11 +56,37 @@ struct Inner {
     rosters: Arc<Rosters>,
     wallets: Arc<Wallets>,
     running: AtomicBool,
+    /// Blown when an actor panics.
+    fuse: Arc<Fuse>,
     seed: Option<u64>,
     runtime: Runtime,
 }
 
 impl Inner {
+    fn health(&self) -> Health {
+        if self.fuse.is_blown() {
+            return Health::Failed { failure: Failure::Internal };
+        }
+        if let Some(storage) = self.journal.failure() {
+            return Health::Failed { failure: Failure::Storage(storage) };
+        }
+        if self.running.load(Ordering::Acquire) {
+            Health::Serving
+        } else {
+            Health::ShuttingDown
+        }
+    }
+
+    /// What a caller whose reply was lost may assume: after a failure, that the request may
+    /// have taken effect (unless the journal proved nothing in flight reached the disk).
+    fn lost(&self) -> Stopped {
+        match self.health() {
+            Health::Failed { failure: Failure::Storage(StorageFailure::CutBack) } => Stopped::Unavailable,
+            Health::Failed { .. } => Stopped::OutcomeUnknown,
+            _ => Stopped::ShuttingDown,
+        }
+    }
+
     /// `value`, once everything appended so far is durable; `None` if the journal stopped.
     async fn after_barrier<T: Send + 'static>(&self, value: T) -> Option<T> {
         let (tx, rx) = oneshot::channel();
@@ -158,12 +185,13 @@ impl Engine {
         let replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
         let runtime = Runtime::start(arbiters)?;
         let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
+        let fuse = Arc::new(Fuse::default());
 
         let ops: Vec<(OpId, UserId)> = replica.ledger.ops().map(|(op, done)| (op, done.user)).collect();
         let mut ledgers = replica.ledger.split(wallet_shards, |u| Wallets::place(u, wallet_shards)).into_iter();
         let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
             let ledger = ledgers.next().expect("one ledger per shard");
-            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events))
+            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
         })?;
         let timer = runtime.start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock)))?;
         let timer = timer[0].clone();
@@ -176,6 +204,8 @@ impl Engine {
                 events: Arc::clone(&events),
                 wallets: Arc::clone(&wallets),
                 rosters: Arc::clone(&rosters),
+                timer: timer.clone(),
+                fuse: Arc::clone(&fuse),
                 mailbox_capacity: limits.packet_mailbox_capacity,
                 on_close,
             });
@@ -187,18 +217,27 @@ impl Engine {
                 routes.expire(packet, None);
             }
         })));
-        routes.load(replica.packets.into_values(), clock.now());
-        let inner =
-            Inner { limits, clock, journal, events, routes, rosters, wallets, running: true.into(), seed, runtime };
+        routes.load(replica.packets.into_values());
+        let running = true.into();
+        let inner = Inner { limits, clock, journal, events, routes, rosters, wallets, running, fuse, seed, runtime };
         Ok(Engine { inner: Arc::new(inner) })
     }
 
     /// The engine's parts, unless it is stopping or its journal has failed.
-    fn inner(&self) -> Option<&Inner> {
+    fn inner(&self) -> Result<&Inner, Stopped> {
         let inner = &*self.inner;
-        // A journal that can no longer make changes durable stops the engine: answering
-        // anything then could acknowledge what a restart would not have.
-        (inner.running.load(Ordering::Acquire) && !inner.journal.failed()).then_some(inner)
+        // A journal that can no longer make changes durable, or an actor that panicked, stops
+        // the engine: answering anything then could acknowledge what a restart would not have.
+        match inner.health() {
+            Health::Serving => Ok(inner),
+            Health::ShuttingDown => Err(Stopped::ShuttingDown),
+            _ => Err(Stopped::Unavailable),
+        }
+    }
+
+    /// Whether the engine is serving, shutting down, or stopped by a failure (and which).
+    pub fn health(&self) -> Health {
+        self.inner.health()
     }
 
     /// The limits this engine runs with.
@@ -258,13 +297,13 @@ impl Engine {
     }
 
     async fn change_roster(&self, group: GroupId, change: Change) -> Result<(), EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         let (tx, rx) = oneshot::channel();
         let then = Box::new(move || {
             let _ = tx.send(());
         });
         inner.rosters.change(group, change, &*inner.journal, then)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)
+        rx.await.map_err(|_| inner.lost().into())
     }
 
     /// A group's members, sorted (empty for a group without a roster). Every roster change
@@ -274,10 +313,10 @@ impl Engine {
     ///
     /// `ShuttingDown`.
     pub async fn members(&self, group: GroupId) -> Result<Vec<UserId>, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         let (tx, rx) = oneshot::channel();
         inner.rosters.members(group, &*inner.journal, tx);
-        rx.await.map_err(|_| EngineError::ShuttingDown)
+        rx.await.map_err(|_| inner.lost().read().into())
     }
 
     /// Adds `amount` to `user`'s wallet, once per `op`: a retry with the same fields returns
@@ -288,12 +327,10 @@ impl Engine {
     /// `ZeroAmount`, `BalanceLimit`, `IdConflict` (the id was used with other fields),
     /// `Busy`, `ShuttingDown`. Nothing changes on an error.
     pub async fn deposit(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
-        let inner = self.inner().ok_or(WalletError::ShuttingDown)?;
-        inner.wallets.claim_op(op, user)?;
+        let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
-        let balance_fen_max = inner.limits.balance_fen_max;
-        inner.wallets.tell(user, Deposit { op, user, amount, balance_fen_max, reply })?;
-        rx.await.map_err(|_| WalletError::ShuttingDown)?
+        inner.wallets.send_move(op, user, amount, Some(inner.limits.balance_fen_max), reply)?;
+        rx.await.map_err(|_| WalletError::from(inner.lost()))?
     }
 
     /// Takes `amount` from `user`'s wallet, once per `op`. Returns the new balance.
@@ -303,11 +340,10 @@ impl Engine {
     /// `ZeroAmount`, `InsufficientFunds`, `IdConflict`, `Busy`, `ShuttingDown`. Nothing
     /// changes on an error.
     pub async fn withdraw(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
-        let inner = self.inner().ok_or(WalletError::ShuttingDown)?;
-        inner.wallets.claim_op(op, user)?;
+        let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
-        inner.wallets.tell(user, Withdraw { op, user, amount, reply })?;
-        rx.await.map_err(|_| WalletError::ShuttingDown)?
+        inner.wallets.send_move(op, user, amount, None, reply)?;
+        rx.await.map_err(|_| WalletError::from(inner.lost()))?
     }
 
     /// `user`'s balance, including every share whose grab has returned.
@@ -316,10 +352,10 @@ impl Engine {
     ///
     /// `Busy` when the wallet shard's mailbox is full, `ShuttingDown`.
     pub async fn balance(&self, user: UserId) -> Result<Amount, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
         inner.wallets.tell(user, Balance { user, reply })?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)
+        rx.await.map_err(|_| inner.lost().read().into())
     }
 
     /// Sends a packet: debits the sender's wallet by its total (held in escrow) and opens it
@@ -332,7 +368,7 @@ impl Engine {
     /// `InsufficientFunds`, `IdConflict` (same id, other fields), `TooManyOpenPackets`,
     /// `Busy`, `ShuttingDown`. Nothing is debited on an error.
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
-        let inner = self.inner().ok_or(SendError::ShuttingDown)?;
+        let inner = self.inner()?;
         let limits = &inner.limits;
         if spec.greeting.len() > limits.greeting_bytes_max {
             return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
@@ -354,7 +390,7 @@ impl Engine {
                 return self.packet(spec.id).await.map_err(|_| SendError::Busy)
             }
             Reservation::Taken(Route::Closed(view)) if view.spec() == spec => {
-                return inner.after_barrier((*view).clone()).await.ok_or(SendError::ShuttingDown)
+                return inner.after_barrier((*view).clone()).await.ok_or_else(|| inner.lost().read().into())
             }
             Reservation::Taken(_) => return Err(SendError::IdConflict { packet: spec.id }),
         }
@@ -370,7 +406,7 @@ impl Engine {
         }
         // From here the send completes even if this future is dropped: the shard debits and
         // the packet opens without the caller.
-        rx.await.map_err(|_| SendError::ShuttingDown)?
+        rx.await.map_err(|_| SendError::from(inner.lost()))?
     }
 
     /// Grabs a share of `packet` for `user`. The share is in the user's wallet when this
@@ -381,7 +417,7 @@ impl Engine {
     /// `AlreadyGrabbed`, `NotEligible`, `Expired`, `SoldOut`, `UnknownPacket`, `Busy` (the
     /// packet's mailbox is full: retry), `ShuttingDown`.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> Result<Grabbed, GrabError> {
-        let inner = self.inner().ok_or(GrabError::ShuttingDown)?;
+        let inner = self.inner()?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.wake(packet) {
                 None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
@@ -392,7 +428,10 @@ impl Engine {
                     let refusal = grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired);
                     // The view may hold records still on their way to the disk (the last claims,
                     // the refund): the answer waits until they are durable, as a live one would.
-                    return Err(inner.after_barrier(refusal).await.ok_or(GrabError::ShuttingDown)?);
+                    return Err(inner
+                        .after_barrier(refusal)
+                        .await
+                        .ok_or_else(|| GrabError::from(inner.lost().read()))?);
                 }
                 Some(Route::Live(live)) => live,
                 Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
@@ -405,12 +444,14 @@ impl Engine {
             }
             match rx.await {
                 Ok(result) => return result,
+                // The reply was lost in a failure: the grab may have been recorded.
+                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
                 // The actor closed at expiry with this grab still queued: the route now
                 // holds the closed view, which answers it.
                 Err(_) => continue,
             }
         }
-        Err(GrabError::ShuttingDown)
+        Err(inner.lost().into())
     }
 
     /// The packet as it stands: status, claims in grab order, escrow left, best luck once sold
@@ -420,12 +461,12 @@ impl Engine {
     ///
     /// `UnknownPacket`, `Busy`, `ShuttingDown`.
     pub async fn packet(&self, packet: PacketId) -> Result<PacketView, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.get(packet) {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
                 Some(Route::Closed(view)) => {
-                    return inner.after_barrier((*view).clone()).await.ok_or(EngineError::ShuttingDown)
+                    return inner.after_barrier((*view).clone()).await.ok_or_else(|| inner.lost().read().into())
                 }
                 // Nothing has happened to it yet: no need to wake it to describe it.
                 Some(Route::Dormant(meta)) => return Ok(meta.state().view()),
@@ -441,7 +482,7 @@ impl Engine {
                 return Ok(view);
             }
         }
-        Err(EngineError::ShuttingDown)
+        Err(inner.lost().read().into())
     }
 
     /// Asks to take back a packet's unclaimed remainder before expiry. Personal packets are
@@ -452,7 +493,7 @@ impl Engine {
     ///
     /// `Irrevocable` for any packet that exists, `UnknownPacket`, `ShuttingDown`.
     pub async fn recall(&self, packet: PacketId) -> Result<Amount, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         match inner.routes.get(packet) {
             None | Some(Route::Opening) => Err(EngineError::UnknownPacket),
             Some(_) => Err(EngineError::Irrevocable { packet }),
@@ -465,7 +506,7 @@ impl Engine {
     ///
     /// `TooManySubscribers` over `subscribers_max`, `ShuttingDown`.
     pub fn subscribe(&self) -> Result<Subscription, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         inner.events.subscribe().ok_or(EngineError::TooManySubscribers { max: inner.limits.subscribers_max })
     }
 
@@ -481,7 +522,7 @@ impl Engine {
     ///
     /// `ShuttingDown`.
     pub async fn expire_due(&self) -> Result<usize, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         let due = inner.routes.due(inner.clock.now());
         // A dropped reply means the packet closed under an earlier expiry; the barrier below
         // waits for that expiry's refund too.
@@ -503,7 +544,7 @@ impl Engine {
     ///
     /// `ShuttingDown`.
     pub async fn audit(&self) -> Result<Audit, EngineError> {
-        let inner = self.inner().ok_or(EngineError::ShuttingDown)?;
+        let inner = self.inner()?;
         let (mut live, mut closed, mut violations) = (0, 0, Vec::new());
         let mut sums = Sums::default();
         let mut actors = Vec::new();
@@ -527,7 +568,7 @@ impl Engine {
             sums.escrow += u128::from(escrow.as_fen());
             violations.extend(check.err());
         }
-        for t in inner.wallets.totals().await.ok_or(EngineError::ShuttingDown)? {
+        for t in inner.wallets.totals().await.ok_or_else(|| EngineError::from(inner.lost().read()))? {
             sums.wallets += u128::from(t.balances);
             sums.deposits += u128::from(t.deposited);
             sums.withdrawals += u128::from(t.withdrawn);

@@ -1,5 +1,7 @@
 //! The errors callers can act on. Each names what went wrong and, where it helps, the value or
-//! bound involved. An error always means nothing changed.
+//! bound involved. An error means nothing changed — except `OutcomeUnknown`, which says the
+//! engine failed while recording the request: it may have taken effect, and the only safe
+//! follow-up is the same request again (same ids) once the engine runs again.
 //!
 //! The enums are `#[non_exhaustive]`: new refusals come with new rules. With the `serde`
 //! feature each serializes as a `kind` tag plus its fields, as in
@@ -42,6 +44,15 @@ pub enum GrabError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Grab again once the engine runs again: a repeat grab returns the first
+    /// result, so nothing is paid twice.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
 }
 
 /// Why a packet was not sent. Nothing was debited.
@@ -96,6 +107,15 @@ pub enum SendError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Send again with the same packet id and fields once the engine runs
+    /// again: it is applied once.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
 }
 
 /// Why a deposit or withdrawal did nothing.
@@ -133,6 +153,15 @@ pub enum WalletError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Retry with the same operation id and fields once the engine runs
+    /// again: it is applied once.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
 }
 
 /// Why a query or administrative call failed.
@@ -177,6 +206,14 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Retry once the engine runs again: roster changes are idempotent.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
 }
 
 /// Why the engine did not start.

@@ -31,6 +31,7 @@
 //! | `ledger` | wallet balances and their rules, as plain data |
 //! | `record` | [`Record`]s of every state change, and their binary encoding |
 //! | `split` | validation of a split and the lucky "double mean" draw |
+//! | `health` | serving, shutting down or failed; what a caller may assume after a failure |
 //! | `error` | the typed errors callers act on |
 //! | `placement` | which thread or shard an id goes to; per-packet seeds |
 //! | `limits`, `clock`, `money` | every bound; system and manual time; [`Amount`] in fen and the ids |
@@ -61,6 +62,7 @@ mod config;
 mod engine;
 mod error;
 mod events;
+mod health;
 pub mod journal;
 mod ledger;
 mod limits;
@@ -77,14 +79,18 @@ pub mod split;
 mod timer;
 mod wallet;
 
+#[cfg(test)]
+mod fault_tests;
+
 pub use audit::{audit_journal, Audit, JournalAudit};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
 pub use error::{EngineError, GrabError, SendError, StartError, WalletError};
 pub use events::{Event, EventsError, Subscription};
-pub use journal::{Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Record};
-pub use limits::{InvalidLimits, Limits};
+pub use health::{Failure, Health};
+pub use journal::{Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Record, StorageFailure};
+pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
 pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, UserId};
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;

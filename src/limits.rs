@@ -6,6 +6,21 @@
 
 use thiserror::Error;
 
+/// The largest record the journal format frames, in bytes; every limit that sizes a record (a
+/// greeting, a roster) is checked against it, so no record is acknowledged that a restart
+/// could not read.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
+
+/// The largest mailbox or event buffer the runtimes can allocate without trouble (actix and
+/// tokio refuse, or reserve memory for, larger ones).
+pub const QUEUE_LEN_MAX: usize = 1 << 24;
+
+/// The bytes of a send record besides its greeting (tag, ids, seed, times, cap, split, length).
+const SEND_RECORD_FIXED_BYTES: usize = 1 + 7 * 8 + 1 + 2 * 8 + 4;
+
+/// The bytes of a roster record besides its members (tag, group, count).
+const ROSTER_RECORD_FIXED_BYTES: usize = 1 + 8 + 4;
+
 /// The engine's bounds. `Limits::default()` holds the product defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -102,6 +117,22 @@ impl Limits {
         if self.event_buffer_len == 0 {
             return fail("event_buffer_len must be at least 1");
         }
+        if [self.packet_mailbox_capacity, self.wallet_mailbox_capacity, self.event_buffer_len]
+            .iter()
+            .any(|&len| len > QUEUE_LEN_MAX)
+        {
+            return fail("mailbox capacities and event_buffer_len must be at most 2^24");
+        }
+        if self.subscribers_max == 0 {
+            return fail("subscribers_max must be at least 1");
+        }
+        // Every record the limits allow must fit the journal's frame.
+        if self.greeting_bytes_max > RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES {
+            return fail("greeting_bytes_max must leave a send record within the journal's 64 MiB record bound");
+        }
+        if self.members_per_group_max > (RECORD_BYTES_MAX - ROSTER_RECORD_FIXED_BYTES) / 8 {
+            return fail("members_per_group_max must leave a roster record within the journal's 64 MiB record bound");
+        }
         Ok(())
     }
 }
@@ -127,5 +158,21 @@ mod tests {
         assert!(l.validate().is_err());
         let l = Limits { balance_fen_max: u64::MAX, ..Limits::default() };
         assert!(l.validate().is_err());
+        for l in [
+            Limits { event_buffer_len: usize::MAX, ..Limits::default() },
+            Limits { packet_mailbox_capacity: usize::MAX, ..Limits::default() },
+            Limits { wallet_mailbox_capacity: QUEUE_LEN_MAX + 1, ..Limits::default() },
+            Limits { greeting_bytes_max: RECORD_BYTES_MAX, ..Limits::default() },
+            Limits { members_per_group_max: RECORD_BYTES_MAX / 8, ..Limits::default() },
+            Limits { subscribers_max: 0, ..Limits::default() },
+        ] {
+            assert!(l.validate().is_err(), "{l:?}");
+        }
+        // The largest values that still fit are accepted.
+        let l = Limits { greeting_bytes_max: RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES, ..Limits::default() };
+        assert!(l.validate().is_ok());
+        // Every share count the type holds can be served: the sums are saturating.
+        let l = Limits { shares_per_packet_max: u32::MAX, ..Limits::default() };
+        assert!(l.validate().is_ok());
     }
 }

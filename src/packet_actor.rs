@@ -19,9 +19,10 @@
 //!
 //! # Lifecycle
 //!
-//! The routes (`routes.rs`) start the actor when a dormant packet is first touched. At expiry
-//! it refunds what is left (once), hands its final view to [`PacketCtx::on_close`] (the routes
-//! replace its entry with the closed view, which keeps answering repeat grabs), and stops.
+//! The routes (`routes.rs`) start the actor when a dormant packet is first touched. When its
+//! last share is taken, or at expiry (refunding what is left, once), it hands its final view
+//! to [`PacketCtx::on_close`] (the routes replace its entry with the closed view, which keeps
+//! answering repeat grabs and queries), and stops.
 //! Messages still in its mailbox then are dropped; their callers see the closed route and are
 //! answered from it.
 
@@ -34,11 +35,13 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::error::GrabError;
 use crate::events::{Event, EventHub};
+use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::money::{Amount, IdSet, PacketId, UserId};
 use crate::packet::{Expiry, PacketState, PacketStatus, PacketView};
 use crate::record::Record;
 use crate::roster::{self, Rosters};
+use crate::timer::{Schedule, Timer};
 use crate::wallet::Wallets;
 
 /// A share won.
@@ -66,6 +69,10 @@ pub(crate) struct PacketCtx {
     pub events: Arc<EventHub>,
     pub wallets: Arc<Wallets>,
     pub rosters: Arc<Rosters>,
+    /// Where a deadline goes back when the clock stepped back under it.
+    pub timer: Addr<Timer>,
+    /// Blown if a handler panics.
+    pub fuse: Arc<Fuse>,
     pub mailbox_capacity: usize,
     /// Called with the final view when the packet closes.
     pub on_close: Box<dyn Fn(PacketView) + Send + Sync>,
@@ -159,6 +166,13 @@ impl PacketActor {
         } else {
             self.ctx.journal.barrier(Box::new(answer));
         }
+        if expiry == Expiry::NotDue {
+            // The timer let the deadline go when it fired, but the clock has stepped back since:
+            // the deadline goes back to the timer, which holds every deadline until its packet
+            // closes.
+            let at = self.state.sent().expires_at;
+            self.ctx.timer.do_send(Schedule { at, packet: self.state.id() });
+        }
         if matches!(expiry, Expiry::Refund(_) | Expiry::NothingLeft) {
             (self.ctx.on_close)(self.state.view());
             actx.stop();
@@ -220,6 +234,13 @@ impl Handler<Grab> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Grab, actx: &mut Context<Self>) {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.fuse.guard("packet", || self.grab(m, actx));
+    }
+}
+
+impl PacketActor {
+    fn grab(&mut self, m: Grab, actx: &mut Context<Self>) {
         let now = self.ctx.clock.now();
         if self.state.is_due(now) {
             // The timer has not fired yet, but the deadline has passed: expire first, so a
@@ -241,6 +262,13 @@ impl Handler<Grab> for PacketActor {
             remaining: self.state.escrow(),
         };
         self.record_claim(record, grabbed, m.reply);
+        if self.state.status() == PacketStatus::SoldOut {
+            // Nothing is left to grab or refund: the packet closes at once, so a sold-out
+            // packet holds no actor and no open slot until its deadline. Its closed view
+            // answers repeat grabs (after a barrier, so never before its last claim is durable).
+            (self.ctx.on_close)(self.state.view());
+            actx.stop();
+        }
     }
 }
 
@@ -256,7 +284,8 @@ impl Handler<Expire> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Expire, actx: &mut Context<Self>) {
-        self.expire(actx, m.0);
+        let ctx = Arc::clone(&self.ctx);
+        ctx.fuse.guard("packet", || self.expire(actx, m.0));
     }
 }
 

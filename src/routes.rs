@@ -162,18 +162,12 @@ impl Routes {
         self.timer.do_send(Schedule { at: expires_at, packet: id });
     }
 
-    /// Loads the packets a journal recorded: closed ones (expired, or sold out past their
-    /// deadline, whose closing records nothing) as their final view, the rest dormant with
-    /// their claims and their deadlines scheduled (a deadline that passed while the engine was
-    /// down fires at once).
-    pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>, now: Timestamp) {
+    /// Loads the packets a journal recorded: closed ones (sold out or expired) as their final
+    /// view, open ones dormant with their claims and their deadlines scheduled (a deadline that
+    /// passed while the engine was down fires at once).
+    pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>) {
         for p in packets {
-            let closed = match p.status() {
-                PacketStatus::Open => false,
-                PacketStatus::SoldOut => p.sent().expires_at <= now,
-                _ => true,
-            };
-            if closed {
+            if p.status() != PacketStatus::Open {
                 self.table.insert(p.id(), Route::Closed(Arc::new(p.view())));
             } else {
                 self.open(PacketMeta { sent: p.sent().clone(), claims: p.claims().to_vec() }, false);

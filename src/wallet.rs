@@ -7,8 +7,7 @@
 //!
 //! | message   | from            | reply                                  | refused when full |
 //! |-----------|-----------------|----------------------------------------|-------------------|
-//! | `Deposit` | engine handle   | new balance, after the record is durable | yes (`Busy`)    |
-//! | `Withdraw`| engine handle   | new balance, after the record is durable | yes (`Busy`)    |
+//! | `Move`    | engine handle   | a deposit's or withdrawal's new balance, after the record is durable | yes (`Busy`) |
 //! | `Balance` | engine handle   | balance, after a journal barrier       | yes (`Busy`)      |
 //! | `Escrow`  | engine handle   | the send record, or `InsufficientFunds`, to a settle callback | yes (`Busy`) |
 //! | `Credit`  | packet actors   | none                                   | never: a won share or refund must land |
@@ -28,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{SendError, WalletError};
 use crate::events::{Event, EventHub};
+use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::ledger::{Credit as CreditMove, Decision, Ledger, Totals};
 use crate::money::{Amount, OpId, UserId};
@@ -38,25 +38,58 @@ use crate::runtime::{self, Refused};
 /// The reply to a deposit or withdrawal.
 type Reply = oneshot::Sender<Result<Amount, WalletError>>;
 
-/// A deposit request.
+/// A deposit (with `balance_fen_max`) or a withdrawal (without).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Deposit {
+pub(crate) struct Move {
     pub op: OpId,
     pub user: UserId,
     pub amount: Amount,
-    pub balance_fen_max: u64,
+    /// `Some(balance_fen_max)` for a deposit, `None` for a withdrawal.
+    pub deposit: Option<u64>,
+    /// Told whether the operation id ends up applied (see [`OpOwners`]).
+    pub owners: Arc<OpOwners>,
     pub reply: Reply,
 }
 
-/// A withdrawal request.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Withdraw {
-    pub op: OpId,
-    pub user: UserId,
-    pub amount: Amount,
-    pub reply: Reply,
+/// Which user each operation id belongs to, across shards: an id reused for another user is
+/// refused even though the two users live on different shards. An id is held from the moment
+/// a request claims it; a request that ends refused gives it back (an error changes nothing,
+/// ids included), one that ends applied keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct OpOwners(DashMap<OpId, OpOwner>);
+
+#[derive(Debug)]
+struct OpOwner {
+    user: UserId,
+    /// Requests with this id not yet decided by their shard.
+    in_flight: u32,
+    applied: bool,
+}
+
+impl OpOwners {
+    /// Holds `op` for `user`, or refuses it if another user holds it.
+    pub(crate) fn claim(&self, op: OpId, user: UserId) -> Result<(), WalletError> {
+        let mut owner = self.0.entry(op).or_insert(OpOwner { user, in_flight: 0, applied: false });
+        if owner.user != user {
+            return Err(WalletError::IdConflict { op });
+        }
+        owner.in_flight += 1;
+        Ok(())
+    }
+
+    /// Records how a request that claimed `op` ended; an id that no request applied is given
+    /// back once no request holds it.
+    pub(crate) fn settle(&self, op: OpId, applied: bool) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.0.entry(op) {
+            let owner = e.get_mut();
+            owner.in_flight -= 1;
+            owner.applied |= applied;
+            if owner.in_flight == 0 && !owner.applied {
+                e.remove();
+            }
+        }
+    }
 }
 
 /// A balance read.
@@ -99,11 +132,17 @@ pub(crate) struct WalletShard {
     ledger: Ledger,
     journal: Arc<dyn Journal>,
     events: Arc<EventHub>,
+    fuse: Arc<Fuse>,
 }
 
 impl WalletShard {
-    pub(crate) fn new(ledger: Ledger, journal: Arc<dyn Journal>, events: Arc<EventHub>) -> WalletShard {
-        WalletShard { ledger, journal, events }
+    pub(crate) fn new(
+        ledger: Ledger,
+        journal: Arc<dyn Journal>,
+        events: Arc<EventHub>,
+        fuse: Arc<Fuse>,
+    ) -> WalletShard {
+        WalletShard { ledger, journal, events, fuse }
     }
 
     /// Records and applies a decided deposit or withdrawal and replies once it is durable; a
@@ -141,21 +180,22 @@ impl Actor for WalletShard {
     type Context = Context<Self>;
 }
 
-impl Handler<Deposit> for WalletShard {
+impl Handler<Move> for WalletShard {
     type Result = ();
 
-    fn handle(&mut self, m: Deposit, _: &mut Context<Self>) {
-        let decision = self.ledger.decide_deposit(m.op, m.user, m.amount, m.balance_fen_max);
-        self.settle(decision, m.reply);
-    }
-}
-
-impl Handler<Withdraw> for WalletShard {
-    type Result = ();
-
-    fn handle(&mut self, m: Withdraw, _: &mut Context<Self>) {
-        let decision = self.ledger.decide_withdrawal(m.op, m.user, m.amount);
-        self.settle(decision, m.reply);
+    fn handle(&mut self, m: Move, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || {
+            let decision = match m.deposit {
+                Some(balance_fen_max) => self.ledger.decide_deposit(m.op, m.user, m.amount, balance_fen_max),
+                None => self.ledger.decide_withdrawal(m.op, m.user, m.amount),
+            };
+            // The id stays taken if it is applied now, was applied before, or is applied with
+            // other fields; a refusal gives it back.
+            let applied = matches!(decision, Ok(_) | Err(WalletError::IdConflict { .. }));
+            m.owners.settle(m.op, applied);
+            self.settle(decision, m.reply);
+        });
     }
 }
 
@@ -173,6 +213,13 @@ impl Handler<Escrow> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Escrow, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || self.escrow(m));
+    }
+}
+
+impl WalletShard {
+    fn escrow(&mut self, m: Escrow) {
         let Escrow { sent, settle } = m;
         let total = sent.spec.split.total().expect("validated before escrow");
         if let Err(e) = self.ledger.decide_debit(sent.spec.sender, total) {
@@ -191,7 +238,8 @@ impl Handler<Credit> for WalletShard {
     type Result = ();
 
     fn handle(&mut self, m: Credit, _: &mut Context<Self>) {
-        self.ledger.credit(m.0);
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || self.ledger.credit(m.0));
     }
 }
 
@@ -214,15 +262,14 @@ impl Handler<Flush> for WalletShard {
 /// The handle to every wallet shard.
 pub(crate) struct Wallets {
     shards: Box<[Addr<WalletShard>]>,
-    /// Which user each operation id belongs to, so an id reused for another user is refused
-    /// even though the two users live on different shards.
-    op_owners: DashMap<OpId, UserId>,
+    owners: Arc<OpOwners>,
 }
 
 impl Wallets {
     /// The handle to `shards`, whose ledgers already applied the operations in `ops`.
     pub(crate) fn new(shards: Box<[Addr<WalletShard>]>, ops: impl IntoIterator<Item = (OpId, UserId)>) -> Wallets {
-        Wallets { shards, op_owners: ops.into_iter().collect() }
+        let owners = ops.into_iter().map(|(op, user)| (op, OpOwner { user, in_flight: 0, applied: true })).collect();
+        Wallets { shards, owners: Arc::new(OpOwners(owners)) }
     }
 
     /// Which shard holds `user`'s wallet, of `shards`.
@@ -245,14 +292,27 @@ impl Wallets {
         self.shard(credit.user).do_send(Credit(credit));
     }
 
-    /// Records that `op` belongs to `user`, or refuses it if it belongs to someone else.
-    pub(crate) fn claim_op(&self, op: OpId, user: UserId) -> Result<(), WalletError> {
-        let owner = *self.op_owners.entry(op).or_insert(user);
-        if owner == user {
-            Ok(())
-        } else {
-            Err(WalletError::IdConflict { op })
-        }
+    /// Sends a deposit (`deposit` is `Some(balance_fen_max)`) or a withdrawal to the user's
+    /// shard, holding its id for the user until the shard has decided it.
+    ///
+    /// # Errors
+    ///
+    /// `IdConflict` if another user holds the id; `Busy` or `ShuttingDown` if the shard does
+    /// not take the request (the id is then given back).
+    pub(crate) fn send_move(
+        &self,
+        op: OpId,
+        user: UserId,
+        amount: Amount,
+        deposit: Option<u64>,
+        reply: Reply,
+    ) -> Result<(), WalletError> {
+        self.owners.claim(op, user)?;
+        let owners = Arc::clone(&self.owners);
+        self.tell(user, Move { op, user, amount, deposit, owners, reply }).map_err(|refused| {
+            self.owners.settle(op, false);
+            WalletError::from(refused)
+        })
     }
 
     /// Sends `msg` to `user`'s shard unless its mailbox is full.

@@ -50,7 +50,6 @@ impl Packet {
 #[derive(Default)]
 struct Model {
     balances: HashMap<UserId, u64>,
-    op_owner: HashMap<OpId, UserId>,
     ops: HashMap<OpId, (Kind, UserId, u64, u64)>,
     rosters: HashMap<GroupId, HashSet<UserId>>,
     packets: HashMap<PacketId, Packet>,
@@ -68,10 +67,7 @@ impl Model {
     }
 
     fn wallet_op(&mut self, kind: Kind, op: OpId, user: UserId, amount: u64, max: u64) -> Result<Amount, WalletError> {
-        let owner = *self.op_owner.entry(op).or_insert(user);
-        if owner != user {
-            return Err(WalletError::IdConflict { op });
-        }
+        // An id belongs to whoever applied it; a refused operation leaves it free.
         if let Some(&(k, u, a, after)) = self.ops.get(&op) {
             return if (k, u, a) == (kind, user, amount) {
                 Ok(Amount::fen(after))

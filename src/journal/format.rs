@@ -67,7 +67,7 @@ pub(crate) fn read_header(bytes: &[u8]) -> Header {
 /// Length, checksum and previous hash.
 pub(crate) const FRAME_HEADER_BYTES: usize = 4 + 4 + 32;
 /// Largest payload a frame may claim; anything larger is damage, not a record.
-pub(crate) const PAYLOAD_BYTES_MAX: usize = 64 << 20;
+pub(crate) const PAYLOAD_BYTES_MAX: usize = crate::limits::RECORD_BYTES_MAX;
 /// The hash that the first frame of a history follows.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
@@ -106,6 +106,9 @@ pub enum JournalError {
         /// Its version.
         version: u8,
     },
+    /// The journal's configuration cannot be served.
+    #[error("invalid journal configuration: {0}")]
+    InvalidConfig(String),
     /// The operating system refused.
     #[error("journal I/O on {path}: {source}")]
     Io {

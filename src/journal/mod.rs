@@ -39,8 +39,24 @@ pub use format::JournalError;
 pub(crate) use writer::FileJournal;
 pub use writer::{Durability, FileJournalConfig};
 
-/// What runs once a record (or a barrier) is durable.
+/// What runs once a record (or a barrier) is durable. A journal that fails drops the
+/// completions it could not run; see [`Journal::failure`] for what their callers may assume.
 pub type Completion = Box<dyn FnOnce() + Send>;
+
+/// How a journal failed, as far as the records in flight at that moment are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum StorageFailure {
+    /// A write failed and the journal cut its files back to the last durable record: no record
+    /// whose completion was dropped will be found by a restart.
+    CutBack,
+    /// A write, a sync or the cut back failed: records whose completion was dropped may or may
+    /// not be durable. (An `fsync` that failed is never retried: the kernel may have dropped
+    /// the pages it could not write.)
+    OutcomeUnknown,
+}
 
 /// Where state changes are made durable. See the module documentation for the contract.
 pub trait Journal: Send + Sync + 'static {
@@ -53,10 +69,10 @@ pub trait Journal: Send + Sync + 'static {
     /// Waits until every record appended so far is durable (used by a graceful shutdown).
     fn flush(&self);
 
-    /// Whether the journal has stopped after a storage error: nothing more can be made
-    /// durable, so the engine refuses every request.
-    fn failed(&self) -> bool {
-        false
+    /// Whether the journal has stopped after a storage error, and what became of the records
+    /// in flight then. Nothing more can be made durable, so the engine refuses every request.
+    fn failure(&self) -> Option<StorageFailure> {
+        None
     }
 
     /// Makes everything appended so far durable, stops accepting records (later appends and

@@ -13,14 +13,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::format::{self, io, JournalError, Kind, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use super::reader::{self, Recovered};
-use super::{snapshot, Completion, Fold, Journal, Restore};
+use super::{snapshot, Completion, Fold, Journal, Restore, StorageFailure};
 use crate::record::{self, Record};
 
 /// The writer thread's name.
@@ -61,9 +61,49 @@ pub struct FileJournalConfig {
     /// Keep the segments a snapshot covers (as an archive) instead of deleting them (default
     /// false).
     pub keep_segments: bool,
+    /// Faults injected into the segment I/O (tests and the simulator only).
+    pub(crate) faults: Option<Faults>,
+}
+
+/// Faults to inject into the writer's segment I/O, shared with the test that sets them.
+pub(crate) type Faults = Arc<parking_lot::Mutex<FaultPlan>>;
+
+/// What the injected faults are now.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FaultPlan {
+    /// Bytes the disk still takes; a write past them writes what fits and fails `StorageFull`
+    /// (`None`: unbounded).
+    pub space_left_bytes: Option<u64>,
+    /// Every sync fails.
+    pub fail_sync: bool,
+    /// Cutting a segment back (after a failed write) fails.
+    pub fail_cut: bool,
 }
 
 impl FileJournalConfig {
+    /// Checks that every bound can be served.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::InvalidConfig`] naming the first bound that cannot.
+    pub fn validate(&self) -> Result<(), JournalError> {
+        let fail = |why: &str| Err(JournalError::InvalidConfig(why.into()));
+        if let Durability::Buffered { interval_ms: 0 } = self.durability {
+            // Zero would make the writer wake without pause: a core spent on nothing.
+            return fail("Buffered interval_ms must be at least 1");
+        }
+        if self.batch_bytes_max == 0 || self.queue_len_max == 0 || self.queue_len_max > crate::limits::QUEUE_LEN_MAX {
+            return fail("batch_bytes_max must be at least 1 and queue_len_max between 1 and 2^24");
+        }
+        if self.segment_bytes_max < SEGMENT_HEADER_BYTES as u64 + 1 {
+            return fail("segment_bytes_max must leave room for a record after the segment header");
+        }
+        if self.snapshot_every_records == Some(0) {
+            return fail("snapshot_every_records must be at least 1 (None: no snapshots)");
+        }
+        Ok(())
+    }
+
     /// A journal in `dir` with `durability` and default bounds.
     pub fn new(dir: impl Into<PathBuf>, durability: Durability) -> FileJournalConfig {
         FileJournalConfig {
@@ -74,7 +114,34 @@ impl FileJournalConfig {
             queue_len_max: 65_536,
             snapshot_every_records: Some(1_000_000),
             keep_segments: false,
+            faults: None,
         }
+    }
+}
+
+/// The journal's failure, set once by the writer before it drops the completions in flight.
+#[derive(Debug, Default)]
+struct FailureCell(AtomicU8);
+
+impl FailureCell {
+    const NONE: u8 = 0;
+    const CUT_BACK: u8 = 1;
+    const UNKNOWN: u8 = 2;
+
+    fn get(&self) -> Option<StorageFailure> {
+        match self.0.load(Ordering::Acquire) {
+            FailureCell::NONE => None,
+            FailureCell::CUT_BACK => Some(StorageFailure::CutBack),
+            _ => Some(StorageFailure::OutcomeUnknown),
+        }
+    }
+
+    fn set(&self, failure: StorageFailure) {
+        let code = match failure {
+            StorageFailure::CutBack => FailureCell::CUT_BACK,
+            StorageFailure::OutcomeUnknown => FailureCell::UNKNOWN,
+        };
+        self.0.store(code, Ordering::Release);
     }
 }
 
@@ -89,14 +156,14 @@ enum Entry {
 /// The durable [`Journal`].
 pub(crate) struct FileJournal {
     tx: SyncSender<Entry>,
-    failed: Arc<AtomicBool>,
+    failure: Arc<FailureCell>,
     /// The writer thread, which holds the directory's lock while it runs.
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for FileJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileJournal").field("failed", &self.failed.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("FileJournal").field("failure", &self.failure.get()).finish_non_exhaustive()
     }
 }
 
@@ -113,6 +180,7 @@ impl FileJournal {
         config: &FileJournalConfig,
         empty: S,
     ) -> Result<(FileJournal, Recovered<S>), JournalError> {
+        config.validate()?;
         let dir = &config.dir;
         fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = format::lock_path(dir);
@@ -139,25 +207,26 @@ impl FileJournal {
         }
         let (file, segment_len) = open_tail(dir, &path, len)?;
         let (tx, rx) = mpsc::sync_channel(config.queue_len_max);
-        let failed = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(FailureCell::default());
         let shadow = config.snapshot_every_records.map(|_| Box::new(recovered.state.clone()) as Box<dyn Fold>);
         let writer = Writer {
             _lock: lock,
             shadow,
             last_snapshot_seq: recovered.records,
             dir: dir.clone(),
-            file,
+            file: Segment { file, faults: config.faults.clone() },
             path,
+            committed_len: Some(segment_len),
             segment_len,
             next_seq: recovered.records,
             prev: recovered.last_hash,
             config: config.clone(),
-            failed: Arc::clone(&failed),
+            failure: Arc::clone(&failure),
             last_sync: Instant::now(),
         };
         let handle =
             std::thread::Builder::new().name(WRITER_THREAD.into()).spawn(move || writer.run(rx)).map_err(io(dir))?;
-        Ok((FileJournal { tx, failed, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
+        Ok((FileJournal { tx, failure, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
     }
 
     fn send(&self, entry: Entry) {
@@ -189,8 +258,8 @@ impl Journal for FileJournal {
         let _ = rx.recv();
     }
 
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+    fn failure(&self) -> Option<StorageFailure> {
+        self.failure.get()
     }
 
     fn close(&self) {
@@ -237,13 +306,17 @@ struct Writer {
     shadow: Option<Box<dyn Fold>>,
     last_snapshot_seq: u64,
     dir: PathBuf,
-    file: File,
+    file: Segment,
     path: PathBuf,
     segment_len: u64,
     next_seq: u64,
     prev: [u8; 32],
     config: FileJournalConfig,
-    failed: Arc<AtomicBool>,
+    failure: Arc<FailureCell>,
+    /// The segment's length after the last batch whose completions ran (synced, in `Sync`):
+    /// what a failed write is cut back to. `None` while records of the batch in hand were
+    /// already made durable in an earlier segment (nothing can then be proven cut).
+    committed_len: Option<u64>,
     last_sync: Instant,
 }
 
@@ -301,7 +374,7 @@ impl Writer {
     }
 
     /// Takes `first` and whatever else is waiting, up to `batch_bytes_max`, into `batch`.
-    fn collect(&mut self, first: Entry, rx: &Receiver<Entry>, batch: &mut Batch) -> std::io::Result<()> {
+    fn collect(&mut self, first: Entry, rx: &Receiver<Entry>, batch: &mut Batch) -> Result<(), Fault> {
         let mut payload = Vec::with_capacity(256);
         let mut next = Some(first);
         while let Some(entry) = next.take() {
@@ -329,7 +402,7 @@ impl Writer {
 
     /// Writes the batch (syncing it when the durability asks), runs its completions, and
     /// snapshots when one is due or asked for. Returns whether it synced.
-    fn commit(&mut self, batch: &mut Batch, unsynced: bool) -> std::io::Result<bool> {
+    fn commit(&mut self, batch: &mut Batch, unsynced: bool) -> Result<bool, Fault> {
         // A batch of barriers alone adds nothing to sync.
         let must_sync = unsynced
             && match self.config.durability {
@@ -341,6 +414,7 @@ impl Writer {
                 }
             };
         self.write(&mut batch.bytes, must_sync)?;
+        self.committed_len = Some(self.segment_len);
         for then in batch.done.drain(..) {
             then();
         }
@@ -368,22 +442,43 @@ impl Writer {
 
     /// Appends one frame for `payload` to `buf`, rolling to a new segment first if the frame
     /// would take the current one past its size bound.
-    fn frame(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    fn frame(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> Result<(), Fault> {
+        if payload.len() > format::PAYLOAD_BYTES_MAX {
+            // The limits keep every record within the bound; one past it is a bug. Framing it
+            // would acknowledge what a restart cannot read, so the journal stops instead.
+            let error =
+                std::io::Error::other(format!("a record of {} bytes exceeds the format's bound", payload.len()));
+            return Err(Fault::from(error));
+        }
         let frame_len = (format::FRAME_HEADER_BYTES + payload.len()) as u64;
         if self.segment_len + buf.len() as u64 + frame_len > self.config.segment_bytes_max
             && self.segment_len > SEGMENT_HEADER_BYTES as u64
         {
             self.write(buf, true)?;
-            self.roll()?;
+            // The batch's records so far are durable but not yet acknowledged.
+            self.roll(false)?;
         }
         self.prev = format::put_frame(&self.prev, payload, buf);
         self.next_seq += 1;
         Ok(())
     }
 
-    fn write(&mut self, buf: &mut Vec<u8>, sync: bool) -> std::io::Result<()> {
+    /// Writes `buf` (and syncs when `sync`). A failed write may have left whole frames on disk
+    /// before the error: the segment is cut back to its committed length, so that a restart
+    /// finds no record whose caller heard of a failure. A failed sync is final and its
+    /// outcome unknown.
+    fn write(&mut self, buf: &mut Vec<u8>, sync: bool) -> Result<(), Fault> {
         if !buf.is_empty() {
-            self.file.write_all(buf)?;
+            if let Err(error) = self.file.write_all(buf) {
+                let failure = match self.cut_back() {
+                    Ok(()) => StorageFailure::CutBack,
+                    Err(e) => {
+                        tracing::error!(segment = %self.path.display(), error = %e, "could not cut the failed write back");
+                        StorageFailure::OutcomeUnknown
+                    }
+                };
+                return Err(Fault { error, failure });
+            }
             self.segment_len += buf.len() as u64;
             buf.clear();
         }
@@ -394,16 +489,31 @@ impl Writer {
         Ok(())
     }
 
+    /// Cuts the segment back to the end of the last batch whose completions ran.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        let len = self.committed_len.ok_or_else(|| {
+            std::io::Error::other("records of this batch were already made durable in an earlier segment")
+        })?;
+        self.file.set_len(len)?;
+        self.file.file.sync_all()?;
+        self.file.file.seek(std::io::SeekFrom::End(0))?;
+        self.segment_len = len;
+        Ok(())
+    }
+
     /// Writes a snapshot of everything written so far, starts a new segment at that point,
     /// and deletes what the snapshot makes redundant (older snapshots; covered segments unless
     /// `keep_segments`).
-    fn snapshot(&mut self) -> std::io::Result<()> {
+    fn snapshot(&mut self) -> Result<(), Fault> {
         let Some(shadow) = &self.shadow else { return Ok(()) };
         self.file.sync_data()?;
-        snapshot::write(&self.dir, self.next_seq, &self.prev, shadow.as_ref())?;
+        // Every completion ran before a snapshot: a failure from here on leaves nothing in
+        // flight on the disk.
+        let cut = |error| Fault { error, failure: StorageFailure::CutBack };
+        snapshot::write(&self.dir, self.next_seq, &self.prev, shadow.as_ref()).map_err(cut)?;
         self.last_snapshot_seq = self.next_seq;
         if self.segment_len > SEGMENT_HEADER_BYTES as u64 {
-            self.roll()?;
+            self.roll(true).map_err(cut)?;
         }
         for entry in fs::read_dir(&self.dir)?.filter_map(Result::ok) {
             let path = entry.path();
@@ -413,28 +523,86 @@ impl Writer {
                 None => false,
             };
             if covered {
-                fs::remove_file(&path)?;
+                fs::remove_file(&path).map_err(cut)?;
             }
         }
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(cut)
     }
 
-    fn roll(&mut self) -> std::io::Result<()> {
-        self.file.sync_all()?;
+    /// Starts a new segment at the next record. `committed` says whether every record
+    /// written so far has had its completion run (else a later failure cannot be cut back).
+    fn roll(&mut self, committed: bool) -> std::io::Result<()> {
+        self.file.file.sync_all()?;
         self.path = format::path(&self.dir, Kind::Segment, self.next_seq);
-        self.file = OpenOptions::new().create_new(true).write(true).open(&self.path)?;
+        let file = OpenOptions::new().create_new(true).write(true).open(&self.path)?;
+        self.file = Segment { file, faults: self.file.faults.take() };
         self.file.write_all(&format::segment_header())?;
-        self.file.sync_all()?;
+        self.file.file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.segment_len = SEGMENT_HEADER_BYTES as u64;
+        self.committed_len = committed.then_some(self.segment_len);
         Ok(())
     }
 
-    /// Stops on an I/O error: nothing more is acknowledged. Pending completions are dropped,
-    /// so their callers hear that the engine is unavailable rather than a false "done".
-    fn fail(self, e: std::io::Error, rx: &Receiver<Entry>) {
-        tracing::error!(segment = %self.path.display(), error = %e, "journal write failed; no further change is acknowledged");
-        self.failed.store(true, Ordering::Release);
+    /// Stops on an I/O error: nothing more is acknowledged. The failure is published first,
+    /// then pending completions are dropped, so their callers learn what the failure means for
+    /// them (nothing changed, or outcome unknown) rather than a false "done".
+    fn fail(self, fault: Fault, rx: &Receiver<Entry>) {
+        let Fault { error, failure } = fault;
+        tracing::error!(segment = %self.path.display(), %error, ?failure, "journal write failed; no further change is acknowledged");
+        self.failure.set(failure);
         while rx.try_recv().is_ok() {}
+    }
+}
+
+/// A writer's I/O error, with what it means for the records in flight.
+struct Fault {
+    error: std::io::Error,
+    failure: StorageFailure,
+}
+
+impl From<std::io::Error> for Fault {
+    /// Unless a path proves otherwise, a failed operation leaves the records in flight unknown.
+    fn from(error: std::io::Error) -> Fault {
+        Fault { error, failure: StorageFailure::OutcomeUnknown }
+    }
+}
+
+/// The open segment, through which every write, sync and cut passes (so faults can be
+/// injected there).
+struct Segment {
+    file: File,
+    faults: Option<Faults>,
+}
+
+impl Segment {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(faults) = &self.faults {
+            let mut plan = faults.lock();
+            if let Some(left) = plan.space_left_bytes {
+                if bytes.len() as u64 > left {
+                    // What fits is written, as a real disk does: whole frames may land.
+                    self.file.write_all(&bytes[..left as usize])?;
+                    plan.space_left_bytes = Some(0);
+                    return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left (injected)"));
+                }
+                plan.space_left_bytes = Some(left - bytes.len() as u64);
+            }
+        }
+        self.file.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if self.faults.as_ref().is_some_and(|f| f.lock().fail_sync) {
+            return Err(std::io::Error::other("sync failed (injected)"));
+        }
+        self.file.sync_data()
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        if self.faults.as_ref().is_some_and(|f| f.lock().fail_cut) {
+            return Err(std::io::Error::other("truncate failed (injected)"));
+        }
+        self.file.set_len(len)
     }
 }
