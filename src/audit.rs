@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::journal::{format, reader, JournalError};
+use crate::journal::{format, reader, JournalError, Progress};
 use crate::money::Amount;
 use crate::packet::check_view;
 use crate::replay::Replica;
@@ -126,10 +126,26 @@ impl JournalAudit {
 /// # Errors
 ///
 /// [`JournalError::Corrupt`] naming the segment, byte offset and record of the first damaged
-/// or contradictory record; [`JournalError::Io`].
+/// or contradictory record; [`JournalError::NotADirectory`] or [`JournalError::NoJournal`] for
+/// a path that holds no journal (an audit never passes an empty or foreign directory);
+/// [`JournalError::Io`].
 pub fn audit_journal(dir: &Path, share_fen_max: u64) -> Result<JournalAudit, JournalError> {
+    audit_journal_with_progress(dir, share_fen_max, &mut |_| {})
+}
+
+/// [`audit_journal`], telling `progress` after each segment (for a progress bar).
+///
+/// # Errors
+///
+/// As [`audit_journal`].
+pub fn audit_journal_with_progress(
+    dir: &Path,
+    share_fen_max: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<JournalAudit, JournalError> {
+    format::check_existing(dir)?;
     let whole_history = format::path(dir, format::Kind::Segment, 0).exists();
-    let recovered = reader::read(dir, !whole_history, Replica::new(share_fen_max))?;
+    let recovered = reader::read(dir, !whole_history, Replica::new(share_fen_max), progress)?;
     let replica = &recovered.state;
     let (packets_open, packets_sold_out, packets_expired) = replica.packet_counts();
     Ok(JournalAudit {
@@ -212,8 +228,8 @@ mod tests {
         drop(engine);
 
         let cap = crate::Limits::default().share_fen_max;
-        let full = reader::read(&dir, false, Replica::new(cap)).unwrap();
-        let from_snapshot = reader::read(&dir, true, Replica::new(cap)).unwrap();
+        let full = reader::read(&dir, false, Replica::new(cap), &mut |_| {}).unwrap();
+        let from_snapshot = reader::read(&dir, true, Replica::new(cap), &mut |_| {}).unwrap();
         assert!(full.records > 60, "{} records", full.records);
         let (a, b) = (&full.state, &from_snapshot.state);
         assert_eq!((&a.ledger, &a.rosters, a.records), (&b.ledger, &b.rosters, b.records), "same state");

@@ -82,14 +82,16 @@ mod wallet;
 #[cfg(test)]
 mod fault_tests;
 
-pub use audit::{audit_journal, Audit, JournalAudit};
+pub use audit::{audit_journal, audit_journal_with_progress, Audit, JournalAudit};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
 pub use error::{EngineError, GrabError, SendError, StartError, WalletError};
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
-pub use journal::{Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Record, StorageFailure};
+pub use journal::{
+    Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Progress, Record, StorageFailure,
+};
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
 pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, UserId};
 pub use packet::{ClaimView, PacketStatus, PacketView};

@@ -7,11 +7,12 @@
 //! holds, 1 naming the first problem. The work is the library's `audit_journal`; this only
 //! prints it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hongbao::{audit_journal, Amount, JournalError, Limits};
+use hongbao::{audit_journal_with_progress, Amount, JournalError, Limits};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -62,7 +63,11 @@ fn main() -> ExitCode {
 
 fn open(dir: &std::path::Path) -> ExitCode {
     let started = std::time::Instant::now();
-    let config = hongbao::Config::default().with_journal_dir(dir, hongbao::Durability::Sync);
+    let mut config = hongbao::Config::default().with_journal_dir(dir, hongbao::Durability::Sync);
+    // Inspecting a journal never creates one: a mistyped path is an error.
+    if let Some(journal) = config.journal_dir.as_mut() {
+        journal.must_exist = true;
+    }
     let engine = match hongbao::Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
@@ -95,7 +100,27 @@ fn open(dir: &std::path::Path) -> ExitCode {
 }
 
 fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value) {
-    let report = match audit_journal(dir, share_fen_max) {
+    // A long audit shows its progress on a terminal (never in a pipe or a log).
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} segments, {msg} records")
+                .expect("a valid template"),
+        );
+        bar
+    });
+    let mut progress = |p: hongbao::Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.segments_total as u64);
+            bar.set_position(p.segments_read as u64);
+            bar.set_message(p.records.to_string());
+        }
+    };
+    let report = audit_journal_with_progress(dir, share_fen_max, &mut progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = match report {
         Ok(report) => report,
         Err(JournalError::Corrupt { segment, offset, seq, what }) => {
             let first_bad = json!({ "segment": segment, "offset": offset, "record": seq, "what": what });

@@ -69,3 +69,35 @@ async fn audit_passes_a_clean_journal_and_names_the_first_bad_record() {
     assert_eq!(json["first_bad_record"]["record"], 4, "{json}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Inspecting never creates: `open` and `audit` of a mistyped path, an empty directory, a
+/// foreign one or a file fail and say why, and leave nothing behind.
+#[test]
+fn open_and_audit_refuse_what_is_not_a_journal() {
+    let base = std::env::temp_dir().join(format!("hongbao-cli-wrong-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (missing, empty, foreign, file) = (base.join("typo"), base.join("empty"), base.join("foreign"), base.join("f"));
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "not a journal").unwrap();
+    std::fs::write(&file, "a file").unwrap();
+    let run = |args: &[&str], dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hongbao")).args(args).arg(dir).output().expect("hongbao runs")
+    };
+    for (dir, says) in [
+        (&missing, "No such file"),
+        (&empty, "no hongbao journal"),
+        (&foreign, "no hongbao journal"),
+        (&file, "not a directory"),
+    ] {
+        for args in [&["open"][..], &["audit"][..], &["audit", "--json"][..]] {
+            let out = run(args, dir);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {}: {text}", dir.display());
+            assert!(text.contains(says), "{args:?} {}: {text}", dir.display());
+        }
+    }
+    assert!(!missing.exists(), "open created the mistyped directory");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "open wrote into the empty directory");
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -106,6 +106,13 @@ pub enum JournalError {
         /// Its version.
         version: u8,
     },
+    /// The path is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The directory holds no hongbao journal (no segment and no snapshot), and the caller
+    /// asked not to create one (an operator inspecting a journal, an audit).
+    #[error("{0} holds no hongbao journal (no segment and no snapshot)")]
+    NoJournal(PathBuf),
     /// The journal's configuration cannot be served.
     #[error("invalid journal configuration: {0}")]
     InvalidConfig(String),
@@ -158,6 +165,24 @@ pub(crate) fn parse(path: &Path) -> Option<(Kind, u64)> {
         _ => return None,
     };
     Some((kind, path.file_stem()?.to_str()?.parse().ok()?))
+}
+
+/// Checks that `dir` is a directory holding a journal (a segment or a snapshot), without
+/// creating anything.
+///
+/// # Errors
+///
+/// [`JournalError::Io`] if it does not exist, [`JournalError::NotADirectory`],
+/// [`JournalError::NoJournal`].
+pub(crate) fn check_existing(dir: &Path) -> Result<(), JournalError> {
+    let meta = fs::metadata(dir).map_err(io(dir))?;
+    if !meta.is_dir() {
+        return Err(JournalError::NotADirectory(dir.to_path_buf()));
+    }
+    if list(dir, Kind::Segment)?.is_empty() && list(dir, Kind::Snapshot)?.is_empty() {
+        return Err(JournalError::NoJournal(dir.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// The files of `kind` in `dir`, in record order.

@@ -36,6 +36,7 @@ pub(crate) mod writer;
 
 pub use crate::record::Record;
 pub use format::JournalError;
+pub use reader::Progress;
 pub(crate) use writer::FileJournal;
 pub use writer::{Durability, FileJournalConfig};
 

@@ -32,6 +32,18 @@ pub(crate) struct Recovered<S> {
     pub last_hash: [u8; 32],
 }
 
+/// How far a read has come, reported after each segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Segments read so far.
+    pub segments_read: usize,
+    /// Segments to read.
+    pub segments_total: usize,
+    /// Records read so far.
+    pub records: u64,
+}
+
 /// The last segment of a journal.
 #[derive(Debug)]
 pub(crate) struct Tail {
@@ -66,7 +78,12 @@ struct Cursor<S> {
 ///
 /// [`JournalError::Corrupt`] naming the segment, offset and record of the first damaged frame,
 /// of the first record that contradicts the ones before it, or of a gap in the history.
-pub(crate) fn read<S: Restore>(dir: &Path, from_snapshot: bool, empty: S) -> Result<Recovered<S>, JournalError> {
+pub(crate) fn read<S: Restore>(
+    dir: &Path,
+    from_snapshot: bool,
+    empty: S,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Recovered<S>, JournalError> {
     let snapshot = if from_snapshot { snapshot::latest(dir, &empty)? } else { None };
     let (state, start) = match snapshot {
         Some(s) => (s.state, Start { seq: s.seq, snapshot_hash: Some(s.last_hash) }),
@@ -90,6 +107,7 @@ pub(crate) fn read<S: Restore>(dir: &Path, from_snapshot: bool, empty: S) -> Res
         last_hash: start.snapshot_hash.unwrap_or(GENESIS),
     };
     let (mut torn_bytes, mut tail) = (0, None);
+    let mut done = Progress { segments_total: files.len(), ..Progress::default() };
     for (i, (_, path)) in files.iter().enumerate() {
         let last_segment = i + 1 == files.len();
         let (valid_len, version) = read_segment(path, last_segment, &start, &mut at)?;
@@ -97,6 +115,9 @@ pub(crate) fn read<S: Restore>(dir: &Path, from_snapshot: bool, empty: S) -> Res
             torn_bytes = std::fs::metadata(path).map_err(format::io(path))?.len() - valid_len;
             tail = Some(Tail { path: path.clone(), len: valid_len, version });
         }
+        done.segments_read += 1;
+        done.records = at.seq;
+        progress(done);
     }
     if at.seq < start.seq {
         return Err(JournalError::Corrupt {

@@ -61,6 +61,10 @@ pub struct FileJournalConfig {
     /// Keep the segments a snapshot covers (as an archive) instead of deleting them (default
     /// false).
     pub keep_segments: bool,
+    /// Refuse to start on a directory that holds no journal, instead of creating one (default
+    /// false). For operators opening an existing journal: a mistyped path is an error, not a
+    /// new empty journal.
+    pub must_exist: bool,
     /// Faults injected into the segment I/O (tests and the simulator only).
     pub(crate) faults: Option<Faults>,
 }
@@ -114,6 +118,7 @@ impl FileJournalConfig {
             queue_len_max: 65_536,
             snapshot_every_records: Some(1_000_000),
             keep_segments: false,
+            must_exist: false,
             faults: None,
         }
     }
@@ -182,6 +187,9 @@ impl FileJournal {
     ) -> Result<(FileJournal, Recovered<S>), JournalError> {
         config.validate()?;
         let dir = &config.dir;
+        if config.must_exist {
+            format::check_existing(dir)?;
+        }
         fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = format::lock_path(dir);
         let lock =
@@ -189,7 +197,7 @@ impl FileJournal {
         if lock.try_lock().is_err() {
             return Err(JournalError::Locked(dir.clone()));
         }
-        let recovered = reader::read(dir, true, empty)?;
+        let recovered = reader::read(dir, true, empty, &mut |_| {})?;
         let (path, len) = match &recovered.tail {
             Some(tail) if tail.version == FORMAT_VERSION || tail.len == 0 => (tail.path.clone(), tail.len),
             // No segment (a new directory, or one holding only a snapshot), or one of an older
