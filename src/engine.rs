@@ -16,94 +16,33 @@
 //! flush after everything queued before it), flushes the journal, ends event subscriptions and
 //! stops the actor threads. Dropping the last handle without it stops the threads at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::audit::{self, Audit, Sums};
-use crate::clock::{Clock, Timestamp};
+use crate::audit::{Audit, Sums};
+use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
-use crate::events::{Event, EventHub, Subscription};
-use crate::health::{Failure, Fuse, Health, Stopped};
-use crate::journal::{self, FileJournal, Journal, StorageFailure};
+use crate::events::Subscription;
+use crate::health::{Health, Stopped};
 use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
-use crate::packet::{check_view, grab_refusal, PacketState, PacketView};
-use crate::packet_actor::{self, Grab, Grabbed, Inspect, PacketCtx, Query};
+use crate::packet::{check_view, grab_refusal, PacketView};
+use crate::packet_actor::{self, Grab, Grabbed, Inspect, Query};
+use crate::parts::{settle_send, Inner, Retired};
 use crate::placement;
 use crate::record::{NewPacket, PacketSent};
-use crate::replay::Replica;
-use crate::roster::{self, Change, Rosters};
-use crate::routes::{PacketMeta, Reservation, Route, Routes};
-use crate::runtime::{self, Refused, Runtime};
+use crate::roster::{self, Change};
+use crate::routes::{Reservation, Route};
+use crate::runtime::{self, Refused};
 use crate::split;
-use crate::timer::{Attach, Timer};
-use crate::wallet::{Balance, Escrow, Settle, WalletShard, Wallets};
+use crate::wallet::{Balance, Escrow};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
 /// before concluding that the engine is stopping.
 const ROUTE_ATTEMPTS_MAX: usize = 3;
-
-/// The engine's parts, shared by every handle.
-struct Inner {
-    limits: Limits,
-    clock: Arc<dyn Clock>,
-    journal: Arc<dyn Journal>,
-    events: Arc<EventHub>,
-    routes: Arc<Routes>,
-    rosters: Arc<Rosters>,
-    wallets: Arc<Wallets>,
-    running: AtomicBool,
-    /// Blown when an actor panics.
-    fuse: Arc<Fuse>,
-    seed: Option<u64>,
-    runtime: Runtime,
-}
-
-impl Inner {
-    fn health(&self) -> Health {
-        if self.fuse.is_blown() {
-            return Health::Failed { failure: Failure::Internal };
-        }
-        if let Some(storage) = self.journal.failure() {
-            return Health::Failed { failure: Failure::Storage(storage) };
-        }
-        if self.running.load(Ordering::Acquire) {
-            Health::Serving
-        } else {
-            Health::ShuttingDown
-        }
-    }
-
-    /// What a caller whose reply was lost may assume: after a failure, that the request may
-    /// have taken effect (unless the journal proved nothing in flight reached the disk).
-    fn lost(&self) -> Stopped {
-        match self.health() {
-            Health::Failed { failure: Failure::Storage(StorageFailure::CutBack) } => Stopped::Unavailable,
-            Health::Failed { .. } => Stopped::OutcomeUnknown,
-            _ => Stopped::ShuttingDown,
-        }
-    }
-
-    /// `value`, once everything appended so far is durable; `None` if the journal stopped.
-    async fn after_barrier<T: Send + 'static>(&self, value: T) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        journal::reply_after_barrier(&*self.journal, tx, value);
-        rx.await.ok()
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The last handle went (the runtime stops its threads as it drops). The journal is
-        // closed first, so that the directory is free for a new engine when this returns.
-        self.running.store(false, Ordering::Release);
-        self.events.close();
-        self.journal.close();
-    }
-}
 
 /// The handle to a running engine. Cheap to clone; every clone drives the same engine.
 ///
@@ -148,22 +87,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Opens the journal the configuration names: the file journal's recovery first, so a journal
-/// that cannot be read refuses the start before any thread starts.
-fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
-    let Some(dir) = &config.journal_dir else { return Ok((Arc::clone(&config.journal), None)) };
-    let (file, recovered) = FileJournal::open(dir, Replica::new(config.limits.share_fen_max))?;
-    let audit = audit::replica_audit(&recovered.state);
-    if !audit.is_balanced() {
-        let mut problems = audit.violations.clone();
-        if !audit.is_conserved() {
-            problems.push(format!("not conserved: {audit:?}"));
-        }
-        return Err(StartError::Recovery(problems.join("; ")));
-    }
-    Ok((Arc::new(file), Some(recovered.state)))
-}
-
 impl Engine {
     /// Starts the actor system on background threads and returns a handle to it. With a
     /// journal directory, it first recovers the state the journal records.
@@ -176,51 +99,7 @@ impl Engine {
     /// [`StartError`] if the limits contradict each other, `arbiters` or `wallet_shards` is
     /// zero, the journal cannot be opened or recovered, or the threads cannot be started.
     pub fn start(config: Config) -> Result<Engine, StartError> {
-        config.limits.validate()?;
-        if config.arbiters == 0 || config.wallet_shards == 0 {
-            return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
-        }
-        let (journal, replica) = open_journal(&config)?;
-        let Config { limits, clock, seed, arbiters, wallet_shards, .. } = config;
-        let replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
-        let runtime = Runtime::start(arbiters)?;
-        let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
-        let fuse = Arc::new(Fuse::default());
-
-        let ops: Vec<(OpId, UserId)> = replica.ledger.ops().map(|(op, done)| (op, done.user)).collect();
-        let mut ledgers = replica.ledger.split(wallet_shards, |u| Wallets::place(u, wallet_shards)).into_iter();
-        let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
-            let ledger = ledgers.next().expect("one ledger per shard");
-            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
-        })?;
-        let timer = runtime.start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock)))?;
-        let timer = timer[0].clone();
-        let wallets = Arc::new(Wallets::new(shards, ops));
-        let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
-        let routes =
-            Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
-                clock: Arc::clone(&clock),
-                journal: Arc::clone(&journal),
-                events: Arc::clone(&events),
-                wallets: Arc::clone(&wallets),
-                rosters: Arc::clone(&rosters),
-                timer: timer.clone(),
-                fuse: Arc::clone(&fuse),
-                mailbox_capacity: limits.packet_mailbox_capacity,
-                on_close,
-            });
-        // Weak: the timer must not keep the engine alive after the last handle is gone.
-        let due_routes = Arc::downgrade(&routes);
-        timer.do_send(Attach(Box::new(move |packet| {
-            if let Some(routes) = due_routes.upgrade() {
-                // A dormant packet is woken to expire, so expiry has one implementation.
-                routes.expire(packet, None);
-            }
-        })));
-        routes.load(replica.packets.into_values());
-        let running = true.into();
-        let inner = Inner { limits, clock, journal, events, routes, rosters, wallets, running, fuse, seed, runtime };
-        Ok(Engine { inner: Arc::new(inner) })
+        Ok(Engine { inner: Inner::start(config)? })
     }
 
     /// The engine's parts, unless it is stopping or its journal has failed.
@@ -329,7 +208,8 @@ impl Engine {
     pub async fn deposit(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
         let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
-        inner.wallets.send_move(op, user, amount, Some(inner.limits.balance_fen_max), reply)?;
+        let (max, now) = (inner.limits.balance_fen_max, inner.clock.now());
+        inner.wallets.send_move((op, user, amount), Some(max), now, reply)?;
         rx.await.map_err(|_| WalletError::from(inner.lost()))?
     }
 
@@ -342,7 +222,7 @@ impl Engine {
     pub async fn withdraw(&self, op: OpId, user: UserId, amount: Amount) -> Result<Amount, WalletError> {
         let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
-        inner.wallets.send_move(op, user, amount, None, reply)?;
+        inner.wallets.send_move((op, user, amount), None, inner.clock.now(), reply)?;
         rx.await.map_err(|_| WalletError::from(inner.lost()))?
     }
 
@@ -537,6 +417,20 @@ impl Engine {
         Ok(due.len())
     }
 
+    /// Retires what has passed its retention: closed packets `closed_retention_secs` after they
+    /// closed, operation ids `op_retention_secs` after they were applied (each up to 100 000
+    /// per call). The engine does this by itself every `retire_interval_secs`; this call is for
+    /// tests on a manual clock and operators. Returns how many of each it retired.
+    ///
+    /// # Errors
+    ///
+    /// `ShuttingDown`, `Unavailable`, `OutcomeUnknown` (the retirement record may or may not
+    /// be durable; nothing about money depends on it).
+    pub async fn retire_due(&self) -> Result<Retired, EngineError> {
+        let inner = self.inner()?;
+        Ok(inner.retire_due().await?)
+    }
+
     /// Both sides of the conservation equation and every packet invariant, for a quiescent
     /// moment (requests in flight during the audit may be counted on one side only).
     ///
@@ -603,37 +497,4 @@ impl Engine {
         inner.events.close();
         inner.runtime.stop().await;
     }
-}
-
-/// What happens to a send once its sender's shard decided it: with the durable send record,
-/// the packet's first event is published and the packet opens (dormant); with a refusal, the
-/// id is given back. Runs in the journal's completion, so it completes even if the sender
-/// stopped waiting.
-fn settle_send(inner: &Inner, id: PacketId, reply: oneshot::Sender<Result<PacketView, SendError>>) -> Settle {
-    let (routes, events) = (Arc::clone(&inner.routes), Arc::clone(&inner.events));
-    Box::new(move |result| {
-        let answer = match result {
-            Ok(sent) => {
-                let view = PacketState::open(sent.clone()).view();
-                // Published before the route exists, so `PacketSent` is the packet's first event.
-                events.publish(|| Event::PacketSent {
-                    packet: view.id,
-                    sender: view.sender,
-                    group: view.group,
-                    split: view.split.clone(),
-                    greeting: view.greeting.clone(),
-                    total: view.total,
-                    shares: view.shares,
-                    expires_at: view.expires_at,
-                });
-                routes.open(PacketMeta { sent, claims: Vec::new() }, true);
-                Ok(view)
-            }
-            Err(e) => {
-                routes.abandon(id);
-                Err(e)
-            }
-        };
-        let _ = reply.send(answer);
-    })
 }

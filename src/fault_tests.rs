@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::journal::writer::{FaultPlan, Faults};
+use crate::journal::segment::{FaultPlan, Faults};
 use crate::{
     Amount, Config, Durability, Engine, Failure, FileJournalConfig, Health, OpId, StorageFailure, UserId, WalletError,
 };

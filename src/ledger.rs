@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 
+use crate::clock::Timestamp;
 use crate::error::{SendError, WalletError};
 use crate::money::{Amount, IdMap, OpId, UserId};
 use crate::record::Record;
@@ -40,6 +41,8 @@ pub(crate) struct OpDone {
     pub amount: Amount,
     /// The balance it left.
     pub balance_after: Amount,
+    /// When it was applied; the id is remembered for `op_retention_secs` from then.
+    pub at: Timestamp,
 }
 
 /// What deciding a deposit or withdrawal found.
@@ -98,6 +101,7 @@ impl Ledger {
         user: UserId,
         amount: Amount,
         balance_fen_max: u64,
+        now: Timestamp,
     ) -> Result<Decision, WalletError> {
         if let Some(decided) = self.repeat(op, true, user, amount) {
             return decided;
@@ -107,7 +111,7 @@ impl Ledger {
         }
         let after = self.balance(user).as_fen().checked_add(amount.as_fen()).filter(|&b| b <= balance_fen_max);
         after.ok_or(WalletError::BalanceLimit { max: Amount::fen(balance_fen_max) })?;
-        Ok(Decision::Fresh(Record::Deposit { op, user, amount }))
+        Ok(Decision::Fresh(Record::Deposit { op, user, amount, at: now }))
     }
 
     /// Decides a withdrawal of `amount` from `user` under `op`; changes nothing.
@@ -115,7 +119,13 @@ impl Ledger {
     /// # Errors
     ///
     /// `IdConflict` if `op` was used with other fields, `ZeroAmount`, `InsufficientFunds`.
-    pub(crate) fn decide_withdrawal(&self, op: OpId, user: UserId, amount: Amount) -> Result<Decision, WalletError> {
+    pub(crate) fn decide_withdrawal(
+        &self,
+        op: OpId,
+        user: UserId,
+        amount: Amount,
+        now: Timestamp,
+    ) -> Result<Decision, WalletError> {
         if let Some(decided) = self.repeat(op, false, user, amount) {
             return decided;
         }
@@ -126,7 +136,7 @@ impl Ledger {
         if balance < amount {
             return Err(WalletError::InsufficientFunds { balance, needed: amount });
         }
-        Ok(Decision::Fresh(Record::Withdrawal { op, user, amount }))
+        Ok(Decision::Fresh(Record::Withdrawal { op, user, amount, at: now }))
     }
 
     /// Decides whether `user` can put `amount` into a packet's escrow; changes nothing.
@@ -143,17 +153,24 @@ impl Ledger {
     }
 
     /// Applies a record's effect on wallets: a deposit or withdrawal (once per id: a record
-    /// met again with the same fields is skipped), or a send's debit into escrow. Returns the
-    /// balance of the wallet it touched; other records touch no wallet and return zero.
+    /// met again with the same fields is skipped), a send's debit into escrow, or the
+    /// retirement of operation ids (those this ledger holds). Returns the balance of the wallet
+    /// it touched; other records touch no wallet and return zero.
     ///
     /// # Errors
     ///
     /// A description of the contradiction (an id reused with other fields, a withdrawal or a
     /// debit the balance cannot cover); nothing changes then.
     pub(crate) fn apply(&mut self, record: &Record) -> Result<Amount, String> {
-        let (deposit, op, user, amount) = match *record {
-            Record::Deposit { op, user, amount } => (true, op, user, amount),
-            Record::Withdrawal { op, user, amount } => (false, op, user, amount),
+        let (deposit, op, user, amount, at) = match *record {
+            Record::Deposit { op, user, amount, at } => (true, op, user, amount, at),
+            Record::Withdrawal { op, user, amount, at } => (false, op, user, amount, at),
+            Record::Retired { ref ops, .. } => {
+                ops.iter().for_each(|op| {
+                    self.ops.remove(op);
+                });
+                return Ok(Amount::ZERO);
+            }
             Record::PacketSent(ref sent) => {
                 let (user, id) = (sent.spec.sender, sent.spec.id);
                 let total = sent.spec.split.total().ok_or(format!("packet {id}: total overflows"))?;
@@ -179,7 +196,7 @@ impl Ledger {
         } else {
             self.withdrawn += amount.as_fen();
         }
-        self.ops.insert(op, OpDone { deposit, user, amount, balance_after: after });
+        self.ops.insert(op, OpDone { deposit, user, amount, balance_after: after, at });
         Ok(after)
     }
 
@@ -209,34 +226,41 @@ impl Ledger {
         self.ops.iter().map(|(&op, &done)| (op, done))
     }
 
-    /// A ledger of these balances and operations (the sums follow from the operations).
+    /// A ledger of these balances and remembered operations, with these sums (operations may
+    /// have been retired since they were counted).
     pub(crate) fn from_parts(
         balances: impl IntoIterator<Item = (UserId, u64)>,
         ops: impl IntoIterator<Item = (OpId, OpDone)>,
+        deposited: u64,
+        withdrawn: u64,
     ) -> Ledger {
-        let mut ledger = Ledger { balances: balances.into_iter().collect(), ..Ledger::default() };
-        for (op, done) in ops {
-            if done.deposit {
-                ledger.deposited += done.amount.as_fen();
-            } else {
-                ledger.withdrawn += done.amount.as_fen();
-            }
-            ledger.ops.insert(op, done);
-        }
-        ledger
+        Ledger { balances: balances.into_iter().collect(), ops: ops.into_iter().collect(), deposited, withdrawn }
     }
 
-    /// Splits the ledger into `parts` by `part(user)`: one for each wallet shard.
+    /// Splits the ledger into `parts` by `part(user)`: one for each wallet shard. The sums go
+    /// to the first part (the audit only ever adds them up).
     pub(crate) fn split(self, parts: usize, part: impl Fn(UserId) -> usize) -> Vec<Ledger> {
-        let mut balances: Vec<Vec<(UserId, u64)>> = vec![Vec::new(); parts];
-        let mut ops: Vec<Vec<(OpId, OpDone)>> = vec![Vec::new(); parts];
+        let mut ledgers: Vec<Ledger> = (0..parts).map(|_| Ledger::default()).collect();
         for (user, fen) in self.balances {
-            balances[part(user)].push((user, fen));
+            ledgers[part(user)].balances.insert(user, fen);
         }
         for (op, done) in self.ops {
-            ops[part(done.user)].push((op, done));
+            ledgers[part(done.user)].ops.insert(op, done);
         }
-        balances.into_iter().zip(ops).map(|(b, o)| Ledger::from_parts(b, o)).collect()
+        ledgers[0].deposited = self.deposited;
+        ledgers[0].withdrawn = self.withdrawn;
+        ledgers
+    }
+
+    /// The ids of up to `max` operations applied before `cutoff`, due to be forgotten.
+    pub(crate) fn ops_before(&self, cutoff: Timestamp, max: usize) -> Vec<OpId> {
+        self.ops.iter().filter(|(_, d)| d.at < cutoff).map(|(&op, _)| op).take(max).collect()
+    }
+
+    /// Gives operations of records that did not carry their time (format version 1) the time
+    /// `now`: they are remembered for a whole retention from the start that loaded them.
+    pub(crate) fn stamp_unknown_times(&mut self, now: Timestamp) {
+        self.ops.values_mut().filter(|d| d.at == Timestamp(0)).for_each(|d| d.at = now);
     }
 }
 
@@ -248,14 +272,14 @@ mod tests {
 
     /// Decides and applies, as a wallet shard does.
     fn deposit(l: &mut Ledger, op: u64, user: u64, fen: u64) -> Result<Amount, WalletError> {
-        match l.decide_deposit(OpId(op), UserId(user), Amount::fen(fen), MAX)? {
+        match l.decide_deposit(OpId(op), UserId(user), Amount::fen(fen), MAX, Timestamp(1))? {
             Decision::Fresh(record) => Ok(l.apply(&record).unwrap()),
             Decision::Repeat(balance) => Ok(balance),
         }
     }
 
     fn withdraw(l: &mut Ledger, op: u64, user: u64, fen: u64) -> Result<Amount, WalletError> {
-        match l.decide_withdrawal(OpId(op), UserId(user), Amount::fen(fen))? {
+        match l.decide_withdrawal(OpId(op), UserId(user), Amount::fen(fen), Timestamp(1))? {
             Decision::Fresh(record) => Ok(l.apply(&record).unwrap()),
             Decision::Repeat(balance) => Ok(balance),
         }
@@ -265,7 +289,8 @@ mod tests {
     fn deposits_and_withdrawals_apply_once_per_op() {
         let mut l = Ledger::default();
         assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(500)));
-        assert_eq!(l.decide_deposit(OpId(1), UserId(1), Amount::fen(500), MAX), Ok(Decision::Repeat(Amount::fen(500))));
+        let repeat = l.decide_deposit(OpId(1), UserId(1), Amount::fen(500), MAX, Timestamp(2));
+        assert_eq!(repeat, Ok(Decision::Repeat(Amount::fen(500))));
         assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(500)));
         assert_eq!(l.balance(UserId(1)), Amount::fen(500));
         assert_eq!(deposit(&mut l, 1, 1, 501), Err(WalletError::IdConflict { op: OpId(1) }));
@@ -298,13 +323,26 @@ mod tests {
     #[test]
     fn apply_refuses_contradictions_and_changes_nothing() {
         let mut l = Ledger::default();
-        l.apply(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5) }).unwrap();
+        let at = Timestamp(1);
+        l.apply(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5), at }).unwrap();
         let before = l.clone();
-        let overdraw = Record::Withdrawal { op: OpId(2), user: UserId(1), amount: Amount::fen(6) };
+        let overdraw = Record::Withdrawal { op: OpId(2), user: UserId(1), amount: Amount::fen(6), at };
         assert!(l.apply(&overdraw).unwrap_err().contains("does not fit"));
-        let conflict = Record::Withdrawal { op: OpId(1), user: UserId(1), amount: Amount::fen(5) };
+        let conflict = Record::Withdrawal { op: OpId(1), user: UserId(1), amount: Amount::fen(5), at };
         assert!(l.apply(&conflict).unwrap_err().contains("different fields"));
         assert_eq!(l, before);
+    }
+
+    #[test]
+    fn retired_ids_are_forgotten_and_the_sums_stay() {
+        let mut l = Ledger::default();
+        deposit(&mut l, 1, 1, 500).unwrap();
+        assert_eq!(l.ops_before(Timestamp(1), 10), vec![]);
+        assert_eq!(l.ops_before(Timestamp(2), 10), vec![OpId(1)]);
+        l.apply(&Record::Retired { packets: vec![], ops: vec![OpId(1), OpId(9)] }).unwrap();
+        assert_eq!(l.totals(), Totals { balances: 500, deposited: 500, withdrawn: 0 });
+        // The id is free again: the same fields are a new deposit now.
+        assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(1_000)));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | module | role |
 //! |---|---|
 //! | `engine` | the [`Engine`] handle: checks what needs no state, routes requests, start and shutdown |
+//! | `parts` | the engine's parts together: start order, health, retirement sweeps, settling sends |
 //! | `config` | [`Config`]: limits, threads, clock, journal, seed |
 //! | `routes` | the routing table: packet id → opening / dormant / live actor / closed view, the open count |
 //! | `runtime` | the actix system and arbiters, start and stop order, bounded sends (`Busy`) |
@@ -69,6 +70,7 @@ mod limits;
 mod money;
 mod packet;
 mod packet_actor;
+mod parts;
 mod placement;
 mod record;
 mod replay;
@@ -96,6 +98,7 @@ pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
 pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, UserId};
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
+pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{DecodeError, NewPacket, PacketSent};
 pub use split::{InvalidSplit, Split};

@@ -53,6 +53,16 @@ pub struct Limits {
     pub subscribers_max: usize,
     /// Events buffered for a slow subscriber before it is told it lagged (default 65 536).
     pub event_buffer_len: usize,
+    /// Seconds a closed (sold-out or expired) packet is kept after it closed, answering repeat
+    /// grabs and queries, before it is dropped from memory and from later snapshots (default
+    /// 2 592 000: 30 days, the query window of a payment platform's red packet records).
+    pub closed_retention_secs: u64,
+    /// Seconds an applied operation id is remembered, so that a retry is applied once
+    /// (default 604 800: 7 days). After that the id may be used again.
+    pub op_retention_secs: u64,
+    /// Seconds between sweeps that retire closed packets and operation ids past their
+    /// retention (default 3 600).
+    pub retire_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -71,6 +81,9 @@ impl Default for Limits {
             wallet_mailbox_capacity: 16_384,
             subscribers_max: 1_024,
             event_buffer_len: 65_536,
+            closed_retention_secs: 30 * 86_400,
+            op_retention_secs: 7 * 86_400,
+            retire_interval_secs: 3_600,
         }
     }
 }
@@ -125,6 +138,9 @@ impl Limits {
         }
         if self.subscribers_max == 0 {
             return fail("subscribers_max must be at least 1");
+        }
+        if self.retire_interval_secs == 0 {
+            return fail("retire_interval_secs must be at least 1");
         }
         // Every record the limits allow must fit the journal's frame.
         if self.greeting_bytes_max > RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES {

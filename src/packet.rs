@@ -92,6 +92,9 @@ pub struct PacketView {
     pub sent_at: Timestamp,
     /// When its remainder is refunded.
     pub expires_at: Timestamp,
+    /// When it sold out or expired; it is kept (answering repeat grabs and queries) for
+    /// `closed_retention_secs` from then.
+    pub closed_at: Option<Timestamp>,
     /// The seed of its lucky draw (re-derives every share with `split::lucky_shares`).
     pub seed: u64,
 }
@@ -137,6 +140,8 @@ pub(crate) struct PacketState {
     claims: Vec<ClaimView>,
     claimed_by: IdMap<UserId, u32>,
     status: PacketStatus,
+    /// When it sold out or expired.
+    closed_at: Option<Timestamp>,
 }
 
 impl PacketState {
@@ -157,6 +162,7 @@ impl PacketState {
             claims: Vec::new(),
             claimed_by: IdMap::default(),
             status: PacketStatus::Open,
+            closed_at: None,
             sent,
         };
         state.next_fen = state.draw_next();
@@ -202,6 +208,11 @@ impl PacketState {
     /// Claims in grab order.
     pub(crate) fn claims(&self) -> &[ClaimView] {
         &self.claims
+    }
+
+    /// When it sold out or expired.
+    pub(crate) fn closed_at(&self) -> Option<Timestamp> {
+        self.closed_at
     }
 
     /// Shares not yet taken.
@@ -262,12 +273,13 @@ impl PacketState {
                 }
                 None
             }
-            Record::Expired { packet, refund, .. } if packet == id => {
+            Record::Expired { packet, refund, at } if packet == id => {
                 if self.status != PacketStatus::Open || refund != self.escrow() {
                     return Err(format!("packet {id}: refund {refund} with {} in escrow", self.escrow()));
                 }
                 self.remaining_fen = 0;
                 self.status = PacketStatus::Expired { refunded: refund };
+                self.closed_at = Some(at);
                 self.rng = None;
                 Some(Credit { user: self.sent.spec.sender, amount: refund })
             }
@@ -302,6 +314,7 @@ impl PacketState {
         if self.claims.len() as u32 == self.shares {
             assert_eq!(self.remaining_fen, 0, "the last share takes the rest");
             self.status = PacketStatus::SoldOut;
+            self.closed_at = Some(claim.at);
             self.rng = None;
         }
         self.next_fen = self.draw_next();
@@ -351,6 +364,7 @@ impl PacketState {
             best_luck: self.best_luck(),
             sent_at: *sent_at,
             expires_at: *expires_at,
+            closed_at: self.closed_at,
             seed: *seed,
         }
     }

@@ -31,6 +31,14 @@ const MEMBERS_REMOVED: u8 = 9;
 /// A send that records its per-share cap (format version 2); tag 4 is the older send record
 /// without it.
 const PACKET_SENT_CAPPED: u8 = 10;
+const RETIRED: u8 = 11;
+/// Deposits and withdrawals with the time they were applied (format version 2); tags 1 and 2
+/// are the older records without it.
+const DEPOSIT_AT: u8 = 12;
+const WITHDRAWAL_AT: u8 = 13;
+
+/// Most ids one retirement record lists (so that it stays far within the record bound).
+pub(crate) const RETIRED_IDS_MAX: usize = 100_000;
 
 const SPLIT_LUCKY: u8 = 1;
 const SPLIT_FIXED: u8 = 2;
@@ -93,6 +101,9 @@ pub enum Record {
         user: UserId,
         /// How much.
         amount: Amount,
+        /// When it was applied (zero in records of format version 1): its id is remembered
+        /// for `op_retention_secs` from then.
+        at: Timestamp,
     },
     /// Money left a wallet to the outside.
     Withdrawal {
@@ -102,6 +113,8 @@ pub enum Record {
         user: UserId,
         /// How much.
         amount: Amount,
+        /// When it was applied (zero in records of format version 1).
+        at: Timestamp,
     },
     /// A group's roster was replaced.
     Roster {
@@ -153,6 +166,15 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// Closed packets and operation ids past their retention were dropped: from memory and
+    /// from later snapshots. A retired packet id is unknown from then on, and a retired
+    /// operation id may be used again.
+    Retired {
+        /// Closed packets dropped.
+        packets: Vec<PacketId>,
+        /// Operation ids forgotten.
+        ops: Vec<OpId>,
+    },
 }
 
 impl Record {
@@ -165,7 +187,8 @@ impl Record {
             | Record::Withdrawal { .. }
             | Record::Roster { .. }
             | Record::MembersAdded { .. }
-            | Record::MembersRemoved { .. } => None,
+            | Record::MembersRemoved { .. }
+            | Record::Retired { .. } => None,
         }
     }
 }
@@ -204,13 +227,20 @@ fn put_ids(out: &mut Vec<u8>, ids: &[UserId]) {
 /// Appends the encoding of `record` to `out`.
 pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
     match record {
-        Record::Deposit { op, user, amount } => {
-            out.push(DEPOSIT);
-            put_u64s(out, &[op.0, user.0, amount.as_fen()]);
+        Record::Deposit { op, user, amount, at } => {
+            out.push(DEPOSIT_AT);
+            put_u64s(out, &[op.0, user.0, amount.as_fen(), at.0]);
         }
-        Record::Withdrawal { op, user, amount } => {
-            out.push(WITHDRAWAL);
-            put_u64s(out, &[op.0, user.0, amount.as_fen()]);
+        Record::Withdrawal { op, user, amount, at } => {
+            out.push(WITHDRAWAL_AT);
+            put_u64s(out, &[op.0, user.0, amount.as_fen(), at.0]);
+        }
+        Record::Retired { packets, ops } => {
+            out.push(RETIRED);
+            for ids in [packets.iter().map(|p| p.0).collect::<Vec<_>>(), ops.iter().map(|o| o.0).collect()] {
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                put_u64s(out, &ids);
+            }
         }
         Record::Roster { group, members }
         | Record::MembersAdded { group, members }
@@ -335,8 +365,19 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 
 fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
     Ok(match r.u8()? {
-        DEPOSIT => Record::Deposit { op: OpId(r.u64()?), user: UserId(r.u64()?), amount: Amount::fen(r.u64()?) },
-        WITHDRAWAL => Record::Withdrawal { op: OpId(r.u64()?), user: UserId(r.u64()?), amount: Amount::fen(r.u64()?) },
+        tag @ (DEPOSIT | DEPOSIT_AT | WITHDRAWAL | WITHDRAWAL_AT) => {
+            let (op, user, amount) = (OpId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?));
+            let at = Timestamp(if matches!(tag, DEPOSIT_AT | WITHDRAWAL_AT) { r.u64()? } else { 0 });
+            match tag {
+                DEPOSIT | DEPOSIT_AT => Record::Deposit { op, user, amount, at },
+                _ => Record::Withdrawal { op, user, amount, at },
+            }
+        }
+        RETIRED => {
+            let packets = r.ids()?.into_iter().map(|id| PacketId(id.0)).collect();
+            let ops = r.ids()?.into_iter().map(|id| OpId(id.0)).collect();
+            Record::Retired { packets, ops }
+        }
         ROSTER => Record::Roster { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_ADDED => Record::MembersAdded { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_REMOVED => Record::MembersRemoved { group: GroupId(r.u64()?), members: r.ids()? },
@@ -407,8 +448,10 @@ pub(crate) mod tests {
 
     pub(crate) fn samples() -> Vec<Record> {
         vec![
-            Record::Deposit { op: OpId(1), user: UserId(2), amount: Amount::fen(3) },
-            Record::Withdrawal { op: OpId(u64::MAX), user: UserId(0), amount: Amount::fen(u64::MAX) },
+            Record::Deposit { op: OpId(1), user: UserId(2), amount: Amount::fen(3), at: Timestamp(4) },
+            Record::Withdrawal { op: OpId(u64::MAX), user: UserId(0), amount: Amount::fen(u64::MAX), at: Timestamp(5) },
+            Record::Retired { packets: vec![PacketId(1), PacketId(2)], ops: vec![OpId(3)] },
+            Record::Retired { packets: vec![], ops: vec![] },
             Record::Roster { group: GroupId(7), members: vec![UserId(1), UserId(9)] },
             Record::Roster { group: GroupId(8), members: vec![] },
             Record::MembersAdded { group: GroupId(7), members: vec![UserId(3)] },

@@ -75,6 +75,17 @@ impl Replica {
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {
                 roster::apply(&mut self.rosters, record);
             }
+            Record::Retired { packets, .. } => {
+                if let Some(id) =
+                    packets.iter().find(|id| self.packets.get(id).is_none_or(|p| p.status() == PacketStatus::Open))
+                {
+                    return Err(format!("packet {id} retired while open or unknown"));
+                }
+                packets.iter().for_each(|id| {
+                    self.packets.remove(id);
+                });
+                self.ledger.apply(record)?;
+            }
             _ => {
                 self.ledger.apply(record)?;
             }
@@ -119,7 +130,7 @@ impl Fold for Replica {
         ops.sort_unstable_by_key(|(op, _)| *op);
         put_u64s(out, &[ops.len() as u64]);
         for (op, d) in ops {
-            put_u64s(out, &[op.0, u64::from(d.deposit), d.user.0, d.amount.as_fen(), d.balance_after.as_fen()]);
+            put_u64s(out, &[op.0, u64::from(d.deposit), d.user.0, d.amount.as_fen(), d.balance_after.as_fen(), d.at.0]);
         }
         let mut rosters: Vec<_> = self.rosters.iter().collect();
         rosters.sort_unstable_by_key(|(g, _)| **g);
@@ -142,26 +153,29 @@ impl Fold for Replica {
                 _ => None,
             };
             put_u64s(out, &[u64::from(refunded.is_some()), refunded.map_or(0, Amount::as_fen)]);
+            put_u64s(out, &[p.closed_at().map_or(0, |t| t.0)]);
         }
     }
 }
 
 impl Restore for Replica {
-    fn decode(&self, bytes: &[u8]) -> Result<Replica, DecodeError> {
+    fn decode(&self, version: u8, bytes: &[u8]) -> Result<Replica, DecodeError> {
+        // Version 1 kept neither when an operation was applied nor when a packet closed.
+        let timed = version >= 2;
         let mut r = Reader::new(bytes);
-        let (_deposited, _withdrawn, records) = (r.u64()?, r.u64()?, r.u64()?);
+        let (deposited, withdrawn, records) = (r.u64()?, r.u64()?, r.u64()?);
         let balances = (0..r.count(16)?).map(|_| Ok((UserId(r.u64()?), r.u64()?))).collect::<Result<Vec<_>, _>>()?;
         let ops = (0..r.count(40)?)
             .map(|_| {
                 let op = OpId(r.u64()?);
                 let deposit = r.u64()? == 1;
                 let (user, amount, balance_after) = (UserId(r.u64()?), Amount::fen(r.u64()?), Amount::fen(r.u64()?));
-                Ok((op, OpDone { deposit, user, amount, balance_after }))
+                let at = Timestamp(if timed { r.u64()? } else { 0 });
+                Ok((op, OpDone { deposit, user, amount, balance_after, at }))
             })
             .collect::<Result<Vec<_>, DecodeError>>()?;
-        // The sums follow from the operations; the stored ones are only kept for older readers.
-        let mut replica =
-            Replica { ledger: Ledger::from_parts(balances, ops), records, ..Replica::new(self.share_fen_max) };
+        let ledger = Ledger::from_parts(balances, ops, deposited, withdrawn);
+        let mut replica = Replica { ledger, records, ..Replica::new(self.share_fen_max) };
         for _ in 0..r.count(16)? {
             let group = GroupId(r.u64()?);
             let members = (0..r.count(8)?).map(|_| r.u64().map(UserId)).collect::<Result<_, _>>()?;
@@ -178,6 +192,7 @@ impl Restore for Replica {
                 })
                 .collect::<Result<Vec<_>, DecodeError>>()?;
             let (refunded, refund) = (r.u64()? == 1, Amount::fen(r.u64()?));
+            let closed_at = Timestamp(if timed { r.u64()? } else { 0 });
             let id = sent.spec.id;
             let sent = sent.with_legacy_cap(replica.share_fen_max);
             split::check_servable(&sent.spec.split, sent.share_fen_max)
@@ -185,7 +200,7 @@ impl Restore for Replica {
             let mut state = PacketState::restore(sent, &claims)
                 .map_err(|_| DecodeError::Damaged("a snapshot's claims do not follow the packet's draw"))?;
             if refunded {
-                let expired = Record::Expired { packet: id, refund, at: Timestamp(0) };
+                let expired = Record::Expired { packet: id, refund, at: closed_at };
                 state.apply(&expired).map_err(|_| DecodeError::Damaged("a snapshot's refund is not the escrow"))?;
             }
             replica.packets.insert(id, state);
@@ -228,13 +243,13 @@ mod tests {
         let shares = split::lucky_shares(1_000, 3, CAP, 9);
         let mut r = Replica::new(CAP);
         let history = [
-            Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) },
-            Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) }, // a retry: once
+            Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000), at: Timestamp(0) },
+            Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000), at: Timestamp(0) }, // once
             Record::Roster { group: GroupId(1), members: vec![UserId(1), UserId(2)] },
             sent(7, 1_000, 3),
             claim(2, 1, shares[0]),
             Record::Expired { packet: PacketId(7), refund: Amount::fen(1_000 - shares[0]), at: Timestamp(10) },
-            Record::Withdrawal { op: OpId(2), user: UserId(2), amount: Amount::fen(shares[0]) },
+            Record::Withdrawal { op: OpId(2), user: UserId(2), amount: Amount::fen(shares[0]), at: Timestamp(11) },
         ];
         for rec in &history {
             r.apply_record(rec).unwrap();
@@ -245,7 +260,7 @@ mod tests {
         assert_eq!(wallets + escrow, 5_000 - u128::from(shares[0]));
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
-        let back = Replica::new(CAP).decode(&bytes).unwrap();
+        let back = Replica::new(CAP).decode(2, &bytes).unwrap();
         assert_eq!(back.ledger, r.ledger);
         assert_eq!(back.rosters, r.rosters);
         assert_eq!(back.records, r.records);
@@ -256,7 +271,8 @@ mod tests {
     #[test]
     fn contradictions_are_refused_and_change_nothing() {
         let mut r = Replica::new(CAP);
-        r.apply_record(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000) }).unwrap();
+        r.apply_record(&Record::Deposit { op: OpId(1), user: UserId(1), amount: Amount::fen(5_000), at: Timestamp(0) })
+            .unwrap();
         r.apply_record(&sent(7, 1_000, 3)).unwrap();
         let first = split::lucky_shares(1_000, 3, CAP, 9)[0];
         r.apply_record(&claim(2, 1, first)).unwrap();

@@ -165,10 +165,16 @@ impl Routes {
     /// Loads the packets a journal recorded: closed ones (sold out or expired) as their final
     /// view, open ones dormant with their claims and their deadlines scheduled (a deadline that
     /// passed while the engine was down fires at once).
-    pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>) {
+    /// A closed packet whose record did not say when it closed (format version 1) counts as
+    /// closed at `now`, so it is kept a whole retention.
+    pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>, now: Timestamp) {
         for p in packets {
             if p.status() != PacketStatus::Open {
-                self.table.insert(p.id(), Route::Closed(Arc::new(p.view())));
+                let mut view = p.view();
+                if view.closed_at.is_none_or(|at| at == Timestamp(0)) {
+                    view.closed_at = Some(now);
+                }
+                self.table.insert(p.id(), Route::Closed(Arc::new(view)));
             } else {
                 self.open(PacketMeta { sent: p.sent().clone(), claims: p.claims().to_vec() }, false);
             }
@@ -208,6 +214,19 @@ impl Routes {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Up to `max` closed packets that closed before `cutoff`, due to be retired.
+    pub(crate) fn closed_before(&self, cutoff: Timestamp, max: usize) -> Vec<PacketId> {
+        let due = |r: &Route| matches!(r, Route::Closed(v) if v.closed_at.is_some_and(|at| at < cutoff));
+        self.table.iter().filter(|r| due(r.value())).map(|r| *r.key()).take(max).collect()
+    }
+
+    /// Drops retired packets: their ids are unknown from now on.
+    pub(crate) fn retire(&self, packets: &[PacketId]) {
+        for id in packets {
+            self.table.remove_if(id, |_, r| matches!(r, Route::Closed(_)));
         }
     }
 

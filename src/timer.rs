@@ -46,6 +46,14 @@ pub(crate) type OnDue = Box<dyn Fn(PacketId) + Send>;
 #[rtype(result = "()")]
 pub(crate) struct Attach(pub OnDue);
 
+/// Starts the periodic sweep: `on_sweep` runs every `every_secs` by the clock.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AttachSweep {
+    pub on_sweep: Box<dyn Fn() + Send>,
+    pub every_secs: u64,
+}
+
 /// Fires due deadlines (sent by the timer to itself).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -82,21 +90,33 @@ impl Deadlines {
     }
 }
 
+/// A periodic task: what it runs, how often, and when next.
+struct Sweep {
+    run: Box<dyn Fn() + Send>,
+    every_secs: u64,
+    next: Timestamp,
+}
+
 pub(crate) struct Timer {
     clock: Arc<dyn Clock>,
     on_due: Option<OnDue>,
+    sweep: Option<Sweep>,
     deadlines: Deadlines,
     armed: Option<(Timestamp, SpawnHandle)>,
 }
 
 impl Timer {
     pub(crate) fn new(clock: Arc<dyn Clock>) -> Timer {
-        Timer { clock, on_due: None, deadlines: Deadlines::default(), armed: None }
+        Timer { clock, on_due: None, sweep: None, deadlines: Deadlines::default(), armed: None }
     }
 
     /// Keeps exactly one sleep armed, for the earliest deadline.
     fn arm(&mut self, ctx: &mut Context<Self>) {
-        let next = self.deadlines.next();
+        let sweep = self.sweep.as_ref().map(|s| s.next);
+        let next = match (self.deadlines.next(), sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if self.armed.map(|(at, _)| at) == next {
             return;
         }
@@ -114,7 +134,14 @@ impl Timer {
     }
 
     fn fire(&mut self, ctx: &mut Context<Self>) {
-        let due = self.deadlines.take_due(self.clock.now(), EXPIRIES_PER_TURN_MAX);
+        let now = self.clock.now();
+        if let Some(sweep) = &mut self.sweep {
+            if sweep.next <= now {
+                (sweep.run)();
+                sweep.next = now.plus_secs(sweep.every_secs);
+            }
+        }
+        let due = self.deadlines.take_due(now, EXPIRIES_PER_TURN_MAX);
         if let Some(on_due) = &self.on_due {
             due.iter().copied().for_each(on_due);
         }
@@ -136,6 +163,16 @@ impl Handler<Attach> for Timer {
 
     fn handle(&mut self, m: Attach, _: &mut Context<Self>) {
         self.on_due = Some(m.0);
+    }
+}
+
+impl Handler<AttachSweep> for Timer {
+    type Result = ();
+
+    fn handle(&mut self, m: AttachSweep, ctx: &mut Context<Self>) {
+        let next = self.clock.now().plus_secs(m.every_secs);
+        self.sweep = Some(Sweep { run: m.on_sweep, every_secs: m.every_secs, next });
+        self.arm(ctx);
     }
 }
 

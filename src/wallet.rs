@@ -25,6 +25,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
+use crate::clock::Timestamp;
 use crate::error::{SendError, WalletError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
@@ -47,6 +48,8 @@ pub(crate) struct Move {
     pub amount: Amount,
     /// `Some(balance_fen_max)` for a deposit, `None` for a withdrawal.
     pub deposit: Option<u64>,
+    /// The engine's time: when the operation is applied.
+    pub now: Timestamp,
     /// Told whether the operation id ends up applied (see [`OpOwners`]).
     pub owners: Arc<OpOwners>,
     pub reply: Reply,
@@ -76,6 +79,11 @@ impl OpOwners {
         }
         owner.in_flight += 1;
         Ok(())
+    }
+
+    /// Forgets an applied id past its retention (unless a request holds it right now).
+    pub(crate) fn forget(&self, op: OpId) {
+        self.0.remove_if(&op, |_, owner| owner.in_flight == 0);
     }
 
     /// Records how a request that claimed `op` ended; an id that no request applied is given
@@ -117,6 +125,21 @@ pub(crate) struct Escrow {
 #[rtype(result = "()")]
 pub(crate) struct Credit(pub CreditMove);
 
+/// The ids of operations applied before `cutoff` (at most `max`), due to be retired.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct OpsBefore {
+    pub cutoff: Timestamp,
+    pub max: usize,
+    pub reply: oneshot::Sender<Vec<OpId>>,
+}
+
+/// A retirement record to apply: the shard forgets the operation ids it lists. Never refused
+/// (one per shard per sweep), never answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Retire(pub Arc<Record>);
+
 /// The shard's sums, for the audit.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -152,8 +175,8 @@ impl WalletShard {
             Ok(Decision::Fresh(record)) => {
                 let balance = self.ledger.apply(&record).expect("decided against this ledger");
                 let event = match record {
-                    Record::Deposit { op, user, amount } => Event::Deposited { op, user, amount, balance },
-                    Record::Withdrawal { op, user, amount } => Event::Withdrawn { op, user, amount, balance },
+                    Record::Deposit { op, user, amount, .. } => Event::Deposited { op, user, amount, balance },
+                    Record::Withdrawal { op, user, amount, .. } => Event::Withdrawn { op, user, amount, balance },
                     _ => unreachable!("a wallet decides deposits and withdrawals only"),
                 };
                 let events = Arc::clone(&self.events);
@@ -187,8 +210,8 @@ impl Handler<Move> for WalletShard {
         let fuse = Arc::clone(&self.fuse);
         fuse.guard("wallet shard", || {
             let decision = match m.deposit {
-                Some(balance_fen_max) => self.ledger.decide_deposit(m.op, m.user, m.amount, balance_fen_max),
-                None => self.ledger.decide_withdrawal(m.op, m.user, m.amount),
+                Some(balance_fen_max) => self.ledger.decide_deposit(m.op, m.user, m.amount, balance_fen_max, m.now),
+                None => self.ledger.decide_withdrawal(m.op, m.user, m.amount, m.now),
             };
             // The id stays taken if it is applied now, was applied before, or is applied with
             // other fields; a refusal gives it back.
@@ -240,6 +263,25 @@ impl Handler<Credit> for WalletShard {
     fn handle(&mut self, m: Credit, _: &mut Context<Self>) {
         let fuse = Arc::clone(&self.fuse);
         fuse.guard("wallet shard", || self.ledger.credit(m.0));
+    }
+}
+
+impl Handler<OpsBefore> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: OpsBefore, _: &mut Context<Self>) {
+        let _ = m.reply.send(self.ledger.ops_before(m.cutoff, m.max));
+    }
+}
+
+impl Handler<Retire> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Retire, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || {
+            self.ledger.apply(&m.0).expect("a retirement never contradicts a ledger");
+        });
     }
 }
 
@@ -301,15 +343,14 @@ impl Wallets {
     /// not take the request (the id is then given back).
     pub(crate) fn send_move(
         &self,
-        op: OpId,
-        user: UserId,
-        amount: Amount,
+        (op, user, amount): (OpId, UserId, Amount),
         deposit: Option<u64>,
+        now: Timestamp,
         reply: Reply,
     ) -> Result<(), WalletError> {
         self.owners.claim(op, user)?;
         let owners = Arc::clone(&self.owners);
-        self.tell(user, Move { op, user, amount, deposit, owners, reply }).map_err(|refused| {
+        self.tell(user, Move { op, user, amount, deposit, now, owners, reply }).map_err(|refused| {
             self.owners.settle(op, false);
             WalletError::from(refused)
         })
@@ -327,6 +368,21 @@ impl Wallets {
     /// Waits until every shard has applied everything sent to it before and that is durable.
     pub(crate) async fn flush(&self) {
         runtime::ask_all(self.shards.iter(), Flush).await;
+    }
+
+    /// Up to `max` operation ids applied before `cutoff`, across every shard.
+    pub(crate) async fn ops_before(&self, cutoff: Timestamp, max: usize) -> Vec<OpId> {
+        let found = runtime::ask_all(self.shards.iter(), |reply| OpsBefore { cutoff, max, reply }).await;
+        found.into_iter().flatten().flatten().take(max).collect()
+    }
+
+    /// Applies a retirement: every shard forgets the operation ids it lists, and so do the
+    /// owners of ids. Never refused.
+    pub(crate) fn retire(&self, record: &Arc<Record>) {
+        if let Record::Retired { ops, .. } = &**record {
+            ops.iter().for_each(|op| self.owners.forget(*op));
+        }
+        self.shards.iter().for_each(|shard| shard.do_send(Retire(Arc::clone(record))));
     }
 
     /// The sums of every shard, or `None` if a shard has stopped.

@@ -60,6 +60,7 @@ fn packets_and_grabs_round_trip() {
         best_luck: Some(claim(2, 9_000, 1)),
         sent_at: Timestamp(1),
         expires_at: Timestamp(2),
+        closed_at: Some(Timestamp(2)),
         seed: 99,
     };
     assert_eq!(round_trip(&view)["status"], serde_json::json!({ "kind": "expired", "refunded": "0.05" }));

@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 
 pub(crate) mod format;
 pub(crate) mod reader;
+pub(crate) mod segment;
 pub(crate) mod snapshot;
 pub(crate) mod writer;
 
@@ -112,13 +113,13 @@ pub(crate) trait Fold: Send + 'static {
 
 /// A [`Fold`] that a journal can also rebuild from a snapshot.
 pub(crate) trait Restore: Fold + Clone {
-    /// The state a snapshot encoded, read with the settings of `self` (an empty state: the
-    /// reader starts from it when there is no snapshot).
+    /// The state a snapshot of format `version` encoded, read with the settings of `self` (an
+    /// empty state: the reader starts from it when there is no snapshot).
     ///
     /// # Errors
     ///
     /// If the bytes are not a state this version can read.
-    fn decode(&self, bytes: &[u8]) -> Result<Self, crate::record::DecodeError>;
+    fn decode(&self, version: u8, bytes: &[u8]) -> Result<Self, crate::record::DecodeError>;
 }
 
 /// A journal that keeps records in memory: for tests, benchmarks and the load tool.

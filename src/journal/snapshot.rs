@@ -50,9 +50,11 @@ pub(crate) fn encode(seq: u64, last_hash: &[u8; 32], state: &dyn Fold) -> Vec<u8
 ///
 /// [`DecodeError`] if it is damaged or not a snapshot.
 pub(crate) fn decode<S: Restore>(empty: &S, bytes: &[u8]) -> Result<Snapshot<S>, DecodeError> {
-    if bytes.len() < MAGIC.len() + 8 + 32 + 32 || !MAGICS.iter().any(|m| &bytes[..MAGIC.len()] == *m) {
-        return Err(DecodeError::Damaged("not a snapshot"));
-    }
+    let version =
+        match MAGICS.iter().position(|m| bytes.len() >= MAGIC.len() + 8 + 32 + 32 && &bytes[..MAGIC.len()] == *m) {
+            Some(index) => index as u8 + 1,
+            None => return Err(DecodeError::Damaged("not a snapshot")),
+        };
     let (body, hash) = bytes.split_at(bytes.len() - 32);
     if blake3::hash(body).as_bytes() != hash {
         return Err(DecodeError::Damaged("snapshot hash mismatch"));
@@ -60,7 +62,7 @@ pub(crate) fn decode<S: Restore>(empty: &S, bytes: &[u8]) -> Result<Snapshot<S>,
     let mut r = Reader::new(&body[MAGIC.len()..]);
     let seq = r.u64()?;
     let last_hash: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
-    let state = empty.decode(r.take(body.len() - MAGIC.len() - 40)?)?;
+    let state = empty.decode(version, r.take(body.len() - MAGIC.len() - 40)?)?;
     Ok(Snapshot { seq, last_hash, state })
 }
 

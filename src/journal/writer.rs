@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{self, io, JournalError, Kind, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use super::reader::{self, Recovered};
+use super::segment::{Faults, Segment};
 use super::{snapshot, Completion, Fold, Journal, Restore, StorageFailure};
 use crate::record::{self, Record};
 
@@ -67,21 +68,6 @@ pub struct FileJournalConfig {
     pub must_exist: bool,
     /// Faults injected into the segment I/O (tests and the simulator only).
     pub(crate) faults: Option<Faults>,
-}
-
-/// Faults to inject into the writer's segment I/O, shared with the test that sets them.
-pub(crate) type Faults = Arc<parking_lot::Mutex<FaultPlan>>;
-
-/// What the injected faults are now.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct FaultPlan {
-    /// Bytes the disk still takes; a write past them writes what fits and fails `StorageFull`
-    /// (`None`: unbounded).
-    pub space_left_bytes: Option<u64>,
-    /// Every sync fails.
-    pub fail_sync: bool,
-    /// Cutting a segment back (after a failed write) fails.
-    pub fail_cut: bool,
 }
 
 impl FileJournalConfig {
@@ -573,44 +559,5 @@ impl From<std::io::Error> for Fault {
     /// Unless a path proves otherwise, a failed operation leaves the records in flight unknown.
     fn from(error: std::io::Error) -> Fault {
         Fault { error, failure: StorageFailure::OutcomeUnknown }
-    }
-}
-
-/// The open segment, through which every write, sync and cut passes (so faults can be
-/// injected there).
-struct Segment {
-    file: File,
-    faults: Option<Faults>,
-}
-
-impl Segment {
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if let Some(faults) = &self.faults {
-            let mut plan = faults.lock();
-            if let Some(left) = plan.space_left_bytes {
-                if bytes.len() as u64 > left {
-                    // What fits is written, as a real disk does: whole frames may land.
-                    self.file.write_all(&bytes[..left as usize])?;
-                    plan.space_left_bytes = Some(0);
-                    return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left (injected)"));
-                }
-                plan.space_left_bytes = Some(left - bytes.len() as u64);
-            }
-        }
-        self.file.write_all(bytes)
-    }
-
-    fn sync_data(&mut self) -> std::io::Result<()> {
-        if self.faults.as_ref().is_some_and(|f| f.lock().fail_sync) {
-            return Err(std::io::Error::other("sync failed (injected)"));
-        }
-        self.file.sync_data()
-    }
-
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        if self.faults.as_ref().is_some_and(|f| f.lock().fail_cut) {
-            return Err(std::io::Error::other("truncate failed (injected)"));
-        }
-        self.file.set_len(len)
     }
 }

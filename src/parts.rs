@@ -1,0 +1,251 @@
+//! The engine's parts, and what they do together beyond any one actor: starting in order
+//! (recovery, threads, shards, timer, routes), health and what a caller whose reply was lost
+//! may assume, retirement sweeps, and settling a send once its escrow is decided. The
+//! [`crate::Engine`] handle holds an `Arc<Inner>` and nothing else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::audit;
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::error::{SendError, StartError};
+use crate::events::{Event, EventHub};
+use crate::health::{Failure, Fuse, Health, Stopped};
+use crate::journal::{self, FileJournal, Journal, StorageFailure};
+use crate::limits::Limits;
+use crate::money::{OpId, PacketId, UserId};
+use crate::packet::{PacketState, PacketView};
+use crate::packet_actor::PacketCtx;
+use crate::record::{Record, RETIRED_IDS_MAX};
+use crate::replay::Replica;
+use crate::roster::Rosters;
+use crate::routes::{PacketMeta, Routes};
+use crate::runtime::Runtime;
+use crate::timer::{Attach, AttachSweep, Timer};
+use crate::wallet::{Settle, WalletShard, Wallets};
+
+/// What one retirement sweep dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retired {
+    /// Closed packets dropped from memory (their ids are unknown from then on).
+    pub packets: usize,
+    /// Operation ids forgotten (they may be used again).
+    pub ops: usize,
+}
+
+/// The engine's parts, shared by every handle.
+pub(crate) struct Inner {
+    pub(crate) limits: Limits,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) events: Arc<EventHub>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) rosters: Arc<Rosters>,
+    pub(crate) wallets: Arc<Wallets>,
+    pub(crate) running: AtomicBool,
+    /// Blown when an actor panics.
+    pub(crate) fuse: Arc<Fuse>,
+    /// Held while a retirement is decided, applied and appended: two sweeps at once (the
+    /// timer's and a caller's) would retire the same packet twice.
+    pub(crate) retiring: tokio::sync::Mutex<()>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) runtime: Runtime,
+}
+
+impl Inner {
+    /// Starts the engine's parts: recovery first (a journal that cannot be read refuses the
+    /// start before any thread starts), then the actor threads, the wallet shards, the timer
+    /// and the routes, loaded with what the journal recorded.
+    pub(crate) fn start(config: Config) -> Result<Arc<Inner>, StartError> {
+        config.limits.validate()?;
+        if config.arbiters == 0 || config.wallet_shards == 0 {
+            return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
+        }
+        let (journal, replica) = open_journal(&config)?;
+        let Config { limits, clock, seed, arbiters, wallet_shards, .. } = config;
+        let mut replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
+        replica.ledger.stamp_unknown_times(clock.now());
+        let runtime = Runtime::start(arbiters)?;
+        let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
+        let fuse = Arc::new(Fuse::default());
+
+        let ops: Vec<(OpId, UserId)> = replica.ledger.ops().map(|(op, done)| (op, done.user)).collect();
+        let mut ledgers = replica.ledger.split(wallet_shards, |u| Wallets::place(u, wallet_shards)).into_iter();
+        let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
+            let ledger = ledgers.next().expect("one ledger per shard");
+            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
+        })?;
+        let timer = runtime.start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock)))?;
+        let timer = timer[0].clone();
+        let wallets = Arc::new(Wallets::new(shards, ops));
+        let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
+        let routes =
+            Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
+                clock: Arc::clone(&clock),
+                journal: Arc::clone(&journal),
+                events: Arc::clone(&events),
+                wallets: Arc::clone(&wallets),
+                rosters: Arc::clone(&rosters),
+                timer: timer.clone(),
+                fuse: Arc::clone(&fuse),
+                mailbox_capacity: limits.packet_mailbox_capacity,
+                on_close,
+            });
+        // Weak: the timer must not keep the engine alive after the last handle is gone.
+        let due_routes = Arc::downgrade(&routes);
+        timer.do_send(Attach(Box::new(move |packet| {
+            if let Some(routes) = due_routes.upgrade() {
+                // A dormant packet is woken to expire, so expiry has one implementation.
+                routes.expire(packet, None);
+            }
+        })));
+        routes.load(replica.packets.into_values(), clock.now());
+        let running = true.into();
+        let every_secs = limits.retire_interval_secs;
+        let retiring = tokio::sync::Mutex::new(());
+        let inner =
+            Inner { limits, clock, journal, events, routes, rosters, wallets, running, fuse, retiring, seed, runtime };
+        let inner = Arc::new(inner);
+        // Weak, as above; the sweep runs on the timer's thread, off any caller's path.
+        let sweeping = Arc::downgrade(&inner);
+        let on_sweep = Box::new(move || {
+            let sweeping = sweeping.clone();
+            actix::spawn(async move {
+                if let Some(inner) = sweeping.upgrade() {
+                    if inner.health() == Health::Serving {
+                        let _ = inner.retire_due().await;
+                    }
+                }
+            });
+        });
+        timer.do_send(AttachSweep { on_sweep, every_secs });
+        Ok(inner)
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        if self.fuse.is_blown() {
+            return Health::Failed { failure: Failure::Internal };
+        }
+        if let Some(storage) = self.journal.failure() {
+            return Health::Failed { failure: Failure::Storage(storage) };
+        }
+        if self.running.load(Ordering::Acquire) {
+            Health::Serving
+        } else {
+            Health::ShuttingDown
+        }
+    }
+
+    /// What a caller whose reply was lost may assume: after a failure, that the request may
+    /// have taken effect (unless the journal proved nothing in flight reached the disk).
+    pub(crate) fn lost(&self) -> Stopped {
+        match self.health() {
+            Health::Failed { failure: Failure::Storage(StorageFailure::CutBack) } => Stopped::Unavailable,
+            Health::Failed { .. } => Stopped::OutcomeUnknown,
+            _ => Stopped::ShuttingDown,
+        }
+    }
+
+    /// Retires closed packets and operation ids past their retention (at most
+    /// `RETIRED_IDS_MAX` of each per call): decides the list, applies it to the routes and
+    /// the wallet shards, and records it. Returns how many of each it retired.
+    pub(crate) async fn retire_due(&self) -> Result<Retired, Stopped> {
+        let _one_at_a_time = self.retiring.lock().await;
+        let now = self.clock.now();
+        let packets_cutoff =
+            Timestamp(now.as_millis().saturating_sub(self.limits.closed_retention_secs.saturating_mul(1_000)));
+        let ops_cutoff = Timestamp(now.as_millis().saturating_sub(self.limits.op_retention_secs.saturating_mul(1_000)));
+        let packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
+        let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
+        let retired = Retired { packets: packets.len(), ops: ops.len() };
+        if packets.is_empty() && ops.is_empty() {
+            return Ok(retired);
+        }
+        self.routes.retire(&packets);
+        let record = Arc::new(Record::Retired { packets, ops });
+        self.wallets.retire(&record);
+        let (tx, rx) = oneshot::channel();
+        self.journal.append(
+            Arc::unwrap_or_clone(record),
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+        rx.await.map_err(|_| self.lost())?;
+        Ok(retired)
+    }
+
+    /// `value`, once everything appended so far is durable; `None` if the journal stopped.
+    pub(crate) async fn after_barrier<T: Send + 'static>(&self, value: T) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        journal::reply_after_barrier(&*self.journal, tx, value);
+        rx.await.ok()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle went (the runtime stops its threads as it drops). The journal is
+        // closed first, so that the directory is free for a new engine when this returns.
+        self.running.store(false, Ordering::Release);
+        self.events.close();
+        self.journal.close();
+    }
+}
+
+/// Opens the journal the configuration names: the file journal's recovery first, so a journal
+/// that cannot be read refuses the start before any thread starts.
+fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
+    let Some(dir) = &config.journal_dir else { return Ok((Arc::clone(&config.journal), None)) };
+    let (file, recovered) = FileJournal::open(dir, Replica::new(config.limits.share_fen_max))?;
+    let audit = audit::replica_audit(&recovered.state);
+    if !audit.is_balanced() {
+        let mut problems = audit.violations.clone();
+        if !audit.is_conserved() {
+            problems.push(format!("not conserved: {audit:?}"));
+        }
+        return Err(StartError::Recovery(problems.join("; ")));
+    }
+    Ok((Arc::new(file), Some(recovered.state)))
+}
+
+/// What happens to a send once its sender's shard decided it: with the durable send record,
+/// the packet's first event is published and the packet opens (dormant); with a refusal, the
+/// id is given back. Runs in the journal's completion, so it completes even if the sender
+/// stopped waiting.
+pub(crate) fn settle_send(
+    inner: &Inner,
+    id: PacketId,
+    reply: oneshot::Sender<Result<PacketView, SendError>>,
+) -> Settle {
+    let (routes, events) = (Arc::clone(&inner.routes), Arc::clone(&inner.events));
+    Box::new(move |result| {
+        let answer = match result {
+            Ok(sent) => {
+                let view = PacketState::open(sent.clone()).view();
+                // Published before the route exists, so `PacketSent` is the packet's first event.
+                events.publish(|| Event::PacketSent {
+                    packet: view.id,
+                    sender: view.sender,
+                    group: view.group,
+                    split: view.split.clone(),
+                    greeting: view.greeting.clone(),
+                    total: view.total,
+                    shares: view.shares,
+                    expires_at: view.expires_at,
+                });
+                routes.open(PacketMeta { sent, claims: Vec::new() }, true);
+                Ok(view)
+            }
+            Err(e) => {
+                routes.abandon(id);
+                Err(e)
+            }
+        };
+        let _ = reply.send(answer);
+    })
+}
