@@ -169,6 +169,9 @@ impl Ledger {
                 ops.iter().for_each(|op| {
                     self.ops.remove(op);
                 });
+                if self.ops.len() * 4 < self.ops.capacity() {
+                    self.ops.shrink_to_fit();
+                }
                 return Ok(Amount::ZERO);
             }
             Record::PacketSent(ref sent) => {

@@ -208,6 +208,11 @@ impl PacketActor {
             }),
         );
         if let (Some(best), Some(reply)) = (sold_out, reply) {
+            // Nothing is left to grab or refund: the packet closes now, between its last claim
+            // and its sold-out mark. A grab that meets the closed view is answered after a
+            // barrier, so after the last claim is durable; the last grabber hears back after
+            // the close, so the open slot is free when it does.
+            (self.ctx.on_close)(self.state.view());
             let ctx = Arc::clone(&self.ctx);
             let packet = grabbed.packet;
             self.ctx.journal.append(
@@ -263,10 +268,7 @@ impl PacketActor {
         };
         self.record_claim(record, grabbed, m.reply);
         if self.state.status() == PacketStatus::SoldOut {
-            // Nothing is left to grab or refund: the packet closes at once, so a sold-out
-            // packet holds no actor and no open slot until its deadline. Its closed view
-            // answers repeat grabs (after a barrier, so never before its last claim is durable).
-            (self.ctx.on_close)(self.state.view());
+            // Closed in `record_claim`: no actor and no open slot until the deadline.
             actx.stop();
         }
     }

@@ -31,7 +31,7 @@ use crate::packet::{ClaimView, PacketState, PacketStatus, PacketView};
 use crate::packet_actor::{Expire, PacketActor, PacketCtx};
 use crate::placement::bucket;
 use crate::record::PacketSent;
-use crate::timer::{Schedule, Timer};
+use crate::timer::{Cancel, Schedule, Timer};
 
 /// What the engine keeps of a dormant packet: its send, and the claims made before a restart
 /// (none for a packet sent in this run).
@@ -181,10 +181,13 @@ impl Routes {
         }
     }
 
-    /// Replaces a live packet's route with its final view.
+    /// Replaces a live packet's route with its final view, and takes its deadline out of the
+    /// timer (a packet that sold out no longer needs it; after an expiry it is gone already).
     fn close(&self, view: PacketView) {
-        self.table.insert(view.id, Route::Closed(Arc::new(view)));
+        let (id, at) = (view.id, view.expires_at);
+        self.table.insert(id, Route::Closed(Arc::new(view)));
         self.open.fetch_sub(1, Ordering::AcqRel);
+        self.timer.do_send(Cancel { at, packet: id });
     }
 
     /// The packet's route, with its actor started if it was dormant. The entry's lock makes
@@ -227,6 +230,11 @@ impl Routes {
     pub(crate) fn retire(&self, packets: &[PacketId]) {
         for id in packets {
             self.table.remove_if(id, |_, r| matches!(r, Route::Closed(_)));
+        }
+        // A table keeps its capacity as entries leave: give it back once it is mostly empty,
+        // so memory follows the packets retained, not the most ever held.
+        if self.table.len() * 4 < self.table.capacity() {
+            self.table.shrink_to_fit();
         }
     }
 

@@ -11,6 +11,7 @@
 //! | message    | from          | reply |
 //! |------------|---------------|-------|
 //! | `Schedule` | routes        | none; never refused (one per open packet, bounded by `open_packets_max`) |
+//! | `Cancel`   | routes        | none; never refused (one per packet that sells out) |
 //! | `Attach`   | engine start  | none: the callback that expires a due packet |
 //!
 //! The timer knows nothing of packets beyond their ids: what "expire" means is the callback the
@@ -34,6 +35,15 @@ const EXPIRIES_PER_TURN_MAX: usize = 4_096;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Schedule {
+    pub at: Timestamp,
+    pub packet: PacketId,
+}
+
+/// Removes a deadline whose packet closed before it (sold out): the set holds only the
+/// deadlines of open packets.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Cancel {
     pub at: Timestamp,
     pub packet: PacketId,
 }
@@ -68,6 +78,10 @@ pub(crate) struct Deadlines {
 impl Deadlines {
     pub(crate) fn insert(&mut self, at: Timestamp, packet: PacketId) {
         self.set.insert((at, packet));
+    }
+
+    pub(crate) fn remove(&mut self, at: Timestamp, packet: PacketId) {
+        self.set.remove(&(at, packet));
     }
 
     pub(crate) fn next(&self) -> Option<Timestamp> {
@@ -181,6 +195,15 @@ impl Handler<Schedule> for Timer {
 
     fn handle(&mut self, m: Schedule, ctx: &mut Context<Self>) {
         self.deadlines.insert(m.at, m.packet);
+        self.arm(ctx);
+    }
+}
+
+impl Handler<Cancel> for Timer {
+    type Result = ();
+
+    fn handle(&mut self, m: Cancel, ctx: &mut Context<Self>) {
+        self.deadlines.remove(m.at, m.packet);
         self.arm(ctx);
     }
 }

@@ -18,7 +18,9 @@ use clap::{Parser, ValueEnum};
 pub struct Args {
     /// Which load to run: storm (G groups × M members, all grabbing at once, R rounds), hot
     /// (one packet, M members at once, R rounds), mixed (deposits, sends, grabs and balance
-    /// reads for --duration-secs), idle (open --packets packets nobody grabs; report memory)
+    /// reads for --duration-secs), idle (open --packets packets nobody grabs; report memory),
+    /// retire (send --packets one-share packets, grab each, move the engine's clock past the
+    /// retention and retire them all; report whether memory returns to its baseline)
     #[arg(long, value_enum, default_value_t = Scenario::Storm)]
     pub scenario: Scenario,
 
@@ -61,7 +63,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
 
-    /// Packets to open (idle)
+    /// Packets to open (idle, retire)
     #[arg(long, default_value_t = 1_000_000)]
     pub packets: u64,
 
@@ -155,6 +157,7 @@ pub enum Scenario {
     Hot,
     Mixed,
     Idle,
+    Retire,
 }
 
 impl Args {
@@ -197,8 +200,11 @@ impl Args {
                 ));
             }
         }
-        if self.scenario == Scenario::Idle && self.packets == 0 {
+        if matches!(self.scenario, Scenario::Idle | Scenario::Retire) && self.packets == 0 {
             return Err("--packets must be at least 1".into());
+        }
+        if self.scenario == Scenario::Retire && self.target.iter().any(|t| t != "embedded") {
+            return Err("--scenario retire measures the embedded engine's retention: --target embedded only".into());
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 mod args;
 mod report;
+mod retire;
 mod scenario;
 mod target;
 
@@ -97,6 +98,9 @@ async fn run_all(args: &Args) -> Result<bool, String> {
 }
 
 async fn run(args: &Args, target: &str) -> Result<Report, String> {
+    if args.scenario == Scenario::Retire {
+        return retire::run(args).await;
+    }
     let defaults = Limits::default();
     let limits = Limits {
         packet_mailbox_capacity: args.mailbox_capacity,
@@ -127,6 +131,7 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         Scenario::Storm | Scenario::Hot => scenario::storm(Arc::clone(&target), args).await,
         Scenario::Mixed => scenario::mixed(Arc::clone(&target), args).await,
         Scenario::Idle => scenario::idle(Arc::clone(&target), args).await,
+        Scenario::Retire => unreachable!("run() handles retire before building a target"),
     };
     target.shutdown().await;
     drop(target);

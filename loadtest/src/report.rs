@@ -102,8 +102,30 @@ pub struct Report {
     pub violations: Vec<String>,
     /// For the idle scenario: (packets, resident bytes before, after).
     pub idle: Option<(u64, u64, u64)>,
+    /// For the retire scenario: resident bytes before, at the peak, after retirement.
+    pub retire: Option<Retirement>,
     /// With a file journal: its size after the run, in bytes.
     pub journal_bytes: Option<u64>,
+}
+
+/// What the retire scenario measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Retirement {
+    /// Packets sent, drained and retired.
+    pub packets: u64,
+    /// Resident bytes before any packet, after the warm-up (the baseline), at the peak, and
+    /// after retirement.
+    pub cold: u64,
+    pub before: u64,
+    pub peak: u64,
+    pub after: u64,
+}
+
+impl Retirement {
+    /// The resident set after retirement as a fraction above the baseline.
+    pub fn growth(&self) -> f64 {
+        self.after as f64 / self.before as f64 - 1.0
+    }
 }
 
 impl Report {
@@ -147,6 +169,18 @@ impl Report {
         latency("latency ms", &f.corrected);
         if self.mode == "open-loop" {
             latency("uncorrected ms", &f.uncorrected);
+        }
+        if let Some(r) = self.retire {
+            let _ = writeln!(
+                out,
+                "retired       {} packets sent, drained and retired: resident {:.1} (cold), {:.1} (baseline) → {:.1} (peak) → {:.1} MiB, {:+.1} % of the baseline",
+                r.packets,
+                r.cold as f64 / MIB,
+                r.before as f64 / MIB,
+                r.peak as f64 / MIB,
+                r.after as f64 / MIB,
+                r.growth() * 100.0
+            );
         }
         if let Some((packets, before, after)) = self.idle {
             let _ = writeln!(
@@ -206,6 +240,14 @@ impl Report {
                 "resident_bytes_before": before,
                 "resident_bytes_after": after,
                 "bytes_per_packet": per_packet(packets, before, after),
+            })),
+            "retire": self.retire.map(|r| json!({
+                "packets": r.packets,
+                "resident_bytes_cold": r.cold,
+                "resident_bytes_before": r.before,
+                "resident_bytes_peak": r.peak,
+                "resident_bytes_after": r.after,
+                "growth": r.growth(),
             })),
             "journal_bytes": self.journal_bytes,
             "audit": { "balanced": self.audit_balanced, "detail": self.audit_detail },
@@ -394,6 +436,7 @@ mod tests {
             audit_detail: "ok".into(),
             violations: vec![],
             idle: None,
+            retire: None,
             journal_bytes: None,
         };
         let j = report.json();

@@ -334,6 +334,7 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations,
         idle: None,
+        retire: None,
         journal_bytes: None,
     })
 }
@@ -468,6 +469,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations: Vec::new(),
         idle: None,
+        retire: None,
         journal_bytes: None,
     })
 }
@@ -569,6 +571,7 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         audit_detail: verdict.detail,
         violations,
         idle: Some((packets, before, after)),
+        retire: None,
         journal_bytes: None,
     })
 }

@@ -167,3 +167,20 @@ fn same_storm_against_redis_side_by_side() {
     assert!(j["throughput_ratio_first_to"][0]["ratio"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The retire scenario runs end to end and reports its memory figures (the growth bound itself
+/// is judged on a release build: see BENCHMARKS.md); it refuses a Redis target.
+#[test]
+fn retire_scenario_reports_its_memory() {
+    let dir = scratch("retire");
+    let json = dir.join("r.json");
+    let _ = loadtest(&["--scenario", "retire", "--packets", "20000", "--json", json.to_str().unwrap()]);
+    let j = read_json(&json);
+    assert_eq!(j["retire"]["packets"], 20_000, "{j}");
+    assert_eq!(j["audit"]["balanced"], true, "{j}");
+    let (before, after) =
+        (j["retire"]["resident_bytes_before"].as_u64().unwrap(), j["retire"]["resident_bytes_after"].as_u64().unwrap());
+    assert!(before > 0 && after > 0 && j["retire"]["resident_bytes_peak"].as_u64().unwrap() >= after, "{j}");
+    let out = loadtest(&["--scenario", "retire", "--target", "redis://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
