@@ -31,7 +31,7 @@ use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
 use crate::packet::{check_view, grab_refusal, PacketView};
 use crate::packet_actor::{self, Grab, Grabbed, Inspect, Query};
-use crate::parts::{settle_send, Inner, Retired};
+use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
 use crate::record::{NewPacket, PacketSent};
 use crate::roster::{self, Change};
@@ -76,6 +76,8 @@ const ROUTE_ATTEMPTS_MAX: usize = 3;
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Shared by the handles alone: the last one to go stops the engine.
+    _lifetime: Arc<Lifetime>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -99,7 +101,8 @@ impl Engine {
     /// [`StartError`] if the limits contradict each other, `arbiters` or `wallet_shards` is
     /// zero, the journal cannot be opened or recovered, or the threads cannot be started.
     pub fn start(config: Config) -> Result<Engine, StartError> {
-        Ok(Engine { inner: Inner::start(config)? })
+        let inner = Inner::start(config)?;
+        Ok(Engine { _lifetime: Arc::new(Lifetime(Arc::clone(&inner))), inner })
     }
 
     /// The engine's parts, unless it is stopping or its journal has failed.

@@ -83,6 +83,8 @@ mod wallet;
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod sim;
 
 pub use audit::{audit_journal, audit_journal_with_progress, Audit, JournalAudit};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};

@@ -187,13 +187,19 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+/// Held by every [`crate::Engine`] handle and nothing else: when the last handle goes, the
+/// engine stops at once — even while a sweep or an actor still holds its parts for a moment.
+pub(crate) struct Lifetime(pub(crate) Arc<Inner>);
+
+impl Drop for Lifetime {
     fn drop(&mut self) {
-        // The last handle went (the runtime stops its threads as it drops). The journal is
-        // closed first, so that the directory is free for a new engine when this returns.
-        self.running.store(false, Ordering::Release);
-        self.events.close();
-        self.journal.close();
+        // The journal is closed first (synced, its writer stopped, its directory unlocked),
+        // so that a new engine can open the directory when this returns; then the threads.
+        let inner = &self.0;
+        inner.running.store(false, Ordering::Release);
+        inner.events.close();
+        inner.journal.close();
+        inner.runtime.stop_now();
     }
 }
 

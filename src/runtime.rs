@@ -170,6 +170,11 @@ impl Runtime {
         Ok(addrs)
     }
 
+    /// Tells every actor thread to stop, without waiting.
+    pub(crate) fn stop_now(&self) {
+        self.system.stop();
+    }
+
     /// Stops every actor thread and waits until they have ended.
     pub(crate) async fn stop(&self) {
         self.system.stop();

@@ -52,6 +52,11 @@ pub(crate) enum Header {
 
 /// Reads a segment's header.
 pub(crate) fn read_header(bytes: &[u8]) -> Header {
+    // A segment created just before a power loss may hold only zeros where its header was
+    // being written: nothing in it was ever acknowledged.
+    if bytes.iter().all(|&b| b == 0) {
+        return Header::Torn;
+    }
     if bytes.len() < SEGMENT_HEADER_BYTES {
         let prefix = &bytes[..bytes.len().min(SEGMENT_MAGIC_PREFIX.len())];
         return if SEGMENT_MAGIC_PREFIX.starts_with(prefix) { Header::Torn } else { Header::Foreign };
@@ -273,6 +278,7 @@ mod tests {
         assert_eq!(read_header(b"HONGBAO9"), Header::Unknown(9));
         assert_eq!(read_header(b"HONG"), Header::Torn);
         assert_eq!(read_header(b""), Header::Torn);
+        assert_eq!(read_header(&[0; 100]), Header::Torn);
         assert_eq!(read_header(b"HONX"), Header::Foreign);
         assert_eq!(read_header(b"PK\x03\x04rest"), Header::Foreign);
     }

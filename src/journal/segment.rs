@@ -1,15 +1,17 @@
 //! The open segment file, through which the writer's every write, sync and cut passes, so
 //! that tests and the simulator can inject the faults a disk has: a full disk that takes part
-//! of a write, a sync that fails, a truncate that fails.
+//! of a write, a sync or a truncate that fails, a sync that stalls, and a power loss in the
+//! middle of a write (after which nothing succeeds, and only what was synced survives).
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Faults to inject into the writer's segment I/O, shared with the test that sets them.
 pub(crate) type Faults = Arc<parking_lot::Mutex<FaultPlan>>;
 
-/// What the injected faults are now.
+/// What the injected faults are now, and what the current segment holds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FaultPlan {
     /// Bytes the disk still takes; a write past them writes what fits and fails `StorageFull`
@@ -19,6 +21,20 @@ pub(crate) struct FaultPlan {
     pub fail_sync: bool,
     /// Cutting a segment back (after a failed write) fails.
     pub fail_cut: bool,
+    /// Each sync stalls this long first.
+    pub sync_delay: Option<Duration>,
+    /// The power fails once this many more bytes are written: what fits is written, then every
+    /// write, sync and cut fails. (The caller then keeps only what was synced: `synced_len`.)
+    pub crash_after_bytes: Option<u64>,
+    /// The power has failed.
+    pub crashed: bool,
+    /// Bytes of the current segment written, and synced.
+    pub written_len: u64,
+    pub synced_len: u64,
+}
+
+fn injected(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("{what} (injected)"))
 }
 
 /// The open segment, through which every write, sync and cut passes (so faults can be
@@ -29,33 +45,79 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if let Some(faults) = &self.faults {
+    /// The segment `file`, `len` bytes long and synced.
+    pub(crate) fn new(file: File, faults: Option<Faults>, len: u64) -> Segment {
+        if let Some(faults) = &faults {
             let mut plan = faults.lock();
-            if let Some(left) = plan.space_left_bytes {
-                if bytes.len() as u64 > left {
-                    // What fits is written, as a real disk does: whole frames may land.
-                    self.file.write_all(&bytes[..left as usize])?;
-                    plan.space_left_bytes = Some(0);
-                    return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left (injected)"));
-                }
-                plan.space_left_bytes = Some(left - bytes.len() as u64);
-            }
+            (plan.written_len, plan.synced_len) = (len, len);
         }
-        self.file.write_all(bytes)
+        Segment { file, faults }
+    }
+
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(faults) = &self.faults else { return self.file.write_all(bytes) };
+        let mut plan = faults.lock();
+        if plan.crashed {
+            return Err(injected("power lost"));
+        }
+        let mut fits = bytes.len() as u64;
+        if let Some(left) = plan.crash_after_bytes {
+            fits = fits.min(left);
+        }
+        if let Some(left) = plan.space_left_bytes {
+            fits = fits.min(left);
+        }
+        // What fits is written, as a real disk does: whole frames may land before the error.
+        self.file.write_all(&bytes[..fits as usize])?;
+        plan.written_len += fits;
+        plan.crash_after_bytes = plan.crash_after_bytes.map(|left| left - fits);
+        plan.space_left_bytes = plan.space_left_bytes.map(|left| left - fits);
+        if fits < bytes.len() as u64 {
+            if plan.crash_after_bytes == Some(0) {
+                plan.crashed = true;
+                return Err(injected("power lost"));
+            }
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left (injected)"));
+        }
+        Ok(())
     }
 
     pub(crate) fn sync_data(&mut self) -> std::io::Result<()> {
-        if self.faults.as_ref().is_some_and(|f| f.lock().fail_sync) {
-            return Err(std::io::Error::other("sync failed (injected)"));
+        let Some(faults) = &self.faults else { return self.file.sync_data() };
+        let delay = faults.lock().sync_delay;
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
         }
-        self.file.sync_data()
+        let mut plan = faults.lock();
+        if plan.crashed || plan.fail_sync {
+            return Err(injected("sync failed"));
+        }
+        self.file.sync_data()?;
+        plan.synced_len = plan.written_len;
+        Ok(())
+    }
+
+    /// Syncs data and metadata (after a cut, or a new segment's header).
+    pub(crate) fn sync_all(&mut self) -> std::io::Result<()> {
+        let Some(faults) = &self.faults else { return self.file.sync_all() };
+        let mut plan = faults.lock();
+        if plan.crashed || plan.fail_sync {
+            return Err(injected("sync failed"));
+        }
+        self.file.sync_all()?;
+        plan.synced_len = plan.written_len;
+        Ok(())
     }
 
     pub(crate) fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        if self.faults.as_ref().is_some_and(|f| f.lock().fail_cut) {
-            return Err(std::io::Error::other("truncate failed (injected)"));
+        let Some(faults) = &self.faults else { return self.file.set_len(len) };
+        let mut plan = faults.lock();
+        if plan.crashed || plan.fail_cut {
+            return Err(injected("truncate failed"));
         }
-        self.file.set_len(len)
+        self.file.set_len(len)?;
+        plan.written_len = len;
+        plan.synced_len = plan.synced_len.min(len);
+        Ok(())
     }
 }

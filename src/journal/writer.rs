@@ -208,7 +208,7 @@ impl FileJournal {
             shadow,
             last_snapshot_seq: recovered.records,
             dir: dir.clone(),
-            file: Segment { file, faults: config.faults.clone() },
+            file: Segment::new(file, config.faults.clone(), segment_len),
             path,
             committed_len: Some(segment_len),
             segment_len,
@@ -489,7 +489,7 @@ impl Writer {
             std::io::Error::other("records of this batch were already made durable in an earlier segment")
         })?;
         self.file.set_len(len)?;
-        self.file.file.sync_all()?;
+        self.file.sync_all()?;
         self.file.file.seek(std::io::SeekFrom::End(0))?;
         self.segment_len = len;
         Ok(())
@@ -526,12 +526,12 @@ impl Writer {
     /// Starts a new segment at the next record. `committed` says whether every record
     /// written so far has had its completion run (else a later failure cannot be cut back).
     fn roll(&mut self, committed: bool) -> std::io::Result<()> {
-        self.file.file.sync_all()?;
+        self.file.sync_all()?;
         self.path = format::path(&self.dir, Kind::Segment, self.next_seq);
         let file = OpenOptions::new().create_new(true).write(true).open(&self.path)?;
-        self.file = Segment { file, faults: self.file.faults.take() };
+        self.file = Segment::new(file, self.file.faults.take(), 0);
         self.file.write_all(&format::segment_header())?;
-        self.file.file.sync_all()?;
+        self.file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.segment_len = SEGMENT_HEADER_BYTES as u64;
         self.committed_len = committed.then_some(self.segment_len);

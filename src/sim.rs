@@ -1,0 +1,430 @@
+//! A deterministic simulation of the engine on a faulty disk, in the manner of TigerBeetle's
+//! VOPR: a seeded workload of every operation (deposits, withdrawals, roster changes, sends of
+//! every kind, grabs, expiries by a manual clock that also steps back, restarts), with storage
+//! faults injected under the journal from the same seed (a full disk, failing syncs, failing
+//! cuts, stalls, a power loss at any byte of a write), checked after every restart:
+//!
+//! - every acknowledged operation is there;
+//! - nothing refused is applied — an operation answered `OutcomeUnknown` is retried with the
+//!   same ids, as the contract says, and after that retry every total is exact;
+//! - nobody is paid twice, money is conserved, refunds happen once (the engine's audit and the
+//!   journal's audit, both).
+//!
+//! `HONGBAO_SIM_SEEDS=N` runs N seeds (default 300, about half a minute), from
+//! `HONGBAO_SIM_SEED` (default 0). A failing seed prints itself; the same seed replays the same workload and faults (the
+//! threads' interleaving is the operating system's, so a rare race may need a few runs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::journal::segment::{FaultPlan, Faults};
+use crate::{
+    audit_journal, Amount, Config, Durability, Engine, FileJournalConfig, GrabError, GroupId, Health, Limits,
+    ManualClock, NewPacket, OpId, PacketId, SendError, Split, UserId, WalletError,
+};
+
+const USERS: u64 = 12;
+const STEPS: usize = 160;
+const GROUPS: u64 = 2;
+
+/// What the simulation knows happened: each acknowledged operation, and those whose outcome
+/// is unknown until they are retried.
+#[derive(Default)]
+struct Model {
+    /// Deposits and withdrawals by id: (deposit, user, fen), acknowledged.
+    ops: BTreeMap<u64, (bool, UserId, u64)>,
+    /// The same, outcome unknown: retried after the next restart.
+    unknown_ops: BTreeMap<u64, (bool, UserId, u64)>,
+    sends: BTreeMap<u64, NewPacket>,
+    unknown_sends: BTreeMap<u64, NewPacket>,
+    /// Grabs acknowledged: (packet, user) → fen.
+    grabs: HashMap<(u64, UserId), u64>,
+    unknown_grabs: Vec<(u64, UserId)>,
+    next_op: u64,
+}
+
+/// What the faults did over a run.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub seeds: u64,
+    pub steps: u64,
+    pub restarts: u64,
+    pub crashes: u64,
+    pub full_disks: u64,
+    pub failed_syncs: u64,
+    pub failed_cuts: u64,
+    pub stalls: u64,
+    pub unknown_outcomes: u64,
+}
+
+struct Sim {
+    seed: u64,
+    rng: ChaCha8Rng,
+    dir: PathBuf,
+    clock: ManualClock,
+    faults: Faults,
+    engine: Option<Engine>,
+    model: Model,
+}
+
+fn scratch_root() -> PathBuf {
+    // A file system in memory when there is one: the simulation syncs after every batch.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+impl Sim {
+    fn config(&self, faults: bool) -> Config {
+        let mut journal = FileJournalConfig::new(&self.dir, Durability::Sync);
+        journal.faults = faults.then(|| Arc::clone(&self.faults));
+        // Small snapshots and segments, so that restarts cross both.
+        journal.snapshot_every_records = Some(40);
+        journal.segment_bytes_max = 2_000;
+        let limits =
+            Limits { closed_retention_secs: 365 * 86_400, op_retention_secs: 365 * 86_400, ..Limits::default() };
+        Config { arbiters: 2, wallet_shards: 2, journal_dir: Some(journal), ..Config::default() }
+            .with_limits(limits)
+            .with_clock(Arc::new(self.clock.clone()))
+            .with_seed(self.seed)
+    }
+
+    fn ctx(&self, what: &str) -> String {
+        format!("seed {} ({what}); replay with HONGBAO_SIM_SEED={} HONGBAO_SIM_SEEDS=1", self.seed, self.seed)
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("running")
+    }
+
+    /// Injects a fault now and then; returns its kind for the tally.
+    fn maybe_inject(&mut self, tally: &mut Tally) {
+        if self.rng.random_range(0..100) >= 4 {
+            return;
+        }
+        let mut plan = self.faults.lock();
+        match self.rng.random_range(0..5) {
+            0 => {
+                plan.space_left_bytes = Some(self.rng.random_range(0..400));
+                tally.full_disks += 1;
+            }
+            1 => {
+                plan.fail_sync = true;
+                tally.failed_syncs += 1;
+            }
+            2 => {
+                (plan.space_left_bytes, plan.fail_cut) = (Some(self.rng.random_range(0..400)), true);
+                tally.failed_cuts += 1;
+            }
+            3 => {
+                plan.crash_after_bytes = Some(self.rng.random_range(0..400));
+                tally.crashes += 1;
+            }
+            _ => {
+                plan.sync_delay = Some(Duration::from_millis(self.rng.random_range(1..5)));
+                tally.stalls += 1;
+            }
+        }
+    }
+
+    /// Stops the engine (cleanly, or as a crash), applies what a power loss leaves on disk,
+    /// starts it again without faults, retries what had an unknown outcome, and checks
+    /// everything acknowledged.
+    async fn restart(&mut self, tally: &mut Tally) {
+        let engine = self.engine.take().expect("running");
+        let clean = engine.health() == Health::Serving && self.rng.random_bool(0.3);
+        if clean {
+            engine.shutdown().await;
+        }
+        drop(engine);
+        let plan = std::mem::take(&mut *self.faults.lock());
+        if plan.crashed {
+            self.lose_unsynced(&plan);
+        }
+        tally.restarts += 1;
+        let engine = Engine::start(self.config(false))
+            .unwrap_or_else(|e| panic!("{}: restart refused: {e}", self.ctx("restart")));
+        self.engine = Some(engine);
+        self.retry_unknown().await;
+        self.check().await;
+    }
+
+    /// A power loss keeps what was synced of the last segment, and of the rest nothing, a torn
+    /// part, or zeros.
+    fn lose_unsynced(&mut self, plan: &FaultPlan) {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .expect("journal dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "hbj"))
+            .collect();
+        segments.sort();
+        let Some(last) = segments.last() else { return };
+        let mut bytes = std::fs::read(last).expect("segment");
+        let synced = (plan.synced_len as usize).min(bytes.len());
+        let unsynced = bytes.split_off(synced);
+        match self.rng.random_range(0..3) {
+            0 => {}
+            1 => bytes.extend_from_slice(&unsynced[..self.rng.random_range(0..=unsynced.len())]),
+            _ => bytes.extend(std::iter::repeat_n(0u8, self.rng.random_range(0..=unsynced.len()))),
+        }
+        std::fs::write(last, bytes).expect("segment");
+    }
+
+    /// Retries every operation whose outcome was unknown, with the same ids and fields: it is
+    /// then applied exactly once, and joins the acknowledged ones.
+    async fn retry_unknown(&mut self) {
+        let engine = self.engine.as_ref().expect("running").clone();
+        for (op, (deposit, user, fen)) in std::mem::take(&mut self.model.unknown_ops) {
+            let amount = Amount::fen(fen);
+            let got = if deposit {
+                engine.deposit(OpId(op), user, amount).await
+            } else {
+                engine.withdraw(OpId(op), user, amount).await
+            };
+            match got {
+                Ok(_) => {
+                    self.model.ops.insert(op, (deposit, user, fen));
+                }
+                // Refused on retry (funds moved meanwhile): then it was never applied.
+                Err(WalletError::InsufficientFunds { .. }) => {}
+                Err(e) => panic!("{}: retry of op {op}: {e}", self.ctx("retry")),
+            }
+        }
+        for (id, spec) in std::mem::take(&mut self.model.unknown_sends) {
+            match engine.send_packet(spec.clone()).await {
+                Ok(_) => {
+                    self.model.sends.insert(id, spec);
+                }
+                Err(SendError::InsufficientFunds { .. } | SendError::NotMember { .. }) => {}
+                Err(e) => panic!("{}: retry of send {id}: {e}", self.ctx("retry")),
+            }
+        }
+        for (packet, user) in std::mem::take(&mut self.model.unknown_grabs) {
+            match engine.grab(PacketId(packet), user).await {
+                Ok(won) => {
+                    self.model.grabs.insert((packet, user), won.amount.as_fen());
+                }
+                Err(GrabError::AlreadyGrabbed { amount, .. }) => {
+                    self.model.grabs.insert((packet, user), amount.as_fen());
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Every acknowledged operation is there, nothing else moved money, and both audits pass.
+    async fn check(&mut self) {
+        let engine = self.engine();
+        let ctx = self.ctx("check");
+        // The audit holds at a quiescent point: refunds of packets that came due while the
+        // engine was down may still be on their way to a wallet.
+        engine.expire_due().await.unwrap_or_else(|e| panic!("{ctx}: expire_due: {e}"));
+        let audit = engine.audit().await.unwrap_or_else(|e| panic!("{ctx}: audit: {e}"));
+        if !audit.is_balanced() {
+            let journal = audit_journal(&self.dir, Limits::default().share_fen_max);
+            panic!("{ctx}: {audit:?}\njournal: {journal:?}");
+        }
+        let deposited: u64 = self.model.ops.values().filter(|o| o.0).map(|o| o.2).sum();
+        let withdrawn: u64 = self.model.ops.values().filter(|o| !o.0).map(|o| o.2).sum();
+        assert_eq!(audit.deposits.as_fen(), deposited, "{ctx}: deposits are exactly the acknowledged ones");
+        assert_eq!(audit.withdrawals.as_fen(), withdrawn, "{ctx}: withdrawals are exactly the acknowledged ones");
+        for (id, spec) in &self.model.sends {
+            let view = engine.packet(PacketId(*id)).await.unwrap_or_else(|e| panic!("{ctx}: packet {id}: {e}"));
+            assert_eq!(&view.spec(), spec, "{ctx}: packet {id}");
+        }
+        for (&(packet, user), &fen) in &self.model.grabs {
+            let view = engine.packet(PacketId(packet)).await.unwrap_or_else(|e| panic!("{ctx}: packet {packet}: {e}"));
+            assert!(
+                view.claims.iter().any(|c| c.user == user && c.amount.as_fen() == fen),
+                "{ctx}: the acknowledged grab of {fen} fen by {user} on packet {packet} is missing"
+            );
+        }
+        let journal = audit_journal(&self.dir, Limits::default().share_fen_max);
+        assert!(journal.as_ref().is_ok_and(|j| j.is_ok()), "{ctx}: journal audit: {journal:?}");
+    }
+
+    /// One random operation, its answer recorded in the model.
+    async fn step(&mut self, tally: &mut Tally) {
+        let engine = self.engine().clone();
+        let user = UserId(self.rng.random_range(1..=USERS));
+        match self.rng.random_range(0..100) {
+            0..=19 => {
+                let deposit = self.rng.random_bool(0.7);
+                let (op, fen) = (self.model.next_op, self.rng.random_range(1..5_000));
+                self.model.next_op += 1;
+                let got = if deposit {
+                    engine.deposit(OpId(op), user, Amount::fen(fen)).await
+                } else {
+                    engine.withdraw(OpId(op), user, Amount::fen(fen)).await
+                };
+                match got {
+                    Ok(_) => drop(self.model.ops.insert(op, (deposit, user, fen))),
+                    Err(WalletError::OutcomeUnknown) => {
+                        tally.unknown_outcomes += 1;
+                        self.model.unknown_ops.insert(op, (deposit, user, fen));
+                    }
+                    Err(_) => {}
+                }
+            }
+            20..=24 => self.burst(&engine, tally).await,
+            25..=29 => {
+                let group = GroupId(self.rng.random_range(1..=GROUPS));
+                let members: Vec<UserId> = (1..=USERS).filter(|_| self.rng.random_bool(0.7)).map(UserId).collect();
+                let _ = match self.rng.random_range(0..3) {
+                    0 => engine.set_members(group, members).await,
+                    1 => engine.add_members(group, members).await,
+                    _ => engine.remove_members(group, members.into_iter().take(2)).await,
+                };
+            }
+            30..=49 => self.send(&engine, user, tally).await,
+            50..=89 => {
+                let packet = self.rng.random_range(0..self.model.next_op.max(1));
+                match engine.grab(PacketId(packet), user).await {
+                    Ok(won) => drop(self.model.grabs.insert((packet, user), won.amount.as_fen())),
+                    Err(GrabError::OutcomeUnknown) => {
+                        tally.unknown_outcomes += 1;
+                        self.model.unknown_grabs.push((packet, user));
+                    }
+                    Err(_) => {}
+                }
+            }
+            90..=95 => {
+                self.clock.advance(Duration::from_secs(self.rng.random_range(0..2 * 86_400)));
+                let _ = engine.expire_due().await;
+            }
+            _ => {
+                // The clock steps back (NTP, a VM restored): deadlines must survive it.
+                let now = crate::Clock::now(&self.clock);
+                self.clock.set(crate::Timestamp(now.as_millis() - self.rng.random_range(0..7_200_000)));
+            }
+        }
+    }
+
+    /// Several deposits and grabs at once, so that the journal commits them in one batch (and
+    /// a fault can land in the middle of one).
+    async fn burst(&mut self, engine: &Engine, tally: &mut Tally) {
+        let deposits: Vec<(u64, UserId, u64)> = (0..self.rng.random_range(2..12))
+            .map(|_| {
+                let op = self.model.next_op;
+                self.model.next_op += 1;
+                (op, UserId(self.rng.random_range(1..=USERS)), self.rng.random_range(1..5_000))
+            })
+            .collect();
+        let grabs: Vec<(u64, UserId)> = (0..self.rng.random_range(0..8))
+            .map(|_| (self.rng.random_range(0..self.model.next_op), UserId(self.rng.random_range(1..=USERS))))
+            .collect();
+        let deposited = futures::future::join_all(deposits.iter().map(|&(op, user, fen)| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.deposit(OpId(op), user, Amount::fen(fen)).await })
+        }));
+        let grabbed = futures::future::join_all(grabs.iter().map(|&(packet, user)| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.grab(PacketId(packet), user).await })
+        }));
+        let (deposited, grabbed) = futures::join!(deposited, grabbed);
+        for (&(op, user, fen), got) in deposits.iter().zip(deposited) {
+            match got.expect("task") {
+                Ok(_) => drop(self.model.ops.insert(op, (true, user, fen))),
+                Err(WalletError::OutcomeUnknown) => {
+                    tally.unknown_outcomes += 1;
+                    self.model.unknown_ops.insert(op, (true, user, fen));
+                }
+                Err(_) => {}
+            }
+        }
+        for (&(packet, user), got) in grabs.iter().zip(grabbed) {
+            match got.expect("task") {
+                Ok(won) => drop(self.model.grabs.insert((packet, user), won.amount.as_fen())),
+                Err(GrabError::OutcomeUnknown) => {
+                    tally.unknown_outcomes += 1;
+                    self.model.unknown_grabs.push((packet, user));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, engine: &Engine, sender: UserId, tally: &mut Tally) {
+        let id = self.model.next_op;
+        self.model.next_op += 1;
+        let split = match self.rng.random_range(0..3) {
+            0 => Split::Lucky {
+                total: Amount::fen(self.rng.random_range(1..3_000)),
+                shares: self.rng.random_range(1..6),
+            },
+            1 => Split::Fixed { each: Amount::fen(self.rng.random_range(1..500)), shares: self.rng.random_range(1..4) },
+            _ => Split::Exclusive {
+                to: UserId(self.rng.random_range(1..=USERS)),
+                amount: Amount::fen(self.rng.random_range(1..900)),
+            },
+        };
+        let group = GroupId(self.rng.random_range(1..=GROUPS));
+        let spec = NewPacket { id: PacketId(id), sender, group, split, greeting: String::new() };
+        match engine.send_packet(spec.clone()).await {
+            Ok(_) => drop(self.model.sends.insert(id, spec)),
+            Err(SendError::OutcomeUnknown) => {
+                tally.unknown_outcomes += 1;
+                self.model.unknown_sends.insert(id, spec);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Runs one seed: the workload, with faults, restarting after every failure and now and then
+/// on its own, checking after each restart and at the end.
+pub(crate) async fn run_seed(seed: u64, tally: &mut Tally) {
+    let dir = scratch_root().join(format!("hongbao-sim-{}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut sim = Sim {
+        seed,
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        dir,
+        clock: ManualClock::default(),
+        faults: Arc::default(),
+        engine: None,
+        model: Model::default(),
+    };
+    sim.engine = Some(Engine::start(sim.config(true)).unwrap_or_else(|e| panic!("{}: {e}", sim.ctx("start"))));
+    for _ in 0..STEPS {
+        sim.maybe_inject(tally);
+        sim.step(tally).await;
+        tally.steps += 1;
+        if sim.engine().health() != Health::Serving || sim.rng.random_range(0..100) == 0 {
+            sim.restart(tally).await;
+            // Faults go on after a restart too.
+            let config = sim.config(true);
+            let engine = sim.engine.take().expect("running");
+            engine.shutdown().await;
+            drop(engine);
+            sim.engine = Some(Engine::start(config).unwrap_or_else(|e| panic!("{}: {e}", sim.ctx("start"))));
+        }
+    }
+    sim.restart(tally).await;
+    if let Some(engine) = sim.engine.take() {
+        engine.shutdown().await;
+    }
+    let _ = sim.rng.next_u64();
+    std::fs::remove_dir_all(&sim.dir).unwrap();
+    tally.seeds += 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_faults_lose_nothing_acknowledged_and_apply_nothing_refused() {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (first, seeds) = (env("HONGBAO_SIM_SEED", 0), env("HONGBAO_SIM_SEEDS", 300));
+    let mut tally = Tally::default();
+    for seed in first..first + seeds {
+        run_seed(seed, &mut tally).await;
+    }
+    println!("simulation: {tally:?}");
+    assert_eq!(tally.seeds, seeds);
+}
