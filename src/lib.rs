@@ -83,6 +83,9 @@ mod wallet;
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod sim;
 

@@ -1,0 +1,4 @@
+//! Fuzzes the segment decoder: whatever the bytes, it returns, never panics.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hongbao::fuzzing::segment(data));
