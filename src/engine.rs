@@ -270,7 +270,10 @@ impl Engine {
             Reservation::Full => return Err(SendError::TooManyOpenPackets { max: limits.open_packets_max }),
             Reservation::Taken(Route::Opening) => return Err(SendError::Busy),
             Reservation::Taken(route) if route.open_meta().is_some_and(|m| m.sent.spec == spec) => {
-                return self.packet(spec.id).await.map_err(|_| SendError::Busy)
+                return self.packet(spec.id).await.map_err(|e| match e {
+                    EngineError::Busy => SendError::Busy,
+                    _ => SendError::from(inner.lost().read()),
+                })
             }
             Reservation::Taken(Route::Closed(view)) if view.spec() == spec => {
                 return inner.after_barrier((*view).clone()).await.ok_or_else(|| inner.lost().read().into())
@@ -414,7 +417,7 @@ impl Engine {
             inner.routes.expire(packet, Some(reply)).then_some(rx)
         }))
         .await;
-        inner.after_barrier(()).await;
+        inner.after_barrier(()).await.ok_or_else(|| EngineError::from(inner.lost().read()))?;
         // Credits travel through the wallet mailboxes; a flush of each makes them applied.
         inner.wallets.flush().await;
         Ok(due.len())

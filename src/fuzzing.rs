@@ -51,8 +51,11 @@ mod tests {
     use super::*;
     use crate::journal::Fold;
 
+    /// A fuzz target's entry point.
+    type Target = fn(&[u8]);
+
     /// The entry point of each fuzz target, by name.
-    const TARGETS: [(&str, fn(&[u8])); 3] = [("record", record), ("segment", segment), ("snapshot", snapshot)];
+    const TARGETS: [(&str, Target); 3] = [("record", record), ("segment", segment), ("snapshot", snapshot)];
 
     /// Valid encodings to mutate, by target: every sample record, a segment of them, a
     /// snapshot body.

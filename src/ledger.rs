@@ -193,12 +193,9 @@ impl Ledger {
         let balance = self.balance(user);
         let after = if deposit { balance.checked_add(amount) } else { balance.checked_sub(amount) };
         let after = after.ok_or(format!("operation {op}: {amount} does not fit a balance of {balance}"))?;
+        let sum = if deposit { &mut self.deposited } else { &mut self.withdrawn };
+        *sum = sum.checked_add(amount.as_fen()).ok_or(format!("operation {op}: the sum of operations overflows"))?;
         self.balances.insert(user, after.as_fen());
-        if deposit {
-            self.deposited += amount.as_fen();
-        } else {
-            self.withdrawn += amount.as_fen();
-        }
         self.ops.insert(op, OpDone { deposit, user, amount, balance_after: after, at });
         Ok(after)
     }
@@ -210,8 +207,20 @@ impl Ledger {
     /// If the balance would overflow `u64`: escrow only holds money that was deposited, and
     /// deposits stop far below that, so this is a bug, never an input error.
     pub(crate) fn credit(&mut self, credit: Credit) {
+        self.try_credit(credit).expect("credits come from escrowed deposits");
+    }
+
+    /// [`Ledger::credit`] for replay, where a journal could claim anything.
+    ///
+    /// # Errors
+    ///
+    /// If the balance would overflow; nothing changes then.
+    pub(crate) fn try_credit(&mut self, credit: Credit) -> Result<(), String> {
         let balance = self.balances.entry(credit.user).or_insert(0);
-        *balance = balance.checked_add(credit.amount.as_fen()).expect("credits come from escrowed deposits");
+        *balance = balance
+            .checked_add(credit.amount.as_fen())
+            .ok_or(format!("a credit of {} overflows the balance of {}", credit.amount, credit.user))?;
+        Ok(())
     }
 
     /// The ledger's sums.

@@ -74,8 +74,16 @@ pub(crate) struct PacketCtx {
     /// Blown if a handler panics.
     pub fuse: Arc<Fuse>,
     pub mailbox_capacity: usize,
-    /// Called with the final view when the packet closes.
-    pub on_close: Box<dyn Fn(PacketView) + Send + Sync>,
+    /// Told as the packet closes: its open slot is free, then its final view.
+    pub on_close: Box<dyn Fn(Closing) + Send + Sync>,
+}
+
+/// What a packet tells the routes as it closes.
+pub(crate) enum Closing {
+    /// It no longer counts as open.
+    Slot,
+    /// Its final view replaces its route.
+    View(Box<PacketView>),
 }
 
 /// A grab request.
@@ -174,7 +182,8 @@ impl PacketActor {
             self.ctx.timer.do_send(Schedule { at, packet: self.state.id() });
         }
         if matches!(expiry, Expiry::Refund(_) | Expiry::NothingLeft) {
-            (self.ctx.on_close)(self.state.view());
+            (self.ctx.on_close)(Closing::Slot);
+            (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
             actx.stop();
         }
     }
@@ -186,8 +195,14 @@ impl PacketActor {
         let ctx = Arc::clone(&self.ctx);
         let group = self.state.sent().spec.group;
         let sold_out = self.state.best_luck().filter(|_| self.state.status() == PacketStatus::SoldOut);
-        let mut reply = Some(reply);
-        let claim_reply = if sold_out.is_some() { None } else { reply.take() };
+        if sold_out.is_some() {
+            // Its slot is free before anyone hears of the last grab (an in-memory journal
+            // answers inside `append`).
+            (self.ctx.on_close)(Closing::Slot);
+        }
+        // One record per grab, also for the last share: a packet sells out by its last claim
+        // (replay derives it), so the grab's answer never depends on a second record that a
+        // failure could cut off after the first was made durable.
         self.ctx.journal.append(
             record,
             Box::new(move || {
@@ -202,31 +217,23 @@ impl PacketActor {
                     position: grabbed.position,
                     shares_left: grabbed.shares_left,
                 });
-                if let Some(reply) = claim_reply {
-                    let _ = reply.send(Ok(grabbed));
-                }
-            }),
-        );
-        if let (Some(best), Some(reply)) = (sold_out, reply) {
-            // Nothing is left to grab or refund: the packet closes now, between its last claim
-            // and its sold-out mark. A grab that meets the closed view is answered after a
-            // barrier, so after the last claim is durable; the last grabber hears back after
-            // the close, so the open slot is free when it does.
-            (self.ctx.on_close)(self.state.view());
-            let ctx = Arc::clone(&self.ctx);
-            let packet = grabbed.packet;
-            self.ctx.journal.append(
-                Record::SoldOut { packet },
-                Box::new(move || {
+                if let Some(best) = sold_out {
+                    let packet = grabbed.packet;
                     ctx.events.publish(|| Event::SoldOut {
                         packet,
                         group,
                         best_luck: best.user,
                         best_amount: best.amount,
                     });
-                    let _ = reply.send(Ok(grabbed));
-                }),
-            );
+                }
+                let _ = reply.send(Ok(grabbed));
+            }),
+        );
+        if sold_out.is_some() {
+            // Nothing is left to grab or refund: the packet closes now, after its last claim is
+            // appended (so a retirement can only follow it). A grab that meets the closed view
+            // is answered after a barrier, so after the last claim is durable.
+            (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
         }
     }
 }

@@ -117,7 +117,13 @@ impl Inner {
             actix::spawn(async move {
                 if let Some(inner) = sweeping.upgrade() {
                     if inner.health() == Health::Serving {
-                        let _ = inner.retire_due().await;
+                        // A full sweep may take several rounds: retire until a round is short.
+                        while let Ok(r) = inner.retire_due().await {
+                            if r.packets < RETIRED_IDS_MAX && r.ops < RETIRED_IDS_MAX {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
             });
@@ -165,16 +171,19 @@ impl Inner {
         if packets.is_empty() && ops.is_empty() {
             return Ok(retired);
         }
-        self.routes.retire(&packets);
-        let record = Arc::new(Record::Retired { packets, ops });
-        self.wallets.retire(&record);
+        // Recorded first, applied after: an id freed in memory could otherwise be used again
+        // and recorded before the retirement that freed it, which replay would refuse (a packet
+        // sent twice) or misread (a deposit taken for a repeat).
+        let record = Record::Retired { packets: packets.clone(), ops };
         let (tx, rx) = oneshot::channel();
         self.journal.append(
-            Arc::unwrap_or_clone(record),
+            record.clone(),
             Box::new(move || {
                 let _ = tx.send(());
             }),
         );
+        self.routes.retire(&packets);
+        self.wallets.retire(&Arc::new(record));
         rx.await.map_err(|_| self.lost())?;
         Ok(retired)
     }

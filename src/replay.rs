@@ -69,7 +69,7 @@ impl Replica {
             Record::Claim { packet, .. } | Record::SoldOut { packet } | Record::Expired { packet, .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
                 if let Some(credit) = state.apply(record)? {
-                    self.ledger.credit(credit);
+                    self.ledger.try_credit(credit)?;
                 }
             }
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {

@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use crate::clock::Timestamp;
 use crate::money::PacketId;
 use crate::packet::{ClaimView, PacketState, PacketStatus, PacketView};
-use crate::packet_actor::{Expire, PacketActor, PacketCtx};
+use crate::packet_actor::{Closing, Expire, PacketActor, PacketCtx};
 use crate::placement::bucket;
 use crate::record::PacketSent;
 use crate::timer::{Cancel, Schedule, Timer};
@@ -108,13 +108,16 @@ impl Routes {
         open_max: usize,
         arbiters: Box<[ArbiterHandle]>,
         timer: Addr<Timer>,
-        make_ctx: impl FnOnce(Box<dyn Fn(PacketView) + Send + Sync>) -> PacketCtx,
+        make_ctx: impl FnOnce(Box<dyn Fn(Closing) + Send + Sync>) -> PacketCtx,
     ) -> Arc<Routes> {
         Arc::new_cyclic(|routes: &Weak<Routes>| {
             let routes = Weak::clone(routes);
-            let on_close = Box::new(move |view: PacketView| {
+            let on_close = Box::new(move |closing: Closing| {
                 if let Some(routes) = routes.upgrade() {
-                    routes.close(view);
+                    match closing {
+                        Closing::Slot => drop(routes.open.fetch_sub(1, Ordering::AcqRel)),
+                        Closing::View(view) => routes.close(*view),
+                    }
                 }
             });
             let ctx = Arc::new(make_ctx(on_close));
@@ -157,9 +160,11 @@ impl Routes {
         if !counted {
             self.open.fetch_add(1, Ordering::AcqRel);
         }
-        self.table.insert(id, Route::Dormant(Arc::new(meta)));
-        // Not refused: one deadline per open packet, bounded by `open_packets_max`.
+        // Scheduled before the route exists, so that a packet that sells out at once cancels a
+        // deadline the timer already has. Not refused: one per open packet, bounded by
+        // `open_packets_max`.
         self.timer.do_send(Schedule { at: expires_at, packet: id });
+        self.table.insert(id, Route::Dormant(Arc::new(meta)));
     }
 
     /// Loads the packets a journal recorded: closed ones (sold out or expired) as their final
@@ -186,7 +191,6 @@ impl Routes {
     fn close(&self, view: PacketView) {
         let (id, at) = (view.id, view.expires_at);
         self.table.insert(id, Route::Closed(Arc::new(view)));
-        self.open.fetch_sub(1, Ordering::AcqRel);
         self.timer.do_send(Cancel { at, packet: id });
     }
 

@@ -184,6 +184,17 @@ impl FileJournal {
             return Err(JournalError::Locked(dir.clone()));
         }
         let recovered = reader::read(dir, true, empty, &mut |_| {})?;
+        if let Some(tail) = recovered.tail.as_ref().filter(|_| recovered.torn_bytes > 0) {
+            tracing::warn!(
+                segment = %tail.path.display(),
+                offset = tail.len,
+                bytes = recovered.torn_bytes,
+                "cut a torn record at the end of the journal (it was never acknowledged)"
+            );
+            // Cut here, whichever segment writing continues in: a segment left with its torn
+            // tail would read as damaged once another follows it.
+            cut_torn_tail(&tail.path, tail.len)?;
+        }
         let (path, len) = match &recovered.tail {
             Some(tail) if tail.version == FORMAT_VERSION || tail.len == 0 => (tail.path.clone(), tail.len),
             // No segment (a new directory, or one holding only a snapshot), or one of an older
@@ -191,14 +202,6 @@ impl FileJournal {
             // hold. (A segment already named so holds no record and is rewritten.)
             _ => (format::path(dir, Kind::Segment, recovered.records), 0),
         };
-        if recovered.torn_bytes > 0 {
-            tracing::warn!(
-                segment = %path.display(),
-                offset = len,
-                bytes = recovered.torn_bytes,
-                "cut a torn record at the end of the journal (it was never acknowledged)"
-            );
-        }
         let (file, segment_len) = open_tail(dir, &path, len)?;
         let (tx, rx) = mpsc::sync_channel(config.queue_len_max);
         let failure = Arc::new(FailureCell::default());
@@ -218,8 +221,18 @@ impl FileJournal {
             failure: Arc::clone(&failure),
             last_sync: Instant::now(),
         };
-        let handle =
-            std::thread::Builder::new().name(WRITER_THREAD.into()).spawn(move || writer.run(rx)).map_err(io(dir))?;
+        let writer_failure = Arc::clone(&failure);
+        let handle = std::thread::Builder::new()
+            .name(WRITER_THREAD.into())
+            .spawn(move || {
+                // A panic here (a bug in a completion, say) must not leave a journal that
+                // silently drops every record while the engine reports itself serving.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(rx))).is_err() {
+                    tracing::error!("the journal's writer panicked; no further change is acknowledged");
+                    writer_failure.set(StorageFailure::OutcomeUnknown);
+                }
+            })
+            .map_err(io(dir))?;
         Ok((FileJournal { tx, failure, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
     }
 
@@ -230,8 +243,8 @@ impl FileJournal {
             Err(TrySendError::Full(entry)) => {
                 let _ = self.tx.send(entry);
             }
-            // The writer stopped after an I/O error: the completion is dropped, and its caller
-            // hears that the engine is unavailable.
+            // The writer stopped after an I/O error (or a close): the completion is dropped, and
+            // its caller hears that the engine is unavailable.
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
@@ -274,6 +287,13 @@ impl Drop for FileJournal {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Cuts a segment to its valid length, durably.
+fn cut_torn_tail(path: &Path, len: u64) -> Result<(), JournalError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+    file.set_len(len).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
 }
 
 /// Opens the segment where writing continues, cut to its valid length (a new segment gets
