@@ -31,6 +31,9 @@ use crate::{
 const USERS: u64 = 12;
 const STEPS: usize = 160;
 const GROUPS: u64 = 2;
+/// Closed packets are kept this long: short, so that retirements happen in every seed. A
+/// packet can close the moment it is sent (sold out), so from then on it may be gone.
+const RETENTION_SECS: u64 = 3 * 86_400;
 
 /// What the simulation knows happened: each acknowledged operation, and those whose outcome
 /// is unknown until they are retried.
@@ -42,9 +45,15 @@ struct Model {
     unknown_ops: BTreeMap<u64, (bool, UserId, u64)>,
     sends: BTreeMap<u64, NewPacket>,
     unknown_sends: BTreeMap<u64, NewPacket>,
+    /// Sends refused (nothing changed): never to be found.
+    refused_sends: Vec<u64>,
+    /// When each packet was sent, by the engine's clock.
+    sent_at: HashMap<u64, u64>,
     /// Grabs acknowledged: (packet, user) → fen.
     grabs: HashMap<(u64, UserId), u64>,
     unknown_grabs: Vec<(u64, UserId)>,
+    /// Grabs refused (nothing changed): no such claim unless another grab was acknowledged.
+    refused_grabs: Vec<(u64, UserId)>,
     next_op: u64,
 }
 
@@ -60,6 +69,8 @@ pub(crate) struct Tally {
     pub failed_cuts: u64,
     pub stalls: u64,
     pub unknown_outcomes: u64,
+    /// Packets and operation ids retired by the simulation's own sweeps.
+    pub retired: u64,
 }
 
 struct Sim {
@@ -70,6 +81,8 @@ struct Sim {
     faults: Faults,
     engine: Option<Engine>,
     model: Model,
+    /// The latest time the clock showed (it also steps back).
+    latest_ms: u64,
 }
 
 fn scratch_root() -> PathBuf {
@@ -90,7 +103,7 @@ impl Sim {
         journal.snapshot_every_records = Some(40);
         journal.segment_bytes_max = 2_000;
         let limits =
-            Limits { closed_retention_secs: 365 * 86_400, op_retention_secs: 365 * 86_400, ..Limits::default() };
+            Limits { closed_retention_secs: RETENTION_SECS, op_retention_secs: 2 * 86_400, ..Limits::default() };
         Config { arbiters: 2, wallet_shards: 2, journal_dir: Some(journal), ..Config::default() }
             .with_limits(limits)
             .with_clock(Arc::new(self.clock.clone()))
@@ -236,16 +249,37 @@ impl Sim {
         let withdrawn: u64 = self.model.ops.values().filter(|o| !o.0).map(|o| o.2).sum();
         assert_eq!(audit.deposits.as_fen(), deposited, "{ctx}: deposits are exactly the acknowledged ones");
         assert_eq!(audit.withdrawals.as_fen(), withdrawn, "{ctx}: withdrawals are exactly the acknowledged ones");
+        // A packet may be gone only once it could have been retired.
+        let may_be_retired =
+            |id: &u64| self.model.sent_at.get(id).is_some_and(|&t| self.latest_ms >= t + RETENTION_SECS * 1_000);
         for (id, spec) in &self.model.sends {
-            let view = engine.packet(PacketId(*id)).await.unwrap_or_else(|e| panic!("{ctx}: packet {id}: {e}"));
-            assert_eq!(&view.spec(), spec, "{ctx}: packet {id}");
+            match engine.packet(PacketId(*id)).await {
+                Ok(view) => assert_eq!(&view.spec(), spec, "{ctx}: packet {id}"),
+                Err(crate::EngineError::UnknownPacket) if may_be_retired(id) => {}
+                Err(e) => panic!("{ctx}: acknowledged packet {id}: {e}"),
+            }
+        }
+        for id in &self.model.refused_sends {
+            let found = engine.packet(PacketId(*id)).await;
+            assert_eq!(found, Err(crate::EngineError::UnknownPacket), "{ctx}: refused packet {id} exists");
         }
         for (&(packet, user), &fen) in &self.model.grabs {
-            let view = engine.packet(PacketId(packet)).await.unwrap_or_else(|e| panic!("{ctx}: packet {packet}: {e}"));
-            assert!(
-                view.claims.iter().any(|c| c.user == user && c.amount.as_fen() == fen),
-                "{ctx}: the acknowledged grab of {fen} fen by {user} on packet {packet} is missing"
-            );
+            match engine.packet(PacketId(packet)).await {
+                Ok(view) => assert!(
+                    view.claims.iter().any(|c| c.user == user && c.amount.as_fen() == fen),
+                    "{ctx}: the acknowledged grab of {fen} fen by {user} on packet {packet} is missing"
+                ),
+                Err(crate::EngineError::UnknownPacket) if may_be_retired(&packet) => {}
+                Err(e) => panic!("{ctx}: packet {packet} of an acknowledged grab: {e}"),
+            }
+        }
+        for &(packet, user) in &self.model.refused_grabs {
+            if self.model.grabs.contains_key(&(packet, user)) {
+                continue;
+            }
+            if let Ok(view) = engine.packet(PacketId(packet)).await {
+                assert!(!view.claims.iter().any(|c| c.user == user), "{ctx}: refused grab by {user} on {packet} paid");
+            }
         }
         let journal = audit_journal(&self.dir, Limits::default().share_fen_max);
         assert!(journal.as_ref().is_ok_and(|j| j.is_ok()), "{ctx}: journal audit: {journal:?}");
@@ -266,7 +300,9 @@ impl Sim {
                     engine.withdraw(OpId(op), user, Amount::fen(fen)).await
                 };
                 match got {
-                    Ok(_) => drop(self.model.ops.insert(op, (deposit, user, fen))),
+                    Ok(_) => {
+                        self.model.ops.insert(op, (deposit, user, fen));
+                    }
                     Err(WalletError::OutcomeUnknown) => {
                         tally.unknown_outcomes += 1;
                         self.model.unknown_ops.insert(op, (deposit, user, fen));
@@ -287,18 +323,17 @@ impl Sim {
             30..=49 => self.send(&engine, user, tally).await,
             50..=89 => {
                 let packet = self.rng.random_range(0..self.model.next_op.max(1));
-                match engine.grab(PacketId(packet), user).await {
-                    Ok(won) => drop(self.model.grabs.insert((packet, user), won.amount.as_fen())),
-                    Err(GrabError::OutcomeUnknown) => {
-                        tally.unknown_outcomes += 1;
-                        self.model.unknown_grabs.push((packet, user));
-                    }
-                    Err(_) => {}
-                }
+                let got = engine.grab(PacketId(packet), user).await;
+                self.record_grab(packet, user, got, tally);
             }
             90..=95 => {
                 self.clock.advance(Duration::from_secs(self.rng.random_range(0..2 * 86_400)));
+                self.latest_ms = self.latest_ms.max(crate::Clock::now(&self.clock).as_millis());
                 let _ = engine.expire_due().await;
+                // The engine's own sweep runs too; this one counts what retention drops.
+                if let Ok(r) = engine.retire_due().await {
+                    tally.retired += (r.packets + r.ops) as u64;
+                }
             }
             _ => {
                 // The clock steps back (NTP, a VM restored): deadlines must survive it.
@@ -332,7 +367,9 @@ impl Sim {
         let (deposited, grabbed) = futures::join!(deposited, grabbed);
         for (&(op, user, fen), got) in deposits.iter().zip(deposited) {
             match got.expect("task") {
-                Ok(_) => drop(self.model.ops.insert(op, (true, user, fen))),
+                Ok(_) => {
+                    self.model.ops.insert(op, (true, user, fen));
+                }
                 Err(WalletError::OutcomeUnknown) => {
                     tally.unknown_outcomes += 1;
                     self.model.unknown_ops.insert(op, (true, user, fen));
@@ -341,14 +378,24 @@ impl Sim {
             }
         }
         for (&(packet, user), got) in grabs.iter().zip(grabbed) {
-            match got.expect("task") {
-                Ok(won) => drop(self.model.grabs.insert((packet, user), won.amount.as_fen())),
-                Err(GrabError::OutcomeUnknown) => {
-                    tally.unknown_outcomes += 1;
-                    self.model.unknown_grabs.push((packet, user));
-                }
-                Err(_) => {}
+            self.record_grab(packet, user, got.expect("task"), tally);
+        }
+    }
+
+    /// What a grab's answer says happened.
+    fn record_grab(&mut self, packet: u64, user: UserId, got: Result<crate::Grabbed, GrabError>, tally: &mut Tally) {
+        match got {
+            Ok(won) => {
+                self.model.grabs.insert((packet, user), won.amount.as_fen());
             }
+            Err(GrabError::AlreadyGrabbed { amount, .. }) => {
+                self.model.grabs.insert((packet, user), amount.as_fen());
+            }
+            Err(GrabError::OutcomeUnknown) => {
+                tally.unknown_outcomes += 1;
+                self.model.unknown_grabs.push((packet, user));
+            }
+            Err(_) => self.model.refused_grabs.push((packet, user)),
         }
     }
 
@@ -368,13 +415,16 @@ impl Sim {
         };
         let group = GroupId(self.rng.random_range(1..=GROUPS));
         let spec = NewPacket { id: PacketId(id), sender, group, split, greeting: String::new() };
+        self.model.sent_at.insert(id, crate::Clock::now(&self.clock).as_millis());
         match engine.send_packet(spec.clone()).await {
-            Ok(_) => drop(self.model.sends.insert(id, spec)),
+            Ok(_) => {
+                self.model.sends.insert(id, spec);
+            }
             Err(SendError::OutcomeUnknown) => {
                 tally.unknown_outcomes += 1;
                 self.model.unknown_sends.insert(id, spec);
             }
-            Err(_) => {}
+            Err(_) => self.model.refused_sends.push(id),
         }
     }
 }
@@ -392,7 +442,9 @@ pub(crate) async fn run_seed(seed: u64, tally: &mut Tally) {
         faults: Arc::default(),
         engine: None,
         model: Model::default(),
+        latest_ms: 0,
     };
+    sim.latest_ms = crate::Clock::now(&sim.clock).as_millis();
     sim.engine = Some(Engine::start(sim.config(true)).unwrap_or_else(|e| panic!("{}: {e}", sim.ctx("start"))));
     for _ in 0..STEPS {
         sim.maybe_inject(tally);
