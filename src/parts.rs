@@ -79,7 +79,8 @@ impl Inner {
             let ledger = ledgers.next().expect("one ledger per shard");
             WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
         })?;
-        let timer = runtime.start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock)))?;
+        let timer = runtime
+            .start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock), Arc::clone(&fuse)))?;
         let timer = timer[0].clone();
         let wallets = Arc::new(Wallets::new(shards, ops));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));

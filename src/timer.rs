@@ -26,6 +26,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::clock::{Clock, Timestamp};
+use crate::health::Fuse;
 use crate::money::PacketId;
 
 /// How many due packets the timer tells to expire before yielding to other work.
@@ -113,6 +114,8 @@ struct Sweep {
 
 pub(crate) struct Timer {
     clock: Arc<dyn Clock>,
+    /// Blown if firing panics: a dead timer thread would strand every deadline.
+    fuse: Arc<Fuse>,
     on_due: Option<OnDue>,
     sweep: Option<Sweep>,
     deadlines: Deadlines,
@@ -120,8 +123,8 @@ pub(crate) struct Timer {
 }
 
 impl Timer {
-    pub(crate) fn new(clock: Arc<dyn Clock>) -> Timer {
-        Timer { clock, on_due: None, sweep: None, deadlines: Deadlines::default(), armed: None }
+    pub(crate) fn new(clock: Arc<dyn Clock>, fuse: Arc<Fuse>) -> Timer {
+        Timer { clock, fuse, on_due: None, sweep: None, deadlines: Deadlines::default(), armed: None }
     }
 
     /// Keeps exactly one sleep armed, for the earliest deadline.
@@ -148,6 +151,11 @@ impl Timer {
     }
 
     fn fire(&mut self, ctx: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("timer", || self.fire_due(ctx));
+    }
+
+    fn fire_due(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now();
         if let Some(sweep) = &mut self.sweep {
             if sweep.next <= now {
