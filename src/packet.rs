@@ -314,7 +314,9 @@ impl PacketState {
         if self.claims.len() as u32 == self.shares {
             assert_eq!(self.remaining_fen, 0, "the last share takes the rest");
             self.status = PacketStatus::SoldOut;
-            self.closed_at = Some(claim.at);
+            // Never before it was sent, even if the clock stepped back in between: its
+            // retention counts from then at the earliest.
+            self.closed_at = Some(claim.at.max(self.sent.sent_at));
             self.rng = None;
         }
         self.next_fen = self.draw_next();
