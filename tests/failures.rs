@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -16,39 +16,8 @@ use hongbao::{
     Health, Journal, JournalError, Limits, ManualClock, MemoryJournal, OpId, PacketId, Record, SendError, StartError,
     UserId, WalletError,
 };
-use parking_lot::{Condvar, Mutex};
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// Holds the first `Expired` append until released.
-struct GatedExpiry {
-    inner: MemoryJournal,
-    armed: AtomicBool,
-    entered: Mutex<Option<mpsc::Sender<()>>>,
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Journal for GatedExpiry {
-    fn append(&self, record: Record, then: Completion) {
-        if matches!(record, Record::Expired { .. }) && self.armed.swap(false, Ordering::AcqRel) {
-            if let Some(entered) = self.entered.lock().take() {
-                let _ = entered.send(());
-            }
-            let mut open = self.open.lock();
-            while !*open {
-                self.opened.wait(&mut open);
-            }
-        }
-        self.inner.append(record, then);
-    }
-
-    fn barrier(&self, then: Completion) {
-        self.inner.barrier(then);
-    }
-
-    fn flush(&self) {}
-}
 
 /// The timer lets a deadline go when it fires; if the clock steps back before the packet
 /// handles it, the packet is not due and the deadline goes back to the timer. Deterministic:
@@ -56,14 +25,7 @@ impl Journal for GatedExpiry {
 /// while the clock steps back, so the second handles its expiry on the earlier clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_step_back_loses_no_deadline() {
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let journal = Arc::new(GatedExpiry {
-        inner: MemoryJournal::new(),
-        armed: AtomicBool::new(true),
-        entered: Mutex::new(Some(entered_tx)),
-        open: Mutex::new(false),
-        opened: Condvar::new(),
-    });
+    let (journal, entered_rx) = GatedJournal::new(|r| matches!(r, Record::Expired { .. }), true);
     let clock = ManualClock::default();
     let config = Config { arbiters: 1, wallet_shards: 1, ..Config::default() }
         .with_clock(Arc::new(clock.clone()))
@@ -80,8 +42,7 @@ async fn a_clock_step_back_loses_no_deadline() {
     // Packet 1 is inside its refund: the timer has fired for both.
     tokio::task::spawn_blocking(move || entered_rx.recv().unwrap()).await.unwrap();
     clock.set(hongbao::Timestamp(clock.now().as_millis() - 3_600_000));
-    *journal.open.lock() = true;
-    journal.opened.notify_all();
+    journal.release();
     assert!(matches!(events.recv().await, Ok(Event::Expired { packet: PacketId(1), .. })));
     // A query queues behind packet 2's expiry: when it answers, packet 2 has found itself not
     // due on the earlier clock.

@@ -4,66 +4,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::task::Poll;
 
 use common::*;
-use hongbao::journal::Completion;
-use hongbao::{
-    Amount, Config, Engine, GrabError, GroupId, Journal, Limits, ManualClock, MemoryJournal, PacketId, Record,
-};
-use parking_lot::{Condvar, Mutex};
-
-/// Holds the first claim append until released.
-struct GatedJournal {
-    inner: MemoryJournal,
-    armed: AtomicBool,
-    entered: Mutex<Option<mpsc::Sender<()>>>,
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl GatedJournal {
-    fn release(&self) {
-        *self.open.lock() = true;
-        self.opened.notify_all();
-    }
-}
-
-impl Journal for GatedJournal {
-    fn append(&self, record: Record, then: Completion) {
-        if matches!(record, Record::Claim { .. }) && self.armed.swap(false, Ordering::AcqRel) {
-            if let Some(entered) = self.entered.lock().take() {
-                let _ = entered.send(());
-            }
-            let mut open = self.open.lock();
-            while !*open {
-                self.opened.wait(&mut open);
-            }
-        }
-        self.inner.append(record, then);
-    }
-
-    fn barrier(&self, then: Completion) {
-        self.inner.barrier(then);
-    }
-
-    fn flush(&self) {}
-}
+use hongbao::{Amount, Config, Engine, GrabError, GroupId, Limits, ManualClock, PacketId, Record};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mailbox_answers_busy_and_every_accepted_grab_is_paid() {
     const CAPACITY: usize = 8;
     const BURST: u64 = 200;
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let journal = Arc::new(GatedJournal {
-        inner: MemoryJournal::new(),
-        armed: AtomicBool::new(false),
-        entered: Mutex::new(Some(entered_tx)),
-        open: Mutex::new(false),
-        opened: Condvar::new(),
-    });
+    let (journal, entered_rx) = GatedJournal::new(|r| matches!(r, Record::Claim { .. }), false);
     let limits = Limits { packet_mailbox_capacity: CAPACITY, ..Limits::default() };
     let config = Config { arbiters: 1, wallet_shards: 1, ..Config::default() }
         .with_limits(limits)
@@ -76,7 +27,7 @@ async fn full_mailbox_answers_busy_and_every_accepted_grab_is_paid() {
     engine.send_packet(lucky(1, group, Amount::yuan(100), 1_000)).await.unwrap();
 
     // The first grab holds the actor inside its claim.
-    journal.armed.store(true, Ordering::Release);
+    journal.arm();
     let first = tokio::spawn({
         let engine = engine.clone();
         async move { engine.grab(PacketId(1), common::members(1)[0]).await }

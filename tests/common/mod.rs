@@ -56,3 +56,64 @@ pub async fn assert_balanced(engine: &Engine) {
     let audit = engine.audit().await.unwrap();
     assert!(audit.is_balanced(), "audit not balanced: {audit:?}");
 }
+
+/// A journal that holds the first append of a chosen kind of record, once armed, until it is
+/// released: it stops the actor that appends it inside its handler, so a test can queue work
+/// behind it deterministically.
+pub struct GatedJournal {
+    inner: hongbao::MemoryJournal,
+    gate: fn(&hongbao::Record) -> bool,
+    armed: std::sync::atomic::AtomicBool,
+    entered: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    open: parking_lot::Mutex<bool>,
+    opened: parking_lot::Condvar,
+}
+
+impl GatedJournal {
+    /// A gate on records for which `gate` holds, armed or not; the receiver hears when an
+    /// append is held.
+    pub fn new(gate: fn(&hongbao::Record) -> bool, armed: bool) -> (Arc<GatedJournal>, std::sync::mpsc::Receiver<()>) {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let journal = GatedJournal {
+            inner: hongbao::MemoryJournal::new(),
+            gate,
+            armed: std::sync::atomic::AtomicBool::new(armed),
+            entered: parking_lot::Mutex::new(Some(entered_tx)),
+            open: parking_lot::Mutex::new(false),
+            opened: parking_lot::Condvar::new(),
+        };
+        (Arc::new(journal), entered_rx)
+    }
+
+    /// Holds the next matching append.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Lets the held append (and every later one) through.
+    pub fn release(&self) {
+        *self.open.lock() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl hongbao::Journal for GatedJournal {
+    fn append(&self, record: hongbao::Record, then: hongbao::journal::Completion) {
+        if (self.gate)(&record) && self.armed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            if let Some(entered) = self.entered.lock().take() {
+                let _ = entered.send(());
+            }
+            let mut open = self.open.lock();
+            while !*open {
+                self.opened.wait(&mut open);
+            }
+        }
+        self.inner.append(record, then);
+    }
+
+    fn barrier(&self, then: hongbao::journal::Completion) {
+        self.inner.barrier(then);
+    }
+
+    fn flush(&self) {}
+}
