@@ -54,8 +54,11 @@
 //! | 9 personal packets are irrevocable | [`Engine::recall`] |
 //! | 10 expiry refunds once | `PacketState::decide_expiry`, `PacketState::apply` |
 //! | 11 conservation | [`Audit::is_balanced`] |
-//! | 12 records before replies | the [`Journal`] contract; every reply leaves through a completion |
+//! | 12 records before replies; storage failure is "outcome unknown" unless cut back | the [`Journal`] contract; `journal/writer.rs` (`cut_back`), [`StorageFailure`] |
+//! | 17 a deadline racing a request has one outcome | the packet actor serializes both; `PacketState::decide_expiry` |
+//! | 18 a deadline leaves the timer only when its packet closed | `timer.rs`, and the packet actor's re-schedule when not due |
 //! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`) |
+//! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, `Replica::apply_record` |
 
 mod audit;
 mod clock;

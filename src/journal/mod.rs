@@ -21,9 +21,9 @@
 //! # The file journal
 //!
 //! [`format`] is the on-disk format and the one place file names are made, `reader` checks
-//! and replays a directory, `writer` is the group-commit thread behind [`FileJournal`], and
+//! and replays a directory, `writer` is the group-commit thread behind the file journal, and
 //! `snapshot` writes and finds snapshots. The journal does not know the domain: it folds
-//! records into any [`Fold`] (the engine's is `replay::Replica`).
+//! records into any `Fold` (the engine's is `replay::Replica`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
