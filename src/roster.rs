@@ -7,7 +7,7 @@
 //!
 //! # Order
 //!
-//! A change is decided, applied to the table and appended to the journal under one lock, so
+//! A change is decided, appended to the journal and applied to the table under one lock, so
 //! the table and the journal see concurrent changes of a group in the same order: a restart
 //! rebuilds exactly the roster the running engine enforced.
 //!
@@ -166,10 +166,13 @@ impl Rosters {
         }
         let mut members = current.as_deref().cloned().unwrap_or_default();
         self::change(&mut members, &record);
+        // Recorded before it takes effect: a claim that the change makes eligible is appended
+        // after the change, so no failure can keep the claim and lose the change. (The caller
+        // hears back only after this returns, so it sees its change.)
+        journal.append(record, then);
         self.table.insert(group, Arc::new(members));
         // After the insert: an actor that sees the new epoch finds the new roster.
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        journal.append(record, then);
         Ok(())
     }
 
