@@ -188,9 +188,9 @@ impl PacketActor {
         }
     }
 
-    /// Appends a decided claim (already applied) and, once durable, credits, publishes and
-    /// replies. The last share's reply also waits for the sold-out record, so its caller hears
-    /// of the grab only after every event it caused is published.
+    /// Appends a decided claim (already applied) and, once durable, credits, publishes (the
+    /// grab, and for the last share the sell-out) and replies: the caller hears of the grab
+    /// only after every event it caused is published.
     fn record_claim(&self, record: Record, grabbed: Grabbed, reply: oneshot::Sender<Result<Grabbed, GrabError>>) {
         let ctx = Arc::clone(&self.ctx);
         let group = self.state.sent().spec.group;

@@ -152,7 +152,8 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
-    /// The packet's last share was taken.
+    /// The packet's last share was taken. Written by engines before format 2's last change;
+    /// now derived from the last claim, and still read (and checked) on replay.
     SoldOut {
         /// The packet.
         packet: PacketId,
