@@ -82,8 +82,19 @@ impl Segment {
         Ok(())
     }
 
+    /// Syncs the data written.
     pub(crate) fn sync_data(&mut self) -> std::io::Result<()> {
-        let Some(faults) = &self.faults else { return self.file.sync_data() };
+        self.sync(File::sync_data)
+    }
+
+    /// Syncs data and metadata (after a cut, or a new segment's header).
+    pub(crate) fn sync_all(&mut self) -> std::io::Result<()> {
+        self.sync(File::sync_all)
+    }
+
+    /// Runs `sync` on the file unless a fault says it fails; what it covers counts as synced.
+    fn sync(&mut self, sync: fn(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        let Some(faults) = &self.faults else { return sync(&self.file) };
         let delay = faults.lock().sync_delay;
         if let Some(delay) = delay {
             std::thread::sleep(delay);
@@ -92,19 +103,7 @@ impl Segment {
         if plan.crashed || plan.fail_sync {
             return Err(injected("sync failed"));
         }
-        self.file.sync_data()?;
-        plan.synced_len = plan.written_len;
-        Ok(())
-    }
-
-    /// Syncs data and metadata (after a cut, or a new segment's header).
-    pub(crate) fn sync_all(&mut self) -> std::io::Result<()> {
-        let Some(faults) = &self.faults else { return self.file.sync_all() };
-        let mut plan = faults.lock();
-        if plan.crashed || plan.fail_sync {
-            return Err(injected("sync failed"));
-        }
-        self.file.sync_all()?;
+        sync(&self.file)?;
         plan.synced_len = plan.written_len;
         Ok(())
     }
