@@ -129,7 +129,8 @@ impl Inner {
                 }
             });
         });
-        timer.do_send(AttachSweep { on_sweep, every_secs });
+        let first = inner.clock.now().plus_secs(every_secs);
+        timer.do_send(AttachSweep { on_sweep, first, every_secs });
         Ok(inner)
     }
 

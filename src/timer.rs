@@ -57,11 +57,13 @@ pub(crate) type OnDue = Box<dyn Fn(PacketId) + Send>;
 #[rtype(result = "()")]
 pub(crate) struct Attach(pub OnDue);
 
-/// Starts the periodic sweep: `on_sweep` runs every `every_secs` by the clock.
+/// Starts the periodic sweep: `on_sweep` runs at `first`, then every `every_secs` by the clock.
+/// (`first` is fixed by the sender: the clock may move before the timer reads this.)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct AttachSweep {
     pub on_sweep: Box<dyn Fn() + Send>,
+    pub first: Timestamp,
     pub every_secs: u64,
 }
 
@@ -192,8 +194,7 @@ impl Handler<AttachSweep> for Timer {
     type Result = ();
 
     fn handle(&mut self, m: AttachSweep, ctx: &mut Context<Self>) {
-        let next = self.clock.now().plus_secs(m.every_secs);
-        self.sweep = Some(Sweep { run: m.on_sweep, every_secs: m.every_secs, next });
+        self.sweep = Some(Sweep { run: m.on_sweep, every_secs: m.every_secs, next: m.first });
         self.arm(ctx);
     }
 }
