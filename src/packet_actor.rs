@@ -110,6 +110,20 @@ pub(crate) struct Expire(pub Option<oneshot::Sender<()>>);
 #[rtype(result = "()")]
 pub(crate) struct Inspect(pub oneshot::Sender<(Amount, Result<(), String>)>);
 
+/// Stops the actor of a packet that closed (sent to itself once its route holds the closed
+/// view).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stop;
+
+impl Handler<Stop> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, actx: &mut Context<Self>) {
+        actx.stop();
+    }
+}
+
 /// Answers once everything the packet did before is durable.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -182,7 +196,11 @@ impl PacketActor {
             self.ctx.timer.do_send(Schedule { at, packet: self.state.id() });
         }
         if matches!(expiry, Expiry::Refund(_) | Expiry::NothingLeft) {
-            (self.ctx.on_close)(Closing::Slot);
+            // A sold-out packet gave its slot back when it sold out (it is live only until its
+            // closed view is in place).
+            if expiry != Expiry::NothingLeft {
+                (self.ctx.on_close)(Closing::Slot);
+            }
             (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
             actx.stop();
         }
@@ -191,10 +209,18 @@ impl PacketActor {
     /// Appends a decided claim (already applied) and, once durable, credits, publishes (the
     /// grab, and for the last share the sell-out) and replies: the caller hears of the grab
     /// only after every event it caused is published.
-    fn record_claim(&self, record: Record, grabbed: Grabbed, reply: oneshot::Sender<Result<Grabbed, GrabError>>) {
+    fn record_claim(
+        &self,
+        record: Record,
+        grabbed: Grabbed,
+        reply: oneshot::Sender<Result<Grabbed, GrabError>>,
+        me: Addr<PacketActor>,
+    ) {
         let ctx = Arc::clone(&self.ctx);
         let group = self.state.sent().spec.group;
         let sold_out = self.state.best_luck().filter(|_| self.state.status() == PacketStatus::SoldOut);
+        // The final view, for the route once the last claim is durable.
+        let closed = sold_out.map(|_| Box::new(self.state.view()));
         if sold_out.is_some() {
             // Its slot is free before anyone hears of the last grab (an in-memory journal
             // answers inside `append`).
@@ -226,15 +252,17 @@ impl PacketActor {
                         best_amount: best.amount,
                     });
                 }
+                if let Some(view) = closed {
+                    // Nothing is left to grab or refund: the closed view replaces the route once
+                    // the last claim is durable (so a retirement can only follow it), before the
+                    // last grabber hears back; then the actor stops, after answering what was
+                    // queued behind the last grab.
+                    (ctx.on_close)(Closing::View(view));
+                    me.do_send(Stop);
+                }
                 let _ = reply.send(Ok(grabbed));
             }),
         );
-        if sold_out.is_some() {
-            // Nothing is left to grab or refund: the packet closes now, after its last claim is
-            // appended (so a retirement can only follow it). A grab that meets the closed view
-            // is answered after a barrier, so after the last claim is durable.
-            (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
-        }
     }
 }
 
@@ -273,11 +301,7 @@ impl PacketActor {
             shares_left: self.state.shares_left(),
             remaining: self.state.escrow(),
         };
-        self.record_claim(record, grabbed, m.reply);
-        if self.state.status() == PacketStatus::SoldOut {
-            // Closed in `record_claim`: no actor and no open slot until the deadline.
-            actx.stop();
-        }
+        self.record_claim(record, grabbed, m.reply, actx.address());
     }
 }
 
