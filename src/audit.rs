@@ -25,16 +25,20 @@ pub struct Audit {
     pub wallets: Amount,
     /// Sum of the escrow of open packets.
     pub escrow: Amount,
-    /// Sum of pending transfers (none exist yet: always zero).
+    /// Money held on its way: transfers not yet settled, and packets cooling off.
     pub pending: Amount,
     /// Sum of deposits.
     pub deposits: Amount,
     /// Sum of withdrawals.
     pub withdrawals: Amount,
-    /// Packets open (shares left, not expired).
+    /// Packets open or cooling off (not sold out, expired or cancelled).
     pub packets_live: usize,
-    /// Packets closed: sold out or expired.
+    /// Packets closed: sold out, expired or cancelled.
     pub packets_closed: usize,
+    /// Transfers not yet settled.
+    pub transfers_pending: usize,
+    /// Transfers settled and still kept.
+    pub transfers_settled: usize,
     /// Every broken invariant, described.
     pub violations: Vec<String>,
 }
@@ -66,8 +70,17 @@ impl Audit {
             withdrawals: fen(sums.withdrawals, "withdrawals"),
             packets_live,
             packets_closed,
+            transfers_pending: 0,
+            transfers_settled: 0,
             violations,
         }
+    }
+
+    /// This audit with its transfer counts.
+    pub(crate) fn with_transfers(mut self, pending: usize, settled: usize) -> Audit {
+        self.transfers_pending = pending;
+        self.transfers_settled = settled;
+        self
     }
 
     /// Whether money is conserved and no invariant is broken.
@@ -102,10 +115,18 @@ pub struct JournalAudit {
     pub whole_history: bool,
     /// Packets open.
     pub packets_open: usize,
+    /// Packets held by their sender's cooling-off.
+    pub packets_cooling_off: usize,
     /// Packets sold out.
     pub packets_sold_out: usize,
     /// Packets expired.
     pub packets_expired: usize,
+    /// Packets cancelled by their sender during cooling-off.
+    pub packets_cancelled: usize,
+    /// Transfers not yet settled.
+    pub transfers_pending: usize,
+    /// Transfers settled (and not yet retired).
+    pub transfers_settled: usize,
     /// Conservation and every packet's invariants.
     pub audit: Audit,
 }
@@ -147,34 +168,41 @@ pub fn audit_journal_with_progress(
     let whole_history = format::path(dir, format::Kind::Segment, 0).exists();
     let recovered = reader::read(dir, !whole_history, Replica::new(share_fen_max), progress)?;
     let replica = &recovered.state;
-    let (packets_open, packets_sold_out, packets_expired) = replica.packet_counts();
+    let counts = replica.packet_counts();
+    let (transfers_pending, transfers_settled) = replica.transfer_counts();
     Ok(JournalAudit {
         dir: dir.to_path_buf(),
         records: recovered.records,
         segments: recovered.segments,
         torn_tail_bytes: recovered.torn_bytes,
         whole_history,
-        packets_open,
-        packets_sold_out,
-        packets_expired,
+        packets_open: counts.open,
+        packets_cooling_off: counts.cooling_off,
+        packets_sold_out: counts.sold_out,
+        packets_expired: counts.expired,
+        packets_cancelled: counts.cancelled,
+        transfers_pending,
+        transfers_settled,
         audit: replica_audit(replica),
     })
 }
 
 /// The audit of a replayed state.
 pub(crate) fn replica_audit(replica: &Replica) -> Audit {
-    let (wallets, escrow) = replica.held();
+    let (wallets, escrow, pending) = replica.held();
     let totals = replica.ledger.totals();
     let sums = Sums {
         wallets,
         escrow,
-        pending: 0,
+        pending,
         deposits: u128::from(totals.deposited),
         withdrawals: u128::from(totals.withdrawn),
     };
     let violations = replica.packets.values().filter_map(|p| check_view(&p.view()).err()).collect();
-    let (open, sold_out, expired) = replica.packet_counts();
-    Audit::new(sums, open, sold_out + expired, violations)
+    let c = replica.packet_counts();
+    let (pending, settled) = replica.transfer_counts();
+    Audit::new(sums, c.open + c.cooling_off, c.sold_out + c.expired + c.cancelled, violations)
+        .with_transfers(pending, settled)
 }
 
 #[cfg(test)]
@@ -221,7 +249,7 @@ mod tests {
             }
         }
         clock.advance(std::time::Duration::from_secs(86_400));
-        engine.expire_due().await.unwrap();
+        engine.run_due().await.unwrap();
         engine.withdraw(OpId(5), members[0], Amount::fen(10)).await.unwrap();
         let audit_before = engine.audit().await.unwrap();
         engine.shutdown().await;

@@ -23,6 +23,14 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(secs.saturating_mul(1_000)))
     }
 
+    /// The day this instant falls on, counted from the Unix epoch, where days start at
+    /// midnight `utc_offset_secs` east of UTC (28 800 for China Standard Time).
+    pub fn day(self, utc_offset_secs: i32) -> u64 {
+        let local = i128::from(self.0) + i128::from(utc_offset_secs) * 1_000;
+        // Before the epoch in local time only with a negative offset on the first day: day 0.
+        u64::try_from(local.div_euclid(86_400_000)).unwrap_or(0)
+    }
+
     /// Milliseconds since the Unix epoch.
     pub fn as_millis(self) -> u64 {
         self.0

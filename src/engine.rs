@@ -24,21 +24,24 @@ use tokio::sync::oneshot;
 use crate::audit::{Audit, Sums};
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::error::{EngineError, GrabError, SendError, StartError, WalletError};
+use crate::error::{CancelError, EngineError, GrabError, SendError, StartError, TransferError, WalletError};
 use crate::events::Subscription;
 use crate::health::{Health, Stopped};
+use crate::ledger::Usage;
 use crate::limits::Limits;
-use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
-use crate::packet::{check_view, grab_refusal, PacketView};
-use crate::packet_actor::{self, Grab, Grabbed, Inspect, Query};
+use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
+use crate::packet_actor::{self, Cancel, Grab, Grabbed, Inspect, Query};
 use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
-use crate::record::{NewPacket, PacketSent};
+use crate::record::{Arrival, CoolingOff, NewPacket, NewTransfer, PacketSent};
 use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
 use crate::split;
-use crate::wallet::{Balance, Escrow};
+use crate::transfer::{Action, TransferView};
+use crate::transfer_shard::{Act, Get, Send as SendTransfer};
+use crate::wallet::{Balance, Escrow, GetUsage, SetCoolingOff};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
 /// before concluding that the engine is stopping.
@@ -242,14 +245,16 @@ impl Engine {
     }
 
     /// Sends a packet: debits the sender's wallet by its total (held in escrow) and opens it
-    /// for grabs. Sending the same packet again (same id, same fields) returns its current
-    /// view and debits nothing.
+    /// for grabs — or, above the sender's cooling-off threshold, holds it `CoolingOff` until
+    /// the window ends (the sender may cancel it meanwhile; its expiry counts from its
+    /// opening). Sending the same packet again (same id, same fields) returns its current view
+    /// and debits nothing.
     ///
     /// # Errors
     ///
     /// `InvalidSplit`, `GreetingTooLong`, `NotMember` (sender, or exclusive recipient),
-    /// `InsufficientFunds`, `IdConflict` (same id, other fields), `TooManyOpenPackets`,
-    /// `Busy`, `ShuttingDown`. Nothing is debited on an error.
+    /// `DailyPacketLimit`, `DailyLimit`, `InsufficientFunds`, `IdConflict` (same id, other
+    /// fields), `TooManyOpenPackets`, `Busy`, `ShuttingDown`. Nothing is debited on an error.
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
         let limits = &inner.limits;
@@ -282,11 +287,14 @@ impl Engine {
         }
         let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
         let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, id));
-        let expires_at = now.plus_secs(limits.expiry_secs);
-        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max: limits.share_fen_max };
+        let (expiry_secs, day) = (limits.expiry_secs, now.day(limits.day_utc_offset_secs));
+        // The sender's shard moves the opening (and the expiry after it) if their cooling-off
+        // holds this send.
+        let (opens_at, expires_at, share_fen_max) = (now, now.plus_secs(expiry_secs), limits.share_fen_max);
+        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day };
         let (reply, rx) = oneshot::channel();
         let settle = settle_send(inner, id, reply);
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, settle }) {
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, settle }) {
             inner.routes.abandon(id);
             return Err(refused.into());
         }
@@ -386,6 +394,194 @@ impl Engine {
         }
     }
 
+    /// Cancels a packet during its sender's cooling-off (禁止领取, "forbid claiming"): its whole
+    /// total goes back to the sender at once, and nobody can grab it. Returns the refund.
+    ///
+    /// # Errors
+    ///
+    /// `NotSender`, `TooLate` (the packet opened, or never cooled off: personal packets are
+    /// irrevocable once open), `AlreadyCancelled` with the first refund, `UnknownPacket`,
+    /// `Busy`, `ShuttingDown`. Nothing changes on an error.
+    pub async fn cancel_packet(&self, packet: PacketId, by: UserId) -> Result<Amount, CancelError> {
+        let inner = self.inner()?;
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let live = match inner.routes.wake(packet) {
+                None | Some(Route::Opening) => return Err(CancelError::UnknownPacket),
+                Some(Route::Closed(view)) => {
+                    let refusal = match view.status {
+                        _ if view.sender != by => CancelError::NotSender,
+                        PacketStatus::Cancelled { refunded } => CancelError::AlreadyCancelled { refunded },
+                        _ => CancelError::TooLate,
+                    };
+                    let answer = inner.after_barrier(refusal).await;
+                    return Err(answer.ok_or_else(|| CancelError::from(inner.lost().read()))?);
+                }
+                Some(Route::Live(live)) => live,
+                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
+            };
+            let (reply, rx) = oneshot::channel();
+            match runtime::tell(&live.addr, Cancel { by, reply }) {
+                Ok(()) => {}
+                Err(Refused::Full) => return Err(CancelError::Busy),
+                Err(Refused::Closed) => continue,
+            }
+            match rx.await {
+                Ok(result) => return result,
+                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
+                // The packet closed with this request queued: its closed route answers it.
+                Err(_) => continue,
+            }
+        }
+        Err(inner.lost().into())
+    }
+
+    /// Sends a transfer (转账): debits the sender at once. An `Instant` transfer arrives at
+    /// once; a `Delayed` one is in transit until its delay ends, and the sender may recall it
+    /// until then. Above the sender's cooling-off threshold it is held `CoolingOff` first (the
+    /// delay counts from the end of the window). An arrived transfer waits for its receiver to
+    /// accept or decline it, and returns to the sender if nobody accepts it within
+    /// `transfer_accept_secs`. Sending the same transfer again (same id, same fields) returns
+    /// its current view and debits nothing.
+    ///
+    /// # Errors
+    ///
+    /// `ZeroAmount`, `OverLimit` (over `transfer_fen_max`), `ToSelf`, `InvalidDelay`,
+    /// `NoteTooLong`, `DailyLimit`, `InsufficientFunds`, `IdConflict` (same id, other
+    /// fields), `TooManyPending`, `Busy`, `ShuttingDown`. Nothing is debited on an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use hongbao::{Amount, Arrival, Config, Engine, NewTransfer, OpId, TransferId, TransferStatus, UserId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let engine = Engine::start(Config::default())?;
+    /// engine.deposit(OpId(1), UserId(1), Amount::yuan(500)).await?;
+    /// let rent = NewTransfer {
+    ///     id: TransferId(9),
+    ///     from: UserId(1),
+    ///     to: UserId(2),
+    ///     amount: Amount::yuan(300),
+    ///     arrival: Arrival::Delayed { secs: 7_200 },
+    ///     note: "房租".into(),
+    /// };
+    /// let view = engine.transfer(rent).await?;
+    /// assert!(matches!(view.status, TransferStatus::InTransit { .. }));
+    /// engine.recall_transfer(TransferId(9), UserId(1)).await?;
+    /// assert_eq!(engine.balance(UserId(1)).await?, Amount::yuan(500));
+    /// engine.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
+        let inner = self.inner()?;
+        let limits = &inner.limits;
+        if spec.amount.is_zero() {
+            return Err(TransferError::ZeroAmount);
+        }
+        if spec.amount.as_fen() > limits.transfer_fen_max {
+            return Err(TransferError::OverLimit { max: Amount::fen(limits.transfer_fen_max) });
+        }
+        if spec.from == spec.to {
+            return Err(TransferError::ToSelf);
+        }
+        if let Arrival::Delayed { secs } = spec.arrival {
+            if secs == 0 || secs > limits.transfer_delay_secs_max {
+                return Err(TransferError::InvalidDelay { secs, max_secs: limits.transfer_delay_secs_max });
+            }
+        }
+        if spec.note.len() > limits.transfer_note_bytes_max {
+            return Err(TransferError::NoteTooLong { bytes: spec.note.len(), max: limits.transfer_note_bytes_max });
+        }
+        let (reply, rx) = oneshot::channel();
+        inner.transfers.tell(spec.id, SendTransfer { spec, reply })?;
+        // From here the transfer completes even if this future is dropped.
+        rx.await.map_err(|_| TransferError::from(inner.lost()))?
+    }
+
+    /// The sender takes back a transfer that has not arrived (cooling off or in transit): the
+    /// money is back in their wallet when this returns. Returns the settled view.
+    ///
+    /// # Errors
+    ///
+    /// `NotSender`, `TooLate` (it arrived: only its receiver can send it back now),
+    /// `AlreadySettled` (recalled before), `UnknownTransfer`, `Busy`, `ShuttingDown`.
+    pub async fn recall_transfer(&self, id: TransferId, by: UserId) -> Result<TransferView, TransferError> {
+        self.act(id, Action::Recall, by).await
+    }
+
+    /// The receiver accepts an arrived transfer: the money is in their wallet when this
+    /// returns. Returns the settled view.
+    ///
+    /// # Errors
+    ///
+    /// `NotReceiver`, `NotArrived`, `TooLate` (it returned, was recalled or declined),
+    /// `AlreadySettled` (accepted before), `UnknownTransfer`, `Busy`, `ShuttingDown`.
+    pub async fn accept_transfer(&self, id: TransferId, by: UserId) -> Result<TransferView, TransferError> {
+        self.act(id, Action::Accept, by).await
+    }
+
+    /// The receiver declines an arrived transfer: the money is back in the sender's wallet
+    /// when this returns. Returns the settled view.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::accept_transfer`].
+    pub async fn decline_transfer(&self, id: TransferId, by: UserId) -> Result<TransferView, TransferError> {
+        self.act(id, Action::Decline, by).await
+    }
+
+    async fn act(&self, id: TransferId, action: Action, by: UserId) -> Result<TransferView, TransferError> {
+        let inner = self.inner()?;
+        let (reply, rx) = oneshot::channel();
+        inner.transfers.tell(id, Act { id, action, by, reply })?;
+        rx.await.map_err(|_| TransferError::from(inner.lost()))?
+    }
+
+    /// A transfer as it stands: status, amount, every deadline.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownTransfer`, `Busy`, `ShuttingDown`.
+    pub async fn transfer_view(&self, id: TransferId) -> Result<TransferView, TransferError> {
+        let inner = self.inner()?;
+        let (reply, rx) = oneshot::channel();
+        inner.transfers.tell(id, Get { id, reply })?;
+        rx.await.map_err(|_| TransferError::from(inner.lost().read()))?
+    }
+
+    /// Sets `user`'s cooling-off (冷静期): from now on their sends (packets and transfers)
+    /// above `threshold` are held for `secs` seconds, during which they may cancel a packet or
+    /// recall a transfer. `secs: 0` turns it off. Sends already made keep their windows.
+    ///
+    /// # Errors
+    ///
+    /// `CoolingOffTooLong` over `cooling_off_secs_max`, `Busy`, `ShuttingDown`.
+    pub async fn set_cooling_off(&self, user: UserId, setting: CoolingOff) -> Result<(), EngineError> {
+        let inner = self.inner()?;
+        let max_secs = inner.limits.cooling_off_secs_max;
+        if setting.secs > max_secs {
+            return Err(EngineError::CoolingOffTooLong { secs: setting.secs, max_secs });
+        }
+        let (reply, rx) = oneshot::channel();
+        inner.wallets.tell(user, SetCoolingOff { user, setting, now: inner.clock.now(), reply })?;
+        rx.await.map_err(|_| inner.lost().into())
+    }
+
+    /// What `user` has sent today against the daily caps, and their cooling-off.
+    ///
+    /// # Errors
+    ///
+    /// `Busy`, `ShuttingDown`.
+    pub async fn usage(&self, user: UserId) -> Result<Usage, EngineError> {
+        let inner = self.inner()?;
+        let day = inner.clock.now().day(inner.limits.day_utc_offset_secs);
+        let (reply, rx) = oneshot::channel();
+        inner.wallets.tell(user, GetUsage { user, day, reply })?;
+        rx.await.map_err(|_| inner.lost().read().into())
+    }
+
     /// A stream of events from now on.
     ///
     /// # Errors
@@ -396,27 +592,30 @@ impl Engine {
         inner.events.subscribe().ok_or(EngineError::TooManySubscribers { max: inner.limits.subscribers_max })
     }
 
-    /// Expires every live packet whose deadline has passed by the engine's clock, and returns
-    /// once each refund is durable and credited. Returns how many live packets it found due;
-    /// the timer may have closed others already, and this call waits for those too.
+    /// Performs every deadline action due by the engine's clock — packets opening at the end
+    /// of a cooling-off, packets expiring (refunding), transfers arriving, transfers returning
+    /// to their senders — and returns once each is durable and credited. Returns how many
+    /// open packets it found due; the timer may have acted on others already, and this call
+    /// waits for those too.
     ///
     /// The timer does this by itself; this call is for callers that must know it is done (a
-    /// test that moved a manual clock, an operator draining expiries before maintenance). It
-    /// scans the routing table: O(packets).
+    /// test that moved a manual clock, an operator draining deadlines before maintenance). It
+    /// scans every packet and transfer: O(packets + transfers).
     ///
     /// # Errors
     ///
     /// `ShuttingDown`.
-    pub async fn expire_due(&self) -> Result<usize, EngineError> {
+    pub async fn run_due(&self) -> Result<usize, EngineError> {
         let inner = self.inner()?;
         let due = inner.routes.due(inner.clock.now());
         // A dropped reply means the packet closed under an earlier expiry; the barrier below
         // waits for that expiry's refund too.
         futures::future::join_all(due.iter().filter_map(|&packet| {
             let (reply, rx) = oneshot::channel();
-            inner.routes.expire(packet, Some(reply)).then_some(rx)
+            inner.routes.run_due(packet, Some(reply)).then_some(rx)
         }))
         .await;
+        inner.transfers.run_due().await;
         inner.after_barrier(()).await.ok_or_else(|| EngineError::from(inner.lost().read()))?;
         // Credits travel through the wallet mailboxes; a flush of each makes them applied.
         inner.wallets.flush().await;
@@ -424,8 +623,8 @@ impl Engine {
     }
 
     /// Retires what has passed its retention: closed packets `closed_retention_secs` after they
-    /// closed, operation ids `op_retention_secs` after they were applied (each up to 100 000
-    /// per call). The engine does this by itself every `retire_interval_secs`; this call is for
+    /// closed, settled transfers `settled_transfer_retention_secs` after they settled,
+    /// operation ids `op_retention_secs` after they were applied (each up to 100 000 per call). The engine does this by itself every `retire_interval_secs`; this call is for
     /// tests on a manual clock and operators. Returns how many of each it retired.
     ///
     /// # Errors
@@ -448,12 +647,18 @@ impl Engine {
         let (mut live, mut closed, mut violations) = (0, 0, Vec::new());
         let mut sums = Sums::default();
         let mut actors = Vec::new();
+        // A packet cooling off holds pending money, not escrow: nobody can grab it yet.
+        let hold = |sums: &mut Sums, status: PacketStatus, escrow: Amount| match status {
+            PacketStatus::CoolingOff { .. } => sums.pending += u128::from(escrow.as_fen()),
+            _ => sums.escrow += u128::from(escrow.as_fen()),
+        };
         for route in inner.routes.all() {
             match route {
                 Route::Opening => {}
                 Route::Dormant(meta) => {
                     live += 1;
-                    sums.escrow += u128::from(meta.state().escrow().as_fen());
+                    let state = meta.state();
+                    hold(&mut sums, state.status(), state.escrow());
                 }
                 Route::Live(l) => actors.push(l.addr.clone()),
                 Route::Closed(view) => {
@@ -463,17 +668,19 @@ impl Engine {
             }
         }
         // A packet that closes meanwhile drops the message; its closed view carries no escrow.
-        for (escrow, check) in runtime::ask_all(actors.iter(), Inspect).await.into_iter().flatten() {
+        for (status, escrow, check) in runtime::ask_all(actors.iter(), Inspect).await.into_iter().flatten() {
             live += 1;
-            sums.escrow += u128::from(escrow.as_fen());
+            hold(&mut sums, status, escrow);
             violations.extend(check.err());
         }
+        let held = inner.transfers.held().await.ok_or_else(|| EngineError::from(inner.lost().read()))?;
+        sums.pending += held.pending_fen;
         for t in inner.wallets.totals().await.ok_or_else(|| EngineError::from(inner.lost().read()))? {
             sums.wallets += u128::from(t.balances);
             sums.deposits += u128::from(t.deposited);
             sums.withdrawals += u128::from(t.withdrawn);
         }
-        Ok(Audit::new(sums, live, closed, violations))
+        Ok(Audit::new(sums, live, closed, violations).with_transfers(held.pending, held.settled))
     }
 
     /// Stops the engine gracefully: new requests are refused with `ShuttingDown`, requests
@@ -485,8 +692,10 @@ impl Engine {
         if !inner.running.swap(false, Ordering::AcqRel) {
             return;
         }
-        // Packets first: their credits land in wallet mailboxes, which drain next.
+        // Packets and transfers first: their credits land in wallet mailboxes, which drain
+        // next.
         runtime::ask_all(inner.routes.live().iter(), packet_actor::Flush).await;
+        inner.transfers.flush().await;
         inner.wallets.flush().await;
         // The flush (an fsync, and a snapshot for the file journal) blocks: it runs on a thread
         // of its own so the caller's runtime keeps turning, whatever runtime that is.

@@ -9,7 +9,9 @@
 
 use thiserror::Error;
 
-use crate::money::{Amount, OpId, PacketId, UserId};
+use crate::clock::Timestamp;
+use crate::money::{Amount, OpId, PacketId, TransferId, UserId};
+use crate::record::TransferStatus;
 use crate::split::InvalidSplit;
 
 /// Why a grab won nothing.
@@ -38,6 +40,16 @@ pub enum GrabError {
     /// No packet has this id (or its send has not completed).
     #[error("no such packet")]
     UnknownPacket,
+    /// The packet is held by its sender's cooling-off: it opens at `opens_at`, unless the
+    /// sender cancels it first.
+    #[error("the packet opens at {opens_at}")]
+    NotOpenYet {
+        /// When it opens.
+        opens_at: Timestamp,
+    },
+    /// The sender cancelled the packet during its cooling-off; nothing was ever grabbable.
+    #[error("the sender cancelled the packet")]
+    Cancelled,
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
@@ -100,6 +112,22 @@ pub enum SendError {
     TooManyOpenPackets {
         /// The limit.
         max: usize,
+    },
+    /// The send would take the sender past `daily_sent_fen_max` today.
+    #[error("daily sending limit: {used} sent today, the limit is {max}")]
+    DailyLimit {
+        /// Sent today before this send.
+        used: Amount,
+        /// The limit.
+        max: Amount,
+    },
+    /// The sender has sent `daily_packets_max` packets today.
+    #[error("daily packet limit: {used} packets sent today, the limit is {max}")]
+    DailyPacketLimit {
+        /// Packets sent today.
+        used: u32,
+        /// The limit.
+        max: u32,
     },
     /// A mailbox on the way is full, or a send with the same id is in progress: try again.
     #[error("busy; try again")]
@@ -164,6 +192,152 @@ pub enum WalletError {
     OutcomeUnknown,
 }
 
+/// Why a transfer request did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The sender's balance cannot cover the amount.
+    #[error("insufficient funds: balance {balance}, needed {needed}")]
+    InsufficientFunds {
+        /// The balance.
+        balance: Amount,
+        /// The amount.
+        needed: Amount,
+    },
+    /// Over the single-transfer cap, `transfer_fen_max`.
+    #[error("a transfer is at most {max}")]
+    OverLimit {
+        /// The cap.
+        max: Amount,
+    },
+    /// The transfer would take the sender past `daily_sent_fen_max` today.
+    #[error("daily sending limit: {used} sent today, the limit is {max}")]
+    DailyLimit {
+        /// Sent today before this transfer.
+        used: Amount,
+        /// The limit.
+        max: Amount,
+    },
+    /// Sender and receiver are the same user.
+    #[error("a transfer to oneself")]
+    ToSelf,
+    /// Zero amounts move nothing and are refused.
+    #[error("the amount is zero")]
+    ZeroAmount,
+    /// A delay of zero or past `transfer_delay_secs_max`.
+    #[error("a delay of {secs} s; delays are 1 s to {max_secs} s")]
+    InvalidDelay {
+        /// The delay asked for.
+        secs: u64,
+        /// The limit.
+        max_secs: u64,
+    },
+    /// The note is longer than `transfer_note_bytes_max`.
+    #[error("note is {bytes} bytes; the limit is {max}")]
+    NoteTooLong {
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transfer with this id exists with different fields.
+    #[error("transfer {transfer} exists with different fields")]
+    IdConflict {
+        /// The id.
+        transfer: TransferId,
+    },
+    /// No transfer has this id (or it was retired after its retention).
+    #[error("no such transfer")]
+    UnknownTransfer,
+    /// Only the sender may recall a transfer.
+    #[error("only the sender may do this")]
+    NotSender,
+    /// Only the receiver may accept or decline a transfer.
+    #[error("only the receiver may do this")]
+    NotReceiver,
+    /// The transfer has not arrived yet: it can be accepted or declined from `arrives_at`.
+    #[error("the transfer arrives at {arrives_at}")]
+    NotArrived {
+        /// When it arrives.
+        arrives_at: Timestamp,
+    },
+    /// The transfer moved on before this request: a recall after it arrived, an accept after
+    /// it returned or was recalled or declined. `status` is where it stands.
+    #[error("too late: the transfer is {status:?}")]
+    TooLate {
+        /// Where it stands.
+        status: TransferStatus,
+    },
+    /// The request was applied before: a second accept, decline or recall hears the first
+    /// outcome.
+    #[error("already settled: {status:?}")]
+    AlreadySettled {
+        /// The first outcome.
+        status: TransferStatus,
+    },
+    /// `pending_transfers_max` transfers are pending already.
+    #[error("too many pending transfers (limit {max})")]
+    TooManyPending {
+        /// The limit.
+        max: usize,
+    },
+    /// A mailbox on the way is full, or a transfer with the same id is being sent: try again.
+    #[error("busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Retry the same request (same transfer id and fields) once the engine runs
+    /// again: it is applied once.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
+}
+
+/// Why cancelling a packet during its cooling-off did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No packet has this id.
+    #[error("no such packet")]
+    UnknownPacket,
+    /// Only the sender may cancel a packet.
+    #[error("only the sender may cancel a packet")]
+    NotSender,
+    /// The packet is not cooling off: it opened (or was never held), and personal packets
+    /// are irrevocable from then on.
+    #[error("too late: the packet is open, and irrevocable")]
+    TooLate,
+    /// The packet was cancelled before: the first answer again.
+    #[error("already cancelled; {refunded} was refunded")]
+    AlreadyCancelled {
+        /// What the cancellation refunded.
+        refunded: Amount,
+    },
+    /// The packet's mailbox is full: try again shortly.
+    #[error("the packet is busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Cancel again once the engine runs again: a repeat answers `AlreadyCancelled`.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
+}
+
 /// Why a query or administrative call failed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -193,6 +367,14 @@ pub enum EngineError {
     TooManyGroups {
         /// The limit.
         max: usize,
+    },
+    /// A cooling-off window longer than `cooling_off_secs_max`.
+    #[error("a cooling-off of {secs} s; the limit is {max_secs} s")]
+    CoolingOffTooLong {
+        /// The window asked for.
+        secs: u64,
+        /// The limit.
+        max_secs: u64,
     },
     /// `subscribers_max` subscribers already.
     #[error("too many subscribers (limit {max})")]

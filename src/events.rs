@@ -26,7 +26,8 @@ use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 
 use crate::clock::Timestamp;
-use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::record::{Arrival, TransferOutcome, TransferStatus};
 use crate::split::Split;
 
 /// Something that happened in the engine.
@@ -91,6 +92,95 @@ pub enum Event {
         /// How much.
         refunded: Amount,
     },
+    /// A packet was sent above its sender's cooling-off threshold: it is held until `until`
+    /// (only the sender needs to know; the group hears `PacketOpened` when it opens).
+    PacketCooling {
+        /// The packet.
+        packet: PacketId,
+        /// Who sent it (and may cancel it until `until`).
+        sender: UserId,
+        /// Its group.
+        group: GroupId,
+        /// Its total.
+        total: Amount,
+        /// When it opens.
+        until: Timestamp,
+    },
+    /// A packet's cooling-off ended: it can be grabbed now. Carries what the group needs to
+    /// show it, as `PacketSent` does for a packet that opened at once.
+    PacketOpened {
+        /// The packet.
+        packet: PacketId,
+        /// Who sent it.
+        sender: UserId,
+        /// Its group.
+        group: GroupId,
+        /// How it divides.
+        split: Split,
+        /// The greeting shown with it.
+        greeting: String,
+        /// Its total.
+        total: Amount,
+        /// Its shares.
+        shares: u32,
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// The sender cancelled a packet during its cooling-off (禁止领取); its total went back.
+    PacketCancelled {
+        /// The packet.
+        packet: PacketId,
+        /// Its group.
+        group: GroupId,
+        /// Who was refunded.
+        sender: UserId,
+        /// How much.
+        refunded: Amount,
+    },
+    /// A transfer was sent: the sender was debited.
+    TransferSent {
+        /// The transfer.
+        transfer: TransferId,
+        /// The sender.
+        from: UserId,
+        /// The receiver.
+        to: UserId,
+        /// How much.
+        amount: Amount,
+        /// At once or delayed.
+        arrival: Arrival,
+        /// The sender's note.
+        note: String,
+        /// Where it stands: cooling off, in transit, or awaiting acceptance.
+        status: TransferStatus,
+    },
+    /// A transfer reached its receiver, who may accept or decline it until `accept_until`.
+    TransferArrived {
+        /// The transfer.
+        transfer: TransferId,
+        /// The sender.
+        from: UserId,
+        /// The receiver.
+        to: UserId,
+        /// How much.
+        amount: Amount,
+        /// When it returns to the sender unless accepted.
+        accept_until: Timestamp,
+    },
+    /// A transfer settled: accepted (the receiver was credited) or declined, recalled or
+    /// returned (the sender was credited).
+    TransferSettled {
+        /// The transfer.
+        transfer: TransferId,
+        /// The sender.
+        from: UserId,
+        /// The receiver.
+        to: UserId,
+        /// How much.
+        amount: Amount,
+        /// How it settled.
+        outcome: TransferOutcome,
+    },
     /// Money was deposited.
     Deposited {
         /// The operation.
@@ -122,8 +212,35 @@ impl Event {
             Event::PacketSent { packet, .. }
             | Event::Grabbed { packet, .. }
             | Event::SoldOut { packet, .. }
-            | Event::Expired { packet, .. } => Some(packet),
-            Event::Deposited { .. } | Event::Withdrawn { .. } => None,
+            | Event::Expired { packet, .. }
+            | Event::PacketCooling { packet, .. }
+            | Event::PacketOpened { packet, .. }
+            | Event::PacketCancelled { packet, .. } => Some(packet),
+            _ => None,
+        }
+    }
+
+    /// The transfer this event is about, if any.
+    pub fn transfer(&self) -> Option<TransferId> {
+        match *self {
+            Event::TransferSent { transfer, .. }
+            | Event::TransferArrived { transfer, .. }
+            | Event::TransferSettled { transfer, .. } => Some(transfer),
+            _ => None,
+        }
+    }
+
+    /// The users this event concerns directly, besides a group's members: both parties of a
+    /// transfer, the wallet of a deposit or withdrawal, the sender of a packet held or
+    /// cancelled in cooling-off.
+    pub fn parties(&self) -> Vec<UserId> {
+        match *self {
+            Event::TransferSent { from, to, .. }
+            | Event::TransferArrived { from, to, .. }
+            | Event::TransferSettled { from, to, .. } => vec![from, to],
+            Event::Deposited { user, .. } | Event::Withdrawn { user, .. } => vec![user],
+            Event::PacketCooling { sender, .. } | Event::PacketCancelled { sender, .. } => vec![sender],
+            _ => Vec::new(),
         }
     }
 
@@ -133,8 +250,11 @@ impl Event {
             Event::PacketSent { group, .. }
             | Event::Grabbed { group, .. }
             | Event::SoldOut { group, .. }
-            | Event::Expired { group, .. } => Some(group),
-            Event::Deposited { .. } | Event::Withdrawn { .. } => None,
+            | Event::Expired { group, .. }
+            | Event::PacketOpened { group, .. }
+            | Event::PacketCancelled { group, .. } => Some(group),
+            // A packet cooling off concerns its sender alone until it opens.
+            _ => None,
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{EngineError, GrabError, SendError, WalletError};
+use crate::error::{CancelError, EngineError, GrabError, SendError, TransferError, WalletError};
 use crate::journal::StorageFailure;
 
 /// What an engine is doing, for a health check (a server's readiness probe).
@@ -106,7 +106,7 @@ macro_rules! from_stopped {
     )*};
 }
 
-from_stopped!(GrabError, SendError, WalletError, EngineError);
+from_stopped!(GrabError, SendError, WalletError, EngineError, TransferError, CancelError);
 
 #[cfg(test)]
 mod tests {

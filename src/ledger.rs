@@ -8,18 +8,22 @@
 //! that contradicts the state. Credits are not decided here: a packet's record implies them
 //! (see `PacketState::apply`), and [`Ledger::credit`] applies them.
 //!
+//! A ledger also holds what each user sent on their latest day (for the daily caps) and their
+//! cooling-off setting: both are folded from the records that carry them (sends record their
+//! day), never kept beside the journal, so a restart decides every later send the same way.
+//!
 //! # Invariants
 //!
 //! No balance below zero; an `OpId` applied once;
 //! `sum(balances) = deposited - withdrawn - debited + credited`, where the debited and
-//! credited money is the escrow that `Engine::audit` adds back.
+//! credited money is the escrow and pending transfers that `Engine::audit` adds back.
 
 use std::collections::HashMap;
 
 use crate::clock::Timestamp;
-use crate::error::{SendError, WalletError};
+use crate::error::{SendError, TransferError, WalletError};
 use crate::money::{Amount, IdMap, OpId, UserId};
-use crate::record::Record;
+use crate::record::{CoolingOff, Record};
 
 /// Money a record moves from escrow into a wallet: a won share, or a refund.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +58,78 @@ pub(crate) enum Decision {
     Repeat(Amount),
 }
 
+/// What a user sent on one day, for the daily caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DayUse {
+    /// The day (see `Timestamp::day`).
+    pub day: u64,
+    /// Fen sent that day: packets and transfers.
+    pub sent_fen: u64,
+    /// Packets sent that day.
+    pub packets: u32,
+}
+
+/// What a user may send today, as the daily caps and the cooling-off see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Usage {
+    /// Today, by the engine's clock and `day_utc_offset_secs` (days since the epoch).
+    pub day: u64,
+    /// Sent today, packets and transfers together (against `daily_sent_fen_max`).
+    pub sent_today: Amount,
+    /// Packets sent today (against `daily_packets_max`).
+    pub packets_today: u32,
+    /// The user's cooling-off (`secs: 0` when none is set).
+    pub cooling_off: CoolingOff,
+}
+
+/// A send about to leave a wallet: a packet's total or a transfer's amount.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Outgoing {
+    pub user: UserId,
+    pub amount: Amount,
+    /// A packet (counted against `daily_packets_max` too) rather than a transfer.
+    pub packet: bool,
+    /// The sender's day now.
+    pub day: u64,
+}
+
+/// The daily caps a send is decided under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DailyCaps {
+    pub sent_fen_max: u64,
+    pub packets_max: u32,
+}
+
+/// Why a send cannot leave a wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendRefusal {
+    InsufficientFunds { balance: Amount, needed: Amount },
+    DailyLimit { used: Amount, max: Amount },
+    DailyPacketLimit { used: u32, max: u32 },
+}
+
+impl From<SendRefusal> for SendError {
+    fn from(r: SendRefusal) -> SendError {
+        match r {
+            SendRefusal::InsufficientFunds { balance, needed } => SendError::InsufficientFunds { balance, needed },
+            SendRefusal::DailyLimit { used, max } => SendError::DailyLimit { used, max },
+            SendRefusal::DailyPacketLimit { used, max } => SendError::DailyPacketLimit { used, max },
+        }
+    }
+}
+
+impl From<SendRefusal> for TransferError {
+    fn from(r: SendRefusal) -> TransferError {
+        match r {
+            SendRefusal::InsufficientFunds { balance, needed } => TransferError::InsufficientFunds { balance, needed },
+            SendRefusal::DailyLimit { used, max } => TransferError::DailyLimit { used, max },
+            SendRefusal::DailyPacketLimit { .. } => unreachable!("a transfer is not counted as a packet"),
+        }
+    }
+}
+
 /// Balances of a set of users, with the operations applied to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Ledger {
@@ -61,6 +137,10 @@ pub(crate) struct Ledger {
     ops: HashMap<OpId, OpDone>,
     deposited: u64,
     withdrawn: u64,
+    /// Each user's latest day with a send.
+    days: IdMap<UserId, DayUse>,
+    /// Cooling-off settings (users without one have none).
+    cooling: IdMap<UserId, CoolingOff>,
 }
 
 /// A ledger's sums, for the audit.
@@ -139,17 +219,55 @@ impl Ledger {
         Ok(Decision::Fresh(Record::Withdrawal { op, user, amount, at: now }))
     }
 
-    /// Decides whether `user` can put `amount` into a packet's escrow; changes nothing.
+    /// What `user` has sent on `day`. If their latest send is on a later day (the clock
+    /// stepped back since), that day's use counts: a step back never frees an allowance.
+    pub(crate) fn day_use(&self, user: UserId, day: u64) -> DayUse {
+        match self.days.get(&user) {
+            Some(used) if used.day >= day => *used,
+            _ => DayUse { day, ..DayUse::default() },
+        }
+    }
+
+    /// `user`'s cooling-off setting (none: `secs` zero).
+    pub(crate) fn cooling_off(&self, user: UserId) -> CoolingOff {
+        self.cooling.get(&user).copied().unwrap_or_default()
+    }
+
+    /// Decides whether a send can leave its sender's wallet now: the balance covers it and
+    /// it stays within the daily caps. Returns when it opens: now, or at the end of the
+    /// sender's cooling-off if it holds this send. Changes nothing.
     ///
     /// # Errors
     ///
-    /// `InsufficientFunds` with the balance.
-    pub(crate) fn decide_debit(&self, user: UserId, amount: Amount) -> Result<(), SendError> {
-        let balance = self.balance(user);
-        if balance < amount {
-            return Err(SendError::InsufficientFunds { balance, needed: amount });
+    /// `DailyPacketLimit`, `DailyLimit` (naming what was used), `InsufficientFunds`.
+    pub(crate) fn decide_send(&self, out: Outgoing, caps: DailyCaps, now: Timestamp) -> Result<Timestamp, SendRefusal> {
+        let used = self.day_use(out.user, out.day);
+        if out.packet && used.packets >= caps.packets_max {
+            return Err(SendRefusal::DailyPacketLimit { used: used.packets, max: caps.packets_max });
         }
-        Ok(())
+        if used.sent_fen.saturating_add(out.amount.as_fen()) > caps.sent_fen_max {
+            let (used, max) = (Amount::fen(used.sent_fen), Amount::fen(caps.sent_fen_max));
+            return Err(SendRefusal::DailyLimit { used, max });
+        }
+        let balance = self.balance(out.user);
+        if balance < out.amount {
+            return Err(SendRefusal::InsufficientFunds { balance, needed: out.amount });
+        }
+        Ok(self.cooling_off(out.user).opens_at(out.amount, now))
+    }
+
+    /// Debits a send and counts it against its day; `what` names it in an error.
+    fn debit_send(&mut self, out: Outgoing, what: impl FnOnce() -> String) -> Result<Amount, String> {
+        let balance = self.balance(out.user);
+        let after = balance.checked_sub(out.amount).ok_or_else(|| format!("{} from a balance of {balance}", what()))?;
+        self.balances.insert(out.user, after.as_fen());
+        let used = self.days.entry(out.user).or_default();
+        if out.day > used.day {
+            *used = DayUse { day: out.day, ..DayUse::default() };
+        }
+        used.sent_fen = used.sent_fen.saturating_add(out.amount.as_fen());
+        used.packets = used.packets.saturating_add(u32::from(out.packet));
+        Ok(after)
     }
 
     /// Applies a record's effect on wallets: a deposit or withdrawal (once per id: a record
@@ -177,11 +295,21 @@ impl Ledger {
             Record::PacketSent(ref sent) => {
                 let (user, id) = (sent.spec.sender, sent.spec.id);
                 let total = sent.spec.split.total().ok_or(format!("packet {id}: total overflows"))?;
-                let after = self.balance(user).checked_sub(total);
-                let after =
-                    after.ok_or(format!("packet {id} escrows {total} from a balance of {}", self.balance(user)))?;
-                self.balances.insert(user, after.as_fen());
-                return Ok(after);
+                let out = Outgoing { user, amount: total, packet: true, day: sent.day };
+                return self.debit_send(out, || format!("packet {id} escrows {total}"));
+            }
+            Record::TransferSent(ref sent) => {
+                let (spec, day) = (&sent.spec, sent.day);
+                let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
+                return self.debit_send(out, || format!("transfer {} sends {}", spec.id, spec.amount));
+            }
+            Record::CoolingOffSet { user, setting, .. } => {
+                if setting.secs == 0 {
+                    self.cooling.remove(&user);
+                } else {
+                    self.cooling.insert(user, setting);
+                }
+                return Ok(self.balance(user));
             }
             _ => return Ok(Amount::ZERO),
         };
@@ -238,6 +366,16 @@ impl Ledger {
         self.ops.iter().map(|(&op, &done)| (op, done))
     }
 
+    /// Every user's latest day with a send, in no order.
+    pub(crate) fn days(&self) -> impl Iterator<Item = (UserId, DayUse)> + '_ {
+        self.days.iter().map(|(&u, &d)| (u, d))
+    }
+
+    /// Every cooling-off setting, in no order.
+    pub(crate) fn cooling_offs(&self) -> impl Iterator<Item = (UserId, CoolingOff)> + '_ {
+        self.cooling.iter().map(|(&u, &c)| (u, c))
+    }
+
     /// A ledger of these balances and remembered operations, with these sums (operations may
     /// have been retired since they were counted).
     pub(crate) fn from_parts(
@@ -246,7 +384,19 @@ impl Ledger {
         deposited: u64,
         withdrawn: u64,
     ) -> Ledger {
-        Ledger { balances: balances.into_iter().collect(), ops: ops.into_iter().collect(), deposited, withdrawn }
+        let (balances, ops) = (balances.into_iter().collect(), ops.into_iter().collect());
+        Ledger { balances, ops, deposited, withdrawn, ..Ledger::default() }
+    }
+
+    /// This ledger with these days of use and cooling-off settings (from a snapshot).
+    pub(crate) fn with_policies(
+        mut self,
+        days: impl IntoIterator<Item = (UserId, DayUse)>,
+        cooling: impl IntoIterator<Item = (UserId, CoolingOff)>,
+    ) -> Ledger {
+        self.days = days.into_iter().collect();
+        self.cooling = cooling.into_iter().collect();
+        self
     }
 
     /// Splits the ledger into `parts` by `part(user)`: one for each wallet shard. The sums go
@@ -258,6 +408,12 @@ impl Ledger {
         }
         for (op, done) in self.ops {
             ledgers[part(done.user)].ops.insert(op, done);
+        }
+        for (user, used) in self.days {
+            ledgers[part(user)].days.insert(user, used);
+        }
+        for (user, setting) in self.cooling {
+            ledgers[part(user)].cooling.insert(user, setting);
         }
         ledgers[0].deposited = self.deposited;
         ledgers[0].withdrawn = self.withdrawn;
@@ -281,6 +437,7 @@ mod tests {
     use super::*;
 
     const MAX: u64 = 1_000;
+    const CAPS: DailyCaps = DailyCaps { sent_fen_max: 500, packets_max: 2 };
 
     /// Decides and applies, as a wallet shard does.
     fn deposit(l: &mut Ledger, op: u64, user: u64, fen: u64) -> Result<Amount, WalletError> {
@@ -323,9 +480,10 @@ mod tests {
             withdraw(&mut l, 4, 1, 901),
             Err(WalletError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
         );
+        let out = Outgoing { user: UserId(1), amount: Amount::fen(901), packet: true, day: 0 };
         assert_eq!(
-            l.decide_debit(UserId(1), Amount::fen(901)),
-            Err(SendError::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
+            l.decide_send(out, DailyCaps { sent_fen_max: 10_000, ..CAPS }, Timestamp(1)),
+            Err(SendRefusal::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
         );
         assert_eq!(l, before);
         // A refused op id stays free: the retry can succeed once funds are there.
@@ -351,7 +509,7 @@ mod tests {
         deposit(&mut l, 1, 1, 500).unwrap();
         assert_eq!(l.ops_before(Timestamp(1), 10), vec![]);
         assert_eq!(l.ops_before(Timestamp(2), 10), vec![OpId(1)]);
-        l.apply(&Record::Retired { packets: vec![], ops: vec![OpId(1), OpId(9)] }).unwrap();
+        l.apply(&Record::Retired { packets: vec![], ops: vec![OpId(1), OpId(9)], transfers: vec![] }).unwrap();
         assert_eq!(l.totals(), Totals { balances: 500, deposited: 500, withdrawn: 0 });
         // The id is free again: the same fields are a new deposit now.
         assert_eq!(deposit(&mut l, 1, 1, 500), Ok(Amount::fen(1_000)));
@@ -370,5 +528,65 @@ mod tests {
             withdrawn: a.withdrawn + t.withdrawn,
         });
         assert_eq!(sum, l.totals());
+    }
+
+    fn packet_sent(user: u64, fen: u64, day: u64) -> Record {
+        use crate::record::{NewPacket, PacketSent};
+        use crate::split::Split;
+        let spec = NewPacket {
+            id: crate::money::PacketId(fen),
+            sender: UserId(user),
+            group: crate::money::GroupId(1),
+            split: Split::Fixed { each: Amount::fen(fen), shares: 1 },
+            greeting: String::new(),
+        };
+        let at = Timestamp(day * 86_400_000);
+        Record::PacketSent(PacketSent {
+            spec,
+            seed: 0,
+            sent_at: at,
+            expires_at: at,
+            share_fen_max: 20_000,
+            opens_at: at,
+            day,
+        })
+    }
+
+    #[test]
+    fn daily_caps_count_each_day_and_a_step_back_frees_nothing() {
+        let mut l = Ledger::default();
+        deposit(&mut l, 1, 1, 1_000).unwrap();
+        let out = |fen, day| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: true, day };
+        assert_eq!(l.decide_send(out(300, 5), CAPS, Timestamp(0)), Ok(Timestamp(0)));
+        l.apply(&packet_sent(1, 300, 5)).unwrap();
+        let over = SendRefusal::DailyLimit { used: Amount::fen(300), max: Amount::fen(500) };
+        assert_eq!(l.decide_send(out(201, 5), CAPS, Timestamp(0)), Err(over));
+        l.apply(&packet_sent(1, 200, 5)).unwrap();
+        let packets = SendRefusal::DailyPacketLimit { used: 2, max: 2 };
+        assert_eq!(l.decide_send(out(1, 5), CAPS, Timestamp(0)), Err(packets));
+        // A transfer is not a packet: only the amount cap applies.
+        let transfer = Outgoing { packet: false, ..out(1, 5) };
+        assert!(matches!(l.decide_send(transfer, CAPS, Timestamp(0)), Err(SendRefusal::DailyLimit { .. })));
+        // The next day starts afresh; an earlier day (the clock stepped back) counts the later.
+        assert!(l.decide_send(out(100, 6), CAPS, Timestamp(0)).is_ok());
+        assert_eq!(l.decide_send(out(1, 4), CAPS, Timestamp(0)), Err(packets));
+        assert_eq!(l.day_use(UserId(1), 5), DayUse { day: 5, sent_fen: 500, packets: 2 });
+        assert_eq!(l.balance(UserId(1)), Amount::fen(500));
+    }
+
+    #[test]
+    fn cooling_off_holds_sends_above_its_threshold() {
+        let mut l = Ledger::default();
+        deposit(&mut l, 1, 1, 1_000).unwrap();
+        let setting = CoolingOff { threshold: Amount::fen(100), secs: 60 };
+        l.apply(&Record::CoolingOffSet { user: UserId(1), setting, at: Timestamp(0) }).unwrap();
+        let out = |fen| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: false, day: 0 };
+        let caps = DailyCaps { sent_fen_max: 10_000, packets_max: 10 };
+        assert_eq!(l.decide_send(out(100), caps, Timestamp(7)), Ok(Timestamp(7)));
+        assert_eq!(l.decide_send(out(101), caps, Timestamp(7)), Ok(Timestamp(60_007)));
+        let off = CoolingOff { threshold: Amount::ZERO, secs: 0 };
+        l.apply(&Record::CoolingOffSet { user: UserId(1), setting: off, at: Timestamp(1) }).unwrap();
+        assert_eq!(l.decide_send(out(101), caps, Timestamp(7)), Ok(Timestamp(7)));
+        assert_eq!(l.cooling_offs().count(), 0);
     }
 }

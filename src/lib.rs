@@ -82,6 +82,8 @@ mod routes;
 mod runtime;
 pub mod split;
 mod timer;
+mod transfer;
+mod transfer_shard;
 mod wallet;
 
 #[cfg(test)]
@@ -96,20 +98,24 @@ pub use audit::{audit_journal, audit_journal_with_progress, Audit, JournalAudit}
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
-pub use error::{EngineError, GrabError, SendError, StartError, WalletError};
+pub use error::{CancelError, EngineError, GrabError, SendError, StartError, TransferError, WalletError};
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
 pub use journal::{
     Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Progress, Record, StorageFailure,
 };
+pub use ledger::Usage;
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
-pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, UserId};
+pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, TransferId, UserId};
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
 pub use parts::Retired;
 pub use placement::packet_seed;
-pub use record::{DecodeError, NewPacket, PacketSent};
+pub use record::{
+    Arrival, CoolingOff, DecodeError, NewPacket, NewTransfer, PacketSent, TransferOutcome, TransferSent, TransferStatus,
+};
 pub use split::{InvalidSplit, Split};
+pub use transfer::TransferView;
 
 /// The README's example, compiled and run as a doc test so that it stays true.
 #[cfg(doctest)]

@@ -63,6 +63,32 @@ pub struct Limits {
     /// Seconds between sweeps that retire closed packets and operation ids past their
     /// retention (default 3 600).
     pub retire_interval_secs: u64,
+    /// Largest single transfer, in fen (default 5 000 000: 50 000 yuan).
+    pub transfer_fen_max: u64,
+    /// Longest delay a sender may give a transfer, in seconds (default 86 400: 24 h; the
+    /// product offers 2 h and 24 h).
+    pub transfer_delay_secs_max: u64,
+    /// Seconds an arrived transfer waits for its receiver before it returns to the sender
+    /// (default 86 400: 24 h).
+    pub transfer_accept_secs: u64,
+    /// Longest transfer note, in UTF-8 bytes (default 256).
+    pub transfer_note_bytes_max: usize,
+    /// Most transfers not yet settled, across the engine (default 4 000 000).
+    pub pending_transfers_max: usize,
+    /// Seconds a settled transfer is kept after it settled, answering repeats and queries,
+    /// before it is dropped from memory and from later snapshots (default 2 592 000: 30 days).
+    pub settled_transfer_retention_secs: u64,
+    /// Most a user may send in one day, in fen: packets and transfers together, counted when
+    /// sent (a refund does not give the allowance back) (default 20 000 000: 200 000 yuan).
+    pub daily_sent_fen_max: u64,
+    /// Most packets a user may send in one day (default 10 000).
+    pub daily_packets_max: u32,
+    /// Where the day starts for the daily caps: seconds east of UTC (default 28 800: UTC+8),
+    /// by the engine's clock. Each send records its day, so a later change of this setting
+    /// changes no past decision.
+    pub day_utc_offset_secs: i32,
+    /// Longest cooling-off window a user may set, in seconds (default 86 400: 24 h).
+    pub cooling_off_secs_max: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +110,16 @@ impl Default for Limits {
             closed_retention_secs: 30 * 86_400,
             op_retention_secs: 7 * 86_400,
             retire_interval_secs: 3_600,
+            transfer_fen_max: 5_000_000,
+            transfer_delay_secs_max: 86_400,
+            transfer_accept_secs: 86_400,
+            transfer_note_bytes_max: 256,
+            pending_transfers_max: 4_000_000,
+            settled_transfer_retention_secs: 30 * 86_400,
+            daily_sent_fen_max: 20_000_000,
+            daily_packets_max: 10_000,
+            day_utc_offset_secs: 8 * 3_600,
+            cooling_off_secs_max: 86_400,
         }
     }
 }
@@ -141,6 +177,29 @@ impl Limits {
         }
         if self.retire_interval_secs == 0 {
             return fail("retire_interval_secs must be at least 1");
+        }
+        if self.transfer_fen_max == 0 {
+            return fail("transfer_fen_max must be at least 1 fen");
+        }
+        if self.transfer_accept_secs == 0 || self.pending_transfers_max == 0 {
+            return fail("transfer_accept_secs and pending_transfers_max must be at least 1");
+        }
+        if self.daily_sent_fen_max == 0 || self.daily_packets_max == 0 {
+            return fail("daily_sent_fen_max and daily_packets_max must be at least 1");
+        }
+        if self.day_utc_offset_secs.unsigned_abs() >= 86_400 {
+            return fail("day_utc_offset_secs must be less than a day either way");
+        }
+        // Deadlines are milliseconds in a u64 and only saturate: every window must be far
+        // below that, so that a deadline is never "forever" by accident.
+        let windows = [self.transfer_delay_secs_max, self.transfer_accept_secs, self.cooling_off_secs_max];
+        if windows.iter().any(|&secs| secs > 100 * 365 * 86_400) {
+            return fail("transfer and cooling-off windows must be at most 100 years");
+        }
+        if self.transfer_note_bytes_max > RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES {
+            return fail(
+                "transfer_note_bytes_max must leave a transfer record within the journal's 64 MiB record bound",
+            );
         }
         // Every record the limits allow must fit the journal's frame.
         if self.greeting_bytes_max > RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES {

@@ -202,6 +202,11 @@ id_type!(
     /// A deposit or withdrawal, chosen by the caller so that a retry is applied once.
     OpId
 );
+id_type!(
+    /// A transfer (转账), chosen by the sender's client so that a retried transfer is applied
+    /// once.
+    TransferId
+);
 
 /// A fast hasher for the `u64` ids used as map keys on the grab path (claims, rosters).
 ///

@@ -18,12 +18,21 @@
 //! - `sum(claims) + remaining + refunded == total`;
 //! - `claims ≤ shares`, each claim in `[1 fen, cap]`, one claim per member;
 //! - a lucky packet keeps `shares_left ≤ remaining ≤ shares_left · cap` while open;
-//! - status moves only `Open → SoldOut` or `Open → Expired`, once.
+//! - status moves only `CoolingOff → Open`, `CoolingOff → Cancelled`, `Open → SoldOut` or
+//!   `Open → Expired`, each once; a packet cooling off has no claims.
+//!
+//! # Cooling-off (rule 16)
+//!
+//! A send above the sender's cooling-off threshold starts `CoolingOff` until its `opens_at`:
+//! nobody may grab it, and the sender may cancel it (`Record::PacketCancelled` refunds the
+//! whole total). At `opens_at` it opens (`Record::PacketOpened`), once; its expiry was set
+//! `expiry_secs` after `opens_at` when it was sent. Opening is a record, not a reading of the
+//! clock, so that a clock that steps back can never let a cancel follow a grab.
 
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;
-use crate::error::GrabError;
+use crate::error::{CancelError, GrabError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
 use crate::record::{NewPacket, PacketSent, Record};
@@ -35,6 +44,11 @@ use crate::split::{self, Split};
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum PacketStatus {
+    /// Held by the sender's cooling-off: nobody may grab it yet, and the sender may cancel it.
+    CoolingOff {
+        /// When it opens.
+        until: Timestamp,
+    },
     /// Shares are left and it has not expired.
     Open,
     /// Every share was taken.
@@ -44,6 +58,26 @@ pub enum PacketStatus {
         /// The refund.
         refunded: Amount,
     },
+    /// The sender cancelled it during its cooling-off; its whole total went back.
+    Cancelled {
+        /// The refund.
+        refunded: Amount,
+    },
+}
+
+impl PacketStatus {
+    /// Whether it is closed: sold out, expired or cancelled.
+    pub fn is_closed(self) -> bool {
+        matches!(self, PacketStatus::SoldOut | PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. })
+    }
+
+    /// What went back to the sender when it closed.
+    pub fn refunded(self) -> Amount {
+        match self {
+            PacketStatus::Expired { refunded } | PacketStatus::Cancelled { refunded } => refunded,
+            _ => Amount::ZERO,
+        }
+    }
 }
 
 /// One share taken.
@@ -90,6 +124,8 @@ pub struct PacketView {
     pub best_luck: Option<ClaimView>,
     /// When it was sent.
     pub sent_at: Timestamp,
+    /// When it opens (opened) for grabs: `sent_at`, or the end of the sender's cooling-off.
+    pub opens_at: Timestamp,
     /// When its remainder is refunded.
     pub expires_at: Timestamp,
     /// When it sold out or expired; it is kept (answering repeat grabs and queries) for
@@ -136,12 +172,23 @@ pub(crate) struct PacketState {
     rng: Option<Box<ChaCha8Rng>>,
     /// The share the next claim takes; zero once no share is left.
     next_fen: u64,
+    /// When its cooling-off ended (`None` if it had none, or it has not ended).
+    opened_at: Option<Timestamp>,
     remaining_fen: u64,
     claims: Vec<ClaimView>,
     claimed_by: IdMap<UserId, u32>,
     status: PacketStatus,
-    /// When it sold out or expired.
+    /// When it sold out, expired or was cancelled.
     closed_at: Option<Timestamp>,
+}
+
+/// What the end of a packet's cooling-off does now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// It opens: write `Record::PacketOpened`.
+    Open(Record),
+    /// It is not cooling off, or its cooling-off has not ended.
+    Nothing,
 }
 
 impl PacketState {
@@ -158,10 +205,15 @@ impl PacketState {
             share_fen_max,
             rng,
             next_fen: 0,
+            opened_at: None,
             remaining_fen: total.as_fen(),
             claims: Vec::new(),
             claimed_by: IdMap::default(),
-            status: PacketStatus::Open,
+            status: if sent.opens_at > sent.sent_at {
+                PacketStatus::CoolingOff { until: sent.opens_at }
+            } else {
+                PacketStatus::Open
+            },
             closed_at: None,
             sent,
         };
@@ -169,14 +221,21 @@ impl PacketState {
         state
     }
 
-    /// A packet rebuilt from its send and its claims, each applied (and so checked against
-    /// the draw) in order.
+    /// A packet rebuilt from its send, its opening (if its cooling-off ended) and its claims,
+    /// each applied (and so checked against the draw) in order.
     ///
     /// # Errors
     ///
-    /// As [`PacketState::apply`], for the first claim that cannot happen.
-    pub(crate) fn restore(sent: PacketSent, claims: &[ClaimView]) -> Result<PacketState, String> {
+    /// As [`PacketState::apply`], for the first record that cannot happen.
+    pub(crate) fn restore(
+        sent: PacketSent,
+        opened_at: Option<Timestamp>,
+        claims: &[ClaimView],
+    ) -> Result<PacketState, String> {
         let mut state = PacketState::open(sent);
+        if let Some(at) = opened_at {
+            state.apply(&Record::PacketOpened { packet: state.id(), at })?;
+        }
         for c in claims {
             let record =
                 Record::Claim { packet: state.id(), user: c.user, amount: c.amount, position: c.position, at: c.at };
@@ -225,6 +284,50 @@ impl PacketState {
         self.status == PacketStatus::Open && now >= self.sent.expires_at
     }
 
+    /// When it opened, if it was held by a cooling-off that has ended (what a restart needs
+    /// besides the send and the claims).
+    pub(crate) fn opened_at(&self) -> Option<Timestamp> {
+        self.opened_at
+    }
+
+    /// Its next deadline: the end of its cooling-off, or its expiry; none once closed.
+    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
+        match self.status {
+            PacketStatus::CoolingOff { until } => Some(until),
+            PacketStatus::Open => Some(self.sent.expires_at),
+            _ => None,
+        }
+    }
+
+    /// Decides whether its cooling-off ends at `now`; changes nothing.
+    pub(crate) fn decide_open(&self, now: Timestamp) -> Opening {
+        match self.status {
+            PacketStatus::CoolingOff { until } if now >= until => {
+                Opening::Open(Record::PacketOpened { packet: self.id(), at: now })
+            }
+            _ => Opening::Nothing,
+        }
+    }
+
+    /// Decides a cancellation by `by` at `now` (after any due opening was applied); changes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// `NotSender`, `AlreadyCancelled` with the first refund, `TooLate` once it is open.
+    pub(crate) fn decide_cancel(&self, by: UserId, now: Timestamp) -> Result<Record, CancelError> {
+        if by != self.sent.spec.sender {
+            return Err(CancelError::NotSender);
+        }
+        match self.status {
+            PacketStatus::Cancelled { refunded } => Err(CancelError::AlreadyCancelled { refunded }),
+            PacketStatus::CoolingOff { until } if now < until => {
+                Ok(Record::PacketCancelled { packet: self.id(), refund: self.escrow(), at: now })
+            }
+            _ => Err(CancelError::TooLate),
+        }
+    }
+
     /// Decides a grab by `user`; changes nothing. `eligible` says whether the user may grab
     /// (see `roster::eligible`). A repeat grab is answered with the first result even if the
     /// member has left the group or the packet has closed since.
@@ -245,7 +348,9 @@ impl PacketState {
     /// Decides what expiring at `now` does; changes nothing.
     pub(crate) fn decide_expiry(&self, now: Timestamp) -> Expiry {
         match self.status {
-            PacketStatus::Expired { .. } => Expiry::AlreadyExpired,
+            PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. } => Expiry::AlreadyExpired,
+            // A packet still cooling off opens first (its expiry is later still).
+            PacketStatus::CoolingOff { .. } => Expiry::NotDue,
             _ if now < self.sent.expires_at => Expiry::NotDue,
             PacketStatus::SoldOut => Expiry::NothingLeft,
             PacketStatus::Open => Expiry::Refund(self.escrow()),
@@ -277,16 +382,37 @@ impl PacketState {
                 if self.status != PacketStatus::Open || refund != self.escrow() {
                     return Err(format!("packet {id}: refund {refund} with {} in escrow", self.escrow()));
                 }
-                self.remaining_fen = 0;
-                self.status = PacketStatus::Expired { refunded: refund };
-                self.closed_at = Some(at);
-                self.rng = None;
-                Some(Credit { user: self.sent.spec.sender, amount: refund })
+                Some(self.refund(PacketStatus::Expired { refunded: refund }, at))
+            }
+            Record::PacketOpened { packet, at } if packet == id => {
+                if !matches!(self.status, PacketStatus::CoolingOff { .. }) {
+                    return Err(format!("packet {id} opened while {:?}", self.status));
+                }
+                self.status = PacketStatus::Open;
+                self.opened_at = Some(at);
+                None
+            }
+            Record::PacketCancelled { packet, refund, at } if packet == id => {
+                if !matches!(self.status, PacketStatus::CoolingOff { .. }) || refund != self.escrow() {
+                    return Err(format!("packet {id}: cancelled for {refund} while {:?}", self.status));
+                }
+                Some(self.refund(PacketStatus::Cancelled { refunded: refund }, at))
             }
             _ => return Err(format!("packet {id}: {record:?} is not about this packet")),
         };
         debug_assert_eq!(self.check(), Ok(()));
         Ok(credit)
+    }
+
+    /// Closes the packet with its escrow going back to the sender.
+    fn refund(&mut self, status: PacketStatus, at: Timestamp) -> Credit {
+        let refund = self.escrow();
+        self.remaining_fen = 0;
+        self.status = status;
+        // Never before it was sent, even if the clock stepped back in between.
+        self.closed_at = Some(at.max(self.sent.sent_at));
+        self.rng = None;
+        Credit { user: self.sent.spec.sender, amount: refund }
     }
 
     fn check_claim(&self, user: UserId, amount: Amount, position: u32) -> Result<(), String> {
@@ -350,7 +476,7 @@ impl PacketState {
 
     /// The packet as callers see it.
     pub(crate) fn view(&self) -> PacketView {
-        let PacketSent { spec, seed, sent_at, expires_at, .. } = &self.sent;
+        let PacketSent { spec, seed, sent_at, expires_at, opens_at, .. } = &self.sent;
         PacketView {
             id: spec.id,
             sender: spec.sender,
@@ -365,6 +491,7 @@ impl PacketState {
             claims: self.claims.clone(),
             best_luck: self.best_luck(),
             sent_at: *sent_at,
+            opens_at: *opens_at,
             expires_at: *expires_at,
             closed_at: self.closed_at,
             seed: *seed,
@@ -393,8 +520,10 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
         return Some(GrabError::NotEligible);
     }
     match status {
+        PacketStatus::CoolingOff { until } => Some(GrabError::NotOpenYet { opens_at: until }),
         PacketStatus::Expired { .. } => Some(GrabError::Expired),
         PacketStatus::SoldOut => Some(GrabError::SoldOut),
+        PacketStatus::Cancelled { .. } => Some(GrabError::Cancelled),
         PacketStatus::Open => None,
     }
 }
@@ -407,10 +536,10 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
 pub(crate) fn check_view(v: &PacketView) -> Result<(), String> {
     let id = v.id;
     let claimed: u64 = v.claims.iter().map(|c| c.amount.as_fen()).sum();
-    let refunded = match v.status {
-        PacketStatus::Expired { refunded } => refunded.as_fen(),
-        _ => 0,
-    };
+    let refunded = v.status.refunded().as_fen();
+    if matches!(v.status, PacketStatus::CoolingOff { .. } | PacketStatus::Cancelled { .. }) && !v.claims.is_empty() {
+        return Err(format!("packet {id}: claims while {:?}", v.status));
+    }
     if claimed + v.remaining.as_fen() + refunded != v.total.as_fen() {
         return Err(format!(
             "packet {id}: claims {claimed} + escrow {} + refund {refunded} != total {}",
@@ -446,7 +575,7 @@ mod tests {
     fn sent(split: Split, seed: u64) -> PacketSent {
         let spec =
             NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: "恭喜发财".into() };
-        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY), share_fen_max: CAP }
+        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY), share_fen_max: CAP, opens_at: T0, day: 0 }
     }
 
     fn packet(split: Split) -> PacketState {
@@ -528,13 +657,13 @@ mod tests {
     fn restore_continues_the_draw_and_checks_claims() {
         let mut live = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
         let claims: Vec<ClaimView> = (0..3).map(|u| grab(&mut live, 10 + u, true).unwrap()).collect();
-        let mut restored = PacketState::restore(live.sent().clone(), &claims).unwrap();
+        let mut restored = PacketState::restore(live.sent().clone(), None, &claims).unwrap();
         assert_eq!(restored.view(), live.view());
         // The next draws match the packet that never stopped.
         assert_eq!(grab(&mut restored, 50, true), grab(&mut live, 50, true));
         let mut forged = claims.clone();
         forged[1].amount = Amount::fen(forged[1].amount.as_fen() + 1);
-        let refused = PacketState::restore(live.sent().clone(), &forged).unwrap_err();
+        let refused = PacketState::restore(live.sent().clone(), None, &forged).unwrap_err();
         assert!(refused.contains("draw gives"), "{refused}");
     }
 
@@ -590,5 +719,43 @@ mod tests {
         v.shares_left = 0;
         v.remaining = Amount::ZERO;
         assert!(check_view(&v).unwrap_err().contains("paid twice"));
+    }
+
+    #[test]
+    fn cooling_off_holds_then_opens_once_or_is_cancelled_by_its_sender() {
+        let held = |opens_in_secs| {
+            let mut sent = sent(Split::Fixed { each: Amount::fen(3), shares: 2 }, 1);
+            sent.opens_at = T0.plus_secs(opens_in_secs);
+            sent.expires_at = sent.opens_at.plus_secs(DAY);
+            PacketState::open(sent)
+        };
+        let mut p = held(300);
+        let until = T0.plus_secs(300);
+        assert_eq!(p.status(), PacketStatus::CoolingOff { until });
+        assert_eq!(grab(&mut p, 5, true), Err(GrabError::NotOpenYet { opens_at: until }));
+        assert_eq!(p.decide_open(T0.plus_secs(299)), Opening::Nothing);
+        assert_eq!(p.decide_cancel(UserId(2), T0), Err(CancelError::NotSender));
+        assert_eq!(p.next_deadline(), Some(until));
+        assert_eq!(expire(&mut p, T0.plus_secs(2 * DAY)), Expiry::NotDue);
+        let Opening::Open(opened) = p.decide_open(until) else { panic!("due") };
+        assert_eq!(p.apply(&opened), Ok(None));
+        assert!(p.apply(&opened).unwrap_err().contains("opened while"));
+        assert_eq!(p.decide_cancel(UserId(1), until), Err(CancelError::TooLate));
+        assert_eq!(grab(&mut p, 5, true).unwrap().amount, Amount::fen(3));
+        assert_eq!(p.next_deadline(), Some(until.plus_secs(DAY)));
+
+        let mut q = held(300);
+        let cancel = q.decide_cancel(UserId(1), T0.plus_secs(10)).unwrap();
+        let credit = q.apply(&cancel).unwrap();
+        assert_eq!(credit, Some(Credit { user: UserId(1), amount: Amount::fen(6) }));
+        assert_eq!(q.status(), PacketStatus::Cancelled { refunded: Amount::fen(6) });
+        assert_eq!(q.decide_cancel(UserId(1), T0), Err(CancelError::AlreadyCancelled { refunded: Amount::fen(6) }));
+        assert_eq!(grab(&mut q, 5, true), Err(GrabError::Cancelled));
+        assert_eq!(q.decide_open(until), Opening::Nothing);
+        assert!(q.status().is_closed());
+        q.check().unwrap();
+        // Restored with its opening, a packet continues as the live one.
+        let r = PacketState::restore(p.sent().clone(), p.opened_at(), p.claims()).unwrap();
+        assert_eq!(r.view(), p.view());
     }
 }

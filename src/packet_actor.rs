@@ -14,13 +14,15 @@
 //! |-----------|----------------------------------------------------|-------------------|
 //! | `Grab`    | `Grabbed` or `GrabError`, after the journal        | yes (`Busy`)      |
 //! | `Query`   | the packet's view, after a journal barrier         | yes (`Busy`)      |
-//! | `Expire`  | what expiry did, after the refund is durable       | never (the timer's) |
+//! | `RunDue`  | after what its passed deadline did (opening, expiry) is durable | never (the timer's) |
+//! | `Cancel`  | the refund or `CancelError`, after the journal     | yes (`Busy`)      |
 //! | `Inspect`, `Flush` | escrow and invariants / after a barrier   | never (audit, shutdown) |
 //!
 //! # Lifecycle
 //!
 //! The routes (`routes.rs`) start the actor when a dormant packet is first touched. When its
-//! last share is taken, or at expiry (refunding what is left, once), it hands its final view
+//! last share is taken, at expiry (refunding what is left, once), or when its sender cancels it
+//! during its cooling-off (refunding the total), it hands its final view
 //! to [`PacketCtx::on_close`] (the routes replace its entry with the closed view, which keeps
 //! answering repeat grabs and queries), and stops.
 //! Messages still in its mailbox then are dropped; their callers see the closed route and are
@@ -33,15 +35,15 @@ use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::error::GrabError;
+use crate::error::{CancelError, GrabError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::money::{Amount, IdSet, PacketId, UserId};
-use crate::packet::{Expiry, PacketState, PacketStatus, PacketView};
+use crate::packet::{Expiry, Opening, PacketState, PacketStatus, PacketView};
 use crate::record::Record;
 use crate::roster::{self, Rosters};
-use crate::timer::{Schedule, Timer};
+use crate::timer::{Due, Schedule, Timer};
 use crate::wallet::Wallets;
 
 /// A share won.
@@ -99,16 +101,24 @@ pub(crate) struct Grab {
 #[rtype(result = "()")]
 pub(crate) struct Query(pub oneshot::Sender<PacketView>);
 
-/// Expire now if due (from the timer, or `Engine::expire_due`); the reply says whether it
-/// closed.
+/// Act on passed deadlines now (from the timer, or `Engine::run_due`): open at the end of the
+/// cooling-off, expire at expiry. The reply comes once what it did is durable.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Expire(pub Option<oneshot::Sender<()>>);
+pub(crate) struct RunDue(pub Option<oneshot::Sender<()>>);
 
-/// Escrow and the invariant check, for the audit.
+/// The sender cancels the packet during its cooling-off.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Inspect(pub oneshot::Sender<(Amount, Result<(), String>)>);
+pub(crate) struct Cancel {
+    pub by: UserId,
+    pub reply: oneshot::Sender<Result<Amount, CancelError>>,
+}
+
+/// Status, money held and the invariant check, for the audit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Inspect(pub oneshot::Sender<(PacketStatus, Amount, Result<(), String>)>);
 
 /// Stops the actor of a packet that closed (sent to itself once its route holds the closed
 /// view).
@@ -161,9 +171,48 @@ impl PacketActor {
         roster::eligible(&spec.split, self.roster.1.as_deref(), user)
     }
 
-    /// Expires the packet if it is due (refunding what is left, once), closes it and stops.
+    /// Opens the packet if its cooling-off has ended: recorded before anything else that
+    /// follows, so every later record (a claim) is durable only after the opening is.
+    fn open_if_due(&mut self, now: crate::clock::Timestamp) {
+        let Opening::Open(record) = self.state.decide_open(now) else { return };
+        self.state.apply(&record).expect("decided against this state");
+        let view = self.state.view();
+        let ctx = Arc::clone(&self.ctx);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                ctx.events.publish(|| Event::PacketOpened {
+                    packet: view.id,
+                    sender: view.sender,
+                    group: view.group,
+                    split: view.split.clone(),
+                    greeting: view.greeting.clone(),
+                    total: view.total,
+                    shares: view.shares,
+                    expires_at: view.expires_at,
+                });
+            }),
+        );
+        // Its expiry is its next deadline now (the timer let the opening's go when it fired).
+        let at = self.state.sent().expires_at;
+        self.ctx.timer.do_send(Schedule { at, due: Due::Packet(self.state.id()) });
+    }
+
+    /// Closes the packet: its slot is free, its final view replaces its route, and the actor
+    /// stops. Messages still queued are answered from the closed route.
+    fn close(&mut self, actx: &mut Context<Self>, free_slot: bool) {
+        if free_slot {
+            (self.ctx.on_close)(Closing::Slot);
+        }
+        (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
+        actx.stop();
+    }
+
+    /// Acts on passed deadlines: opens the packet at the end of its cooling-off, and expires
+    /// it if it is due (refunding what is left, once), closing it.
     fn expire(&mut self, actx: &mut Context<Self>, reply: Option<oneshot::Sender<()>>) {
         let now = self.ctx.clock.now();
+        self.open_if_due(now);
         let expiry = self.state.decide_expiry(now);
         let answer = move || {
             if let Some(reply) = reply {
@@ -189,21 +238,43 @@ impl PacketActor {
             self.ctx.journal.barrier(Box::new(answer));
         }
         if expiry == Expiry::NotDue {
-            // The timer let the deadline go when it fired, but the clock has stepped back since:
-            // the deadline goes back to the timer, which holds every deadline until its packet
-            // closes.
-            let at = self.state.sent().expires_at;
-            self.ctx.timer.do_send(Schedule { at, packet: self.state.id() });
+            // The timer let the deadline go when it fired, but the clock has stepped back since
+            // (or this was an early request): the deadline goes back to the timer, which holds
+            // every deadline until its action is recorded.
+            if let Some(at) = self.state.next_deadline() {
+                self.ctx.timer.do_send(Schedule { at, due: Due::Packet(self.state.id()) });
+            }
         }
         if matches!(expiry, Expiry::Refund(_) | Expiry::NothingLeft) {
             // A sold-out packet gave its slot back when it sold out (it is live only until its
             // closed view is in place).
-            if expiry != Expiry::NothingLeft {
-                (self.ctx.on_close)(Closing::Slot);
-            }
-            (self.ctx.on_close)(Closing::View(Box::new(self.state.view())));
-            actx.stop();
+            self.close(actx, expiry != Expiry::NothingLeft);
         }
+    }
+
+    /// Cancels the packet for its sender if it is still cooling off: the whole total goes
+    /// back, once; then the packet closes.
+    fn cancel(&mut self, m: Cancel, actx: &mut Context<Self>) {
+        let now = self.ctx.clock.now();
+        // A cancel at or after the end of the cooling-off meets the packet opened.
+        self.open_if_due(now);
+        let record = match self.state.decide_cancel(m.by, now) {
+            Ok(record) => record,
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
+        };
+        let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
+        let (packet, group, reply) = (self.state.id(), self.state.sent().spec.group, m.reply);
+        let ctx = Arc::clone(&self.ctx);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                ctx.wallets.credit(credit);
+                let (sender, refunded) = (credit.user, credit.amount);
+                ctx.events.publish(|| Event::PacketCancelled { packet, group, sender, refunded });
+                let _ = reply.send(Ok(refunded));
+            }),
+        );
+        self.close(actx, true);
     }
 
     /// Appends a decided claim (already applied) and, once durable, credits, publishes (the
@@ -282,6 +353,8 @@ impl Handler<Grab> for PacketActor {
 impl PacketActor {
     fn grab(&mut self, m: Grab, actx: &mut Context<Self>) {
         let now = self.ctx.clock.now();
+        // A grab at or after the end of the cooling-off meets the packet opened.
+        self.open_if_due(now);
         if self.state.is_due(now) {
             // The timer has not fired yet, but the deadline has passed: expire first, so a
             // grab can never win money that is due back to the sender.
@@ -313,12 +386,21 @@ impl Handler<Query> for PacketActor {
     }
 }
 
-impl Handler<Expire> for PacketActor {
+impl Handler<RunDue> for PacketActor {
     type Result = ();
 
-    fn handle(&mut self, m: Expire, actx: &mut Context<Self>) {
+    fn handle(&mut self, m: RunDue, actx: &mut Context<Self>) {
         let ctx = Arc::clone(&self.ctx);
         ctx.fuse.guard("packet", || self.expire(actx, m.0));
+    }
+}
+
+impl Handler<Cancel> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Cancel, actx: &mut Context<Self>) {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.fuse.guard("packet", || self.cancel(m, actx));
     }
 }
 
@@ -326,7 +408,7 @@ impl Handler<Inspect> for PacketActor {
     type Result = ();
 
     fn handle(&mut self, m: Inspect, _: &mut Context<Self>) {
-        let _ = m.0.send((self.state.escrow(), self.state.check()));
+        let _ = m.0.send((self.state.status(), self.state.escrow(), self.state.check()));
     }
 }
 

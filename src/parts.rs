@@ -3,7 +3,7 @@
 //! may assume, retirement sweeps, and settling a send once its escrow is decided. The
 //! [`crate::Engine`] handle holds an `Arc<Inner>` and nothing else.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -15,16 +15,19 @@ use crate::error::{SendError, StartError};
 use crate::events::{Event, EventHub};
 use crate::health::{Failure, Fuse, Health, Stopped};
 use crate::journal::{self, FileJournal, Journal, StorageFailure};
+use crate::ledger::DailyCaps;
 use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
-use crate::packet::{PacketState, PacketView};
+use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{Record, RETIRED_IDS_MAX};
 use crate::replay::Replica;
 use crate::roster::Rosters;
 use crate::routes::{PacketMeta, Routes};
 use crate::runtime::Runtime;
-use crate::timer::{Attach, AttachSweep, Timer};
+use crate::timer::{Attach, AttachSweep, Due, Schedule, Timer};
+use crate::transfer::TransferState;
+use crate::transfer_shard::{TransferCtx, TransferShard, Transfers};
 use crate::wallet::{Settle, WalletShard, Wallets};
 
 /// What one retirement sweep dropped.
@@ -35,6 +38,8 @@ pub struct Retired {
     pub packets: usize,
     /// Operation ids forgotten (they may be used again).
     pub ops: usize,
+    /// Settled transfers dropped from memory (their ids are unknown from then on).
+    pub transfers: usize,
 }
 
 /// The engine's parts, shared by every handle.
@@ -46,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) routes: Arc<Routes>,
     pub(crate) rosters: Arc<Rosters>,
     pub(crate) wallets: Arc<Wallets>,
+    pub(crate) transfers: Arc<Transfers>,
     pub(crate) running: AtomicBool,
     /// Blown when an actor panics.
     pub(crate) fuse: Arc<Fuse>,
@@ -75,14 +81,37 @@ impl Inner {
 
         let ops: Vec<(OpId, UserId)> = replica.ledger.ops().map(|(op, done)| (op, done.user)).collect();
         let mut ledgers = replica.ledger.split(wallet_shards, |u| Wallets::place(u, wallet_shards)).into_iter();
+        let caps = DailyCaps { sent_fen_max: limits.daily_sent_fen_max, packets_max: limits.daily_packets_max };
         let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
             let ledger = ledgers.next().expect("one ledger per shard");
-            WalletShard::new(ledger, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
+            WalletShard::new(ledger, caps, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
         })?;
         let timer = runtime
             .start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock), Arc::clone(&fuse)))?;
         let timer = timer[0].clone();
         let wallets = Arc::new(Wallets::new(shards, ops));
+        let loaded: Vec<TransferState> = std::mem::take(&mut replica.transfers).into_values().collect();
+        let deadlines: Vec<(Timestamp, Due)> =
+            loaded.iter().filter_map(|t| Some((t.next_deadline()?, Due::Transfer(t.id())))).collect();
+        let transfer_ctx = Arc::new(TransferCtx {
+            clock: Arc::clone(&clock),
+            journal: Arc::clone(&journal),
+            events: Arc::clone(&events),
+            wallets: Arc::clone(&wallets),
+            timer: timer.clone(),
+            fuse: Arc::clone(&fuse),
+            pending: AtomicUsize::new(deadlines.len()),
+            pending_max: limits.pending_transfers_max,
+            accept_secs: limits.transfer_accept_secs,
+            day_utc_offset_secs: limits.day_utc_offset_secs,
+        });
+        let mut parts: Vec<Vec<TransferState>> = (0..wallet_shards).map(|_| Vec::new()).collect();
+        loaded.into_iter().for_each(|t| parts[Transfers::place(t.id(), wallet_shards)].push(t));
+        let mut parts = parts.into_iter();
+        let transfer_shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
+            TransferShard::new(Arc::clone(&transfer_ctx), parts.next().expect("one part per shard"))
+        })?;
+        let transfers = Arc::new(Transfers::new(transfer_shards));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
         let routes =
             Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
@@ -97,19 +126,41 @@ impl Inner {
                 on_close,
             });
         // Weak: the timer must not keep the engine alive after the last handle is gone.
-        let due_routes = Arc::downgrade(&routes);
-        timer.do_send(Attach(Box::new(move |packet| {
-            if let Some(routes) = due_routes.upgrade() {
-                // A dormant packet is woken to expire, so expiry has one implementation.
-                routes.expire(packet, None);
+        let (due_routes, due_transfers) = (Arc::downgrade(&routes), Arc::downgrade(&transfers));
+        timer.do_send(Attach(Box::new(move |due| match due {
+            // A dormant packet is woken to act, so opening and expiry have one implementation.
+            Due::Packet(packet) => {
+                if let Some(routes) = due_routes.upgrade() {
+                    routes.run_due(packet, None);
+                }
+            }
+            Due::Transfer(id) => {
+                if let Some(transfers) = due_transfers.upgrade() {
+                    transfers.due(id);
+                }
             }
         })));
+        // After `Attach`: a deadline that passed while the engine was down fires at once.
+        deadlines.into_iter().for_each(|(at, due)| timer.do_send(Schedule { at, due }));
         routes.load(replica.packets.into_values(), clock.now());
         let running = true.into();
         let every_secs = limits.retire_interval_secs;
         let retiring = tokio::sync::Mutex::new(());
-        let inner =
-            Inner { limits, clock, journal, events, routes, rosters, wallets, running, fuse, retiring, seed, runtime };
+        let inner = Inner {
+            limits,
+            clock,
+            journal,
+            events,
+            routes,
+            rosters,
+            wallets,
+            transfers,
+            running,
+            fuse,
+            retiring,
+            seed,
+            runtime,
+        };
         let inner = Arc::new(inner);
         // Weak, as above; the sweep runs on the timer's thread, off any caller's path.
         let sweeping = Arc::downgrade(&inner);
@@ -120,7 +171,7 @@ impl Inner {
                     if inner.health() == Health::Serving {
                         // A full sweep may take several rounds: retire until a round is short.
                         while let Ok(r) = inner.retire_due().await {
-                            if r.packets < RETIRED_IDS_MAX && r.ops < RETIRED_IDS_MAX {
+                            if r.packets < RETIRED_IDS_MAX && r.ops < RETIRED_IDS_MAX && r.transfers < RETIRED_IDS_MAX {
                                 break;
                             }
                             tokio::task::yield_now().await;
@@ -158,25 +209,30 @@ impl Inner {
         }
     }
 
-    /// Retires closed packets and operation ids past their retention (at most
-    /// `RETIRED_IDS_MAX` of each per call): decides the list, applies it to the routes and
-    /// the wallet shards, and records it. Returns how many of each it retired.
+    /// Retires closed packets, operation ids and settled transfers past their retention (at
+    /// most `RETIRED_IDS_MAX` of each per call): decides the lists, records them, and applies
+    /// them to the routes, the wallet shards and the transfer shards. Returns how many of each
+    /// it retired.
     pub(crate) async fn retire_due(&self) -> Result<Retired, Stopped> {
         let _one_at_a_time = self.retiring.lock().await;
         let now = self.clock.now();
         let packets_cutoff =
             Timestamp(now.as_millis().saturating_sub(self.limits.closed_retention_secs.saturating_mul(1_000)));
         let ops_cutoff = Timestamp(now.as_millis().saturating_sub(self.limits.op_retention_secs.saturating_mul(1_000)));
+        let transfers_cutoff = Timestamp(
+            now.as_millis().saturating_sub(self.limits.settled_transfer_retention_secs.saturating_mul(1_000)),
+        );
         let packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
         let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
-        let retired = Retired { packets: packets.len(), ops: ops.len() };
-        if packets.is_empty() && ops.is_empty() {
+        let transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
+        let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
+        if packets.is_empty() && ops.is_empty() && transfers.is_empty() {
             return Ok(retired);
         }
         // Recorded first, applied after: an id freed in memory could otherwise be used again
         // and recorded before the retirement that freed it, which replay would refuse (a packet
         // sent twice) or misread (a deposit taken for a repeat).
-        let record = Record::Retired { packets: packets.clone(), ops };
+        let record = Record::Retired { packets: packets.clone(), ops, transfers };
         let (tx, rx) = oneshot::channel();
         self.journal.append(
             record.clone(),
@@ -185,7 +241,9 @@ impl Inner {
             }),
         );
         self.routes.retire(&packets);
-        self.wallets.retire(&Arc::new(record));
+        let record = Arc::new(record);
+        self.wallets.retire(&record);
+        self.transfers.retire(&record);
         rx.await.map_err(|_| self.lost())?;
         Ok(retired)
     }
@@ -244,18 +302,25 @@ pub(crate) fn settle_send(
         let answer = match result {
             Ok(sent) => {
                 let view = PacketState::open(sent.clone()).view();
-                // Published before the route exists, so `PacketSent` is the packet's first event.
-                events.publish(|| Event::PacketSent {
-                    packet: view.id,
-                    sender: view.sender,
-                    group: view.group,
-                    split: view.split.clone(),
-                    greeting: view.greeting.clone(),
-                    total: view.total,
-                    shares: view.shares,
-                    expires_at: view.expires_at,
-                });
-                routes.open(PacketMeta { sent, claims: Vec::new() }, true);
+                // Published before the route exists, so it is the packet's first event: the
+                // group's `PacketSent`, or the sender's `PacketCooling` (the group hears
+                // `PacketOpened` when it opens).
+                if let PacketStatus::CoolingOff { until } = view.status {
+                    let (packet, sender, group, total) = (view.id, view.sender, view.group, view.total);
+                    events.publish(|| Event::PacketCooling { packet, sender, group, total, until });
+                } else {
+                    events.publish(|| Event::PacketSent {
+                        packet: view.id,
+                        sender: view.sender,
+                        group: view.group,
+                        split: view.split.clone(),
+                        greeting: view.greeting.clone(),
+                        total: view.total,
+                        shares: view.shares,
+                        expires_at: view.expires_at,
+                    });
+                }
+                routes.open(PacketMeta { sent, opened_at: None, claims: Vec::new() }, true);
                 Ok(view)
             }
             Err(e) => {

@@ -16,7 +16,7 @@
 use thiserror::Error;
 
 use crate::clock::Timestamp;
-use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::split::Split;
 
 const DEPOSIT: u8 = 1;
@@ -36,6 +36,22 @@ const RETIRED: u8 = 11;
 /// are the older records without it.
 const DEPOSIT_AT: u8 = 12;
 const WITHDRAWAL_AT: u8 = 13;
+/// A send that records when it opens and its day (format version 3).
+const PACKET_SENT_OPENS: u8 = 14;
+const PACKET_OPENED: u8 = 15;
+const PACKET_CANCELLED: u8 = 16;
+const TRANSFER_SENT: u8 = 17;
+const TRANSFER_ARRIVED: u8 = 18;
+const TRANSFER_SETTLED: u8 = 19;
+const COOLING_OFF_SET: u8 = 20;
+/// A retirement that lists settled transfers too (format version 3).
+const RETIRED_TRANSFERS: u8 = 21;
+
+const ARRIVAL_INSTANT: u8 = 1;
+const ARRIVAL_DELAYED: u8 = 2;
+
+/// The day offset of records written before sends recorded their day (UTC+8).
+const LEGACY_DAY_OFFSET_SECS: i32 = 8 * 3_600;
 
 /// Most ids one retirement record lists (so that it stays far within the record bound).
 pub(crate) const RETIRED_IDS_MAX: usize = 100_000;
@@ -77,6 +93,163 @@ pub struct PacketSent {
     /// The per-share cap, in fen, its shares are drawn under. Zero in a record written before
     /// the cap was recorded (format version 1): replay then uses the cap it is configured with.
     pub share_fen_max: u64,
+    /// When it opens for grabs: the end of the sender's cooling-off, or `sent_at` when none
+    /// applied. Its expiry counts from then.
+    pub opens_at: Timestamp,
+    /// The sender's day it counts against for the daily caps (see `Timestamp::day`).
+    pub day: u64,
+}
+
+/// When a transfer reaches its receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+pub enum Arrival {
+    /// At once (after the sender's cooling-off, if one applies).
+    Instant,
+    /// After `secs` seconds (the product offers 2 h and 24 h), during which the sender may
+    /// recall it.
+    Delayed {
+        /// The delay, at most `transfer_delay_secs_max`.
+        secs: u64,
+    },
+}
+
+/// What a sender asks for with a transfer (转账). The same id with the same fields is the same
+/// transfer (a retry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NewTransfer {
+    /// Chosen by the caller, so that a retried transfer is applied once.
+    pub id: TransferId,
+    /// Who pays.
+    pub from: UserId,
+    /// Who receives (once they accept).
+    pub to: UserId,
+    /// How much, at most `transfer_fen_max`.
+    pub amount: Amount,
+    /// At once, or after a delay during which the sender may recall it.
+    pub arrival: Arrival,
+    /// Shown with the transfer (房租), at most `transfer_note_bytes_max` bytes.
+    pub note: String,
+}
+
+/// A transfer as sent: the request and every deadline it will meet, all fixed when it is
+/// sent. This is the payload of [`Record::TransferSent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferSent {
+    /// What the sender asked for.
+    pub spec: NewTransfer,
+    /// When it was sent (and debited).
+    pub sent_at: Timestamp,
+    /// The sender's day it counts against for the daily caps.
+    pub day: u64,
+    /// The end of the sender's cooling-off; `sent_at` when none applied.
+    pub cooling_until: Timestamp,
+    /// When it reaches the receiver: the cooling-off's end plus the delay.
+    pub arrives_at: Timestamp,
+    /// When it returns to the sender if the receiver has not accepted it.
+    pub accept_until: Timestamp,
+}
+
+/// How a transfer settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum TransferOutcome {
+    /// The receiver accepted: the money is theirs.
+    Accepted,
+    /// The receiver declined: the money went back to the sender.
+    Declined,
+    /// The sender recalled it before it arrived: the money went back to them.
+    Recalled,
+    /// Nobody accepted it in time: the money went back to the sender.
+    Returned,
+}
+
+impl TransferOutcome {
+    fn tag(self) -> u8 {
+        match self {
+            TransferOutcome::Accepted => 1,
+            TransferOutcome::Declined => 2,
+            TransferOutcome::Recalled => 3,
+            TransferOutcome::Returned => 4,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Result<TransferOutcome, DecodeError> {
+        Ok(match tag {
+            1 => TransferOutcome::Accepted,
+            2 => TransferOutcome::Declined,
+            3 => TransferOutcome::Recalled,
+            4 => TransferOutcome::Returned,
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        })
+    }
+}
+
+/// Where a transfer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum TransferStatus {
+    /// Held by the sender's cooling-off until `until`; the sender may recall it.
+    CoolingOff {
+        /// The end of the cooling-off.
+        until: Timestamp,
+    },
+    /// Delayed, on its way; the sender may recall it until `arrives_at`.
+    InTransit {
+        /// When it arrives.
+        arrives_at: Timestamp,
+    },
+    /// Arrived; the receiver may accept or decline it until `until`, when it returns.
+    AwaitingAcceptance {
+        /// When it returns to the sender if nobody accepts it.
+        until: Timestamp,
+    },
+    /// Accepted: the receiver has the money.
+    Accepted,
+    /// Declined: the sender has the money back.
+    Declined,
+    /// Recalled by the sender before it arrived.
+    Recalled,
+    /// Not accepted in time: the sender has the money back.
+    Returned,
+}
+
+impl From<TransferOutcome> for TransferStatus {
+    fn from(outcome: TransferOutcome) -> TransferStatus {
+        match outcome {
+            TransferOutcome::Accepted => TransferStatus::Accepted,
+            TransferOutcome::Declined => TransferStatus::Declined,
+            TransferOutcome::Recalled => TransferStatus::Recalled,
+            TransferOutcome::Returned => TransferStatus::Returned,
+        }
+    }
+}
+
+/// A user's cooling-off (冷静期): their sends (packets and transfers) above `threshold` are held
+/// for `secs` seconds, during which they may cancel them. `secs: 0` turns it off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct CoolingOff {
+    /// Sends above this amount are held.
+    pub threshold: Amount,
+    /// How long, at most `cooling_off_secs_max`.
+    pub secs: u64,
+}
+
+impl CoolingOff {
+    /// When a send of `amount` at `now` opens: `now` unless this cooling-off holds it.
+    pub(crate) fn opens_at(&self, amount: Amount, now: Timestamp) -> Timestamp {
+        if self.secs > 0 && amount > self.threshold {
+            now.plus_secs(self.secs)
+        } else {
+            now
+        }
+    }
 }
 
 impl PacketSent {
@@ -167,14 +340,60 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
-    /// Closed packets and operation ids past their retention were dropped: from memory and
-    /// from later snapshots. A retired packet id is unknown from then on, and a retired
-    /// operation id may be used again.
+    /// The sender's cooling-off ended: the packet opened for grabs.
+    PacketOpened {
+        /// The packet.
+        packet: PacketId,
+        /// When.
+        at: Timestamp,
+    },
+    /// The sender cancelled the packet during its cooling-off (禁止领取): its total went back.
+    PacketCancelled {
+        /// The packet.
+        packet: PacketId,
+        /// The refund: the whole total (nobody could grab yet).
+        refund: Amount,
+        /// When.
+        at: Timestamp,
+    },
+    /// A transfer was sent: its amount left the sender's wallet, pending until it settles.
+    TransferSent(TransferSent),
+    /// A transfer reached its receiver (the end of its delay or of the cooling-off).
+    TransferArrived {
+        /// The transfer.
+        transfer: TransferId,
+        /// When.
+        at: Timestamp,
+    },
+    /// A transfer settled: accepted (credited to the receiver) or declined, recalled or
+    /// returned (credited back to the sender).
+    TransferSettled {
+        /// The transfer.
+        transfer: TransferId,
+        /// How.
+        outcome: TransferOutcome,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user set their cooling-off.
+    CoolingOffSet {
+        /// The user.
+        user: UserId,
+        /// The setting, from now on.
+        setting: CoolingOff,
+        /// When.
+        at: Timestamp,
+    },
+    /// Closed packets, settled transfers and operation ids past their retention were dropped:
+    /// from memory and from later snapshots. A retired packet or transfer id is unknown from
+    /// then on, and a retired operation id may be used again.
     Retired {
         /// Closed packets dropped.
         packets: Vec<PacketId>,
         /// Operation ids forgotten.
         ops: Vec<OpId>,
+        /// Settled transfers dropped.
+        transfers: Vec<TransferId>,
     },
 }
 
@@ -183,13 +402,21 @@ impl Record {
     pub fn packet(&self) -> Option<PacketId> {
         match self {
             Record::PacketSent(sent) => Some(sent.spec.id),
-            Record::Claim { packet, .. } | Record::SoldOut { packet } | Record::Expired { packet, .. } => Some(*packet),
-            Record::Deposit { .. }
-            | Record::Withdrawal { .. }
-            | Record::Roster { .. }
-            | Record::MembersAdded { .. }
-            | Record::MembersRemoved { .. }
-            | Record::Retired { .. } => None,
+            Record::Claim { packet, .. }
+            | Record::SoldOut { packet }
+            | Record::Expired { packet, .. }
+            | Record::PacketOpened { packet, .. }
+            | Record::PacketCancelled { packet, .. } => Some(*packet),
+            _ => None,
+        }
+    }
+
+    /// The transfer a record is about, if any.
+    pub fn transfer(&self) -> Option<TransferId> {
+        match self {
+            Record::TransferSent(sent) => Some(sent.spec.id),
+            Record::TransferArrived { transfer, .. } | Record::TransferSettled { transfer, .. } => Some(*transfer),
+            _ => None,
         }
     }
 }
@@ -220,6 +447,11 @@ pub(crate) fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
     values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
 }
 
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
 fn put_ids(out: &mut Vec<u8>, ids: &[UserId]) {
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     ids.iter().for_each(|m| out.extend_from_slice(&m.0.to_le_bytes()));
@@ -236,12 +468,52 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(WITHDRAWAL_AT);
             put_u64s(out, &[op.0, user.0, amount.as_fen(), at.0]);
         }
-        Record::Retired { packets, ops } => {
-            out.push(RETIRED);
-            for ids in [packets.iter().map(|p| p.0).collect::<Vec<_>>(), ops.iter().map(|o| o.0).collect()] {
+        Record::Retired { packets, ops, transfers } => {
+            out.push(RETIRED_TRANSFERS);
+            let lists: [Vec<u64>; 3] = [
+                packets.iter().map(|p| p.0).collect(),
+                ops.iter().map(|o| o.0).collect(),
+                transfers.iter().map(|t| t.0).collect(),
+            ];
+            for ids in lists {
                 out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
                 put_u64s(out, &ids);
             }
+        }
+        Record::PacketOpened { packet, at } => {
+            out.push(PACKET_OPENED);
+            put_u64s(out, &[packet.0, at.0]);
+        }
+        Record::PacketCancelled { packet, refund, at } => {
+            out.push(PACKET_CANCELLED);
+            put_u64s(out, &[packet.0, refund.as_fen(), at.0]);
+        }
+        Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until }) => {
+            out.push(TRANSFER_SENT);
+            put_u64s(out, &[spec.id.0, spec.from.0, spec.to.0, spec.amount.as_fen()]);
+            match spec.arrival {
+                Arrival::Instant => out.push(ARRIVAL_INSTANT),
+                Arrival::Delayed { secs } => {
+                    out.push(ARRIVAL_DELAYED);
+                    put_u64s(out, &[secs]);
+                }
+            }
+            put_u64s(out, &[sent_at.0, *day, cooling_until.0, arrives_at.0, accept_until.0]);
+            put_text(out, &spec.note);
+        }
+        Record::TransferArrived { transfer, at } => {
+            out.push(TRANSFER_ARRIVED);
+            put_u64s(out, &[transfer.0, at.0]);
+        }
+        Record::TransferSettled { transfer, outcome, at } => {
+            out.push(TRANSFER_SETTLED);
+            put_u64s(out, &[transfer.0]);
+            out.push(outcome.tag());
+            put_u64s(out, &[at.0]);
+        }
+        Record::CoolingOffSet { user, setting, at } => {
+            out.push(COOLING_OFF_SET);
+            put_u64s(out, &[user.0, setting.threshold.as_fen(), setting.secs, at.0]);
         }
         Record::Roster { group, members }
         | Record::MembersAdded { group, members }
@@ -254,9 +526,10 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[group.0]);
             put_ids(out, members);
         }
-        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max }) => {
-            out.push(PACKET_SENT_CAPPED);
+        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day }) => {
+            out.push(PACKET_SENT_OPENS);
             put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
+            put_u64s(out, &[opens_at.0, *day]);
             match spec.split {
                 Split::Lucky { total, shares } => {
                     out.push(SPLIT_LUCKY);
@@ -271,8 +544,7 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
                     put_u64s(out, &[to.0, amount.as_fen()]);
                 }
             }
-            out.extend_from_slice(&(spec.greeting.len() as u32).to_le_bytes());
-            out.extend_from_slice(spec.greeting.as_bytes());
+            put_text(out, &spec.greeting);
         }
         Record::Claim { packet, user, amount, position, at } => {
             out.push(CLAIM);
@@ -337,6 +609,11 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| DecodeError::BadText)
+    }
+
     fn ids(&mut self) -> Result<Vec<UserId>, DecodeError> {
         let n = self.u32()? as usize;
         self.check_room(n, 8)?;
@@ -374,28 +651,67 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
                 _ => Record::Withdrawal { op, user, amount, at },
             }
         }
-        RETIRED => {
+        tag @ (RETIRED | RETIRED_TRANSFERS) => {
             let packets = r.ids()?.into_iter().map(|id| PacketId(id.0)).collect();
             let ops = r.ids()?.into_iter().map(|id| OpId(id.0)).collect();
-            Record::Retired { packets, ops }
+            let transfers = match tag {
+                RETIRED_TRANSFERS => r.ids()?.into_iter().map(|id| TransferId(id.0)).collect(),
+                _ => Vec::new(),
+            };
+            Record::Retired { packets, ops, transfers }
+        }
+        PACKET_OPENED => Record::PacketOpened { packet: PacketId(r.u64()?), at: Timestamp(r.u64()?) },
+        PACKET_CANCELLED => Record::PacketCancelled {
+            packet: PacketId(r.u64()?),
+            refund: Amount::fen(r.u64()?),
+            at: Timestamp(r.u64()?),
+        },
+        TRANSFER_SENT => {
+            let (id, from, to, amount) =
+                (TransferId(r.u64()?), UserId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?));
+            let arrival = match r.u8()? {
+                ARRIVAL_INSTANT => Arrival::Instant,
+                ARRIVAL_DELAYED => Arrival::Delayed { secs: r.u64()? },
+                tag => return Err(DecodeError::UnknownTag(tag)),
+            };
+            let (sent_at, day) = (Timestamp(r.u64()?), r.u64()?);
+            let (cooling_until, arrives_at, accept_until) =
+                (Timestamp(r.u64()?), Timestamp(r.u64()?), Timestamp(r.u64()?));
+            let spec = NewTransfer { id, from, to, amount, arrival, note: r.text()? };
+            Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until })
+        }
+        TRANSFER_ARRIVED => Record::TransferArrived { transfer: TransferId(r.u64()?), at: Timestamp(r.u64()?) },
+        TRANSFER_SETTLED => Record::TransferSettled {
+            transfer: TransferId(r.u64()?),
+            outcome: TransferOutcome::from_tag(r.u8()?)?,
+            at: Timestamp(r.u64()?),
+        },
+        COOLING_OFF_SET => {
+            let user = UserId(r.u64()?);
+            let setting = CoolingOff { threshold: Amount::fen(r.u64()?), secs: r.u64()? };
+            Record::CoolingOffSet { user, setting, at: Timestamp(r.u64()?) }
         }
         ROSTER => Record::Roster { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_ADDED => Record::MembersAdded { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_REMOVED => Record::MembersRemoved { group: GroupId(r.u64()?), members: r.ids()? },
-        tag @ (PACKET_SENT | PACKET_SENT_CAPPED) => {
+        tag @ (PACKET_SENT | PACKET_SENT_CAPPED | PACKET_SENT_OPENS) => {
             let (id, sender, group) = (PacketId(r.u64()?), UserId(r.u64()?), GroupId(r.u64()?));
             let (seed, sent_at, expires_at) = (r.u64()?, Timestamp(r.u64()?), Timestamp(r.u64()?));
-            let share_fen_max = if tag == PACKET_SENT_CAPPED { r.u64()? } else { 0 };
+            let share_fen_max = if tag == PACKET_SENT { 0 } else { r.u64()? };
+            // Sends before cooling-off opened at once and did not record their day.
+            let (opens_at, day) = match tag {
+                PACKET_SENT_OPENS => (Timestamp(r.u64()?), r.u64()?),
+                _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS)),
+            };
             let split = match r.u8()? {
                 SPLIT_LUCKY => Split::Lucky { total: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
                 SPLIT_FIXED => Split::Fixed { each: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
                 SPLIT_EXCLUSIVE => Split::Exclusive { to: UserId(r.u64()?), amount: Amount::fen(r.u64()?) },
                 tag => return Err(DecodeError::UnknownTag(tag)),
             };
-            let len = r.u32()? as usize;
-            let greeting = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| DecodeError::BadText)?;
+            let greeting = r.text()?;
             let spec = NewPacket { id, sender, group, split, greeting };
-            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max })
+            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day })
         }
         CLAIM => Record::Claim {
             packet: PacketId(r.u64()?),
@@ -444,6 +760,8 @@ pub(crate) mod tests {
             sent_at: Timestamp(5),
             expires_at: Timestamp(86_400_005),
             share_fen_max: 20_000,
+            opens_at: Timestamp(5),
+            day: Timestamp(5).day(LEGACY_DAY_OFFSET_SECS),
         })
     }
 
@@ -451,8 +769,8 @@ pub(crate) mod tests {
         vec![
             Record::Deposit { op: OpId(1), user: UserId(2), amount: Amount::fen(3), at: Timestamp(4) },
             Record::Withdrawal { op: OpId(u64::MAX), user: UserId(0), amount: Amount::fen(u64::MAX), at: Timestamp(5) },
-            Record::Retired { packets: vec![PacketId(1), PacketId(2)], ops: vec![OpId(3)] },
-            Record::Retired { packets: vec![], ops: vec![] },
+            Record::Retired { packets: vec![PacketId(1), PacketId(2)], ops: vec![OpId(3)], transfers: vec![] },
+            Record::Retired { packets: vec![], ops: vec![], transfers: vec![TransferId(4)] },
             Record::Roster { group: GroupId(7), members: vec![UserId(1), UserId(9)] },
             Record::Roster { group: GroupId(8), members: vec![] },
             Record::MembersAdded { group: GroupId(7), members: vec![UserId(3)] },
@@ -469,6 +787,45 @@ pub(crate) mod tests {
             },
             Record::SoldOut { packet: PacketId(42) },
             Record::Expired { packet: PacketId(43), refund: Amount::fen(176), at: Timestamp(8) },
+            Record::PacketOpened { packet: PacketId(44), at: Timestamp(9) },
+            Record::PacketCancelled { packet: PacketId(44), refund: Amount::fen(9), at: Timestamp(10) },
+            Record::TransferSent(TransferSent {
+                spec: NewTransfer {
+                    id: TransferId(9),
+                    from: UserId(1),
+                    to: UserId(2),
+                    amount: Amount::yuan(300),
+                    arrival: Arrival::Delayed { secs: 7_200 },
+                    note: "房租".into(),
+                },
+                sent_at: Timestamp(11),
+                day: 3,
+                cooling_until: Timestamp(12),
+                arrives_at: Timestamp(13),
+                accept_until: Timestamp(14),
+            }),
+            Record::TransferSent(TransferSent {
+                spec: NewTransfer {
+                    id: TransferId(10),
+                    from: UserId(2),
+                    to: UserId(1),
+                    amount: Amount::fen(1),
+                    arrival: Arrival::Instant,
+                    note: String::new(),
+                },
+                sent_at: Timestamp(11),
+                day: 3,
+                cooling_until: Timestamp(11),
+                arrives_at: Timestamp(11),
+                accept_until: Timestamp(15),
+            }),
+            Record::TransferArrived { transfer: TransferId(9), at: Timestamp(13) },
+            Record::TransferSettled { transfer: TransferId(9), outcome: TransferOutcome::Returned, at: Timestamp(14) },
+            Record::CoolingOffSet {
+                user: UserId(1),
+                setting: CoolingOff { threshold: Amount::yuan(200), secs: 300 },
+                at: Timestamp(15),
+            },
         ]
     }
 
@@ -491,9 +848,9 @@ pub(crate) mod tests {
         };
         let mut bytes = Vec::new();
         encode(&Record::PacketSent(sent.clone()), &mut bytes);
-        // Format 1: tag 4 and no cap after the deadline.
+        // Format 1: tag 4, and neither the cap nor the opening and day after the deadline.
         bytes[0] = PACKET_SENT;
-        bytes.drain(1 + 6 * 8..1 + 7 * 8);
+        bytes.drain(1 + 6 * 8..1 + 9 * 8);
         let Ok(Record::PacketSent(old)) = decode(&bytes) else { panic!("decodes") };
         assert_eq!(old.share_fen_max, 0);
         assert_eq!(old.with_legacy_cap(20_000), sent);

@@ -6,19 +6,22 @@
 //! (`PacketState::apply`), the rosters (`roster::apply`) — so replay and the running engine
 //! cannot disagree. A record that contradicts the state before it is refused, naming itself.
 //!
-//! The snapshot encoding of a replica is here too (format `HBSNAP01`'s body): sums, balances,
-//! operations, rosters, then each packet as its send record, its claims and its refund.
+//! The snapshot encoding of a replica is here too (the body of `HBSNAP03`; versions 1 and 2 are
+//! read): sums, balances, operations, rosters, each packet as its send record, its claims, its
+//! refund, when it closed and when it opened; then each user's latest day of sends, the
+//! cooling-off settings, and each transfer as its send record, its arrival and its settlement.
 
 use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
 use crate::journal::{Fold, Restore};
-use crate::ledger::{Ledger, OpDone};
-use crate::money::{Amount, GroupId, OpId, PacketId, UserId};
+use crate::ledger::{DayUse, Ledger, OpDone};
+use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::packet::{ClaimView, PacketState, PacketStatus};
-use crate::record::{self, put_u64s, DecodeError, Reader, Record};
+use crate::record::{self, put_u64s, CoolingOff, DecodeError, Reader, Record, TransferOutcome};
 use crate::roster::{self, RosterBook};
 use crate::split;
+use crate::transfer::TransferState;
 
 /// The state of everything a journal recorded.
 #[derive(Clone, Debug)]
@@ -27,8 +30,10 @@ pub(crate) struct Replica {
     pub ledger: Ledger,
     /// Rosters by group.
     pub rosters: RosterBook,
-    /// Every packet ever sent, by id.
+    /// Every packet sent and not retired, by id.
     pub packets: BTreeMap<PacketId, PacketState>,
+    /// Every transfer sent and not retired, by id.
+    pub transfers: BTreeMap<TransferId, TransferState>,
     /// The per-share cap of packets whose record does not carry theirs (format version 1).
     pub share_fen_max: u64,
     /// Records applied.
@@ -42,6 +47,7 @@ impl Replica {
             ledger: Ledger::default(),
             rosters: RosterBook::new(),
             packets: BTreeMap::new(),
+            transfers: BTreeMap::new(),
             share_fen_max,
             records: 0,
         }
@@ -66,8 +72,27 @@ impl Replica {
                 self.ledger.apply(record)?;
                 self.packets.insert(id, PacketState::open(sent));
             }
-            Record::Claim { packet, .. } | Record::SoldOut { packet } | Record::Expired { packet, .. } => {
+            Record::Claim { packet, .. }
+            | Record::SoldOut { packet }
+            | Record::Expired { packet, .. }
+            | Record::PacketOpened { packet, .. }
+            | Record::PacketCancelled { packet, .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
+                if let Some(credit) = state.apply(record)? {
+                    self.ledger.try_credit(credit)?;
+                }
+            }
+            Record::TransferSent(sent) => {
+                let id = sent.spec.id;
+                if self.transfers.contains_key(&id) {
+                    return Err(format!("transfer {id} sent twice"));
+                }
+                self.ledger.apply(record)?;
+                self.transfers.insert(id, TransferState::open(sent.clone()));
+            }
+            Record::TransferArrived { transfer, .. } | Record::TransferSettled { transfer, .. } => {
+                let state =
+                    self.transfers.get_mut(transfer).ok_or_else(|| format!("record of unknown transfer {transfer}"))?;
                 if let Some(credit) = state.apply(record)? {
                     self.ledger.try_credit(credit)?;
                 }
@@ -75,14 +100,21 @@ impl Replica {
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {
                 roster::apply(&mut self.rosters, record);
             }
-            Record::Retired { packets, .. } => {
-                if let Some(id) =
-                    packets.iter().find(|id| self.packets.get(id).is_none_or(|p| p.status() == PacketStatus::Open))
+            Record::Retired { packets, transfers, .. } => {
+                if let Some(id) = packets.iter().find(|id| self.packets.get(id).is_none_or(|p| !p.status().is_closed()))
                 {
                     return Err(format!("packet {id} retired while open or unknown"));
                 }
+                if let Some(id) =
+                    transfers.iter().find(|id| self.transfers.get(id).is_none_or(|t| t.settled().is_none()))
+                {
+                    return Err(format!("transfer {id} retired while pending or unknown"));
+                }
                 packets.iter().for_each(|id| {
                     self.packets.remove(id);
+                });
+                transfers.iter().for_each(|id| {
+                    self.transfers.remove(id);
                 });
                 self.ledger.apply(record)?;
             }
@@ -94,24 +126,51 @@ impl Replica {
         Ok(())
     }
 
-    /// Sum of balances and of escrow, in fen.
-    pub(crate) fn held(&self) -> (u128, u128) {
-        let escrow = self.packets.values().map(|p| u128::from(p.escrow().as_fen())).sum();
-        (u128::from(self.ledger.totals().balances), escrow)
+    /// Sums of balances, of escrow (open packets) and of pending money (packets cooling off,
+    /// transfers not yet settled), in fen.
+    pub(crate) fn held(&self) -> (u128, u128, u128) {
+        let (mut escrow, mut pending) = (0u128, 0u128);
+        for p in self.packets.values() {
+            let fen = u128::from(p.escrow().as_fen());
+            match p.status() {
+                PacketStatus::CoolingOff { .. } => pending += fen,
+                _ => escrow += fen,
+            }
+        }
+        pending += self.transfers.values().map(|t| u128::from(t.pending().as_fen())).sum::<u128>();
+        (u128::from(self.ledger.totals().balances), escrow, pending)
     }
 
-    /// Each packet's status, counted: (open, sold out, expired).
-    pub(crate) fn packet_counts(&self) -> (usize, usize, usize) {
-        let mut counts = (0, 0, 0);
+    /// Each packet's status, counted.
+    pub(crate) fn packet_counts(&self) -> PacketCounts {
+        let mut counts = PacketCounts::default();
         for p in self.packets.values() {
             match p.status() {
-                PacketStatus::Open => counts.0 += 1,
-                PacketStatus::SoldOut => counts.1 += 1,
-                PacketStatus::Expired { .. } => counts.2 += 1,
+                PacketStatus::CoolingOff { .. } => counts.cooling_off += 1,
+                PacketStatus::SoldOut => counts.sold_out += 1,
+                PacketStatus::Expired { .. } => counts.expired += 1,
+                PacketStatus::Cancelled { .. } => counts.cancelled += 1,
+                _ => counts.open += 1,
             }
         }
         counts
     }
+
+    /// Transfers counted: (pending, settled).
+    pub(crate) fn transfer_counts(&self) -> (usize, usize) {
+        let settled = self.transfers.values().filter(|t| t.settled().is_some()).count();
+        (self.transfers.len() - settled, settled)
+    }
+}
+
+/// Packets of a replica by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PacketCounts {
+    pub open: usize,
+    pub cooling_off: usize,
+    pub sold_out: usize,
+    pub expired: usize,
+    pub cancelled: usize,
 }
 
 impl Fold for Replica {
@@ -148,20 +207,64 @@ impl Fold for Replica {
             for c in p.claims() {
                 put_u64s(out, &[c.user.0, c.amount.as_fen(), u64::from(c.position), c.at.0]);
             }
-            let refunded = match p.status() {
-                PacketStatus::Expired { refunded } => Some(refunded),
-                _ => None,
+            let (how, refunded) = match p.status() {
+                PacketStatus::Expired { refunded } => (REFUND_EXPIRED, refunded),
+                PacketStatus::Cancelled { refunded } => (REFUND_CANCELLED, refunded),
+                _ => (0, Amount::ZERO),
             };
-            put_u64s(out, &[u64::from(refunded.is_some()), refunded.map_or(0, Amount::as_fen)]);
-            put_u64s(out, &[p.closed_at().map_or(0, |t| t.0)]);
+            put_u64s(out, &[how, refunded.as_fen()]);
+            put_u64s(out, &[p.closed_at().map_or(0, |t| t.0), p.opened_at().map_or(0, |t| t.0)]);
+        }
+        let mut days: Vec<(UserId, DayUse)> = self.ledger.days().collect();
+        days.sort_unstable_by_key(|(u, _)| *u);
+        put_u64s(out, &[days.len() as u64]);
+        days.iter().for_each(|(u, d)| put_u64s(out, &[u.0, d.day, d.sent_fen, u64::from(d.packets)]));
+        let mut cooling: Vec<(UserId, CoolingOff)> = self.ledger.cooling_offs().collect();
+        cooling.sort_unstable_by_key(|(u, _)| *u);
+        put_u64s(out, &[cooling.len() as u64]);
+        cooling.iter().for_each(|(u, c)| put_u64s(out, &[u.0, c.threshold.as_fen(), c.secs]));
+        put_u64s(out, &[self.transfers.len() as u64]);
+        for t in self.transfers.values() {
+            record::encode_prefixed(&Record::TransferSent(t.sent().clone()), out);
+            let settled = t.settled().map_or([0, 0], |(outcome, at)| [outcome_code(outcome), at.0]);
+            put_u64s(out, &[t.arrived_at().map_or(0, |at| at.0), settled[0], settled[1]]);
         }
     }
 }
 
+/// How a snapshot's packet gave its escrow back.
+const REFUND_EXPIRED: u64 = 1;
+const REFUND_CANCELLED: u64 = 2;
+
+fn outcome_code(outcome: TransferOutcome) -> u64 {
+    match outcome {
+        TransferOutcome::Accepted => 1,
+        TransferOutcome::Declined => 2,
+        TransferOutcome::Recalled => 3,
+        TransferOutcome::Returned => 4,
+    }
+}
+
+fn outcome_from_code(code: u64) -> Result<TransferOutcome, DecodeError> {
+    Ok(match code {
+        1 => TransferOutcome::Accepted,
+        2 => TransferOutcome::Declined,
+        3 => TransferOutcome::Recalled,
+        4 => TransferOutcome::Returned,
+        _ => return Err(DecodeError::Damaged("a snapshot's transfer settled in an unknown way")),
+    })
+}
+
+/// A nonzero time, or none.
+fn time(ms: u64) -> Option<Timestamp> {
+    (ms != 0).then_some(Timestamp(ms))
+}
+
 impl Restore for Replica {
     fn decode(&self, version: u8, bytes: &[u8]) -> Result<Replica, DecodeError> {
-        // Version 1 kept neither when an operation was applied nor when a packet closed.
-        let timed = version >= 2;
+        // Version 1 kept neither when an operation was applied nor when a packet closed;
+        // version 3 added cooling-off, daily caps and transfers.
+        let (timed, v3) = (version >= 2, version >= 3);
         let mut r = Reader::new(bytes);
         let (deposited, withdrawn, records) = (r.u64()?, r.u64()?, r.u64()?);
         let balances = (0..r.count(16)?).map(|_| Ok((UserId(r.u64()?), r.u64()?))).collect::<Result<Vec<_>, _>>()?;
@@ -191,23 +294,60 @@ impl Restore for Replica {
                     Ok(ClaimView { user, amount, position: r.u64()? as u32, at: Timestamp(r.u64()?) })
                 })
                 .collect::<Result<Vec<_>, DecodeError>>()?;
-            let (refunded, refund) = (r.u64()? == 1, Amount::fen(r.u64()?));
+            let (how, refund) = (r.u64()?, Amount::fen(r.u64()?));
             let closed_at = Timestamp(if timed { r.u64()? } else { 0 });
+            let opened_at = if v3 { time(r.u64()?) } else { None };
             let id = sent.spec.id;
             let sent = sent.with_legacy_cap(replica.share_fen_max);
             split::check_servable(&sent.spec.split, sent.share_fen_max)
                 .map_err(|_| DecodeError::Damaged("a snapshot's packet cannot be drawn under its cap"))?;
-            let mut state = PacketState::restore(sent, &claims)
+            let mut state = PacketState::restore(sent, opened_at, &claims)
                 .map_err(|_| DecodeError::Damaged("a snapshot's claims do not follow the packet's draw"))?;
-            if refunded {
-                let expired = Record::Expired { packet: id, refund, at: closed_at };
-                state.apply(&expired).map_err(|_| DecodeError::Damaged("a snapshot's refund is not the escrow"))?;
+            let refunded = match how {
+                0 => None,
+                REFUND_EXPIRED => Some(Record::Expired { packet: id, refund, at: closed_at }),
+                REFUND_CANCELLED => Some(Record::PacketCancelled { packet: id, refund, at: closed_at }),
+                _ => return Err(DecodeError::Damaged("a snapshot's packet closed in an unknown way")),
+            };
+            if let Some(record) = refunded {
+                state.apply(&record).map_err(|_| DecodeError::Damaged("a snapshot's refund is not the escrow"))?;
             }
             replica.packets.insert(id, state);
+        }
+        if v3 {
+            decode_v3_tail(&mut r, &mut replica)?;
         }
         r.finish()?;
         Ok(replica)
     }
+}
+
+/// The sections version 3 added: days of use, cooling-off settings, transfers.
+fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), DecodeError> {
+    let days = (0..r.count(32)?)
+        .map(|_| {
+            let user = UserId(r.u64()?);
+            let (day, sent_fen, packets) = (r.u64()?, r.u64()?, r.u64()?);
+            let packets =
+                u32::try_from(packets).map_err(|_| DecodeError::Damaged("a snapshot's day counts too much"))?;
+            Ok((user, DayUse { day, sent_fen, packets }))
+        })
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    let cooling = (0..r.count(24)?)
+        .map(|_| Ok((UserId(r.u64()?), CoolingOff { threshold: Amount::fen(r.u64()?), secs: r.u64()? })))
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    replica.ledger = std::mem::take(&mut replica.ledger).with_policies(days, cooling);
+    for _ in 0..r.count(32)? {
+        let Record::TransferSent(sent) = record::decode_prefixed(r)? else {
+            return Err(DecodeError::Damaged("a snapshot's transfer is not a transfer record"));
+        };
+        let (arrived, how, at) = (time(r.u64()?), r.u64()?, r.u64()?);
+        let settled = if how == 0 { None } else { Some((outcome_from_code(how)?, Timestamp(at))) };
+        let state = TransferState::restore(sent, arrived, settled)
+            .map_err(|_| DecodeError::Damaged("a snapshot's transfer moved in a way it cannot"))?;
+        replica.transfers.insert(state.id(), state);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,6 +371,8 @@ mod tests {
             sent_at: Timestamp(0),
             expires_at: Timestamp(10),
             share_fen_max: CAP,
+            opens_at: Timestamp(0),
+            day: 0,
         })
     }
 
@@ -256,11 +398,11 @@ mod tests {
         }
         assert_eq!(r.records, 7);
         assert_eq!(r.ledger.balance(UserId(1)), Amount::fen(5_000 - shares[0]));
-        let (wallets, escrow) = r.held();
-        assert_eq!(wallets + escrow, 5_000 - u128::from(shares[0]));
+        let (wallets, escrow, pending) = r.held();
+        assert_eq!(wallets + escrow + pending, 5_000 - u128::from(shares[0]));
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
-        let back = Replica::new(CAP).decode(2, &bytes).unwrap();
+        let back = Replica::new(CAP).decode(3, &bytes).unwrap();
         assert_eq!(back.ledger, r.ledger);
         assert_eq!(back.rosters, r.rosters);
         assert_eq!(back.records, r.records);

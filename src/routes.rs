@@ -27,25 +27,37 @@ use dashmap::DashMap;
 
 use crate::clock::Timestamp;
 use crate::money::PacketId;
-use crate::packet::{ClaimView, PacketState, PacketStatus, PacketView};
-use crate::packet_actor::{Closing, Expire, PacketActor, PacketCtx};
+use crate::packet::{ClaimView, PacketState, PacketView};
+use crate::packet_actor::{Closing, PacketActor, PacketCtx, RunDue};
 use crate::placement::bucket;
 use crate::record::PacketSent;
-use crate::timer::{Cancel, Schedule, Timer};
+use crate::timer::{Cancel, Due, Schedule, Timer};
 
-/// What the engine keeps of a dormant packet: its send, and the claims made before a restart
-/// (none for a packet sent in this run).
+/// What the engine keeps of a dormant packet: its send, and its opening and the claims made
+/// before a restart (none for a packet sent in this run).
 #[derive(Debug)]
 pub(crate) struct PacketMeta {
     pub sent: PacketSent,
+    pub opened_at: Option<Timestamp>,
     pub claims: Vec<ClaimView>,
 }
 
 impl PacketMeta {
     /// The packet's state, its draw replayed up to its last claim.
     pub(crate) fn state(&self) -> PacketState {
-        PacketState::restore(self.sent.clone(), &self.claims)
+        PacketState::restore(self.sent.clone(), self.opened_at, &self.claims)
             .expect("claims were checked against the draw when the journal was read")
+    }
+
+    /// Its first deadline as of this send: the end of its cooling-off if it had one that had
+    /// not ended, else its expiry.
+    fn deadline(&self) -> Timestamp {
+        let sent = &self.sent;
+        if self.opened_at.is_none() && sent.opens_at > sent.sent_at {
+            sent.opens_at
+        } else {
+            sent.expires_at
+        }
     }
 }
 
@@ -156,42 +168,46 @@ impl Routes {
     /// Opens a reserved packet whose escrow is durable (or one loaded from the journal, with
     /// `counted` false): dormant until someone touches it, its deadline scheduled.
     pub(crate) fn open(&self, meta: PacketMeta, counted: bool) {
-        let (id, expires_at) = (meta.sent.spec.id, meta.sent.expires_at);
+        let (id, at) = (meta.sent.spec.id, meta.deadline());
         if !counted {
             self.open.fetch_add(1, Ordering::AcqRel);
         }
         // Scheduled before the route exists, so that a packet that sells out at once cancels a
         // deadline the timer already has. Not refused: one per open packet, bounded by
         // `open_packets_max`.
-        self.timer.do_send(Schedule { at: expires_at, packet: id });
+        self.timer.do_send(Schedule { at, due: Due::Packet(id) });
         self.table.insert(id, Route::Dormant(Arc::new(meta)));
     }
 
-    /// Loads the packets a journal recorded: closed ones (sold out or expired) as their final
+    /// Loads the packets a journal recorded: closed ones (sold out, expired, cancelled) as their final
     /// view, open ones dormant with their claims and their deadlines scheduled (a deadline that
     /// passed while the engine was down fires at once).
     /// A closed packet whose record did not say when it closed (format version 1) counts as
     /// closed at `now`, so it is kept a whole retention.
     pub(crate) fn load(&self, packets: impl Iterator<Item = PacketState>, now: Timestamp) {
         for p in packets {
-            if p.status() != PacketStatus::Open {
+            if p.status().is_closed() {
                 let mut view = p.view();
                 if view.closed_at.is_none_or(|at| at == Timestamp(0)) {
                     view.closed_at = Some(now);
                 }
                 self.table.insert(p.id(), Route::Closed(Arc::new(view)));
             } else {
-                self.open(PacketMeta { sent: p.sent().clone(), claims: p.claims().to_vec() }, false);
+                let meta = PacketMeta { sent: p.sent().clone(), opened_at: p.opened_at(), claims: p.claims().to_vec() };
+                self.open(meta, false);
             }
         }
     }
 
-    /// Replaces a live packet's route with its final view, and takes its deadline out of the
-    /// timer (a packet that sold out no longer needs it; after an expiry it is gone already).
+    /// Replaces a live packet's route with its final view, and takes its deadlines out of the
+    /// timer (a packet that sold out or was cancelled no longer needs them; after an expiry
+    /// they are gone already).
     fn close(&self, view: PacketView) {
-        let (id, at) = (view.id, view.expires_at);
+        let id = view.id;
+        for at in [view.opens_at, view.expires_at] {
+            self.timer.do_send(Cancel { at, due: Due::Packet(id) });
+        }
         self.table.insert(id, Route::Closed(Arc::new(view)));
-        self.timer.do_send(Cancel { at, packet: id });
     }
 
     /// The packet's route, with its actor started if it was dormant. The entry's lock makes
@@ -211,13 +227,13 @@ impl Routes {
         Some(entry.value().clone())
     }
 
-    /// Tells an open packet (waking it if dormant) to expire if it is due; `reply` hears once
-    /// the refund is durable. Returns whether the packet was open. The message is not refused:
-    /// one per due packet per caller.
-    pub(crate) fn expire(&self, packet: PacketId, reply: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
+    /// Tells an open packet (waking it if dormant) to act on its passed deadlines (open,
+    /// expire); `reply` hears once what it did is durable. Returns whether the packet was
+    /// open. The message is not refused: one per due packet per caller.
+    pub(crate) fn run_due(&self, packet: PacketId, reply: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
         match self.wake(packet) {
             Some(Route::Live(live)) => {
-                live.addr.do_send(Expire(reply));
+                live.addr.do_send(RunDue(reply));
                 true
             }
             _ => false,
@@ -247,9 +263,10 @@ impl Routes {
         self.table.iter().map(|r| r.value().clone()).collect()
     }
 
-    /// The open packets whose deadline is at or before `now`.
+    /// The open packets with a deadline at or before `now` (a live packet may have met one of
+    /// them already; telling it again does nothing).
     pub(crate) fn due(&self, now: Timestamp) -> Vec<PacketId> {
-        let due = |r: &Route| r.open_meta().is_some_and(|m| m.sent.expires_at <= now);
+        let due = |r: &Route| r.open_meta().is_some_and(|m| m.deadline() <= now || m.sent.expires_at <= now);
         self.table.iter().filter(|r| due(r.value())).map(|r| *r.key()).collect()
     }
 

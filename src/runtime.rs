@@ -56,6 +56,15 @@ impl From<Refused> for SendRefused {
     }
 }
 
+impl From<Refused> for crate::error::TransferError {
+    fn from(r: Refused) -> crate::error::TransferError {
+        match r {
+            Refused::Full => crate::error::TransferError::Busy,
+            Refused::Closed => crate::error::TransferError::ShuttingDown,
+        }
+    }
+}
+
 /// Sends `msg` to `addr` unless its mailbox is full.
 pub(crate) fn tell<A, M>(addr: &Addr<A>, msg: M) -> Result<(), Refused>
 where
@@ -64,9 +73,21 @@ where
     M: Message + Send + 'static,
     M::Result: Send,
 {
+    try_tell(addr, msg).map_err(|(refused, _)| refused)
+}
+
+/// [`tell`], handing the message back when it is refused: a message that carries a callback
+/// (a settle, a reply) can then still be answered.
+pub(crate) fn try_tell<A, M>(addr: &Addr<A>, msg: M) -> Result<(), (Refused, M)>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
     addr.try_send(msg).map_err(|e| match e {
-        SendError::Full(_) => Refused::Full,
-        SendError::Closed(_) => Refused::Closed,
+        SendError::Full(msg) => (Refused::Full, msg),
+        SendError::Closed(msg) => (Refused::Closed, msg),
     })
 }
 

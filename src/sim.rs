@@ -239,7 +239,7 @@ impl Sim {
         let ctx = self.ctx("check");
         // The audit holds at a quiescent point: refunds of packets that came due while the
         // engine was down may still be on their way to a wallet.
-        engine.expire_due().await.unwrap_or_else(|e| panic!("{ctx}: expire_due: {e}"));
+        engine.run_due().await.unwrap_or_else(|e| panic!("{ctx}: run_due: {e}"));
         let audit = engine.audit().await.unwrap_or_else(|e| panic!("{ctx}: audit: {e}"));
         if !audit.is_balanced() {
             let journal = audit_journal(&self.dir, Limits::default().share_fen_max);
@@ -329,7 +329,7 @@ impl Sim {
             90..=95 => {
                 self.clock.advance(Duration::from_secs(self.rng.random_range(0..2 * 86_400)));
                 self.latest_ms = self.latest_ms.max(crate::Clock::now(&self.clock).as_millis());
-                let _ = engine.expire_due().await;
+                let _ = engine.run_due().await;
                 // The engine's own sweep runs too; this one counts what retention drops.
                 if let Ok(r) = engine.retire_due().await {
                     tally.retired += (r.packets + r.ops) as u64;

@@ -1,24 +1,28 @@
 //! The timer actor: every pending deadline, in one sorted set, driven by the engine's clock.
 //!
-//! Deadlines are `(when, packet)` pairs in a `BTreeSet` (as mini-redis keeps key expiries), so
-//! millions of pending expiries cost one set entry each and one armed sleep in all — never a
-//! timer future per packet. When the clock reaches the earliest deadline the timer tells each
-//! due packet to expire, at most `EXPIRIES_PER_TURN_MAX` per turn of the actor so that a
-//! million packets due at the same instant do not stall the arbiter or flood a mailbox at once.
+//! Deadlines are `(when, what)` pairs in a `BTreeSet` (as mini-redis keeps key expiries), so
+//! millions of pending deadlines cost one set entry each and one armed sleep in all — never a
+//! timer future per packet. A deadline is a packet's (the end of its cooling-off, its expiry)
+//! or a transfer's (its arrival, the end of its acceptance). When the clock reaches the
+//! earliest deadline the timer tells its owner, at most `EXPIRIES_PER_TURN_MAX` per turn of
+//! the actor so that a million deadlines at the same instant do not stall the arbiter or
+//! flood a mailbox at once.
 //!
 //! # Messages
 //!
 //! | message    | from          | reply |
 //! |------------|---------------|-------|
-//! | `Schedule` | routes        | none; never refused (one per open packet, bounded by `open_packets_max`) |
-//! | `Cancel`   | routes        | none; never refused (one per packet that sells out) |
-//! | `Attach`   | engine start  | none: the callback that expires a due packet |
+//! | `Schedule` | routes, packets, transfer shards | none; never refused (one per open packet or pending transfer, each bounded) |
+//! | `Cancel`   | routes        | none; never refused (one per packet that closes early) |
+//! | `Attach`   | engine start  | none: the callback that acts on a due deadline |
 //!
-//! The timer knows nothing of packets beyond their ids: what "expire" means is the callback the
-//! engine attaches (it wakes the packet's actor and tells it to expire).
+//! The timer knows nothing of packets and transfers beyond their ids: what a deadline does is
+//! the callback the engine attaches (it tells the packet's actor or the transfer's shard).
 //!
-//! A packet re-checks its own deadline against the clock on every grab and on `Expire`, so a
-//! late timer never lets a grab win money that is due back, and an early one changes nothing.
+//! The owner re-checks its own deadline against the clock on every request and when told, so a
+//! late timer never lets a grab win money that is due back, and an early one changes nothing
+//! (the owner schedules its deadline again: a deadline leaves the timer for good only when its
+//! action is recorded).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,7 +31,16 @@ use actix::prelude::*;
 
 use crate::clock::{Clock, Timestamp};
 use crate::health::Fuse;
-use crate::money::PacketId;
+use crate::money::{PacketId, TransferId};
+
+/// Whose deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Due {
+    /// A packet's: the end of its cooling-off, or its expiry.
+    Packet(PacketId),
+    /// A transfer's: its arrival, or the end of its acceptance.
+    Transfer(TransferId),
+}
 
 /// How many due packets the timer tells to expire before yielding to other work.
 const EXPIRIES_PER_TURN_MAX: usize = 4_096;
@@ -37,7 +50,7 @@ const EXPIRIES_PER_TURN_MAX: usize = 4_096;
 #[rtype(result = "()")]
 pub(crate) struct Schedule {
     pub at: Timestamp,
-    pub packet: PacketId,
+    pub due: Due,
 }
 
 /// Removes a deadline whose packet closed before it (sold out): the set holds only the
@@ -46,11 +59,11 @@ pub(crate) struct Schedule {
 #[rtype(result = "()")]
 pub(crate) struct Cancel {
     pub at: Timestamp,
-    pub packet: PacketId,
+    pub due: Due,
 }
 
-/// What the timer calls for each due packet.
-pub(crate) type OnDue = Box<dyn Fn(PacketId) + Send>;
+/// What the timer calls for each due deadline.
+pub(crate) type OnDue = Box<dyn Fn(Due) + Send>;
 
 /// Connects the timer to the engine once the engine exists.
 #[derive(Message)]
@@ -75,30 +88,30 @@ struct Fire;
 /// The sorted deadlines, as plain data.
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
-    set: BTreeSet<(Timestamp, PacketId)>,
+    set: BTreeSet<(Timestamp, Due)>,
 }
 
 impl Deadlines {
-    pub(crate) fn insert(&mut self, at: Timestamp, packet: PacketId) {
-        self.set.insert((at, packet));
+    pub(crate) fn insert(&mut self, at: Timestamp, due: Due) {
+        self.set.insert((at, due));
     }
 
-    pub(crate) fn remove(&mut self, at: Timestamp, packet: PacketId) {
-        self.set.remove(&(at, packet));
+    pub(crate) fn remove(&mut self, at: Timestamp, due: Due) {
+        self.set.remove(&(at, due));
     }
 
     pub(crate) fn next(&self) -> Option<Timestamp> {
         self.set.first().map(|&(at, _)| at)
     }
 
-    /// Removes and returns up to `max` packets due at `now`, earliest first.
-    pub(crate) fn take_due(&mut self, now: Timestamp, max: usize) -> Vec<PacketId> {
+    /// Removes and returns up to `max` deadlines due at `now`, earliest first.
+    pub(crate) fn take_due(&mut self, now: Timestamp, max: usize) -> Vec<Due> {
         let mut due = Vec::new();
         while due.len() < max {
             match self.set.first() {
-                Some(&(at, packet)) if at <= now => {
+                Some(&(at, what)) if at <= now => {
                     self.set.pop_first();
-                    due.push(packet);
+                    due.push(what);
                 }
                 _ => break,
             }
@@ -203,7 +216,7 @@ impl Handler<Schedule> for Timer {
     type Result = ();
 
     fn handle(&mut self, m: Schedule, ctx: &mut Context<Self>) {
-        self.deadlines.insert(m.at, m.packet);
+        self.deadlines.insert(m.at, m.due);
         self.arm(ctx);
     }
 }
@@ -212,7 +225,7 @@ impl Handler<Cancel> for Timer {
     type Result = ();
 
     fn handle(&mut self, m: Cancel, ctx: &mut Context<Self>) {
-        self.deadlines.remove(m.at, m.packet);
+        self.deadlines.remove(m.at, m.due);
         self.arm(ctx);
     }
 }
@@ -233,12 +246,14 @@ mod tests {
     fn takes_due_deadlines_in_order_up_to_a_bound() {
         let mut d = Deadlines::default();
         for (at, id) in [(30, 3), (10, 1), (20, 2), (10, 4), (40, 5)] {
-            d.insert(Timestamp(at), PacketId(id));
+            d.insert(Timestamp(at), Due::Packet(PacketId(id)));
         }
+        d.insert(Timestamp(20), Due::Transfer(TransferId(1)));
+        let p = |id| Due::Packet(PacketId(id));
         assert_eq!(d.next(), Some(Timestamp(10)));
         assert_eq!(d.take_due(Timestamp(5), 10), vec![]);
-        assert_eq!(d.take_due(Timestamp(30), 2), vec![PacketId(1), PacketId(4)]);
-        assert_eq!(d.take_due(Timestamp(30), 10), vec![PacketId(2), PacketId(3)]);
+        assert_eq!(d.take_due(Timestamp(30), 2), vec![p(1), p(4)]);
+        assert_eq!(d.take_due(Timestamp(30), 10), vec![p(2), Due::Transfer(TransferId(1)), p(3)]);
         assert_eq!(d.next(), Some(Timestamp(40)));
     }
 
@@ -246,7 +261,7 @@ mod tests {
     fn holds_a_million_deadlines() {
         let mut d = Deadlines::default();
         for id in 0..1_000_000u64 {
-            d.insert(Timestamp(1_000 + id % 977), PacketId(id));
+            d.insert(Timestamp(1_000 + id % 977), Due::Packet(PacketId(id)));
         }
         let mut taken = 0;
         loop {

@@ -9,11 +9,16 @@
 //! |-----------|-----------------|----------------------------------------|-------------------|
 //! | `Move`    | engine handle   | a deposit's or withdrawal's new balance, after the record is durable | yes (`Busy`) |
 //! | `Balance` | engine handle   | balance, after a journal barrier       | yes (`Busy`)      |
-//! | `Escrow`  | engine handle   | the send record, or `InsufficientFunds`, to a settle callback | yes (`Busy`) |
+//! | `Escrow`  | engine handle   | the send record, or why not (funds, daily caps), to a settle callback | yes (`Busy`) |
+//! | `Debit`   | transfer shards | the transfer record, or why not, to a settle callback | yes (`Busy`) |
+//! | `SetCoolingOff` | engine handle | after the setting is durable            | yes (`Busy`)      |
+//! | `GetUsage` | engine handle  | cooling-off setting and today's sends, after a barrier | yes (`Busy`) |
 //! | `Credit`  | packet actors   | none                                   | never: a won share or refund must land |
 //! | `GetTotals`, `Flush` | engine (audit, shutdown) | sums / after a barrier | never (one per shard per call) |
 //!
 //! Each request is decided by the ledger, recorded, and applied by the ledger (`ledger.rs`).
+//! Sends (packets and transfers) are decided here because everything they depend on is the
+//! sender's: the balance, what they sent today, their cooling-off.
 //!
 //! Read-your-writes: a packet actor sends a share's `Credit` before it replies to the grab,
 //! and a shard's mailbox is first in, first out, so a `Balance` sent after the grab returned
@@ -26,15 +31,16 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use crate::clock::Timestamp;
-use crate::error::{SendError, WalletError};
+use crate::error::{SendError, TransferError, WalletError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
-use crate::ledger::{Credit as CreditMove, Decision, Ledger, Totals};
+use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, Outgoing, Totals, Usage};
 use crate::money::{Amount, OpId, UserId};
 use crate::placement::bucket;
-use crate::record::{PacketSent, Record};
+use crate::record::{CoolingOff, NewTransfer, PacketSent, Record, TransferSent};
 use crate::runtime::{self, Refused};
+use crate::transfer;
 
 /// The reply to a deposit or withdrawal.
 type Reply = oneshot::Sender<Result<Amount, WalletError>>;
@@ -113,11 +119,47 @@ pub(crate) struct Balance {
 pub(crate) type Settle = Box<dyn FnOnce(Result<PacketSent, SendError>) + Send>;
 
 /// Debits a packet's total from its sender and, once that is durable, settles the send.
+/// `sent` opens at once; the shard moves its opening (and expiry) if the sender's cooling-off
+/// holds it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Escrow {
     pub sent: PacketSent,
+    pub expiry_secs: u64,
     pub settle: Settle,
+}
+
+/// What happens to a transfer once its sender's shard decided it.
+pub(crate) type TransferSettle = Box<dyn FnOnce(Result<TransferSent, TransferError>) + Send>;
+
+/// Debits a transfer from its sender and, once that is durable, settles it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Debit {
+    pub spec: NewTransfer,
+    pub now: Timestamp,
+    pub day: u64,
+    pub accept_secs: u64,
+    pub settle: TransferSettle,
+}
+
+/// Sets a user's cooling-off; the reply comes once it is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetCoolingOff {
+    pub user: UserId,
+    pub setting: CoolingOff,
+    pub now: Timestamp,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// A user's cooling-off setting and what they sent on `day`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct GetUsage {
+    pub user: UserId,
+    pub day: u64,
+    pub reply: oneshot::Sender<Usage>,
 }
 
 /// A won share or a refund, from a packet actor. Never refused, never answered.
@@ -153,6 +195,7 @@ pub(crate) struct Flush(pub oneshot::Sender<()>);
 /// The actor owning one shard of wallets.
 pub(crate) struct WalletShard {
     ledger: Ledger,
+    caps: DailyCaps,
     journal: Arc<dyn Journal>,
     events: Arc<EventHub>,
     fuse: Arc<Fuse>,
@@ -161,11 +204,12 @@ pub(crate) struct WalletShard {
 impl WalletShard {
     pub(crate) fn new(
         ledger: Ledger,
+        caps: DailyCaps,
         journal: Arc<dyn Journal>,
         events: Arc<EventHub>,
         fuse: Arc<Fuse>,
     ) -> WalletShard {
-        WalletShard { ledger, journal, events, fuse }
+        WalletShard { ledger, caps, journal, events, fuse }
     }
 
     /// Records and applies a decided deposit or withdrawal and replies once it is durable; a
@@ -243,17 +287,78 @@ impl Handler<Escrow> for WalletShard {
 
 impl WalletShard {
     fn escrow(&mut self, m: Escrow) {
-        let Escrow { sent, settle } = m;
+        let Escrow { mut sent, expiry_secs, settle } = m;
         let total = sent.spec.split.total().expect("validated before escrow");
-        if let Err(e) = self.ledger.decide_debit(sent.spec.sender, total) {
-            settle(Err(e));
-            return;
+        let out = Outgoing { user: sent.spec.sender, amount: total, packet: true, day: sent.day };
+        match self.ledger.decide_send(out, self.caps, sent.sent_at) {
+            Ok(opens_at) => {
+                // Its expiry counts from its opening (rule 16).
+                sent.opens_at = opens_at;
+                sent.expires_at = opens_at.plus_secs(expiry_secs);
+            }
+            Err(refusal) => return settle(Err(SendError::from(refusal))),
         }
         let record = Record::PacketSent(sent.clone());
         self.ledger.apply(&record).expect("decided against this ledger");
         // The packet opens only once its escrow is durable, so a grab can never reach a
         // packet whose money could vanish.
         self.journal.append(record, Box::new(move || settle(Ok(sent))));
+    }
+}
+
+impl Handler<Debit> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Debit, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || {
+            let Debit { spec, now, day, accept_secs, settle } = m;
+            let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
+            let cooling_until = match self.ledger.decide_send(out, self.caps, now) {
+                Ok(until) => until,
+                Err(refusal) => return settle(Err(TransferError::from(refusal))),
+            };
+            let (arrives_at, accept_until) = transfer::deadlines(spec.arrival, cooling_until, accept_secs);
+            let sent = TransferSent { spec, sent_at: now, day, cooling_until, arrives_at, accept_until };
+            let record = Record::TransferSent(sent.clone());
+            self.ledger.apply(&record).expect("decided against this ledger");
+            // The transfer exists only once its debit is durable.
+            self.journal.append(record, Box::new(move || settle(Ok(sent))));
+        });
+    }
+}
+
+impl Handler<SetCoolingOff> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: SetCoolingOff, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || {
+            let record = Record::CoolingOffSet { user: m.user, setting: m.setting, at: m.now };
+            self.ledger.apply(&record).expect("a setting never contradicts a ledger");
+            let reply = m.reply;
+            self.journal.append(
+                record,
+                Box::new(move || {
+                    let _ = reply.send(());
+                }),
+            );
+        });
+    }
+}
+
+impl Handler<GetUsage> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: GetUsage, _: &mut Context<Self>) {
+        let used = self.ledger.day_use(m.user, m.day);
+        let usage = Usage {
+            day: m.day,
+            sent_today: Amount::fen(used.sent_fen),
+            packets_today: used.packets,
+            cooling_off: self.ledger.cooling_off(m.user),
+        };
+        reply_after_barrier(&*self.journal, m.reply, usage);
     }
 }
 
@@ -363,6 +468,15 @@ impl Wallets {
         M: Message<Result = ()> + Send + 'static,
     {
         runtime::tell(self.shard(user), msg)
+    }
+
+    /// [`Wallets::tell`], handing the message back when it is refused.
+    pub(crate) fn try_tell<M>(&self, user: UserId, msg: M) -> Result<(), (Refused, M)>
+    where
+        WalletShard: Handler<M>,
+        M: Message<Result = ()> + Send + 'static,
+    {
+        runtime::try_tell(self.shard(user), msg)
     }
 
     /// Waits until every shard has applied everything sent to it before and that is durable.

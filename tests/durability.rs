@@ -123,7 +123,7 @@ async fn a_refund_due_while_down_happens_once() {
 
     clock.advance(Duration::from_secs(86_400));
     let engine = start_on(&dir, &clock).unwrap();
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     let refund = Amount::fen(1_000 - won.amount.as_fen());
     assert_eq!(engine.balance(SENDER).await.unwrap(), refund);
     assert_eq!(engine.packet(PacketId(1)).await.unwrap().status, PacketStatus::Expired { refunded: refund });
@@ -131,7 +131,7 @@ async fn a_refund_due_while_down_happens_once() {
 
     for _ in 0..2 {
         let engine = start_on(&dir, &clock).unwrap();
-        engine.expire_due().await.unwrap();
+        engine.run_due().await.unwrap();
         assert_eq!(engine.balance(SENDER).await.unwrap(), refund, "refunded exactly once");
         assert_eq!(engine.grab(PacketId(1), UserId(FIRST_MEMBER + 1)).await, Err(GrabError::Expired));
         assert_balanced(&engine).await;
@@ -271,7 +271,7 @@ async fn activity(engine: &Engine, clock: &ManualClock) {
     engine.send_packet(lucky(50, GroupId(1), Amount::yuan(5), 10)).await.unwrap();
     engine.grab(PacketId(50), UserId(FIRST_MEMBER)).await.unwrap();
     clock.advance(Duration::from_secs(86_400));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     engine.withdraw(OpId(5), UserId(FIRST_MEMBER), Amount::fen(10)).await.unwrap();
 }
 

@@ -30,7 +30,7 @@ async fn one_packet_tells_its_story_in_order() {
     let b = engine.grab(PacketId(1), UserId(FIRST_MEMBER + 1)).await.unwrap();
     let c = engine.grab(PacketId(2), UserId(FIRST_MEMBER)).await.unwrap();
     clock.advance(Duration::from_secs(86_400));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     let best = if b.amount > a.amount { b } else { a };
     let got = drain(&mut events);
     let expected = [

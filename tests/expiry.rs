@@ -27,12 +27,12 @@ async fn remainder_is_refunded_exactly_once() {
     }
     // One millisecond before the deadline nothing happens.
     clock.advance(DAY - Duration::from_millis(1));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     assert_eq!(engine.packet(PacketId(1)).await.unwrap().status, PacketStatus::Open);
     assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::ZERO);
 
     clock.advance(Duration::from_millis(1));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     let refund = Amount::fen(10_000 - won);
     assert_eq!(engine.balance(SENDER).await.unwrap(), refund);
     let view = engine.packet(PacketId(1)).await.unwrap();
@@ -48,9 +48,9 @@ async fn remainder_is_refunded_exactly_once() {
         Err(GrabError::AlreadyGrabbed { amount: first.amount, position: 1 })
     );
     // Expiring again, and a day later, refunds nothing more.
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     clock.advance(DAY);
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     assert_eq!(engine.balance(SENDER).await.unwrap(), refund);
     assert_balanced(&engine).await;
     engine.shutdown().await;
@@ -64,7 +64,7 @@ async fn timer_fires_by_itself_when_the_clock_moves() {
     let mut events = engine.subscribe().unwrap();
     engine.send_packet(lucky(9, group, Amount::yuan(10), 10)).await.unwrap();
     clock.advance(DAY);
-    // No expire_due: the timer must notice the clock by itself. The timeout only bounds a
+    // No run_due: the timer must notice the clock by itself. The timeout only bounds a
     // broken run; the expected path waits for no wall-clock time.
     let expired = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -76,7 +76,7 @@ async fn timer_fires_by_itself_when_the_clock_moves() {
     .await
     .expect("the timer expired the packet");
     assert_eq!(expired, (PacketId(9), Amount::yuan(10), SENDER));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::yuan(10));
     assert_balanced(&engine).await;
     engine.shutdown().await;
@@ -108,7 +108,7 @@ async fn grabs_racing_expiry_win_or_get_expired_never_both() {
             tokio::task::yield_now().await;
         }
         clock.advance(DAY);
-        engine.expire_due().await.unwrap();
+        engine.run_due().await.unwrap();
         let mut won = 0u64;
         for g in grabs {
             let (user, reply) = g.await.unwrap();
@@ -144,7 +144,7 @@ async fn a_grab_after_the_deadline_never_wins_even_before_the_timer_runs() {
     // Whether the timer got there first or the packet notices on this grab, the answer is
     // the same and the refund happens once.
     assert_eq!(engine.grab(PacketId(3), UserId(FIRST_MEMBER)).await, Err(GrabError::Expired));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::yuan(10));
     assert_eq!(engine.balance(UserId(FIRST_MEMBER)).await.unwrap(), Amount::ZERO);
     assert_balanced(&engine).await;
@@ -161,7 +161,7 @@ async fn a_sold_out_packet_refunds_nothing_at_expiry() {
         engine.grab(PacketId(4), u).await.unwrap();
     }
     clock.advance(DAY);
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     let view = engine.packet(PacketId(4)).await.unwrap();
     assert_eq!(view.status, PacketStatus::SoldOut);
     assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::ZERO);
@@ -183,7 +183,7 @@ async fn many_packets_expire_in_one_sweep() {
     engine.grab(PacketId(100), UserId(FIRST_MEMBER)).await.unwrap();
     clock.advance(DAY);
     // The timer may have closed some of them already; the call still waits for all.
-    assert!(engine.expire_due().await.unwrap() <= 5_000);
+    assert!(engine.run_due().await.unwrap() <= 5_000);
     let won = engine.balance(UserId(FIRST_MEMBER)).await.unwrap();
     assert_eq!(engine.balance(SENDER).await.unwrap().as_fen(), 500_000 - won.as_fen());
     let audit = engine.audit().await.unwrap();

@@ -48,7 +48,7 @@ async fn a_clock_step_back_loses_no_deadline() {
     // due on the earlier clock.
     assert_eq!(engine.packet(PacketId(2)).await.unwrap().status, hongbao::PacketStatus::Open);
 
-    // Once the clock passes its deadline again, the timer alone (no expire_due, which would
+    // Once the clock passes its deadline again, the timer alone (no run_due, which would
     // scan every packet) must refund it.
     clock.advance(Duration::from_secs(2 * 3_600));
     let refunded = tokio::time::timeout(Duration::from_secs(30), async {
@@ -74,6 +74,7 @@ async fn limits_at_their_extremes_are_served_or_refused_at_start() {
         share_fen_max: 1 << 39,
         packet_total_fen_max: 1 << 39,
         balance_fen_max: 1 << 39,
+        daily_sent_fen_max: 1 << 39,
         ..Limits::default()
     };
     let setup = start_with(limits, 3);

@@ -108,7 +108,7 @@ impl Model {
         }
     }
 
-    fn expire_due(&mut self, now: Timestamp) {
+    fn run_due(&mut self, now: Timestamp) {
         let due: Vec<PacketId> = self.packets.iter().filter(|(_, p)| p.expires_at <= now).map(|(id, _)| *id).collect();
         for id in due {
             self.expire(id);
@@ -255,8 +255,8 @@ async fn simulate(seed: u64) {
             }
             85..=88 => {
                 setup.clock.advance(Duration::from_secs(rng.random_range(0..6_000)));
-                engine.expire_due().await.unwrap();
-                model.expire_due(setup.clock.now());
+                engine.run_due().await.unwrap();
+                model.run_due(setup.clock.now());
             }
             89..=95 => {
                 assert_eq!(

@@ -173,7 +173,7 @@ async fn the_format_version_is_checked_and_older_segments_are_left_as_written() 
     let clock = ManualClock::default();
     let dir = scratch("version");
     let (segment, _) = journal_of_deposits(&dir, &clock).await;
-    assert_eq!(&std::fs::read(&segment).unwrap()[..8], b"HONGBAO2");
+    assert_eq!(&std::fs::read(&segment).unwrap()[..8], b"HONGBAO3");
 
     rewrite(&segment, |b| b[7] = b'9');
     match start(&dir, &clock) {
@@ -182,7 +182,7 @@ async fn the_format_version_is_checked_and_older_segments_are_left_as_written() 
         Ok(_) => panic!("started on a format it does not know"),
     }
     let refusal = audit_journal(&dir, 20_000).unwrap_err().to_string();
-    assert!(refusal.contains("format version 9") && refusal.contains("versions 1 to 2"), "{refusal}");
+    assert!(refusal.contains("format version 9") && refusal.contains("versions 1 to 3"), "{refusal}");
 
     rewrite(&segment, |b| b[7] = b'1');
     let old = std::fs::read(&segment).unwrap();
@@ -197,7 +197,7 @@ async fn the_format_version_is_checked_and_older_segments_are_left_as_written() 
         .collect();
     segments.sort();
     assert_eq!(segments.len(), 2);
-    assert_eq!(&std::fs::read(&segments[1]).unwrap()[..8], b"HONGBAO2");
+    assert_eq!(&std::fs::read(&segments[1]).unwrap()[..8], b"HONGBAO3");
     let engine = start(&dir, &clock).unwrap();
     assert_eq!(engine.balance(UserId(5)).await.unwrap(), Amount::fen(10));
     stop(engine).await;

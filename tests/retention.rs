@@ -44,7 +44,7 @@ async fn closed_packets_are_kept_for_their_retention_then_dropped() {
     engine.send_packet(lucky(2, group, Amount::yuan(1), 2)).await.unwrap(); // expires in a day
 
     clock.advance(Duration::from_secs(29 * DAY));
-    engine.expire_due().await.unwrap();
+    engine.run_due().await.unwrap();
     engine.retire_due().await.unwrap();
     let again = Err(GrabError::AlreadyGrabbed { amount: won.amount, position: 1 });
     assert_eq!(engine.grab(PacketId(1), UserId(FIRST_MEMBER)).await, again);

@@ -59,6 +59,7 @@ fn packets_and_grabs_round_trip() {
         claims: vec![claim(2, 9_000, 1), claim(3, 995, 2)],
         best_luck: Some(claim(2, 9_000, 1)),
         sent_at: Timestamp(1),
+        opens_at: Timestamp(1),
         expires_at: Timestamp(2),
         closed_at: Some(Timestamp(2)),
         seed: 99,
@@ -66,6 +67,25 @@ fn packets_and_grabs_round_trip() {
     assert_eq!(round_trip(&view)["status"], serde_json::json!({ "kind": "expired", "refunded": "0.05" }));
     round_trip(&PacketStatus::Open);
     round_trip(&PacketStatus::SoldOut);
+    let cooling = round_trip(&PacketStatus::CoolingOff { until: Timestamp(7) });
+    assert_eq!(cooling, serde_json::json!({ "kind": "cooling_off", "until": 7 }));
+    round_trip(&PacketStatus::Cancelled { refunded: Amount::fen(5) });
+    let rent = hongbao::NewTransfer {
+        id: hongbao::TransferId(9),
+        from: UserId(1),
+        to: UserId(2),
+        amount: Amount::yuan(300),
+        arrival: hongbao::Arrival::Delayed { secs: 7_200 },
+        note: "房租".into(),
+    };
+    let json = round_trip(&rent);
+    assert_eq!(json["arrival"], serde_json::json!({ "kind": "delayed", "secs": 7_200 }));
+    assert_eq!(json["amount"], serde_json::json!("300.00"));
+    let late = hongbao::TransferError::TooLate { status: hongbao::TransferStatus::Returned };
+    assert_eq!(round_trip(&late), serde_json::json!({ "kind": "too_late", "status": { "kind": "returned" } }));
+    round_trip(&hongbao::TransferStatus::AwaitingAcceptance { until: Timestamp(3) });
+    round_trip(&hongbao::CancelError::AlreadyCancelled { refunded: Amount::fen(5) });
+    round_trip(&hongbao::CoolingOff { threshold: Amount::yuan(200), secs: 300 });
     let grabbed = hongbao::Grabbed {
         packet: PacketId(1),
         user: UserId(2),

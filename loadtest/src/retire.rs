@@ -50,7 +50,14 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     purge_at_once();
     let clock = ManualClock::default();
     // The engine's own sweep is kept out of the way: the scenario retires by itself.
-    let limits = Limits { retire_interval_secs: 365 * 86_400, ..Limits::default() };
+    // The scenario's one sender sends every packet: the daily caps are set where they do not
+    // refuse.
+    let limits = Limits {
+        retire_interval_secs: 365 * 86_400,
+        daily_sent_fen_max: u64::MAX,
+        daily_packets_max: u32::MAX,
+        ..Limits::default()
+    };
     let mut config = Config::default().with_limits(limits.clone()).with_clock(Arc::new(clock.clone()));
     config.arbiters = args.arbiters();
     let engine = Engine::start(config).map_err(|e| e.to_string())?;

@@ -2,9 +2,10 @@
 //!
 //! A directory holds segments and snapshots. A segment is named after the position of its
 //! first record (`00000000000000000000.hbj`) and starts with an 8-byte header: `HONGBAO` and
-//! the format version as an ASCII digit (`HONGBAO2`). Version 1 recorded sends without their
-//! per-share cap; this build reads versions 1 and 2 and writes 2, and refuses any other
-//! version by name. Then frames, one per record:
+//! the format version as an ASCII digit (`HONGBAO3`). Version 1 recorded sends without their
+//! per-share cap; version 2 had no cooling-off, daily caps or transfers; this build reads
+//! versions 1 to 3 and writes 3, and refuses any other version by name (an older build refuses
+//! a version 3 segment by name rather than stumble on a record it does not know). Then frames, one per record:
 //!
 //! ```text
 //! len: u32 LE | crc32c(prev ‖ payload): u32 LE | prev: [u8; 32] | payload: len bytes
@@ -23,7 +24,7 @@ use thiserror::Error;
 /// The first bytes of every segment, before the version digit.
 const SEGMENT_MAGIC_PREFIX: &[u8; 7] = b"HONGBAO";
 /// The format version this build writes.
-pub(crate) const FORMAT_VERSION: u8 = 2;
+pub(crate) const FORMAT_VERSION: u8 = 3;
 /// The oldest format version this build reads.
 pub(crate) const FORMAT_VERSION_MIN: u8 = 1;
 /// The bytes of a segment's header.
@@ -272,9 +273,10 @@ mod tests {
 
     #[test]
     fn headers_name_their_version() {
-        assert_eq!(&segment_header(), b"HONGBAO2");
+        assert_eq!(&segment_header(), b"HONGBAO3");
         assert_eq!(read_header(b"HONGBAO1rest"), Header::Version(1));
         assert_eq!(read_header(b"HONGBAO2"), Header::Version(2));
+        assert_eq!(read_header(b"HONGBAO3"), Header::Version(3));
         assert_eq!(read_header(b"HONGBAO9"), Header::Unknown(9));
         assert_eq!(read_header(b"HONG"), Header::Torn);
         assert_eq!(read_header(b""), Header::Torn);

@@ -1,0 +1,529 @@
+//! Transfer shards: the actors that own transfers. Transfers are spread over shards by hashing
+//! their id; a shard serializes every request and deadline of its transfers, so a transfer is
+//! never touched by two threads and no lock is shared with other transfers or with packets.
+//! [`Transfers`] is the handle that routes an id to its shard.
+//!
+//! # Messages
+//!
+//! | message    | from            | reply                                          | refused when full |
+//! |------------|-----------------|------------------------------------------------|-------------------|
+//! | `Send`     | engine handle   | the transfer's view or `TransferError`, once its debit is durable | yes (`Busy`) |
+//! | `Act`      | engine handle   | recall, accept or decline: the view or `TransferError`, after the journal | yes (`Busy`) |
+//! | `Get`      | engine handle   | the view, after a barrier                      | yes (`Busy`)      |
+//! | `Opened`, `Abandon` | the sender's wallet shard, via the send's settle callback | none | never: the debit's outcome must land |
+//! | `RunDue`   | timer, `Engine::run_due` | after what the passed deadlines did is durable | never (the timer's; one per call) |
+//! | `Inspect`, `SettledBefore`, `Retire`, `Flush` | audit, retirement, shutdown | sums / ids / none / after a barrier | never |
+//!
+//! A send goes through three hands: this shard reserves the id (a retry with the same fields
+//! gets the transfer's view, other fields `IdConflict`), the sender's wallet shard decides the
+//! debit (funds, daily caps, cooling-off) and records it, and the settle callback tells this
+//! shard the transfer exists (`Opened`) before it answers the caller — so anything the caller
+//! asks next meets the transfer.
+//!
+//! Deadlines (arrival, end of acceptance) live in the timer. Every request first applies the
+//! deadlines that have passed by the engine's clock, so a request racing a deadline meets the
+//! deadline's outcome and hears it (`TooLate`), and a deadline that passed while the engine
+//! was down acts when the timer fires right after start.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::TransferError;
+use crate::events::{Event, EventHub};
+use crate::health::Fuse;
+use crate::journal::{reply_after_barrier, Journal};
+use crate::money::{IdMap, TransferId};
+use crate::placement::bucket;
+use crate::record::{NewTransfer, Record, TransferSent, TransferStatus};
+use crate::runtime::{self, Refused};
+use crate::timer::{Due, Schedule, Timer};
+use crate::transfer::{Action, TransferState, TransferView};
+use crate::wallet::{Debit, Wallets};
+
+type Reply = oneshot::Sender<Result<TransferView, TransferError>>;
+
+/// What every transfer shard shares.
+pub(crate) struct TransferCtx {
+    pub clock: Arc<dyn Clock>,
+    pub journal: Arc<dyn Journal>,
+    pub events: Arc<EventHub>,
+    pub wallets: Arc<Wallets>,
+    pub timer: Addr<Timer>,
+    pub fuse: Arc<Fuse>,
+    /// Transfers sending or pending, across shards; bounded by `pending_max`.
+    pub pending: AtomicUsize,
+    pub pending_max: usize,
+    pub accept_secs: u64,
+    pub day_utc_offset_secs: i32,
+}
+
+/// A transfer to send.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Send {
+    pub spec: NewTransfer,
+    pub reply: Reply,
+}
+
+/// A recall, accept or decline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Act {
+    pub id: TransferId,
+    pub action: Action,
+    pub by: crate::money::UserId,
+    pub reply: Reply,
+}
+
+/// A read of a transfer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Get {
+    pub id: TransferId,
+    pub reply: Reply,
+}
+
+/// The debit is durable: the transfer exists. Never refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Opened(TransferSent);
+
+/// The debit was refused: the id is free again. Never refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Abandon(TransferId);
+
+/// Act on passed deadlines: of one transfer (the timer's), or of every transfer of the shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RunDue {
+    pub id: Option<TransferId>,
+    pub reply: Option<oneshot::Sender<()>>,
+}
+
+/// What a shard holds, for the audit.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Held {
+    /// Money of transfers not yet settled, in fen.
+    pub pending_fen: u128,
+    pub pending: usize,
+    pub settled: usize,
+}
+
+/// The shard's sums, for the audit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Inspect(pub oneshot::Sender<Held>);
+
+/// Up to `max` transfers settled before `cutoff`, due to be retired.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SettledBefore {
+    pub cutoff: Timestamp,
+    pub max: usize,
+    pub reply: oneshot::Sender<Vec<TransferId>>,
+}
+
+/// A retirement record: the shard drops the settled transfers it lists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Retire(pub Arc<Record>);
+
+/// Answers once everything the shard did before is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Flush(pub oneshot::Sender<()>);
+
+enum Slot {
+    /// Its debit is being decided.
+    Opening,
+    Known(TransferState),
+}
+
+/// The actor owning one shard of transfers.
+pub(crate) struct TransferShard {
+    ctx: Arc<TransferCtx>,
+    transfers: IdMap<TransferId, Slot>,
+}
+
+impl TransferShard {
+    /// A shard owning `transfers` (loaded from the journal; the engine schedules their
+    /// deadlines once the timer knows where to send them).
+    pub(crate) fn new(ctx: Arc<TransferCtx>, transfers: Vec<TransferState>) -> TransferShard {
+        let transfers = transfers.into_iter().map(|t| (t.id(), Slot::Known(t))).collect();
+        TransferShard { ctx, transfers }
+    }
+
+    fn known(&self, id: TransferId) -> Result<&TransferState, TransferError> {
+        match self.transfers.get(&id) {
+            Some(Slot::Known(t)) => Ok(t),
+            _ => Err(TransferError::UnknownTransfer),
+        }
+    }
+
+    fn send(&mut self, m: Send, me: Addr<TransferShard>) {
+        let (spec, reply) = (m.spec, m.reply);
+        let id = spec.id;
+        match self.transfers.get(&id) {
+            Some(Slot::Opening) => {
+                let _ = reply.send(Err(TransferError::Busy));
+                return;
+            }
+            Some(Slot::Known(t)) if *t.spec() == spec => {
+                return reply_after_barrier(&*self.ctx.journal, reply, Ok(t.view(self.ctx.clock.now())));
+            }
+            Some(Slot::Known(_)) => {
+                let _ = reply.send(Err(TransferError::IdConflict { transfer: id }));
+                return;
+            }
+            None => {}
+        }
+        let max = self.ctx.pending_max;
+        if self.ctx.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+            let _ = reply.send(Err(TransferError::TooManyPending { max }));
+            return;
+        }
+        let now = self.ctx.clock.now();
+        let from = spec.from;
+        let debit = Debit {
+            spec,
+            now,
+            day: now.day(self.ctx.day_utc_offset_secs),
+            accept_secs: self.ctx.accept_secs,
+            settle: settle_send(Arc::clone(&self.ctx), id, me, reply),
+        };
+        match self.ctx.wallets.try_tell(from, debit) {
+            Ok(()) => {
+                self.transfers.insert(id, Slot::Opening);
+            }
+            // The message came back with its reply inside it: answer through it.
+            Err((refused, debit)) => {
+                self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+                (debit.settle)(Err(TransferError::from(refused)));
+            }
+        }
+    }
+
+    /// Records and applies what the passed deadlines of `id` do at `now` (arrival, return),
+    /// then gives its next deadline back to the timer.
+    fn run_due(&mut self, id: TransferId, now: Timestamp) {
+        let Some(Slot::Known(t)) = self.transfers.get_mut(&id) else { return };
+        while let Some(record) = t.decide_due(now) {
+            let credit = t.apply(&record).expect("decided against this state");
+            let view = t.view(now);
+            if credit.is_some() {
+                self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+            let ctx = Arc::clone(&self.ctx);
+            self.ctx.journal.append(
+                record,
+                Box::new(move || {
+                    if let Some(credit) = credit {
+                        ctx.wallets.credit(credit);
+                    }
+                    ctx.events.publish(|| due_event(&view));
+                }),
+            );
+        }
+        // The timer let the deadline go when it fired; it holds the next one (or this one
+        // again, if the clock stepped back under it) until its action is recorded.
+        if let Some(at) = t.next_deadline() {
+            self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(id) });
+        }
+    }
+
+    fn act(&mut self, m: Act) {
+        let now = self.ctx.clock.now();
+        self.run_due(m.id, now);
+        let decided = self.known(m.id).and_then(|t| t.decide(m.action, m.by, now));
+        let record = match decided {
+            Ok(record) => record,
+            // The state may hold records not yet durable (a deadline just applied): the
+            // refusal waits for them, as an answer from them would.
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
+        };
+        let Some(Slot::Known(t)) = self.transfers.get_mut(&m.id) else { unreachable!("decided on a known transfer") };
+        let credit = t.apply(&record).expect("decided against this state").expect("a settlement credits");
+        self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+        let view = t.view(now);
+        let (ctx, reply) = (Arc::clone(&self.ctx), m.reply);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                // Credit before reply: a balance read after the answer sees the money.
+                ctx.wallets.credit(credit);
+                ctx.events.publish(|| due_event(&view));
+                let _ = reply.send(Ok(view));
+            }),
+        );
+    }
+}
+
+/// The event of a transfer's move, from its view just after it.
+fn due_event(view: &TransferView) -> Event {
+    let (transfer, from, to, amount) = (view.id, view.from, view.to, view.amount);
+    match view.status {
+        TransferStatus::AwaitingAcceptance { until } => {
+            Event::TransferArrived { transfer, from, to, amount, accept_until: until }
+        }
+        status => {
+            let outcome = match status {
+                TransferStatus::Accepted => crate::record::TransferOutcome::Accepted,
+                TransferStatus::Declined => crate::record::TransferOutcome::Declined,
+                TransferStatus::Recalled => crate::record::TransferOutcome::Recalled,
+                TransferStatus::Returned => crate::record::TransferOutcome::Returned,
+                other => unreachable!("a move ends awaiting or settled, not {other:?}"),
+            };
+            Event::TransferSettled { transfer, from, to, amount, outcome }
+        }
+    }
+}
+
+/// What happens once the sender's shard decided a transfer: with the durable record, the
+/// events go out and the shard learns the transfer exists, then the caller hears; with a
+/// refusal, the id is given back. Runs in the journal's completion, so it completes even if
+/// the caller stopped waiting.
+fn settle_send(
+    ctx: Arc<TransferCtx>,
+    id: TransferId,
+    me: Addr<TransferShard>,
+    reply: Reply,
+) -> crate::wallet::TransferSettle {
+    Box::new(move |result| {
+        let answer = match result {
+            Ok(sent) => {
+                let view = TransferState::open(sent.clone()).view(sent.sent_at);
+                ctx.events.publish(|| Event::TransferSent {
+                    transfer: view.id,
+                    from: view.from,
+                    to: view.to,
+                    amount: view.amount,
+                    arrival: view.arrival,
+                    note: view.note.clone(),
+                    status: view.status,
+                });
+                if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
+                    // An instant transfer arrives with its send: the receiver hears at once.
+                    ctx.events.publish(|| due_event(&view));
+                }
+                // Before the reply: whatever the caller asks next finds the transfer.
+                me.do_send(Opened(sent));
+                Ok(view)
+            }
+            Err(e) => {
+                me.do_send(Abandon(id));
+                Err(e)
+            }
+        };
+        let _ = reply.send(answer);
+    })
+}
+
+impl Actor for TransferShard {
+    type Context = Context<Self>;
+}
+
+impl Handler<Send> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Send, actx: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || self.send(m, actx.address()));
+    }
+}
+
+impl Handler<Act> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Act, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || self.act(m));
+    }
+}
+
+impl Handler<Get> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Get, _: &mut Context<Self>) {
+        let now = self.ctx.clock.now();
+        let view = self.known(m.id).map(|t| t.view(now));
+        reply_after_barrier(&*self.ctx.journal, m.reply, view);
+    }
+}
+
+impl Handler<Opened> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Opened, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || {
+            let state = TransferState::open(m.0);
+            if let Some(at) = state.next_deadline() {
+                self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(state.id()) });
+            }
+            self.transfers.insert(state.id(), Slot::Known(state));
+        });
+    }
+}
+
+impl Handler<Abandon> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Abandon, _: &mut Context<Self>) {
+        if matches!(self.transfers.get(&m.0), Some(Slot::Opening)) {
+            self.transfers.remove(&m.0);
+            self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Handler<RunDue> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: RunDue, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || {
+            let now = self.ctx.clock.now();
+            let ids: Vec<TransferId> = match m.id {
+                Some(id) => vec![id],
+                None => self
+                    .transfers
+                    .iter()
+                    .filter(|(_, slot)| matches!(slot, Slot::Known(t) if t.next_deadline().is_some_and(|at| at <= now)))
+                    .map(|(&id, _)| id)
+                    .collect(),
+            };
+            ids.into_iter().for_each(|id| self.run_due(id, now));
+            if let Some(reply) = m.reply {
+                reply_after_barrier(&*self.ctx.journal, reply, ());
+            }
+        });
+    }
+}
+
+impl Handler<Inspect> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Inspect, _: &mut Context<Self>) {
+        let mut held = Held::default();
+        for slot in self.transfers.values() {
+            if let Slot::Known(t) = slot {
+                if t.settled().is_some() {
+                    held.settled += 1;
+                } else {
+                    held.pending += 1;
+                    held.pending_fen += u128::from(t.pending().as_fen());
+                }
+            }
+        }
+        let _ = m.0.send(held);
+    }
+}
+
+impl Handler<SettledBefore> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: SettledBefore, _: &mut Context<Self>) {
+        let due = |slot: &Slot| matches!(slot, Slot::Known(t) if t.settled().is_some_and(|(_, at)| at < m.cutoff));
+        let ids = self.transfers.iter().filter(|(_, s)| due(s)).map(|(&id, _)| id).take(m.max).collect();
+        let _ = m.reply.send(ids);
+    }
+}
+
+impl Handler<Retire> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Retire, _: &mut Context<Self>) {
+        if let Record::Retired { transfers, .. } = &*m.0 {
+            for id in transfers {
+                if matches!(self.transfers.get(id), Some(Slot::Known(t)) if t.settled().is_some()) {
+                    self.transfers.remove(id);
+                }
+            }
+            if self.transfers.len() * 4 < self.transfers.capacity() {
+                self.transfers.shrink_to_fit();
+            }
+        }
+    }
+}
+
+impl Handler<Flush> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Flush, _: &mut Context<Self>) {
+        reply_after_barrier(&*self.ctx.journal, m.0, ());
+    }
+}
+
+/// The handle to every transfer shard.
+pub(crate) struct Transfers {
+    shards: Box<[Addr<TransferShard>]>,
+}
+
+impl Transfers {
+    pub(crate) fn new(shards: Box<[Addr<TransferShard>]>) -> Transfers {
+        Transfers { shards }
+    }
+
+    /// Which shard holds transfer `id`, of `shards`.
+    pub(crate) fn place(id: TransferId, shards: usize) -> usize {
+        bucket(id.0, shards)
+    }
+
+    fn shard(&self, id: TransferId) -> &Addr<TransferShard> {
+        &self.shards[Transfers::place(id, self.shards.len())]
+    }
+
+    /// Sends `msg` to the shard of `id` unless its mailbox is full.
+    pub(crate) fn tell<M>(&self, id: TransferId, msg: M) -> Result<(), Refused>
+    where
+        TransferShard: Handler<M>,
+        M: Message<Result = ()> + std::marker::Send + 'static,
+    {
+        runtime::tell(self.shard(id), msg)
+    }
+
+    /// Tells the shard of `id` that one of its deadlines is due. Never refused: one per
+    /// deadline, bounded by the pending transfers.
+    pub(crate) fn due(&self, id: TransferId) {
+        self.shard(id).do_send(RunDue { id: Some(id), reply: None });
+    }
+
+    /// Acts on every passed deadline of every shard; returns once what they did is durable.
+    pub(crate) async fn run_due(&self) {
+        runtime::ask_all(self.shards.iter(), |reply| RunDue { id: None, reply: Some(reply) }).await;
+    }
+
+    /// What every shard holds, or `None` if a shard has stopped.
+    pub(crate) async fn held(&self) -> Option<Held> {
+        let all = runtime::ask_all(self.shards.iter(), Inspect).await;
+        all.into_iter().try_fold(Held::default(), |sum, h| {
+            let h = h?;
+            Some(Held {
+                pending_fen: sum.pending_fen + h.pending_fen,
+                pending: sum.pending + h.pending,
+                settled: sum.settled + h.settled,
+            })
+        })
+    }
+
+    /// Up to `max` transfers settled before `cutoff`, across every shard.
+    pub(crate) async fn settled_before(&self, cutoff: Timestamp, max: usize) -> Vec<TransferId> {
+        let found = runtime::ask_all(self.shards.iter(), |reply| SettledBefore { cutoff, max, reply }).await;
+        found.into_iter().flatten().flatten().take(max).collect()
+    }
+
+    /// Applies a retirement to every shard. Never refused.
+    pub(crate) fn retire(&self, record: &Arc<Record>) {
+        self.shards.iter().for_each(|shard| shard.do_send(Retire(Arc::clone(record))));
+    }
+
+    /// Waits until every shard has answered everything sent to it before.
+    pub(crate) async fn flush(&self) {
+        runtime::ask_all(self.shards.iter(), Flush).await;
+    }
+}
