@@ -117,3 +117,39 @@ impl hongbao::Journal for GatedJournal {
 
     fn flush(&self) {}
 }
+
+/// An engine on a file journal in `dir` (synced, snapshotting every `snapshot_every_records`)
+/// with these limits, on `clock`.
+pub fn start_on_journal(
+    dir: &std::path::Path,
+    clock: &ManualClock,
+    limits: Limits,
+    snapshot_every_records: Option<u64>,
+) -> Engine {
+    let mut config = Config { arbiters: 2, wallet_shards: 3, ..Config::default() }
+        .with_clock(Arc::new(clock.clone()))
+        .with_limits(limits)
+        .with_seed(5);
+    let mut journal = hongbao::FileJournalConfig::new(dir, hongbao::Durability::Sync);
+    journal.snapshot_every_records = snapshot_every_records;
+    config.journal_dir = Some(journal);
+    // A child process forked (by any test of this process) while an engine here closes its
+    // journal shares the lock until it execs, so a restart may briefly find the directory
+    // locked. Only that is retried.
+    for _ in 0..200 {
+        match Engine::start(config.clone()) {
+            Err(hongbao::StartError::Journal(hongbao::JournalError::Locked(_))) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.expect("engine starts on its journal"),
+        }
+    }
+    Engine::start(config).expect("engine starts on its journal")
+}
+
+/// A fresh scratch directory for a test.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hongbao-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
