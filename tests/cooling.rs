@@ -122,7 +122,7 @@ async fn the_end_of_the_window_races_a_cancel_and_a_grab_to_one_outcome() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let Setup { engine, clock } = cooling_engine(seed).await;
         let engine = Arc::new(engine);
-        let total = Amount::fen(rng.gen_range(20_001..=50_000));
+        let total = Amount::fen(rng.random_range(20_001..=50_000));
         let view = engine.send_packet(lucky(1, GroupId(1), total, 3)).await.unwrap();
         let barrier = Arc::new(Barrier::new(3));
         let (e, b) = (Arc::clone(&engine), Arc::clone(&barrier));

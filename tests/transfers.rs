@@ -230,8 +230,8 @@ async fn races_resolve_to_one_outcome_that_every_caller_hears() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let Setup { engine, clock } = funded(seed, Limits::default()).await;
         let engine = Arc::new(engine);
-        let amount = Amount::fen(rng.gen_range(1..=10_000));
-        let case = rng.gen_range(0..3);
+        let amount = Amount::fen(rng.random_range(1..=10_000));
+        let case = rng.random_range(0..3);
         let arrival = if case == 0 { Arrival::Delayed { secs: 2 * HOUR } } else { Arrival::Instant };
         let sent = engine.transfer(rent(1, amount, arrival)).await.unwrap();
         let barrier = Arc::new(Barrier::new(2));
