@@ -1,10 +1,12 @@
 //! `kill -9` in the middle of a storm on a `Durability::Sync` journal.
 //!
 //! The parent re-runs this test binary as a child (selected by `HONGBAO_CRASH_CHILD_DIR`) that
-//! runs packets and grab storms and prints every operation the moment it is acknowledged. The
-//! parent kills it with SIGKILL at a random moment, restarts the engine on the directory and
-//! checks that every acknowledged operation is there, nobody was paid twice and money is
-//! conserved; then it runs every packet to completion and checks again.
+//! runs packets and grab storms, transfers (accepted, declined, recalled, left in transit) and
+//! packets held by a cooling-off (some cancelled), and prints every operation the moment it is
+//! acknowledged. The parent kills it with SIGKILL at a random moment, restarts the engine on
+//! the directory and checks that every acknowledged operation is there, nobody was paid twice
+//! and money is conserved; then it runs every packet and transfer to completion and checks
+//! again.
 //!
 //! 20 iterations by default; `HONGBAO_CRASH_ITERATIONS=N` runs N. The seed of the kill times
 //! is printed on failure.
@@ -16,13 +18,20 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hongbao::{Amount, Config, Durability, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, Split, UserId};
+use hongbao::{
+    Amount, Arrival, CancelError, Config, CoolingOff, Durability, Engine, GrabError, GroupId, NewPacket, NewTransfer,
+    OpId, PacketId, PacketStatus, Split, TransferError, TransferId, TransferStatus, UserId,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const MEMBERS: u64 = 200;
 const SHARES: u32 = 50;
 const SENDER: UserId = UserId(1);
+/// Sends packets above their cooling-off threshold: every one of them is held.
+const CAREFUL: UserId = UserId(2);
+/// Ids of the careful sender's packets, after the storm packets' ids.
+const HELD_IDS: u64 = 1 << 40;
 const CHILD_ENV: &str = "HONGBAO_CRASH_CHILD_DIR";
 
 fn member(i: u64) -> UserId {
@@ -47,14 +56,18 @@ fn crash_child() {
             out.flush().unwrap();
         };
         let mut roster: Vec<UserId> = (0..MEMBERS).map(member).collect();
-        roster.push(SENDER);
+        roster.extend([SENDER, CAREFUL]);
         engine.set_members(GroupId(1), roster).await.unwrap();
+        let careful = CoolingOff { threshold: Amount::yuan(1), secs: 3_600 };
+        engine.set_cooling_off(CAREFUL, careful).await.unwrap();
         // Packet ids continue after whatever earlier runs on this directory sent.
         for p in 0u64.. {
-            let op = OpId(1_000_000 + p);
-            if engine.deposit(op, SENDER, Amount::yuan(10)).await.is_ok() {
-                ack(format!("deposit {} {}", op.0, 1_000));
+            for (op, user) in [(OpId(1_000_000 + p), SENDER), (OpId(2_000_000 + p), CAREFUL)] {
+                if engine.deposit(op, user, Amount::fen(1_100)).await.is_ok() {
+                    ack(format!("deposit {} {} {}", op.0, 1_100, user.0));
+                }
             }
+            transfer_and_hold(&engine, p, &ack).await;
             let spec = NewPacket {
                 id: PacketId(p),
                 sender: SENDER,
@@ -81,11 +94,57 @@ fn crash_child() {
     });
 }
 
+/// One transfer from the sender to a member, moved according to `p` (accepted, declined,
+/// recalled or left in transit), and one packet held by the careful sender's cooling-off
+/// (cancelled every other time).
+async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
+    let arrival = if p % 2 == 0 { Arrival::Instant } else { Arrival::Delayed { secs: 7_200 } };
+    let spec = NewTransfer {
+        id: TransferId(p),
+        from: SENDER,
+        to: member(p % MEMBERS),
+        amount: Amount::yuan(1),
+        arrival,
+        note: String::new(),
+    };
+    if engine.transfer(spec).await.is_ok() {
+        ack(format!("transfer {p}"));
+        let (id, to) = (TransferId(p), member(p % MEMBERS));
+        let moved = match p % 4 {
+            0 => engine.accept_transfer(id, to).await.map(|_| "accepted"),
+            2 => engine.decline_transfer(id, to).await.map(|_| "declined"),
+            1 => engine.recall_transfer(id, SENDER).await.map(|_| "recalled"),
+            _ => Err(TransferError::Busy),
+        };
+        if let Ok(how) = moved {
+            ack(format!("{how} {p}"));
+        }
+    }
+    let held = NewPacket {
+        id: PacketId(HELD_IDS + p),
+        sender: CAREFUL,
+        group: GroupId(1),
+        split: Split::Fixed { each: Amount::fen(550), shares: 2 },
+        greeting: String::new(),
+    };
+    if engine.send_packet(held).await.is_ok() {
+        ack(format!("held {p}"));
+        if p % 2 == 0 && engine.cancel_packet(PacketId(HELD_IDS + p), CAREFUL).await.is_ok() {
+            ack(format!("cancelled {p}"));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Acks {
-    deposits: HashMap<u64, u64>,
+    /// Operation id → (fen, user).
+    deposits: HashMap<u64, (u64, u64)>,
     sent: Vec<u64>,
     grabs: Vec<(u64, u64, u64)>,
+    /// Transfer id → how it moved, if the move was acknowledged.
+    transfers: HashMap<u64, Option<TransferStatus>>,
+    /// Held packet → whether its cancellation was acknowledged.
+    held: HashMap<u64, bool>,
 }
 
 fn parse(lines: &[String]) -> Acks {
@@ -94,7 +153,24 @@ fn parse(lines: &[String]) -> Acks {
         let f: Vec<u64> = line.split(' ').skip(1).map(|x| x.parse().unwrap()).collect();
         match line.split(' ').next() {
             Some("deposit") => {
-                acks.deposits.insert(f[0], f[1]);
+                acks.deposits.insert(f[0], (f[1], f[2]));
+            }
+            Some("transfer") => {
+                acks.transfers.insert(f[0], None);
+            }
+            Some(how @ ("accepted" | "declined" | "recalled")) => {
+                let status = match how {
+                    "accepted" => TransferStatus::Accepted,
+                    "declined" => TransferStatus::Declined,
+                    _ => TransferStatus::Recalled,
+                };
+                acks.transfers.insert(f[0], Some(status));
+            }
+            Some("held") => {
+                acks.held.insert(f[0], false);
+            }
+            Some("cancelled") => {
+                acks.held.insert(f[0], true);
             }
             Some("sent") => acks.sent.push(f[0]),
             Some("grab") => acks.grabs.push((f[0], f[1], f[2])),
@@ -116,10 +192,27 @@ async fn verify(engine: &Engine, acks: &Acks, ctx: &str) {
     for &p in &acks.sent {
         engine.packet(PacketId(p)).await.unwrap_or_else(|e| panic!("{ctx}: acknowledged packet {p} missing: {e}"));
     }
+    for (&t, moved) in &acks.transfers {
+        let view = engine.transfer_view(TransferId(t)).await;
+        let view = view.unwrap_or_else(|e| panic!("{ctx}: acknowledged transfer {t} missing: {e}"));
+        if let Some(status) = moved {
+            assert_eq!(view.status, *status, "{ctx}: transfer {t}");
+        }
+    }
+    for (&p, &cancelled) in &acks.held {
+        let view = engine.packet(PacketId(HELD_IDS + p)).await;
+        let status = view.unwrap_or_else(|e| panic!("{ctx}: acknowledged held packet {p} missing: {e}")).status;
+        if cancelled {
+            assert_eq!(status, PacketStatus::Cancelled { refunded: Amount::fen(1_100) }, "{ctx}: held packet {p}");
+        } else {
+            let held = matches!(status, PacketStatus::CoolingOff { .. } | PacketStatus::Cancelled { .. });
+            assert!(held, "{ctx}: held packet {p} is {status:?}");
+        }
+    }
     // Every acknowledged deposit is applied: retrying it is recognised as a repeat.
     let audit = engine.audit().await.unwrap();
     assert!(audit.is_balanced(), "{ctx}: {audit:?}");
-    let acked: u64 = acks.deposits.values().sum();
+    let acked: u64 = acks.deposits.values().map(|(fen, _)| fen).sum();
     assert!(audit.deposits.as_fen() >= acked, "{ctx}: {} fen deposited, {acked} acknowledged", audit.deposits.as_fen());
 }
 
@@ -128,11 +221,35 @@ async fn verify(engine: &Engine, acks: &Acks, ctx: &str) {
 /// the deposits total).
 async fn acknowledged_deposits_recovered(engine: &Engine, acks: &Acks, ctx: &str) {
     let before = engine.audit().await.unwrap().deposits;
-    for (&op, &fen) in &acks.deposits {
-        let retried = engine.deposit(OpId(op), SENDER, Amount::fen(fen)).await;
+    for (&op, &(fen, user)) in &acks.deposits {
+        let retried = engine.deposit(OpId(op), UserId(user), Amount::fen(fen)).await;
         assert!(retried.is_ok(), "{ctx}: acknowledged deposit {op}: {retried:?}");
     }
     assert_eq!(engine.audit().await.unwrap().deposits, before, "{ctx}: an acknowledged deposit was missing");
+}
+
+/// Moves every transfer the child sent (acknowledged or not: ids run from 0) to a settlement,
+/// and cancels every held packet: nothing may stay pending, and nothing settles twice.
+async fn settle_everything(engine: &Engine, acks: &Acks, ctx: &str) {
+    let last = acks.transfers.keys().chain(acks.held.keys()).max().map_or(0, |&m| m + 1);
+    for t in 0..=last {
+        let (id, to) = (TransferId(t), member(t % MEMBERS));
+        match engine.transfer_view(id).await {
+            Err(TransferError::UnknownTransfer) => continue,
+            Ok(view) => match view.status {
+                TransferStatus::AwaitingAcceptance { .. } => drop(engine.accept_transfer(id, to).await.unwrap()),
+                TransferStatus::InTransit { .. } | TransferStatus::CoolingOff { .. } => {
+                    drop(engine.recall_transfer(id, SENDER).await.unwrap())
+                }
+                _ => {}
+            },
+            Err(e) => panic!("{ctx}: transfer {t}: {e}"),
+        }
+        match engine.cancel_packet(PacketId(HELD_IDS + t), CAREFUL).await {
+            Ok(_) | Err(CancelError::UnknownPacket | CancelError::AlreadyCancelled { .. }) => {}
+            Err(e) => panic!("{ctx}: held packet {t}: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -157,7 +274,11 @@ fn acknowledged_operations_survive_kill_9() {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .filter(|l| l.starts_with("deposit") || l.starts_with("sent") || l.starts_with("grab"))
+                .filter(|l| {
+                    ["deposit", "sent", "grab", "transfer", "accepted", "declined", "recalled", "held", "cancelled"]
+                        .iter()
+                        .any(|kind| l.split(' ').next() == Some(kind))
+                })
                 .collect::<Vec<_>>()
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(50..600)));
@@ -189,7 +310,10 @@ fn acknowledged_operations_survive_kill_9() {
                 let view = engine.packet(PacketId(p)).await.unwrap();
                 assert_eq!(view.claims.len(), SHARES as usize, "{ctx}: packet {p} sells out");
             }
+            settle_everything(&engine, &acks, &ctx).await;
             verify(&engine, &acks, &ctx).await;
+            let audit = engine.audit().await.unwrap();
+            assert_eq!((audit.pending, audit.transfers_pending), (Amount::ZERO, 0), "{ctx}: {audit:?}");
             engine.shutdown().await;
         });
         std::fs::remove_dir_all(&dir).unwrap();
