@@ -1,6 +1,7 @@
 //! A deterministic simulation of the engine on a faulty disk, in the manner of TigerBeetle's
 //! VOPR: a seeded workload of every operation (deposits, withdrawals, roster changes, sends of
-//! every kind, grabs, expiries by a manual clock that also steps back, restarts), with storage
+//! every kind, grabs, transfers and their recalls, accepts and declines, cooling-off settings
+//! and cancels, deadlines by a manual clock that also steps back, restarts), with storage
 //! faults injected under the journal from the same seed (a full disk, failing syncs, failing
 //! cuts, stalls, a power loss at any byte of a write), checked after every restart:
 //!
@@ -23,9 +24,11 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::journal::segment::{FaultPlan, Faults};
+use crate::transfer::Action;
 use crate::{
-    audit_journal, Amount, Config, Durability, Engine, FileJournalConfig, GrabError, GroupId, Health, Limits,
-    ManualClock, NewPacket, OpId, PacketId, SendError, Split, UserId, WalletError,
+    audit_journal, Amount, Arrival, CancelError, Config, CoolingOff, Durability, Engine, FileJournalConfig, GrabError,
+    GroupId, Health, Limits, ManualClock, NewPacket, NewTransfer, OpId, PacketId, PacketStatus, SendError, Split,
+    TransferError, TransferId, TransferStatus, TransferView, UserId, WalletError,
 };
 
 const USERS: u64 = 12;
@@ -54,6 +57,18 @@ struct Model {
     unknown_grabs: Vec<(u64, UserId)>,
     /// Grabs refused (nothing changed): no such claim unless another grab was acknowledged.
     refused_grabs: Vec<(u64, UserId)>,
+    /// Transfers acknowledged, with when they were sent.
+    transfers: BTreeMap<u64, (NewTransfer, u64)>,
+    unknown_transfers: BTreeMap<u64, (NewTransfer, u64)>,
+    refused_transfers: Vec<u64>,
+    /// How each transfer settled, as a recall, accept or decline was answered.
+    settled: HashMap<u64, TransferStatus>,
+    unknown_moves: Vec<(u64, Action, UserId)>,
+    /// Packets sent held by a cooling-off.
+    held: Vec<u64>,
+    /// Packets whose cancellation was acknowledged.
+    cancelled: Vec<u64>,
+    unknown_cancels: Vec<u64>,
     next_op: u64,
 }
 
@@ -69,8 +84,12 @@ pub(crate) struct Tally {
     pub failed_cuts: u64,
     pub stalls: u64,
     pub unknown_outcomes: u64,
-    /// Packets and operation ids retired by the simulation's own sweeps.
+    /// Packets, transfers and operation ids retired by the simulation's own sweeps.
     pub retired: u64,
+    /// Transfers acknowledged, transfers settled by a party's request, packets cancelled.
+    pub transfers: u64,
+    pub moves: u64,
+    pub cancels: u64,
 }
 
 struct Sim {
@@ -102,8 +121,12 @@ impl Sim {
         // Small snapshots and segments, so that restarts cross both.
         journal.snapshot_every_records = Some(40);
         journal.segment_bytes_max = 2_000;
-        let limits =
-            Limits { closed_retention_secs: RETENTION_SECS, op_retention_secs: 2 * 86_400, ..Limits::default() };
+        let limits = Limits {
+            closed_retention_secs: RETENTION_SECS,
+            settled_transfer_retention_secs: RETENTION_SECS,
+            op_retention_secs: 2 * 86_400,
+            ..Limits::default()
+        };
         Config { arbiters: 2, wallet_shards: 2, journal_dir: Some(journal), ..Config::default() }
             .with_limits(limits)
             .with_clock(Arc::new(self.clock.clone()))
@@ -220,6 +243,30 @@ impl Sim {
                 Err(e) => panic!("{}: retry of send {id}: {e}", self.ctx("retry")),
             }
         }
+        for (id, (spec, at)) in std::mem::take(&mut self.model.unknown_transfers) {
+            match engine.transfer(spec.clone()).await {
+                Ok(_) => {
+                    self.model.transfers.insert(id, (spec, at));
+                }
+                // Refused on retry: then it was never applied.
+                Err(TransferError::InsufficientFunds { .. } | TransferError::DailyLimit { .. }) => {
+                    self.model.refused_transfers.push(id)
+                }
+                Err(e) => panic!("{}: retry of transfer {id}: {e}", self.ctx("retry")),
+            }
+        }
+        for (id, action, by) in std::mem::take(&mut self.model.unknown_moves) {
+            let got = move_transfer(&engine, id, action, by).await;
+            self.record_move(id, got, &mut Tally::default());
+        }
+        for id in std::mem::take(&mut self.model.unknown_cancels) {
+            let sender = self.model.sends.get(&id).map(|s| s.sender).expect("a cancel of a sent packet");
+            match engine.cancel_packet(PacketId(id), sender).await {
+                Ok(_) | Err(CancelError::AlreadyCancelled { .. }) => self.model.cancelled.push(id),
+                Err(CancelError::TooLate | CancelError::UnknownPacket) => {}
+                Err(e) => panic!("{}: retry of cancel {id}: {e}", self.ctx("retry")),
+            }
+        }
         for (packet, user) in std::mem::take(&mut self.model.unknown_grabs) {
             match engine.grab(PacketId(packet), user).await {
                 Ok(won) => {
@@ -281,8 +328,125 @@ impl Sim {
                 assert!(!view.claims.iter().any(|c| c.user == user), "{ctx}: refused grab by {user} on {packet} paid");
             }
         }
+        self.check_transfers(&ctx, &may_be_retired).await;
         let journal = audit_journal(&self.dir, Limits::default().share_fen_max);
         assert!(journal.as_ref().is_ok_and(|j| j.is_ok()), "{ctx}: journal audit: {journal:?}");
+    }
+
+    /// Every acknowledged transfer and move is there; nothing refused is; every acknowledged
+    /// cancellation holds.
+    async fn check_transfers(&self, ctx: &str, may_be_retired: &dyn Fn(&u64) -> bool) {
+        let engine = self.engine();
+        let transfer_retired = |at: u64| self.latest_ms >= at + RETENTION_SECS * 1_000;
+        for (id, (spec, at)) in &self.model.transfers {
+            match engine.transfer_view(TransferId(*id)).await {
+                Ok(view) => {
+                    assert_eq!((view.from, view.to, view.amount), (spec.from, spec.to, spec.amount), "{ctx}: {id}");
+                    if let Some(status) = self.model.settled.get(id) {
+                        assert_eq!(view.status, *status, "{ctx}: transfer {id} settled otherwise");
+                    }
+                }
+                Err(TransferError::UnknownTransfer) if transfer_retired(*at) => {}
+                Err(e) => panic!("{ctx}: acknowledged transfer {id}: {e}"),
+            }
+        }
+        for id in &self.model.refused_transfers {
+            let found = engine.transfer_view(TransferId(*id)).await;
+            assert_eq!(found, Err(TransferError::UnknownTransfer), "{ctx}: refused transfer {id} exists");
+        }
+        for id in &self.model.cancelled {
+            match engine.packet(PacketId(*id)).await {
+                Ok(view) => assert!(matches!(view.status, PacketStatus::Cancelled { .. }), "{ctx}: packet {id}"),
+                Err(crate::EngineError::UnknownPacket) if may_be_retired(id) => {}
+                Err(e) => panic!("{ctx}: cancelled packet {id}: {e}"),
+            }
+        }
+    }
+
+    /// A transfer of a random amount between two users, at once or delayed.
+    async fn transfer(&mut self, engine: &Engine, from: UserId, tally: &mut Tally) {
+        let id = self.model.next_op;
+        self.model.next_op += 1;
+        let arrival = match self.rng.random_range(0..3) {
+            0 => Arrival::Instant,
+            1 => Arrival::Delayed { secs: 7_200 },
+            _ => Arrival::Delayed { secs: 86_400 },
+        };
+        let to = UserId(self.rng.random_range(1..=USERS));
+        let amount = Amount::fen(self.rng.random_range(1..3_000));
+        let spec = NewTransfer { id: TransferId(id), from, to, amount, arrival, note: String::new() };
+        let at = crate::Clock::now(&self.clock).as_millis();
+        match engine.transfer(spec.clone()).await {
+            Ok(_) => {
+                tally.transfers += 1;
+                self.model.transfers.insert(id, (spec, at));
+            }
+            Err(TransferError::OutcomeUnknown) => {
+                tally.unknown_outcomes += 1;
+                self.model.unknown_transfers.insert(id, (spec, at));
+            }
+            Err(_) => self.model.refused_transfers.push(id),
+        }
+    }
+
+    /// A recall, accept or decline of a random transfer, mostly by the party who may.
+    async fn move_one(&mut self, engine: &Engine, tally: &mut Tally) {
+        let Some((&id, (spec, _))) =
+            self.model.transfers.iter().nth(self.rng.random_range(0..self.model.transfers.len().max(1)))
+        else {
+            return;
+        };
+        let (from, to) = (spec.from, spec.to);
+        let action = [Action::Recall, Action::Accept, Action::Decline][self.rng.random_range(0..3)];
+        let rightful = if action == Action::Recall { from } else { to };
+        let by = if self.rng.random_bool(0.9) { rightful } else { UserId(self.rng.random_range(1..=USERS)) };
+        let got = move_transfer(engine, id, action, by).await;
+        if got == Err(TransferError::OutcomeUnknown) {
+            self.model.unknown_moves.push((id, action, by));
+        }
+        self.record_move(id, got, tally);
+    }
+
+    /// What a move's answer says happened.
+    fn record_move(&mut self, id: u64, got: Result<TransferView, TransferError>, tally: &mut Tally) {
+        match got {
+            Ok(view) => {
+                tally.moves += 1;
+                self.model.settled.insert(id, view.status);
+            }
+            Err(TransferError::AlreadySettled { status }) => {
+                self.model.settled.insert(id, status);
+            }
+            Err(TransferError::OutcomeUnknown) => tally.unknown_outcomes += 1,
+            Err(_) => {}
+        }
+    }
+
+    /// The sender of a recent packet cancels it (it succeeds only while it cools off).
+    async fn cancel(&mut self, engine: &Engine, tally: &mut Tally) {
+        // Mostly one that was held by a cooling-off (it may still be), else a recent one.
+        let id = match self.model.held.len() {
+            0 => None,
+            n if self.rng.random_bool(0.8) => Some(self.model.held[self.rng.random_range(0..n)]),
+            _ => None,
+        };
+        let back = self.rng.random_range(0..self.model.sends.len().clamp(1, 4));
+        let found = match id {
+            Some(id) => self.model.sends.get(&id).map(|spec| (id, spec)),
+            None => self.model.sends.iter().rev().nth(back).map(|(&id, spec)| (id, spec)),
+        };
+        let Some((id, spec)) = found else { return };
+        match engine.cancel_packet(PacketId(id), spec.sender).await {
+            Ok(_) => {
+                tally.cancels += 1;
+                self.model.cancelled.push(id);
+            }
+            Err(CancelError::OutcomeUnknown) => {
+                tally.unknown_outcomes += 1;
+                self.model.unknown_cancels.push(id);
+            }
+            Err(_) => {}
+        }
     }
 
     /// One random operation, its answer recorded in the model.
@@ -290,7 +454,7 @@ impl Sim {
         let engine = self.engine().clone();
         let user = UserId(self.rng.random_range(1..=USERS));
         match self.rng.random_range(0..100) {
-            0..=19 => {
+            0..=17 => {
                 let deposit = self.rng.random_bool(0.7);
                 let (op, fen) = (self.model.next_op, self.rng.random_range(1..5_000));
                 self.model.next_op += 1;
@@ -310,8 +474,8 @@ impl Sim {
                     Err(_) => {}
                 }
             }
-            20..=24 => self.burst(&engine, tally).await,
-            25..=29 => {
+            18..=21 => self.burst(&engine, tally).await,
+            22..=25 => {
                 let group = GroupId(self.rng.random_range(1..=GROUPS));
                 let members: Vec<UserId> = (1..=USERS).filter(|_| self.rng.random_bool(0.7)).map(UserId).collect();
                 let _ = match self.rng.random_range(0..3) {
@@ -320,19 +484,27 @@ impl Sim {
                     _ => engine.remove_members(group, members.into_iter().take(2)).await,
                 };
             }
-            30..=49 => self.send(&engine, user, tally).await,
-            50..=89 => {
+            26..=41 => self.send(&engine, user, tally).await,
+            42..=71 => {
                 let packet = self.rng.random_range(0..self.model.next_op.max(1));
                 let got = engine.grab(PacketId(packet), user).await;
                 self.record_grab(packet, user, got, tally);
             }
+            72..=77 => self.transfer(&engine, user, tally).await,
+            78..=83 => self.move_one(&engine, tally).await,
+            84..=86 => {
+                let secs = [0, 600, 3_600, 3_600][self.rng.random_range(0..4)];
+                let setting = CoolingOff { threshold: Amount::fen(self.rng.random_range(0..2_000)), secs };
+                let _ = engine.set_cooling_off(user, setting).await;
+            }
+            87..=89 => self.cancel(&engine, tally).await,
             90..=95 => {
                 self.clock.advance(Duration::from_secs(self.rng.random_range(0..2 * 86_400)));
                 self.latest_ms = self.latest_ms.max(crate::Clock::now(&self.clock).as_millis());
                 let _ = engine.run_due().await;
                 // The engine's own sweep runs too; this one counts what retention drops.
                 if let Ok(r) = engine.retire_due().await {
-                    tally.retired += (r.packets + r.ops) as u64;
+                    tally.retired += (r.packets + r.ops + r.transfers) as u64;
                 }
             }
             _ => {
@@ -417,7 +589,10 @@ impl Sim {
         let spec = NewPacket { id: PacketId(id), sender, group, split, greeting: String::new() };
         self.model.sent_at.insert(id, crate::Clock::now(&self.clock).as_millis());
         match engine.send_packet(spec.clone()).await {
-            Ok(_) => {
+            Ok(view) => {
+                if matches!(view.status, PacketStatus::CoolingOff { .. }) {
+                    self.model.held.push(id);
+                }
                 self.model.sends.insert(id, spec);
             }
             Err(SendError::OutcomeUnknown) => {
@@ -426,6 +601,16 @@ impl Sim {
             }
             Err(_) => self.model.refused_sends.push(id),
         }
+    }
+}
+
+/// Sends a recall, accept or decline.
+async fn move_transfer(engine: &Engine, id: u64, action: Action, by: UserId) -> Result<TransferView, TransferError> {
+    let id = TransferId(id);
+    match action {
+        Action::Recall => engine.recall_transfer(id, by).await,
+        Action::Accept => engine.accept_transfer(id, by).await,
+        Action::Decline => engine.decline_transfer(id, by).await,
     }
 }
 
