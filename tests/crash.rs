@@ -98,7 +98,7 @@ fn crash_child() {
 /// recalled or left in transit), and one packet held by the careful sender's cooling-off
 /// (cancelled every other time).
 async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
-    let arrival = if p % 2 == 0 { Arrival::Instant } else { Arrival::Delayed { secs: 7_200 } };
+    let arrival = if p.is_multiple_of(2) { Arrival::Instant } else { Arrival::Delayed { secs: 7_200 } };
     let spec = NewTransfer {
         id: TransferId(p),
         from: SENDER,
@@ -129,7 +129,7 @@ async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
     };
     if engine.send_packet(held).await.is_ok() {
         ack(format!("held {p}"));
-        if p % 2 == 0 && engine.cancel_packet(PacketId(HELD_IDS + p), CAREFUL).await.is_ok() {
+        if p.is_multiple_of(2) && engine.cancel_packet(PacketId(HELD_IDS + p), CAREFUL).await.is_ok() {
             ack(format!("cancelled {p}"));
         }
     }
