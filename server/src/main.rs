@@ -84,14 +84,18 @@ fn open(dir: &std::path::Path) -> ExitCode {
     println!("opened       in {:.3} s (recovery)", opened.as_secs_f64());
     match audit {
         Ok(a) => println!(
-            "audit        {}: wallets {} + escrow {} = deposits {} - withdrawals {}; {} packets live, {} closed",
+            "audit        {}: wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}; {} packets live, {} \
+             closed; {} transfers pending, {} settled",
             if a.is_balanced() { "balanced" } else { "NOT BALANCED" },
             a.wallets,
             a.escrow,
+            a.pending,
             a.deposits,
             a.withdrawals,
             a.packets_live,
-            a.packets_closed
+            a.packets_closed,
+            a.transfers_pending,
+            a.transfers_settled
         ),
         Err(e) => println!("audit        failed: {e}"),
     }
@@ -132,8 +136,8 @@ fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value)
     let mut problems = a.violations.clone();
     if !a.is_conserved() {
         problems.push(format!(
-            "not conserved: wallets {} + escrow {} != deposits {} - withdrawals {}",
-            a.wallets, a.escrow, a.deposits, a.withdrawals
+            "not conserved: wallets {} + escrow {} + pending {} != deposits {} - withdrawals {}",
+            a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
         ));
     }
     let json = json!({
@@ -143,10 +147,18 @@ fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value)
         "segments": report.segments,
         "torn_tail_bytes": report.torn_tail_bytes,
         "whole_history": report.whole_history,
-        "packets": { "open": report.packets_open, "sold_out": report.packets_sold_out, "expired": report.packets_expired },
+        "packets": {
+            "open": report.packets_open,
+            "cooling_off": report.packets_cooling_off,
+            "sold_out": report.packets_sold_out,
+            "expired": report.packets_expired,
+            "cancelled": report.packets_cancelled,
+        },
+        "transfers": { "pending": report.transfers_pending, "settled": report.transfers_settled },
         "totals_fen": {
             "wallets": a.wallets.as_fen(),
             "escrow": a.escrow.as_fen(),
+            "pending": a.pending.as_fen(),
             "deposits": a.deposits.as_fen(),
             "withdrawals": a.withdrawals.as_fen(),
         },
@@ -177,18 +189,27 @@ fn print_human(report: &serde_json::Value) {
         println!("torn tail    {} bytes (a write cut by a crash; never acknowledged)", report["torn_tail_bytes"]);
     }
     let p = &report["packets"];
-    println!("packets      {} open, {} sold out, {} expired", p["open"], p["sold_out"], p["expired"]);
+    println!(
+        "packets      {} open, {} cooling off, {} sold out, {} expired, {} cancelled",
+        p["open"], p["cooling_off"], p["sold_out"], p["expired"], p["cancelled"]
+    );
+    let tr = &report["transfers"];
+    println!("transfers    {} pending, {} settled", tr["pending"], tr["settled"]);
     let t = &report["totals_fen"];
     println!(
-        "money        wallets {} + escrow {} = deposits {} - withdrawals {}",
+        "money        wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
         fen(&t["wallets"]),
         fen(&t["escrow"]),
+        fen(&t["pending"]),
         fen(&t["deposits"]),
         fen(&t["withdrawals"])
     );
     let problems = report["problems"].as_array().cloned().unwrap_or_default();
     if problems.is_empty() {
-        println!("verdict      ok: checksums, hash chain, conservation, every packet and every lucky share hold");
+        println!(
+            "verdict      ok: checksums, hash chain, conservation, every packet, every lucky share and every \
+             transfer (each settled once) hold"
+        );
     } else {
         for problem in problems {
             println!("PROBLEM      {}", problem.as_str().unwrap_or("?"));

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use hongbao::{
-    Amount, Config, Durability, Engine, FileJournalConfig, GroupId, NewPacket, OpId, PacketId, Split, UserId,
+    Amount, Arrival, Config, CoolingOff, Durability, Engine, FileJournalConfig, GroupId, NewPacket, NewTransfer, OpId,
+    PacketId, Split, TransferId, UserId,
 };
 
 fn audit(args: &[&str], dir: &Path) -> Output {
@@ -67,6 +68,46 @@ async fn audit_passes_a_clean_journal_and_names_the_first_bad_record() {
     let json: serde_json::Value = serde_json::from_slice(&audit(&["--json"], &dir).stdout).unwrap();
     assert_eq!(json["first_bad_record"]["offset"], victim as u64, "{json}");
     assert_eq!(json["first_bad_record"]["record"], 4, "{json}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Transfers and packets held by a cooling-off are audited too: each transfer settled once,
+/// the money they hold counted as pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_counts_transfers_and_what_they_hold() {
+    let dir = std::env::temp_dir().join(format!("hongbao-cli-audit-transfers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config::default().with_seed(3).with_journal_dir(&dir, Durability::Sync);
+    let engine = Engine::start(config).unwrap();
+    engine.set_members(GroupId(1), (1..=4).map(UserId)).await.unwrap();
+    engine.deposit(OpId(1), UserId(1), Amount::yuan(100)).await.unwrap();
+    let transfer = |id, arrival| NewTransfer {
+        id: TransferId(id),
+        from: UserId(1),
+        to: UserId(2),
+        amount: Amount::yuan(10),
+        arrival,
+        note: String::new(),
+    };
+    engine.transfer(transfer(1, Arrival::Instant)).await.unwrap();
+    engine.accept_transfer(TransferId(1), UserId(2)).await.unwrap();
+    engine.transfer(transfer(2, Arrival::Delayed { secs: 7_200 })).await.unwrap();
+    engine.set_cooling_off(UserId(1), CoolingOff { threshold: Amount::yuan(1), secs: 600 }).await.unwrap();
+    let split = Split::Fixed { each: Amount::yuan(1), shares: 3 };
+    let spec = NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: String::new() };
+    engine.send_packet(spec).await.unwrap();
+    engine.shutdown().await;
+    drop(engine);
+
+    let out = audit(&[], &dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("transfers    1 pending, 1 settled"), "{text}");
+    assert!(text.contains("1 cooling off") && text.contains("pending 13.00"), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&audit(&["--json"], &dir).stdout).unwrap();
+    assert_eq!(json["transfers"], serde_json::json!({ "pending": 1, "settled": 1 }), "{json}");
+    assert_eq!(json["totals_fen"]["pending"], 1_300, "{json}");
+    assert_eq!(json["packets"]["cooling_off"], 1, "{json}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
