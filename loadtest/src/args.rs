@@ -17,10 +17,13 @@ use clap::{Parser, ValueEnum};
 #[command(version, about, verbatim_doc_comment)]
 pub struct Args {
     /// Which load to run: storm (G groups × M members, all grabbing at once, R rounds), hot
-    /// (one packet, M members at once, R rounds), mixed (deposits, sends, grabs and balance
-    /// reads for --duration-secs), idle (open --packets packets nobody grabs; report memory),
-    /// retire (send --packets one-share packets, grab each, move the engine's clock past the
-    /// retention and retire them all; report whether memory returns to its baseline)
+    /// (one packet, M members at once, R rounds), mixed (deposits, sends, grabs, transfers and
+    /// balance reads for --duration-secs), idle (open --packets packets nobody grabs; report
+    /// memory), retire (send --packets one-share packets, grab each, move the engine's clock past
+    /// the retention and retire them all; report whether memory returns to its baseline),
+    /// transfers (--transfers transfers among --members users, instant or delayed 2 h, each
+    /// accepted, declined, recalled or left to lapse; then the engine's clock moves past every
+    /// arrival and every acceptance window, and the deadlines are timed)
     #[arg(long, value_enum, default_value_t = Scenario::Storm)]
     pub scenario: Scenario,
 
@@ -62,6 +65,10 @@ pub struct Args {
     /// How long to run, in seconds (mixed)
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
+
+    /// Transfers to send (transfers)
+    #[arg(long, default_value_t = 100_000)]
+    pub transfers: u64,
 
     /// Packets to open (idle, retire)
     #[arg(long, default_value_t = 1_000_000)]
@@ -158,6 +165,7 @@ pub enum Scenario {
     Mixed,
     Idle,
     Retire,
+    Transfers,
 }
 
 impl Args {
@@ -205,6 +213,12 @@ impl Args {
         }
         if self.scenario == Scenario::Retire && self.target.iter().any(|t| t != "embedded") {
             return Err("--scenario retire measures the embedded engine's retention: --target embedded only".into());
+        }
+        if self.scenario == Scenario::Transfers && self.target.iter().any(|t| t != "embedded") {
+            return Err("--scenario transfers: the Redis baseline has no transfers; --target embedded only".into());
+        }
+        if self.scenario == Scenario::Transfers && (self.transfers == 0 || self.members < 2) {
+            return Err("--scenario transfers needs --transfers of at least 1 and --members of at least 2".into());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ mod report;
 mod retire;
 mod scenario;
 mod target;
+mod transfers;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -98,35 +99,57 @@ async fn run_all(args: &Args) -> Result<bool, String> {
 }
 
 async fn run(args: &Args, target: &str) -> Result<Report, String> {
-    if args.scenario == Scenario::Retire {
-        return retire::run(args).await;
+    let report = match args.scenario {
+        Scenario::Retire => return retire::run(args).await,
+        Scenario::Transfers => transfers::run(args).await,
+        _ => run_on(args, target).await,
+    };
+    let mut report = report?;
+    if let (Some(dir), true) = (&args.journal, matches!(report.target.as_str(), t if t.starts_with("embedded"))) {
+        report.target = format!("embedded ({:?} file journal)", args.durability).to_lowercase();
+        report.journal_bytes = Some(dir_bytes(dir)?);
     }
+    Ok(report)
+}
+
+/// The limits of every load: the defaults, with room for the groups asked for.
+pub fn limits(args: &Args) -> Limits {
     let defaults = Limits::default();
-    let limits = Limits {
+    Limits {
         packet_mailbox_capacity: args.mailbox_capacity,
         // Room for the sender beside --members members.
         members_per_group_max: defaults.members_per_group_max.max(args.members as usize + 1),
-        // A storm's few senders send far more in a run than any person in a day: the daily
-        // caps are still checked on every send, only set where they do not refuse.
+        // A load's few senders send far more in a run than any person in a day: the daily caps
+        // are still checked on every send, only set where they do not refuse.
         daily_sent_fen_max: u64::MAX,
         daily_packets_max: u32::MAX,
         ..defaults
-    };
+    }
+}
+
+/// The embedded engine's configuration: threads, shards and the journal the flags ask for.
+pub fn embedded_config(args: &Args, limits: Limits) -> Config {
+    let mut config = Config::default().with_limits(limits).with_seed(args.seed);
+    config.arbiters = args.arbiters();
+    config.wallet_shards = args.wallet_shards.unwrap_or(config.arbiters * 2);
+    if let Some(dir) = &args.journal {
+        let durability = match args.durability {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Buffered => Durability::Buffered { interval_ms: args.sync_interval_ms },
+        };
+        let mut journal = FileJournalConfig::new(dir, durability);
+        journal.snapshot_every_records = Some(args.snapshot_every_records).filter(|&n| n > 0).or(Some(u64::MAX));
+        journal.keep_segments = args.keep_segments;
+        config.journal_dir = Some(journal);
+    }
+    config
+}
+
+/// Runs a scenario that loads a target through [`Target`].
+async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
+    let limits = limits(args);
     let target = if target == "embedded" {
-        let mut config = Config::default().with_limits(limits).with_seed(args.seed);
-        config.arbiters = args.arbiters();
-        config.wallet_shards = args.wallet_shards.unwrap_or(config.arbiters * 2);
-        if let Some(dir) = &args.journal {
-            let durability = match args.durability {
-                DurabilityArg::Sync => Durability::Sync,
-                DurabilityArg::Buffered => Durability::Buffered { interval_ms: args.sync_interval_ms },
-            };
-            let mut journal = FileJournalConfig::new(dir, durability);
-            journal.snapshot_every_records = Some(args.snapshot_every_records).filter(|&n| n > 0).or(Some(u64::MAX));
-            journal.keep_segments = args.keep_segments;
-            config.journal_dir = Some(journal);
-        }
-        Target::Embedded(Engine::start(config).map_err(|e| e.to_string())?)
+        Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
     } else {
         Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))
     };
@@ -135,16 +158,11 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         Scenario::Storm | Scenario::Hot => scenario::storm(Arc::clone(&target), args).await,
         Scenario::Mixed => scenario::mixed(Arc::clone(&target), args).await,
         Scenario::Idle => scenario::idle(Arc::clone(&target), args).await,
-        Scenario::Retire => unreachable!("run() handles retire before building a target"),
+        Scenario::Retire | Scenario::Transfers => unreachable!("run() runs these on an engine of their own"),
     };
     target.shutdown().await;
     drop(target);
-    let mut report = report?;
-    if let (Some(dir), true) = (&args.journal, matches!(report.target.as_str(), t if t.starts_with("embedded"))) {
-        report.target = format!("embedded ({:?} file journal)", args.durability).to_lowercase();
-        report.journal_bytes = Some(dir_bytes(dir)?);
-    }
-    Ok(report)
+    report
 }
 
 /// Bytes in the journal's segment files.

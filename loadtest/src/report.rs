@@ -75,7 +75,7 @@ impl Figures {
 }
 
 /// Reply kinds that are a normal answer rather than an error.
-pub const ANSWERS: [&str; 10] = [
+pub const ANSWERS: &[&str] = &[
     "won",
     "sold_out",
     "already_grabbed",
@@ -86,6 +86,11 @@ pub const ANSWERS: [&str; 10] = [
     "balance",
     "insufficient_funds",
     "unknown_packet",
+    "transfer_sent",
+    "accepted",
+    "declined",
+    "recalled",
+    "too_late",
 ];
 
 /// A finished run, ready to print.
@@ -106,6 +111,20 @@ pub struct Report {
     pub retire: Option<Retirement>,
     /// With a file journal: its size after the run, in bytes.
     pub journal_bytes: Option<u64>,
+    /// For the transfers scenario: what the deadlines did after the requests.
+    pub deadlines: Option<Deadlines>,
+}
+
+/// What the transfers scenario's deadline phase measured: the engine's clock moved past every
+/// arrival, then past every acceptance window, each followed by `Engine::run_due`.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// Transfers that arrived at the first move, and the seconds `run_due` took.
+    pub arrived: u64,
+    pub arrive_secs: f64,
+    /// Transfers returned to their senders at the second move, and the seconds it took.
+    pub returned: u64,
+    pub return_secs: f64,
 }
 
 /// What the retire scenario measured.
@@ -160,7 +179,9 @@ impl Report {
         let _ = writeln!(out, "busy, retried {:>12}", f.busy_retries);
         let _ = writeln!(out, "elapsed       {:>12.3} s", self.elapsed_secs);
         let _ = writeln!(out, "throughput    {:>12.0} requests/s", self.rate(f.requests()));
-        let _ = writeln!(out, "              {:>12.0} winning grabs/s", self.rate(f.count("won")));
+        if self.scenario != "transfers" {
+            let _ = writeln!(out, "              {:>12.0} winning grabs/s", self.rate(f.count("won")));
+        }
         let mut latency = |name: &str, h: &Histogram<u64>| {
             let cells: Vec<String> =
                 PERCENTILES.iter().map(|(label, p)| format!("{label} {}", ms(h.value_at_percentile(*p)))).collect();
@@ -192,12 +213,31 @@ impl Report {
                 per_packet(packets, before, after)
             );
         }
-        if let Some(bytes) = self.journal_bytes {
-            let grabs = f.count("won").max(1);
+        if f.count("transfer_sent") > 0 {
+            let _ = writeln!(out, "              {:>12.0} transfers sent/s", self.rate(f.count("transfer_sent")));
+        }
+        if let Some(d) = self.deadlines {
+            let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
             let _ = writeln!(
                 out,
-                "journal       {bytes} bytes on disk (whole run, setup included), {} per winning grab",
-                bytes / grabs
+                "deadlines     {} arrived in {:.3} s ({:.0}/s), {} returned in {:.3} s ({:.0}/s)",
+                d.arrived,
+                d.arrive_secs,
+                per_sec(d.arrived, d.arrive_secs),
+                d.returned,
+                d.return_secs,
+                per_sec(d.returned, d.return_secs)
+            );
+        }
+        if let Some(bytes) = self.journal_bytes {
+            let (what, n) = match self.scenario.as_str() {
+                "transfers" => ("transfer", f.count("transfer_sent")),
+                _ => ("winning grab", f.count("won")),
+            };
+            let _ = writeln!(
+                out,
+                "journal       {bytes} bytes on disk (whole run, setup included), {} per {what}",
+                bytes / n.max(1)
             );
         }
         for v in self.violations.iter().take(VIOLATIONS_SHOWN_MAX) {
@@ -250,6 +290,13 @@ impl Report {
                 "growth": r.growth(),
             })),
             "journal_bytes": self.journal_bytes,
+            "transfers_sent_per_sec": self.rate(f.count("transfer_sent")),
+            "deadlines": self.deadlines.map(|d| json!({
+                "arrived": d.arrived,
+                "arrive_secs": d.arrive_secs,
+                "returned": d.returned,
+                "return_secs": d.return_secs,
+            })),
             "audit": { "balanced": self.audit_balanced, "detail": self.audit_detail },
             "violations": self.violations.iter().take(VIOLATIONS_SHOWN_MAX).collect::<Vec<_>>(),
             "violations_total": self.violations.len(),
@@ -438,6 +485,7 @@ mod tests {
             idle: None,
             retire: None,
             journal_bytes: None,
+            deadlines: None,
         };
         let j = report.json();
         assert_eq!(j["requests"], 1_001);

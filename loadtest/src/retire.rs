@@ -102,6 +102,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
         idle: None,
         retire: Some(retirement),
         journal_bytes: None,
+        deadlines: None,
     })
 }
 

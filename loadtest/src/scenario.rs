@@ -336,10 +336,12 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         idle: None,
         retire: None,
         journal_bytes: None,
+        deadlines: None,
     })
 }
 
-/// mixed: deposits, sends, grabs and balance reads, closed-loop or on a schedule.
+/// mixed: deposits, sends, grabs, transfers (embedded) and balance reads, closed-loop or on a
+/// schedule.
 pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     let (groups, members, total, shares) = (args.groups, args.members, args.yuan * 100, args.shares);
     for g in 0..groups {
@@ -381,8 +383,13 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                 progress.clone(),
             );
             let (rate, seed, retries_max) = (args.rate, args.seed, args.busy_retries_max);
+            let transfers = target.has_transfers();
             tokio::spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (w as u64).wrapping_mul(0x9E37_79B9));
+                // This worker's transfers not yet accepted: (id, receiver). Ids are the
+                // worker's own, so no two workers send the same one.
+                let mut awaiting = std::collections::VecDeque::new();
+                let mut next_transfer = (w as u64) << 40;
                 let mut figures = Figures::default();
                 barrier.wait().await;
                 let start = *start_at.get().expect("set before the barrier opens");
@@ -420,10 +427,31 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                             current[g as usize].store(id.0, Ordering::Release);
                         }
                         (kind, 0)
-                    } else if roll < 68 {
+                    } else if roll < 62 || (roll < 68 && !transfers) {
                         let op = GrabOp { packet: PacketId(packet), group: GroupId(g), user };
                         let (reply, retries) = grab_until_answered(&target, op, retries_max).await;
                         (reply.kind(), retries)
+                    } else if roll < 68 {
+                        // Half send an instant transfer to another member, half accept the
+                        // oldest this worker sent.
+                        let oldest = if roll < 65 { awaiting.pop_front() } else { None };
+                        match oldest {
+                            Some((id, to)) => (target.accept(id, to).await, 0),
+                            None => {
+                                let to = member(g, rng.random_range(1..=members), members);
+                                if to == user {
+                                    (if target.balance(user).await.is_ok() { "balance" } else { "error" }, 0)
+                                } else {
+                                    let id = next_transfer;
+                                    next_transfer += 1;
+                                    let kind = target.transfer(id, user, to, rng.random_range(1..=1_000)).await;
+                                    if kind == "transfer_sent" {
+                                        awaiting.push_back((id, to));
+                                    }
+                                    (kind, 0)
+                                }
+                            }
+                        }
                     } else if roll < 80 {
                         (target.deposit(op_ids.fetch_add(1, Ordering::Relaxed), user, 1_000).await, 0)
                     } else {
@@ -461,7 +489,11 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         params: json!({
             "groups": groups, "members": members, "shares": shares, "yuan": args.yuan,
             "duration_secs": args.duration_secs, "rate": args.rate, "connections": workers, "seed": args.seed,
-            "mix": "60% grab, 8% send, 12% deposit, 20% balance",
+            "mix": if target.has_transfers() {
+                "54% grab, 8% send, 6% transfer (send or accept), 12% deposit, 20% balance"
+            } else {
+                "60% grab, 8% send, 12% deposit, 20% balance"
+            },
         }),
         figures,
         elapsed_secs: elapsed.as_secs_f64(),
@@ -471,6 +503,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         idle: None,
         retire: None,
         journal_bytes: None,
+        deadlines: None,
     })
 }
 
@@ -573,5 +606,6 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         idle: Some((packets, before, after)),
         retire: None,
         journal_bytes: None,
+        deadlines: None,
     })
 }

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hongbao::{
-    split, Amount, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, SendError, Split, UserId, WalletError,
+    split, Amount, Arrival, Engine, GrabError, GroupId, NewPacket, NewTransfer, OpId, PacketId, SendError, Split,
+    TransferError, TransferId, UserId, WalletError,
 };
 use redis::aio::MultiplexedConnection;
 use redis::Script;
@@ -98,6 +99,37 @@ impl Target {
         }
     }
 
+    /// Sends an instant transfer (embedded only: the Redis baseline has none); the reply kind.
+    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> &'static str {
+        match self {
+            Target::Embedded(e) => {
+                let spec = NewTransfer {
+                    id: TransferId(id),
+                    from,
+                    to,
+                    amount: Amount::fen(fen),
+                    arrival: Arrival::Instant,
+                    note: String::new(),
+                };
+                transfer_kind(e.transfer(spec).await.map(|_| "transfer_sent"))
+            }
+            Target::Redis(_) => "unsupported",
+        }
+    }
+
+    /// The receiver accepts a transfer (embedded only); the reply kind.
+    pub async fn accept(&self, id: u64, by: UserId) -> &'static str {
+        match self {
+            Target::Embedded(e) => transfer_kind(e.accept_transfer(TransferId(id), by).await.map(|_| "accepted")),
+            Target::Redis(_) => "unsupported",
+        }
+    }
+
+    /// Whether the target has transfers.
+    pub fn has_transfers(&self) -> bool {
+        matches!(self, Target::Embedded(_))
+    }
+
     /// Sends a lucky packet; the reply kind ("sent", "insufficient_funds" or an error kind).
     pub async fn send(&self, send: &LuckySend) -> &'static str {
         let &LuckySend { packet, sender, group, fen, shares, .. } = send;
@@ -155,8 +187,8 @@ impl Target {
             Target::Embedded(e) => {
                 let a = e.audit().await.map_err(|e| e.to_string())?;
                 let mut detail = format!(
-                    "wallets {} + escrow {} = deposits {} - withdrawals {}",
-                    a.wallets, a.escrow, a.deposits, a.withdrawals
+                    "wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
+                    a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
                 );
                 for v in &a.violations {
                     detail.push_str(&format!("; {v}"));
@@ -180,6 +212,18 @@ impl Target {
         if let Target::Embedded(e) = self {
             e.shutdown().await;
         }
+    }
+}
+
+/// The reply kind of a transfer request.
+pub fn transfer_kind(result: Result<&'static str, TransferError>) -> &'static str {
+    match result {
+        Ok(kind) => kind,
+        Err(TransferError::InsufficientFunds { .. }) => "insufficient_funds",
+        Err(TransferError::TooLate { .. }) => "too_late",
+        Err(TransferError::Busy) => "busy",
+        Err(TransferError::DailyLimit { .. }) => "daily_limit",
+        Err(_) => "transfer_error",
     }
 }
 

@@ -171,6 +171,35 @@ fn same_storm_against_redis_side_by_side() {
 /// The retire scenario runs end to end and reports its memory figures (the growth bound itself
 /// is judged on a release build: see BENCHMARKS.md); it refuses a Redis target.
 #[test]
+fn transfers_scenario_settles_every_transfer_and_times_the_deadlines() {
+    let dir = scratch("transfers");
+    let json = dir.join("r.json");
+    let out = loadtest(&[
+        "--scenario",
+        "transfers",
+        "--transfers",
+        "2000",
+        "--members",
+        "50",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("transfers sent/s") && stdout.contains("deadlines "), "{stdout}");
+    let j = read_json(&json);
+    assert_eq!(j["replies"]["transfer_sent"], 2_000, "{j}");
+    assert_eq!(j["ok"], true, "{j}");
+    let moved: u64 = ["accepted", "declined", "recalled"].iter().map(|k| j["replies"][k].as_u64().unwrap_or(0)).sum();
+    let returned = j["deadlines"]["returned"].as_u64().unwrap();
+    // Every transfer settles once: by a request, or by its deadline.
+    assert_eq!(moved + returned, 2_000, "{j}");
+    assert!(j["deadlines"]["arrived"].as_u64().unwrap() <= returned, "{j}");
+    let refused = loadtest(&["--scenario", "transfers", "--target", "redis://127.0.0.1:1"]);
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+#[test]
 fn retire_scenario_reports_its_memory() {
     let dir = scratch("retire");
     let json = dir.join("r.json");
