@@ -3,7 +3,9 @@
 //! Group red packets (红包, lucky money) under extreme contention: a member puts money into a
 //! packet split into shares, up to a thousand members grab at the same instant, each gets at
 //! most one share — credited to their wallet before the grab returns — and what nobody took
-//! goes back to the sender when the packet expires.
+//! goes back to the sender when the packet expires. Around them: transfers (转账) that can be
+//! delayed and recalled and must be accepted, a cooling-off window (冷静期) that holds large
+//! sends and lets the sender cancel them, and daily caps.
 //!
 //! Start an [`Engine`] with a [`Config`], and call it from any async context; see
 //! [`Engine`] for an example.
@@ -21,15 +23,17 @@
 //! | `routes` | the routing table: packet id → opening / dormant / live actor / closed view, the open count |
 //! | `runtime` | the actix system and arbiters, start and stop order, bounded sends (`Busy`) |
 //! | `packet_actor` | one actor per live packet: decides grabs and expiry, records, applies, replies |
-//! | `wallet` | wallet shard actors (user → shard by hash) and the handle that routes to them |
-//! | `timer` | every deadline in one sorted set, driven by the clock |
+//! | `transfer_shard` | transfer shard actors (transfer → shard by hash): sends, recalls, accepts, declines, deadlines |
+//! | `wallet` | wallet shard actors (user → shard by hash) and the handle that routes to them; sends are decided here |
+//! | `timer` | every deadline (packets' openings and expiries, transfers' arrivals and returns) in one sorted set |
 //! | `audit` | conservation and invariants, for an engine and for a journal directory |
 //! | `replay` | the state a journal describes, folded through the same rules as the live engine |
 //! | `journal` | the [`Journal`] trait, the memory journal, the file journal (`format`, `reader`, `writer`, `snapshot`) |
 //! | `events` | [`Event`]s and [`Subscription`]s (a `Stream`) |
 //! | `roster` | who belongs to which group: eligibility, roster changes |
-//! | `packet` | a packet's state and rules, as plain data |
-//! | `ledger` | wallet balances and their rules, as plain data |
+//! | `packet` | a packet's state and rules, as plain data (cooling-off, grabs, expiry, cancellation) |
+//! | `transfer` | a transfer's state and rules, as plain data |
+//! | `ledger` | wallet balances, daily caps and cooling-off settings, and their rules, as plain data |
 //! | `record` | [`Record`]s of every state change, and their binary encoding |
 //! | `split` | validation of a split and the lucky "double mean" draw |
 //! | `health` | serving, shutting down or failed; what a caller may assume after a failure |
@@ -51,14 +55,19 @@
 //! | 6 one claim per member, a repeat gets the first result | `grab_refusal` and `PacketState::apply` (`packet.rs`) |
 //! | 7 eligibility | `roster::eligible` |
 //! | 8 credit before the reply | `packet_actor.rs` (`Credit` sent before the reply, FIFO shard mailbox) |
-//! | 9 personal packets are irrevocable | [`Engine::recall`] |
+//! | 9 personal packets are irrevocable | [`Engine::recall`]; once open, `PacketState::decide_cancel` says `TooLate` |
 //! | 10 expiry refunds once | `PacketState::decide_expiry`, `PacketState::apply` |
-//! | 11 conservation | [`Audit::is_balanced`] |
+//! | 11 conservation | [`Audit::is_balanced`] (pending: `TransferState::pending`, packets `CoolingOff`) |
 //! | 12 records before replies; storage failure is "outcome unknown" unless cut back | the [`Journal`] contract; `journal/writer.rs` (`cut_back`), [`StorageFailure`] |
-//! | 17 a deadline racing a request has one outcome | the packet actor serializes both; `PacketState::decide_expiry` |
-//! | 18 a deadline leaves the timer only when its packet closed | `timer.rs`, and the packet actor's re-schedule when not due |
-//! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`) |
-//! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, `Replica::apply_record` |
+//! | 13 a transfer debits at once; delayed ones recallable until arrival | `Ledger::decide_send` and `Ledger::apply(TransferSent)`; `TransferState::decide` (recall) and `decide_due` (arrival) |
+//! | 14 accept, decline, or return after 24 h, once each | `TransferState::decide`, `TransferState::decide_due`, `TransferState::apply` |
+//! | 15 single-transfer cap; daily caps by the engine's day | [`Engine::transfer`] (`transfer_fen_max`); `Ledger::decide_send` with the day each send records (`Timestamp::day`) |
+//! | 16 cooling-off holds a send, the sender may cancel, then it opens | `CoolingOff::opens_at` (decided in `Ledger::decide_send`); `PacketState::decide_open` / `decide_cancel`; a transfer's `cooling_until` |
+//! | 17 a deadline racing a request has one outcome | the packet actor and the transfer shard serialize both, applying passed deadlines before any request |
+//! | 18 a deadline leaves the timer only when its action is recorded | `timer.rs`; the packet actor and the transfer shard schedule again what is not yet due |
+//! | 19 caps and policies derived from the journal | `Ledger::apply` folds days of use and cooling-off settings from records; snapshots carry them |
+//! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`) |
+//! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, the transfer shards, `Replica::apply_record` |
 
 mod audit;
 mod clock;
