@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use hongbao::journal::Completion;
 use hongbao::{
-    Amount, Arrival, CoolingOff, Engine, Event, Limits, NewTransfer, OpId, TransferError, TransferId, TransferOutcome,
-    TransferStatus, UserId,
+    Amount, Arrival, Config, CoolingOff, Engine, Event, Journal, Limits, MemoryJournal, NewTransfer, OpId, Record,
+    StorageFailure, TransferError, TransferId, TransferOutcome, TransferStatus, UserId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -327,4 +328,84 @@ async fn events_tell_both_parties_of_every_move() {
     assert_eq!(kinds, vec![(one, "sent"), (one, "arrived"), (one, "accepted"), (two, "sent"), (two, "recalled")]);
     assert!(seen.iter().all(|e| e.parties() == vec![ALICE, BOB] && e.group().is_none()), "{seen:?}");
     engine.shutdown().await;
+}
+
+/// A full mailbox answers `Busy` at once and the refused transfer never exists; the queued ones
+/// complete. Deterministic: one arbiter hosts the wallet and transfer shards, and the first
+/// transfer's record is held inside its append, so nothing on that arbiter runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_answers_busy_and_changes_nothing() {
+    let (journal, entered) = GatedJournal::new(|r| matches!(r, Record::TransferSent(_)), false);
+    let limits = Limits { wallet_mailbox_capacity: 4, ..Limits::default() };
+    let config = Config { arbiters: 1, wallet_shards: 1, ..Config::default() }
+        .with_limits(limits)
+        .with_journal(journal.clone())
+        .with_seed(3);
+    let engine = Engine::start(config).unwrap();
+    engine.deposit(OpId(1), ALICE, Amount::yuan(100)).await.unwrap();
+    journal.arm();
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.transfer(rent(1, Amount::yuan(1), Arrival::Instant)).await }
+    });
+    entered.recv_timeout(Duration::from_secs(30)).expect("the first transfer's record is held");
+    let (mut queued, mut busy) = (Vec::new(), Vec::new());
+    for id in 2..64 {
+        // One poll: the request is either queued (pending) or refused at once.
+        match engine.transfer(rent(id, Amount::yuan(1), Arrival::Instant)).now_or_never() {
+            None => queued.push(id),
+            Some(Err(TransferError::Busy)) => busy.push(id),
+            Some(other) => panic!("transfer {id}: {other:?}"),
+        }
+    }
+    assert!(!busy.is_empty() && !queued.is_empty(), "queued {queued:?}, busy {busy:?}");
+    journal.release();
+    first.await.unwrap().unwrap();
+    engine.run_due().await.unwrap();
+    for id in &queued {
+        assert!(engine.transfer_view(TransferId(*id)).await.is_ok(), "queued transfer {id} completes");
+    }
+    for id in &busy {
+        assert_eq!(engine.transfer_view(TransferId(*id)).await, Err(TransferError::UnknownTransfer));
+    }
+    let sent = 1 + queued.len() as u64;
+    assert_eq!(engine.balance(ALICE).await.unwrap(), Amount::yuan(100 - sent));
+    assert_balanced(&engine).await;
+    engine.shutdown().await;
+}
+
+/// A journal that reports a failure once told to: the engine stops answering.
+struct FailedJournal {
+    inner: MemoryJournal,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Journal for FailedJournal {
+    fn append(&self, record: Record, then: Completion) {
+        self.inner.append(record, then);
+    }
+
+    fn barrier(&self, then: Completion) {
+        self.inner.barrier(then);
+    }
+
+    fn flush(&self) {}
+
+    fn failure(&self) -> Option<StorageFailure> {
+        self.failed.load(std::sync::atomic::Ordering::Acquire).then_some(StorageFailure::CutBack)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_engine_answers_unavailable() {
+    let journal = Arc::new(FailedJournal { inner: MemoryJournal::new(), failed: false.into() });
+    let engine = Engine::start(Config::default().with_journal(journal.clone())).unwrap();
+    engine.deposit(OpId(1), ALICE, Amount::yuan(100)).await.unwrap();
+    engine.transfer(rent(1, Amount::yuan(1), Arrival::Instant)).await.unwrap();
+    journal.failed.store(true, std::sync::atomic::Ordering::Release);
+    let unavailable = Err(TransferError::Unavailable);
+    assert_eq!(engine.transfer(rent(2, Amount::yuan(1), Arrival::Instant)).await, unavailable);
+    assert_eq!(engine.accept_transfer(TransferId(1), BOB).await, unavailable);
+    assert_eq!(engine.transfer_view(TransferId(1)).await, unavailable);
+    assert_eq!(engine.cancel_packet(hongbao::PacketId(1), ALICE).await, Err(hongbao::CancelError::Unavailable));
 }
