@@ -196,15 +196,14 @@ impl TransferShard {
             accept_secs: self.ctx.accept_secs,
             settle: settle_send(Arc::clone(&self.ctx), id, me, reply),
         };
-        match self.ctx.wallets.try_tell(from, debit) {
-            Ok(()) => {
-                self.transfers.insert(id, Slot::Opening);
-            }
-            // The message came back with its reply inside it: answer through it.
-            Err((refused, debit)) => {
-                self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
-                (debit.settle)(Err(TransferError::from(refused)));
-            }
+        // The id is held from here until exactly one `Opened` or `Abandon` of this attempt
+        // comes back, whatever happens to the debit: another send of the same id meanwhile is
+        // answered `Busy`, and only this attempt's answer frees the id (and its pending place).
+        self.transfers.insert(id, Slot::Opening);
+        if let Err((refused, debit)) = self.ctx.wallets.try_tell(from, debit) {
+            // The message came back with its settle inside it: the refusal goes through it,
+            // which queues this attempt's `Abandon`.
+            (debit.settle)(Err(TransferError::from(refused)));
         }
     }
 
@@ -374,10 +373,15 @@ impl Handler<Abandon> for TransferShard {
     type Result = ();
 
     fn handle(&mut self, m: Abandon, _: &mut Context<Self>) {
-        if matches!(self.transfers.get(&m.0), Some(Slot::Opening)) {
-            self.transfers.remove(&m.0);
-            self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || {
+            // The `Opening` is this attempt's: an id is opened by one attempt at a time, and
+            // each attempt sends one `Opened` or one `Abandon`.
+            let removed = self.transfers.remove(&m.0);
+            assert!(matches!(removed, Some(Slot::Opening)), "an abandoned transfer was opening");
+            let before = self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+            assert!(before > 0, "the pending count covers every opening transfer");
+        });
     }
 }
 

@@ -409,3 +409,72 @@ async fn a_failed_engine_answers_unavailable() {
     assert_eq!(engine.transfer_view(TransferId(1)).await, unavailable);
     assert_eq!(engine.cancel_packet(hongbao::PacketId(1), ALICE).await, Err(hongbao::CancelError::Unavailable));
 }
+
+/// Sends of the same ids from different senders, all at once, into wallet mailboxes that are
+/// mostly full: whatever is refused `Busy` changes nothing, each id is debited once, for the
+/// one send that heard `Ok`, and the pending count stays exact (every transfer can still be
+/// settled, and new ones sent, afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_id_sends_under_overload_debit_once() {
+    const USERS: u64 = 8;
+    const IDS: u64 = 4;
+    let seeds: u64 = std::env::var("HONGBAO_RACE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    for seed in 0..seeds {
+        let limits = Limits { wallet_mailbox_capacity: 1, pending_transfers_max: IDS as usize, ..Limits::default() };
+        let config = Config { arbiters: 2, wallet_shards: 2, ..Config::default() }.with_limits(limits).with_seed(seed);
+        let engine = Engine::start(config).unwrap();
+        for u in 1..=USERS {
+            engine.deposit(OpId(u), UserId(u), Amount::yuan(10)).await.unwrap();
+        }
+        let tasks: Vec<_> = (0..600u64)
+            .map(|k| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let from = UserId((k + seed) % USERS + 1);
+                    if k % 3 == 0 {
+                        // Balance reads keep the wallet mailboxes full.
+                        let _ = engine.balance(from).await;
+                        return None;
+                    }
+                    let to = UserId(from.0 % USERS + 1);
+                    let spec = NewTransfer {
+                        id: TransferId(k % IDS),
+                        from,
+                        to,
+                        amount: Amount::fen(1),
+                        arrival: Arrival::Instant,
+                        note: String::new(),
+                    };
+                    Some((spec.clone(), engine.transfer(spec).await))
+                })
+            })
+            .collect();
+        let mut heard: std::collections::HashMap<u64, UserId> = std::collections::HashMap::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Some((spec, Ok(view))) => {
+                    assert_eq!(view.from, spec.from, "seed {seed}");
+                    let first = *heard.entry(spec.id.0).or_insert(spec.from);
+                    assert_eq!(first, spec.from, "seed {seed}: transfer {} sent by two senders", spec.id);
+                }
+                Some((_, Err(TransferError::Busy | TransferError::IdConflict { .. }))) | None => {}
+                Some((spec, Err(e))) => panic!("seed {seed}: {spec:?}: {e:?}"),
+            }
+        }
+        let audit = engine.audit().await.unwrap();
+        assert!(audit.is_balanced(), "seed {seed}: {audit:?}");
+        assert_eq!(audit.transfers_pending, heard.len(), "seed {seed}");
+        for (&id, &from) in &heard {
+            let view = engine.transfer_view(TransferId(id)).await.unwrap();
+            assert_eq!(view.from, from, "seed {seed}");
+            engine.accept_transfer(TransferId(id), view.to).await.unwrap();
+        }
+        let audit = engine.audit().await.unwrap();
+        assert_eq!((audit.transfers_pending, audit.transfers_settled), (0, heard.len()), "seed {seed}");
+        // The pending count is exact: the limit still admits new transfers.
+        let fresh = rent(1_000, Amount::fen(1), Arrival::Instant);
+        assert!(engine.transfer(NewTransfer { from: UserId(1), to: UserId(2), ..fresh }).await.is_ok(), "seed {seed}");
+        assert_balanced(&engine).await;
+        engine.shutdown().await;
+    }
+}
