@@ -17,8 +17,9 @@
 //! A send goes through three hands: this shard reserves the id (a retry with the same fields
 //! gets the transfer's view, other fields `IdConflict`), the sender's wallet shard decides the
 //! debit (funds, daily caps, cooling-off) and records it, and the settle callback tells this
-//! shard the transfer exists (`Opened`) before it answers the caller — so anything the caller
-//! asks next meets the transfer.
+//! shard the transfer exists (`Opened`). The shard publishes its events and answers the caller
+//! only then — so whatever the caller or the receiver does on hearing of it meets the
+//! transfer, and every later event of the transfer follows its `TransferSent`.
 //!
 //! Deadlines (arrival, end of acceptance) live in the timer. Every request first applies the
 //! deadlines that have passed by the engine's clock, so a request racing a deadline meets the
@@ -87,10 +88,11 @@ pub(crate) struct Get {
     pub reply: Reply,
 }
 
-/// The debit is durable: the transfer exists. Never refused.
+/// The debit is durable: the transfer exists; its events go out, then the sender hears. Never
+/// refused.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Opened(TransferSent);
+struct Opened(TransferSent, Reply);
 
 /// The debit was refused: the id is free again. Never refused.
 #[derive(Message)]
@@ -194,7 +196,7 @@ impl TransferShard {
             now,
             day: now.day(self.ctx.day_utc_offset_secs),
             accept_secs: self.ctx.accept_secs,
-            settle: settle_send(Arc::clone(&self.ctx), id, me, reply),
+            settle: settle_send(me, id, reply),
         };
         // The id is held from here until exactly one `Opened` or `Abandon` of this attempt
         // comes back, whatever happens to the debit: another send of the same id meanwhile is
@@ -282,43 +284,18 @@ fn due_event(view: &TransferView) -> Event {
     }
 }
 
-/// What happens once the sender's shard decided a transfer: with the durable record, the
-/// events go out and the shard learns the transfer exists, then the caller hears; with a
-/// refusal, the id is given back. Runs in the journal's completion, so it completes even if
-/// the caller stopped waiting.
-fn settle_send(
-    ctx: Arc<TransferCtx>,
-    id: TransferId,
-    me: Addr<TransferShard>,
-    reply: Reply,
-) -> crate::wallet::TransferSettle {
-    Box::new(move |result| {
-        let answer = match result {
-            Ok(sent) => {
-                let view = TransferState::open(sent.clone()).view(sent.sent_at);
-                ctx.events.publish(|| Event::TransferSent {
-                    transfer: view.id,
-                    from: view.from,
-                    to: view.to,
-                    amount: view.amount,
-                    arrival: view.arrival,
-                    note: view.note.clone(),
-                    status: view.status,
-                });
-                if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
-                    // An instant transfer arrives with its send: the receiver hears at once.
-                    ctx.events.publish(|| due_event(&view));
-                }
-                // Before the reply: whatever the caller asks next finds the transfer.
-                me.do_send(Opened(sent));
-                Ok(view)
-            }
-            Err(e) => {
-                me.do_send(Abandon(id));
-                Err(e)
-            }
-        };
-        let _ = reply.send(answer);
+/// What happens once the sender's shard decided a transfer: with the durable record, the shard
+/// learns the transfer exists (and answers); with a refusal, the id is given back and the
+/// caller hears why. Runs in the journal's completion, so it completes even if the caller
+/// stopped waiting.
+fn settle_send(me: Addr<TransferShard>, id: TransferId, reply: Reply) -> crate::wallet::TransferSettle {
+    Box::new(move |result| match result {
+        Ok(sent) => me.do_send(Opened(sent, reply)),
+        Err(e) => {
+            // Queued before the answer: a retry the caller sends on hearing it finds the id free.
+            me.do_send(Abandon(id));
+            let _ = reply.send(Err(e));
+        }
     })
 }
 
@@ -348,9 +325,15 @@ impl Handler<Get> for TransferShard {
     type Result = ();
 
     fn handle(&mut self, m: Get, _: &mut Context<Self>) {
-        let now = self.ctx.clock.now();
-        let view = self.known(m.id).map(|t| t.view(now));
-        reply_after_barrier(&*self.ctx.journal, m.reply, view);
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || {
+            let now = self.ctx.clock.now();
+            // A deadline that has passed acts first, so the view never shows a transfer in
+            // transit (or awaiting) after its time; the answer waits until that is durable.
+            self.run_due(m.id, now);
+            let view = self.known(m.id).map(|t| t.view(now));
+            reply_after_barrier(&*self.ctx.journal, m.reply, view);
+        });
     }
 }
 
@@ -360,11 +343,29 @@ impl Handler<Opened> for TransferShard {
     fn handle(&mut self, m: Opened, _: &mut Context<Self>) {
         let fuse = Arc::clone(&self.ctx.fuse);
         fuse.guard("transfer shard", || {
-            let state = TransferState::open(m.0);
+            let Opened(sent, reply) = m;
+            let state = TransferState::open(sent);
+            let view = state.view(state.sent().sent_at);
             if let Some(at) = state.next_deadline() {
                 self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(state.id()) });
             }
             self.transfers.insert(state.id(), Slot::Known(state));
+            // The send's record is durable (this came from its completion) and the state is in
+            // place: the events, then the answer.
+            self.ctx.events.publish(|| Event::TransferSent {
+                transfer: view.id,
+                from: view.from,
+                to: view.to,
+                amount: view.amount,
+                arrival: view.arrival,
+                note: view.note.clone(),
+                status: view.status,
+            });
+            if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
+                // An instant transfer arrives with its send: the receiver hears at once.
+                self.ctx.events.publish(|| due_event(&view));
+            }
+            let _ = reply.send(Ok(view));
         });
     }
 }

@@ -478,3 +478,26 @@ async fn same_id_sends_under_overload_debit_once() {
         engine.shutdown().await;
     }
 }
+
+/// A receiver who accepts the moment the arrival event reaches them finds the transfer: its
+/// events go out only once it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_acting_on_the_event_finds_the_transfer() {
+    let Setup { engine, .. } = funded(7, Limits::default()).await;
+    let mut events = engine.subscribe().unwrap();
+    for id in 0..50 {
+        let sender = engine.clone();
+        let sent = tokio::spawn(async move { sender.transfer(rent(id, Amount::fen(1), Arrival::Instant)).await });
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.next()).await.unwrap().unwrap().unwrap();
+            if let Event::TransferArrived { transfer, to, .. } = event {
+                assert_eq!(transfer, TransferId(id));
+                engine.accept_transfer(transfer, to).await.unwrap();
+                break;
+            }
+        }
+        sent.await.unwrap().unwrap();
+    }
+    assert_eq!(engine.balance(BOB).await.unwrap(), Amount::fen(50));
+    engine.shutdown().await;
+}
