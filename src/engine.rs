@@ -34,7 +34,7 @@ use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
 use crate::packet_actor::{self, Cancel, Grab, Grabbed, Inspect, Query};
 use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
-use crate::record::{Arrival, CoolingOff, NewPacket, NewTransfer, PacketSent};
+use crate::record::{CoolingOff, NewPacket, NewTransfer, PacketSent};
 use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
@@ -258,6 +258,11 @@ impl Engine {
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
         let limits = &inner.limits;
+        // A retry is answered from the packet it retries, before anything that may have changed
+        // since its first send (the roster, the limits) is checked again: it was sent.
+        if let Some(route) = inner.routes.get(spec.id) {
+            return self.resend(route, spec).await;
+        }
         if spec.greeting.len() > limits.greeting_bytes_max {
             return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
         }
@@ -273,17 +278,8 @@ impl Engine {
         match inner.routes.reserve(spec.id) {
             Reservation::Reserved => {}
             Reservation::Full => return Err(SendError::TooManyOpenPackets { max: limits.open_packets_max }),
-            Reservation::Taken(Route::Opening) => return Err(SendError::Busy),
-            Reservation::Taken(route) if route.open_meta().is_some_and(|m| m.sent.spec == spec) => {
-                return self.packet(spec.id).await.map_err(|e| match e {
-                    EngineError::Busy => SendError::Busy,
-                    _ => SendError::from(inner.lost().read()),
-                })
-            }
-            Reservation::Taken(Route::Closed(view)) if view.spec() == spec => {
-                return inner.after_barrier((*view).clone()).await.ok_or_else(|| inner.lost().read().into())
-            }
-            Reservation::Taken(_) => return Err(SendError::IdConflict { packet: spec.id }),
+            // Taken since the lookup above: a send of the same id raced this one.
+            Reservation::Taken(route) => return self.resend(route, spec).await,
         }
         let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
         let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, id));
@@ -301,6 +297,25 @@ impl Engine {
         // From here the send completes even if this future is dropped: the shard debits and
         // the packet opens without the caller.
         rx.await.map_err(|_| SendError::from(inner.lost()))?
+    }
+
+    /// The answer to a send whose id is taken: the packet's view if it is the same send (a
+    /// retry), `IdConflict` if not, `Busy` while the first send is still being debited.
+    async fn resend(&self, route: Route, spec: NewPacket) -> Result<PacketView, SendError> {
+        let inner = self.inner()?;
+        match route {
+            Route::Opening => Err(SendError::Busy),
+            route if route.open_meta().is_some_and(|m| m.sent.spec == spec) => {
+                self.packet(spec.id).await.map_err(|e| match e {
+                    EngineError::Busy => SendError::Busy,
+                    _ => SendError::from(inner.lost().read()),
+                })
+            }
+            Route::Closed(view) if view.spec() == spec => {
+                inner.after_barrier((*view).clone()).await.ok_or_else(|| inner.lost().read().into())
+            }
+            _ => Err(SendError::IdConflict { packet: spec.id }),
+        }
     }
 
     /// Grabs a share of `packet` for `user`. The share is in the user's wallet when this
@@ -476,24 +491,8 @@ impl Engine {
     /// ```
     pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
-        let limits = &inner.limits;
-        if spec.amount.is_zero() {
-            return Err(TransferError::ZeroAmount);
-        }
-        if spec.amount.as_fen() > limits.transfer_fen_max {
-            return Err(TransferError::OverLimit { max: Amount::fen(limits.transfer_fen_max) });
-        }
-        if spec.from == spec.to {
-            return Err(TransferError::ToSelf);
-        }
-        if let Arrival::Delayed { secs } = spec.arrival {
-            if secs == 0 || secs > limits.transfer_delay_secs_max {
-                return Err(TransferError::InvalidDelay { secs, max_secs: limits.transfer_delay_secs_max });
-            }
-        }
-        if spec.note.len() > limits.transfer_note_bytes_max {
-            return Err(TransferError::NoteTooLong { bytes: spec.note.len(), max: limits.transfer_note_bytes_max });
-        }
+        // The transfer's shard answers a retry from the transfer it retries, and checks a new
+        // one against the limits (`transfer::validate`).
         let (reply, rx) = oneshot::channel();
         inner.transfers.tell(spec.id, SendTransfer { spec, reply })?;
         // From here the transfer completes even if this future is dropped.

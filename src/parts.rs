@@ -102,8 +102,7 @@ impl Inner {
             fuse: Arc::clone(&fuse),
             pending: AtomicUsize::new(deadlines.len()),
             pending_max: limits.pending_transfers_max,
-            accept_secs: limits.transfer_accept_secs,
-            day_utc_offset_secs: limits.day_utc_offset_secs,
+            limits: limits.clone(),
         });
         let mut parts: Vec<Vec<TransferState>> = (0..wallet_shards).map(|_| Vec::new()).collect();
         loaded.into_iter().for_each(|t| parts[Transfers::place(t.id(), wallet_shards)].push(t));

@@ -26,6 +26,7 @@
 use crate::clock::Timestamp;
 use crate::error::TransferError;
 use crate::ledger::Credit;
+use crate::limits::Limits;
 use crate::money::{Amount, TransferId, UserId};
 use crate::record::{Arrival, NewTransfer, Record, TransferOutcome, TransferSent, TransferStatus};
 
@@ -282,6 +283,32 @@ impl TransferState {
         }
         Ok(state)
     }
+}
+
+/// Checks a new transfer against the limits; changes nothing.
+///
+/// # Errors
+///
+/// `ZeroAmount`, `OverLimit`, `ToSelf`, `InvalidDelay`, `NoteTooLong`.
+pub(crate) fn validate(spec: &NewTransfer, limits: &Limits) -> Result<(), TransferError> {
+    if spec.amount.is_zero() {
+        return Err(TransferError::ZeroAmount);
+    }
+    if spec.amount.as_fen() > limits.transfer_fen_max {
+        return Err(TransferError::OverLimit { max: Amount::fen(limits.transfer_fen_max) });
+    }
+    if spec.from == spec.to {
+        return Err(TransferError::ToSelf);
+    }
+    if let Arrival::Delayed { secs } = spec.arrival {
+        if secs == 0 || secs > limits.transfer_delay_secs_max {
+            return Err(TransferError::InvalidDelay { secs, max_secs: limits.transfer_delay_secs_max });
+        }
+    }
+    if spec.note.len() > limits.transfer_note_bytes_max {
+        return Err(TransferError::NoteTooLong { bytes: spec.note.len(), max: limits.transfer_note_bytes_max });
+    }
+    Ok(())
 }
 
 /// The deadlines of a transfer sent at `now` with `arrival`, after a cooling-off ending at

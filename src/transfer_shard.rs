@@ -58,8 +58,8 @@ pub(crate) struct TransferCtx {
     /// Transfers sending or pending, across shards; bounded by `pending_max`.
     pub pending: AtomicUsize,
     pub pending_max: usize,
-    pub accept_secs: u64,
-    pub day_utc_offset_secs: i32,
+    /// The bounds a new transfer is checked against, and its windows.
+    pub limits: crate::limits::Limits,
 }
 
 /// A transfer to send.
@@ -184,6 +184,12 @@ impl TransferShard {
             }
             None => {}
         }
+        // A new transfer: checked against the limits only now, so that a retry is answered from
+        // the transfer it retries even if the limits changed since (a restart).
+        if let Err(e) = crate::transfer::validate(&spec, &self.ctx.limits) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let max = self.ctx.pending_max;
         if self.ctx.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
             let _ = reply.send(Err(TransferError::TooManyPending { max }));
@@ -194,8 +200,8 @@ impl TransferShard {
         let debit = Debit {
             spec,
             now,
-            day: now.day(self.ctx.day_utc_offset_secs),
-            accept_secs: self.ctx.accept_secs,
+            day: now.day(self.ctx.limits.day_utc_offset_secs),
+            accept_secs: self.ctx.limits.transfer_accept_secs,
             settle: settle_send(me, id, reply),
         };
         // The id is held from here until exactly one `Opened` or `Abandon` of this attempt
@@ -209,11 +215,15 @@ impl TransferShard {
         }
     }
 
-    /// Records and applies what the passed deadlines of `id` do at `now` (arrival, return),
-    /// then gives its next deadline back to the timer.
-    fn run_due(&mut self, id: TransferId, now: Timestamp) {
+    /// Records and applies what the passed deadlines of `id` do at `now` (arrival, return).
+    /// Its next deadline goes to the timer when the timer let the last one go (`fired`) or a
+    /// deadline moved it on; otherwise the timer holds it already (and a flood of requests
+    /// sends the timer nothing).
+    fn run_due(&mut self, id: TransferId, now: Timestamp, fired: bool) {
         let Some(Slot::Known(t)) = self.transfers.get_mut(&id) else { return };
+        let mut moved = false;
         while let Some(record) = t.decide_due(now) {
+            moved = true;
             let credit = t.apply(&record).expect("decided against this state");
             let view = t.view(now);
             if credit.is_some() {
@@ -230,16 +240,16 @@ impl TransferShard {
                 }),
             );
         }
-        // The timer let the deadline go when it fired; it holds the next one (or this one
-        // again, if the clock stepped back under it) until its action is recorded.
-        if let Some(at) = t.next_deadline() {
+        // The timer holds the next deadline (or this one again, if the clock stepped back
+        // under it) until its action is recorded.
+        if let Some(at) = t.next_deadline().filter(|_| fired || moved) {
             self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(id) });
         }
     }
 
     fn act(&mut self, m: Act) {
         let now = self.ctx.clock.now();
-        self.run_due(m.id, now);
+        self.run_due(m.id, now, false);
         let decided = self.known(m.id).and_then(|t| t.decide(m.action, m.by, now));
         let record = match decided {
             Ok(record) => record,
@@ -330,7 +340,7 @@ impl Handler<Get> for TransferShard {
             let now = self.ctx.clock.now();
             // A deadline that has passed acts first, so the view never shows a transfer in
             // transit (or awaiting) after its time; the answer waits until that is durable.
-            self.run_due(m.id, now);
+            self.run_due(m.id, now, false);
             let view = self.known(m.id).map(|t| t.view(now));
             reply_after_barrier(&*self.ctx.journal, m.reply, view);
         });
@@ -393,6 +403,8 @@ impl Handler<RunDue> for TransferShard {
         let fuse = Arc::clone(&self.ctx.fuse);
         fuse.guard("transfer shard", || {
             let now = self.ctx.clock.now();
+            // One id: the timer's, which let its deadline go.
+            let fired = m.id.is_some();
             let ids: Vec<TransferId> = match m.id {
                 Some(id) => vec![id],
                 None => self
@@ -402,7 +414,7 @@ impl Handler<RunDue> for TransferShard {
                     .map(|(&id, _)| id)
                     .collect(),
             };
-            ids.into_iter().for_each(|id| self.run_due(id, now));
+            ids.into_iter().for_each(|id| self.run_due(id, now, fired));
             if let Some(reply) = m.reply {
                 reply_after_barrier(&*self.ctx.journal, reply, ());
             }

@@ -353,7 +353,8 @@ impl Handler<GetUsage> for WalletShard {
     fn handle(&mut self, m: GetUsage, _: &mut Context<Self>) {
         let used = self.ledger.day_use(m.user, m.day);
         let usage = Usage {
-            day: m.day,
+            // A later day if the clock stepped back since: its use is what counts.
+            day: used.day,
             sent_today: Amount::fen(used.sent_fen),
             packets_today: used.packets,
             cooling_off: self.ledger.cooling_off(m.user),

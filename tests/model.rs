@@ -202,17 +202,19 @@ async fn simulate(seed: u64) {
                     greeting: String::new(),
                 };
                 let got = engine.send_packet(spec.clone()).await;
+                // A taken id answers first: the same send again is a retry, another is a
+                // conflict, whatever else is wrong with it.
                 let expected = match split::validate(&spec.split, &limits) {
+                    _ if model.packets.get(&id).is_some_and(|p| p.spec != spec) => {
+                        Err(SendError::IdConflict { packet: id })
+                    }
+                    _ if model.packets.contains_key(&id) => Ok(()),
                     Err(reason) => Err(SendError::InvalidSplit { reason }),
                     Ok(_) if !model.member(spec.group, spec.sender) => Err(SendError::NotMember { user: spec.sender }),
                     Ok(_) if matches!(spec.split, Split::Exclusive { to, .. } if !model.member(spec.group, to)) => {
                         let Split::Exclusive { to, .. } = spec.split else { unreachable!() };
                         Err(SendError::NotMember { user: to })
                     }
-                    Ok(_) if model.packets.get(&id).is_some_and(|p| p.spec != spec) => {
-                        Err(SendError::IdConflict { packet: id })
-                    }
-                    Ok(_) if model.packets.contains_key(&id) => Ok(()),
                     Ok((total, _)) if total.as_fen() > model.balance(user) => {
                         Err(SendError::InsufficientFunds { balance: Amount::fen(model.balance(user)), needed: total })
                     }

@@ -163,3 +163,37 @@ async fn settled_transfers_are_retired_after_their_retention_and_pending_ones_ne
     assert!(audit.is_balanced(), "{audit:?}");
     engine.shutdown().await;
 }
+
+/// A retry of a send that succeeded is answered with the send, even when what was checked the
+/// first time has changed since: the sender left the group, the limits are lower after a
+/// restart. Nothing is debited twice, and the retry is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_acknowledged_send_is_answered_with_it() {
+    let dir = scratch_dir("retry-after-change");
+    let clock = ManualClock::default();
+    let engine = start_on_journal(&dir, &clock, Limits::default(), None);
+    group_with_funds(&engine, GroupId(1), 3, Amount::yuan(1_000)).await;
+    let packet = lucky(1, GroupId(1), Amount::yuan(1), 2);
+    let sent = engine.send_packet(packet.clone()).await.unwrap();
+    engine.remove_members(GroupId(1), [SENDER]).await.unwrap();
+    assert_eq!(engine.send_packet(packet.clone()).await.unwrap(), sent);
+    // Other fields under the same id are a conflict, whatever else is wrong with them.
+    let other = lucky(1, GroupId(1), Amount::yuan(2), 2);
+    assert_eq!(engine.send_packet(other).await, Err(SendError::IdConflict { packet: PacketId(1) }));
+    let transfer = to_bob(1, 400, Arrival::Instant);
+    let first = engine.transfer(transfer.clone()).await.unwrap();
+    engine.shutdown().await;
+    drop(engine);
+
+    let lower = Limits { transfer_fen_max: 10_000, greeting_bytes_max: 1, ..Limits::default() };
+    let engine = start_on_journal(&dir, &clock, lower, None);
+    assert_eq!(engine.transfer(transfer.clone()).await.unwrap(), first);
+    let conflict = NewTransfer { amount: Amount::yuan(401), ..transfer };
+    assert_eq!(engine.transfer(conflict).await, Err(TransferError::IdConflict { transfer: TransferId(1) }));
+    assert_eq!(engine.send_packet(packet).await.unwrap(), sent);
+    assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::yuan(1_000 - 1 - 400));
+    assert_balanced(&engine).await;
+    engine.shutdown().await;
+    drop(engine);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
