@@ -72,7 +72,7 @@ fn storm(c: &mut Criterion) {
                 let engine = engine_with_group(MEMBERS, iters * MEMBERS * 10).await;
                 let mut took = Duration::ZERO;
                 for p in 0..iters {
-                    send(&engine, p, Split::Lucky { total: Amount::fen(MEMBERS * 10), shares: MEMBERS as u32 }).await;
+                    send(&engine, p, Split::lucky(Amount::fen(MEMBERS * 10), MEMBERS as u32)).await;
                     let (go, ready) = watch::channel(false);
                     let ready = Arc::new(ready);
                     let tasks: Vec<_> = (1..=MEMBERS)

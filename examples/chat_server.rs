@@ -56,7 +56,7 @@ async fn demo_engine() -> Engine {
     let engine = Engine::start(Config::default()).expect("engine starts");
     engine.set_members(GroupId(7), (1..=4).map(UserId)).await.expect("roster");
     engine.deposit(OpId(1), UserId(1), Amount::yuan(100)).await.expect("deposit");
-    let split = Split::Lucky { total: Amount::yuan(3), shares: 3 };
+    let split = Split::lucky(Amount::yuan(3), 3);
     let packet =
         NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(7), split, greeting: "恭喜发财".into() };
     engine.send_packet(packet).await.expect("send");

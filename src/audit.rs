@@ -241,7 +241,7 @@ mod tests {
         engine.set_members(GroupId(1), members.iter().copied().chain([sender])).await.unwrap();
         engine.deposit(OpId(1), sender, Amount::yuan(100)).await.unwrap();
         for p in 0..6 {
-            let split = Split::Lucky { total: Amount::yuan(5), shares: 10 };
+            let split = Split::lucky(Amount::yuan(5), 10);
             let spec = NewPacket { id: PacketId(p), sender, group: GroupId(1), split, greeting: String::new() };
             engine.send_packet(spec).await.unwrap();
             for &u in &members[..12] {

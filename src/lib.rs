@@ -51,7 +51,7 @@
 //! | 1 integer fen | [`Amount`] (`money.rs`) |
 //! | 2 a send debits at once, or changes nothing | `Ledger::decide_debit`, `Ledger::apply` (`ledger.rs`) |
 //! | 3, 4 kinds of packet, shares within bounds and summing to the total | [`split::validate`] |
-//! | 5 the lucky draw, re-derivable from its seed | [`split::draw`]; checked on every claim by `PacketState::apply` |
+//! | 5 the lucky draw, re-derivable from its seed | [`split::draw`] (double mean) and [`split::shuffled_shares`] (the order-fair rule); checked on every claim by `PacketState::apply` |
 //! | 6 one claim per member, a repeat gets the first result | `grab_refusal` and `PacketState::apply` (`packet.rs`) |
 //! | 7 eligibility | `roster::eligible` |
 //! | 8 credit before the reply | `packet_actor.rs` (`Credit` sent before the reply, FIFO shard mailbox) |
@@ -123,7 +123,7 @@ pub use placement::packet_seed;
 pub use record::{
     Arrival, CoolingOff, DecodeError, NewPacket, NewTransfer, PacketSent, TransferOutcome, TransferSent, TransferStatus,
 };
-pub use split::{InvalidSplit, Split};
+pub use split::{Draw, InvalidSplit, Split};
 pub use transfer::TransferView;
 
 /// The README's example, compiled and run as a doc test so that it stays true.

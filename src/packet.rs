@@ -36,7 +36,7 @@ use crate::error::{CancelError, GrabError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
 use crate::record::{NewPacket, PacketSent, Record};
-use crate::split::{self, Split};
+use crate::split::{self, Draw, Split};
 
 /// Where a packet stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,8 +168,11 @@ pub(crate) struct PacketState {
     total: Amount,
     shares: u32,
     share_fen_max: u64,
-    /// The lucky draw's stream, positioned after `next_fen`; dropped once the packet closes.
+    /// The double-mean draw's stream, positioned after `next_fen`; dropped once the packet
+    /// closes.
     rng: Option<Box<ChaCha8Rng>>,
+    /// A shuffled packet's shares in grab order, cut when it was sent; dropped once it closes.
+    cut: Option<Box<[u64]>>,
     /// The share the next claim takes; zero once no share is left.
     next_fen: u64,
     /// When its cooling-off ended (`None` if it had none, or it has not ended).
@@ -198,12 +201,19 @@ impl PacketState {
         let share_fen_max = sent.share_fen_max;
         let total = sent.spec.split.total().expect("a validated split has a total");
         let shares = sent.spec.split.shares();
-        let rng = matches!(sent.spec.split, Split::Lucky { .. }).then(|| Box::new(split::rng(sent.seed)));
+        let (rng, cut) = match sent.spec.split {
+            Split::Lucky { total, shares, draw: Draw::Shuffled } => {
+                (None, Some(split::shuffled_shares(total.as_fen(), shares, share_fen_max, sent.seed).into()))
+            }
+            Split::Lucky { .. } => (Some(Box::new(split::rng(sent.seed))), None),
+            _ => (None, None),
+        };
         let mut state = PacketState {
             total,
             shares,
             share_fen_max,
             rng,
+            cut,
             next_fen: 0,
             opened_at: None,
             remaining_fen: total.as_fen(),
@@ -412,6 +422,7 @@ impl PacketState {
         // Never before it was sent, even if the clock stepped back in between.
         self.closed_at = Some(at.max(self.sent.sent_at));
         self.rng = None;
+        self.cut = None;
         Credit { user: self.sent.spec.sender, amount: refund }
     }
 
@@ -444,6 +455,7 @@ impl PacketState {
             // retention counts from then at the earliest.
             self.closed_at = Some(claim.at.max(self.sent.sent_at));
             self.rng = None;
+            self.cut = None;
         }
         self.next_fen = self.draw_next();
     }
@@ -455,7 +467,11 @@ impl PacketState {
         if left == 0 {
             return 0;
         }
+        let position = self.claims.len();
         let amount = match (&self.sent.spec.split, self.rng.as_deref_mut()) {
+            (Split::Lucky { draw: Draw::Shuffled, .. }, _) => {
+                self.cut.as_ref().expect("an open shuffled packet keeps its shares")[position]
+            }
             (Split::Lucky { .. }, Some(rng)) => split::draw(rng, self.remaining_fen, left, self.share_fen_max),
             (Split::Fixed { each, .. }, _) => each.as_fen(),
             (Split::Exclusive { amount, .. }, _) => amount.as_fen(),
@@ -603,7 +619,7 @@ mod tests {
 
     #[test]
     fn lucky_packet_pays_its_seeded_shares_and_sells_out() {
-        let mut p = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
+        let mut p = packet(Split::lucky(Amount::yuan(10), 5));
         let expected = split::lucky_shares(1_000, 5, CAP, 99);
         for (i, want) in expected.iter().enumerate() {
             let claim = grab(&mut p, 10 + i as u64, true).unwrap();
@@ -655,7 +671,7 @@ mod tests {
 
     #[test]
     fn restore_continues_the_draw_and_checks_claims() {
-        let mut live = packet(Split::Lucky { total: Amount::yuan(10), shares: 5 });
+        let mut live = packet(Split::lucky(Amount::yuan(10), 5));
         let claims: Vec<ClaimView> = (0..3).map(|u| grab(&mut live, 10 + u, true).unwrap()).collect();
         let mut restored = PacketState::restore(live.sent().clone(), None, &claims).unwrap();
         assert_eq!(restored.view(), live.view());

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::clock::Timestamp;
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
-use crate::split::Split;
+use crate::split::{Draw, Split};
 
 const DEPOSIT: u8 = 1;
 const WITHDRAWAL: u8 = 2;
@@ -59,6 +59,8 @@ pub(crate) const RETIRED_IDS_MAX: usize = 100_000;
 const SPLIT_LUCKY: u8 = 1;
 const SPLIT_FIXED: u8 = 2;
 const SPLIT_EXCLUSIVE: u8 = 3;
+/// A lucky split by the shuffled draw (format version 3).
+const SPLIT_LUCKY_SHUFFLED: u8 = 4;
 
 /// What a sender asks for. The same id with the same fields is the same send (a retry).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -531,8 +533,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
             put_u64s(out, &[opens_at.0, *day]);
             match spec.split {
-                Split::Lucky { total, shares } => {
-                    out.push(SPLIT_LUCKY);
+                Split::Lucky { total, shares, draw } => {
+                    out.push(match draw {
+                        Draw::Shuffled => SPLIT_LUCKY_SHUFFLED,
+                        _ => SPLIT_LUCKY,
+                    });
                     put_u64s(out, &[total.as_fen(), u64::from(shares)]);
                 }
                 Split::Fixed { each, shares } => {
@@ -704,7 +709,8 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
                 _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS)),
             };
             let split = match r.u8()? {
-                SPLIT_LUCKY => Split::Lucky { total: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
+                SPLIT_LUCKY => Split::lucky(Amount::fen(r.u64()?), r.u64()? as u32),
+                SPLIT_LUCKY_SHUFFLED => Split::shuffled(Amount::fen(r.u64()?), r.u64()? as u32),
                 SPLIT_FIXED => Split::Fixed { each: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
                 SPLIT_EXCLUSIVE => Split::Exclusive { to: UserId(r.u64()?), amount: Amount::fen(r.u64()?) },
                 tag => return Err(DecodeError::UnknownTag(tag)),
@@ -775,7 +781,8 @@ pub(crate) mod tests {
             Record::Roster { group: GroupId(8), members: vec![] },
             Record::MembersAdded { group: GroupId(7), members: vec![UserId(3)] },
             Record::MembersRemoved { group: GroupId(7), members: vec![UserId(1), UserId(3)] },
-            sent(42, Split::Lucky { total: Amount::yuan(100), shares: 100 }, "恭喜发财", 0xDEAD_BEEF),
+            sent(42, Split::lucky(Amount::yuan(100), 100), "恭喜发财", 0xDEAD_BEEF),
+            sent(45, Split::shuffled(Amount::yuan(3), 7), "", 5),
             sent(43, Split::Fixed { each: Amount::fen(88), shares: 3 }, "", 1),
             sent(44, Split::Exclusive { to: UserId(3), amount: Amount::fen(9) }, "给你", 2),
             Record::Claim {

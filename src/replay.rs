@@ -364,7 +364,7 @@ mod tests {
                 id: PacketId(id),
                 sender: UserId(1),
                 group: GroupId(1),
-                split: Split::Lucky { total: Amount::fen(total), shares },
+                split: Split::lucky(Amount::fen(total), shares),
                 greeting: String::new(),
             },
             seed: 9,

@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn eligibility_is_membership_or_the_named_recipient() {
         let members: IdSet<UserId> = ids(&[1, 2]).into_iter().collect();
-        let lucky = Split::Lucky { total: Amount::fen(10), shares: 2 };
+        let lucky = Split::lucky(Amount::fen(10), 2);
         assert!(eligible(&lucky, Some(&members), UserId(1)));
         assert!(!eligible(&lucky, Some(&members), UserId(3)));
         assert!(!eligible(&lucky, None, UserId(1)));

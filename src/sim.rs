@@ -575,10 +575,15 @@ impl Sim {
         let id = self.model.next_op;
         self.model.next_op += 1;
         let split = match self.rng.random_range(0..3) {
-            0 => Split::Lucky {
-                total: Amount::fen(self.rng.random_range(1..3_000)),
-                shares: self.rng.random_range(1..6),
-            },
+            0 => {
+                let (total, shares) = (Amount::fen(self.rng.random_range(1..3_000)), self.rng.random_range(1..6));
+                // Both draw rules: their shares are checked on every replay.
+                if self.rng.random_bool(0.5) {
+                    Split::lucky(total, shares)
+                } else {
+                    Split::shuffled(total, shares)
+                }
+            }
             1 => Split::Fixed { each: Amount::fen(self.rng.random_range(1..500)), shares: self.rng.random_range(1..4) },
             _ => Split::Exclusive {
                 to: UserId(self.rng.random_range(1..=USERS)),

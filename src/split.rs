@@ -10,10 +10,24 @@
 //! and the uniform draw is this module's own rejection sampler, so that the shares of a packet
 //! can be re-derived from its seed by any later version of hongbao.
 //!
+//! The double mean favours later grabbers: the spread of a share grows with its position, and
+//! at 10 shares the last grabber is the best luck more often than a middle one.
+//!
+//! # The shuffled draw (line cutting, then a seeded order)
+//!
+//! [`Draw::Shuffled`] decides every share when the packet is sent: the total less one fen per
+//! share is cut at `k - 1` uniform points (line cutting), each piece plus one fen is a share;
+//! a piece past the cap gives its excess to pieces with room, in a seeded random order; then
+//! the shares are handed out in a seeded random order (Fisher–Yates). Because the order is a
+//! uniform random permutation, every grab position has the same distribution of shares and
+//! the same chance of the best luck. The same ChaCha8 stream and rejection sampler as the
+//! double mean: [`shuffled_shares`] re-derives the shares from the packet's seed.
+//!
 //! # Invariants
 //!
 //! A packet that passed [`validate`] always has `k ≤ r ≤ k·cap` between grabs, so the clamp
-//! range is never empty; [`draw`] asserts it.
+//! range is never empty; [`draw`] asserts it. A shuffled packet's shares each lie in
+//! `[1, cap]` and sum to the total; [`shuffled_shares`] asserts it.
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,18 +36,37 @@ use thiserror::Error;
 use crate::limits::Limits;
 use crate::money::{Amount, UserId};
 
+/// How a lucky packet's shares are drawn. Recorded with the packet, so its shares re-derive
+/// from its seed whatever the engine's default becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Draw {
+    /// WeChat's rule, at grab time: uniform in `[1, 2·remaining/left]`, clamped. Later
+    /// grabbers get a wider spread and more often the best luck.
+    #[default]
+    DoubleMean,
+    /// Line cutting at send, then a seeded random order: every grab position has the same
+    /// distribution.
+    Shuffled,
+}
+
 /// How a packet's total is divided.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Split {
-    /// 拼手气: `total` split into `shares` random shares, drawn at grab time.
+    /// 拼手气: `total` split into `shares` random shares, by the rule `draw`.
     Lucky {
         /// The packet's total.
         total: Amount,
         /// How many members can win a share.
         shares: u32,
+        /// The draw rule (the double mean unless asked otherwise).
+        #[cfg_attr(feature = "serde", serde(default))]
+        draw: Draw,
     },
     /// 普通: `shares` shares of `each`.
     Fixed {
@@ -52,6 +85,17 @@ pub enum Split {
 }
 
 impl Split {
+    /// A lucky split of `total` into `shares` shares by the double mean (WeChat's rule).
+    pub fn lucky(total: Amount, shares: u32) -> Split {
+        Split::Lucky { total, shares, draw: Draw::DoubleMean }
+    }
+
+    /// A lucky split of `total` into `shares` shares, cut at send and handed out in a seeded
+    /// random order: fair to every grab position.
+    pub fn shuffled(total: Amount, shares: u32) -> Split {
+        Split::Lucky { total, shares, draw: Draw::Shuffled }
+    }
+
     /// The number of shares.
     pub fn shares(&self) -> u32 {
         match *self {
@@ -155,7 +199,7 @@ pub fn check_servable(split: &Split, cap_fen: u64) -> Result<(), InvalidSplit> {
     }
     let cap = Amount::fen(cap_fen);
     match *split {
-        Split::Lucky { total, shares } => {
+        Split::Lucky { total, shares, .. } => {
             if total.as_fen() < u64::from(shares) {
                 return Err(InvalidSplit::ShareBelowOneFen { total, shares });
             }
@@ -213,7 +257,69 @@ pub fn draw(rng: &mut impl RngCore, remaining_fen: u64, shares_left: u32, cap_fe
     drawn.clamp(lo, hi)
 }
 
-/// Every share of a lucky packet in grab order, re-derived from its seed.
+/// Every share of a shuffled lucky packet in grab order, re-derived from its seed (see the
+/// module's documentation).
+///
+/// # Panics
+///
+/// If `shares ≤ total_fen ≤ shares·cap_fen` does not hold: [`check_servable`] refuses such a
+/// split before anything draws it.
+pub fn shuffled_shares(total_fen: u64, shares: u32, cap_fen: u64, seed: u64) -> Vec<u64> {
+    let k = u64::from(shares);
+    assert!(
+        k >= 1 && total_fen >= k && total_fen <= k.saturating_mul(cap_fen),
+        "shuffled split out of bounds: {total_fen} fen, {k} shares, cap {cap_fen}"
+    );
+    let mut rng = rng(seed);
+    // Line cutting: `k - 1` uniform points on [0, total - k] cut it into `k` pieces.
+    let free = total_fen - k;
+    let mut cuts: Vec<u64> = (1..k).map(|_| uniform(&mut rng, 0, free)).collect();
+    cuts.sort_unstable();
+    let mut pieces: Vec<u64> = Vec::with_capacity(shares as usize);
+    let mut last = 0;
+    for &c in cuts.iter().chain(std::iter::once(&free)) {
+        pieces.push(c - last);
+        last = c;
+    }
+    // A piece past the cap (less the fen every share has) gives its excess to pieces with
+    // room, visited in a seeded random order; the bounds guarantee there is room enough.
+    let room = cap_fen - 1;
+    let mut excess: u64 = pieces.iter_mut().map(|p| std::mem::replace(p, (*p).min(room)).saturating_sub(room)).sum();
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    shuffle(&mut rng, &mut order);
+    for i in order {
+        if excess == 0 {
+            break;
+        }
+        let give = excess.min(room - pieces[i]);
+        pieces[i] += give;
+        excess -= give;
+    }
+    assert_eq!(excess, 0, "the cap leaves room for the excess");
+    let mut shares_fen: Vec<u64> = pieces.into_iter().map(|p| p + 1).collect();
+    // The order the shares are handed out in: a uniform permutation.
+    shuffle(&mut rng, &mut shares_fen);
+    debug_assert_eq!(shares_fen.iter().sum::<u64>(), total_fen);
+    shares_fen
+}
+
+/// A seeded Fisher–Yates shuffle with this module's sampler.
+fn shuffle<T>(rng: &mut impl RngCore, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = uniform(rng, 0, i as u64) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// Every share of a lucky packet in grab order, re-derived from its seed, by its draw rule.
+pub fn shares_of(total_fen: u64, shares: u32, cap_fen: u64, seed: u64, draw: Draw) -> Vec<u64> {
+    match draw {
+        Draw::DoubleMean => lucky_shares(total_fen, shares, cap_fen, seed),
+        Draw::Shuffled => shuffled_shares(total_fen, shares, cap_fen, seed),
+    }
+}
+
+/// Every share of a double-mean lucky packet in grab order, re-derived from its seed.
 pub fn lucky_shares(total_fen: u64, shares: u32, cap_fen: u64, seed: u64) -> Vec<u64> {
     let mut rng = rng(seed);
     let mut remaining = total_fen;
@@ -234,12 +340,14 @@ mod tests {
     const CAP: u64 = 20_000;
 
     fn check(total: u64, shares: u32, cap: u64, seed: u64) {
-        let got = lucky_shares(total, shares, cap, seed);
-        let ctx = format!("total={total} shares={shares} cap={cap} seed={seed}");
-        assert_eq!(got.len(), shares as usize, "{ctx}");
-        assert_eq!(got.iter().sum::<u64>(), total, "{ctx}");
-        assert!(got.iter().all(|&s| (1..=cap).contains(&s)), "{ctx}: {got:?}");
-        assert_eq!(got, lucky_shares(total, shares, cap, seed), "{ctx}: not reproducible");
+        for draw in [Draw::DoubleMean, Draw::Shuffled] {
+            let got = shares_of(total, shares, cap, seed, draw);
+            let ctx = format!("{draw:?} total={total} shares={shares} cap={cap} seed={seed}");
+            assert_eq!(got.len(), shares as usize, "{ctx}");
+            assert_eq!(got.iter().sum::<u64>(), total, "{ctx}");
+            assert!(got.iter().all(|&s| (1..=cap).contains(&s)), "{ctx}: {got:?}");
+            assert_eq!(got, shares_of(total, shares, cap, seed, draw), "{ctx}: not reproducible");
+        }
     }
 
     #[test]
@@ -283,6 +391,39 @@ mod tests {
     const PINNED: [u64; 5] = [236, 247, 2, 479, 36];
 
     #[test]
+    fn shuffled_draws_are_stable_across_versions() {
+        assert_eq!(shuffled_shares(1_000, 5, CAP, 7), PINNED_SHUFFLED.to_vec());
+    }
+    const PINNED_SHUFFLED: [u64; 5] = [22, 91, 226, 216, 445];
+
+    /// Every position of a shuffled packet has the same distribution: its mean share and its
+    /// chance of the best luck are the same, where the double mean's are not.
+    #[test]
+    fn the_shuffled_draw_is_fair_to_every_position() {
+        let (packets, shares, total) = (20_000u64, 10u32, 1_000u64);
+        let stats = |draw| {
+            let (mut sums, mut best) = (vec![0u64; shares as usize], vec![0u64; shares as usize]);
+            for seed in 0..packets {
+                let got = shares_of(total, shares, CAP, seed, draw);
+                got.iter().enumerate().for_each(|(i, s)| sums[i] += s);
+                // The engine's best luck: the largest share, the earlier on a tie.
+                let max = *got.iter().max().unwrap();
+                best[got.iter().position(|&s| s == max).unwrap()] += 1;
+            }
+            let means: Vec<f64> = sums.iter().map(|&s| s as f64 / packets as f64).collect();
+            let best: Vec<f64> = best.iter().map(|&b| b as f64 / packets as f64).collect();
+            (means, best)
+        };
+        let (means, best) = stats(Draw::Shuffled);
+        // Each mean is 100 fen; with 20 000 packets its standard error is about 0.7 fen.
+        assert!(means.iter().all(|m| (m - 100.0).abs() < 4.0), "{means:?}");
+        // Ties go to the earlier position, so the first has a little more than 1/10.
+        assert!(best.iter().all(|&b| (0.08..0.13).contains(&b)), "{best:?}");
+        let (_, best) = stats(Draw::DoubleMean);
+        assert!(best[9] > best[4] + 0.02, "the double mean favours the last grabber: {best:?}");
+    }
+
+    #[test]
     fn double_mean_bounds_each_draw() {
         let mut gen = rng(9);
         for _ in 0..10_000 {
@@ -308,7 +449,8 @@ mod tests {
     #[test]
     fn validation_accepts_good_splits() {
         let l = limits();
-        assert_eq!(validate(&Split::Lucky { total: Amount::yuan(100), shares: 100 }, &l), Ok((Amount::yuan(100), 100)));
+        assert_eq!(validate(&Split::lucky(Amount::yuan(100), 100), &l), Ok((Amount::yuan(100), 100)));
+        assert_eq!(validate(&Split::shuffled(Amount::yuan(100), 100), &l), Ok((Amount::yuan(100), 100)));
         assert_eq!(validate(&Split::Fixed { each: Amount::fen(88), shares: 10 }, &l), Ok((Amount::fen(880), 10)));
         assert_eq!(
             validate(&Split::Exclusive { to: UserId(3), amount: Amount::yuan(200) }, &l),
@@ -321,7 +463,7 @@ mod tests {
         use InvalidSplit::*;
         let l = limits();
         let cap = Amount::fen(l.share_fen_max);
-        let lucky = |fen, shares| Split::Lucky { total: Amount::fen(fen), shares };
+        let lucky = |fen, shares| Split::lucky(Amount::fen(fen), shares);
         assert_eq!(validate(&lucky(100, 0), &l), Err(ZeroShares));
         assert_eq!(validate(&lucky(100_000, 1_001), &l), Err(TooManyShares { shares: 1_001, max: 1_000 }));
         assert_eq!(validate(&lucky(0, 1), &l), Err(Zero));

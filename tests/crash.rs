@@ -72,7 +72,7 @@ fn crash_child() {
                 id: PacketId(p),
                 sender: SENDER,
                 group: GroupId(1),
-                split: Split::Lucky { total: Amount::yuan(10), shares: SHARES },
+                split: Split::lucky(Amount::yuan(10), SHARES),
                 greeting: String::new(),
             };
             if engine.send_packet(spec).await.is_err() {

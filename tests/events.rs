@@ -39,7 +39,7 @@ async fn one_packet_tells_its_story_in_order() {
             packet: PacketId(1),
             sender: SENDER,
             group,
-            split: Split::Lucky { total: Amount::yuan(1), shares: 2 },
+            split: Split::lucky(Amount::yuan(1), 2),
             greeting: lucky(1, group, Amount::yuan(1), 2).greeting,
             total: Amount::yuan(1),
             shares: 2,

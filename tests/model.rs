@@ -138,7 +138,7 @@ impl Model {
             return Err(GrabError::SoldOut);
         }
         let amount = match p.spec.split {
-            Split::Lucky { .. } => split::lucky_shares(p.total, p.shares, cap, p.seed)[p.claims.len()],
+            Split::Lucky { draw, .. } => split::shares_of(p.total, p.shares, cap, p.seed, draw)[p.claims.len()],
             Split::Fixed { each, .. } => each.as_fen(),
             Split::Exclusive { amount, .. } => amount.as_fen(),
             ref other => unreachable!("the model sends no {other:?}"),
@@ -151,7 +151,8 @@ impl Model {
 
 fn random_split(rng: &mut ChaCha8Rng) -> Split {
     match rng.random_range(0..10) {
-        0..=5 => Split::Lucky { total: Amount::fen(rng.random_range(0..5_000)), shares: rng.random_range(0..12) },
+        0..=2 => Split::lucky(Amount::fen(rng.random_range(0..5_000)), rng.random_range(0..12)),
+        3..=5 => Split::shuffled(Amount::fen(rng.random_range(0..5_000)), rng.random_range(0..12)),
         6..=8 => Split::Fixed { each: Amount::fen(rng.random_range(0..300)), shares: rng.random_range(0..6) },
         _ => {
             Split::Exclusive { to: UserId(rng.random_range(1..=USERS)), amount: Amount::fen(rng.random_range(0..400)) }

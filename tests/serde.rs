@@ -38,11 +38,17 @@ fn packets_and_grabs_round_trip() {
         id: PacketId(42),
         sender: UserId(1),
         group: GroupId(7),
-        split: Split::Lucky { total: Amount::yuan(100), shares: 3 },
+        split: Split::lucky(Amount::yuan(100), 3),
         greeting: "恭喜发财".into(),
     };
     let json = round_trip(&spec);
-    assert_eq!(json["split"], serde_json::json!({ "kind": "lucky", "total": "100.00", "shares": 3 }));
+    let lucky = serde_json::json!({ "kind": "lucky", "total": "100.00", "shares": 3, "draw": "double_mean" });
+    assert_eq!(json["split"], lucky);
+    // A client that names no draw rule gets the double mean.
+    let unnamed = serde_json::json!({ "kind": "lucky", "total": "100.00", "shares": 3 });
+    assert_eq!(serde_json::from_value::<Split>(unnamed).unwrap(), Split::lucky(Amount::yuan(100), 3));
+    let shuffled = round_trip(&Split::shuffled(Amount::yuan(1), 3));
+    assert_eq!(shuffled["draw"], "shuffled");
     round_trip(&Split::Fixed { each: Amount::fen(88), shares: 2 });
     round_trip(&Split::Exclusive { to: UserId(3), amount: Amount::fen(9) });
     let view = PacketView {

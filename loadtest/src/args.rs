@@ -23,7 +23,9 @@ pub struct Args {
     /// the retention and retire them all; report whether memory returns to its baseline),
     /// transfers (--transfers transfers among --members users, instant or delayed 2 h, each
     /// accepted, declined, recalled or left to lapse; then the engine's clock moves past every
-    /// arrival and every acceptance window, and the deadlines are timed)
+    /// arrival and every acceptance window, and the deadlines are timed), fairness (for each
+    /// lucky draw rule, the mean share, its spread and the best-luck chance of every grab
+    /// position over --packets packets of --yuan yuan in --shares shares; no engine runs)
     #[arg(long, value_enum, default_value_t = Scenario::Storm)]
     pub scenario: Scenario,
 
@@ -70,7 +72,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     pub transfers: u64,
 
-    /// Packets to open (idle, retire)
+    /// Packets to open (idle, retire), or to draw (fairness)
     #[arg(long, default_value_t = 1_000_000)]
     pub packets: u64,
 
@@ -166,6 +168,7 @@ pub enum Scenario {
     Idle,
     Retire,
     Transfers,
+    Fairness,
 }
 
 impl Args {
@@ -214,8 +217,10 @@ impl Args {
         if self.scenario == Scenario::Retire && self.target.iter().any(|t| t != "embedded") {
             return Err("--scenario retire measures the embedded engine's retention: --target embedded only".into());
         }
-        if self.scenario == Scenario::Transfers && self.target.iter().any(|t| t != "embedded") {
-            return Err("--scenario transfers: the Redis baseline has no transfers; --target embedded only".into());
+        if matches!(self.scenario, Scenario::Transfers | Scenario::Fairness)
+            && self.target.iter().any(|t| t != "embedded")
+        {
+            return Err("--scenario transfers and fairness are the engine's own: --target embedded only".into());
         }
         if self.scenario == Scenario::Transfers && (self.transfers == 0 || self.members < 2) {
             return Err("--scenario transfers needs --transfers of at least 1 and --members of at least 2".into());

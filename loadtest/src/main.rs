@@ -4,6 +4,7 @@
 //! for a target that cannot be reached), 2 for bad arguments.
 
 mod args;
+mod fairness;
 mod report;
 mod retire;
 mod scenario;
@@ -53,6 +54,9 @@ fn main() -> ExitCode {
 /// Runs the scenario against each target in turn, prints each report and, for several
 /// targets, how they compare; writes the files. Returns whether every run passed.
 async fn run_all(args: &Args) -> Result<bool, String> {
+    if args.scenario == Scenario::Fairness {
+        return fairness::run(args);
+    }
     let mut reports = Vec::new();
     for (i, target) in args.target.iter().enumerate() {
         if i > 0 {
@@ -158,7 +162,9 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
         Scenario::Storm | Scenario::Hot => scenario::storm(Arc::clone(&target), args).await,
         Scenario::Mixed => scenario::mixed(Arc::clone(&target), args).await,
         Scenario::Idle => scenario::idle(Arc::clone(&target), args).await,
-        Scenario::Retire | Scenario::Transfers => unreachable!("run() runs these on an engine of their own"),
+        Scenario::Retire | Scenario::Transfers | Scenario::Fairness => {
+            unreachable!("these run on an engine of their own, or on none")
+        }
     };
     target.shutdown().await;
     drop(target);

@@ -135,7 +135,7 @@ impl Target {
         let &LuckySend { packet, sender, group, fen, shares, .. } = send;
         match self {
             Target::Embedded(e) => {
-                let split = Split::Lucky { total: Amount::fen(fen), shares };
+                let split = Split::lucky(Amount::fen(fen), shares);
                 let spec = NewPacket { id: packet, sender, group, split, greeting: "恭喜发财".into() };
                 match e.send_packet(spec).await {
                     Ok(_) => "sent",

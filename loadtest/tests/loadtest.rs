@@ -200,6 +200,29 @@ fn transfers_scenario_settles_every_transfer_and_times_the_deadlines() {
 }
 
 #[test]
+fn fairness_scenario_reports_both_rules_by_position() {
+    let dir = scratch("fairness");
+    let json = dir.join("r.json");
+    let out =
+        loadtest(&["--scenario", "fairness", "--packets", "20000", "--shares", "10", "--json", json.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = read_json(&json);
+    assert_eq!(j["shuffled_fair"], true, "{j}");
+    for rule in ["double_mean", "shuffled"] {
+        let positions = j[rule].as_array().unwrap();
+        assert_eq!(positions.len(), 10, "{j}");
+        let best: f64 = positions.iter().map(|p| p["best_luck"].as_f64().unwrap()).sum();
+        assert!((best - 1.0).abs() < 1e-9, "{rule}: best-luck chances sum to {best}");
+        // Every position's mean share is the total over the shares (10 yuan), give or take.
+        assert!(positions.iter().all(|p| (p["mean_fen"].as_f64().unwrap() - 1_000.0).abs() < 40.0), "{j}");
+    }
+    // The double mean favours the last grabber over a middle one.
+    let dm = j["double_mean"].as_array().unwrap();
+    assert!(dm[9]["best_luck"].as_f64().unwrap() > dm[4]["best_luck"].as_f64().unwrap() + 0.02, "{j}");
+}
+
+#[test]
 fn retire_scenario_reports_its_memory() {
     let dir = scratch("retire");
     let json = dir.join("r.json");

@@ -22,7 +22,7 @@ async fn write_journal(dir: &Path) -> PathBuf {
     let engine = Engine::start(config).unwrap();
     engine.set_members(GroupId(1), (1..=4).map(UserId)).await.unwrap();
     engine.deposit(OpId(1), UserId(1), Amount::yuan(10)).await.unwrap();
-    let split = Split::Lucky { total: Amount::yuan(5), shares: 5 };
+    let split = Split::lucky(Amount::yuan(5), 5);
     let spec = NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: "hi".into() };
     engine.send_packet(spec).await.unwrap();
     for u in 2..=4 {

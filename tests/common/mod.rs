@@ -47,7 +47,7 @@ pub fn lucky(id: u64, group: GroupId, total: Amount, shares: u32) -> NewPacket {
         id: PacketId(id),
         sender: SENDER,
         group,
-        split: Split::Lucky { total, shares },
+        split: Split::lucky(total, shares),
         greeting: "恭喜发财".into(),
     }
 }
