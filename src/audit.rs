@@ -123,6 +123,10 @@ pub struct JournalAudit {
     pub packets_expired: usize,
     /// Packets cancelled by their sender during cooling-off.
     pub packets_cancelled: usize,
+    /// Packets whose remainder an org admin recalled.
+    pub packets_recalled: usize,
+    /// Orgs.
+    pub orgs: usize,
     /// Transfers not yet settled.
     pub transfers_pending: usize,
     /// Transfers settled (and not yet retired).
@@ -181,6 +185,8 @@ pub fn audit_journal_with_progress(
         packets_sold_out: counts.sold_out,
         packets_expired: counts.expired,
         packets_cancelled: counts.cancelled,
+        packets_recalled: counts.recalled,
+        orgs: replica.orgs.len(),
         transfers_pending,
         transfers_settled,
         audit: replica_audit(replica),
@@ -201,8 +207,8 @@ pub(crate) fn replica_audit(replica: &Replica) -> Audit {
     let violations = replica.packets.values().filter_map(|p| check_view(&p.view()).err()).collect();
     let c = replica.packet_counts();
     let (pending, settled) = replica.transfer_counts();
-    Audit::new(sums, c.open + c.cooling_off, c.sold_out + c.expired + c.cancelled, violations)
-        .with_transfers(pending, settled)
+    let closed = c.sold_out + c.expired + c.cancelled + c.recalled;
+    Audit::new(sums, c.open + c.cooling_off, closed, violations).with_transfers(pending, settled)
 }
 
 #[cfg(test)]

@@ -24,17 +24,20 @@ use tokio::sync::oneshot;
 use crate::audit::{Audit, Sums};
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::error::{CancelError, EngineError, GrabError, SendError, StartError, TransferError, WalletError};
+use crate::error::{
+    CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError, WalletError,
+};
 use crate::events::Subscription;
 use crate::health::{Health, Stopped};
 use crate::ledger::Usage;
 use crate::limits::Limits;
-use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
+use crate::org::{OrgBook, OrgView};
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
-use crate::packet_actor::{self, Cancel, Grab, Grabbed, Inspect, Query};
+use crate::packet_actor::{self, AdminRecall, Cancel, Grab, Grabbed, Inspect, Query};
 use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
-use crate::record::{CoolingOff, NewPacket, NewTransfer, PacketSent};
+use crate::record::{CoolingOff, NewOrg, NewPacket, NewTransfer, PacketSent, Policy};
 use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
@@ -579,6 +582,113 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         inner.wallets.tell(user, GetUsage { user, day, reply })?;
         rx.await.map_err(|_| inner.lost().read().into())
+    }
+
+    /// Creates an enterprise (企业) with its admins (rule 21). Creating the same org again (same
+    /// id, same fields) returns its view and changes nothing. An org starts with the default
+    /// policy: admin recall off, no approval, no cap of its own.
+    ///
+    /// # Errors
+    ///
+    /// `NoAdmins`, `TooManyAdmins`, `TextTooLong` (the name), `IdConflict`, `TooManyOrgs`,
+    /// `ShuttingDown`. Nothing changes on an error.
+    pub async fn create_org(&self, org: OrgId, spec: NewOrg) -> Result<OrgView, OrgError> {
+        let now = self.inner()?.clock.now();
+        self.change_org(org, |book, limits| book.decide_create(org, &spec, limits, now)).await
+    }
+
+    /// Replaces an org's policy, for one of its admins.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownOrg`, `NotAdmin`, `WhitelistTooLong`, `ShuttingDown`. Nothing changes on an
+    /// error.
+    pub async fn set_policy(&self, org: OrgId, by: UserId, policy: Policy) -> Result<OrgView, OrgError> {
+        let now = self.inner()?.clock.now();
+        self.change_org(org, |book, limits| book.decide_policy(org, by, &policy, limits, now).map(Some)).await
+    }
+
+    /// Attaches a group to an org, for one of its admins: the group's packets follow the org's
+    /// policy from then on (its recall policy applies to packets sent in it before, too).
+    /// Attaching it again does nothing.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownOrg`, `NotAdmin`, `GroupTaken` (attached to another org), `ShuttingDown`.
+    pub async fn attach_group(&self, org: OrgId, group: GroupId, by: UserId) -> Result<OrgView, OrgError> {
+        let now = self.inner()?.clock.now();
+        self.change_org(org, |book, _| book.decide_attach(org, group, by, now)).await
+    }
+
+    /// An org: its admins, policy and groups.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownOrg`, `ShuttingDown`.
+    pub async fn org(&self, org: OrgId) -> Result<OrgView, OrgError> {
+        let inner = self.inner()?;
+        let view = inner.orgs.view(org).ok_or(OrgError::UnknownOrg)?;
+        inner.after_barrier(view).await.ok_or_else(|| inner.lost().read().into())
+    }
+
+    async fn change_org(
+        &self,
+        org: OrgId,
+        decide: impl FnOnce(&OrgBook, &crate::limits::Limits) -> Result<Option<crate::record::Record>, OrgError>,
+    ) -> Result<OrgView, OrgError> {
+        let inner = self.inner()?;
+        let answer = inner.orgs.change(org, &*inner.journal, decide)?;
+        let view = answer.await.map_err(|_| OrgError::from(inner.lost()))?;
+        Ok(view.expect("a changed org exists"))
+    }
+
+    /// An org admin takes back an org packet's unclaimed remainder (rule 22): it goes back to
+    /// the sender at once, exactly once; shares already claimed stand. Allowed only for a
+    /// packet sent in a group attached to an org, by one of its admins, with the org's recall
+    /// policy on and the packet's sender on its whitelist. Returns the refund. The recall is
+    /// decided by the packet's own actor, so a grab racing it either won its share before or
+    /// meets the packet recalled.
+    ///
+    /// # Errors
+    ///
+    /// In this order: `UnknownPacket`, `NotOrgPacket` (a personal packet: irrevocable),
+    /// `NotAdmin`, `RecallDisabled`, `NotWhitelisted`, `AlreadyClosed`; also `ReasonTooLong`,
+    /// `Busy`, `ShuttingDown`. Nothing changes on an error.
+    pub async fn admin_recall(&self, packet: PacketId, by: UserId, reason: String) -> Result<Amount, RecallError> {
+        let inner = self.inner()?;
+        let max = inner.limits.org_text_bytes_max;
+        if reason.len() > max {
+            return Err(RecallError::ReasonTooLong { bytes: reason.len(), max });
+        }
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let live = match inner.routes.wake(packet) {
+                None | Some(Route::Opening) => return Err(RecallError::UnknownPacket),
+                Some(Route::Closed(view)) => {
+                    let refusal = inner
+                        .orgs
+                        .check_recall(view.group, view.sender, by)
+                        .err()
+                        .unwrap_or(RecallError::AlreadyClosed);
+                    let answer = inner.after_barrier(refusal).await;
+                    return Err(answer.ok_or_else(|| RecallError::from(inner.lost().read()))?);
+                }
+                Some(Route::Live(live)) => live,
+                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
+            };
+            let (reply, rx) = oneshot::channel();
+            match runtime::tell(&live.addr, AdminRecall { by, reason: reason.clone(), reply }) {
+                Ok(()) => {}
+                Err(Refused::Full) => return Err(RecallError::Busy),
+                Err(Refused::Closed) => continue,
+            }
+            match rx.await {
+                Ok(result) => return result,
+                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
+                // The packet closed with this request queued: its closed route answers it.
+                Err(_) => continue,
+            }
+        }
+        Err(inner.lost().into())
     }
 
     /// A stream of events from now on.

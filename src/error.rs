@@ -10,7 +10,7 @@
 use thiserror::Error;
 
 use crate::clock::Timestamp;
-use crate::money::{Amount, OpId, PacketId, TransferId, UserId};
+use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
 use crate::record::TransferStatus;
 use crate::split::InvalidSplit;
 
@@ -50,6 +50,9 @@ pub enum GrabError {
     /// The sender cancelled the packet during its cooling-off; nothing was ever grabbable.
     #[error("the sender cancelled the packet")]
     Cancelled,
+    /// An admin of the packet's org recalled its remainder.
+    #[error("an admin recalled the packet")]
+    Recalled,
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
@@ -334,6 +337,136 @@ pub enum CancelError {
     Unavailable,
     /// Storage failed while this request was being recorded: it may or may not have taken
     /// effect. Cancel again once the engine runs again: a repeat answers `AlreadyCancelled`.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
+}
+
+/// Why an org call did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum OrgError {
+    /// No org has this id.
+    #[error("no such org")]
+    UnknownOrg,
+    /// The caller is not one of the org's admins.
+    #[error("user {user} is not an admin of the org")]
+    NotAdmin {
+        /// The caller.
+        user: UserId,
+    },
+    /// An org needs at least one admin.
+    #[error("an org needs at least one admin")]
+    NoAdmins,
+    /// More admins than `org_admins_max`.
+    #[error("{admins} admins is more than the limit of {max}")]
+    TooManyAdmins {
+        /// Admins given.
+        admins: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A recall whitelist longer than `org_whitelist_max`.
+    #[error("a whitelist of {senders} senders is more than the limit of {max}")]
+    WhitelistTooLong {
+        /// Senders given.
+        senders: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A name or reason longer than `org_text_bytes_max`.
+    #[error("{bytes} bytes of text; the limit is {max}")]
+    TextTooLong {
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An org with this id exists with other fields.
+    #[error("org {org} exists with different fields")]
+    IdConflict {
+        /// The id.
+        org: OrgId,
+    },
+    /// The group is attached to another org already.
+    #[error("group {group} belongs to org {org}")]
+    GroupTaken {
+        /// The group.
+        group: GroupId,
+        /// The org it is attached to.
+        org: OrgId,
+    },
+    /// `orgs_max` orgs exist already.
+    #[error("too many orgs (limit {max})")]
+    TooManyOrgs {
+        /// The limit.
+        max: usize,
+    },
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Retry it once the engine runs again: the same change again changes nothing more.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
+}
+
+/// Why an admin recall took nothing back. The conditions are checked in this order.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum RecallError {
+    /// No packet has this id.
+    #[error("no such packet")]
+    UnknownPacket,
+    /// The packet was not sent in a group attached to an org: a personal packet, irrevocable.
+    #[error("not an org packet: personal packets are irrevocable")]
+    NotOrgPacket,
+    /// The caller is not an admin of the packet's org.
+    #[error("user {user} is not an admin of the packet's org")]
+    NotAdmin {
+        /// The caller.
+        user: UserId,
+    },
+    /// The org's recall policy is off.
+    #[error("the org's recall policy is off")]
+    RecallDisabled,
+    /// The packet's sender is not on the org's recall whitelist.
+    #[error("sender {sender} is not on the org's recall whitelist")]
+    NotWhitelisted {
+        /// The packet's sender.
+        sender: UserId,
+    },
+    /// The packet closed before (sold out, expired, cancelled, or recalled already): nothing
+    /// is left to take back.
+    #[error("the packet is closed: nothing is left to recall")]
+    AlreadyClosed,
+    /// The reason is longer than `org_text_bytes_max`.
+    #[error("the reason is {bytes} bytes; the limit is {max}")]
+    ReasonTooLong {
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The packet's mailbox is full: try again shortly.
+    #[error("the packet is busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Recall again once the engine runs again: a repeat answers `AlreadyClosed`.
     #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
     OutcomeUnknown,
 }

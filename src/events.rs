@@ -137,6 +137,22 @@ pub enum Event {
         /// How much.
         refunded: Amount,
     },
+    /// An admin of the packet's org recalled its unclaimed remainder; it went back to the
+    /// sender (claimed shares stand).
+    PacketRecalled {
+        /// The packet.
+        packet: PacketId,
+        /// Its group.
+        group: GroupId,
+        /// Who was refunded.
+        sender: UserId,
+        /// The admin.
+        by: UserId,
+        /// How much.
+        refunded: Amount,
+        /// Why, as the admin said.
+        reason: String,
+    },
     /// A transfer was sent: the sender was debited.
     TransferSent {
         /// The transfer.
@@ -215,7 +231,8 @@ impl Event {
             | Event::Expired { packet, .. }
             | Event::PacketCooling { packet, .. }
             | Event::PacketOpened { packet, .. }
-            | Event::PacketCancelled { packet, .. } => Some(packet),
+            | Event::PacketCancelled { packet, .. }
+            | Event::PacketRecalled { packet, .. } => Some(packet),
             _ => None,
         }
     }
@@ -240,6 +257,7 @@ impl Event {
             | Event::TransferSettled { from, to, .. } => vec![from, to],
             Event::Deposited { user, .. } | Event::Withdrawn { user, .. } => vec![user],
             Event::PacketCooling { sender, .. } | Event::PacketCancelled { sender, .. } => vec![sender],
+            Event::PacketRecalled { sender, by, .. } => vec![sender, by],
             _ => Vec::new(),
         }
     }
@@ -252,7 +270,8 @@ impl Event {
             | Event::SoldOut { group, .. }
             | Event::Expired { group, .. }
             | Event::PacketOpened { group, .. }
-            | Event::PacketCancelled { group, .. } => Some(group),
+            | Event::PacketCancelled { group, .. }
+            | Event::PacketRecalled { group, .. } => Some(group),
             // A packet cooling off concerns its sender alone until it opens.
             _ => None,
         }

@@ -31,6 +31,7 @@
 //! | `journal` | the [`Journal`] trait, the memory journal, the file journal (`format`, `reader`, `writer`, `snapshot`) |
 //! | `events` | [`Event`]s and [`Subscription`]s (a `Stream`) |
 //! | `roster` | who belongs to which group: eligibility, roster changes |
+//! | `org` | enterprises: admins, policy, attached groups, the checks of admin recall |
 //! | `packet` | a packet's state and rules, as plain data (cooling-off, grabs, expiry, cancellation) |
 //! | `transfer` | a transfer's state and rules, as plain data |
 //! | `ledger` | wallet balances, daily caps and cooling-off settings, and their rules, as plain data |
@@ -67,6 +68,8 @@
 //! | 18 a deadline leaves the timer only when its action is recorded | `timer.rs`; the packet actor and the transfer shard schedule again what is not yet due |
 //! | 19 caps and policies derived from the journal | `Ledger::apply` folds days of use and cooling-off settings from records; snapshots carry them |
 //! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`) |
+//! | 21 only an org's admins change it | `OrgBook::decide_policy` / `decide_attach` (`org.rs`) |
+//! | 22 admin recall of an org packet's remainder, whitelisted senders only | `OrgBook::check_recall`, then `PacketState::decide_recall` and `apply(PacketRecalled)` in the packet's actor |
 //! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, the transfer shards, `Replica::apply_record` |
 
 mod audit;
@@ -80,6 +83,7 @@ pub mod journal;
 mod ledger;
 mod limits;
 mod money;
+mod org;
 mod packet;
 mod packet_actor;
 mod parts;
@@ -107,7 +111,9 @@ pub use audit::{audit_journal, audit_journal_with_progress, Audit, JournalAudit}
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
-pub use error::{CancelError, EngineError, GrabError, SendError, StartError, TransferError, WalletError};
+pub use error::{
+    CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError, WalletError,
+};
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
 pub use journal::{
@@ -115,13 +121,15 @@ pub use journal::{
 };
 pub use ledger::Usage;
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
-pub use money::{Amount, GroupId, OpId, PacketId, ParseAmountError, ParseIdError, TransferId, UserId};
+pub use money::{Amount, GroupId, OpId, OrgId, PacketId, ParseAmountError, ParseIdError, TransferId, UserId};
+pub use org::OrgView;
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
 pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{
-    Arrival, CoolingOff, DecodeError, NewPacket, NewTransfer, PacketSent, TransferOutcome, TransferSent, TransferStatus,
+    Arrival, CoolingOff, DecodeError, NewOrg, NewPacket, NewTransfer, PacketSent, Policy, RecallPolicy,
+    TransferOutcome, TransferSent, TransferStatus,
 };
 pub use split::{Draw, InvalidSplit, Split};
 pub use transfer::TransferView;

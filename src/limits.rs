@@ -89,6 +89,14 @@ pub struct Limits {
     pub day_utc_offset_secs: i32,
     /// Longest cooling-off window a user may set, in seconds (default 86 400: 24 h).
     pub cooling_off_secs_max: u64,
+    /// Most orgs (default 100 000).
+    pub orgs_max: usize,
+    /// Most admins of one org (default 100).
+    pub org_admins_max: usize,
+    /// Most senders on an org's recall whitelist (default 10 000).
+    pub org_whitelist_max: usize,
+    /// Longest org name, and longest reason an admin gives, in UTF-8 bytes (default 256).
+    pub org_text_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +128,10 @@ impl Default for Limits {
             daily_packets_max: 10_000,
             day_utc_offset_secs: 8 * 3_600,
             cooling_off_secs_max: 86_400,
+            orgs_max: 100_000,
+            org_admins_max: 100,
+            org_whitelist_max: 10_000,
+            org_text_bytes_max: 256,
         }
     }
 }
@@ -200,6 +212,13 @@ impl Limits {
             return fail(
                 "transfer_note_bytes_max must leave a transfer record within the journal's 64 MiB record bound",
             );
+        }
+        if self.orgs_max == 0 || self.org_admins_max == 0 {
+            return fail("orgs_max and org_admins_max must be at least 1");
+        }
+        let org_ids = self.org_admins_max.max(self.org_whitelist_max);
+        if org_ids > (RECORD_BYTES_MAX - 64) / 8 || self.org_text_bytes_max > RECORD_BYTES_MAX - 64 - org_ids * 8 {
+            return fail("org_admins_max, org_whitelist_max and org_text_bytes_max must leave an org record within the journal's 64 MiB record bound");
         }
         // Every record the limits allow must fit the journal's frame.
         if self.greeting_bytes_max > RECORD_BYTES_MAX - SEND_RECORD_FIXED_BYTES {

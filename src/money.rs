@@ -207,6 +207,10 @@ id_type!(
     /// once.
     TransferId
 );
+id_type!(
+    /// An enterprise (企业): its admins, its policy and the groups attached to it.
+    OrgId
+);
 
 /// A fast hasher for the `u64` ids used as map keys on the grab path (claims, rosters).
 ///

@@ -32,7 +32,7 @@
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;
-use crate::error::{CancelError, GrabError};
+use crate::error::{CancelError, GrabError, RecallError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
 use crate::record::{NewPacket, PacketSent, Record};
@@ -63,18 +63,32 @@ pub enum PacketStatus {
         /// The refund.
         refunded: Amount,
     },
+    /// An admin of its org recalled its unclaimed remainder, which went back to the sender;
+    /// the shares claimed before stand.
+    Recalled {
+        /// The refund.
+        refunded: Amount,
+    },
 }
 
 impl PacketStatus {
     /// Whether it is closed: sold out, expired or cancelled.
     pub fn is_closed(self) -> bool {
-        matches!(self, PacketStatus::SoldOut | PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. })
+        matches!(
+            self,
+            PacketStatus::SoldOut
+                | PacketStatus::Expired { .. }
+                | PacketStatus::Cancelled { .. }
+                | PacketStatus::Recalled { .. }
+        )
     }
 
     /// What went back to the sender when it closed.
     pub fn refunded(self) -> Amount {
         match self {
-            PacketStatus::Expired { refunded } | PacketStatus::Cancelled { refunded } => refunded,
+            PacketStatus::Expired { refunded }
+            | PacketStatus::Cancelled { refunded }
+            | PacketStatus::Recalled { refunded } => refunded,
             _ => Amount::ZERO,
         }
     }
@@ -356,9 +370,25 @@ impl PacketState {
     }
 
     /// Decides what expiring at `now` does; changes nothing.
+    /// Decides an admin recall at `now` (the org's conditions were checked by the caller,
+    /// `OrgBook::check_recall`); changes nothing. What is left in escrow goes back; a packet
+    /// cooling off gives back its whole total.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyClosed` once it sold out, expired or was cancelled or recalled.
+    pub(crate) fn decide_recall(&self, by: UserId, reason: &str, now: Timestamp) -> Result<Record, RecallError> {
+        if self.status.is_closed() {
+            return Err(RecallError::AlreadyClosed);
+        }
+        Ok(Record::PacketRecalled { packet: self.id(), by, refund: self.escrow(), reason: reason.to_owned(), at: now })
+    }
+
     pub(crate) fn decide_expiry(&self, now: Timestamp) -> Expiry {
         match self.status {
-            PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. } => Expiry::AlreadyExpired,
+            PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. } | PacketStatus::Recalled { .. } => {
+                Expiry::AlreadyExpired
+            }
             // A packet still cooling off opens first (its expiry is later still).
             PacketStatus::CoolingOff { .. } => Expiry::NotDue,
             _ if now < self.sent.expires_at => Expiry::NotDue,
@@ -401,6 +431,12 @@ impl PacketState {
                 self.status = PacketStatus::Open;
                 self.opened_at = Some(at);
                 None
+            }
+            Record::PacketRecalled { packet, refund, at, .. } if packet == id => {
+                if self.status.is_closed() || refund != self.escrow() {
+                    return Err(format!("packet {id}: recalled for {refund} while {:?}", self.status));
+                }
+                Some(self.refund(PacketStatus::Recalled { refunded: refund }, at))
             }
             Record::PacketCancelled { packet, refund, at } if packet == id => {
                 if !matches!(self.status, PacketStatus::CoolingOff { .. }) || refund != self.escrow() {
@@ -540,6 +576,7 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
         PacketStatus::Expired { .. } => Some(GrabError::Expired),
         PacketStatus::SoldOut => Some(GrabError::SoldOut),
         PacketStatus::Cancelled { .. } => Some(GrabError::Cancelled),
+        PacketStatus::Recalled { .. } => Some(GrabError::Recalled),
         PacketStatus::Open => None,
     }
 }

@@ -16,6 +16,7 @@
 //! | `Query`   | the packet's view, after a journal barrier         | yes (`Busy`)      |
 //! | `RunDue`  | after what its passed deadline did (opening, expiry) is durable | never (the timer's) |
 //! | `Cancel`  | the refund or `CancelError`, after the journal     | yes (`Busy`)      |
+//! | `AdminRecall` | the refund or `RecallError`, after the journal | yes (`Busy`)      |
 //! | `Inspect`, `Flush` | escrow and invariants / after a barrier   | never (audit, shutdown) |
 //!
 //! # Lifecycle
@@ -35,11 +36,12 @@ use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::error::{CancelError, GrabError};
+use crate::error::{CancelError, GrabError, RecallError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::money::{Amount, IdSet, PacketId, UserId};
+use crate::org::Orgs;
 use crate::packet::{Expiry, Opening, PacketState, PacketStatus, PacketView};
 use crate::record::Record;
 use crate::roster::{self, Rosters};
@@ -71,6 +73,8 @@ pub(crate) struct PacketCtx {
     pub events: Arc<EventHub>,
     pub wallets: Arc<Wallets>,
     pub rosters: Arc<Rosters>,
+    /// Orgs, for the checks of an admin recall.
+    pub orgs: Arc<Orgs>,
     /// Where a deadline goes back when the clock stepped back under it.
     pub timer: Addr<Timer>,
     /// Blown if a handler panics.
@@ -113,6 +117,15 @@ pub(crate) struct RunDue(pub Option<oneshot::Sender<()>>);
 pub(crate) struct Cancel {
     pub by: UserId,
     pub reply: oneshot::Sender<Result<Amount, CancelError>>,
+}
+
+/// An org admin takes back the packet's unclaimed remainder.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AdminRecall {
+    pub by: UserId,
+    pub reason: String,
+    pub reply: oneshot::Sender<Result<Amount, RecallError>>,
 }
 
 /// Status, money held and the invariant check, for the audit.
@@ -401,6 +414,53 @@ impl Handler<Cancel> for PacketActor {
     fn handle(&mut self, m: Cancel, actx: &mut Context<Self>) {
         let ctx = Arc::clone(&self.ctx);
         ctx.fuse.guard("packet", || self.cancel(m, actx));
+    }
+}
+
+impl Handler<AdminRecall> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: AdminRecall, actx: &mut Context<Self>) {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.fuse.guard("packet", || self.admin_recall(m, actx));
+    }
+}
+
+impl PacketActor {
+    /// Takes back what is left in escrow for an admin of the packet's org, once: checked here,
+    /// in the packet's own actor, so it serializes with the grabs (a grab either won its share
+    /// before, and keeps it, or meets the packet recalled). Then the packet closes.
+    fn admin_recall(&mut self, m: AdminRecall, actx: &mut Context<Self>) {
+        let now = self.ctx.clock.now();
+        // A due expiry refunds first: a recall never takes what expiry returns anyway.
+        self.open_if_due(now);
+        if self.state.is_due(now) {
+            self.expire(actx, None);
+            return reply_after_barrier(&*self.ctx.journal, m.reply, Err(RecallError::AlreadyClosed));
+        }
+        let (group, sender) = (self.state.sent().spec.group, self.state.sent().spec.sender);
+        let decided = self
+            .ctx
+            .orgs
+            .check_recall(group, sender, m.by)
+            .and_then(|_| self.state.decide_recall(m.by, &m.reason, now));
+        let record = match decided {
+            Ok(record) => record,
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
+        };
+        let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
+        let (packet, reply, by, reason) = (self.state.id(), m.reply, m.by, m.reason);
+        let ctx = Arc::clone(&self.ctx);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                ctx.wallets.credit(credit);
+                let (sender, refunded) = (credit.user, credit.amount);
+                ctx.events.publish(|| Event::PacketRecalled { packet, group, sender, by, refunded, reason });
+                let _ = reply.send(Ok(refunded));
+            }),
+        );
+        self.close(actx, true);
     }
 }
 

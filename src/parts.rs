@@ -18,6 +18,7 @@ use crate::journal::{self, FileJournal, Journal, StorageFailure};
 use crate::ledger::DailyCaps;
 use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
+use crate::org::Orgs;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{Record, RETIRED_IDS_MAX};
@@ -52,6 +53,7 @@ pub(crate) struct Inner {
     pub(crate) rosters: Arc<Rosters>,
     pub(crate) wallets: Arc<Wallets>,
     pub(crate) transfers: Arc<Transfers>,
+    pub(crate) orgs: Arc<Orgs>,
     pub(crate) running: AtomicBool,
     /// Blown when an actor panics.
     pub(crate) fuse: Arc<Fuse>,
@@ -112,6 +114,7 @@ impl Inner {
         })?;
         let transfers = Arc::new(Transfers::new(transfer_shards));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
+        let orgs = Arc::new(Orgs::new(std::mem::take(&mut replica.orgs), limits.clone()));
         let routes =
             Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
                 clock: Arc::clone(&clock),
@@ -119,6 +122,7 @@ impl Inner {
                 events: Arc::clone(&events),
                 wallets: Arc::clone(&wallets),
                 rosters: Arc::clone(&rosters),
+                orgs: Arc::clone(&orgs),
                 timer: timer.clone(),
                 fuse: Arc::clone(&fuse),
                 mailbox_capacity: limits.packet_mailbox_capacity,
@@ -154,6 +158,7 @@ impl Inner {
             rosters,
             wallets,
             transfers,
+            orgs,
             running,
             fuse,
             retiring,

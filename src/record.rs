@@ -16,7 +16,7 @@
 use thiserror::Error;
 
 use crate::clock::Timestamp;
-use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
 use crate::split::{Draw, Split};
 
 const DEPOSIT: u8 = 1;
@@ -46,6 +46,13 @@ const TRANSFER_SETTLED: u8 = 19;
 const COOLING_OFF_SET: u8 = 20;
 /// A retirement that lists settled transfers too (format version 3).
 const RETIRED_TRANSFERS: u8 = 21;
+const ORG_CREATED: u8 = 22;
+const ORG_POLICY_SET: u8 = 23;
+const GROUP_ATTACHED: u8 = 24;
+const PACKET_RECALLED: u8 = 25;
+
+const RECALL_OFF: u8 = 0;
+const RECALL_WHITELIST: u8 = 1;
 
 const ARRIVAL_INSTANT: u8 = 1;
 const ARRIVAL_DELAYED: u8 = 2;
@@ -243,6 +250,43 @@ pub struct CoolingOff {
     pub secs: u64,
 }
 
+/// An enterprise as created: its admins (at least one) and its name. The same org id with the
+/// same fields is the same creation (a retry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NewOrg {
+    /// Who may change the org and act for it; at most `org_admins_max`.
+    pub admins: Vec<UserId>,
+    /// Its name, at most `org_name_bytes_max` bytes.
+    pub name: String,
+}
+
+/// Whether, and for whose packets, the org's admins may recall the unclaimed remainder.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", content = "senders", rename_all = "snake_case"))]
+pub enum RecallPolicy {
+    /// Nobody's packets may be recalled (the default).
+    #[default]
+    Off,
+    /// Packets sent by these members (at most `org_whitelist_max`) may be recalled.
+    Whitelist(Vec<UserId>),
+}
+
+/// An org's policy. `Policy::default()` recalls nothing and adds no cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Policy {
+    /// Admin recall: off, or for a whitelist of senders.
+    pub recall: RecallPolicy,
+    /// Sends and transfers above this wait for a second admin's approval (not yet enforced:
+    /// recorded for the approval flow).
+    pub approval_above: Option<Amount>,
+    /// Most a member may send in one day in the org's groups, in fen, on top of the engine's
+    /// cap (not yet enforced: recorded for the org limits).
+    pub daily_sent_fen_max: Option<u64>,
+}
+
 impl CoolingOff {
     /// When a send of `amount` at `now` opens: `now` unless this cooling-off holds it.
     pub(crate) fn opens_at(&self, amount: Amount, now: Timestamp) -> Timestamp {
@@ -386,6 +430,50 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// An org was created.
+    OrgCreated {
+        /// The org.
+        org: OrgId,
+        /// Its admins and name.
+        spec: NewOrg,
+        /// When.
+        at: Timestamp,
+    },
+    /// An admin replaced the org's policy.
+    OrgPolicySet {
+        /// The org.
+        org: OrgId,
+        /// The admin.
+        by: UserId,
+        /// The policy from now on.
+        policy: Policy,
+        /// When.
+        at: Timestamp,
+    },
+    /// An admin attached a group to the org: its packets follow the org's policy.
+    GroupAttached {
+        /// The org.
+        org: OrgId,
+        /// The group.
+        group: GroupId,
+        /// The admin.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// An org admin recalled a packet's unclaimed remainder; it went back to the sender.
+    PacketRecalled {
+        /// The packet.
+        packet: PacketId,
+        /// The admin.
+        by: UserId,
+        /// What went back (the escrow left; claimed shares stand).
+        refund: Amount,
+        /// Why, as the admin said.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
     /// Closed packets, settled transfers and operation ids past their retention were dropped:
     /// from memory and from later snapshots. A retired packet or transfer id is unknown from
     /// then on, and a retired operation id may be used again.
@@ -408,7 +496,8 @@ impl Record {
             | Record::SoldOut { packet }
             | Record::Expired { packet, .. }
             | Record::PacketOpened { packet, .. }
-            | Record::PacketCancelled { packet, .. } => Some(*packet),
+            | Record::PacketCancelled { packet, .. }
+            | Record::PacketRecalled { packet, .. } => Some(*packet),
             _ => None,
         }
     }
@@ -516,6 +605,35 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::CoolingOffSet { user, setting, at } => {
             out.push(COOLING_OFF_SET);
             put_u64s(out, &[user.0, setting.threshold.as_fen(), setting.secs, at.0]);
+        }
+        Record::OrgCreated { org, spec, at } => {
+            out.push(ORG_CREATED);
+            put_u64s(out, &[org.0, at.0]);
+            put_ids(out, &spec.admins);
+            put_text(out, &spec.name);
+        }
+        Record::OrgPolicySet { org, by, policy, at } => {
+            out.push(ORG_POLICY_SET);
+            put_u64s(out, &[org.0, by.0, at.0]);
+            match &policy.recall {
+                RecallPolicy::Off => out.push(RECALL_OFF),
+                RecallPolicy::Whitelist(senders) => {
+                    out.push(RECALL_WHITELIST);
+                    put_ids(out, senders);
+                }
+            }
+            for cap in [policy.approval_above.map(Amount::as_fen), policy.daily_sent_fen_max] {
+                put_u64s(out, &[u64::from(cap.is_some()), cap.unwrap_or(0)]);
+            }
+        }
+        Record::GroupAttached { org, group, by, at } => {
+            out.push(GROUP_ATTACHED);
+            put_u64s(out, &[org.0, group.0, by.0, at.0]);
+        }
+        Record::PacketRecalled { packet, by, refund, reason, at } => {
+            out.push(PACKET_RECALLED);
+            put_u64s(out, &[packet.0, by.0, refund.as_fen(), at.0]);
+            put_text(out, reason);
         }
         Record::Roster { group, members }
         | Record::MembersAdded { group, members }
@@ -691,6 +809,36 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             outcome: TransferOutcome::from_tag(r.u8()?)?,
             at: Timestamp(r.u64()?),
         },
+        ORG_CREATED => {
+            let (org, at) = (OrgId(r.u64()?), Timestamp(r.u64()?));
+            let admins = r.ids()?;
+            Record::OrgCreated { org, spec: NewOrg { admins, name: r.text()? }, at }
+        }
+        ORG_POLICY_SET => {
+            let (org, by, at) = (OrgId(r.u64()?), UserId(r.u64()?), Timestamp(r.u64()?));
+            let recall = match r.u8()? {
+                RECALL_OFF => RecallPolicy::Off,
+                RECALL_WHITELIST => RecallPolicy::Whitelist(r.ids()?),
+                tag => return Err(DecodeError::UnknownTag(tag)),
+            };
+            let mut cap = || -> Result<Option<u64>, DecodeError> {
+                let (set, value) = (r.u64()?, r.u64()?);
+                Ok((set == 1).then_some(value))
+            };
+            let (approval_above, daily_sent_fen_max) = (cap()?.map(Amount::fen), cap()?);
+            Record::OrgPolicySet { org, by, policy: Policy { recall, approval_above, daily_sent_fen_max }, at }
+        }
+        GROUP_ATTACHED => Record::GroupAttached {
+            org: OrgId(r.u64()?),
+            group: GroupId(r.u64()?),
+            by: UserId(r.u64()?),
+            at: Timestamp(r.u64()?),
+        },
+        PACKET_RECALLED => {
+            let (packet, by, refund, at) =
+                (PacketId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?), Timestamp(r.u64()?));
+            Record::PacketRecalled { packet, by, refund, reason: r.text()?, at }
+        }
         COOLING_OFF_SET => {
             let user = UserId(r.u64()?);
             let setting = CoolingOff { threshold: Amount::fen(r.u64()?), secs: r.u64()? };
@@ -832,6 +980,30 @@ pub(crate) mod tests {
                 user: UserId(1),
                 setting: CoolingOff { threshold: Amount::yuan(200), secs: 300 },
                 at: Timestamp(15),
+            },
+            Record::OrgCreated {
+                org: OrgId(3),
+                spec: NewOrg { admins: vec![UserId(100), UserId(101)], name: "腾讯".into() },
+                at: Timestamp(16),
+            },
+            Record::OrgPolicySet {
+                org: OrgId(3),
+                by: UserId(100),
+                policy: Policy {
+                    recall: RecallPolicy::Whitelist(vec![UserId(7), UserId(8)]),
+                    approval_above: Some(Amount::yuan(1_000)),
+                    daily_sent_fen_max: None,
+                },
+                at: Timestamp(17),
+            },
+            Record::OrgPolicySet { org: OrgId(3), by: UserId(101), policy: Policy::default(), at: Timestamp(18) },
+            Record::GroupAttached { org: OrgId(3), group: GroupId(7), by: UserId(100), at: Timestamp(19) },
+            Record::PacketRecalled {
+                packet: PacketId(42),
+                by: UserId(100),
+                refund: Amount::fen(5),
+                reason: "wrong group".into(),
+                at: Timestamp(20),
             },
         ]
     }

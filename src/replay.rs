@@ -17,6 +17,7 @@ use crate::clock::Timestamp;
 use crate::journal::{Fold, Restore};
 use crate::ledger::{DayUse, Ledger, OpDone};
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::org::OrgBook;
 use crate::packet::{ClaimView, PacketState, PacketStatus};
 use crate::record::{self, put_u64s, CoolingOff, DecodeError, Reader, Record, TransferOutcome};
 use crate::roster::{self, RosterBook};
@@ -34,6 +35,8 @@ pub(crate) struct Replica {
     pub packets: BTreeMap<PacketId, PacketState>,
     /// Every transfer sent and not retired, by id.
     pub transfers: BTreeMap<TransferId, TransferState>,
+    /// Every org.
+    pub orgs: OrgBook,
     /// The per-share cap of packets whose record does not carry theirs (format version 1).
     pub share_fen_max: u64,
     /// Records applied.
@@ -48,6 +51,7 @@ impl Replica {
             rosters: RosterBook::new(),
             packets: BTreeMap::new(),
             transfers: BTreeMap::new(),
+            orgs: OrgBook::default(),
             share_fen_max,
             records: 0,
         }
@@ -76,7 +80,8 @@ impl Replica {
             | Record::SoldOut { packet }
             | Record::Expired { packet, .. }
             | Record::PacketOpened { packet, .. }
-            | Record::PacketCancelled { packet, .. } => {
+            | Record::PacketCancelled { packet, .. }
+            | Record::PacketRecalled { packet, .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
                 if let Some(credit) = state.apply(record)? {
                     self.ledger.try_credit(credit)?;
@@ -99,6 +104,9 @@ impl Replica {
             }
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {
                 roster::apply(&mut self.rosters, record);
+            }
+            Record::OrgCreated { .. } | Record::OrgPolicySet { .. } | Record::GroupAttached { .. } => {
+                self.orgs.apply(record)?;
             }
             Record::Retired { packets, transfers, .. } => {
                 if let Some(id) = packets.iter().find(|id| self.packets.get(id).is_none_or(|p| !p.status().is_closed()))
@@ -150,6 +158,7 @@ impl Replica {
                 PacketStatus::SoldOut => counts.sold_out += 1,
                 PacketStatus::Expired { .. } => counts.expired += 1,
                 PacketStatus::Cancelled { .. } => counts.cancelled += 1,
+                PacketStatus::Recalled { .. } => counts.recalled += 1,
                 _ => counts.open += 1,
             }
         }
@@ -171,6 +180,7 @@ pub(crate) struct PacketCounts {
     pub sold_out: usize,
     pub expired: usize,
     pub cancelled: usize,
+    pub recalled: usize,
 }
 
 impl Fold for Replica {
@@ -210,6 +220,7 @@ impl Fold for Replica {
             let (how, refunded) = match p.status() {
                 PacketStatus::Expired { refunded } => (REFUND_EXPIRED, refunded),
                 PacketStatus::Cancelled { refunded } => (REFUND_CANCELLED, refunded),
+                PacketStatus::Recalled { refunded } => (REFUND_RECALLED, refunded),
                 _ => (0, Amount::ZERO),
             };
             put_u64s(out, &[how, refunded.as_fen()]);
@@ -223,6 +234,9 @@ impl Fold for Replica {
         cooling.sort_unstable_by_key(|(u, _)| *u);
         put_u64s(out, &[cooling.len() as u64]);
         cooling.iter().for_each(|(u, c)| put_u64s(out, &[u.0, c.threshold.as_fen(), c.secs]));
+        let orgs = self.orgs.records();
+        put_u64s(out, &[orgs.len() as u64]);
+        orgs.iter().for_each(|r| record::encode_prefixed(r, out));
         put_u64s(out, &[self.transfers.len() as u64]);
         for t in self.transfers.values() {
             record::encode_prefixed(&Record::TransferSent(t.sent().clone()), out);
@@ -235,6 +249,7 @@ impl Fold for Replica {
 /// How a snapshot's packet gave its escrow back.
 const REFUND_EXPIRED: u64 = 1;
 const REFUND_CANCELLED: u64 = 2;
+const REFUND_RECALLED: u64 = 3;
 
 fn outcome_code(outcome: TransferOutcome) -> u64 {
     match outcome {
@@ -307,6 +322,14 @@ impl Restore for Replica {
                 0 => None,
                 REFUND_EXPIRED => Some(Record::Expired { packet: id, refund, at: closed_at }),
                 REFUND_CANCELLED => Some(Record::PacketCancelled { packet: id, refund, at: closed_at }),
+                // Who recalled and why is in the journal (and the operation log), not the state.
+                REFUND_RECALLED => Some(Record::PacketRecalled {
+                    packet: id,
+                    by: UserId(0),
+                    refund,
+                    reason: String::new(),
+                    at: closed_at,
+                }),
                 _ => return Err(DecodeError::Damaged("a snapshot's packet closed in an unknown way")),
             };
             if let Some(record) = refunded {
@@ -322,7 +345,7 @@ impl Restore for Replica {
     }
 }
 
-/// The sections version 3 added: days of use, cooling-off settings, transfers.
+/// The sections version 3 added: days of use, cooling-off settings, orgs, transfers.
 fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), DecodeError> {
     let days = (0..r.count(32)?)
         .map(|_| {
@@ -337,6 +360,14 @@ fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), Decod
         .map(|_| Ok((UserId(r.u64()?), CoolingOff { threshold: Amount::fen(r.u64()?), secs: r.u64()? })))
         .collect::<Result<Vec<_>, DecodeError>>()?;
     replica.ledger = std::mem::take(&mut replica.ledger).with_policies(days, cooling);
+    for _ in 0..r.count(8)? {
+        let record = record::decode_prefixed(r)?;
+        let org_record =
+            matches!(record, Record::OrgCreated { .. } | Record::OrgPolicySet { .. } | Record::GroupAttached { .. });
+        if !org_record || replica.orgs.apply(&record).is_err() {
+            return Err(DecodeError::Damaged("a snapshot's org records do not build an org"));
+        }
+    }
     for _ in 0..r.count(32)? {
         let Record::TransferSent(sent) = record::decode_prefixed(r)? else {
             return Err(DecodeError::Damaged("a snapshot's transfer is not a transfer record"));

@@ -92,6 +92,18 @@ fn packets_and_grabs_round_trip() {
     round_trip(&hongbao::TransferStatus::AwaitingAcceptance { until: Timestamp(3) });
     round_trip(&hongbao::CancelError::AlreadyCancelled { refunded: Amount::fen(5) });
     round_trip(&hongbao::CoolingOff { threshold: Amount::yuan(200), secs: 300 });
+    let policy = hongbao::Policy {
+        recall: hongbao::RecallPolicy::Whitelist(vec![UserId(7), UserId(8)]),
+        approval_above: Some(Amount::yuan(1_000)),
+        daily_sent_fen_max: None,
+    };
+    let json = round_trip(&policy);
+    assert_eq!(json["recall"], serde_json::json!({ "kind": "whitelist", "senders": [7, 8] }));
+    assert_eq!(round_trip(&hongbao::Policy::default())["recall"], serde_json::json!({ "kind": "off" }));
+    round_trip(&hongbao::NewOrg { admins: vec![UserId(100)], name: "Acme".into() });
+    round_trip(&hongbao::RecallError::NotWhitelisted { sender: UserId(7) });
+    round_trip(&hongbao::OrgError::GroupTaken { group: GroupId(7), org: hongbao::OrgId(3) });
+    round_trip(&PacketStatus::Recalled { refunded: Amount::fen(5) });
     let grabbed = hongbao::Grabbed {
         packet: PacketId(1),
         user: UserId(2),
