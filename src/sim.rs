@@ -1,7 +1,8 @@
 //! A deterministic simulation of the engine on a faulty disk, in the manner of TigerBeetle's
 //! VOPR: a seeded workload of every operation (deposits, withdrawals, roster changes, sends of
 //! every kind, grabs, transfers and their recalls, accepts and declines, cooling-off settings
-//! and cancels, deadlines by a manual clock that also steps back, restarts), with storage
+//! and cancels, an org with its policy changes and admin recalls, deadlines by a manual clock
+//! that also steps back, restarts), with storage
 //! faults injected under the journal from the same seed (a full disk, failing syncs, failing
 //! cuts, stalls, a power loss at any byte of a write), checked after every restart:
 //!
@@ -27,13 +28,18 @@ use crate::journal::segment::{FaultPlan, Faults};
 use crate::transfer::Action;
 use crate::{
     audit_journal, Amount, Arrival, CancelError, Config, CoolingOff, Durability, Engine, FileJournalConfig, GrabError,
-    GroupId, Health, Limits, ManualClock, NewPacket, NewTransfer, OpId, PacketId, PacketStatus, SendError, Split,
-    TransferError, TransferId, TransferStatus, TransferView, UserId, WalletError,
+    GroupId, Health, Limits, ManualClock, NewOrg, NewPacket, NewTransfer, OpId, OrgId, PacketId, PacketStatus, Policy,
+    RecallError, RecallPolicy, SendError, Split, TransferError, TransferId, TransferStatus, TransferView, UserId,
+    WalletError,
 };
 
 const USERS: u64 = 12;
 const STEPS: usize = 160;
 const GROUPS: u64 = 2;
+/// The simulated org, its one admin (not a user who sends), and the group it holds.
+const ORG: OrgId = OrgId(1);
+const ORG_ADMIN: UserId = UserId(999);
+
 /// Closed packets are kept this long: short, so that retirements happen in every seed. A
 /// packet can close the moment it is sent (sold out), so from then on it may be gone.
 const RETENTION_SECS: u64 = 3 * 86_400;
@@ -68,6 +74,11 @@ struct Model {
     held: Vec<u64>,
     /// Packets whose cancellation was acknowledged.
     cancelled: Vec<u64>,
+    /// Packets whose admin recall was acknowledged, and those whose outcome is unknown.
+    recalled: Vec<u64>,
+    unknown_recalls: Vec<u64>,
+    /// Whether the org exists (its creation acknowledged).
+    org: bool,
     unknown_cancels: Vec<u64>,
     next_op: u64,
 }
@@ -90,6 +101,7 @@ pub(crate) struct Tally {
     pub transfers: u64,
     pub moves: u64,
     pub cancels: u64,
+    pub recalls: u64,
 }
 
 struct Sim {
@@ -267,6 +279,13 @@ impl Sim {
                 Err(e) => panic!("{}: retry of cancel {id}: {e}", self.ctx("retry")),
             }
         }
+        for id in std::mem::take(&mut self.model.unknown_recalls) {
+            // Closed otherwise: by this recall before the failure, or by anything else; the
+            // check below tells them apart only for acknowledged recalls.
+            if engine.admin_recall(PacketId(id), ORG_ADMIN, String::new()).await.is_ok() {
+                self.model.recalled.push(id);
+            }
+        }
         for (packet, user) in std::mem::take(&mut self.model.unknown_grabs) {
             match engine.grab(PacketId(packet), user).await {
                 Ok(won) => {
@@ -354,6 +373,13 @@ impl Sim {
             let found = engine.transfer_view(TransferId(*id)).await;
             assert_eq!(found, Err(TransferError::UnknownTransfer), "{ctx}: refused transfer {id} exists");
         }
+        for id in &self.model.recalled {
+            match engine.packet(PacketId(*id)).await {
+                Ok(view) => assert!(matches!(view.status, PacketStatus::Recalled { .. }), "{ctx}: packet {id}"),
+                Err(crate::EngineError::UnknownPacket) if may_be_retired(id) => {}
+                Err(e) => panic!("{ctx}: recalled packet {id}: {e}"),
+            }
+        }
         for id in &self.model.cancelled {
             match engine.packet(PacketId(*id)).await {
                 Ok(view) => assert!(matches!(view.status, PacketStatus::Cancelled { .. }), "{ctx}: packet {id}"),
@@ -422,6 +448,43 @@ impl Sim {
         }
     }
 
+    /// The org's admin (or now and then someone else) recalls a recent packet; or an admin
+    /// changes the recall whitelist; or, before it exists, the org is created with group 1.
+    async fn org_step(&mut self, engine: &Engine, tally: &mut Tally) {
+        if !self.model.org {
+            let spec = NewOrg { admins: vec![ORG_ADMIN], name: String::new() };
+            let all =
+                Policy { recall: RecallPolicy::Whitelist((1..=USERS).map(UserId).collect()), ..Policy::default() };
+            if engine.create_org(ORG, spec).await.is_ok()
+                && engine.attach_group(ORG, GroupId(1), ORG_ADMIN).await.is_ok()
+                && engine.set_policy(ORG, ORG_ADMIN, all).await.is_ok()
+            {
+                self.model.org = true;
+            }
+            return;
+        }
+        if self.rng.random_bool(0.3) {
+            let senders = (1..=USERS).filter(|_| self.rng.random_bool(0.5)).map(UserId).collect();
+            let policy = Policy { recall: RecallPolicy::Whitelist(senders), ..Policy::default() };
+            let _ = engine.set_policy(ORG, ORG_ADMIN, policy).await;
+            return;
+        }
+        let back = self.rng.random_range(0..self.model.sends.len().clamp(1, 6));
+        let Some((&id, _)) = self.model.sends.iter().rev().nth(back) else { return };
+        let by = if self.rng.random_bool(0.9) { ORG_ADMIN } else { UserId(self.rng.random_range(1..=USERS)) };
+        match engine.admin_recall(PacketId(id), by, String::new()).await {
+            Ok(_) => {
+                tally.recalls += 1;
+                self.model.recalled.push(id);
+            }
+            Err(RecallError::OutcomeUnknown) => {
+                tally.unknown_outcomes += 1;
+                self.model.unknown_recalls.push(id);
+            }
+            Err(_) => {}
+        }
+    }
+
     /// The sender of a recent packet cancels it (it succeeds only while it cools off).
     async fn cancel(&mut self, engine: &Engine, tally: &mut Tally) {
         // Mostly one that was held by a cooling-off (it may still be), else a recent one.
@@ -485,11 +548,12 @@ impl Sim {
                 };
             }
             26..=41 => self.send(&engine, user, tally).await,
-            42..=71 => {
+            42..=67 => {
                 let packet = self.rng.random_range(0..self.model.next_op.max(1));
                 let got = engine.grab(PacketId(packet), user).await;
                 self.record_grab(packet, user, got, tally);
             }
+            68..=71 => self.org_step(&engine, tally).await,
             72..=77 => self.transfer(&engine, user, tally).await,
             78..=83 => self.move_one(&engine, tally).await,
             84..=86 => {
