@@ -293,7 +293,8 @@ impl Engine {
         let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day };
         let (reply, rx) = oneshot::channel();
         let settle = settle_send(inner, id, reply);
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, settle }) {
+        let org_cap = inner.orgs.cap_of(sent.spec.group);
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org_cap, settle }) {
             inner.routes.abandon(id);
             return Err(refused.into());
         }

@@ -124,6 +124,17 @@ pub enum SendError {
         /// The limit.
         max: Amount,
     },
+    /// The send would take the sender past the daily cap of the org whose group it is sent in
+    /// (`Policy::daily_sent_fen_max`), on top of the engine's own.
+    #[error("org {org}'s daily sending limit: {used} sent today, the org's limit is {max}")]
+    OrgDailyLimit {
+        /// The org whose policy refused.
+        org: OrgId,
+        /// Sent today before this send.
+        used: Amount,
+        /// The org's limit.
+        max: Amount,
+    },
     /// The sender has sent `daily_packets_max` packets today.
     #[error("daily packet limit: {used} packets sent today, the limit is {max}")]
     DailyPacketLimit {

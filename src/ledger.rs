@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use crate::clock::Timestamp;
 use crate::error::{SendError, TransferError, WalletError};
-use crate::money::{Amount, IdMap, OpId, UserId};
+use crate::money::{Amount, IdMap, OpId, OrgId, UserId};
 use crate::record::{CoolingOff, Record};
 
 /// Money a record moves from escrow into a wallet: a won share, or a refund.
@@ -108,6 +108,14 @@ pub(crate) enum SendRefusal {
     InsufficientFunds { balance: Amount, needed: Amount },
     DailyLimit { used: Amount, max: Amount },
     DailyPacketLimit { used: u32, max: u32 },
+    OrgDailyLimit { org: OrgId, used: Amount, max: Amount },
+}
+
+/// An org's own daily cap on a member's sends, on top of the engine's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OrgCap {
+    pub org: OrgId,
+    pub sent_fen_max: u64,
 }
 
 impl From<SendRefusal> for SendError {
@@ -116,6 +124,7 @@ impl From<SendRefusal> for SendError {
             SendRefusal::InsufficientFunds { balance, needed } => SendError::InsufficientFunds { balance, needed },
             SendRefusal::DailyLimit { used, max } => SendError::DailyLimit { used, max },
             SendRefusal::DailyPacketLimit { used, max } => SendError::DailyPacketLimit { used, max },
+            SendRefusal::OrgDailyLimit { org, used, max } => SendError::OrgDailyLimit { org, used, max },
         }
     }
 }
@@ -126,6 +135,7 @@ impl From<SendRefusal> for TransferError {
             SendRefusal::InsufficientFunds { balance, needed } => TransferError::InsufficientFunds { balance, needed },
             SendRefusal::DailyLimit { used, max } => TransferError::DailyLimit { used, max },
             SendRefusal::DailyPacketLimit { .. } => unreachable!("a transfer is not counted as a packet"),
+            SendRefusal::OrgDailyLimit { .. } => unreachable!("a transfer is sent in no org's group"),
         }
     }
 }
@@ -234,14 +244,28 @@ impl Ledger {
     }
 
     /// Decides whether a send can leave its sender's wallet now: the balance covers it and
-    /// it stays within the daily caps. Returns when it opens: now, or at the end of the
-    /// sender's cooling-off if it holds this send. Changes nothing.
+    /// it stays within the daily caps, the engine's and (for a packet in an org's group) the
+    /// org's. Returns when it opens: now, or at the end of the sender's cooling-off if it holds
+    /// this send. Changes nothing.
     ///
     /// # Errors
     ///
-    /// `DailyPacketLimit`, `DailyLimit` (naming what was used), `InsufficientFunds`.
-    pub(crate) fn decide_send(&self, out: Outgoing, caps: DailyCaps, now: Timestamp) -> Result<Timestamp, SendRefusal> {
+    /// `DailyPacketLimit`, `DailyLimit` (naming what was used), `OrgDailyLimit` (naming the
+    /// org), `InsufficientFunds`.
+    pub(crate) fn decide_send(
+        &self,
+        out: Outgoing,
+        caps: DailyCaps,
+        org: Option<OrgCap>,
+        now: Timestamp,
+    ) -> Result<Timestamp, SendRefusal> {
         let used = self.day_use(out.user, out.day);
+        if let Some(OrgCap { org, sent_fen_max }) = org {
+            if used.sent_fen.saturating_add(out.amount.as_fen()) > sent_fen_max {
+                let (used, max) = (Amount::fen(used.sent_fen), Amount::fen(sent_fen_max));
+                return Err(SendRefusal::OrgDailyLimit { org, used, max });
+            }
+        }
         if out.packet && used.packets >= caps.packets_max {
             return Err(SendRefusal::DailyPacketLimit { used: used.packets, max: caps.packets_max });
         }
@@ -482,7 +506,7 @@ mod tests {
         );
         let out = Outgoing { user: UserId(1), amount: Amount::fen(901), packet: true, day: 0 };
         assert_eq!(
-            l.decide_send(out, DailyCaps { sent_fen_max: 10_000, ..CAPS }, Timestamp(1)),
+            l.decide_send(out, DailyCaps { sent_fen_max: 10_000, ..CAPS }, None, Timestamp(1)),
             Err(SendRefusal::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
         );
         assert_eq!(l, before);
@@ -557,19 +581,19 @@ mod tests {
         let mut l = Ledger::default();
         deposit(&mut l, 1, 1, 1_000).unwrap();
         let out = |fen, day| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: true, day };
-        assert_eq!(l.decide_send(out(300, 5), CAPS, Timestamp(0)), Ok(Timestamp(0)));
+        assert_eq!(l.decide_send(out(300, 5), CAPS, None, Timestamp(0)), Ok(Timestamp(0)));
         l.apply(&packet_sent(1, 300, 5)).unwrap();
         let over = SendRefusal::DailyLimit { used: Amount::fen(300), max: Amount::fen(500) };
-        assert_eq!(l.decide_send(out(201, 5), CAPS, Timestamp(0)), Err(over));
+        assert_eq!(l.decide_send(out(201, 5), CAPS, None, Timestamp(0)), Err(over));
         l.apply(&packet_sent(1, 200, 5)).unwrap();
         let packets = SendRefusal::DailyPacketLimit { used: 2, max: 2 };
-        assert_eq!(l.decide_send(out(1, 5), CAPS, Timestamp(0)), Err(packets));
+        assert_eq!(l.decide_send(out(1, 5), CAPS, None, Timestamp(0)), Err(packets));
         // A transfer is not a packet: only the amount cap applies.
         let transfer = Outgoing { packet: false, ..out(1, 5) };
-        assert!(matches!(l.decide_send(transfer, CAPS, Timestamp(0)), Err(SendRefusal::DailyLimit { .. })));
+        assert!(matches!(l.decide_send(transfer, CAPS, None, Timestamp(0)), Err(SendRefusal::DailyLimit { .. })));
         // The next day starts afresh; an earlier day (the clock stepped back) counts the later.
-        assert!(l.decide_send(out(100, 6), CAPS, Timestamp(0)).is_ok());
-        assert_eq!(l.decide_send(out(1, 4), CAPS, Timestamp(0)), Err(packets));
+        assert!(l.decide_send(out(100, 6), CAPS, None, Timestamp(0)).is_ok());
+        assert_eq!(l.decide_send(out(1, 4), CAPS, None, Timestamp(0)), Err(packets));
         assert_eq!(l.day_use(UserId(1), 5), DayUse { day: 5, sent_fen: 500, packets: 2 });
         assert_eq!(l.balance(UserId(1)), Amount::fen(500));
     }
@@ -582,11 +606,11 @@ mod tests {
         l.apply(&Record::CoolingOffSet { user: UserId(1), setting, at: Timestamp(0) }).unwrap();
         let out = |fen| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: false, day: 0 };
         let caps = DailyCaps { sent_fen_max: 10_000, packets_max: 10 };
-        assert_eq!(l.decide_send(out(100), caps, Timestamp(7)), Ok(Timestamp(7)));
-        assert_eq!(l.decide_send(out(101), caps, Timestamp(7)), Ok(Timestamp(60_007)));
+        assert_eq!(l.decide_send(out(100), caps, None, Timestamp(7)), Ok(Timestamp(7)));
+        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7)), Ok(Timestamp(60_007)));
         let off = CoolingOff { threshold: Amount::ZERO, secs: 0 };
         l.apply(&Record::CoolingOffSet { user: UserId(1), setting: off, at: Timestamp(1) }).unwrap();
-        assert_eq!(l.decide_send(out(101), caps, Timestamp(7)), Ok(Timestamp(7)));
+        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7)), Ok(Timestamp(7)));
         assert_eq!(l.cooling_offs().count(), 0);
     }
 }

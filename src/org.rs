@@ -285,6 +285,14 @@ impl Orgs {
         self.book.lock().view(org)
     }
 
+    /// The daily cap of the org `group` is attached to, if that org sets one.
+    pub(crate) fn cap_of(&self, group: GroupId) -> Option<crate::ledger::OrgCap> {
+        let book = self.book.lock();
+        let org = *book.group_org.get(&group)?;
+        let sent_fen_max = book.orgs[&org].policy.daily_sent_fen_max?;
+        Some(crate::ledger::OrgCap { org, sent_fen_max })
+    }
+
     /// See [`OrgBook::check_recall`].
     pub(crate) fn check_recall(&self, group: GroupId, sender: UserId, by: UserId) -> Result<OrgId, RecallError> {
         self.book.lock().check_recall(group, sender, by)

@@ -282,8 +282,9 @@ pub struct Policy {
     /// Sends and transfers above this wait for a second admin's approval (not yet enforced:
     /// recorded for the approval flow).
     pub approval_above: Option<Amount>,
-    /// Most a member may send in one day in the org's groups, in fen, on top of the engine's
-    /// cap (not yet enforced: recorded for the org limits).
+    /// Most a member may send in one day, in fen, when sending in one of the org's groups: a
+    /// packet that would take their sends of the day (packets and transfers, everywhere) past
+    /// it is refused with `SendError::OrgDailyLimit`, on top of the engine's own cap.
     pub daily_sent_fen_max: Option<u64>,
 }
 

@@ -35,7 +35,7 @@ use crate::error::{SendError, TransferError, WalletError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
-use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, Outgoing, Totals, Usage};
+use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, OrgCap, Outgoing, Totals, Usage};
 use crate::money::{Amount, OpId, UserId};
 use crate::placement::bucket;
 use crate::record::{CoolingOff, NewTransfer, PacketSent, Record, TransferSent};
@@ -126,6 +126,8 @@ pub(crate) type Settle = Box<dyn FnOnce(Result<PacketSent, SendError>) + Send>;
 pub(crate) struct Escrow {
     pub sent: PacketSent,
     pub expiry_secs: u64,
+    /// The cap of the org whose group the packet is sent in, if it sets one.
+    pub org_cap: Option<OrgCap>,
     pub settle: Settle,
 }
 
@@ -287,10 +289,10 @@ impl Handler<Escrow> for WalletShard {
 
 impl WalletShard {
     fn escrow(&mut self, m: Escrow) {
-        let Escrow { mut sent, expiry_secs, settle } = m;
+        let Escrow { mut sent, expiry_secs, org_cap, settle } = m;
         let total = sent.spec.split.total().expect("validated before escrow");
         let out = Outgoing { user: sent.spec.sender, amount: total, packet: true, day: sent.day };
-        match self.ledger.decide_send(out, self.caps, sent.sent_at) {
+        match self.ledger.decide_send(out, self.caps, org_cap, sent.sent_at) {
             Ok(opens_at) => {
                 // Its expiry counts from its opening (rule 16).
                 sent.opens_at = opens_at;
@@ -314,7 +316,7 @@ impl Handler<Debit> for WalletShard {
         fuse.guard("wallet shard", || {
             let Debit { spec, now, day, accept_secs, settle } = m;
             let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
-            let cooling_until = match self.ledger.decide_send(out, self.caps, now) {
+            let cooling_until = match self.ledger.decide_send(out, self.caps, None, now) {
                 Ok(until) => until,
                 Err(refusal) => return settle(Err(TransferError::from(refusal))),
             };

@@ -241,3 +241,27 @@ async fn orgs_and_recalls_survive_a_restart() {
     assert_eq!((journal.orgs, journal.packets_recalled), (1, 2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An org's daily cap applies to packets sent in its groups, on top of the engine's, counting
+/// everything the member sent today; its refusal names the org. Elsewhere only the engine's
+/// cap applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_cap_applies_in_its_groups_on_top_of_the_engines() {
+    let Setup { engine, .. } = org_engine(4).await;
+    group_with_funds(&engine, GroupId(8), 3, Amount::yuan(10)).await;
+    let capped = Policy { daily_sent_fen_max: Some(5_000), ..recall_for(vec![SENDER]) };
+    engine.set_policy(ORG, ADMIN, capped).await.unwrap();
+    engine.send_packet(lucky(1, GROUP, Amount::yuan(30), 3)).await.unwrap();
+    engine.send_packet(lucky(2, GroupId(8), Amount::yuan(10), 3)).await.unwrap();
+    let before = engine.balance(SENDER).await.unwrap();
+    let refused = engine.send_packet(lucky(3, GROUP, Amount::fen(1_001), 3)).await;
+    let over = hongbao::SendError::OrgDailyLimit { org: ORG, used: Amount::yuan(40), max: Amount::yuan(50) };
+    assert_eq!(refused, Err(over));
+    assert_eq!(engine.balance(SENDER).await.unwrap(), before);
+    engine.send_packet(lucky(3, GROUP, Amount::yuan(10), 3)).await.unwrap();
+    // Outside the org's groups the org's cap does not apply.
+    engine.send_packet(lucky(4, GroupId(8), Amount::yuan(5), 3)).await.unwrap();
+    assert_eq!(engine.usage(SENDER).await.unwrap().sent_today, Amount::yuan(55));
+    assert_balanced(&engine).await;
+    engine.shutdown().await;
+}
