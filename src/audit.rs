@@ -193,6 +193,23 @@ pub fn audit_journal_with_progress(
     })
 }
 
+/// A page of an org's operation log read from the journal in `dir`, as `hongbao log` prints
+/// it: every checksum and the hash chain are verified as the records are read (the log is
+/// folded from them, so a tampered record refuses the read, naming where), from the newest
+/// snapshot on when earlier segments were deleted (the snapshot carries the log).
+///
+/// # Errors
+///
+/// As [`audit_journal`].
+pub fn operation_log(dir: &Path, org: crate::OrgId, query: &crate::OpQuery) -> Result<crate::OpPage, JournalError> {
+    format::check_existing(dir)?;
+    let whole_history = format::path(dir, format::Kind::Segment, 0).exists();
+    let limits = crate::Limits::default();
+    let recovered = reader::read(dir, !whole_history, Replica::new(limits.share_fen_max), &mut |_| {})?;
+    // A reader is not a service: one page as large as asked.
+    Ok(recovered.state.oplog.query(org, query, usize::MAX))
+}
+
 /// The audit of a replayed state.
 pub(crate) fn replica_audit(replica: &Replica) -> Audit {
     let (wallets, escrow, pending) = replica.held();

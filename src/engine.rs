@@ -32,6 +32,7 @@ use crate::health::{Health, Stopped};
 use crate::ledger::Usage;
 use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
+use crate::oplog::{OpPage, OpQuery};
 use crate::org::{OrgBook, OrgView};
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
 use crate::packet_actor::{self, AdminRecall, Cancel, Grab, Grabbed, Inspect, Query};
@@ -630,6 +631,26 @@ impl Engine {
         let inner = self.inner()?;
         let view = inner.orgs.view(org).ok_or(OrgError::UnknownOrg)?;
         inner.after_barrier(view).await.ok_or_else(|| inner.lost().read().into())
+    }
+
+    /// A page of an org's operation log (rule 24): every admin action and every money movement
+    /// of the org's packets, in order, filtered by time window, actor and kind, from the cursor
+    /// `after`. The log is folded from the journal, so it is what the journal says, and it
+    /// survives restarts; entries are kept `op_log_retention_secs` (180 days).
+    ///
+    /// Every operation acknowledged before the call is in it. Page with `after: page.next`
+    /// until `next` is `None`.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownOrg`, `ShuttingDown`.
+    pub async fn operations(&self, org: OrgId, query: OpQuery) -> Result<OpPage, OrgError> {
+        let inner = self.inner()?;
+        inner.orgs.view(org).ok_or(OrgError::UnknownOrg)?;
+        // What was acknowledged is durable, so it went through the log by now; the barrier
+        // covers what an earlier reply is still waiting on.
+        inner.after_barrier(()).await.ok_or_else(|| OrgError::from(inner.lost().read()))?;
+        Ok(inner.oplog.query(org, &query, inner.limits.op_log_page_max))
     }
 
     async fn change_org(

@@ -32,6 +32,7 @@
 //! | `events` | [`Event`]s and [`Subscription`]s (a `Stream`) |
 //! | `roster` | who belongs to which group: eligibility, roster changes |
 //! | `org` | enterprises: admins, policy, attached groups, the checks of admin recall |
+//! | `oplog` | each org's operation log, folded from the journal |
 //! | `packet` | a packet's state and rules, as plain data (cooling-off, grabs, expiry, cancellation) |
 //! | `transfer` | a transfer's state and rules, as plain data |
 //! | `ledger` | wallet balances, daily caps and cooling-off settings, and their rules, as plain data |
@@ -70,6 +71,7 @@
 //! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`) |
 //! | 21 only an org's admins change it | `OrgBook::decide_policy` / `decide_attach` (`org.rs`) |
 //! | 22 admin recall of an org packet's remainder, whitelisted senders only | `OrgBook::check_recall`, then `PacketState::decide_recall` and `apply(PacketRecalled)` in the packet's actor |
+//! | 24 the operation log, derived from the journal | `OpLog::observe` (`oplog.rs`), live through `LoggedJournal` and on replay through `Replica` |
 //! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, the transfer shards, `Replica::apply_record` |
 
 mod audit;
@@ -83,6 +85,7 @@ pub mod journal;
 mod ledger;
 mod limits;
 mod money;
+mod oplog;
 mod org;
 mod packet;
 mod packet_actor;
@@ -107,7 +110,7 @@ pub mod fuzzing;
 #[cfg(test)]
 mod sim;
 
-pub use audit::{audit_journal, audit_journal_with_progress, Audit, JournalAudit};
+pub use audit::{audit_journal, audit_journal_with_progress, operation_log, Audit, JournalAudit};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
@@ -122,6 +125,7 @@ pub use journal::{
 pub use ledger::Usage;
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};
 pub use money::{Amount, GroupId, OpId, OrgId, PacketId, ParseAmountError, ParseIdError, TransferId, UserId};
+pub use oplog::{OpKind, OpPage, OpQuery, OperationEntry};
 pub use org::OrgView;
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;

@@ -97,6 +97,10 @@ pub struct Limits {
     pub org_whitelist_max: usize,
     /// Longest org name, and longest reason an admin gives, in UTF-8 bytes (default 256).
     pub org_text_bytes_max: usize,
+    /// Seconds an org's operation log keeps an entry (default 15 552 000: 180 days).
+    pub op_log_retention_secs: u64,
+    /// Most entries one page of an operation log query returns (default 1 000).
+    pub op_log_page_max: usize,
 }
 
 impl Default for Limits {
@@ -132,6 +136,8 @@ impl Default for Limits {
             org_admins_max: 100,
             org_whitelist_max: 10_000,
             org_text_bytes_max: 256,
+            op_log_retention_secs: 180 * 86_400,
+            op_log_page_max: 1_000,
         }
     }
 }
@@ -212,6 +218,9 @@ impl Limits {
             return fail(
                 "transfer_note_bytes_max must leave a transfer record within the journal's 64 MiB record bound",
             );
+        }
+        if self.op_log_page_max == 0 {
+            return fail("op_log_page_max must be at least 1");
         }
         if self.orgs_max == 0 || self.org_admins_max == 0 {
             return fail("orgs_max and org_admins_max must be at least 1");

@@ -18,6 +18,7 @@ use crate::journal::{self, FileJournal, Journal, StorageFailure};
 use crate::ledger::DailyCaps;
 use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
+use crate::oplog::{LiveLog, LoggedJournal};
 use crate::org::Orgs;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
@@ -54,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) wallets: Arc<Wallets>,
     pub(crate) transfers: Arc<Transfers>,
     pub(crate) orgs: Arc<Orgs>,
+    pub(crate) oplog: Arc<LiveLog>,
     pub(crate) running: AtomicBool,
     /// Blown when an actor panics.
     pub(crate) fuse: Arc<Fuse>,
@@ -77,6 +79,11 @@ impl Inner {
         let Config { limits, clock, seed, arbiters, wallet_shards, .. } = config;
         let mut replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
         replica.ledger.stamp_unknown_times(clock.now());
+        // The operation log is folded from every record made durable from here on, in journal
+        // order, through the journal every part uses.
+        let oplog = std::mem::take(&mut replica.oplog).with_retention(limits.op_log_retention_secs);
+        let oplog = Arc::new(LiveLog::new(oplog));
+        let journal: Arc<dyn Journal> = Arc::new(LoggedJournal { inner: journal, log: Arc::clone(&oplog) });
         let runtime = Runtime::start(arbiters)?;
         let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
         let fuse = Arc::new(Fuse::default());
@@ -159,6 +166,7 @@ impl Inner {
             wallets,
             transfers,
             orgs,
+            oplog,
             running,
             fuse,
             retiring,

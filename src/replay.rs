@@ -17,6 +17,7 @@ use crate::clock::Timestamp;
 use crate::journal::{Fold, Restore};
 use crate::ledger::{DayUse, Ledger, OpDone};
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::oplog::OpLog;
 use crate::org::OrgBook;
 use crate::packet::{ClaimView, PacketState, PacketStatus};
 use crate::record::{self, put_u64s, CoolingOff, DecodeError, Reader, Record, TransferOutcome};
@@ -37,6 +38,8 @@ pub(crate) struct Replica {
     pub transfers: BTreeMap<TransferId, TransferState>,
     /// Every org.
     pub orgs: OrgBook,
+    /// Every org's operation log.
+    pub oplog: OpLog,
     /// The per-share cap of packets whose record does not carry theirs (format version 1).
     pub share_fen_max: u64,
     /// Records applied.
@@ -52,6 +55,7 @@ impl Replica {
             packets: BTreeMap::new(),
             transfers: BTreeMap::new(),
             orgs: OrgBook::default(),
+            oplog: OpLog::new(crate::limits::Limits::default().op_log_retention_secs),
             share_fen_max,
             records: 0,
         }
@@ -130,6 +134,8 @@ impl Replica {
                 self.ledger.apply(record)?;
             }
         }
+        // Applied: the record is part of the history, and of the log if it concerns an org.
+        self.oplog.observe(record);
         self.records += 1;
         Ok(())
     }
@@ -243,6 +249,7 @@ impl Fold for Replica {
             let settled = t.settled().map_or([0, 0], |(outcome, at)| [outcome_code(outcome), at.0]);
             put_u64s(out, &[t.arrived_at().map_or(0, |at| at.0), settled[0], settled[1]]);
         }
+        self.oplog.encode(out);
     }
 }
 
@@ -378,6 +385,7 @@ fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), Decod
             .map_err(|_| DecodeError::Damaged("a snapshot's transfer moved in a way it cannot"))?;
         replica.transfers.insert(state.id(), state);
     }
+    replica.oplog = OpLog::decode(r, replica.oplog.retention_secs())?;
     Ok(())
 }
 

@@ -111,6 +111,45 @@ async fn audit_counts_transfers_and_what_they_hold() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `hongbao log` prints an org's operation log from the journal, filtered, as text or JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_prints_an_orgs_operations() {
+    let dir = std::env::temp_dir().join(format!("hongbao-cli-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = Engine::start(Config::default().with_seed(3).with_journal_dir(&dir, Durability::Sync)).unwrap();
+    engine.set_members(GroupId(1), (1..=4).map(UserId)).await.unwrap();
+    engine.deposit(OpId(1), UserId(1), Amount::yuan(100)).await.unwrap();
+    let org = hongbao::OrgId(3);
+    engine.create_org(org, hongbao::NewOrg { admins: vec![UserId(100)], name: "Acme".into() }).await.unwrap();
+    engine.attach_group(org, GroupId(1), UserId(100)).await.unwrap();
+    let whitelist = hongbao::RecallPolicy::Whitelist(vec![UserId(1)]);
+    engine.set_policy(org, UserId(100), hongbao::Policy { recall: whitelist, ..Default::default() }).await.unwrap();
+    let split = Split::Fixed { each: Amount::yuan(1), shares: 3 };
+    let spec = NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: String::new() };
+    engine.send_packet(spec).await.unwrap();
+    engine.grab(PacketId(1), UserId(2)).await.unwrap();
+    engine.admin_recall(PacketId(1), UserId(100), "wrong group".into()).await.unwrap();
+    engine.shutdown().await;
+    drop(engine);
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hongbao")).arg("log").arg(&dir).args(args).output().expect("hongbao runs")
+    };
+    let out = run(&["--org", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("6 entries; checksums and hash chain verified"), "{text}");
+    assert!(text.contains("packet_recalled") && text.contains("wrong group"), "{text}");
+    let claims = run(&["--org", "3", "--kind", "claimed", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&claims.stdout).unwrap();
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!((entries[0]["actor"].as_u64(), entries[0]["amount"].as_str()), (Some(2), Some("1.00")), "{json}");
+    let bad = run(&["--org", "3", "--kind", "nothing"]);
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Inspecting never creates: `open` and `audit` of a mistyped path, an empty directory, a
 /// foreign one or a file fail and say why, and leave nothing behind.
 #[test]
