@@ -1,8 +1,9 @@
 //! `kill -9` in the middle of a storm on a `Durability::Sync` journal.
 //!
 //! The parent re-runs this test binary as a child (selected by `HONGBAO_CRASH_CHILD_DIR`) that
-//! runs packets and grab storms, transfers (accepted, declined, recalled, left in transit) and
-//! packets held by a cooling-off (some cancelled), and prints every operation the moment it is
+//! runs packets and grab storms (in an org's group, every fifth raced by an admin recall),
+//! transfers (accepted, declined, recalled, left in transit) and packets held by a cooling-off
+//! (some cancelled), and prints every operation the moment it is
 //! acknowledged. The parent kills it with SIGKILL at a random moment, restarts the engine on
 //! the directory and checks that every acknowledged operation is there, nobody was paid twice
 //! and money is conserved; then it runs every packet and transfer to completion and checks
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hongbao::{
-    Amount, Arrival, CancelError, Config, CoolingOff, Durability, Engine, GrabError, GroupId, NewPacket, NewTransfer,
-    OpId, PacketId, PacketStatus, Split, TransferError, TransferId, TransferStatus, UserId,
+    Amount, Arrival, CancelError, Config, CoolingOff, Durability, Engine, GrabError, GroupId, NewOrg, NewPacket,
+    NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, PacketStatus, Policy, RecallPolicy, Split, TransferError,
+    TransferId, TransferStatus, UserId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +34,9 @@ const SENDER: UserId = UserId(1);
 const CAREFUL: UserId = UserId(2);
 /// Ids of the careful sender's packets, after the storm packets' ids.
 const HELD_IDS: u64 = 1 << 40;
+/// The org group 1 belongs to, and its admin, who may recall the sender's packets.
+const ORG: OrgId = OrgId(3);
+const ADMIN: UserId = UserId(100);
 const CHILD_ENV: &str = "HONGBAO_CRASH_CHILD_DIR";
 
 fn member(i: u64) -> UserId {
@@ -60,6 +65,10 @@ fn crash_child() {
         engine.set_members(GroupId(1), roster).await.unwrap();
         let careful = CoolingOff { threshold: Amount::yuan(1), secs: 3_600 };
         engine.set_cooling_off(CAREFUL, careful).await.unwrap();
+        engine.create_org(ORG, NewOrg { admins: vec![ADMIN], name: String::new() }).await.unwrap();
+        engine.attach_group(ORG, GroupId(1), ADMIN).await.unwrap();
+        let recall = Policy { recall: RecallPolicy::Whitelist(vec![SENDER]), ..Policy::default() };
+        engine.set_policy(ORG, ADMIN, recall).await.unwrap();
         // Packet ids continue after whatever earlier runs on this directory sent.
         for p in 0u64.. {
             for (op, user) in [(OpId(1_000_000 + p), SENDER), (OpId(2_000_000 + p), CAREFUL)] {
@@ -79,6 +88,11 @@ fn crash_child() {
                 continue;
             }
             ack(format!("sent {p}"));
+            // Every fifth packet: an admin recall races the storm.
+            let recall = (p % 5 == 4).then(|| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.admin_recall(PacketId(p), ADMIN, String::new()).await })
+            });
             let grabs: Vec<_> = (0..MEMBERS)
                 .map(|i| {
                     let engine = engine.clone();
@@ -89,6 +103,12 @@ fn crash_child() {
                 if let (user, Ok(won)) = g.await.unwrap() {
                     ack(format!("grab {p} {} {}", user.0, won.amount.as_fen()));
                 }
+            }
+            if let Some(Ok(refund)) = match recall {
+                Some(task) => Some(task.await.unwrap()),
+                None => None,
+            } {
+                ack(format!("recall {p} {}", refund.as_fen()));
             }
         }
     });
@@ -145,6 +165,8 @@ struct Acks {
     transfers: HashMap<u64, Option<TransferStatus>>,
     /// Held packet → whether its cancellation was acknowledged.
     held: HashMap<u64, bool>,
+    /// Packets an admin recall took back, with the refund.
+    recalls: HashMap<u64, u64>,
 }
 
 fn parse(lines: &[String]) -> Acks {
@@ -165,6 +187,9 @@ fn parse(lines: &[String]) -> Acks {
                     _ => TransferStatus::Recalled,
                 };
                 acks.transfers.insert(f[0], Some(status));
+            }
+            Some("recall") => {
+                acks.recalls.insert(f[0], f[1]);
             }
             Some("held") => {
                 acks.held.insert(f[0], false);
@@ -199,6 +224,18 @@ async fn verify(engine: &Engine, acks: &Acks, ctx: &str) {
             assert_eq!(view.status, *status, "{ctx}: transfer {t}");
         }
     }
+    for (&p, &refund) in &acks.recalls {
+        let view = engine.packet(PacketId(p)).await;
+        let status = view.unwrap_or_else(|e| panic!("{ctx}: recalled packet {p} missing: {e}")).status;
+        assert_eq!(status, PacketStatus::Recalled { refunded: Amount::fen(refund) }, "{ctx}: packet {p}");
+    }
+    // The org's log has each recall once, as the journal does.
+    let recalls = OpQuery { kind: Some(OpKind::PacketRecalled), ..OpQuery::default() };
+    let logged = engine.operations(ORG, recalls).await.unwrap().entries;
+    let mut logged: Vec<u64> = logged.iter().map(|e| e.packet.expect("a recall names its packet").0).collect();
+    logged.sort_unstable();
+    assert!(logged.windows(2).all(|w| w[0] < w[1]), "{ctx}: a recall logged twice: {logged:?}");
+    assert!(acks.recalls.keys().all(|p| logged.contains(p)), "{ctx}: an acknowledged recall is not in the log");
     for (&p, &cancelled) in &acks.held {
         let view = engine.packet(PacketId(HELD_IDS + p)).await;
         let status = view.unwrap_or_else(|e| panic!("{ctx}: acknowledged held packet {p} missing: {e}")).status;
@@ -275,9 +312,20 @@ fn acknowledged_operations_survive_kill_9() {
                 .lines()
                 .map_while(Result::ok)
                 .filter(|l| {
-                    ["deposit", "sent", "grab", "transfer", "accepted", "declined", "recalled", "held", "cancelled"]
-                        .iter()
-                        .any(|kind| l.split(' ').next() == Some(kind))
+                    [
+                        "deposit",
+                        "sent",
+                        "grab",
+                        "recall",
+                        "transfer",
+                        "accepted",
+                        "declined",
+                        "recalled",
+                        "held",
+                        "cancelled",
+                    ]
+                    .iter()
+                    .any(|kind| l.split(' ').next() == Some(kind))
                 })
                 .collect::<Vec<_>>()
         });
@@ -303,12 +351,14 @@ fn acknowledged_operations_survive_kill_9() {
                 });
                 for reply in futures::future::join_all(grabs).await {
                     match reply {
-                        Ok(_) | Err(GrabError::AlreadyGrabbed { .. }) | Err(GrabError::SoldOut) => {}
+                        Ok(_) | Err(GrabError::AlreadyGrabbed { .. } | GrabError::SoldOut | GrabError::Recalled) => {}
                         other => panic!("{ctx}: packet {p}: {other:?}"),
                     }
                 }
                 let view = engine.packet(PacketId(p)).await.unwrap();
-                assert_eq!(view.claims.len(), SHARES as usize, "{ctx}: packet {p} sells out");
+                if !matches!(view.status, PacketStatus::Recalled { .. }) {
+                    assert_eq!(view.claims.len(), SHARES as usize, "{ctx}: packet {p} sells out");
+                }
             }
             settle_everything(&engine, &acks, &ctx).await;
             verify(&engine, &acks, &ctx).await;
