@@ -125,7 +125,7 @@ fn log(dir: &std::path::Path, org: OrgId, query: &OpQuery, json: bool) -> ExitCo
             "{:>6}  {:>13}  {:>8}  {:<16}  {:>6}  {:>20}  {:>10}  {}",
             e.seq,
             e.at.as_millis(),
-            e.actor,
+            e.actor.to_string(),
             e.kind.name(),
             or_dash(e.group.map(|g| g.to_string())),
             or_dash(e.packet.map(|p| p.to_string())),
