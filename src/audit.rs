@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::clock::Timestamp;
 use crate::journal::{format, reader, JournalError, Progress};
 use crate::money::Amount;
 use crate::packet::check_view;
@@ -196,7 +197,9 @@ pub fn audit_journal_with_progress(
 /// A page of an org's operation log read from the journal in `dir`, as `hongbao log` prints
 /// it: every checksum and the hash chain are verified as the records are read (the log is
 /// folded from them, so a tampered record refuses the read, naming where), from the newest
-/// snapshot on when earlier segments were deleted (the snapshot carries the log).
+/// snapshot on when earlier segments were deleted (the snapshot carries the log). Entries are
+/// kept by the default `op_log_retention_secs` (180 days), counted back from the newest entry
+/// of the org: an engine configured with a shorter retention shows fewer.
 ///
 /// # Errors
 ///
@@ -207,7 +210,7 @@ pub fn operation_log(dir: &Path, org: crate::OrgId, query: &crate::OpQuery) -> R
     let limits = crate::Limits::default();
     let recovered = reader::read(dir, !whole_history, Replica::new(limits.share_fen_max), &mut |_| {})?;
     // A reader is not a service: one page as large as asked.
-    Ok(recovered.state.oplog.query(org, query, usize::MAX))
+    Ok(recovered.state.oplog.query(org, query, usize::MAX, Timestamp(0)))
 }
 
 /// The audit of a replayed state.

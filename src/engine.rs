@@ -25,7 +25,8 @@ use crate::audit::{Audit, Sums};
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::error::{
-    CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError, WalletError,
+    ApprovalError, CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError,
+    WalletError,
 };
 use crate::events::Subscription;
 use crate::health::{Health, Stopped};
@@ -35,17 +36,17 @@ use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
 use crate::oplog::{OpPage, OpQuery};
 use crate::org::{OrgBook, OrgView};
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
-use crate::packet_actor::{self, AdminRecall, Cancel, Grab, Grabbed, Inspect, Query};
+use crate::packet_actor::{self, AdminRecall, Cancel, Decide, Grab, Grabbed, Inspect, Query};
 use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
-use crate::record::{CoolingOff, NewOrg, NewPacket, NewTransfer, PacketSent, Policy};
+use crate::record::{ApprovalId, CoolingOff, Guardian, NewOrg, NewPacket, NewTransfer, PacketSent, Policy};
 use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
 use crate::split;
 use crate::transfer::{Action, TransferView};
 use crate::transfer_shard::{Act, Get, Send as SendTransfer};
-use crate::wallet::{Balance, Escrow, GetUsage, SetCoolingOff};
+use crate::wallet::{Balance, Escrow, GetUsage, SetCoolingOff, SetGuardian};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
 /// before concluding that the engine is stopping.
@@ -291,11 +292,11 @@ impl Engine {
         // The sender's shard moves the opening (and the expiry after it) if their cooling-off
         // holds this send.
         let (opens_at, expires_at, share_fen_max) = (now, now.plus_secs(expiry_secs), limits.share_fen_max);
-        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day };
+        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day, approval: None };
         let (reply, rx) = oneshot::channel();
         let settle = settle_send(inner, id, reply);
-        let org_cap = inner.orgs.cap_of(sent.spec.group);
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org_cap, settle }) {
+        let org = inner.orgs.rules_of(sent.spec.group);
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, settle }) {
             inner.routes.abandon(id);
             return Err(refused.into());
         }
@@ -573,6 +574,107 @@ impl Engine {
         rx.await.map_err(|_| inner.lost().into())
     }
 
+    /// Sets `user`'s guardian (亲情提醒): from now on their sends (packets and transfers) above
+    /// `above` wait for the guardian's approval (`approve`), and are rejected, refunding them,
+    /// after `approval_secs`. A guardian takes precedence over an org's approval.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidGuardian` (oneself), `Busy`, `ShuttingDown`.
+    pub async fn set_guardian(&self, user: UserId, guardian: Guardian) -> Result<(), EngineError> {
+        if guardian.guardian == user {
+            return Err(EngineError::InvalidGuardian { user });
+        }
+        self.change_guardian(user, Some(guardian)).await
+    }
+
+    /// Removes `user`'s guardian. Sends already waiting keep waiting for them.
+    ///
+    /// # Errors
+    ///
+    /// `Busy`, `ShuttingDown`.
+    pub async fn remove_guardian(&self, user: UserId) -> Result<(), EngineError> {
+        self.change_guardian(user, None).await
+    }
+
+    async fn change_guardian(&self, user: UserId, guardian: Option<Guardian>) -> Result<(), EngineError> {
+        let inner = self.inner()?;
+        let (reply, rx) = oneshot::channel();
+        inner.wallets.tell(user, SetGuardian { user, guardian, now: inner.clock.now(), reply })?;
+        rx.await.map_err(|_| inner.lost().into())
+    }
+
+    /// Approves a send waiting for a second person (rule 23): a packet opens (its group hears
+    /// `PacketOpened`; its expiry counts from now), a transfer goes on its way (its delay and
+    /// acceptance count from now). The approver is an admin of the packet's org other than the
+    /// sender, or the sender's guardian; never the sender.
+    ///
+    /// # Errors
+    ///
+    /// `Unknown`, `NotAwaitingApproval`, `OwnSend`, `NotApprover`, `AlreadyApproved`,
+    /// `AlreadyRejected` (by its approver, or its deadline passed), `Busy`, `ShuttingDown`.
+    pub async fn approve(&self, subject: ApprovalId, by: UserId) -> Result<(), ApprovalError> {
+        self.decide(subject, by, None).await.map(|_| ())
+    }
+
+    /// Rejects a send waiting for approval: its money goes back to the sender at once. Returns
+    /// the refund.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::approve`], and `ReasonTooLong`.
+    pub async fn reject(&self, subject: ApprovalId, by: UserId, reason: String) -> Result<Amount, ApprovalError> {
+        let max = self.inner()?.limits.org_text_bytes_max;
+        if reason.len() > max {
+            return Err(ApprovalError::ReasonTooLong { bytes: reason.len(), max });
+        }
+        self.decide(subject, by, Some(reason)).await
+    }
+
+    async fn decide(&self, subject: ApprovalId, by: UserId, reject: Option<String>) -> Result<Amount, ApprovalError> {
+        let inner = self.inner()?;
+        let packet = match subject {
+            ApprovalId::Transfer(id) => {
+                let (reply, rx) = oneshot::channel();
+                let told = inner.transfers.tell(id, crate::transfer_shard::Decide { id, by, reject, reply });
+                told.map_err(|r| match r {
+                    Refused::Full => ApprovalError::Busy,
+                    Refused::Closed => ApprovalError::ShuttingDown,
+                })?;
+                return rx.await.map_err(|_| ApprovalError::from(inner.lost()))?;
+            }
+            ApprovalId::Packet(packet) => packet,
+        };
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let live = match inner.routes.wake(packet) {
+                None | Some(Route::Opening) => return Err(ApprovalError::Unknown),
+                Some(Route::Closed(view)) => {
+                    let refusal = match view.status {
+                        PacketStatus::Rejected { .. } => ApprovalError::AlreadyRejected,
+                        _ if view.sender == by => ApprovalError::OwnSend,
+                        _ => ApprovalError::AlreadyApproved,
+                    };
+                    let answer = inner.after_barrier(refusal).await;
+                    return Err(answer.ok_or_else(|| ApprovalError::from(inner.lost().read()))?);
+                }
+                Some(Route::Live(live)) => live,
+                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
+            };
+            let (reply, rx) = oneshot::channel();
+            match runtime::tell(&live.addr, Decide { by, reject: reject.clone(), reply }) {
+                Ok(()) => {}
+                Err(Refused::Full) => return Err(ApprovalError::Busy),
+                Err(Refused::Closed) => continue,
+            }
+            match rx.await {
+                Ok(result) => return result,
+                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
+                Err(_) => continue,
+            }
+        }
+        Err(inner.lost().into())
+    }
+
     /// What `user` has sent today against the daily caps, and their cooling-off.
     ///
     /// # Errors
@@ -619,7 +721,7 @@ impl Engine {
     /// `UnknownOrg`, `NotAdmin`, `GroupTaken` (attached to another org), `ShuttingDown`.
     pub async fn attach_group(&self, org: OrgId, group: GroupId, by: UserId) -> Result<OrgView, OrgError> {
         let now = self.inner()?.clock.now();
-        self.change_org(org, |book, _| book.decide_attach(org, group, by, now)).await
+        self.change_org(org, |book, limits| book.decide_attach(org, group, by, limits, now)).await
     }
 
     /// An org: its admins, policy and groups.
@@ -650,7 +752,7 @@ impl Engine {
         // What was acknowledged is durable, so it went through the log by now; the barrier
         // covers what an earlier reply is still waiting on.
         inner.after_barrier(()).await.ok_or_else(|| OrgError::from(inner.lost().read()))?;
-        Ok(inner.oplog.query(org, &query, inner.limits.op_log_page_max))
+        Ok(inner.oplog.query(org, &query, inner.limits.op_log_page_max, inner.clock.now()))
     }
 
     async fn change_org(
@@ -778,9 +880,12 @@ impl Engine {
         let (mut live, mut closed, mut violations) = (0, 0, Vec::new());
         let mut sums = Sums::default();
         let mut actors = Vec::new();
-        // A packet cooling off holds pending money, not escrow: nobody can grab it yet.
+        // A packet cooling off or waiting for approval holds pending money, not escrow: nobody
+        // can grab it yet.
         let hold = |sums: &mut Sums, status: PacketStatus, escrow: Amount| match status {
-            PacketStatus::CoolingOff { .. } => sums.pending += u128::from(escrow.as_fen()),
+            PacketStatus::CoolingOff { .. } | PacketStatus::AwaitingApproval { .. } => {
+                sums.pending += u128::from(escrow.as_fen())
+            }
             _ => sums.escrow += u128::from(escrow.as_fen()),
         };
         for route in inner.routes.all() {

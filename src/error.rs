@@ -53,6 +53,9 @@ pub enum GrabError {
     /// An admin of the packet's org recalled its remainder.
     #[error("an admin recalled the packet")]
     Recalled,
+    /// The packet's approval was refused or never came; nothing was ever grabbable.
+    #[error("the packet was not approved")]
+    Rejected,
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
@@ -408,6 +411,12 @@ pub enum OrgError {
         /// The org it is attached to.
         org: OrgId,
     },
+    /// `org_groups_max` groups are attached to the org already.
+    #[error("too many groups attached (limit {max})")]
+    TooManyGroups {
+        /// The limit.
+        max: usize,
+    },
     /// `orgs_max` orgs exist already.
     #[error("too many orgs (limit {max})")]
     TooManyOrgs {
@@ -482,6 +491,58 @@ pub enum RecallError {
     OutcomeUnknown,
 }
 
+/// Why an approval or rejection did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum ApprovalError {
+    /// No packet or transfer has this id.
+    #[error("no such packet or transfer")]
+    Unknown,
+    /// It never waited for approval.
+    #[error("it does not wait for approval")]
+    NotAwaitingApproval,
+    /// The sender cannot approve (or reject) their own send.
+    #[error("the sender cannot approve their own send")]
+    OwnSend,
+    /// The caller is not who may approve it (an admin of its org, or the sender's guardian).
+    #[error("user {user} may not approve this")]
+    NotApprover {
+        /// The caller.
+        user: UserId,
+    },
+    /// It was approved before.
+    #[error("already approved")]
+    AlreadyApproved,
+    /// It was rejected before, by its approver or by its deadline.
+    #[error("already rejected")]
+    AlreadyRejected,
+    /// The reason is longer than `org_text_bytes_max`.
+    #[error("the reason is {bytes} bytes; the limit is {max}")]
+    ReasonTooLong {
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A mailbox on the way is full: try again shortly.
+    #[error("busy; try again")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine has stopped after a storage failure or an internal error (see
+    /// `Engine::health`); this request changed nothing.
+    #[error("the engine stopped after a failure; nothing changed")]
+    Unavailable,
+    /// Storage failed while this request was being recorded: it may or may not have taken
+    /// effect. Ask again once the engine runs again: a repeat answers `AlreadyApproved` or
+    /// `AlreadyRejected`.
+    #[error("outcome unknown: the engine failed while recording this; retry with the same id once it runs again")]
+    OutcomeUnknown,
+}
+
 /// Why a query or administrative call failed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -511,6 +572,12 @@ pub enum EngineError {
     TooManyGroups {
         /// The limit.
         max: usize,
+    },
+    /// A user cannot be their own guardian.
+    #[error("user {user} cannot be their own guardian")]
+    InvalidGuardian {
+        /// The user.
+        user: UserId,
     },
     /// A cooling-off window longer than `cooling_off_secs_max`.
     #[error("a cooling-off of {secs} s; the limit is {max_secs} s")]

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::clock::Timestamp;
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
-use crate::record::{Arrival, TransferOutcome, TransferStatus};
+use crate::record::{ApprovalId, Approver, Arrival, TransferOutcome, TransferStatus};
 use crate::split::Split;
 
 /// Something that happened in the engine.
@@ -153,6 +153,43 @@ pub enum Event {
         /// Why, as the admin said.
         reason: String,
     },
+    /// A send waits for a second person's approval (the approver is in its view); nobody may
+    /// grab it, or receive it, until then.
+    AwaitingApproval {
+        /// The send.
+        subject: ApprovalId,
+        /// Who sent it.
+        sender: UserId,
+        /// Who may approve it.
+        approver: Approver,
+        /// How much.
+        amount: Amount,
+        /// Rejected, refunding the sender, if not approved by then.
+        until: Timestamp,
+    },
+    /// A send waiting for approval was approved.
+    Approved {
+        /// The send.
+        subject: ApprovalId,
+        /// Who sent it.
+        sender: UserId,
+        /// Who approved it.
+        by: UserId,
+    },
+    /// A send waiting for approval was rejected (by its approver, or at the deadline when `by`
+    /// is `None`); its money went back to the sender.
+    Rejected {
+        /// The send.
+        subject: ApprovalId,
+        /// Who sent it (and was refunded).
+        sender: UserId,
+        /// Who rejected it.
+        by: Option<UserId>,
+        /// Why, as the approver said.
+        reason: String,
+        /// The refund.
+        refunded: Amount,
+    },
     /// A transfer was sent: the sender was debited.
     TransferSent {
         /// The transfer.
@@ -233,6 +270,9 @@ impl Event {
             | Event::PacketOpened { packet, .. }
             | Event::PacketCancelled { packet, .. }
             | Event::PacketRecalled { packet, .. } => Some(packet),
+            Event::AwaitingApproval { subject: ApprovalId::Packet(packet), .. }
+            | Event::Approved { subject: ApprovalId::Packet(packet), .. }
+            | Event::Rejected { subject: ApprovalId::Packet(packet), .. } => Some(packet),
             _ => None,
         }
     }
@@ -243,6 +283,9 @@ impl Event {
             Event::TransferSent { transfer, .. }
             | Event::TransferArrived { transfer, .. }
             | Event::TransferSettled { transfer, .. } => Some(transfer),
+            Event::AwaitingApproval { subject: ApprovalId::Transfer(transfer), .. }
+            | Event::Approved { subject: ApprovalId::Transfer(transfer), .. }
+            | Event::Rejected { subject: ApprovalId::Transfer(transfer), .. } => Some(transfer),
             _ => None,
         }
     }
@@ -257,7 +300,12 @@ impl Event {
             | Event::TransferSettled { from, to, .. } => vec![from, to],
             Event::Deposited { user, .. } | Event::Withdrawn { user, .. } => vec![user],
             Event::PacketCooling { sender, .. } | Event::PacketCancelled { sender, .. } => vec![sender],
-            Event::PacketRecalled { sender, by, .. } => vec![sender, by],
+            Event::PacketRecalled { sender, by, .. } | Event::Approved { sender, by, .. } => vec![sender, by],
+            Event::AwaitingApproval { sender, approver, .. } => match approver {
+                Approver::Guardian(guardian) => vec![sender, guardian],
+                Approver::OrgAdmins(_) => vec![sender],
+            },
+            Event::Rejected { sender, by, .. } => std::iter::once(sender).chain(by).collect(),
             _ => Vec::new(),
         }
     }

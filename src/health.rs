@@ -14,7 +14,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{CancelError, EngineError, GrabError, OrgError, RecallError, SendError, TransferError, WalletError};
+use crate::error::{
+    ApprovalError, CancelError, EngineError, GrabError, OrgError, RecallError, SendError, TransferError, WalletError,
+};
 use crate::journal::StorageFailure;
 
 /// What an engine is doing, for a health check (a server's readiness probe).
@@ -106,7 +108,17 @@ macro_rules! from_stopped {
     )*};
 }
 
-from_stopped!(GrabError, SendError, WalletError, EngineError, TransferError, CancelError, OrgError, RecallError);
+from_stopped!(
+    GrabError,
+    SendError,
+    WalletError,
+    EngineError,
+    TransferError,
+    CancelError,
+    OrgError,
+    RecallError,
+    ApprovalError
+);
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use crate::clock::Timestamp;
 use crate::error::{SendError, TransferError, WalletError};
 use crate::money::{Amount, IdMap, OpId, OrgId, UserId};
-use crate::record::{CoolingOff, Record};
+use crate::record::{Approval, Approver, CoolingOff, Guardian, Record};
 
 /// Money a record moves from escrow into a wallet: a won share, or a refund.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,11 +111,21 @@ pub(crate) enum SendRefusal {
     OrgDailyLimit { org: OrgId, used: Amount, max: Amount },
 }
 
-/// An org's own daily cap on a member's sends, on top of the engine's.
+/// The rules of the org whose group a packet is sent in: its own daily cap on a member's
+/// sends (on top of the engine's) and its approval threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct OrgCap {
+pub(crate) struct OrgRules {
     pub org: OrgId,
-    pub sent_fen_max: u64,
+    pub sent_fen_max: Option<u64>,
+    pub approval_above: Option<Amount>,
+}
+
+/// What deciding a send found: when it opens (the end of a cooling-off, or now), and whether
+/// it waits for a second person first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Decided {
+    pub opens_at: Timestamp,
+    pub approval: Option<Approval>,
 }
 
 impl From<SendRefusal> for SendError {
@@ -151,6 +161,8 @@ pub(crate) struct Ledger {
     days: IdMap<UserId, DayUse>,
     /// Cooling-off settings (users without one have none).
     cooling: IdMap<UserId, CoolingOff>,
+    /// Guardians (users without one have none).
+    guardians: IdMap<UserId, Guardian>,
 }
 
 /// A ledger's sums, for the audit.
@@ -243,10 +255,18 @@ impl Ledger {
         self.cooling.get(&user).copied().unwrap_or_default()
     }
 
+    /// `user`'s guardian, if they have one.
+    pub(crate) fn guardian(&self, user: UserId) -> Option<Guardian> {
+        self.guardians.get(&user).copied()
+    }
+
     /// Decides whether a send can leave its sender's wallet now: the balance covers it and
     /// it stays within the daily caps, the engine's and (for a packet in an org's group) the
-    /// org's. Returns when it opens: now, or at the end of the sender's cooling-off if it holds
-    /// this send. Changes nothing.
+    /// org's. Returns how it goes on (changes nothing):
+    /// - above the sender's guardian's threshold, or else above the org's approval threshold,
+    ///   it waits for that approver until `now + approval_secs` (rule 23), opening when
+    ///   approved (no cooling-off then: a second person confirmed it);
+    /// - otherwise it opens now, or at the end of the sender's cooling-off if that holds it.
     ///
     /// # Errors
     ///
@@ -256,13 +276,14 @@ impl Ledger {
         &self,
         out: Outgoing,
         caps: DailyCaps,
-        org: Option<OrgCap>,
+        org: Option<OrgRules>,
         now: Timestamp,
-    ) -> Result<Timestamp, SendRefusal> {
+        approval_secs: u64,
+    ) -> Result<Decided, SendRefusal> {
         let used = self.day_use(out.user, out.day);
-        if let Some(OrgCap { org, sent_fen_max }) = org {
-            if used.sent_fen.saturating_add(out.amount.as_fen()) > sent_fen_max {
-                let (used, max) = (Amount::fen(used.sent_fen), Amount::fen(sent_fen_max));
+        if let Some(OrgRules { org, sent_fen_max: Some(max), .. }) = org {
+            if used.sent_fen.saturating_add(out.amount.as_fen()) > max {
+                let (used, max) = (Amount::fen(used.sent_fen), Amount::fen(max));
                 return Err(SendRefusal::OrgDailyLimit { org, used, max });
             }
         }
@@ -277,7 +298,14 @@ impl Ledger {
         if balance < out.amount {
             return Err(SendRefusal::InsufficientFunds { balance, needed: out.amount });
         }
-        Ok(self.cooling_off(out.user).opens_at(out.amount, now))
+        let guardian = self.guardian(out.user).filter(|g| out.amount > g.above).map(|g| Approver::Guardian(g.guardian));
+        let org = org.filter(|o| o.approval_above.is_some_and(|t| out.amount > t)).map(|o| Approver::OrgAdmins(o.org));
+        let approval = guardian.or(org).map(|approver| Approval { approver, until: now.plus_secs(approval_secs) });
+        let opens_at = match approval {
+            Some(_) => now,
+            None => self.cooling_off(out.user).opens_at(out.amount, now),
+        };
+        Ok(Decided { opens_at, approval })
     }
 
     /// Debits a send and counts it against its day; `what` names it in an error.
@@ -326,6 +354,13 @@ impl Ledger {
                 let (spec, day) = (&sent.spec, sent.day);
                 let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
                 return self.debit_send(out, || format!("transfer {} sends {}", spec.id, spec.amount));
+            }
+            Record::GuardianSet { user, guardian, .. } => {
+                match guardian {
+                    Some(g) => self.guardians.insert(user, g),
+                    None => self.guardians.remove(&user),
+                };
+                return Ok(self.balance(user));
             }
             Record::CoolingOffSet { user, setting, .. } => {
                 if setting.secs == 0 {
@@ -400,6 +435,11 @@ impl Ledger {
         self.cooling.iter().map(|(&u, &c)| (u, c))
     }
 
+    /// Every guardian, in no order.
+    pub(crate) fn guardians(&self) -> impl Iterator<Item = (UserId, Guardian)> + '_ {
+        self.guardians.iter().map(|(&u, &g)| (u, g))
+    }
+
     /// A ledger of these balances and remembered operations, with these sums (operations may
     /// have been retired since they were counted).
     pub(crate) fn from_parts(
@@ -423,6 +463,12 @@ impl Ledger {
         self
     }
 
+    /// This ledger with these guardians (from a snapshot).
+    pub(crate) fn with_guardians(mut self, guardians: impl IntoIterator<Item = (UserId, Guardian)>) -> Ledger {
+        self.guardians = guardians.into_iter().collect();
+        self
+    }
+
     /// Splits the ledger into `parts` by `part(user)`: one for each wallet shard. The sums go
     /// to the first part (the audit only ever adds them up).
     pub(crate) fn split(self, parts: usize, part: impl Fn(UserId) -> usize) -> Vec<Ledger> {
@@ -438,6 +484,9 @@ impl Ledger {
         }
         for (user, setting) in self.cooling {
             ledgers[part(user)].cooling.insert(user, setting);
+        }
+        for (user, guardian) in self.guardians {
+            ledgers[part(user)].guardians.insert(user, guardian);
         }
         ledgers[0].deposited = self.deposited;
         ledgers[0].withdrawn = self.withdrawn;
@@ -506,7 +555,7 @@ mod tests {
         );
         let out = Outgoing { user: UserId(1), amount: Amount::fen(901), packet: true, day: 0 };
         assert_eq!(
-            l.decide_send(out, DailyCaps { sent_fen_max: 10_000, ..CAPS }, None, Timestamp(1)),
+            l.decide_send(out, DailyCaps { sent_fen_max: 10_000, ..CAPS }, None, Timestamp(1), 60).map(|d| d.opens_at),
             Err(SendRefusal::InsufficientFunds { balance: Amount::fen(900), needed: Amount::fen(901) })
         );
         assert_eq!(l, before);
@@ -573,6 +622,7 @@ mod tests {
             share_fen_max: 20_000,
             opens_at: at,
             day,
+            approval: None,
         })
     }
 
@@ -581,19 +631,22 @@ mod tests {
         let mut l = Ledger::default();
         deposit(&mut l, 1, 1, 1_000).unwrap();
         let out = |fen, day| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: true, day };
-        assert_eq!(l.decide_send(out(300, 5), CAPS, None, Timestamp(0)), Ok(Timestamp(0)));
+        assert_eq!(l.decide_send(out(300, 5), CAPS, None, Timestamp(0), 60).map(|d| d.opens_at), Ok(Timestamp(0)));
         l.apply(&packet_sent(1, 300, 5)).unwrap();
         let over = SendRefusal::DailyLimit { used: Amount::fen(300), max: Amount::fen(500) };
-        assert_eq!(l.decide_send(out(201, 5), CAPS, None, Timestamp(0)), Err(over));
+        assert_eq!(l.decide_send(out(201, 5), CAPS, None, Timestamp(0), 60).map(|d| d.opens_at), Err(over));
         l.apply(&packet_sent(1, 200, 5)).unwrap();
         let packets = SendRefusal::DailyPacketLimit { used: 2, max: 2 };
-        assert_eq!(l.decide_send(out(1, 5), CAPS, None, Timestamp(0)), Err(packets));
+        assert_eq!(l.decide_send(out(1, 5), CAPS, None, Timestamp(0), 60).map(|d| d.opens_at), Err(packets));
         // A transfer is not a packet: only the amount cap applies.
         let transfer = Outgoing { packet: false, ..out(1, 5) };
-        assert!(matches!(l.decide_send(transfer, CAPS, None, Timestamp(0)), Err(SendRefusal::DailyLimit { .. })));
+        assert!(matches!(
+            l.decide_send(transfer, CAPS, None, Timestamp(0), 60).map(|d| d.opens_at),
+            Err(SendRefusal::DailyLimit { .. })
+        ));
         // The next day starts afresh; an earlier day (the clock stepped back) counts the later.
-        assert!(l.decide_send(out(100, 6), CAPS, None, Timestamp(0)).is_ok());
-        assert_eq!(l.decide_send(out(1, 4), CAPS, None, Timestamp(0)), Err(packets));
+        assert!(l.decide_send(out(100, 6), CAPS, None, Timestamp(0), 60).map(|d| d.opens_at).is_ok());
+        assert_eq!(l.decide_send(out(1, 4), CAPS, None, Timestamp(0), 60).map(|d| d.opens_at), Err(packets));
         assert_eq!(l.day_use(UserId(1), 5), DayUse { day: 5, sent_fen: 500, packets: 2 });
         assert_eq!(l.balance(UserId(1)), Amount::fen(500));
     }
@@ -606,11 +659,11 @@ mod tests {
         l.apply(&Record::CoolingOffSet { user: UserId(1), setting, at: Timestamp(0) }).unwrap();
         let out = |fen| Outgoing { user: UserId(1), amount: Amount::fen(fen), packet: false, day: 0 };
         let caps = DailyCaps { sent_fen_max: 10_000, packets_max: 10 };
-        assert_eq!(l.decide_send(out(100), caps, None, Timestamp(7)), Ok(Timestamp(7)));
-        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7)), Ok(Timestamp(60_007)));
+        assert_eq!(l.decide_send(out(100), caps, None, Timestamp(7), 60).map(|d| d.opens_at), Ok(Timestamp(7)));
+        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7), 60).map(|d| d.opens_at), Ok(Timestamp(60_007)));
         let off = CoolingOff { threshold: Amount::ZERO, secs: 0 };
         l.apply(&Record::CoolingOffSet { user: UserId(1), setting: off, at: Timestamp(1) }).unwrap();
-        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7)), Ok(Timestamp(7)));
+        assert_eq!(l.decide_send(out(101), caps, None, Timestamp(7), 60).map(|d| d.opens_at), Ok(Timestamp(7)));
         assert_eq!(l.cooling_offs().count(), 0);
     }
 }

@@ -71,6 +71,7 @@
 //! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`) |
 //! | 21 only an org's admins change it | `OrgBook::decide_policy` / `decide_attach` (`org.rs`) |
 //! | 22 admin recall of an org packet's remainder, whitelisted senders only | `OrgBook::check_recall`, then `PacketState::decide_recall` and `apply(PacketRecalled)` in the packet's actor |
+//! | 23 sends above a threshold wait for a second person, never the sender | `Ledger::decide_send` (who approves: the guardian, else the org's admins); `PacketState::decide_approval` / `TransferState::decide_approval`; the deadline in `decide_approval_deadline` / `decide_due` |
 //! | 24 the operation log, derived from the journal | `OpLog::observe` (`oplog.rs`), live through `LoggedJournal` and on replay through `Replica` |
 //! | 26 memory bounded by retention | `Record::Retired`, decided by `parts.rs` (`retire_due`), applied by `routes.rs`, `Ledger::apply`, the transfer shards, `Replica::apply_record` |
 
@@ -115,7 +116,8 @@ pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::Engine;
 pub use error::{
-    CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError, WalletError,
+    ApprovalError, CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError,
+    WalletError,
 };
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
@@ -132,8 +134,8 @@ pub use packet_actor::Grabbed;
 pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{
-    Arrival, CoolingOff, DecodeError, NewOrg, NewPacket, NewTransfer, PacketSent, Policy, RecallPolicy,
-    TransferOutcome, TransferSent, TransferStatus,
+    Approval, ApprovalId, Approver, Arrival, CoolingOff, DecodeError, Guardian, NewOrg, NewPacket, NewTransfer,
+    PacketSent, Policy, RecallPolicy, TransferOutcome, TransferSent, TransferStatus,
 };
 pub use split::{Draw, InvalidSplit, Split};
 pub use transfer::TransferView;

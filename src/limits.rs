@@ -95,12 +95,17 @@ pub struct Limits {
     pub org_admins_max: usize,
     /// Most senders on an org's recall whitelist (default 10 000).
     pub org_whitelist_max: usize,
+    /// Most groups attached to one org (default 10 000).
+    pub org_groups_max: usize,
     /// Longest org name, and longest reason an admin gives, in UTF-8 bytes (default 256).
     pub org_text_bytes_max: usize,
     /// Seconds an org's operation log keeps an entry (default 15 552 000: 180 days).
     pub op_log_retention_secs: u64,
     /// Most entries one page of an operation log query returns (default 1 000).
     pub op_log_page_max: usize,
+    /// Seconds a send waits for its approver before it is rejected, refunding the sender
+    /// (default 86 400: 24 h).
+    pub approval_secs: u64,
 }
 
 impl Default for Limits {
@@ -135,9 +140,11 @@ impl Default for Limits {
             orgs_max: 100_000,
             org_admins_max: 100,
             org_whitelist_max: 10_000,
+            org_groups_max: 10_000,
             org_text_bytes_max: 256,
             op_log_retention_secs: 180 * 86_400,
             op_log_page_max: 1_000,
+            approval_secs: 86_400,
         }
     }
 }
@@ -210,7 +217,8 @@ impl Limits {
         }
         // Deadlines are milliseconds in a u64 and only saturate: every window must be far
         // below that, so that a deadline is never "forever" by accident.
-        let windows = [self.transfer_delay_secs_max, self.transfer_accept_secs, self.cooling_off_secs_max];
+        let windows =
+            [self.transfer_delay_secs_max, self.transfer_accept_secs, self.cooling_off_secs_max, self.approval_secs];
         if windows.iter().any(|&secs| secs > 100 * 365 * 86_400) {
             return fail("transfer and cooling-off windows must be at most 100 years");
         }

@@ -55,10 +55,15 @@ pub enum OpKind {
     PacketExpired,
     /// An admin recalled a packet's remainder.
     PacketRecalled,
+    /// An admin (or the sender's guardian) approved a packet waiting for approval.
+    PacketApproved,
+    /// A packet waiting for approval was rejected (the actor is the approver; at the deadline,
+    /// the sender refunded).
+    PacketRejected,
 }
 
 impl OpKind {
-    const ALL: [OpKind; 9] = [
+    const ALL: [OpKind; 11] = [
         OpKind::OrgCreated,
         OpKind::PolicySet,
         OpKind::GroupAttached,
@@ -68,6 +73,8 @@ impl OpKind {
         OpKind::PacketCancelled,
         OpKind::PacketExpired,
         OpKind::PacketRecalled,
+        OpKind::PacketApproved,
+        OpKind::PacketRejected,
     ];
 
     fn code(self) -> u64 {
@@ -90,6 +97,8 @@ impl OpKind {
             OpKind::PacketCancelled => "packet_cancelled",
             OpKind::PacketExpired => "packet_expired",
             OpKind::PacketRecalled => "packet_recalled",
+            OpKind::PacketApproved => "packet_approved",
+            OpKind::PacketRejected => "packet_rejected",
         }
     }
 }
@@ -163,6 +172,8 @@ struct OrgPacket {
     org: OrgId,
     group: GroupId,
     sender: UserId,
+    /// What a rejection refunds (nothing is claimed while a packet waits for approval).
+    total: Amount,
 }
 
 /// Every org's log, as plain data: the fold of the journal.
@@ -238,7 +249,8 @@ impl OpLog {
             Record::PacketSent(sent) => {
                 let (id, group, sender) = (sent.spec.id, sent.spec.group, sent.spec.sender);
                 if let Some(&org) = self.group_org.get(&group) {
-                    self.packets.insert(id, OrgPacket { org, group, sender });
+                    let total = sent.spec.split.total().unwrap_or(Amount::ZERO);
+                    self.packets.insert(id, OrgPacket { org, group, sender, total });
                     self.on_packet(id, sent.sent_at, Some(sender), OpKind::PacketSent, sent.spec.split.total());
                 }
             }
@@ -252,15 +264,22 @@ impl OpLog {
             Record::Expired { packet, refund, at } => {
                 self.on_packet(*packet, *at, None, OpKind::PacketExpired, Some(*refund))
             }
-            Record::PacketRecalled { packet, by, refund, reason, at } => {
+            // An admin action: logged in the org that allowed it, also for a packet sent before
+            // its group was attached (whose earlier movements the log did not follow).
+            Record::PacketRecalled { packet, org, by, refund, reason, at } => {
+                let group = self.packets.get(packet).map(|p| p.group);
+                let detail =
+                    Detail { group, packet: Some(*packet), amount: Some(*refund), reason: Some(reason.clone()) };
+                self.push(*org, *at, *by, OpKind::PacketRecalled, detail);
+            }
+            Record::Approved { subject: crate::record::ApprovalId::Packet(packet), by, at } => {
+                self.on_packet(*packet, *at, Some(*by), OpKind::PacketApproved, None)
+            }
+            Record::Rejected { subject: crate::record::ApprovalId::Packet(packet), by, reason, at } => {
                 if let Some(p) = self.packets.get(packet).copied() {
-                    let detail = Detail {
-                        group: Some(p.group),
-                        packet: Some(*packet),
-                        amount: Some(*refund),
-                        reason: Some(reason.clone()),
-                    };
-                    self.push(p.org, *at, *by, OpKind::PacketRecalled, detail);
+                    let reason = by.map(|_| reason.clone());
+                    let detail = Detail { group: Some(p.group), packet: Some(*packet), amount: Some(p.total), reason };
+                    self.push(p.org, *at, by.unwrap_or(p.sender), OpKind::PacketRejected, detail);
                 }
             }
             Record::Retired { packets, .. } => packets.iter().for_each(|p| {
@@ -270,12 +289,14 @@ impl OpLog {
         }
     }
 
-    /// A page of `org`'s log.
-    pub(crate) fn query(&self, org: OrgId, q: &OpQuery, page_max: usize) -> OpPage {
+    /// A page of `org`'s log, leaving out entries from before `kept_from` (past their
+    /// retention, even if no newer entry has trimmed them yet).
+    pub(crate) fn query(&self, org: OrgId, q: &OpQuery, page_max: usize, kept_from: Timestamp) -> OpPage {
         let Some((_, entries)) = self.logs.get(&org) else { return OpPage::default() };
         let limit = if q.limit == 0 { page_max } else { q.limit.min(page_max) };
         let matches = |e: &&OperationEntry| {
-            q.after.is_none_or(|after| e.seq > after)
+            e.at >= kept_from
+                && q.after.is_none_or(|after| e.seq > after)
                 && q.since.is_none_or(|since| e.at >= since)
                 && q.until.is_none_or(|until| e.at < until)
                 && q.actor.is_none_or(|actor| e.actor == actor)
@@ -301,7 +322,7 @@ impl OpLog {
         let mut packets: Vec<_> = self.packets.iter().collect();
         packets.sort_unstable_by_key(|(id, _)| **id);
         put_u64s(out, &[packets.len() as u64]);
-        packets.iter().for_each(|(id, p)| put_u64s(out, &[id.0, p.org.0, p.group.0, p.sender.0]));
+        packets.iter().for_each(|(id, p)| put_u64s(out, &[id.0, p.org.0, p.group.0, p.sender.0, p.total.as_fen()]));
         put_u64s(out, &[self.logs.len() as u64]);
         for (org, (last, entries)) in &self.logs {
             put_u64s(out, &[org.0, *last, entries.len() as u64]);
@@ -324,10 +345,10 @@ impl OpLog {
         for _ in 0..r.count(16)? {
             log.group_org.insert(GroupId(r.u64()?), OrgId(r.u64()?));
         }
-        for _ in 0..r.count(32)? {
+        for _ in 0..r.count(40)? {
             let id = PacketId(r.u64()?);
-            log.packets
-                .insert(id, OrgPacket { org: OrgId(r.u64()?), group: GroupId(r.u64()?), sender: UserId(r.u64()?) });
+            let (org, group, sender) = (OrgId(r.u64()?), GroupId(r.u64()?), UserId(r.u64()?));
+            log.packets.insert(id, OrgPacket { org, group, sender, total: Amount::fen(r.u64()?) });
         }
         for _ in 0..r.count(24)? {
             let (org, last) = (OrgId(r.u64()?), r.u64()?);
@@ -380,8 +401,18 @@ impl LiveLog {
 
     /// Whether `record` may make an entry (cheap; `observe` decides for good).
     fn concerns(&self, record: &Record) -> bool {
+        match record {
+            // Org records always; and from the first creation's append on (not its completion:
+            // records of the org may be appended before that), everything that may concern one.
+            Record::OrgCreated { .. } => {
+                self.active.store(true, Ordering::Release);
+                return true;
+            }
+            Record::OrgPolicySet { .. } | Record::GroupAttached { .. } | Record::PacketRecalled { .. } => return true,
+            _ => {}
+        }
         if !self.active.load(Ordering::Acquire) {
-            return matches!(record, Record::OrgCreated { .. });
+            return false;
         }
         match record.packet() {
             Some(packet) if !matches!(record, Record::PacketSent(_)) => self.followed.contains_key(&packet),
@@ -392,7 +423,6 @@ impl LiveLog {
     fn observe(&self, record: &Record) {
         let mut log = self.log.lock();
         log.observe(record);
-        self.active.store(log.is_active(), Ordering::Release);
         match record {
             Record::PacketSent(sent) if log.packets.contains_key(&sent.spec.id) => {
                 self.followed.insert(sent.spec.id, ());
@@ -404,9 +434,11 @@ impl LiveLog {
         }
     }
 
-    /// A page of `org`'s log.
-    pub(crate) fn query(&self, org: OrgId, q: &OpQuery, page_max: usize) -> OpPage {
-        self.log.lock().query(org, q, page_max)
+    /// A page of `org`'s log, as of `now`.
+    pub(crate) fn query(&self, org: OrgId, q: &OpQuery, page_max: usize, now: Timestamp) -> OpPage {
+        let log = self.log.lock();
+        let kept_from = Timestamp(now.as_millis().saturating_sub(log.retention_secs.saturating_mul(1_000)));
+        log.query(org, q, page_max, kept_from)
     }
 }
 

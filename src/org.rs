@@ -134,12 +134,16 @@ impl OrgBook {
         org: OrgId,
         group: GroupId,
         by: UserId,
+        limits: &Limits,
         now: Timestamp,
     ) -> Result<Option<Record>, OrgError> {
-        self.admin_of(org, by)?;
+        let state = self.admin_of(org, by)?;
         match self.group_org.get(&group) {
             Some(&owner) if owner == org => Ok(None),
             Some(&owner) => Err(OrgError::GroupTaken { group, org: owner }),
+            None if state.groups.len() >= limits.org_groups_max => {
+                Err(OrgError::TooManyGroups { max: limits.org_groups_max })
+            }
             None => Ok(Some(Record::GroupAttached { org, group, by, at: now })),
         }
     }
@@ -285,12 +289,21 @@ impl Orgs {
         self.book.lock().view(org)
     }
 
-    /// The daily cap of the org `group` is attached to, if that org sets one.
-    pub(crate) fn cap_of(&self, group: GroupId) -> Option<crate::ledger::OrgCap> {
+    /// The rules of the org `group` is attached to, if any.
+    pub(crate) fn rules_of(&self, group: GroupId) -> Option<crate::ledger::OrgRules> {
         let book = self.book.lock();
         let org = *book.group_org.get(&group)?;
-        let sent_fen_max = book.orgs[&org].policy.daily_sent_fen_max?;
-        Some(crate::ledger::OrgCap { org, sent_fen_max })
+        let policy = &book.orgs[&org].policy;
+        Some(crate::ledger::OrgRules {
+            org,
+            sent_fen_max: policy.daily_sent_fen_max,
+            approval_above: policy.approval_above,
+        })
+    }
+
+    /// Whether `user` is an admin of `org`.
+    pub(crate) fn is_admin(&self, org: OrgId, user: UserId) -> bool {
+        self.book.lock().orgs.get(&org).is_some_and(|o| o.admins.contains(&user))
     }
 
     /// See [`OrgBook::check_recall`].
@@ -338,13 +351,13 @@ mod tests {
         assert_eq!(b.decide_policy(OrgId(9), UserId(100), &policy, &l, T), Err(OrgError::UnknownOrg));
         let set = b.decide_policy(OrgId(3), UserId(101), &policy, &l, T).unwrap();
         b.apply(&set).unwrap();
-        let attached = b.decide_attach(OrgId(3), GroupId(7), UserId(100), T).unwrap().unwrap();
+        let attached = b.decide_attach(OrgId(3), GroupId(7), UserId(100), &l, T).unwrap().unwrap();
         b.apply(&attached).unwrap();
-        assert_eq!(b.decide_attach(OrgId(3), GroupId(7), UserId(100), T), Ok(None));
+        assert_eq!(b.decide_attach(OrgId(3), GroupId(7), UserId(100), &l, T), Ok(None));
         let spec = NewOrg { admins: vec![UserId(200)], name: "b".into() };
         b.apply(&b.decide_create(OrgId(4), &spec, &l, T).unwrap().unwrap()).unwrap();
         let taken = OrgError::GroupTaken { group: GroupId(7), org: OrgId(3) };
-        assert_eq!(b.decide_attach(OrgId(4), GroupId(7), UserId(200), T), Err(taken));
+        assert_eq!(b.decide_attach(OrgId(4), GroupId(7), UserId(200), &l, T), Err(taken));
         let view = b.view(OrgId(3)).unwrap();
         assert_eq!((view.groups, view.policy), (vec![GroupId(7)], policy));
     }
@@ -354,7 +367,7 @@ mod tests {
         let mut b = book();
         let l = Limits::default();
         assert_eq!(b.check_recall(GroupId(7), UserId(7), UserId(100)), Err(RecallError::NotOrgPacket));
-        b.apply(&b.decide_attach(OrgId(3), GroupId(7), UserId(100), T).unwrap().unwrap()).unwrap();
+        b.apply(&b.decide_attach(OrgId(3), GroupId(7), UserId(100), &l, T).unwrap().unwrap()).unwrap();
         assert_eq!(b.check_recall(GroupId(7), UserId(7), UserId(7)), Err(RecallError::NotAdmin { user: UserId(7) }));
         assert_eq!(b.check_recall(GroupId(7), UserId(7), UserId(100)), Err(RecallError::RecallDisabled));
         let policy = Policy { recall: RecallPolicy::Whitelist(vec![UserId(7)]), ..Policy::default() };

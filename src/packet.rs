@@ -32,10 +32,10 @@
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::Timestamp;
-use crate::error::{CancelError, GrabError, RecallError};
+use crate::error::{ApprovalError, CancelError, GrabError, RecallError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
-use crate::record::{NewPacket, PacketSent, Record};
+use crate::record::{ApprovalId, Approver, NewPacket, PacketSent, Record};
 use crate::split::{self, Draw, Split};
 
 /// Where a packet stands.
@@ -44,6 +44,11 @@ use crate::split::{self, Draw, Split};
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum PacketStatus {
+    /// Waiting for a second person's approval until `until` (rule 23): nobody may grab it yet.
+    AwaitingApproval {
+        /// Rejected, refunding the sender, if not approved by then.
+        until: Timestamp,
+    },
     /// Held by the sender's cooling-off: nobody may grab it yet, and the sender may cancel it.
     CoolingOff {
         /// When it opens.
@@ -69,6 +74,11 @@ pub enum PacketStatus {
         /// The refund.
         refunded: Amount,
     },
+    /// Its approval was refused, or never came; its total went back to the sender.
+    Rejected {
+        /// The refund.
+        refunded: Amount,
+    },
 }
 
 impl PacketStatus {
@@ -80,6 +90,7 @@ impl PacketStatus {
                 | PacketStatus::Expired { .. }
                 | PacketStatus::Cancelled { .. }
                 | PacketStatus::Recalled { .. }
+                | PacketStatus::Rejected { .. }
         )
     }
 
@@ -88,7 +99,8 @@ impl PacketStatus {
         match self {
             PacketStatus::Expired { refunded }
             | PacketStatus::Cancelled { refunded }
-            | PacketStatus::Recalled { refunded } => refunded,
+            | PacketStatus::Recalled { refunded }
+            | PacketStatus::Rejected { refunded } => refunded,
             _ => Amount::ZERO,
         }
     }
@@ -189,8 +201,11 @@ pub(crate) struct PacketState {
     cut: Option<Box<[u64]>>,
     /// The share the next claim takes; zero once no share is left.
     next_fen: u64,
-    /// When its cooling-off ended (`None` if it had none, or it has not ended).
+    /// When its cooling-off ended or it was approved (`None` if it had neither, or it has
+    /// not opened yet).
     opened_at: Option<Timestamp>,
+    /// When its remainder is refunded: as sent, or as shifted by a late approval.
+    expires_at: Timestamp,
     remaining_fen: u64,
     claims: Vec<ClaimView>,
     claimed_by: IdMap<UserId, u32>,
@@ -230,13 +245,14 @@ impl PacketState {
             cut,
             next_fen: 0,
             opened_at: None,
+            expires_at: sent.expires_at,
             remaining_fen: total.as_fen(),
             claims: Vec::new(),
             claimed_by: IdMap::default(),
-            status: if sent.opens_at > sent.sent_at {
-                PacketStatus::CoolingOff { until: sent.opens_at }
-            } else {
-                PacketStatus::Open
+            status: match sent.approval {
+                Some(approval) => PacketStatus::AwaitingApproval { until: approval.until },
+                None if sent.opens_at > sent.sent_at => PacketStatus::CoolingOff { until: sent.opens_at },
+                None => PacketStatus::Open,
             },
             closed_at: None,
             sent,
@@ -258,7 +274,13 @@ impl PacketState {
     ) -> Result<PacketState, String> {
         let mut state = PacketState::open(sent);
         if let Some(at) = opened_at {
-            state.apply(&Record::PacketOpened { packet: state.id(), at })?;
+            let (packet, subject) = (state.id(), ApprovalId::Packet(state.id()));
+            let opened = match state.sent.approval {
+                // Who approved is in the journal (and the operation log), not the state.
+                Some(_) => Record::Approved { subject, by: UserId(0), at },
+                None => Record::PacketOpened { packet, at },
+            };
+            state.apply(&opened)?;
         }
         for c in claims {
             let record =
@@ -305,7 +327,7 @@ impl PacketState {
 
     /// Whether it is open and its deadline has passed at `now`.
     pub(crate) fn is_due(&self, now: Timestamp) -> bool {
-        self.status == PacketStatus::Open && now >= self.sent.expires_at
+        self.status == PacketStatus::Open && now >= self.expires_at
     }
 
     /// When it opened, if it was held by a cooling-off that has ended (what a restart needs
@@ -317,8 +339,8 @@ impl PacketState {
     /// Its next deadline: the end of its cooling-off, or its expiry; none once closed.
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         match self.status {
-            PacketStatus::CoolingOff { until } => Some(until),
-            PacketStatus::Open => Some(self.sent.expires_at),
+            PacketStatus::CoolingOff { until } | PacketStatus::AwaitingApproval { until } => Some(until),
+            PacketStatus::Open => Some(self.expires_at),
             _ => None,
         }
     }
@@ -364,12 +386,63 @@ impl PacketState {
         if let Some(refusal) = grab_refusal(first, eligible, self.status) {
             return Err(refusal);
         }
-        debug_assert!(now < self.sent.expires_at, "the actor expires a due packet before grabbing");
+        debug_assert!(now < self.expires_at, "the actor expires a due packet before grabbing");
         let position = self.claims.len() as u32 + 1;
         Ok(Record::Claim { packet: self.id(), user, amount: Amount::fen(self.next_fen), position, at: now })
     }
 
     /// Decides what expiring at `now` does; changes nothing.
+    /// Decides the rejection its deadline makes at `now`, if it is still waiting for approval
+    /// and the deadline has passed; changes nothing.
+    pub(crate) fn decide_approval_deadline(&self, now: Timestamp) -> Option<Record> {
+        match self.status {
+            PacketStatus::AwaitingApproval { until } if now >= until => Some(Record::Rejected {
+                subject: ApprovalId::Packet(self.id()),
+                by: None,
+                reason: String::new(),
+                at: now,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Decides an approval (`reject` false) or rejection by `by` at `now`, once a passed
+    /// deadline has been applied; changes nothing. `is_admin` says whether a user is an admin
+    /// of an org.
+    ///
+    /// # Errors
+    ///
+    /// `NotAwaitingApproval` (it never waited), `OwnSend` (the sender), `NotApprover`,
+    /// `AlreadyApproved`, `AlreadyRejected`.
+    pub(crate) fn decide_approval(
+        &self,
+        by: UserId,
+        reject: Option<&str>,
+        now: Timestamp,
+        is_admin: impl Fn(crate::money::OrgId, UserId) -> bool,
+    ) -> Result<Record, ApprovalError> {
+        let Some(approval) = self.sent.approval else { return Err(ApprovalError::NotAwaitingApproval) };
+        if by == self.sent.spec.sender {
+            return Err(ApprovalError::OwnSend);
+        }
+        let may = match approval.approver {
+            Approver::OrgAdmins(org) => is_admin(org, by),
+            Approver::Guardian(guardian) => guardian == by,
+        };
+        if !may {
+            return Err(ApprovalError::NotApprover { user: by });
+        }
+        let subject = ApprovalId::Packet(self.id());
+        match (self.status, reject) {
+            (PacketStatus::AwaitingApproval { .. }, None) => Ok(Record::Approved { subject, by, at: now }),
+            (PacketStatus::AwaitingApproval { .. }, Some(reason)) => {
+                Ok(Record::Rejected { subject, by: Some(by), reason: reason.to_owned(), at: now })
+            }
+            (PacketStatus::Rejected { .. }, _) => Err(ApprovalError::AlreadyRejected),
+            _ => Err(ApprovalError::AlreadyApproved),
+        }
+    }
+
     /// Decides an admin recall at `now` (the org's conditions were checked by the caller,
     /// `OrgBook::check_recall`); changes nothing. What is left in escrow goes back; a packet
     /// cooling off gives back its whole total.
@@ -377,21 +450,29 @@ impl PacketState {
     /// # Errors
     ///
     /// `AlreadyClosed` once it sold out, expired or was cancelled or recalled.
-    pub(crate) fn decide_recall(&self, by: UserId, reason: &str, now: Timestamp) -> Result<Record, RecallError> {
+    pub(crate) fn decide_recall(
+        &self,
+        org: crate::money::OrgId,
+        by: UserId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Record, RecallError> {
         if self.status.is_closed() {
             return Err(RecallError::AlreadyClosed);
         }
-        Ok(Record::PacketRecalled { packet: self.id(), by, refund: self.escrow(), reason: reason.to_owned(), at: now })
+        let (packet, refund, reason) = (self.id(), self.escrow(), reason.to_owned());
+        Ok(Record::PacketRecalled { packet, org, by, refund, reason, at: now })
     }
 
     pub(crate) fn decide_expiry(&self, now: Timestamp) -> Expiry {
         match self.status {
-            PacketStatus::Expired { .. } | PacketStatus::Cancelled { .. } | PacketStatus::Recalled { .. } => {
-                Expiry::AlreadyExpired
-            }
-            // A packet still cooling off opens first (its expiry is later still).
-            PacketStatus::CoolingOff { .. } => Expiry::NotDue,
-            _ if now < self.sent.expires_at => Expiry::NotDue,
+            PacketStatus::Expired { .. }
+            | PacketStatus::Cancelled { .. }
+            | PacketStatus::Recalled { .. }
+            | PacketStatus::Rejected { .. } => Expiry::AlreadyExpired,
+            // A packet still held opens (or is rejected) first; its expiry is later still.
+            PacketStatus::CoolingOff { .. } | PacketStatus::AwaitingApproval { .. } => Expiry::NotDue,
+            _ if now < self.expires_at => Expiry::NotDue,
             PacketStatus::SoldOut => Expiry::NothingLeft,
             PacketStatus::Open => Expiry::Refund(self.escrow()),
         }
@@ -431,6 +512,24 @@ impl PacketState {
                 self.status = PacketStatus::Open;
                 self.opened_at = Some(at);
                 None
+            }
+            Record::Approved { subject: ApprovalId::Packet(packet), at, .. } if packet == id => {
+                if !matches!(self.status, PacketStatus::AwaitingApproval { .. }) {
+                    return Err(format!("packet {id} approved while {:?}", self.status));
+                }
+                // Its expiry counts from the approval: shifted by the wait.
+                let window_ms = self.sent.expires_at.as_millis().saturating_sub(self.sent.opens_at.as_millis());
+                self.expires_at = Timestamp(at.max(self.sent.sent_at).as_millis().saturating_add(window_ms));
+                self.status = PacketStatus::Open;
+                self.opened_at = Some(at);
+                None
+            }
+            Record::Rejected { subject: ApprovalId::Packet(packet), at, .. } if packet == id => {
+                if !matches!(self.status, PacketStatus::AwaitingApproval { .. }) {
+                    return Err(format!("packet {id} rejected while {:?}", self.status));
+                }
+                let refunded = self.escrow();
+                Some(self.refund(PacketStatus::Rejected { refunded }, at))
             }
             Record::PacketRecalled { packet, refund, at, .. } if packet == id => {
                 if self.status.is_closed() || refund != self.escrow() {
@@ -528,7 +627,8 @@ impl PacketState {
 
     /// The packet as callers see it.
     pub(crate) fn view(&self) -> PacketView {
-        let PacketSent { spec, seed, sent_at, expires_at, opens_at, .. } = &self.sent;
+        let PacketSent { spec, seed, sent_at, opens_at, .. } = &self.sent;
+        let expires_at = &self.expires_at;
         PacketView {
             id: spec.id,
             sender: spec.sender,
@@ -577,6 +677,8 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
         PacketStatus::SoldOut => Some(GrabError::SoldOut),
         PacketStatus::Cancelled { .. } => Some(GrabError::Cancelled),
         PacketStatus::Recalled { .. } => Some(GrabError::Recalled),
+        PacketStatus::AwaitingApproval { until } => Some(GrabError::NotOpenYet { opens_at: until }),
+        PacketStatus::Rejected { .. } => Some(GrabError::Rejected),
         PacketStatus::Open => None,
     }
 }
@@ -590,7 +692,14 @@ pub(crate) fn check_view(v: &PacketView) -> Result<(), String> {
     let id = v.id;
     let claimed: u64 = v.claims.iter().map(|c| c.amount.as_fen()).sum();
     let refunded = v.status.refunded().as_fen();
-    if matches!(v.status, PacketStatus::CoolingOff { .. } | PacketStatus::Cancelled { .. }) && !v.claims.is_empty() {
+    let held = matches!(
+        v.status,
+        PacketStatus::CoolingOff { .. }
+            | PacketStatus::Cancelled { .. }
+            | PacketStatus::AwaitingApproval { .. }
+            | PacketStatus::Rejected { .. }
+    );
+    if held && !v.claims.is_empty() {
         return Err(format!("packet {id}: claims while {:?}", v.status));
     }
     if claimed + v.remaining.as_fen() + refunded != v.total.as_fen() {
@@ -628,7 +737,8 @@ mod tests {
     fn sent(split: Split, seed: u64) -> PacketSent {
         let spec =
             NewPacket { id: PacketId(1), sender: UserId(1), group: GroupId(1), split, greeting: "恭喜发财".into() };
-        PacketSent { spec, seed, sent_at: T0, expires_at: T0.plus_secs(DAY), share_fen_max: CAP, opens_at: T0, day: 0 }
+        let expires_at = T0.plus_secs(DAY);
+        PacketSent { spec, seed, sent_at: T0, expires_at, share_fen_max: CAP, opens_at: T0, day: 0, approval: None }
     }
 
     fn packet(split: Split) -> PacketState {

@@ -17,6 +17,7 @@
 //! | `RunDue`  | after what its passed deadline did (opening, expiry) is durable | never (the timer's) |
 //! | `Cancel`  | the refund or `CancelError`, after the journal     | yes (`Busy`)      |
 //! | `AdminRecall` | the refund or `RecallError`, after the journal | yes (`Busy`)      |
+//! | `Decide`  | an approval or rejection: the refund (zero when approved) or `ApprovalError` | yes (`Busy`) |
 //! | `Inspect`, `Flush` | escrow and invariants / after a barrier   | never (audit, shutdown) |
 //!
 //! # Lifecycle
@@ -36,7 +37,7 @@ use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::error::{CancelError, GrabError, RecallError};
+use crate::error::{ApprovalError, CancelError, GrabError, RecallError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
@@ -126,6 +127,15 @@ pub(crate) struct AdminRecall {
     pub by: UserId,
     pub reason: String,
     pub reply: oneshot::Sender<Result<Amount, RecallError>>,
+}
+
+/// The approver approves (`reject: None`) or rejects the packet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Decide {
+    pub by: UserId,
+    pub reject: Option<String>,
+    pub reply: oneshot::Sender<Result<Amount, ApprovalError>>,
 }
 
 /// Status, money held and the invariant check, for the audit.
@@ -226,6 +236,15 @@ impl PacketActor {
     fn expire(&mut self, actx: &mut Context<Self>, reply: Option<oneshot::Sender<()>>) {
         let now = self.ctx.clock.now();
         self.open_if_due(now);
+        if let Some(rejected) = self.state.decide_approval_deadline(now) {
+            // Nobody approved it in time: the whole total goes back, once, and it closes.
+            self.record_rejection(rejected, None, actx);
+            return self.ctx.journal.barrier(Box::new(move || {
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }));
+        }
         let expiry = self.state.decide_expiry(now);
         let answer = move || {
             if let Some(reply) = reply {
@@ -368,7 +387,7 @@ impl PacketActor {
         let now = self.ctx.clock.now();
         // A grab at or after the end of the cooling-off meets the packet opened.
         self.open_if_due(now);
-        if self.state.is_due(now) {
+        if self.state.is_due(now) || self.state.decide_approval_deadline(now).is_some() {
             // The timer has not fired yet, but the deadline has passed: expire first, so a
             // grab can never win money that is due back to the sender.
             self.expire(actx, None);
@@ -443,7 +462,7 @@ impl PacketActor {
             .ctx
             .orgs
             .check_recall(group, sender, m.by)
-            .and_then(|_| self.state.decide_recall(m.by, &m.reason, now));
+            .and_then(|org| self.state.decide_recall(org, m.by, &m.reason, now));
         let record = match decided {
             Ok(record) => record,
             Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
@@ -458,6 +477,84 @@ impl PacketActor {
                 let (sender, refunded) = (credit.user, credit.amount);
                 ctx.events.publish(|| Event::PacketRecalled { packet, group, sender, by, refunded, reason });
                 let _ = reply.send(Ok(refunded));
+            }),
+        );
+        self.close(actx, true);
+    }
+}
+
+impl Handler<Decide> for PacketActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Decide, actx: &mut Context<Self>) {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.fuse.guard("packet", || self.decide(m, actx));
+    }
+}
+
+impl PacketActor {
+    /// Approves or rejects the packet for its approver (rule 23), after a passed deadline has
+    /// acted: an approval opens it (the group hears `PacketOpened`), a rejection refunds the
+    /// total and closes it.
+    fn decide(&mut self, m: Decide, actx: &mut Context<Self>) {
+        let now = self.ctx.clock.now();
+        if self.state.decide_approval_deadline(now).is_some() {
+            self.expire(actx, None);
+        }
+        let orgs = Arc::clone(&self.ctx.orgs);
+        let decided = self.state.decide_approval(m.by, m.reject.as_deref(), now, |org, user| orgs.is_admin(org, user));
+        let record = match decided {
+            Ok(record) => record,
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
+        };
+        if let Record::Rejected { .. } = record {
+            return self.record_rejection(record, Some(m.reply), actx);
+        }
+        self.state.apply(&record).expect("decided against this state");
+        let view = self.state.view();
+        let (ctx, reply, by) = (Arc::clone(&self.ctx), m.reply, m.by);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                let subject = crate::record::ApprovalId::Packet(view.id);
+                ctx.events.publish(|| Event::Approved { subject, sender: view.sender, by });
+                ctx.events.publish(|| Event::PacketOpened {
+                    packet: view.id,
+                    sender: view.sender,
+                    group: view.group,
+                    split: view.split.clone(),
+                    greeting: view.greeting.clone(),
+                    total: view.total,
+                    shares: view.shares,
+                    expires_at: view.expires_at,
+                });
+                let _ = reply.send(Ok(Amount::ZERO));
+            }),
+        );
+        let at = self.state.view().expires_at;
+        self.ctx.timer.do_send(Schedule { at, due: Due::Packet(self.state.id()) });
+    }
+
+    /// Applies and appends a decided rejection: the total back to the sender, once, then the
+    /// packet closes.
+    fn record_rejection(
+        &mut self,
+        record: Record,
+        reply: Option<oneshot::Sender<Result<Amount, ApprovalError>>>,
+        actx: &mut Context<Self>,
+    ) {
+        let credit = self.state.apply(&record).expect("decided against this state").expect("a rejection refunds");
+        let Record::Rejected { subject, by, reason, .. } = record.clone() else { unreachable!("a rejection") };
+        let ctx = Arc::clone(&self.ctx);
+        self.ctx.journal.append(
+            record,
+            Box::new(move || {
+                ctx.wallets.credit(credit);
+                let (sender, refunded) = (credit.user, credit.amount);
+                ctx.events.publish(|| Event::Rejected { subject, sender, by, reason, refunded });
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(refunded));
+                }
             }),
         );
         self.close(actx, true);

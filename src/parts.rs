@@ -22,7 +22,7 @@ use crate::oplog::{LiveLog, LoggedJournal};
 use crate::org::Orgs;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
-use crate::record::{Record, RETIRED_IDS_MAX};
+use crate::record::{ApprovalId, Record, RETIRED_IDS_MAX};
 use crate::replay::Replica;
 use crate::roster::Rosters;
 use crate::routes::{PacketMeta, Routes};
@@ -93,7 +93,8 @@ impl Inner {
         let caps = DailyCaps { sent_fen_max: limits.daily_sent_fen_max, packets_max: limits.daily_packets_max };
         let shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
             let ledger = ledgers.next().expect("one ledger per shard");
-            WalletShard::new(ledger, caps, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
+            let rules = (caps, limits.approval_secs);
+            WalletShard::new(ledger, rules, Arc::clone(&journal), Arc::clone(&events), Arc::clone(&fuse))
         })?;
         let timer = runtime
             .start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock), Arc::clone(&fuse)))?;
@@ -288,7 +289,8 @@ impl Drop for Lifetime {
 /// that cannot be read refuses the start before any thread starts.
 fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
     let Some(dir) = &config.journal_dir else { return Ok((Arc::clone(&config.journal), None)) };
-    let (file, recovered) = FileJournal::open(dir, Replica::new(config.limits.share_fen_max))?;
+    let empty = Replica::new(config.limits.share_fen_max).with_log_retention(config.limits.op_log_retention_secs);
+    let (file, recovered) = FileJournal::open(dir, empty)?;
     let audit = audit::replica_audit(&recovered.state);
     if !audit.is_balanced() {
         let mut problems = audit.violations.clone();
@@ -317,7 +319,12 @@ pub(crate) fn settle_send(
                 // Published before the route exists, so it is the packet's first event: the
                 // group's `PacketSent`, or the sender's `PacketCooling` (the group hears
                 // `PacketOpened` when it opens).
-                if let PacketStatus::CoolingOff { until } = view.status {
+                if let (PacketStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent.approval) {
+                    // The approver hears; the group hears `PacketOpened` once it is approved.
+                    let (subject, sender, amount) = (ApprovalId::Packet(view.id), view.sender, view.total);
+                    let approver = approval.approver;
+                    events.publish(|| Event::AwaitingApproval { subject, sender, approver, amount, until });
+                } else if let PacketStatus::CoolingOff { until } = view.status {
                     let (packet, sender, group, total) = (view.id, view.sender, view.group, view.total);
                     events.publish(|| Event::PacketCooling { packet, sender, group, total, until });
                 } else {

@@ -50,6 +50,15 @@ const ORG_CREATED: u8 = 22;
 const ORG_POLICY_SET: u8 = 23;
 const GROUP_ATTACHED: u8 = 24;
 const PACKET_RECALLED: u8 = 25;
+const APPROVED: u8 = 26;
+const REJECTED: u8 = 27;
+const GUARDIAN_SET: u8 = 28;
+
+const SUBJECT_PACKET: u8 = 1;
+const SUBJECT_TRANSFER: u8 = 2;
+const APPROVER_NONE: u8 = 0;
+const APPROVER_ORG: u8 = 1;
+const APPROVER_GUARDIAN: u8 = 2;
 
 const RECALL_OFF: u8 = 0;
 const RECALL_WHITELIST: u8 = 1;
@@ -107,6 +116,52 @@ pub struct PacketSent {
     pub opens_at: Timestamp,
     /// The sender's day it counts against for the daily caps (see `Timestamp::day`).
     pub day: u64,
+    /// If it waits for a second person's approval: who, and until when.
+    pub approval: Option<Approval>,
+}
+
+/// Who may approve a send that waits for a second person (rule 23): never its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", content = "id", rename_all = "snake_case"))]
+pub enum Approver {
+    /// Any admin of this org but the sender (the packet was sent in one of its groups above
+    /// its `approval_above`).
+    OrgAdmins(OrgId),
+    /// The sender's guardian (亲情提醒; the send was above the guardian's threshold).
+    Guardian(UserId),
+}
+
+/// A send waiting for approval: who may approve it, and when it is rejected if nobody has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Approval {
+    /// Who may approve.
+    pub approver: Approver,
+    /// Rejected, refunding the sender, if not approved by then.
+    pub until: Timestamp,
+}
+
+/// A user's guardian: their sends (packets and transfers) above `above` wait for the
+/// guardian's approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Guardian {
+    /// Who approves.
+    pub guardian: UserId,
+    /// Sends above this wait.
+    pub above: Amount,
+}
+
+/// What an approval is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", content = "id", rename_all = "snake_case"))]
+pub enum ApprovalId {
+    /// A packet.
+    Packet(PacketId),
+    /// A transfer.
+    Transfer(TransferId),
 }
 
 /// When a transfer reaches its receiver.
@@ -159,6 +214,9 @@ pub struct TransferSent {
     pub arrives_at: Timestamp,
     /// When it returns to the sender if the receiver has not accepted it.
     pub accept_until: Timestamp,
+    /// If it waits for its sender's guardian: who, and until when. Its arrival and acceptance
+    /// then count from the approval (the deadlines above shift by the wait).
+    pub approval: Option<Approval>,
 }
 
 /// How a transfer settled.
@@ -174,6 +232,8 @@ pub enum TransferOutcome {
     Recalled,
     /// Nobody accepted it in time: the money went back to the sender.
     Returned,
+    /// Its approval was refused (or never came): the money went back to the sender.
+    Rejected,
 }
 
 impl TransferOutcome {
@@ -183,6 +243,7 @@ impl TransferOutcome {
             TransferOutcome::Declined => 2,
             TransferOutcome::Recalled => 3,
             TransferOutcome::Returned => 4,
+            TransferOutcome::Rejected => 5,
         }
     }
 
@@ -192,6 +253,7 @@ impl TransferOutcome {
             2 => TransferOutcome::Declined,
             3 => TransferOutcome::Recalled,
             4 => TransferOutcome::Returned,
+            5 => TransferOutcome::Rejected,
             tag => return Err(DecodeError::UnknownTag(tag)),
         })
     }
@@ -203,6 +265,11 @@ impl TransferOutcome {
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum TransferStatus {
+    /// Waiting for the sender's guardian to approve it until `until`; the sender may recall it.
+    AwaitingApproval {
+        /// Rejected, refunding the sender, if not approved by then.
+        until: Timestamp,
+    },
     /// Held by the sender's cooling-off until `until`; the sender may recall it.
     CoolingOff {
         /// The end of the cooling-off.
@@ -226,6 +293,8 @@ pub enum TransferStatus {
     Recalled,
     /// Not accepted in time: the sender has the money back.
     Returned,
+    /// Its approval was refused or never came: the sender has the money back.
+    Rejected,
 }
 
 impl From<TransferOutcome> for TransferStatus {
@@ -235,6 +304,7 @@ impl From<TransferOutcome> for TransferStatus {
             TransferOutcome::Declined => TransferStatus::Declined,
             TransferOutcome::Recalled => TransferStatus::Recalled,
             TransferOutcome::Returned => TransferStatus::Returned,
+            TransferOutcome::Rejected => TransferStatus::Rejected,
         }
     }
 }
@@ -279,8 +349,9 @@ pub enum RecallPolicy {
 pub struct Policy {
     /// Admin recall: off, or for a whitelist of senders.
     pub recall: RecallPolicy,
-    /// Sends and transfers above this wait for a second admin's approval (not yet enforced:
-    /// recorded for the approval flow).
+    /// Packets sent in the org's groups above this wait for the approval of an admin other
+    /// than the sender (`Engine::approve`), and are rejected (refunded) after
+    /// `approval_secs`.
     pub approval_above: Option<Amount>,
     /// Most a member may send in one day, in fen, when sending in one of the org's groups: a
     /// packet that would take their sends of the day (packets and transfers, everywhere) past
@@ -462,10 +533,43 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// A second person approved a send waiting for approval: it opens (a packet) or goes on
+    /// its way (a transfer).
+    Approved {
+        /// The send.
+        subject: ApprovalId,
+        /// The approver.
+        by: UserId,
+        /// When.
+        at: Timestamp,
+    },
+    /// A send waiting for approval was rejected (by its approver, or by its deadline when `by`
+    /// is `None`); its money went back to the sender.
+    Rejected {
+        /// The send.
+        subject: ApprovalId,
+        /// The approver who rejected it; `None` at the deadline.
+        by: Option<UserId>,
+        /// Why, as the approver said.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user set (or, with `None`, removed) their guardian.
+    GuardianSet {
+        /// The user.
+        user: UserId,
+        /// The guardian from now on.
+        guardian: Option<Guardian>,
+        /// When.
+        at: Timestamp,
+    },
     /// An org admin recalled a packet's unclaimed remainder; it went back to the sender.
     PacketRecalled {
         /// The packet.
         packet: PacketId,
+        /// The org whose policy allowed it.
+        org: OrgId,
         /// The admin.
         by: UserId,
         /// What went back (the escrow left; claimed shares stand).
@@ -499,6 +603,8 @@ impl Record {
             | Record::PacketOpened { packet, .. }
             | Record::PacketCancelled { packet, .. }
             | Record::PacketRecalled { packet, .. } => Some(*packet),
+            Record::Approved { subject: ApprovalId::Packet(packet), .. }
+            | Record::Rejected { subject: ApprovalId::Packet(packet), .. } => Some(*packet),
             _ => None,
         }
     }
@@ -508,6 +614,8 @@ impl Record {
         match self {
             Record::TransferSent(sent) => Some(sent.spec.id),
             Record::TransferArrived { transfer, .. } | Record::TransferSettled { transfer, .. } => Some(*transfer),
+            Record::Approved { subject: ApprovalId::Transfer(transfer), .. }
+            | Record::Rejected { subject: ApprovalId::Transfer(transfer), .. } => Some(*transfer),
             _ => None,
         }
     }
@@ -537,6 +645,29 @@ pub enum DecodeError {
 /// Appends each value as 8 little-endian bytes.
 pub(crate) fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
     values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+}
+
+fn put_approval(out: &mut Vec<u8>, approval: &Option<Approval>) {
+    match approval {
+        None => out.push(APPROVER_NONE),
+        Some(Approval { approver, until }) => {
+            let (tag, id) = match approver {
+                Approver::OrgAdmins(org) => (APPROVER_ORG, org.0),
+                Approver::Guardian(user) => (APPROVER_GUARDIAN, user.0),
+            };
+            out.push(tag);
+            put_u64s(out, &[id, until.0]);
+        }
+    }
+}
+
+fn put_subject(out: &mut Vec<u8>, subject: &ApprovalId) {
+    let (tag, id) = match subject {
+        ApprovalId::Packet(p) => (SUBJECT_PACKET, p.0),
+        ApprovalId::Transfer(t) => (SUBJECT_TRANSFER, t.0),
+    };
+    out.push(tag);
+    put_u64s(out, &[id]);
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
@@ -580,7 +711,15 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(PACKET_CANCELLED);
             put_u64s(out, &[packet.0, refund.as_fen(), at.0]);
         }
-        Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until }) => {
+        Record::TransferSent(TransferSent {
+            spec,
+            sent_at,
+            day,
+            cooling_until,
+            arrives_at,
+            accept_until,
+            approval,
+        }) => {
             out.push(TRANSFER_SENT);
             put_u64s(out, &[spec.id.0, spec.from.0, spec.to.0, spec.amount.as_fen()]);
             match spec.arrival {
@@ -591,6 +730,7 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
                 }
             }
             put_u64s(out, &[sent_at.0, *day, cooling_until.0, arrives_at.0, accept_until.0]);
+            put_approval(out, approval);
             put_text(out, &spec.note);
         }
         Record::TransferArrived { transfer, at } => {
@@ -631,9 +771,25 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(GROUP_ATTACHED);
             put_u64s(out, &[org.0, group.0, by.0, at.0]);
         }
-        Record::PacketRecalled { packet, by, refund, reason, at } => {
+        Record::Approved { subject, by, at } => {
+            out.push(APPROVED);
+            put_subject(out, subject);
+            put_u64s(out, &[by.0, at.0]);
+        }
+        Record::Rejected { subject, by, reason, at } => {
+            out.push(REJECTED);
+            put_subject(out, subject);
+            put_u64s(out, &[u64::from(by.is_some()), by.map_or(0, |b| b.0), at.0]);
+            put_text(out, reason);
+        }
+        Record::GuardianSet { user, guardian, at } => {
+            out.push(GUARDIAN_SET);
+            put_u64s(out, &[user.0, at.0, u64::from(guardian.is_some())]);
+            put_u64s(out, &[guardian.map_or(0, |g| g.guardian.0), guardian.map_or(0, |g| g.above.as_fen())]);
+        }
+        Record::PacketRecalled { packet, org, by, refund, reason, at } => {
             out.push(PACKET_RECALLED);
-            put_u64s(out, &[packet.0, by.0, refund.as_fen(), at.0]);
+            put_u64s(out, &[packet.0, org.0, by.0, refund.as_fen(), at.0]);
             put_text(out, reason);
         }
         Record::Roster { group, members }
@@ -647,10 +803,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[group.0]);
             put_ids(out, members);
         }
-        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day }) => {
+        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval }) => {
             out.push(PACKET_SENT_OPENS);
             put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
             put_u64s(out, &[opens_at.0, *day]);
+            put_approval(out, approval);
             match spec.split {
                 Split::Lucky { total, shares, draw } => {
                     out.push(match draw {
@@ -733,6 +890,24 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    fn approval(&mut self) -> Result<Option<Approval>, DecodeError> {
+        let approver = match self.u8()? {
+            APPROVER_NONE => return Ok(None),
+            APPROVER_ORG => Approver::OrgAdmins(OrgId(self.u64()?)),
+            APPROVER_GUARDIAN => Approver::Guardian(UserId(self.u64()?)),
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        };
+        Ok(Some(Approval { approver, until: Timestamp(self.u64()?) }))
+    }
+
+    fn subject(&mut self) -> Result<ApprovalId, DecodeError> {
+        Ok(match self.u8()? {
+            SUBJECT_PACKET => ApprovalId::Packet(PacketId(self.u64()?)),
+            SUBJECT_TRANSFER => ApprovalId::Transfer(TransferId(self.u64()?)),
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        })
+    }
+
     fn text(&mut self) -> Result<String, DecodeError> {
         let len = self.u32()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| DecodeError::BadText)
@@ -801,8 +976,9 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let (sent_at, day) = (Timestamp(r.u64()?), r.u64()?);
             let (cooling_until, arrives_at, accept_until) =
                 (Timestamp(r.u64()?), Timestamp(r.u64()?), Timestamp(r.u64()?));
+            let approval = r.approval()?;
             let spec = NewTransfer { id, from, to, amount, arrival, note: r.text()? };
-            Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until })
+            Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval })
         }
         TRANSFER_ARRIVED => Record::TransferArrived { transfer: TransferId(r.u64()?), at: Timestamp(r.u64()?) },
         TRANSFER_SETTLED => Record::TransferSettled {
@@ -835,10 +1011,21 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             by: UserId(r.u64()?),
             at: Timestamp(r.u64()?),
         },
+        APPROVED => Record::Approved { subject: r.subject()?, by: UserId(r.u64()?), at: Timestamp(r.u64()?) },
+        REJECTED => {
+            let subject = r.subject()?;
+            let (set, by, at) = (r.u64()?, UserId(r.u64()?), Timestamp(r.u64()?));
+            Record::Rejected { subject, by: (set == 1).then_some(by), reason: r.text()?, at }
+        }
+        GUARDIAN_SET => {
+            let (user, at, set) = (UserId(r.u64()?), Timestamp(r.u64()?), r.u64()?);
+            let (guardian, above) = (UserId(r.u64()?), Amount::fen(r.u64()?));
+            Record::GuardianSet { user, guardian: (set == 1).then_some(Guardian { guardian, above }), at }
+        }
         PACKET_RECALLED => {
-            let (packet, by, refund, at) =
-                (PacketId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?), Timestamp(r.u64()?));
-            Record::PacketRecalled { packet, by, refund, reason: r.text()?, at }
+            let (packet, org) = (PacketId(r.u64()?), OrgId(r.u64()?));
+            let (by, refund, at) = (UserId(r.u64()?), Amount::fen(r.u64()?), Timestamp(r.u64()?));
+            Record::PacketRecalled { packet, org, by, refund, reason: r.text()?, at }
         }
         COOLING_OFF_SET => {
             let user = UserId(r.u64()?);
@@ -853,9 +1040,9 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let (seed, sent_at, expires_at) = (r.u64()?, Timestamp(r.u64()?), Timestamp(r.u64()?));
             let share_fen_max = if tag == PACKET_SENT { 0 } else { r.u64()? };
             // Sends before cooling-off opened at once and did not record their day.
-            let (opens_at, day) = match tag {
-                PACKET_SENT_OPENS => (Timestamp(r.u64()?), r.u64()?),
-                _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS)),
+            let (opens_at, day, approval) = match tag {
+                PACKET_SENT_OPENS => (Timestamp(r.u64()?), r.u64()?, r.approval()?),
+                _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS), None),
             };
             let split = match r.u8()? {
                 SPLIT_LUCKY => Split::lucky(Amount::fen(r.u64()?), r.u64()? as u32),
@@ -866,7 +1053,7 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             };
             let greeting = r.text()?;
             let spec = NewPacket { id, sender, group, split, greeting };
-            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day })
+            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval })
         }
         CLAIM => Record::Claim {
             packet: PacketId(r.u64()?),
@@ -917,6 +1104,7 @@ pub(crate) mod tests {
             share_fen_max: 20_000,
             opens_at: Timestamp(5),
             day: Timestamp(5).day(LEGACY_DAY_OFFSET_SECS),
+            approval: None,
         })
     }
 
@@ -959,6 +1147,7 @@ pub(crate) mod tests {
                 cooling_until: Timestamp(12),
                 arrives_at: Timestamp(13),
                 accept_until: Timestamp(14),
+                approval: Some(Approval { approver: Approver::Guardian(UserId(61)), until: Timestamp(99) }),
             }),
             Record::TransferSent(TransferSent {
                 spec: NewTransfer {
@@ -974,6 +1163,7 @@ pub(crate) mod tests {
                 cooling_until: Timestamp(11),
                 arrives_at: Timestamp(11),
                 accept_until: Timestamp(15),
+                approval: None,
             }),
             Record::TransferArrived { transfer: TransferId(9), at: Timestamp(13) },
             Record::TransferSettled { transfer: TransferId(9), outcome: TransferOutcome::Returned, at: Timestamp(14) },
@@ -1001,11 +1191,31 @@ pub(crate) mod tests {
             Record::GroupAttached { org: OrgId(3), group: GroupId(7), by: UserId(100), at: Timestamp(19) },
             Record::PacketRecalled {
                 packet: PacketId(42),
+                org: OrgId(3),
                 by: UserId(100),
                 refund: Amount::fen(5),
                 reason: "wrong group".into(),
                 at: Timestamp(20),
             },
+            Record::Approved { subject: ApprovalId::Packet(PacketId(43)), by: UserId(101), at: Timestamp(21) },
+            Record::Rejected {
+                subject: ApprovalId::Transfer(TransferId(9)),
+                by: Some(UserId(61)),
+                reason: "over budget".into(),
+                at: Timestamp(22),
+            },
+            Record::Rejected {
+                subject: ApprovalId::Packet(PacketId(44)),
+                by: None,
+                reason: String::new(),
+                at: Timestamp(23),
+            },
+            Record::GuardianSet {
+                user: UserId(60),
+                guardian: Some(Guardian { guardian: UserId(61), above: Amount::yuan(500) }),
+                at: Timestamp(24),
+            },
+            Record::GuardianSet { user: UserId(60), guardian: None, at: Timestamp(25) },
         ]
     }
 
@@ -1028,9 +1238,10 @@ pub(crate) mod tests {
         };
         let mut bytes = Vec::new();
         encode(&Record::PacketSent(sent.clone()), &mut bytes);
-        // Format 1: tag 4, and neither the cap nor the opening and day after the deadline.
+        // Format 1: tag 4, and neither the cap nor the opening, day and approval after the
+        // deadline.
         bytes[0] = PACKET_SENT;
-        bytes.drain(1 + 6 * 8..1 + 9 * 8);
+        bytes.drain(1 + 6 * 8..1 + 9 * 8 + 1);
         let Ok(Record::PacketSent(old)) = decode(&bytes) else { panic!("decodes") };
         assert_eq!(old.share_fen_max, 0);
         assert_eq!(old.with_legacy_cap(20_000), sent);

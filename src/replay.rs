@@ -20,7 +20,7 @@ use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::oplog::OpLog;
 use crate::org::OrgBook;
 use crate::packet::{ClaimView, PacketState, PacketStatus};
-use crate::record::{self, put_u64s, CoolingOff, DecodeError, Reader, Record, TransferOutcome};
+use crate::record::{self, put_u64s, ApprovalId, CoolingOff, DecodeError, Guardian, Reader, Record, TransferOutcome};
 use crate::roster::{self, RosterBook};
 use crate::split;
 use crate::transfer::TransferState;
@@ -61,6 +61,13 @@ impl Replica {
         }
     }
 
+    /// This replica keeping operation log entries `secs` seconds (the engine's setting, so a
+    /// restart rebuilds the log the engine kept).
+    pub(crate) fn with_log_retention(mut self, secs: u64) -> Replica {
+        self.oplog = OpLog::new(secs);
+        self
+    }
+
     /// Applies one record.
     ///
     /// # Errors
@@ -85,7 +92,9 @@ impl Replica {
             | Record::Expired { packet, .. }
             | Record::PacketOpened { packet, .. }
             | Record::PacketCancelled { packet, .. }
-            | Record::PacketRecalled { packet, .. } => {
+            | Record::PacketRecalled { packet, .. }
+            | Record::Approved { subject: ApprovalId::Packet(packet), .. }
+            | Record::Rejected { subject: ApprovalId::Packet(packet), .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
                 if let Some(credit) = state.apply(record)? {
                     self.ledger.try_credit(credit)?;
@@ -99,7 +108,10 @@ impl Replica {
                 self.ledger.apply(record)?;
                 self.transfers.insert(id, TransferState::open(sent.clone()));
             }
-            Record::TransferArrived { transfer, .. } | Record::TransferSettled { transfer, .. } => {
+            Record::TransferArrived { transfer, .. }
+            | Record::TransferSettled { transfer, .. }
+            | Record::Approved { subject: ApprovalId::Transfer(transfer), .. }
+            | Record::Rejected { subject: ApprovalId::Transfer(transfer), .. } => {
                 let state =
                     self.transfers.get_mut(transfer).ok_or_else(|| format!("record of unknown transfer {transfer}"))?;
                 if let Some(credit) = state.apply(record)? {
@@ -147,7 +159,7 @@ impl Replica {
         for p in self.packets.values() {
             let fen = u128::from(p.escrow().as_fen());
             match p.status() {
-                PacketStatus::CoolingOff { .. } => pending += fen,
+                PacketStatus::CoolingOff { .. } | PacketStatus::AwaitingApproval { .. } => pending += fen,
                 _ => escrow += fen,
             }
         }
@@ -160,11 +172,12 @@ impl Replica {
         let mut counts = PacketCounts::default();
         for p in self.packets.values() {
             match p.status() {
-                PacketStatus::CoolingOff { .. } => counts.cooling_off += 1,
+                PacketStatus::CoolingOff { .. } | PacketStatus::AwaitingApproval { .. } => counts.cooling_off += 1,
                 PacketStatus::SoldOut => counts.sold_out += 1,
                 PacketStatus::Expired { .. } => counts.expired += 1,
                 PacketStatus::Cancelled { .. } => counts.cancelled += 1,
                 PacketStatus::Recalled { .. } => counts.recalled += 1,
+                PacketStatus::Rejected { .. } => counts.cancelled += 1,
                 _ => counts.open += 1,
             }
         }
@@ -227,6 +240,7 @@ impl Fold for Replica {
                 PacketStatus::Expired { refunded } => (REFUND_EXPIRED, refunded),
                 PacketStatus::Cancelled { refunded } => (REFUND_CANCELLED, refunded),
                 PacketStatus::Recalled { refunded } => (REFUND_RECALLED, refunded),
+                PacketStatus::Rejected { refunded } => (REFUND_REJECTED, refunded),
                 _ => (0, Amount::ZERO),
             };
             put_u64s(out, &[how, refunded.as_fen()]);
@@ -240,6 +254,10 @@ impl Fold for Replica {
         cooling.sort_unstable_by_key(|(u, _)| *u);
         put_u64s(out, &[cooling.len() as u64]);
         cooling.iter().for_each(|(u, c)| put_u64s(out, &[u.0, c.threshold.as_fen(), c.secs]));
+        let mut guardians: Vec<(UserId, Guardian)> = self.ledger.guardians().collect();
+        guardians.sort_unstable_by_key(|(u, _)| *u);
+        put_u64s(out, &[guardians.len() as u64]);
+        guardians.iter().for_each(|(u, g)| put_u64s(out, &[u.0, g.guardian.0, g.above.as_fen()]));
         let orgs = self.orgs.records();
         put_u64s(out, &[orgs.len() as u64]);
         orgs.iter().for_each(|r| record::encode_prefixed(r, out));
@@ -247,7 +265,8 @@ impl Fold for Replica {
         for t in self.transfers.values() {
             record::encode_prefixed(&Record::TransferSent(t.sent().clone()), out);
             let settled = t.settled().map_or([0, 0], |(outcome, at)| [outcome_code(outcome), at.0]);
-            put_u64s(out, &[t.arrived_at().map_or(0, |at| at.0), settled[0], settled[1]]);
+            put_u64s(out, &[t.approved_at().map_or(0, |at| at.0), t.arrived_at().map_or(0, |at| at.0)]);
+            put_u64s(out, &settled);
         }
         self.oplog.encode(out);
     }
@@ -257,6 +276,7 @@ impl Fold for Replica {
 const REFUND_EXPIRED: u64 = 1;
 const REFUND_CANCELLED: u64 = 2;
 const REFUND_RECALLED: u64 = 3;
+const REFUND_REJECTED: u64 = 4;
 
 fn outcome_code(outcome: TransferOutcome) -> u64 {
     match outcome {
@@ -264,6 +284,7 @@ fn outcome_code(outcome: TransferOutcome) -> u64 {
         TransferOutcome::Declined => 2,
         TransferOutcome::Recalled => 3,
         TransferOutcome::Returned => 4,
+        TransferOutcome::Rejected => 5,
     }
 }
 
@@ -273,6 +294,7 @@ fn outcome_from_code(code: u64) -> Result<TransferOutcome, DecodeError> {
         2 => TransferOutcome::Declined,
         3 => TransferOutcome::Recalled,
         4 => TransferOutcome::Returned,
+        5 => TransferOutcome::Rejected,
         _ => return Err(DecodeError::Damaged("a snapshot's transfer settled in an unknown way")),
     })
 }
@@ -301,6 +323,7 @@ impl Restore for Replica {
             .collect::<Result<Vec<_>, DecodeError>>()?;
         let ledger = Ledger::from_parts(balances, ops, deposited, withdrawn);
         let mut replica = Replica { ledger, records, ..Replica::new(self.share_fen_max) };
+        replica.oplog = OpLog::new(self.oplog.retention_secs());
         for _ in 0..r.count(16)? {
             let group = GroupId(r.u64()?);
             let members = (0..r.count(8)?).map(|_| r.u64().map(UserId)).collect::<Result<_, _>>()?;
@@ -330,8 +353,15 @@ impl Restore for Replica {
                 REFUND_EXPIRED => Some(Record::Expired { packet: id, refund, at: closed_at }),
                 REFUND_CANCELLED => Some(Record::PacketCancelled { packet: id, refund, at: closed_at }),
                 // Who recalled and why is in the journal (and the operation log), not the state.
+                REFUND_REJECTED => Some(Record::Rejected {
+                    subject: ApprovalId::Packet(id),
+                    by: None,
+                    reason: String::new(),
+                    at: closed_at,
+                }),
                 REFUND_RECALLED => Some(Record::PacketRecalled {
                     packet: id,
+                    org: crate::money::OrgId(0),
                     by: UserId(0),
                     refund,
                     reason: String::new(),
@@ -366,7 +396,10 @@ fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), Decod
     let cooling = (0..r.count(24)?)
         .map(|_| Ok((UserId(r.u64()?), CoolingOff { threshold: Amount::fen(r.u64()?), secs: r.u64()? })))
         .collect::<Result<Vec<_>, DecodeError>>()?;
-    replica.ledger = std::mem::take(&mut replica.ledger).with_policies(days, cooling);
+    let guardians = (0..r.count(24)?)
+        .map(|_| Ok((UserId(r.u64()?), Guardian { guardian: UserId(r.u64()?), above: Amount::fen(r.u64()?) })))
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    replica.ledger = std::mem::take(&mut replica.ledger).with_policies(days, cooling).with_guardians(guardians);
     for _ in 0..r.count(8)? {
         let record = record::decode_prefixed(r)?;
         let org_record =
@@ -379,9 +412,9 @@ fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), Decod
         let Record::TransferSent(sent) = record::decode_prefixed(r)? else {
             return Err(DecodeError::Damaged("a snapshot's transfer is not a transfer record"));
         };
-        let (arrived, how, at) = (time(r.u64()?), r.u64()?, r.u64()?);
+        let (approved, arrived, how, at) = (time(r.u64()?), time(r.u64()?), r.u64()?, r.u64()?);
         let settled = if how == 0 { None } else { Some((outcome_from_code(how)?, Timestamp(at))) };
-        let state = TransferState::restore(sent, arrived, settled)
+        let state = TransferState::restore(sent, approved, arrived, settled)
             .map_err(|_| DecodeError::Damaged("a snapshot's transfer moved in a way it cannot"))?;
         replica.transfers.insert(state.id(), state);
     }
@@ -412,6 +445,7 @@ mod tests {
             share_fen_max: CAP,
             opens_at: Timestamp(0),
             day: 0,
+            approval: None,
         })
     }
 

@@ -49,14 +49,18 @@ impl PacketMeta {
             .expect("claims were checked against the draw when the journal was read")
     }
 
-    /// Its first deadline as of this send: the end of its cooling-off if it had one that had
-    /// not ended, else its expiry.
+    /// Its next deadline as of this send: the end of its approval window or of its
+    /// cooling-off if it has not opened, else its expiry (shifted by a late approval).
     fn deadline(&self) -> Timestamp {
         let sent = &self.sent;
-        if self.opened_at.is_none() && sent.opens_at > sent.sent_at {
-            sent.opens_at
-        } else {
-            sent.expires_at
+        match (self.opened_at, sent.approval) {
+            (None, Some(approval)) => approval.until,
+            (None, None) if sent.opens_at > sent.sent_at => sent.opens_at,
+            (Some(at), Some(_)) => {
+                let window_ms = sent.expires_at.as_millis().saturating_sub(sent.opens_at.as_millis());
+                Timestamp(at.max(sent.sent_at).as_millis().saturating_add(window_ms))
+            }
+            _ => sent.expires_at,
         }
     }
 }

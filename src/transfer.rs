@@ -24,11 +24,13 @@
 //! applies a record, refusing one that cannot happen, and says which wallet it credits.
 
 use crate::clock::Timestamp;
-use crate::error::TransferError;
+use crate::error::{ApprovalError, TransferError};
 use crate::ledger::Credit;
 use crate::limits::Limits;
 use crate::money::{Amount, TransferId, UserId};
-use crate::record::{Arrival, NewTransfer, Record, TransferOutcome, TransferSent, TransferStatus};
+use crate::record::{
+    ApprovalId, Approver, Arrival, NewTransfer, Record, TransferOutcome, TransferSent, TransferStatus,
+};
 
 /// A transfer as callers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +86,8 @@ impl Action {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
+    /// Waiting for the sender's guardian: the sender may recall it.
+    AwaitingApproval,
     /// Cooling off or in transit: the sender may recall it.
     Held,
     /// Arrived: the receiver may accept or decline it.
@@ -96,6 +100,10 @@ enum Stage {
 pub(crate) struct TransferState {
     sent: TransferSent,
     stage: Stage,
+    /// When it arrives and when it returns: as sent, or shifted by the wait for approval.
+    arrives_at: Timestamp,
+    accept_until: Timestamp,
+    approved_at: Option<Timestamp>,
     arrived_at: Option<Timestamp>,
     settled_at: Option<Timestamp>,
 }
@@ -103,8 +111,18 @@ pub(crate) struct TransferState {
 impl TransferState {
     /// The state of a transfer just sent (and debited).
     pub(crate) fn open(sent: TransferSent) -> TransferState {
-        let stage = if sent.arrives_at > sent.sent_at { Stage::Held } else { Stage::Awaiting };
-        TransferState { sent, stage, arrived_at: None, settled_at: None }
+        let stage = match sent.approval {
+            Some(_) => Stage::AwaitingApproval,
+            None if sent.arrives_at > sent.sent_at => Stage::Held,
+            None => Stage::Awaiting,
+        };
+        let (arrives_at, accept_until) = (sent.arrives_at, sent.accept_until);
+        TransferState { sent, stage, arrives_at, accept_until, approved_at: None, arrived_at: None, settled_at: None }
+    }
+
+    /// When its guardian approved it, if it waited for approval.
+    pub(crate) fn approved_at(&self) -> Option<Timestamp> {
+        self.approved_at
     }
 
     /// The transfer's id.
@@ -146,11 +164,14 @@ impl TransferState {
     /// Where it stands at `now` (a held transfer is cooling off, then in transit).
     pub(crate) fn status(&self, now: Timestamp) -> TransferStatus {
         match self.stage {
+            Stage::AwaitingApproval => {
+                TransferStatus::AwaitingApproval { until: self.sent.approval.expect("it waits for approval").until }
+            }
             Stage::Held if now < self.sent.cooling_until => {
                 TransferStatus::CoolingOff { until: self.sent.cooling_until }
             }
-            Stage::Held => TransferStatus::InTransit { arrives_at: self.sent.arrives_at },
-            Stage::Awaiting => TransferStatus::AwaitingAcceptance { until: self.sent.accept_until },
+            Stage::Held => TransferStatus::InTransit { arrives_at: self.arrives_at },
+            Stage::Awaiting => TransferStatus::AwaitingAcceptance { until: self.accept_until },
             Stage::Settled(outcome) => outcome.into(),
         }
     }
@@ -158,8 +179,9 @@ impl TransferState {
     /// Its next deadline: arrival, then the end of acceptance; none once settled.
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         match self.stage {
-            Stage::Held => Some(self.sent.arrives_at),
-            Stage::Awaiting => Some(self.sent.accept_until),
+            Stage::AwaitingApproval => self.sent.approval.map(|a| a.until),
+            Stage::Held => Some(self.arrives_at),
+            Stage::Awaiting => Some(self.accept_until),
             Stage::Settled(_) => None,
         }
     }
@@ -169,8 +191,14 @@ impl TransferState {
     pub(crate) fn decide_due(&self, now: Timestamp) -> Option<Record> {
         let transfer = self.id();
         match self.stage {
-            Stage::Held if now >= self.sent.arrives_at => Some(Record::TransferArrived { transfer, at: now }),
-            Stage::Awaiting if now >= self.sent.accept_until => {
+            Stage::AwaitingApproval if self.sent.approval.is_some_and(|a| now >= a.until) => Some(Record::Rejected {
+                subject: ApprovalId::Transfer(transfer),
+                by: None,
+                reason: String::new(),
+                at: now,
+            }),
+            Stage::Held if now >= self.arrives_at => Some(Record::TransferArrived { transfer, at: now }),
+            Stage::Awaiting if now >= self.accept_until => {
                 Some(Record::TransferSettled { transfer, outcome: TransferOutcome::Returned, at: now })
             }
             _ => None,
@@ -196,8 +224,11 @@ impl TransferState {
             (Stage::Settled(outcome), _) if outcome == action.outcome() => {
                 return Err(TransferError::AlreadySettled { status: outcome.into() })
             }
-            (Stage::Held, Action::Recall) | (Stage::Awaiting, Action::Accept | Action::Decline) => true,
-            (Stage::Held, _) => return Err(TransferError::NotArrived { arrives_at: self.sent.arrives_at }),
+            (Stage::Held | Stage::AwaitingApproval, Action::Recall)
+            | (Stage::Awaiting, Action::Accept | Action::Decline) => true,
+            (Stage::Held | Stage::AwaitingApproval, _) => {
+                return Err(TransferError::NotArrived { arrives_at: self.arrives_at })
+            }
             _ => false,
         };
         if !fresh {
@@ -224,29 +255,90 @@ impl TransferState {
                 self.arrived_at = Some(at);
                 Ok(None)
             }
+            Record::Approved { subject: ApprovalId::Transfer(transfer), at, .. } if transfer == id => {
+                if self.stage != Stage::AwaitingApproval {
+                    return Err(format!("transfer {id} approved while {:?}", self.stage));
+                }
+                // Its arrival and acceptance count from the approval: shifted by the wait.
+                let at = at.max(self.sent.sent_at);
+                let sent_ms = self.sent.sent_at.as_millis();
+                let shift = |t: Timestamp| Timestamp(at.as_millis().saturating_add(t.as_millis() - sent_ms));
+                (self.arrives_at, self.accept_until) = (shift(self.sent.arrives_at), shift(self.sent.accept_until));
+                self.stage = if self.arrives_at > at { Stage::Held } else { Stage::Awaiting };
+                self.approved_at = Some(at);
+                Ok(None)
+            }
+            Record::Rejected { subject: ApprovalId::Transfer(transfer), at, .. } if transfer == id => {
+                if self.stage != Stage::AwaitingApproval {
+                    return Err(format!("transfer {id} rejected while {:?}", self.stage));
+                }
+                Ok(Some(self.settle(TransferOutcome::Rejected, at)))
+            }
             Record::TransferSettled { transfer, outcome, at } if transfer == id => {
-                let from = match outcome {
-                    TransferOutcome::Recalled => Stage::Held,
-                    _ => Stage::Awaiting,
+                let allowed = match outcome {
+                    TransferOutcome::Recalled => matches!(self.stage, Stage::Held | Stage::AwaitingApproval),
+                    TransferOutcome::Rejected => false,
+                    _ => self.stage == Stage::Awaiting,
                 };
-                if self.stage != from {
+                if !allowed {
                     return Err(format!("transfer {id} {outcome:?} while {:?}", self.stage));
                 }
-                self.stage = Stage::Settled(outcome);
-                // Never before it was sent, even if the clock stepped back in between: its
-                // retention counts from then at the earliest.
-                self.settled_at = Some(at.max(self.sent.sent_at));
-                let spec = &self.sent.spec;
-                let user = if outcome == TransferOutcome::Accepted { spec.to } else { spec.from };
-                Ok(Some(Credit { user, amount: spec.amount }))
+                Ok(Some(self.settle(outcome, at)))
             }
             _ => Err(format!("transfer {id}: {record:?} is not about this transfer")),
         }
     }
 
+    /// Settles it: the amount to the receiver if accepted, else back to the sender.
+    fn settle(&mut self, outcome: TransferOutcome, at: Timestamp) -> Credit {
+        self.stage = Stage::Settled(outcome);
+        // Never before it was sent, even if the clock stepped back in between: its retention
+        // counts from then at the earliest.
+        self.settled_at = Some(at.max(self.sent.sent_at));
+        let spec = &self.sent.spec;
+        let user = if outcome == TransferOutcome::Accepted { spec.to } else { spec.from };
+        Credit { user, amount: spec.amount }
+    }
+
+    /// Decides an approval (`reject` none) or rejection by `by` at `now`, once a passed
+    /// deadline has been applied; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `NotAwaitingApproval`, `OwnSend`, `NotApprover`, `AlreadyApproved`, `AlreadyRejected`.
+    pub(crate) fn decide_approval(
+        &self,
+        by: UserId,
+        reject: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Record, ApprovalError> {
+        let Some(approval) = self.sent.approval else { return Err(ApprovalError::NotAwaitingApproval) };
+        if by == self.sent.spec.from {
+            return Err(ApprovalError::OwnSend);
+        }
+        // A transfer belongs to no group, so only a guardian approves one.
+        if approval.approver != Approver::Guardian(by) {
+            return Err(ApprovalError::NotApprover { user: by });
+        }
+        let subject = ApprovalId::Transfer(self.id());
+        match (self.stage, reject) {
+            (Stage::AwaitingApproval, None) => Ok(Record::Approved { subject, by, at: now }),
+            (Stage::AwaitingApproval, Some(reason)) => {
+                Ok(Record::Rejected { subject, by: Some(by), reason: reason.to_owned(), at: now })
+            }
+            (Stage::Settled(TransferOutcome::Rejected), _) => Err(ApprovalError::AlreadyRejected),
+            // Recalled by its sender while it waited: there is nothing left to approve.
+            (Stage::Settled(TransferOutcome::Recalled), _) if self.approved_at.is_none() => {
+                Err(ApprovalError::AlreadyRejected)
+            }
+            _ => Err(ApprovalError::AlreadyApproved),
+        }
+    }
+
     /// The transfer as callers see it at `now`.
     pub(crate) fn view(&self, now: Timestamp) -> TransferView {
-        let TransferSent { spec, sent_at, cooling_until, arrives_at, accept_until, .. } = &self.sent;
+        let TransferSent { spec, sent_at, cooling_until, .. } = &self.sent;
+        let (arrives_at, accept_until) = (&self.arrives_at, &self.accept_until);
         TransferView {
             id: spec.id,
             from: spec.from,
@@ -270,11 +362,22 @@ impl TransferState {
     /// As [`TransferState::apply`].
     pub(crate) fn restore(
         sent: TransferSent,
+        approved_at: Option<Timestamp>,
         arrived_at: Option<Timestamp>,
         settled: Option<(TransferOutcome, Timestamp)>,
     ) -> Result<TransferState, String> {
         let mut state = TransferState::open(sent);
         let transfer = state.id();
+        if let Some(at) = approved_at {
+            // Who approved is in the journal, not the state.
+            state.apply(&Record::Approved { subject: ApprovalId::Transfer(transfer), by: UserId(0), at })?;
+        }
+        if let Some((TransferOutcome::Rejected, at)) = settled {
+            let rejected =
+                Record::Rejected { subject: ApprovalId::Transfer(transfer), by: None, reason: String::new(), at };
+            state.apply(&rejected)?;
+            return Ok(state);
+        }
         if let Some(at) = arrived_at {
             state.apply(&Record::TransferArrived { transfer, at })?;
         }
@@ -341,7 +444,16 @@ mod tests {
             arrival,
             note: "房租".into(),
         };
-        TransferState::open(TransferSent { spec, sent_at: T0, day: 0, cooling_until, arrives_at, accept_until })
+        let approval = None;
+        TransferState::open(TransferSent {
+            spec,
+            sent_at: T0,
+            day: 0,
+            cooling_until,
+            arrives_at,
+            accept_until,
+            approval,
+        })
     }
 
     /// Applies what is due, then decides and applies `action`, as the shard does.
@@ -400,7 +512,7 @@ mod tests {
         assert_eq!(t.settled(), Some((TransferOutcome::Returned, end)));
         assert_eq!(t.decide_due(end.plus_secs(DAY)), None);
         // Restored from its records, it is the same transfer.
-        let back = TransferState::restore(t.sent().clone(), t.arrived_at(), t.settled()).unwrap();
+        let back = TransferState::restore(t.sent().clone(), t.approved_at(), t.arrived_at(), t.settled()).unwrap();
         assert_eq!(back, t);
     }
 

@@ -33,13 +33,15 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, Timestamp};
+use crate::error::ApprovalError;
 use crate::error::TransferError;
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
+use crate::money::Amount;
 use crate::money::{IdMap, TransferId};
 use crate::placement::bucket;
-use crate::record::{NewTransfer, Record, TransferSent, TransferStatus};
+use crate::record::{ApprovalId, NewTransfer, Record, TransferSent, TransferStatus};
 use crate::runtime::{self, Refused};
 use crate::timer::{Due, Schedule, Timer};
 use crate::transfer::{Action, TransferState, TransferView};
@@ -78,6 +80,16 @@ pub(crate) struct Act {
     pub action: Action,
     pub by: crate::money::UserId,
     pub reply: Reply,
+}
+
+/// The sender's guardian approves (`reject: None`) or rejects a transfer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Decide {
+    pub id: TransferId,
+    pub by: crate::money::UserId,
+    pub reject: Option<String>,
+    pub reply: oneshot::Sender<Result<Amount, ApprovalError>>,
 }
 
 /// A read of a transfer.
@@ -143,7 +155,7 @@ pub(crate) struct Flush(pub oneshot::Sender<()>);
 enum Slot {
     /// Its debit is being decided.
     Opening,
-    Known(TransferState),
+    Known(Box<TransferState>),
 }
 
 /// The actor owning one shard of transfers.
@@ -156,7 +168,7 @@ impl TransferShard {
     /// A shard owning `transfers` (loaded from the journal; the engine schedules their
     /// deadlines once the timer knows where to send them).
     pub(crate) fn new(ctx: Arc<TransferCtx>, transfers: Vec<TransferState>) -> TransferShard {
-        let transfers = transfers.into_iter().map(|t| (t.id(), Slot::Known(t))).collect();
+        let transfers = transfers.into_iter().map(|t| (t.id(), Slot::Known(Box::new(t)))).collect();
         TransferShard { ctx, transfers }
     }
 
@@ -281,12 +293,21 @@ fn due_event(view: &TransferView) -> Event {
         TransferStatus::AwaitingAcceptance { until } => {
             Event::TransferArrived { transfer, from, to, amount, accept_until: until }
         }
+        // Its approval never came: rejected at the deadline.
+        TransferStatus::Rejected => Event::Rejected {
+            subject: ApprovalId::Transfer(transfer),
+            sender: from,
+            by: None,
+            reason: String::new(),
+            refunded: amount,
+        },
         status => {
             let outcome = match status {
                 TransferStatus::Accepted => crate::record::TransferOutcome::Accepted,
                 TransferStatus::Declined => crate::record::TransferOutcome::Declined,
                 TransferStatus::Recalled => crate::record::TransferOutcome::Recalled,
                 TransferStatus::Returned => crate::record::TransferOutcome::Returned,
+                TransferStatus::Rejected => crate::record::TransferOutcome::Rejected,
                 other => unreachable!("a move ends awaiting or settled, not {other:?}"),
             };
             Event::TransferSettled { transfer, from, to, amount, outcome }
@@ -331,6 +352,63 @@ impl Handler<Act> for TransferShard {
     }
 }
 
+impl Handler<Decide> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Decide, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || self.decide(m));
+    }
+}
+
+impl TransferShard {
+    /// Approves or rejects a transfer for the sender's guardian, after a passed deadline has
+    /// acted: an approval sends it on its way (its delay and acceptance count from now), a
+    /// rejection refunds the sender.
+    fn decide(&mut self, m: Decide) {
+        let now = self.ctx.clock.now();
+        self.run_due(m.id, now, false);
+        let decided = match self.known(m.id) {
+            Ok(t) => t.decide_approval(m.by, m.reject.as_deref(), now),
+            Err(_) => Err(ApprovalError::Unknown),
+        };
+        let record = match decided {
+            Ok(record) => record,
+            Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
+        };
+        let Some(Slot::Known(t)) = self.transfers.get_mut(&m.id) else { unreachable!("decided on a known transfer") };
+        let credit = t.apply(&record).expect("decided against this state");
+        if credit.is_some() {
+            self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(at) = t.next_deadline() {
+            self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(m.id) });
+        }
+        let (view, ctx, reply, by) = (t.view(now), Arc::clone(&self.ctx), m.reply, m.by);
+        self.ctx.journal.append(
+            record.clone(),
+            Box::new(move || {
+                let subject = ApprovalId::Transfer(view.id);
+                match (credit, record) {
+                    (Some(credit), Record::Rejected { reason, .. }) => {
+                        ctx.wallets.credit(credit);
+                        let (sender, refunded) = (view.from, credit.amount);
+                        ctx.events.publish(|| Event::Rejected { subject, sender, by: Some(by), reason, refunded });
+                        let _ = reply.send(Ok(refunded));
+                    }
+                    _ => {
+                        ctx.events.publish(|| Event::Approved { subject, sender: view.from, by });
+                        if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
+                            ctx.events.publish(|| due_event(&view));
+                        }
+                        let _ = reply.send(Ok(Amount::ZERO));
+                    }
+                }
+            }),
+        );
+    }
+}
+
 impl Handler<Get> for TransferShard {
     type Result = ();
 
@@ -354,12 +432,13 @@ impl Handler<Opened> for TransferShard {
         let fuse = Arc::clone(&self.ctx.fuse);
         fuse.guard("transfer shard", || {
             let Opened(sent, reply) = m;
+            let sent_approval = sent.approval;
             let state = TransferState::open(sent);
             let view = state.view(state.sent().sent_at);
             if let Some(at) = state.next_deadline() {
                 self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(state.id()) });
             }
-            self.transfers.insert(state.id(), Slot::Known(state));
+            self.transfers.insert(state.id(), Slot::Known(Box::new(state)));
             // The send's record is durable (this came from its completion) and the state is in
             // place: the events, then the answer.
             self.ctx.events.publish(|| Event::TransferSent {
@@ -374,6 +453,16 @@ impl Handler<Opened> for TransferShard {
             if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
                 // An instant transfer arrives with its send: the receiver hears at once.
                 self.ctx.events.publish(|| due_event(&view));
+            }
+            if let (TransferStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent_approval) {
+                // The guardian hears there is something to approve.
+                self.ctx.events.publish(|| Event::AwaitingApproval {
+                    subject: ApprovalId::Transfer(view.id),
+                    sender: view.from,
+                    approver: approval.approver,
+                    amount: view.amount,
+                    until,
+                });
             }
             let _ = reply.send(Ok(view));
         });

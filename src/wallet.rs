@@ -35,7 +35,7 @@ use crate::error::{SendError, TransferError, WalletError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
-use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, OrgCap, Outgoing, Totals, Usage};
+use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, OrgRules, Outgoing, Totals, Usage};
 use crate::money::{Amount, OpId, UserId};
 use crate::placement::bucket;
 use crate::record::{CoolingOff, NewTransfer, PacketSent, Record, TransferSent};
@@ -126,8 +126,8 @@ pub(crate) type Settle = Box<dyn FnOnce(Result<PacketSent, SendError>) + Send>;
 pub(crate) struct Escrow {
     pub sent: PacketSent,
     pub expiry_secs: u64,
-    /// The cap of the org whose group the packet is sent in, if it sets one.
-    pub org_cap: Option<OrgCap>,
+    /// The rules of the org whose group the packet is sent in, if any.
+    pub org: Option<OrgRules>,
     pub settle: Settle,
 }
 
@@ -151,6 +151,16 @@ pub(crate) struct Debit {
 pub(crate) struct SetCoolingOff {
     pub user: UserId,
     pub setting: CoolingOff,
+    pub now: Timestamp,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Sets (or removes) a user's guardian; the reply comes once it is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetGuardian {
+    pub user: UserId,
+    pub guardian: Option<crate::record::Guardian>,
     pub now: Timestamp,
     pub reply: oneshot::Sender<()>,
 }
@@ -198,6 +208,8 @@ pub(crate) struct Flush(pub oneshot::Sender<()>);
 pub(crate) struct WalletShard {
     ledger: Ledger,
     caps: DailyCaps,
+    /// How long a send waits for its approver.
+    approval_secs: u64,
     journal: Arc<dyn Journal>,
     events: Arc<EventHub>,
     fuse: Arc<Fuse>,
@@ -206,12 +218,12 @@ pub(crate) struct WalletShard {
 impl WalletShard {
     pub(crate) fn new(
         ledger: Ledger,
-        caps: DailyCaps,
+        (caps, approval_secs): (DailyCaps, u64),
         journal: Arc<dyn Journal>,
         events: Arc<EventHub>,
         fuse: Arc<Fuse>,
     ) -> WalletShard {
-        WalletShard { ledger, caps, journal, events, fuse }
+        WalletShard { ledger, caps, approval_secs, journal, events, fuse }
     }
 
     /// Records and applies a decided deposit or withdrawal and replies once it is durable; a
@@ -289,14 +301,16 @@ impl Handler<Escrow> for WalletShard {
 
 impl WalletShard {
     fn escrow(&mut self, m: Escrow) {
-        let Escrow { mut sent, expiry_secs, org_cap, settle } = m;
+        let Escrow { mut sent, expiry_secs, org, settle } = m;
         let total = sent.spec.split.total().expect("validated before escrow");
         let out = Outgoing { user: sent.spec.sender, amount: total, packet: true, day: sent.day };
-        match self.ledger.decide_send(out, self.caps, org_cap, sent.sent_at) {
-            Ok(opens_at) => {
-                // Its expiry counts from its opening (rule 16).
-                sent.opens_at = opens_at;
-                sent.expires_at = opens_at.plus_secs(expiry_secs);
+        match self.ledger.decide_send(out, self.caps, org, sent.sent_at, self.approval_secs) {
+            Ok(decided) => {
+                // Its expiry counts from its opening (rule 16); for one waiting for approval,
+                // from the approval (the packet shifts it then).
+                sent.opens_at = decided.opens_at;
+                sent.expires_at = decided.opens_at.plus_secs(expiry_secs);
+                sent.approval = decided.approval;
             }
             Err(refusal) => return settle(Err(SendError::from(refusal))),
         }
@@ -316,12 +330,13 @@ impl Handler<Debit> for WalletShard {
         fuse.guard("wallet shard", || {
             let Debit { spec, now, day, accept_secs, settle } = m;
             let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
-            let cooling_until = match self.ledger.decide_send(out, self.caps, None, now) {
-                Ok(until) => until,
+            let decided = match self.ledger.decide_send(out, self.caps, None, now, self.approval_secs) {
+                Ok(decided) => decided,
                 Err(refusal) => return settle(Err(TransferError::from(refusal))),
             };
+            let (cooling_until, approval) = (decided.opens_at, decided.approval);
             let (arrives_at, accept_until) = transfer::deadlines(spec.arrival, cooling_until, accept_secs);
-            let sent = TransferSent { spec, sent_at: now, day, cooling_until, arrives_at, accept_until };
+            let sent = TransferSent { spec, sent_at: now, day, cooling_until, arrives_at, accept_until, approval };
             let record = Record::TransferSent(sent.clone());
             self.ledger.apply(&record).expect("decided against this ledger");
             // The transfer exists only once its debit is durable.
@@ -338,6 +353,25 @@ impl Handler<SetCoolingOff> for WalletShard {
         fuse.guard("wallet shard", || {
             let record = Record::CoolingOffSet { user: m.user, setting: m.setting, at: m.now };
             self.ledger.apply(&record).expect("a setting never contradicts a ledger");
+            let reply = m.reply;
+            self.journal.append(
+                record,
+                Box::new(move || {
+                    let _ = reply.send(());
+                }),
+            );
+        });
+    }
+}
+
+impl Handler<SetGuardian> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: SetGuardian, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || {
+            let record = Record::GuardianSet { user: m.user, guardian: m.guardian, at: m.now };
+            self.ledger.apply(&record).expect("a guardian never contradicts a ledger");
             let reply = m.reply;
             self.journal.append(
                 record,

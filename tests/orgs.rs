@@ -77,6 +77,15 @@ async fn only_admins_change_an_org() {
     let taken = OrgError::GroupTaken { group: GROUP, org: ORG };
     assert_eq!(engine.attach_group(OrgId(4), GROUP, UserId(200)).await, Err(taken));
     engine.shutdown().await;
+
+    // Found by review: attaching was unbounded. At most `org_groups_max` groups per org.
+    let Setup { engine, .. } = start_with(Limits { org_groups_max: 2, ..Limits::default() }, 1);
+    engine.create_org(ORG, acme()).await.unwrap();
+    engine.attach_group(ORG, GroupId(1), ADMIN).await.unwrap();
+    engine.attach_group(ORG, GroupId(2), ADMIN).await.unwrap();
+    assert_eq!(engine.attach_group(ORG, GroupId(3), ADMIN).await, Err(OrgError::TooManyGroups { max: 2 }));
+    assert_eq!(engine.org(ORG).await.unwrap().groups, vec![GroupId(1), GroupId(2)]);
+    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
