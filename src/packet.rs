@@ -35,7 +35,7 @@ use crate::clock::Timestamp;
 use crate::error::{ApprovalError, CancelError, GrabError, RecallError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
-use crate::record::{ApprovalId, Approver, NewPacket, PacketSent, Record};
+use crate::record::{Approval, ApprovalId, Approver, NewPacket, PacketSent, Record};
 use crate::split::{self, Draw, Split};
 
 /// Where a packet stands.
@@ -152,6 +152,8 @@ pub struct PacketView {
     pub sent_at: Timestamp,
     /// When it opens (opened) for grabs: `sent_at`, or the end of the sender's cooling-off.
     pub opens_at: Timestamp,
+    /// If it waits (waited) for a second person's approval: who, and until when.
+    pub approval: Option<Approval>,
     /// When its remainder is refunded.
     pub expires_at: Timestamp,
     /// When it sold out or expired; it is kept (answering repeat grabs and queries) for
@@ -644,6 +646,7 @@ impl PacketState {
             best_luck: self.best_luck(),
             sent_at: *sent_at,
             opens_at: *opens_at,
+            approval: self.sent.approval,
             expires_at: *expires_at,
             closed_at: self.closed_at,
             seed: *seed,

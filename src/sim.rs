@@ -1,7 +1,8 @@
 //! A deterministic simulation of the engine on a faulty disk, in the manner of TigerBeetle's
 //! VOPR: a seeded workload of every operation (deposits, withdrawals, roster changes, sends of
 //! every kind, grabs, transfers and their recalls, accepts and declines, cooling-off settings
-//! and cancels, an org with its policy changes and admin recalls, deadlines by a manual clock
+//! and cancels, an org with its policy changes, admin recalls and approvals, guardians,
+//! deadlines by a manual clock
 //! that also steps back, restarts), with storage
 //! faults injected under the journal from the same seed (a full disk, failing syncs, failing
 //! cuts, stalls, a power loss at any byte of a write), checked after every restart:
@@ -32,6 +33,7 @@ use crate::{
     RecallError, RecallPolicy, SendError, Split, TransferError, TransferId, TransferStatus, TransferView, UserId,
     WalletError,
 };
+use crate::{ApprovalError, ApprovalId, Guardian};
 
 const USERS: u64 = 12;
 const STEPS: usize = 160;
@@ -74,6 +76,10 @@ struct Model {
     held: Vec<u64>,
     /// Packets whose cancellation was acknowledged.
     cancelled: Vec<u64>,
+    /// Sends whose approval (true) or rejection (false) was acknowledged.
+    decided: HashMap<ApprovalId, bool>,
+    /// Sends acknowledged as waiting for approval.
+    waiting: Vec<ApprovalId>,
     /// Packets whose admin recall was acknowledged, and those whose outcome is unknown.
     recalled: Vec<u64>,
     unknown_recalls: Vec<u64>,
@@ -102,6 +108,8 @@ pub(crate) struct Tally {
     pub moves: u64,
     pub cancels: u64,
     pub recalls: u64,
+    pub approvals: u64,
+    pub rejections: u64,
 }
 
 struct Sim {
@@ -380,6 +388,30 @@ impl Sim {
                 Err(e) => panic!("{ctx}: recalled packet {id}: {e}"),
             }
         }
+        // An acknowledged approval opened the send (it may have closed since); an acknowledged
+        // rejection refunded it.
+        for (subject, &approved) in &self.model.decided {
+            match *subject {
+                ApprovalId::Packet(id) => match engine.packet(id).await {
+                    Ok(view) => {
+                        let rejected = matches!(view.status, PacketStatus::Rejected { .. });
+                        let waiting = matches!(view.status, PacketStatus::AwaitingApproval { .. });
+                        assert!(!waiting && rejected != approved, "{ctx}: packet {id} decided {approved}: {view:?}");
+                    }
+                    Err(crate::EngineError::UnknownPacket) if may_be_retired(&id.0) => {}
+                    Err(e) => panic!("{ctx}: decided packet {id}: {e}"),
+                },
+                ApprovalId::Transfer(id) => match engine.transfer_view(id).await {
+                    Ok(view) => {
+                        let rejected = view.status == TransferStatus::Rejected;
+                        let waiting = matches!(view.status, TransferStatus::AwaitingApproval { .. });
+                        assert!(!waiting && rejected != approved, "{ctx}: transfer {id} decided {approved}: {view:?}");
+                    }
+                    Err(TransferError::UnknownTransfer) => {}
+                    Err(e) => panic!("{ctx}: decided transfer {id}: {e}"),
+                },
+            }
+        }
         for id in &self.model.cancelled {
             match engine.packet(PacketId(*id)).await {
                 Ok(view) => assert!(matches!(view.status, PacketStatus::Cancelled { .. }), "{ctx}: packet {id}"),
@@ -403,7 +435,10 @@ impl Sim {
         let spec = NewTransfer { id: TransferId(id), from, to, amount, arrival, note: String::new() };
         let at = crate::Clock::now(&self.clock).as_millis();
         match engine.transfer(spec.clone()).await {
-            Ok(_) => {
+            Ok(view) => {
+                if matches!(view.status, TransferStatus::AwaitingApproval { .. }) {
+                    self.model.waiting.push(ApprovalId::Transfer(TransferId(id)));
+                }
                 tally.transfers += 1;
                 self.model.transfers.insert(id, (spec, at));
             }
@@ -450,6 +485,52 @@ impl Sim {
 
     /// The org's admin (or now and then someone else) recalls a recent packet; or an admin
     /// changes the recall whitelist; or, before it exists, the org is created with group 1.
+    /// A guardian set or removed for a user, or an approval or rejection of a recent send by
+    /// whoever may (the org's admin, or the user's guardian, who is always the next user).
+    async fn approval_step(&mut self, engine: &Engine, tally: &mut Tally) {
+        let user = UserId(self.rng.random_range(1..=USERS));
+        let guardian = UserId(user.0 % USERS + 1);
+        match self.rng.random_range(0..5) {
+            0 | 1 => {
+                let above = Amount::fen(self.rng.random_range(0..2_000));
+                let _ = engine.set_guardian(user, Guardian { guardian, above }).await;
+            }
+            2 => {
+                let _ = engine.remove_guardian(user).await;
+            }
+            _ => {
+                let Some(&subject) = self.model.waiting.get(self.rng.random_range(0..self.model.waiting.len().max(1)))
+                else {
+                    return;
+                };
+                let sender = match subject {
+                    ApprovalId::Packet(p) => self.model.sends.get(&p.0).map(|s| s.sender),
+                    ApprovalId::Transfer(t) => self.model.transfers.get(&t.0).map(|(s, _)| s.from),
+                };
+                let Some(sender) = sender else { return };
+                let by = if self.rng.random_bool(0.5) { ORG_ADMIN } else { UserId(sender.0 % USERS + 1) };
+                let approve = self.rng.random_bool(0.6);
+                let got = if approve {
+                    engine.approve(subject, by).await.map(|_| ())
+                } else {
+                    engine.reject(subject, by, String::new()).await.map(|_| ())
+                };
+                match got {
+                    Ok(()) => {
+                        if approve {
+                            tally.approvals += 1;
+                        } else {
+                            tally.rejections += 1;
+                        }
+                        self.model.decided.insert(subject, approve);
+                    }
+                    Err(ApprovalError::OutcomeUnknown) => tally.unknown_outcomes += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
     async fn org_step(&mut self, engine: &Engine, tally: &mut Tally) {
         if !self.model.org {
             let spec = NewOrg { admins: vec![ORG_ADMIN], name: String::new() };
@@ -465,7 +546,9 @@ impl Sim {
         }
         if self.rng.random_bool(0.3) {
             let senders = (1..=USERS).filter(|_| self.rng.random_bool(0.5)).map(UserId).collect();
-            let policy = Policy { recall: RecallPolicy::Whitelist(senders), ..Policy::default() };
+            // Now and then packets above a threshold wait for the admin's approval.
+            let approval_above = self.rng.random_bool(0.5).then(|| Amount::fen(self.rng.random_range(0..2_000)));
+            let policy = Policy { recall: RecallPolicy::Whitelist(senders), approval_above, ..Policy::default() };
             let _ = engine.set_policy(ORG, ORG_ADMIN, policy).await;
             return;
         }
@@ -548,12 +631,13 @@ impl Sim {
                 };
             }
             26..=41 => self.send(&engine, user, tally).await,
-            42..=67 => {
+            42..=63 => {
                 let packet = self.rng.random_range(0..self.model.next_op.max(1));
                 let got = engine.grab(PacketId(packet), user).await;
                 self.record_grab(packet, user, got, tally);
             }
-            68..=71 => self.org_step(&engine, tally).await,
+            64..=67 => self.org_step(&engine, tally).await,
+            68..=71 => self.approval_step(&engine, tally).await,
             72..=77 => self.transfer(&engine, user, tally).await,
             78..=83 => self.move_one(&engine, tally).await,
             84..=86 => {
@@ -661,6 +745,9 @@ impl Sim {
             Ok(view) => {
                 if matches!(view.status, PacketStatus::CoolingOff { .. }) {
                     self.model.held.push(id);
+                }
+                if matches!(view.status, PacketStatus::AwaitingApproval { .. }) {
+                    self.model.waiting.push(ApprovalId::Packet(PacketId(id)));
                 }
                 self.model.sends.insert(id, spec);
             }

@@ -58,6 +58,8 @@ pub struct TransferView {
     pub arrives_at: Timestamp,
     /// When it returns to the sender unless accepted.
     pub accept_until: Timestamp,
+    /// If it waits (waited) for the sender's guardian: who, and until when.
+    pub approval: Option<crate::record::Approval>,
     /// When it settled; it is kept (answering repeats and queries) for
     /// `settled_transfer_retention_secs` from then.
     pub settled_at: Option<Timestamp>,
@@ -351,6 +353,7 @@ impl TransferState {
             cooling_until: *cooling_until,
             arrives_at: *arrives_at,
             accept_until: *accept_until,
+            approval: self.sent.approval,
             settled_at: self.settled_at,
         }
     }

@@ -66,6 +66,10 @@ fn packets_and_grabs_round_trip() {
         best_luck: Some(claim(2, 9_000, 1)),
         sent_at: Timestamp(1),
         opens_at: Timestamp(1),
+        approval: Some(hongbao::Approval {
+            approver: hongbao::Approver::OrgAdmins(hongbao::OrgId(3)),
+            until: Timestamp(9),
+        }),
         expires_at: Timestamp(2),
         closed_at: Some(Timestamp(2)),
         seed: 99,
@@ -104,6 +108,12 @@ fn packets_and_grabs_round_trip() {
     round_trip(&hongbao::RecallError::NotWhitelisted { sender: UserId(7) });
     round_trip(&hongbao::OrgError::GroupTaken { group: GroupId(7), org: hongbao::OrgId(3) });
     round_trip(&PacketStatus::Recalled { refunded: Amount::fen(5) });
+    let subject = round_trip(&hongbao::ApprovalId::Packet(PacketId(43)));
+    assert_eq!(subject, serde_json::json!({ "kind": "packet", "id": 43 }));
+    round_trip(&hongbao::Guardian { guardian: UserId(61), above: Amount::yuan(500) });
+    round_trip(&hongbao::ApprovalError::NotApprover { user: UserId(7) });
+    round_trip(&PacketStatus::AwaitingApproval { until: Timestamp(9) });
+    round_trip(&hongbao::TransferStatus::Rejected);
     let grabbed = hongbao::Grabbed {
         packet: PacketId(1),
         user: UserId(2),
