@@ -24,6 +24,7 @@ use hongbao::{
     NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, PacketStatus, Policy, RecallPolicy, Split, TransferError,
     TransferId, TransferStatus, UserId,
 };
+use hongbao::{ApprovalError, ApprovalId, Guardian};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -34,6 +35,10 @@ const SENDER: UserId = UserId(1);
 const CAREFUL: UserId = UserId(2);
 /// Ids of the careful sender's packets, after the storm packets' ids.
 const HELD_IDS: u64 = 1 << 40;
+/// Sends transfers that wait for their guardian's approval, and the guardian; their ids.
+const GUARDED: UserId = UserId(3);
+const GUARDIAN: UserId = UserId(4);
+const GUARDED_IDS: u64 = 1 << 41;
 /// The org group 1 belongs to, and its admin, who may recall the sender's packets.
 const ORG: OrgId = OrgId(3);
 const ADMIN: UserId = UserId(100);
@@ -65,13 +70,16 @@ fn crash_child() {
         engine.set_members(GroupId(1), roster).await.unwrap();
         let careful = CoolingOff { threshold: Amount::yuan(1), secs: 3_600 };
         engine.set_cooling_off(CAREFUL, careful).await.unwrap();
+        engine.set_guardian(GUARDED, Guardian { guardian: GUARDIAN, above: Amount::yuan(1) }).await.unwrap();
         engine.create_org(ORG, NewOrg { admins: vec![ADMIN], name: String::new() }).await.unwrap();
         engine.attach_group(ORG, GroupId(1), ADMIN).await.unwrap();
         let recall = Policy { recall: RecallPolicy::Whitelist(vec![SENDER]), ..Policy::default() };
         engine.set_policy(ORG, ADMIN, recall).await.unwrap();
         // Packet ids continue after whatever earlier runs on this directory sent.
         for p in 0u64.. {
-            for (op, user) in [(OpId(1_000_000 + p), SENDER), (OpId(2_000_000 + p), CAREFUL)] {
+            let deposits =
+                [(OpId(1_000_000 + p), SENDER), (OpId(2_000_000 + p), CAREFUL), (OpId(3_000_000 + p), GUARDED)];
+            for (op, user) in deposits {
                 if engine.deposit(op, user, Amount::fen(1_100)).await.is_ok() {
                     ack(format!("deposit {} {} {}", op.0, 1_100, user.0));
                 }
@@ -140,6 +148,27 @@ async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
             ack(format!("{how} {p}"));
         }
     }
+    // A transfer waiting for its guardian: approved, rejected, or left waiting.
+    let guarded = NewTransfer {
+        id: TransferId(GUARDED_IDS + p),
+        from: GUARDED,
+        to: member(p % MEMBERS),
+        amount: Amount::yuan(2),
+        arrival: Arrival::Instant,
+        note: String::new(),
+    };
+    if engine.transfer(guarded).await.is_ok() {
+        ack(format!("transfer {}", GUARDED_IDS + p));
+        let subject = ApprovalId::Transfer(TransferId(GUARDED_IDS + p));
+        let decided = match p % 3 {
+            0 => engine.approve(subject, GUARDIAN).await.map(|_| "approved"),
+            1 => engine.reject(subject, GUARDIAN, String::new()).await.map(|_| "rejected"),
+            _ => Err(ApprovalError::Busy),
+        };
+        if let Ok(how) = decided {
+            ack(format!("{how} {}", GUARDED_IDS + p));
+        }
+    }
     let held = NewPacket {
         id: PacketId(HELD_IDS + p),
         sender: CAREFUL,
@@ -167,6 +196,8 @@ struct Acks {
     held: HashMap<u64, bool>,
     /// Packets an admin recall took back, with the refund.
     recalls: HashMap<u64, u64>,
+    /// Transfers whose guardian's approval was acknowledged.
+    approved: Vec<u64>,
 }
 
 fn parse(lines: &[String]) -> Acks {
@@ -180,13 +211,17 @@ fn parse(lines: &[String]) -> Acks {
             Some("transfer") => {
                 acks.transfers.insert(f[0], None);
             }
-            Some(how @ ("accepted" | "declined" | "recalled")) => {
+            Some(how @ ("accepted" | "declined" | "recalled" | "rejected")) => {
                 let status = match how {
                     "accepted" => TransferStatus::Accepted,
                     "declined" => TransferStatus::Declined,
+                    "rejected" => TransferStatus::Rejected,
                     _ => TransferStatus::Recalled,
                 };
                 acks.transfers.insert(f[0], Some(status));
+            }
+            Some("approved") => {
+                acks.approved.push(f[0]);
             }
             Some("recall") => {
                 acks.recalls.insert(f[0], f[1]);
@@ -223,6 +258,11 @@ async fn verify(engine: &Engine, acks: &Acks, ctx: &str) {
         if let Some(status) = moved {
             assert_eq!(view.status, *status, "{ctx}: transfer {t}");
         }
+    }
+    for &t in &acks.approved {
+        let status = engine.transfer_view(TransferId(t)).await.map(|v| v.status);
+        let waiting = matches!(status, Ok(TransferStatus::AwaitingApproval { .. }) | Ok(TransferStatus::Rejected));
+        assert!(status.is_ok() && !waiting, "{ctx}: approved transfer {t} is {status:?}");
     }
     for (&p, &refund) in &acks.recalls {
         let view = engine.packet(PacketId(p)).await;
@@ -268,9 +308,22 @@ async fn acknowledged_deposits_recovered(engine: &Engine, acks: &Acks, ctx: &str
 /// Moves every transfer the child sent (acknowledged or not: ids run from 0) to a settlement,
 /// and cancels every held packet: nothing may stay pending, and nothing settles twice.
 async fn settle_everything(engine: &Engine, acks: &Acks, ctx: &str) {
-    let last = acks.transfers.keys().chain(acks.held.keys()).max().map_or(0, |&m| m + 1);
-    for t in 0..=last {
+    let last = acks.transfers.keys().chain(acks.held.keys()).filter(|&&t| t < GUARDED_IDS).max().map_or(0, |&m| m + 1);
+    for t in (0..=last).chain((0..=last).map(|p| GUARDED_IDS + p)) {
         let (id, to) = (TransferId(t), member(t % MEMBERS));
+        if t >= GUARDED_IDS {
+            // The guardian's: accept what arrived, reject what waits.
+            let to = member((t - GUARDED_IDS) % MEMBERS);
+            match engine.transfer_view(id).await.map(|v| v.status) {
+                Ok(TransferStatus::AwaitingApproval { .. }) => {
+                    engine.reject(ApprovalId::Transfer(id), GUARDIAN, String::new()).await.unwrap();
+                }
+                Ok(TransferStatus::AwaitingAcceptance { .. }) => drop(engine.accept_transfer(id, to).await.unwrap()),
+                Ok(_) | Err(TransferError::UnknownTransfer) => {}
+                Err(e) => panic!("{ctx}: guarded transfer {t}: {e}"),
+            }
+            continue;
+        }
         match engine.transfer_view(id).await {
             Err(TransferError::UnknownTransfer) => continue,
             Ok(view) => match view.status {
@@ -321,6 +374,8 @@ fn acknowledged_operations_survive_kill_9() {
                         "accepted",
                         "declined",
                         "recalled",
+                        "rejected",
+                        "approved",
                         "held",
                         "cancelled",
                     ]
