@@ -576,32 +576,41 @@ impl Engine {
 
     /// Sets `user`'s guardian (亲情提醒): from now on their sends (packets and transfers) above
     /// `above` wait for the guardian's approval (`approve`), and are rejected, refunding them,
-    /// after `approval_secs`. A guardian takes precedence over an org's approval.
+    /// after `approval_secs`. For a packet in an org's group whose approval threshold it passes,
+    /// the org's admins approve instead (a guardian is the sender's choice, not the org's).
+    /// Setting the same guardian again does nothing; a different one needs the current one to
+    /// remove theirs first, so that nobody talks the user out of the protection.
     ///
     /// # Errors
     ///
-    /// `InvalidGuardian` (oneself), `Busy`, `ShuttingDown`.
+    /// `InvalidGuardian` (oneself), `GuardianAlreadySet`, `Busy`, `ShuttingDown`.
     pub async fn set_guardian(&self, user: UserId, guardian: Guardian) -> Result<(), EngineError> {
         if guardian.guardian == user {
             return Err(EngineError::InvalidGuardian { user });
         }
-        self.change_guardian(user, Some(guardian)).await
+        self.change_guardian(user, Some(guardian), None).await
     }
 
-    /// Removes `user`'s guardian. Sends already waiting keep waiting for them.
+    /// Removes `user`'s guardian, for the guardian (`by`). Sends already waiting keep waiting
+    /// for them.
     ///
     /// # Errors
     ///
-    /// `Busy`, `ShuttingDown`.
-    pub async fn remove_guardian(&self, user: UserId) -> Result<(), EngineError> {
-        self.change_guardian(user, None).await
+    /// `NotGuardian` (anyone else, the user included), `Busy`, `ShuttingDown`.
+    pub async fn remove_guardian(&self, user: UserId, by: UserId) -> Result<(), EngineError> {
+        self.change_guardian(user, None, Some(by)).await
     }
 
-    async fn change_guardian(&self, user: UserId, guardian: Option<Guardian>) -> Result<(), EngineError> {
+    async fn change_guardian(
+        &self,
+        user: UserId,
+        guardian: Option<Guardian>,
+        by: Option<UserId>,
+    ) -> Result<(), EngineError> {
         let inner = self.inner()?;
         let (reply, rx) = oneshot::channel();
-        inner.wallets.tell(user, SetGuardian { user, guardian, now: inner.clock.now(), reply })?;
-        rx.await.map_err(|_| inner.lost().into())
+        inner.wallets.tell(user, SetGuardian { user, guardian, by, now: inner.clock.now(), reply })?;
+        rx.await.map_err(|_| EngineError::from(inner.lost()))?
     }
 
     /// Approves a send waiting for a second person (rule 23): a packet opens (its group hears
@@ -649,11 +658,9 @@ impl Engine {
             let live = match inner.routes.wake(packet) {
                 None | Some(Route::Opening) => return Err(ApprovalError::Unknown),
                 Some(Route::Closed(view)) => {
-                    let refusal = match view.status {
-                        PacketStatus::Rejected { .. } => ApprovalError::AlreadyRejected,
-                        _ if view.sender == by => ApprovalError::OwnSend,
-                        _ => ApprovalError::AlreadyApproved,
-                    };
+                    let orgs = &inner.orgs;
+                    let refusal = crate::packet::approval_refusal(&view, by, |org, user| orgs.is_admin(org, user))
+                        .unwrap_or(ApprovalError::Closed);
                     let answer = inner.after_barrier(refusal).await;
                     return Err(answer.ok_or_else(|| ApprovalError::from(inner.lost().read()))?);
                 }

@@ -518,6 +518,10 @@ pub enum ApprovalError {
     /// It was rejected before, by its approver or by its deadline.
     #[error("already rejected")]
     AlreadyRejected,
+    /// It closed otherwise while it waited (recalled by its sender or an admin): there is
+    /// nothing left to decide.
+    #[error("closed before it was decided")]
+    Closed,
     /// The reason is longer than `org_text_bytes_max`.
     #[error("the reason is {bytes} bytes; the limit is {max}")]
     ReasonTooLong {
@@ -572,6 +576,18 @@ pub enum EngineError {
     TooManyGroups {
         /// The limit.
         max: usize,
+    },
+    /// The user has another guardian: only that guardian may remove theirs first.
+    #[error("the user's guardian is {guardian}; only they may remove it")]
+    GuardianAlreadySet {
+        /// The current guardian.
+        guardian: UserId,
+    },
+    /// Only the user's guardian may remove it.
+    #[error("user {user} is not the guardian")]
+    NotGuardian {
+        /// Who asked.
+        user: UserId,
     },
     /// A user cannot be their own guardian.
     #[error("user {user} cannot be their own guardian")]

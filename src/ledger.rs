@@ -263,9 +263,9 @@ impl Ledger {
     /// Decides whether a send can leave its sender's wallet now: the balance covers it and
     /// it stays within the daily caps, the engine's and (for a packet in an org's group) the
     /// org's. Returns how it goes on (changes nothing):
-    /// - above the sender's guardian's threshold, or else above the org's approval threshold,
-    ///   it waits for that approver until `now + approval_secs` (rule 23), opening when
-    ///   approved (no cooling-off then: a second person confirmed it);
+    /// - above the org's approval threshold (a packet in its group), or else above the sender's
+    ///   guardian's threshold, it waits for that approver until `now + approval_secs` (rule
+    ///   23), opening when approved (no cooling-off then: a second person confirmed it);
     /// - otherwise it opens now, or at the end of the sender's cooling-off if that holds it.
     ///
     /// # Errors
@@ -300,7 +300,9 @@ impl Ledger {
         }
         let guardian = self.guardian(out.user).filter(|g| out.amount > g.above).map(|g| Approver::Guardian(g.guardian));
         let org = org.filter(|o| o.approval_above.is_some_and(|t| out.amount > t)).map(|o| Approver::OrgAdmins(o.org));
-        let approval = guardian.or(org).map(|approver| Approval { approver, until: now.plus_secs(approval_secs) });
+        // The org's rule first: a guardian is the sender's own choice and must not stand in
+        // for the org's second admin.
+        let approval = org.or(guardian).map(|approver| Approval { approver, until: now.plus_secs(approval_secs) });
         let opens_at = match approval {
             Some(_) => now,
             None => self.cooling_off(out.user).opens_at(out.amount, now),

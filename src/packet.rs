@@ -154,6 +154,8 @@ pub struct PacketView {
     pub opens_at: Timestamp,
     /// If it waits (waited) for a second person's approval: who, and until when.
     pub approval: Option<Approval>,
+    /// When it opened after a cooling-off or an approval, if it did.
+    pub opened_at: Option<Timestamp>,
     /// When its remainder is refunded.
     pub expires_at: Timestamp,
     /// When it sold out or expired; it is kept (answering repeat grabs and queries) for
@@ -423,26 +425,14 @@ impl PacketState {
         now: Timestamp,
         is_admin: impl Fn(crate::money::OrgId, UserId) -> bool,
     ) -> Result<Record, ApprovalError> {
-        let Some(approval) = self.sent.approval else { return Err(ApprovalError::NotAwaitingApproval) };
-        if by == self.sent.spec.sender {
-            return Err(ApprovalError::OwnSend);
-        }
-        let may = match approval.approver {
-            Approver::OrgAdmins(org) => is_admin(org, by),
-            Approver::Guardian(guardian) => guardian == by,
-        };
-        if !may {
-            return Err(ApprovalError::NotApprover { user: by });
+        if let Some(refusal) = approval_refusal(&self.view(), by, is_admin) {
+            return Err(refusal);
         }
         let subject = ApprovalId::Packet(self.id());
-        match (self.status, reject) {
-            (PacketStatus::AwaitingApproval { .. }, None) => Ok(Record::Approved { subject, by, at: now }),
-            (PacketStatus::AwaitingApproval { .. }, Some(reason)) => {
-                Ok(Record::Rejected { subject, by: Some(by), reason: reason.to_owned(), at: now })
-            }
-            (PacketStatus::Rejected { .. }, _) => Err(ApprovalError::AlreadyRejected),
-            _ => Err(ApprovalError::AlreadyApproved),
-        }
+        Ok(match reject {
+            None => Record::Approved { subject, by, at: now },
+            Some(reason) => Record::Rejected { subject, by: Some(by), reason: reason.to_owned(), at: now },
+        })
     }
 
     /// Decides an admin recall at `now` (the org's conditions were checked by the caller,
@@ -647,6 +637,7 @@ impl PacketState {
             sent_at: *sent_at,
             opens_at: *opens_at,
             approval: self.sent.approval,
+            opened_at: self.opened_at,
             expires_at: *expires_at,
             closed_at: self.closed_at,
             seed: *seed,
@@ -683,6 +674,34 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
         PacketStatus::AwaitingApproval { until } => Some(GrabError::NotOpenYet { opens_at: until }),
         PacketStatus::Rejected { .. } => Some(GrabError::Rejected),
         PacketStatus::Open => None,
+    }
+}
+
+/// Why `by` cannot approve or reject the packet `view` describes, if they cannot: the rule
+/// every answer follows, for a live packet and a closed one alike. In this order:
+/// `NotAwaitingApproval`, `OwnSend`, `NotApprover`, then by what happened: `AlreadyRejected`,
+/// `AlreadyApproved`, `Closed` (recalled while it waited).
+pub(crate) fn approval_refusal(
+    view: &PacketView,
+    by: UserId,
+    is_admin: impl Fn(crate::money::OrgId, UserId) -> bool,
+) -> Option<ApprovalError> {
+    let Some(approval) = view.approval else { return Some(ApprovalError::NotAwaitingApproval) };
+    if by == view.sender {
+        return Some(ApprovalError::OwnSend);
+    }
+    let may = match approval.approver {
+        Approver::OrgAdmins(org) => is_admin(org, by),
+        Approver::Guardian(guardian) => guardian == by,
+    };
+    if !may {
+        return Some(ApprovalError::NotApprover { user: by });
+    }
+    match view.status {
+        PacketStatus::AwaitingApproval { .. } => None,
+        PacketStatus::Rejected { .. } => Some(ApprovalError::AlreadyRejected),
+        _ if view.opened_at.is_some() => Some(ApprovalError::AlreadyApproved),
+        _ => Some(ApprovalError::Closed),
     }
 }
 

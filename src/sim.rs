@@ -496,7 +496,7 @@ impl Sim {
                 let _ = engine.set_guardian(user, Guardian { guardian, above }).await;
             }
             2 => {
-                let _ = engine.remove_guardian(user).await;
+                let _ = engine.remove_guardian(user, guardian).await;
             }
             _ => {
                 let Some(&subject) = self.model.waiting.get(self.rng.random_range(0..self.model.waiting.len().max(1)))

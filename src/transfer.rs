@@ -329,10 +329,8 @@ impl TransferState {
                 Ok(Record::Rejected { subject, by: Some(by), reason: reason.to_owned(), at: now })
             }
             (Stage::Settled(TransferOutcome::Rejected), _) => Err(ApprovalError::AlreadyRejected),
-            // Recalled by its sender while it waited: there is nothing left to approve.
-            (Stage::Settled(TransferOutcome::Recalled), _) if self.approved_at.is_none() => {
-                Err(ApprovalError::AlreadyRejected)
-            }
+            // Recalled by its sender while it waited: there is nothing left to decide.
+            (Stage::Settled(TransferOutcome::Recalled), _) if self.approved_at.is_none() => Err(ApprovalError::Closed),
             _ => Err(ApprovalError::AlreadyApproved),
         }
     }

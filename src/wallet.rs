@@ -155,14 +155,17 @@ pub(crate) struct SetCoolingOff {
     pub reply: oneshot::Sender<()>,
 }
 
-/// Sets (or removes) a user's guardian; the reply comes once it is durable.
+/// Sets a user's guardian (when they have none), or removes it (by the guardian); the reply
+/// comes once it is durable.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct SetGuardian {
     pub user: UserId,
     pub guardian: Option<crate::record::Guardian>,
+    /// For a removal: who asks (it must be the guardian).
+    pub by: Option<UserId>,
     pub now: Timestamp,
-    pub reply: oneshot::Sender<()>,
+    pub reply: oneshot::Sender<Result<(), crate::error::EngineError>>,
 }
 
 /// A user's cooling-off setting and what they sent on `day`.
@@ -370,13 +373,29 @@ impl Handler<SetGuardian> for WalletShard {
     fn handle(&mut self, m: SetGuardian, _: &mut Context<Self>) {
         let fuse = Arc::clone(&self.fuse);
         fuse.guard("wallet shard", || {
+            // A guardian protects the user from being talked into dropping the protection: it
+            // is set once, and only the guardian removes it.
+            let current = self.ledger.guardian(m.user);
+            let refusal = match (current, m.guardian, m.by) {
+                (Some(g), Some(new), _) if g != new => {
+                    Some(crate::error::EngineError::GuardianAlreadySet { guardian: g.guardian })
+                }
+                (Some(g), None, by) if by != Some(g.guardian) => {
+                    Some(crate::error::EngineError::NotGuardian { user: by.unwrap_or(m.user) })
+                }
+                _ => None,
+            };
+            if let Some(e) = refusal {
+                let _ = m.reply.send(Err(e));
+                return;
+            }
             let record = Record::GuardianSet { user: m.user, guardian: m.guardian, at: m.now };
             self.ledger.apply(&record).expect("a guardian never contradicts a ledger");
             let reply = m.reply;
             self.journal.append(
                 record,
                 Box::new(move || {
-                    let _ = reply.send(());
+                    let _ = reply.send(Ok(()));
                 }),
             );
         });

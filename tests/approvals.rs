@@ -163,7 +163,10 @@ async fn a_guardian_approves_transfers_and_packets_above_their_threshold() {
     assert!(matches!(packet.status, PacketStatus::AwaitingApproval { .. }));
     engine.approve(ApprovalId::Packet(PacketId(1)), child).await.unwrap();
     assert_eq!(engine.packet(PacketId(1)).await.unwrap().status, PacketStatus::Open);
-    engine.remove_guardian(elder).await.unwrap();
+    assert_eq!(engine.remove_guardian(elder, elder).await, Err(EngineError::NotGuardian { user: elder }));
+    let other = Guardian { guardian: shop, above: Amount::yuan(1_000_000) };
+    assert_eq!(engine.set_guardian(elder, other).await, Err(EngineError::GuardianAlreadySet { guardian: child }));
+    engine.remove_guardian(elder, child).await.unwrap();
     assert!(matches!(
         engine.transfer(transfer(6, 900, Arrival::Instant)).await.unwrap().status,
         TransferStatus::AwaitingAcceptance { .. }
@@ -282,4 +285,33 @@ async fn approvals_survive_a_restart_and_a_deadline_passed_while_down_rejects_on
     let journal = hongbao::audit_journal(&dir, 20_000).unwrap();
     assert!(journal.is_ok(), "{journal:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Found by review: a guardian the sender chose stood in for the org's second admin, and
+/// refusals after a waiting packet closed otherwise named the wrong outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_org_approves_its_packets_whatever_guardian_the_sender_chose() {
+    let Setup { engine, .. } = approving_org(5).await;
+    let friend = members(2)[1];
+    engine.set_guardian(SENDER, Guardian { guardian: friend, above: Amount::ZERO }).await.unwrap();
+    engine.send_packet(lucky(1, GROUP, Amount::yuan(900), 10)).await.unwrap();
+    let subject = ApprovalId::Packet(PacketId(1));
+    assert_eq!(engine.approve(subject, friend).await, Err(ApprovalError::NotApprover { user: friend }));
+    // Recalled by an admin while it waited: never approved, never rejected.
+    let recall = Policy {
+        approval_above: Some(Amount::yuan(100)),
+        recall: hongbao::RecallPolicy::Whitelist(vec![SENDER]),
+        ..Policy::default()
+    };
+    engine.set_policy(ORG, ADMIN, recall).await.unwrap();
+    engine.admin_recall(PacketId(1), ADMIN, String::new()).await.unwrap();
+    assert_eq!(engine.approve(subject, ADMIN).await, Err(ApprovalError::Closed));
+    assert_eq!(engine.approve(subject, friend).await, Err(ApprovalError::NotApprover { user: friend }));
+    // A packet that never waited says so, open or closed.
+    engine.remove_guardian(SENDER, friend).await.unwrap();
+    engine.send_packet(lucky(2, GROUP, Amount::yuan(10), 1)).await.unwrap();
+    engine.grab(PacketId(2), members(1)[0]).await.unwrap();
+    assert_eq!(engine.approve(ApprovalId::Packet(PacketId(2)), ADMIN).await, Err(ApprovalError::NotAwaitingApproval));
+    assert_balanced(&engine).await;
+    engine.shutdown().await;
 }

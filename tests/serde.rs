@@ -70,6 +70,7 @@ fn packets_and_grabs_round_trip() {
             approver: hongbao::Approver::OrgAdmins(hongbao::OrgId(3)),
             until: Timestamp(9),
         }),
+        opened_at: None,
         expires_at: Timestamp(2),
         closed_at: Some(Timestamp(2)),
         seed: 99,
