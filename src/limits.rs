@@ -227,8 +227,8 @@ impl Limits {
                 "transfer_note_bytes_max must leave a transfer record within the journal's 64 MiB record bound",
             );
         }
-        if self.op_log_page_max == 0 {
-            return fail("op_log_page_max must be at least 1");
+        if self.op_log_page_max == 0 || self.approval_secs == 0 {
+            return fail("op_log_page_max and approval_secs must be at least 1");
         }
         if self.orgs_max == 0 || self.org_admins_max == 0 {
             return fail("orgs_max and org_admins_max must be at least 1");

@@ -264,7 +264,8 @@ impl TransferState {
                 // Its arrival and acceptance count from the approval: shifted by the wait.
                 let at = at.max(self.sent.sent_at);
                 let sent_ms = self.sent.sent_at.as_millis();
-                let shift = |t: Timestamp| Timestamp(at.as_millis().saturating_add(t.as_millis() - sent_ms));
+                let shift =
+                    |t: Timestamp| Timestamp(at.as_millis().saturating_add(t.as_millis().saturating_sub(sent_ms)));
                 (self.arrives_at, self.accept_until) = (shift(self.sent.arrives_at), shift(self.sent.accept_until));
                 self.stage = if self.arrives_at > at { Stage::Held } else { Stage::Awaiting };
                 self.approved_at = Some(at);
