@@ -480,6 +480,7 @@ impl Engine {
     /// let engine = Engine::start(Config::default())?;
     /// engine.deposit(OpId(1), UserId(1), Amount::yuan(500)).await?;
     /// let rent = NewTransfer {
+    ///     org: None,
     ///     id: TransferId(9),
     ///     from: UserId(1),
     ///     to: UserId(2),
@@ -497,10 +498,16 @@ impl Engine {
     /// ```
     pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
+        // The org's rules for this sender now; the shard uses them only for a new transfer (a
+        // retry is answered from the transfer it retries, whatever changed since).
+        let org = match spec.org {
+            Some(org) => inner.orgs.transfer_rules(org, |group| inner.rosters.is_member(group, spec.from)).map(Some),
+            None => Ok(None),
+        };
         // The transfer's shard answers a retry from the transfer it retries, and checks a new
         // one against the limits (`transfer::validate`).
         let (reply, rx) = oneshot::channel();
-        inner.transfers.tell(spec.id, SendTransfer { spec, reply })?;
+        inner.transfers.tell(spec.id, SendTransfer { spec, org, reply })?;
         // From here the transfer completes even if this future is dropped.
         rx.await.map_err(|_| TransferError::from(inner.lost()))?
     }

@@ -259,6 +259,25 @@ pub enum TransferError {
         /// The limit.
         max: usize,
     },
+    /// The transfer names an org that does not exist.
+    #[error("no such org")]
+    UnknownOrg,
+    /// The sender is not a member of any group of the org the transfer names.
+    #[error("the sender is not a member of org {org}")]
+    NotOrgMember {
+        /// The org.
+        org: OrgId,
+    },
+    /// The transfer would take the sender past the daily cap of the org it is sent under.
+    #[error("org {org}'s daily sending limit: {used} sent today, the org's limit is {max}")]
+    OrgDailyLimit {
+        /// The org whose policy refused.
+        org: OrgId,
+        /// Sent today before this transfer.
+        used: Amount,
+        /// The org's limit.
+        max: Amount,
+    },
     /// A transfer with this id exists with different fields.
     #[error("transfer {transfer} exists with different fields")]
     IdConflict {

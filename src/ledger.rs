@@ -145,7 +145,7 @@ impl From<SendRefusal> for TransferError {
             SendRefusal::InsufficientFunds { balance, needed } => TransferError::InsufficientFunds { balance, needed },
             SendRefusal::DailyLimit { used, max } => TransferError::DailyLimit { used, max },
             SendRefusal::DailyPacketLimit { .. } => unreachable!("a transfer is not counted as a packet"),
-            SendRefusal::OrgDailyLimit { .. } => unreachable!("a transfer is sent in no org's group"),
+            SendRefusal::OrgDailyLimit { org, used, max } => TransferError::OrgDailyLimit { org, used, max },
         }
     }
 }

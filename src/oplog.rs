@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
 use crate::journal::{Completion, Journal, StorageFailure};
-use crate::money::{Amount, GroupId, OrgId, PacketId, UserId};
+use crate::money::{Amount, GroupId, OrgId, PacketId, TransferId, UserId};
 use crate::record::{put_u64s, DecodeError, Reader, Record};
 
 /// What an operation was.
@@ -60,10 +60,24 @@ pub enum OpKind {
     /// A packet waiting for approval was rejected (the actor is the approver; at the deadline,
     /// the sender refunded).
     PacketRejected,
+    /// A member sent a transfer under the org.
+    TransferSent,
+    /// An admin approved a transfer waiting for approval.
+    TransferApproved,
+    /// A transfer waiting for approval was rejected (at the deadline: the sender refunded).
+    TransferRejected,
+    /// The receiver accepted a transfer.
+    TransferAccepted,
+    /// The receiver declined a transfer (the sender refunded).
+    TransferDeclined,
+    /// The sender recalled a transfer.
+    TransferRecalled,
+    /// Nobody accepted a transfer in time (the sender refunded).
+    TransferReturned,
 }
 
 impl OpKind {
-    const ALL: [OpKind; 11] = [
+    const ALL: [OpKind; 18] = [
         OpKind::OrgCreated,
         OpKind::PolicySet,
         OpKind::GroupAttached,
@@ -75,6 +89,13 @@ impl OpKind {
         OpKind::PacketRecalled,
         OpKind::PacketApproved,
         OpKind::PacketRejected,
+        OpKind::TransferSent,
+        OpKind::TransferApproved,
+        OpKind::TransferRejected,
+        OpKind::TransferAccepted,
+        OpKind::TransferDeclined,
+        OpKind::TransferRecalled,
+        OpKind::TransferReturned,
     ];
 
     fn code(self) -> u64 {
@@ -99,6 +120,13 @@ impl OpKind {
             OpKind::PacketRecalled => "packet_recalled",
             OpKind::PacketApproved => "packet_approved",
             OpKind::PacketRejected => "packet_rejected",
+            OpKind::TransferSent => "transfer_sent",
+            OpKind::TransferApproved => "transfer_approved",
+            OpKind::TransferRejected => "transfer_rejected",
+            OpKind::TransferAccepted => "transfer_accepted",
+            OpKind::TransferDeclined => "transfer_declined",
+            OpKind::TransferRecalled => "transfer_recalled",
+            OpKind::TransferReturned => "transfer_returned",
         }
     }
 }
@@ -131,6 +159,8 @@ pub struct OperationEntry {
     pub group: Option<GroupId>,
     /// The packet it concerns, if any.
     pub packet: Option<PacketId>,
+    /// The transfer it concerns, if any.
+    pub transfer: Option<TransferId>,
     /// The money it moved, if any.
     pub amount: Option<Amount>,
     /// The reason an admin gave, if any.
@@ -182,6 +212,8 @@ pub(crate) struct OpLog {
     logs: BTreeMap<OrgId, (u64, VecDeque<OperationEntry>)>,
     group_org: HashMap<GroupId, OrgId>,
     packets: HashMap<PacketId, OrgPacket>,
+    /// The org transfers the log follows: their org, sender and amount.
+    transfers: HashMap<TransferId, (OrgId, UserId, Amount)>,
     /// Entries older than this many seconds before the newest are dropped.
     retention_secs: u64,
 }
@@ -210,8 +242,8 @@ impl OpLog {
     fn push(&mut self, org: OrgId, at: Timestamp, actor: UserId, kind: OpKind, detail: Detail) {
         let (last, entries) = self.logs.entry(org).or_default();
         *last += 1;
-        let Detail { group, packet, amount, reason } = detail;
-        entries.push_back(OperationEntry { seq: *last, at, actor, kind, group, packet, amount, reason });
+        let Detail { group, packet, transfer, amount, reason } = detail;
+        entries.push_back(OperationEntry { seq: *last, at, actor, kind, group, packet, transfer, amount, reason });
         let cutoff = at.as_millis().saturating_sub(self.retention_secs.saturating_mul(1_000));
         while entries.front().is_some_and(|e| e.at.as_millis() < cutoff) {
             entries.pop_front();
@@ -227,7 +259,7 @@ impl OpLog {
         amount: Option<Amount>,
     ) {
         if let Some(p) = self.packets.get(&packet).copied() {
-            let detail = Detail { group: Some(p.group), packet: Some(packet), amount, reason: None };
+            let detail = Detail { group: Some(p.group), packet: Some(packet), amount, ..Detail::default() };
             self.push(p.org, at, actor.unwrap_or(p.sender), kind, detail);
         }
     }
@@ -268,8 +300,13 @@ impl OpLog {
             // its group was attached (whose earlier movements the log did not follow).
             Record::PacketRecalled { packet, org, by, refund, reason, at } => {
                 let group = self.packets.get(packet).map(|p| p.group);
-                let detail =
-                    Detail { group, packet: Some(*packet), amount: Some(*refund), reason: Some(reason.clone()) };
+                let detail = Detail {
+                    group,
+                    packet: Some(*packet),
+                    amount: Some(*refund),
+                    reason: Some(reason.clone()),
+                    transfer: None,
+                };
                 self.push(*org, *at, *by, OpKind::PacketRecalled, detail);
             }
             Record::Approved { subject: crate::record::ApprovalId::Packet(packet), by, at } => {
@@ -278,13 +315,62 @@ impl OpLog {
             Record::Rejected { subject: crate::record::ApprovalId::Packet(packet), by, reason, at } => {
                 if let Some(p) = self.packets.get(packet).copied() {
                     let reason = by.map(|_| reason.clone());
-                    let detail = Detail { group: Some(p.group), packet: Some(*packet), amount: Some(p.total), reason };
+                    let detail = Detail {
+                        group: Some(p.group),
+                        packet: Some(*packet),
+                        amount: Some(p.total),
+                        reason,
+                        transfer: None,
+                    };
                     self.push(p.org, *at, by.unwrap_or(p.sender), OpKind::PacketRejected, detail);
                 }
             }
-            Record::Retired { packets, .. } => packets.iter().for_each(|p| {
-                self.packets.remove(p);
-            }),
+            Record::TransferSent(sent) => {
+                if let Some(org) = sent.spec.org {
+                    let (id, from, amount) = (sent.spec.id, sent.spec.from, sent.spec.amount);
+                    self.transfers.insert(id, (org, from, amount));
+                    let detail = Detail { transfer: Some(id), amount: Some(amount), ..Detail::default() };
+                    self.push(org, sent.sent_at, from, OpKind::TransferSent, detail);
+                }
+            }
+            Record::TransferSettled { transfer, outcome, at } => {
+                if let Some(&(org, from, amount)) = self.transfers.get(transfer) {
+                    use crate::record::TransferOutcome as O;
+                    let kind = match outcome {
+                        O::Accepted => OpKind::TransferAccepted,
+                        O::Declined => OpKind::TransferDeclined,
+                        O::Recalled => OpKind::TransferRecalled,
+                        O::Returned => OpKind::TransferReturned,
+                        O::Rejected => OpKind::TransferRejected,
+                    };
+                    // Who acted is not in the record but follows from the outcome: the sender
+                    // recalls, the receiver accepts or declines; a return is the sender's refund.
+                    let detail = Detail { transfer: Some(*transfer), amount: Some(amount), ..Detail::default() };
+                    self.push(org, *at, from, kind, detail);
+                }
+            }
+            Record::Approved { subject: crate::record::ApprovalId::Transfer(transfer), by, at } => {
+                if let Some(&(org, _, amount)) = self.transfers.get(transfer) {
+                    let detail = Detail { transfer: Some(*transfer), amount: Some(amount), ..Detail::default() };
+                    self.push(org, *at, *by, OpKind::TransferApproved, detail);
+                }
+            }
+            Record::Rejected { subject: crate::record::ApprovalId::Transfer(transfer), by, reason, at } => {
+                if let Some(&(org, from, amount)) = self.transfers.get(transfer) {
+                    let reason = by.map(|_| reason.clone());
+                    let detail =
+                        Detail { transfer: Some(*transfer), amount: Some(amount), reason, ..Detail::default() };
+                    self.push(org, *at, by.unwrap_or(from), OpKind::TransferRejected, detail);
+                }
+            }
+            Record::Retired { packets, transfers, .. } => {
+                packets.iter().for_each(|p| {
+                    self.packets.remove(p);
+                });
+                transfers.iter().for_each(|t| {
+                    self.transfers.remove(t);
+                });
+            }
             _ => {}
         }
     }
@@ -323,6 +409,10 @@ impl OpLog {
         packets.sort_unstable_by_key(|(id, _)| **id);
         put_u64s(out, &[packets.len() as u64]);
         packets.iter().for_each(|(id, p)| put_u64s(out, &[id.0, p.org.0, p.group.0, p.sender.0, p.total.as_fen()]));
+        let mut transfers: Vec<_> = self.transfers.iter().collect();
+        transfers.sort_unstable_by_key(|(id, _)| **id);
+        put_u64s(out, &[transfers.len() as u64]);
+        transfers.iter().for_each(|(id, (org, from, amount))| put_u64s(out, &[id.0, org.0, from.0, amount.as_fen()]));
         put_u64s(out, &[self.logs.len() as u64]);
         for (org, (last, entries)) in &self.logs {
             put_u64s(out, &[org.0, *last, entries.len() as u64]);
@@ -331,6 +421,7 @@ impl OpLog {
                 put_u64s(out, &[e.seq, e.at.0, e.actor.0, e.kind.code()]);
                 put_u64s(out, &opt(e.group.map(|g| g.0)));
                 put_u64s(out, &opt(e.packet.map(|p| p.0)));
+                put_u64s(out, &opt(e.transfer.map(|t| t.0)));
                 put_u64s(out, &opt(e.amount.map(Amount::as_fen)));
                 let reason = e.reason.as_deref().unwrap_or("");
                 put_u64s(out, &[u64::from(e.reason.is_some()), reason.len() as u64]);
@@ -350,22 +441,27 @@ impl OpLog {
             let (org, group, sender) = (OrgId(r.u64()?), GroupId(r.u64()?), UserId(r.u64()?));
             log.packets.insert(id, OrgPacket { org, group, sender, total: Amount::fen(r.u64()?) });
         }
+        for _ in 0..r.count(32)? {
+            let id = TransferId(r.u64()?);
+            log.transfers.insert(id, (OrgId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?)));
+        }
         for _ in 0..r.count(24)? {
             let (org, last) = (OrgId(r.u64()?), r.u64()?);
             let mut entries = VecDeque::new();
-            for _ in 0..r.count(88)? {
+            for _ in 0..r.count(104)? {
                 let (seq, at, actor, kind) =
                     (r.u64()?, Timestamp(r.u64()?), UserId(r.u64()?), OpKind::from_code(r.u64()?)?);
                 let mut opt = || -> Result<Option<u64>, DecodeError> {
                     let (set, v) = (r.u64()?, r.u64()?);
                     Ok((set == 1).then_some(v))
                 };
-                let (group, packet, amount) = (opt()?.map(GroupId), opt()?.map(PacketId), opt()?.map(Amount::fen));
+                let (group, packet) = (opt()?.map(GroupId), opt()?.map(PacketId));
+                let (transfer, amount) = (opt()?.map(TransferId), opt()?.map(Amount::fen));
                 let has_reason = r.u64()? == 1;
                 let len = r.count(1)?;
                 let text = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| DecodeError::BadText)?;
                 let reason = has_reason.then_some(text);
-                entries.push_back(OperationEntry { seq, at, actor, kind, group, packet, amount, reason });
+                entries.push_back(OperationEntry { seq, at, actor, kind, group, packet, transfer, amount, reason });
             }
             log.logs.insert(org, (last, entries));
         }
@@ -378,6 +474,7 @@ impl OpLog {
 struct Detail {
     group: Option<GroupId>,
     packet: Option<PacketId>,
+    transfer: Option<TransferId>,
     amount: Option<Amount>,
     reason: Option<String>,
 }
@@ -390,13 +487,16 @@ pub(crate) struct LiveLog {
     /// The packets the log follows (sent in an org's group), so a record of any other packet
     /// is passed by without the lock.
     followed: DashMap<PacketId, ()>,
+    /// The same for transfers sent under an org.
+    followed_transfers: DashMap<TransferId, ()>,
 }
 
 impl LiveLog {
     pub(crate) fn new(log: OpLog) -> LiveLog {
         let active = AtomicBool::new(log.is_active());
         let followed = log.packets.keys().map(|&p| (p, ())).collect();
-        LiveLog { log: Mutex::new(log), active, followed }
+        let followed_transfers = log.transfers.keys().map(|&t| (t, ())).collect();
+        LiveLog { log: Mutex::new(log), active, followed, followed_transfers }
     }
 
     /// Whether `record` may make an entry (cheap; `observe` decides for good).
@@ -414,8 +514,12 @@ impl LiveLog {
         if !self.active.load(Ordering::Acquire) {
             return false;
         }
-        match record.packet() {
-            Some(packet) if !matches!(record, Record::PacketSent(_)) => self.followed.contains_key(&packet),
+        match (record.packet(), record.transfer()) {
+            (Some(packet), _) if !matches!(record, Record::PacketSent(_)) => self.followed.contains_key(&packet),
+            (_, Some(_)) if matches!(record, Record::TransferSent(sent) if sent.spec.org.is_none()) => false,
+            (_, Some(transfer)) if !matches!(record, Record::TransferSent(_)) => {
+                self.followed_transfers.contains_key(&transfer)
+            }
             _ => true,
         }
     }
@@ -426,6 +530,9 @@ impl LiveLog {
         match record {
             Record::PacketSent(sent) if log.packets.contains_key(&sent.spec.id) => {
                 self.followed.insert(sent.spec.id, ());
+            }
+            Record::TransferSent(sent) if log.transfers.contains_key(&sent.spec.id) => {
+                self.followed_transfers.insert(sent.spec.id, ());
             }
             Record::Retired { packets, .. } => packets.iter().for_each(|p| {
                 self.followed.remove(p);

@@ -301,6 +301,29 @@ impl Orgs {
         })
     }
 
+    /// The rules of `org` for a transfer by `user`.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownOrg`; `NotOrgMember` unless `is_member` holds for one of the org's groups.
+    pub(crate) fn transfer_rules(
+        &self,
+        org: OrgId,
+        is_member: impl Fn(GroupId) -> bool,
+    ) -> Result<crate::ledger::OrgRules, crate::error::TransferError> {
+        let book = self.book.lock();
+        let state = book.orgs.get(&org).ok_or(crate::error::TransferError::UnknownOrg)?;
+        if !state.groups.iter().any(|&g| is_member(g)) {
+            return Err(crate::error::TransferError::NotOrgMember { org });
+        }
+        let policy = &state.policy;
+        Ok(crate::ledger::OrgRules {
+            org,
+            sent_fen_max: policy.daily_sent_fen_max,
+            approval_above: policy.approval_above,
+        })
+    }
+
     /// Whether `user` is an admin of `org`.
     pub(crate) fn is_admin(&self, org: OrgId, user: UserId) -> bool {
         self.book.lock().orgs.get(&org).is_some_and(|o| o.admins.contains(&user))

@@ -103,7 +103,9 @@ impl Inner {
         let loaded: Vec<TransferState> = std::mem::take(&mut replica.transfers).into_values().collect();
         let deadlines: Vec<(Timestamp, Due)> =
             loaded.iter().filter_map(|t| Some((t.next_deadline()?, Due::Transfer(t.id())))).collect();
+        let orgs = Arc::new(Orgs::new(std::mem::take(&mut replica.orgs), limits.clone()));
         let transfer_ctx = Arc::new(TransferCtx {
+            orgs: Arc::clone(&orgs),
             clock: Arc::clone(&clock),
             journal: Arc::clone(&journal),
             events: Arc::clone(&events),
@@ -122,7 +124,6 @@ impl Inner {
         })?;
         let transfers = Arc::new(Transfers::new(transfer_shards));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
-        let orgs = Arc::new(Orgs::new(std::mem::take(&mut replica.orgs), limits.clone()));
         let routes =
             Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {
                 clock: Arc::clone(&clock),

@@ -196,6 +196,10 @@ pub struct NewTransfer {
     pub arrival: Arrival,
     /// Shown with the transfer (房租), at most `transfer_note_bytes_max` bytes.
     pub note: String,
+    /// The org it is sent under, if any: the sender must be a member of one of the org's
+    /// groups, and the org's approval threshold, daily cap and operation log apply.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub org: Option<OrgId>,
 }
 
 /// A transfer as sent: the request and every deadline it will meet, all fixed when it is
@@ -731,6 +735,7 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             }
             put_u64s(out, &[sent_at.0, *day, cooling_until.0, arrives_at.0, accept_until.0]);
             put_approval(out, approval);
+            put_u64s(out, &[u64::from(spec.org.is_some()), spec.org.map_or(0, |o| o.0)]);
             put_text(out, &spec.note);
         }
         Record::TransferArrived { transfer, at } => {
@@ -977,7 +982,9 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let (cooling_until, arrives_at, accept_until) =
                 (Timestamp(r.u64()?), Timestamp(r.u64()?), Timestamp(r.u64()?));
             let approval = r.approval()?;
-            let spec = NewTransfer { id, from, to, amount, arrival, note: r.text()? };
+            let (has_org, org) = (r.u64()?, OrgId(r.u64()?));
+            let org = (has_org == 1).then_some(org);
+            let spec = NewTransfer { org, id, from, to, amount, arrival, note: r.text()? };
             Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval })
         }
         TRANSFER_ARRIVED => Record::TransferArrived { transfer: TransferId(r.u64()?), at: Timestamp(r.u64()?) },
@@ -1135,6 +1142,7 @@ pub(crate) mod tests {
             Record::PacketCancelled { packet: PacketId(44), refund: Amount::fen(9), at: Timestamp(10) },
             Record::TransferSent(TransferSent {
                 spec: NewTransfer {
+                    org: Some(OrgId(3)),
                     id: TransferId(9),
                     from: UserId(1),
                     to: UserId(2),
@@ -1151,6 +1159,7 @@ pub(crate) mod tests {
             }),
             Record::TransferSent(TransferSent {
                 spec: NewTransfer {
+                    org: None,
                     id: TransferId(10),
                     from: UserId(2),
                     to: UserId(1),

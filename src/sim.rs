@@ -432,7 +432,9 @@ impl Sim {
         };
         let to = UserId(self.rng.random_range(1..=USERS));
         let amount = Amount::fen(self.rng.random_range(1..3_000));
-        let spec = NewTransfer { id: TransferId(id), from, to, amount, arrival, note: String::new() };
+        // Some under the org: its members only, its approval threshold and its log.
+        let org = (self.model.org && self.rng.random_bool(0.3)).then_some(ORG);
+        let spec = NewTransfer { org, id: TransferId(id), from, to, amount, arrival, note: String::new() };
         let at = crate::Clock::now(&self.clock).as_millis();
         match engine.transfer(spec.clone()).await {
             Ok(view) => {

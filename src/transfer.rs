@@ -314,13 +314,17 @@ impl TransferState {
         by: UserId,
         reject: Option<&str>,
         now: Timestamp,
+        is_admin: impl Fn(crate::money::OrgId, UserId) -> bool,
     ) -> Result<Record, ApprovalError> {
         let Some(approval) = self.sent.approval else { return Err(ApprovalError::NotAwaitingApproval) };
         if by == self.sent.spec.from {
             return Err(ApprovalError::OwnSend);
         }
-        // A transfer belongs to no group, so only a guardian approves one.
-        if approval.approver != Approver::Guardian(by) {
+        let may = match approval.approver {
+            Approver::OrgAdmins(org) => is_admin(org, by),
+            Approver::Guardian(guardian) => guardian == by,
+        };
+        if !may {
             return Err(ApprovalError::NotApprover { user: by });
         }
         let subject = ApprovalId::Transfer(self.id());
@@ -439,6 +443,7 @@ mod tests {
         let cooling_until = T0.plus_secs(cooling_secs);
         let (arrives_at, accept_until) = deadlines(arrival, cooling_until, DAY);
         let spec = NewTransfer {
+            org: None,
             id: TransferId(9),
             from: UserId(1),
             to: UserId(2),

@@ -60,6 +60,8 @@ pub(crate) struct TransferCtx {
     /// Transfers sending or pending, across shards; bounded by `pending_max`.
     pub pending: AtomicUsize,
     pub pending_max: usize,
+    /// Orgs, for who may approve an org's transfer.
+    pub orgs: Arc<crate::org::Orgs>,
     /// The bounds a new transfer is checked against, and its windows.
     pub limits: crate::limits::Limits,
 }
@@ -69,6 +71,8 @@ pub(crate) struct TransferCtx {
 #[rtype(result = "()")]
 pub(crate) struct Send {
     pub spec: NewTransfer,
+    /// The rules of the org it names, or why it may not name it (used for a new transfer).
+    pub org: Result<Option<crate::ledger::OrgRules>, TransferError>,
     pub reply: Reply,
 }
 
@@ -180,7 +184,7 @@ impl TransferShard {
     }
 
     fn send(&mut self, m: Send, me: Addr<TransferShard>) {
-        let (spec, reply) = (m.spec, m.reply);
+        let (spec, reply, org) = (m.spec, m.reply, m.org);
         let id = spec.id;
         match self.transfers.get(&id) {
             Some(Slot::Opening) => {
@@ -198,10 +202,13 @@ impl TransferShard {
         }
         // A new transfer: checked against the limits only now, so that a retry is answered from
         // the transfer it retries even if the limits changed since (a restart).
-        if let Err(e) = crate::transfer::validate(&spec, &self.ctx.limits) {
-            let _ = reply.send(Err(e));
-            return;
-        }
+        let org = match crate::transfer::validate(&spec, &self.ctx.limits).and(org) {
+            Ok(org) => org,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let max = self.ctx.pending_max;
         if self.ctx.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
             let _ = reply.send(Err(TransferError::TooManyPending { max }));
@@ -214,6 +221,7 @@ impl TransferShard {
             now,
             day: now.day(self.ctx.limits.day_utc_offset_secs),
             accept_secs: self.ctx.limits.transfer_accept_secs,
+            org,
             settle: settle_send(me, id, reply),
         };
         // The id is held from here until exactly one `Opened` or `Abandon` of this attempt
@@ -368,8 +376,9 @@ impl TransferShard {
     fn decide(&mut self, m: Decide) {
         let now = self.ctx.clock.now();
         self.run_due(m.id, now, false);
+        let orgs = Arc::clone(&self.ctx.orgs);
         let decided = match self.known(m.id) {
-            Ok(t) => t.decide_approval(m.by, m.reject.as_deref(), now),
+            Ok(t) => t.decide_approval(m.by, m.reject.as_deref(), now, |org, user| orgs.is_admin(org, user)),
             Err(_) => Err(ApprovalError::Unknown),
         };
         let record = match decided {

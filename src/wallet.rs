@@ -142,6 +142,8 @@ pub(crate) struct Debit {
     pub now: Timestamp,
     pub day: u64,
     pub accept_secs: u64,
+    /// The rules of the org it is sent under, if any.
+    pub org: Option<OrgRules>,
     pub settle: TransferSettle,
 }
 
@@ -331,9 +333,9 @@ impl Handler<Debit> for WalletShard {
     fn handle(&mut self, m: Debit, _: &mut Context<Self>) {
         let fuse = Arc::clone(&self.fuse);
         fuse.guard("wallet shard", || {
-            let Debit { spec, now, day, accept_secs, settle } = m;
+            let Debit { spec, now, day, accept_secs, org, settle } = m;
             let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
-            let decided = match self.ledger.decide_send(out, self.caps, None, now, self.approval_secs) {
+            let decided = match self.ledger.decide_send(out, self.caps, org, now, self.approval_secs) {
                 Ok(decided) => decided,
                 Err(refusal) => return settle(Err(TransferError::from(refusal))),
             };

@@ -119,6 +119,7 @@ async fn a_guardian_approves_transfers_and_packets_above_their_threshold() {
     );
     engine.set_guardian(elder, Guardian { guardian: child, above: Amount::yuan(500) }).await.unwrap();
     let transfer = |id, yuan, arrival| NewTransfer {
+        org: None,
         id: TransferId(id),
         from: elder,
         to: shop,
@@ -243,6 +244,7 @@ async fn approvals_survive_a_restart_and_a_deadline_passed_while_down_rejects_on
     engine.send_packet(lucky(1, GROUP, Amount::yuan(150), 5)).await.unwrap();
     engine.send_packet(lucky(2, GROUP, Amount::yuan(160), 5)).await.unwrap();
     let transfer = NewTransfer {
+        org: None,
         id: TransferId(1),
         from: SENDER,
         to: UserId(62),
@@ -312,6 +314,51 @@ async fn the_org_approves_its_packets_whatever_guardian_the_sender_chose() {
     engine.send_packet(lucky(2, GROUP, Amount::yuan(10), 1)).await.unwrap();
     engine.grab(PacketId(2), members(1)[0]).await.unwrap();
     assert_eq!(engine.approve(ApprovalId::Packet(PacketId(2)), ADMIN).await, Err(ApprovalError::NotAwaitingApproval));
+    assert_balanced(&engine).await;
+    engine.shutdown().await;
+}
+
+/// A transfer sent under an org (`NewTransfer::org`) follows the org's rules: only its
+/// members send one, above the threshold another admin approves it, the org's cap counts it,
+/// and the org's log holds its every move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_transfer_follows_the_orgs_rules() {
+    let Setup { engine, .. } = approving_org(6).await;
+    let receiver = members(1)[0];
+    let transfer = |id, yuan, from, org| NewTransfer {
+        org: Some(org),
+        id: TransferId(id),
+        from,
+        to: receiver,
+        amount: Amount::yuan(yuan),
+        arrival: Arrival::Instant,
+        note: String::new(),
+    };
+    assert_eq!(engine.transfer(transfer(1, 10, SENDER, OrgId(9))).await, Err(TransferError::UnknownOrg));
+    let stranger = UserId(999);
+    engine.deposit(hongbao::OpId(999), stranger, Amount::yuan(10)).await.unwrap();
+    assert_eq!(engine.transfer(transfer(1, 1, stranger, ORG)).await, Err(TransferError::NotOrgMember { org: ORG }));
+    // Above the threshold: another admin approves.
+    let sent = engine.transfer(transfer(2, 150, SENDER, ORG)).await.unwrap();
+    assert!(matches!(sent.status, TransferStatus::AwaitingApproval { .. }));
+    let subject = ApprovalId::Transfer(TransferId(2));
+    assert_eq!(engine.approve(subject, SENDER).await, Err(ApprovalError::OwnSend));
+    engine.approve(subject, ADMIN).await.unwrap();
+    engine.accept_transfer(TransferId(2), receiver).await.unwrap();
+    // The org's cap counts transfers too.
+    let capped =
+        Policy { daily_sent_fen_max: Some(20_000), approval_above: Some(Amount::yuan(100)), ..Policy::default() };
+    engine.set_policy(ORG, ADMIN, capped).await.unwrap();
+    let over = TransferError::OrgDailyLimit { org: ORG, used: Amount::yuan(150), max: Amount::yuan(200) };
+    assert_eq!(engine.transfer(transfer(3, 51, SENDER, ORG)).await, Err(over));
+    // A retry is answered from the transfer, even after the sender left the org's groups.
+    engine.remove_members(GROUP, [SENDER]).await.unwrap();
+    assert_eq!(engine.transfer(transfer(2, 150, SENDER, ORG)).await.unwrap().id, TransferId(2));
+    let log = engine.operations(ORG, OpQuery::default()).await.unwrap().entries;
+    let moves: Vec<(OpKind, Option<TransferId>)> =
+        log.iter().filter(|e| e.transfer.is_some()).map(|e| (e.kind, e.transfer)).collect();
+    let two = Some(TransferId(2));
+    assert_eq!(moves, [(OpKind::TransferSent, two), (OpKind::TransferApproved, two), (OpKind::TransferAccepted, two)]);
     assert_balanced(&engine).await;
     engine.shutdown().await;
 }

@@ -128,6 +128,7 @@ fn crash_child() {
 async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
     let arrival = if p.is_multiple_of(2) { Arrival::Instant } else { Arrival::Delayed { secs: 7_200 } };
     let spec = NewTransfer {
+        org: None,
         id: TransferId(p),
         from: SENDER,
         to: member(p % MEMBERS),
@@ -150,6 +151,7 @@ async fn transfer_and_hold(engine: &Engine, p: u64, ack: &impl Fn(String)) {
     }
     // A transfer waiting for its guardian: approved, rejected, or left waiting.
     let guarded = NewTransfer {
+        org: None,
         id: TransferId(GUARDED_IDS + p),
         from: GUARDED,
         to: member(p % MEMBERS),

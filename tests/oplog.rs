@@ -55,15 +55,40 @@ async fn the_log_holds_every_operation_once_and_survives_a_restart() {
     engine.admin_recall(PacketId(1), ADMIN, "wrong group".into()).await.unwrap();
     clock.advance(Duration::from_secs(86_400));
     engine.run_due().await.unwrap();
+    // A transfer under the org, left to return: its moves are the org's too.
+    let transfer = hongbao::NewTransfer {
+        org: Some(ORG),
+        id: hongbao::TransferId(1),
+        from: SENDER,
+        to: members(1)[0],
+        amount: Amount::yuan(1),
+        arrival: hongbao::Arrival::Instant,
+        note: String::new(),
+    };
+    engine.transfer(transfer).await.unwrap();
+    clock.advance(Duration::from_secs(86_400));
+    engine.run_due().await.unwrap();
 
     let all = all_pages(&engine, 3).await;
     let kinds: Vec<OpKind> = all.iter().map(|e| e.kind).collect();
     use OpKind::*;
     assert_eq!(
         kinds,
-        [OrgCreated, GroupAttached, PolicySet, PacketSent, PacketSent, Claimed, Claimed, PacketRecalled, PacketExpired]
+        [
+            OrgCreated,
+            GroupAttached,
+            PolicySet,
+            PacketSent,
+            PacketSent,
+            Claimed,
+            Claimed,
+            PacketRecalled,
+            PacketExpired,
+            TransferSent,
+            TransferReturned
+        ]
     );
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>(), "each once, in order");
     let recall = &all[7];
     assert_eq!(
         (recall.actor, recall.packet, recall.reason.as_deref()),
@@ -76,9 +101,11 @@ async fn the_log_holds_every_operation_once_and_survives_a_restart() {
     let claims = engine.operations(ORG, OpQuery { kind: Some(Claimed), ..OpQuery::default() }).await.unwrap();
     assert!(claims.entries.iter().all(|e| e.kind == Claimed && e.group == Some(GROUP)) && claims.entries.len() == 2);
     let later = OpQuery { since: Some(recall.at), ..OpQuery::default() };
-    assert_eq!(engine.operations(ORG, later).await.unwrap().entries.len(), 2);
+    assert_eq!(engine.operations(ORG, later).await.unwrap().entries.len(), 4);
     let window = OpQuery { until: Some(recall.at), ..OpQuery::default() };
     assert_eq!(engine.operations(ORG, window).await.unwrap().entries.len(), 7);
+    let later = OpQuery { since: Some(recall.at), kind: Some(PacketExpired), ..OpQuery::default() };
+    assert_eq!(engine.operations(ORG, later).await.unwrap().entries.len(), 1);
     engine.shutdown().await;
     drop(engine);
 

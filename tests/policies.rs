@@ -16,7 +16,15 @@ use hongbao::{
 const BOB: UserId = UserId(2);
 
 fn to_bob(id: u64, yuan: u64, arrival: Arrival) -> NewTransfer {
-    NewTransfer { id: TransferId(id), from: SENDER, to: BOB, amount: Amount::yuan(yuan), arrival, note: String::new() }
+    NewTransfer {
+        org: None,
+        id: TransferId(id),
+        from: SENDER,
+        to: BOB,
+        amount: Amount::yuan(yuan),
+        arrival,
+        note: String::new(),
+    }
 }
 
 fn capped() -> Limits {
@@ -188,7 +196,7 @@ async fn a_retry_of_an_acknowledged_send_is_answered_with_it() {
     let lower = Limits { transfer_fen_max: 10_000, greeting_bytes_max: 1, ..Limits::default() };
     let engine = start_on_journal(&dir, &clock, lower, None);
     assert_eq!(engine.transfer(transfer.clone()).await.unwrap(), first);
-    let conflict = NewTransfer { amount: Amount::yuan(401), ..transfer };
+    let conflict = NewTransfer { org: None, amount: Amount::yuan(401), ..transfer };
     assert_eq!(engine.transfer(conflict).await, Err(TransferError::IdConflict { transfer: TransferId(1) }));
     assert_eq!(engine.send_packet(packet).await.unwrap(), sent);
     assert_eq!(engine.balance(SENDER).await.unwrap(), Amount::yuan(1_000 - 1 - 400));

@@ -82,6 +82,7 @@ fn packets_and_grabs_round_trip() {
     assert_eq!(cooling, serde_json::json!({ "kind": "cooling_off", "until": 7 }));
     round_trip(&PacketStatus::Cancelled { refunded: Amount::fen(5) });
     let rent = hongbao::NewTransfer {
+        org: None,
         id: hongbao::TransferId(9),
         from: UserId(1),
         to: UserId(2),

@@ -25,7 +25,7 @@ const ALICE: UserId = UserId(1);
 const BOB: UserId = UserId(2);
 
 fn rent(id: u64, amount: Amount, arrival: Arrival) -> NewTransfer {
-    NewTransfer { id: TransferId(id), from: ALICE, to: BOB, amount, arrival, note: "房租".into() }
+    NewTransfer { org: None, id: TransferId(id), from: ALICE, to: BOB, amount, arrival, note: "房租".into() }
 }
 
 /// Alice's and Bob's balances.
@@ -183,7 +183,7 @@ async fn refusals_name_what_refused_and_change_nothing() {
     let cases: Vec<(NewTransfer, TransferError)> = vec![
         (rent(2, Amount::ZERO, Arrival::Instant), TransferError::ZeroAmount),
         (rent(2, Amount::fen(5_000_001), Arrival::Instant), TransferError::OverLimit { max: Amount::yuan(50_000) }),
-        (NewTransfer { to: ALICE, ..rent(2, Amount::yuan(1), Arrival::Instant) }, TransferError::ToSelf),
+        (NewTransfer { org: None, to: ALICE, ..rent(2, Amount::yuan(1), Arrival::Instant) }, TransferError::ToSelf),
         (
             rent(2, Amount::yuan(1), Arrival::Delayed { secs: 0 }),
             TransferError::InvalidDelay { secs: 0, max_secs: DAY },
@@ -193,7 +193,7 @@ async fn refusals_name_what_refused_and_change_nothing() {
             TransferError::InvalidDelay { secs: DAY + 1, max_secs: DAY },
         ),
         (
-            NewTransfer { note, ..rent(2, Amount::yuan(1), Arrival::Instant) },
+            NewTransfer { org: None, note, ..rent(2, Amount::yuan(1), Arrival::Instant) },
             TransferError::NoteTooLong { bytes: 257, max: 256 },
         ),
         (
@@ -438,6 +438,7 @@ async fn same_id_sends_under_overload_debit_once() {
                     }
                     let to = UserId(from.0 % USERS + 1);
                     let spec = NewTransfer {
+                        org: None,
                         id: TransferId(k % IDS),
                         from,
                         to,
@@ -473,7 +474,10 @@ async fn same_id_sends_under_overload_debit_once() {
         assert_eq!((audit.transfers_pending, audit.transfers_settled), (0, heard.len()), "seed {seed}");
         // The pending count is exact: the limit still admits new transfers.
         let fresh = rent(1_000, Amount::fen(1), Arrival::Instant);
-        assert!(engine.transfer(NewTransfer { from: UserId(1), to: UserId(2), ..fresh }).await.is_ok(), "seed {seed}");
+        assert!(
+            engine.transfer(NewTransfer { org: None, from: UserId(1), to: UserId(2), ..fresh }).await.is_ok(),
+            "seed {seed}"
+        );
         assert_balanced(&engine).await;
         engine.shutdown().await;
     }

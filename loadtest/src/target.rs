@@ -104,6 +104,7 @@ impl Target {
         match self {
             Target::Embedded(e) => {
                 let spec = NewTransfer {
+                    org: None,
                     id: TransferId(id),
                     from,
                     to,

@@ -141,7 +141,7 @@ async fn one_transfer(
     let delayed = rng.random_bool(0.5);
     let arrival = if delayed { Arrival::Delayed { secs: 2 * 3_600 } } else { Arrival::Instant };
     let amount = Amount::fen(rng.random_range(1..=AMOUNT_FEN_MAX));
-    let spec = NewTransfer { id: TransferId(id), from, to, amount, arrival, note: String::new() };
+    let spec = NewTransfer { org: None, id: TransferId(id), from, to, amount, arrival, note: String::new() };
     let timed = Instant::now();
     let kind = transfer_kind(engine.transfer(spec).await.map(|_| "transfer_sent"));
     let us = timed.elapsed().as_micros() as u64;

@@ -116,19 +116,19 @@ fn log(dir: &std::path::Path, org: OrgId, query: &OpQuery, json: bool) -> ExitCo
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:>6}  {:>13}  {:>8}  {:<16}  {:>6}  {:>20}  {:>10}  reason",
-        "seq", "at (ms)", "actor", "kind", "group", "packet", "amount"
+        "{:>6}  {:>13}  {:>8}  {:<17}  {:>6}  {:>20}  {:>10}  reason",
+        "seq", "at (ms)", "actor", "kind", "group", "packet / transfer", "amount"
     );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for e in &page.entries {
         println!(
-            "{:>6}  {:>13}  {:>8}  {:<16}  {:>6}  {:>20}  {:>10}  {}",
+            "{:>6}  {:>13}  {:>8}  {:<17}  {:>6}  {:>20}  {:>10}  {}",
             e.seq,
             e.at.as_millis(),
             e.actor.to_string(),
             e.kind.name(),
             or_dash(e.group.map(|g| g.to_string())),
-            or_dash(e.packet.map(|p| p.to_string())),
+            or_dash(e.packet.map(|p| p.to_string()).or(e.transfer.map(|t| t.to_string()))),
             or_dash(e.amount.map(|a| a.to_string())),
             e.reason.as_deref().unwrap_or("")
         );

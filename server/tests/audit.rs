@@ -82,6 +82,7 @@ async fn audit_counts_transfers_and_what_they_hold() {
     engine.set_members(GroupId(1), (1..=4).map(UserId)).await.unwrap();
     engine.deposit(OpId(1), UserId(1), Amount::yuan(100)).await.unwrap();
     let transfer = |id, arrival| NewTransfer {
+        org: None,
         id: TransferId(id),
         from: UserId(1),
         to: UserId(2),
