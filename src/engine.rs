@@ -333,40 +333,14 @@ impl Engine {
     /// packet's mailbox is full: retry), `ShuttingDown`.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> Result<Grabbed, GrabError> {
         let inner = self.inner()?;
-        for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match inner.routes.wake(packet) {
-                None | Some(Route::Opening) => return Err(GrabError::UnknownPacket),
-                Some(Route::Closed(view)) => {
-                    let first = view.claims.iter().find(|c| c.user == user);
-                    let eligible = inner.rosters.is_eligible(view.group, &view.split, user);
-                    // A closed packet that is not sold out has expired.
-                    let refusal = grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired);
-                    // The view may hold records still on their way to the disk (the last claims,
-                    // the refund): the answer waits until they are durable, as a live one would.
-                    return Err(inner
-                        .after_barrier(refusal)
-                        .await
-                        .ok_or_else(|| GrabError::from(inner.lost().read()))?);
-                }
-                Some(Route::Live(live)) => live,
-                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
-            };
-            let (reply, rx) = oneshot::channel();
-            match runtime::tell(&live.addr, Grab { user, reply }) {
-                Ok(()) => {}
-                Err(Refused::Full) => return Err(GrabError::Busy),
-                Err(Refused::Closed) => continue,
-            }
-            match rx.await {
-                Ok(result) => return result,
-                // The reply was lost in a failure: the grab may have been recorded.
-                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
-                // The actor closed at expiry with this grab still queued: the route now
-                // holds the closed view, which answers it.
-                Err(_) => continue,
-            }
-        }
-        Err(inner.lost().into())
+        let closed = |view: &PacketView| {
+            let first = view.claims.iter().find(|c| c.user == user);
+            let eligible = inner.rosters.is_eligible(view.group, &view.split, user);
+            // A closed packet that is not sold out has expired.
+            grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired)
+        };
+        let absent = (GrabError::UnknownPacket, GrabError::Busy);
+        self.ask_packet(packet, absent, closed, |reply| Grab { user, reply }).await
     }
 
     /// The packet as it stands: status, claims in grab order, escrow left, best luck once sold
@@ -424,36 +398,13 @@ impl Engine {
     /// irrevocable once open), `AlreadyCancelled` with the first refund, `UnknownPacket`,
     /// `Busy`, `ShuttingDown`. Nothing changes on an error.
     pub async fn cancel_packet(&self, packet: PacketId, by: UserId) -> Result<Amount, CancelError> {
-        let inner = self.inner()?;
-        for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match inner.routes.wake(packet) {
-                None | Some(Route::Opening) => return Err(CancelError::UnknownPacket),
-                Some(Route::Closed(view)) => {
-                    let refusal = match view.status {
-                        _ if view.sender != by => CancelError::NotSender,
-                        PacketStatus::Cancelled { refunded } => CancelError::AlreadyCancelled { refunded },
-                        _ => CancelError::TooLate,
-                    };
-                    let answer = inner.after_barrier(refusal).await;
-                    return Err(answer.ok_or_else(|| CancelError::from(inner.lost().read()))?);
-                }
-                Some(Route::Live(live)) => live,
-                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
-            };
-            let (reply, rx) = oneshot::channel();
-            match runtime::tell(&live.addr, Cancel { by, reply }) {
-                Ok(()) => {}
-                Err(Refused::Full) => return Err(CancelError::Busy),
-                Err(Refused::Closed) => continue,
-            }
-            match rx.await {
-                Ok(result) => return result,
-                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
-                // The packet closed with this request queued: its closed route answers it.
-                Err(_) => continue,
-            }
-        }
-        Err(inner.lost().into())
+        let closed = |view: &PacketView| match view.status {
+            _ if view.sender != by => CancelError::NotSender,
+            PacketStatus::Cancelled { refunded } => CancelError::AlreadyCancelled { refunded },
+            _ => CancelError::TooLate,
+        };
+        let absent = (CancelError::UnknownPacket, CancelError::Busy);
+        self.ask_packet(packet, absent, closed, |reply| Cancel { by, reply }).await
     }
 
     /// Sends a transfer (转账): debits the sender at once. An `Instant` transfer arrives at
@@ -661,28 +612,56 @@ impl Engine {
             }
             ApprovalId::Packet(packet) => packet,
         };
+        let orgs = &inner.orgs;
+        let closed = |view: &PacketView| {
+            crate::packet::approval_refusal(view, by, |org, user| orgs.is_admin(org, user))
+                .unwrap_or(ApprovalError::Closed)
+        };
+        let absent = (ApprovalError::Unknown, ApprovalError::Busy);
+        self.ask_packet(packet, absent, closed, |reply| Decide { by, reject: reject.clone(), reply }).await
+    }
+
+    /// Asks a packet's actor (waking it if dormant) with the request `message` makes, and
+    /// waits for its answer: the one route every request on a packet takes (grab, cancel,
+    /// admin recall, approval). A closed packet answers with `closed` of its final view, once
+    /// the records the view holds are durable, as a live one would; `(unknown, busy)` answer
+    /// an unknown packet and a full mailbox.
+    async fn ask_packet<T, E, M>(
+        &self,
+        packet: PacketId,
+        (unknown, busy): (E, E),
+        closed: impl Fn(&PacketView) -> E,
+        message: impl Fn(oneshot::Sender<Result<T, E>>) -> M,
+    ) -> Result<T, E>
+    where
+        T: std::marker::Send + 'static,
+        E: From<Stopped> + std::marker::Send + 'static,
+        M: actix::Message<Result = ()> + std::marker::Send + 'static,
+        packet_actor::PacketActor: actix::Handler<M>,
+    {
+        let inner = self.inner()?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.wake(packet) {
-                None | Some(Route::Opening) => return Err(ApprovalError::Unknown),
+                None | Some(Route::Opening) => return Err(unknown),
                 Some(Route::Closed(view)) => {
-                    let orgs = &inner.orgs;
-                    let refusal = crate::packet::approval_refusal(&view, by, |org, user| orgs.is_admin(org, user))
-                        .unwrap_or(ApprovalError::Closed);
-                    let answer = inner.after_barrier(refusal).await;
-                    return Err(answer.ok_or_else(|| ApprovalError::from(inner.lost().read()))?);
+                    let answer = inner.after_barrier(closed(&view)).await;
+                    return Err(answer.ok_or_else(|| E::from(inner.lost().read()))?);
                 }
                 Some(Route::Live(live)) => live,
                 Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
             };
             let (reply, rx) = oneshot::channel();
-            match runtime::tell(&live.addr, Decide { by, reject: reject.clone(), reply }) {
+            match runtime::tell(&live.addr, message(reply)) {
                 Ok(()) => {}
-                Err(Refused::Full) => return Err(ApprovalError::Busy),
+                Err(Refused::Full) => return Err(busy),
                 Err(Refused::Closed) => continue,
             }
             match rx.await {
                 Ok(result) => return result,
+                // The reply was lost in a failure: the request may have been recorded.
                 Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
+                // The packet closed with this request still queued: its closed route now
+                // answers it.
                 Err(_) => continue,
             }
         }
@@ -798,35 +777,11 @@ impl Engine {
         if reason.len() > max {
             return Err(RecallError::ReasonTooLong { bytes: reason.len(), max });
         }
-        for _ in 0..ROUTE_ATTEMPTS_MAX {
-            let live = match inner.routes.wake(packet) {
-                None | Some(Route::Opening) => return Err(RecallError::UnknownPacket),
-                Some(Route::Closed(view)) => {
-                    let refusal = inner
-                        .orgs
-                        .check_recall(view.group, view.sender, by)
-                        .err()
-                        .unwrap_or(RecallError::AlreadyClosed);
-                    let answer = inner.after_barrier(refusal).await;
-                    return Err(answer.ok_or_else(|| RecallError::from(inner.lost().read()))?);
-                }
-                Some(Route::Live(live)) => live,
-                Some(Route::Dormant(_)) => unreachable!("wake starts dormant packets"),
-            };
-            let (reply, rx) = oneshot::channel();
-            match runtime::tell(&live.addr, AdminRecall { by, reason: reason.clone(), reply }) {
-                Ok(()) => {}
-                Err(Refused::Full) => return Err(RecallError::Busy),
-                Err(Refused::Closed) => continue,
-            }
-            match rx.await {
-                Ok(result) => return result,
-                Err(_) if inner.health() != Health::Serving => return Err(inner.lost().into()),
-                // The packet closed with this request queued: its closed route answers it.
-                Err(_) => continue,
-            }
-        }
-        Err(inner.lost().into())
+        let closed = |view: &PacketView| {
+            inner.orgs.check_recall(view.group, view.sender, by).err().unwrap_or(RecallError::AlreadyClosed)
+        };
+        let absent = (RecallError::UnknownPacket, RecallError::Busy);
+        self.ask_packet(packet, absent, closed, |reply| AdminRecall { by, reason: reason.clone(), reply }).await
     }
 
     /// A stream of events from now on.

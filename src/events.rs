@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::clock::Timestamp;
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
+use crate::packet::PacketView;
 use crate::record::{ApprovalId, Approver, Arrival, TransferOutcome, TransferStatus};
 use crate::split::Split;
 
@@ -259,6 +260,23 @@ pub enum Event {
 }
 
 impl Event {
+    /// `PacketSent` of a packet that opened at once: what the group needs to show it.
+    pub(crate) fn sent(view: &PacketView) -> Event {
+        let (packet, sender, group, split, greeting) =
+            (view.id, view.sender, view.group, view.split.clone(), view.greeting.clone());
+        let (total, shares, expires_at) = (view.total, view.shares, view.expires_at);
+        Event::PacketSent { packet, sender, group, split, greeting, total, shares, expires_at }
+    }
+
+    /// `PacketOpened` of a packet whose cooling-off ended or that was approved: the same.
+    pub(crate) fn opened(view: &PacketView) -> Event {
+        let Event::PacketSent { packet, sender, group, split, greeting, total, shares, expires_at } = Event::sent(view)
+        else {
+            unreachable!("`sent` makes a `PacketSent`")
+        };
+        Event::PacketOpened { packet, sender, group, split, greeting, total, shares, expires_at }
+    }
+
     /// The packet this event is about, if any.
     pub fn packet(&self) -> Option<PacketId> {
         match *self {

@@ -35,7 +35,7 @@ use crate::clock::Timestamp;
 use crate::error::{ApprovalError, CancelError, GrabError, RecallError};
 use crate::ledger::Credit;
 use crate::money::{Amount, GroupId, IdMap, PacketId, UserId};
-use crate::record::{Approval, ApprovalId, Approver, NewPacket, PacketSent, Record};
+use crate::record::{Approval, ApprovalId, NewPacket, PacketSent, Record};
 use crate::split::{self, Draw, Split};
 
 /// Where a packet stands.
@@ -509,9 +509,7 @@ impl PacketState {
                 if !matches!(self.status, PacketStatus::AwaitingApproval { .. }) {
                     return Err(format!("packet {id} approved while {:?}", self.status));
                 }
-                // Its expiry counts from the approval: shifted by the wait.
-                let window_ms = self.sent.expires_at.as_millis().saturating_sub(self.sent.opens_at.as_millis());
-                self.expires_at = Timestamp(at.max(self.sent.sent_at).as_millis().saturating_add(window_ms));
+                self.expires_at = expiry_after_approval(&self.sent, at);
                 self.status = PacketStatus::Open;
                 self.opened_at = Some(at);
                 None
@@ -677,6 +675,13 @@ pub(crate) fn grab_refusal(first: Option<&ClaimView>, eligible: bool, status: Pa
     }
 }
 
+/// When a packet approved at `at` expires: its expiry counts from the approval, shifted by the
+/// wait (its send recorded the window as `expires_at - opens_at`).
+pub(crate) fn expiry_after_approval(sent: &PacketSent, at: Timestamp) -> Timestamp {
+    let window_ms = sent.expires_at.as_millis().saturating_sub(sent.opens_at.as_millis());
+    Timestamp(at.max(sent.sent_at).as_millis().saturating_add(window_ms))
+}
+
 /// Why `by` cannot approve or reject the packet `view` describes, if they cannot: the rule
 /// every answer follows, for a live packet and a closed one alike. In this order:
 /// `NotAwaitingApproval`, `OwnSend`, `NotApprover`, then by what happened: `AlreadyRejected`,
@@ -690,11 +695,7 @@ pub(crate) fn approval_refusal(
     if by == view.sender {
         return Some(ApprovalError::OwnSend);
     }
-    let may = match approval.approver {
-        Approver::OrgAdmins(org) => is_admin(org, by),
-        Approver::Guardian(guardian) => guardian == by,
-    };
-    if !may {
+    if !approval.approver.admits(by, is_admin) {
         return Some(ApprovalError::NotApprover { user: by });
     }
     match view.status {

@@ -204,16 +204,7 @@ impl PacketActor {
         self.ctx.journal.append(
             record,
             Box::new(move || {
-                ctx.events.publish(|| Event::PacketOpened {
-                    packet: view.id,
-                    sender: view.sender,
-                    group: view.group,
-                    split: view.split.clone(),
-                    greeting: view.greeting.clone(),
-                    total: view.total,
-                    shares: view.shares,
-                    expires_at: view.expires_at,
-                });
+                ctx.events.publish(|| Event::opened(&view));
             }),
         );
         // Its expiry is its next deadline now (the timer let the opening's go when it fired).
@@ -294,16 +285,33 @@ impl PacketActor {
             Ok(record) => record,
             Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
         };
+        let (packet, group) = (self.state.id(), self.state.sent().spec.group);
+        let event = move |sender, refunded| Event::PacketCancelled { packet, group, sender, refunded };
+        self.refund_and_close(record, event, Some(m.reply), actx);
+    }
+
+    /// Applies a decided record that gives the packet's escrow back to its sender (a
+    /// cancellation, an admin recall, a rejection) and appends it; once it is durable, the
+    /// sender is credited, `event` of the sender and the refund is published and `reply`
+    /// hears the refund. The packet closes at once.
+    fn refund_and_close<E: std::marker::Send + 'static>(
+        &mut self,
+        record: Record,
+        event: impl FnOnce(UserId, Amount) -> Event + std::marker::Send + 'static,
+        reply: Option<oneshot::Sender<Result<Amount, E>>>,
+        actx: &mut Context<Self>,
+    ) {
         let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
-        let (packet, group, reply) = (self.state.id(), self.state.sent().spec.group, m.reply);
         let ctx = Arc::clone(&self.ctx);
         self.ctx.journal.append(
             record,
             Box::new(move || {
+                // The credit leaves for the wallet before anyone hears of the refund.
                 ctx.wallets.credit(credit);
-                let (sender, refunded) = (credit.user, credit.amount);
-                ctx.events.publish(|| Event::PacketCancelled { packet, group, sender, refunded });
-                let _ = reply.send(Ok(refunded));
+                ctx.events.publish(|| event(credit.user, credit.amount));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(credit.amount));
+                }
             }),
         );
         self.close(actx, true);
@@ -467,19 +475,9 @@ impl PacketActor {
             Ok(record) => record,
             Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
         };
-        let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
-        let (packet, reply, by, reason) = (self.state.id(), m.reply, m.by, m.reason);
-        let ctx = Arc::clone(&self.ctx);
-        self.ctx.journal.append(
-            record,
-            Box::new(move || {
-                ctx.wallets.credit(credit);
-                let (sender, refunded) = (credit.user, credit.amount);
-                ctx.events.publish(|| Event::PacketRecalled { packet, group, sender, by, refunded, reason });
-                let _ = reply.send(Ok(refunded));
-            }),
-        );
-        self.close(actx, true);
+        let (packet, by, reason) = (self.state.id(), m.by, m.reason);
+        let event = move |sender, refunded| Event::PacketRecalled { packet, group, sender, by, refunded, reason };
+        self.refund_and_close(record, event, Some(m.reply), actx);
     }
 }
 
@@ -518,16 +516,7 @@ impl PacketActor {
             Box::new(move || {
                 let subject = crate::record::ApprovalId::Packet(view.id);
                 ctx.events.publish(|| Event::Approved { subject, sender: view.sender, by });
-                ctx.events.publish(|| Event::PacketOpened {
-                    packet: view.id,
-                    sender: view.sender,
-                    group: view.group,
-                    split: view.split.clone(),
-                    greeting: view.greeting.clone(),
-                    total: view.total,
-                    shares: view.shares,
-                    expires_at: view.expires_at,
-                });
+                ctx.events.publish(|| Event::opened(&view));
                 let _ = reply.send(Ok(Amount::ZERO));
             }),
         );
@@ -543,21 +532,9 @@ impl PacketActor {
         reply: Option<oneshot::Sender<Result<Amount, ApprovalError>>>,
         actx: &mut Context<Self>,
     ) {
-        let credit = self.state.apply(&record).expect("decided against this state").expect("a rejection refunds");
         let Record::Rejected { subject, by, reason, .. } = record.clone() else { unreachable!("a rejection") };
-        let ctx = Arc::clone(&self.ctx);
-        self.ctx.journal.append(
-            record,
-            Box::new(move || {
-                ctx.wallets.credit(credit);
-                let (sender, refunded) = (credit.user, credit.amount);
-                ctx.events.publish(|| Event::Rejected { subject, sender, by, reason, refunded });
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(refunded));
-                }
-            }),
-        );
-        self.close(actx, true);
+        let event = move |sender, refunded| Event::Rejected { subject, sender, by, reason, refunded };
+        self.refund_and_close(record, event, reply, actx);
     }
 }
 

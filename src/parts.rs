@@ -329,16 +329,7 @@ pub(crate) fn settle_send(
                     let (packet, sender, group, total) = (view.id, view.sender, view.group, view.total);
                     events.publish(|| Event::PacketCooling { packet, sender, group, total, until });
                 } else {
-                    events.publish(|| Event::PacketSent {
-                        packet: view.id,
-                        sender: view.sender,
-                        group: view.group,
-                        split: view.split.clone(),
-                        greeting: view.greeting.clone(),
-                        total: view.total,
-                        shares: view.shares,
-                        expires_at: view.expires_at,
-                    });
+                    events.publish(|| Event::sent(&view));
                 }
                 routes.open(PacketMeta { sent, opened_at: None, claims: Vec::new() }, true);
                 Ok(view)

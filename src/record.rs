@@ -132,6 +132,17 @@ pub enum Approver {
     Guardian(UserId),
 }
 
+impl Approver {
+    /// Whether `by` may approve (or reject) for this approver; `is_admin` says whether a user
+    /// is an admin of an org. The sender is refused before this is asked.
+    pub(crate) fn admits(self, by: UserId, is_admin: impl Fn(OrgId, UserId) -> bool) -> bool {
+        match self {
+            Approver::OrgAdmins(org) => is_admin(org, by),
+            Approver::Guardian(guardian) => guardian == by,
+        }
+    }
+}
+
 /// A send waiting for approval: who may approve it, and when it is rejected if nobody has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

@@ -56,10 +56,7 @@ impl PacketMeta {
         match (self.opened_at, sent.approval) {
             (None, Some(approval)) => approval.until,
             (None, None) if sent.opens_at > sent.sent_at => sent.opens_at,
-            (Some(at), Some(_)) => {
-                let window_ms = sent.expires_at.as_millis().saturating_sub(sent.opens_at.as_millis());
-                Timestamp(at.max(sent.sent_at).as_millis().saturating_add(window_ms))
-            }
+            (Some(at), Some(_)) => crate::packet::expiry_after_approval(sent, at),
             _ => sent.expires_at,
         }
     }

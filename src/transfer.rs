@@ -28,9 +28,7 @@ use crate::error::{ApprovalError, TransferError};
 use crate::ledger::Credit;
 use crate::limits::Limits;
 use crate::money::{Amount, TransferId, UserId};
-use crate::record::{
-    ApprovalId, Approver, Arrival, NewTransfer, Record, TransferOutcome, TransferSent, TransferStatus,
-};
+use crate::record::{ApprovalId, Arrival, NewTransfer, Record, TransferOutcome, TransferSent, TransferStatus};
 
 /// A transfer as callers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,11 +318,7 @@ impl TransferState {
         if by == self.sent.spec.from {
             return Err(ApprovalError::OwnSend);
         }
-        let may = match approval.approver {
-            Approver::OrgAdmins(org) => is_admin(org, by),
-            Approver::Guardian(guardian) => guardian == by,
-        };
-        if !may {
+        if !approval.approver.admits(by, is_admin) {
             return Err(ApprovalError::NotApprover { user: by });
         }
         let subject = ApprovalId::Transfer(self.id());
