@@ -603,11 +603,7 @@ impl Engine {
         let packet = match subject {
             ApprovalId::Transfer(id) => {
                 let (reply, rx) = oneshot::channel();
-                let told = inner.transfers.tell(id, crate::transfer_shard::Decide { id, by, reject, reply });
-                told.map_err(|r| match r {
-                    Refused::Full => ApprovalError::Busy,
-                    Refused::Closed => ApprovalError::ShuttingDown,
-                })?;
+                inner.transfers.tell(id, crate::transfer_shard::Decide { id, by, reject, reply })?;
                 return rx.await.map_err(|_| ApprovalError::from(inner.lost()))?;
             }
             ApprovalId::Packet(packet) => packet,

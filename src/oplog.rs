@@ -534,9 +534,14 @@ impl LiveLog {
             Record::TransferSent(sent) if log.transfers.contains_key(&sent.spec.id) => {
                 self.followed_transfers.insert(sent.spec.id, ());
             }
-            Record::Retired { packets, .. } => packets.iter().for_each(|p| {
-                self.followed.remove(p);
-            }),
+            Record::Retired { packets, transfers, .. } => {
+                packets.iter().for_each(|p| {
+                    self.followed.remove(p);
+                });
+                transfers.iter().for_each(|t| {
+                    self.followed_transfers.remove(t);
+                });
+            }
             _ => {}
         }
     }

@@ -65,6 +65,15 @@ impl From<Refused> for crate::error::TransferError {
     }
 }
 
+impl From<Refused> for crate::error::ApprovalError {
+    fn from(r: Refused) -> crate::error::ApprovalError {
+        match r {
+            Refused::Full => crate::error::ApprovalError::Busy,
+            Refused::Closed => crate::error::ApprovalError::ShuttingDown,
+        }
+    }
+}
+
 /// Sends `msg` to `addr` unless its mailbox is full.
 pub(crate) fn tell<A, M>(addr: &Addr<A>, msg: M) -> Result<(), Refused>
 where
