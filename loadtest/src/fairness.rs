@@ -93,11 +93,12 @@ pub fn run(args: &Args) -> Result<bool, String> {
     }
     let _ = writeln!(out, "(mean and sd in yuan; best luck: the chance that this position gets the largest share)");
     // Fair: no position's best-luck chance strays from 1/k by more than five standard errors
-    // (ties favour the first position a little, by at most the chance of a tie).
+    // (a tie favours the earlier position; with shares of whole fen among hundreds of fen a
+    // tie for the largest is rare enough to stay inside that). The double mean fails this.
     let expected = 1.0 / k as f64;
     let se = (expected * (1.0 - expected) / args.packets as f64).sqrt();
     let worst = tables[1].1.iter().map(|p| (p.best_luck - expected).abs()).fold(0.0, f64::max);
-    let fair = worst <= 5.0 * se + 0.01;
+    let fair = worst <= 5.0 * se;
     let _ = writeln!(
         out,
         "verdict       shuffled: every position's best-luck chance within {:.2} points of {:.2}% ({})",
