@@ -340,7 +340,7 @@ impl Engine {
             grab_refusal(first, eligible, view.status).unwrap_or(GrabError::Expired)
         };
         let absent = (GrabError::UnknownPacket, GrabError::Busy);
-        self.ask_packet(packet, absent, closed, |reply| Grab { user, reply }).await
+        Engine::ask_packet(inner, packet, absent, closed, |reply| Grab { user, reply }).await
     }
 
     /// The packet as it stands: status, claims in grab order, escrow left, best luck once sold
@@ -398,13 +398,14 @@ impl Engine {
     /// irrevocable once open), `AlreadyCancelled` with the first refund, `UnknownPacket`,
     /// `Busy`, `ShuttingDown`. Nothing changes on an error.
     pub async fn cancel_packet(&self, packet: PacketId, by: UserId) -> Result<Amount, CancelError> {
+        let inner = self.inner()?;
         let closed = |view: &PacketView| match view.status {
             _ if view.sender != by => CancelError::NotSender,
             PacketStatus::Cancelled { refunded } => CancelError::AlreadyCancelled { refunded },
             _ => CancelError::TooLate,
         };
         let absent = (CancelError::UnknownPacket, CancelError::Busy);
-        self.ask_packet(packet, absent, closed, |reply| Cancel { by, reply }).await
+        Engine::ask_packet(inner, packet, absent, closed, |reply| Cancel { by, reply }).await
     }
 
     /// Sends a transfer (转账): debits the sender at once. An `Instant` transfer arrives at
@@ -614,7 +615,7 @@ impl Engine {
                 .unwrap_or(ApprovalError::Closed)
         };
         let absent = (ApprovalError::Unknown, ApprovalError::Busy);
-        self.ask_packet(packet, absent, closed, |reply| Decide { by, reject: reject.clone(), reply }).await
+        Engine::ask_packet(inner, packet, absent, closed, |reply| Decide { by, reject: reject.clone(), reply }).await
     }
 
     /// Asks a packet's actor (waking it if dormant) with the request `message` makes, and
@@ -623,7 +624,7 @@ impl Engine {
     /// the records the view holds are durable, as a live one would; `(unknown, busy)` answer
     /// an unknown packet and a full mailbox.
     async fn ask_packet<T, E, M>(
-        &self,
+        inner: &Inner,
         packet: PacketId,
         (unknown, busy): (E, E),
         closed: impl Fn(&PacketView) -> E,
@@ -635,7 +636,6 @@ impl Engine {
         M: actix::Message<Result = ()> + std::marker::Send + 'static,
         packet_actor::PacketActor: actix::Handler<M>,
     {
-        let inner = self.inner()?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.wake(packet) {
                 None | Some(Route::Opening) => return Err(unknown),
@@ -777,7 +777,8 @@ impl Engine {
             inner.orgs.check_recall(view.group, view.sender, by).err().unwrap_or(RecallError::AlreadyClosed)
         };
         let absent = (RecallError::UnknownPacket, RecallError::Busy);
-        self.ask_packet(packet, absent, closed, |reply| AdminRecall { by, reason: reason.clone(), reply }).await
+        Engine::ask_packet(inner, packet, absent, closed, |reply| AdminRecall { by, reason: reason.clone(), reply })
+            .await
     }
 
     /// A stream of events from now on.
