@@ -97,6 +97,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// What an engine holds at one moment, for gauges ([`Engine::gauges`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Gauges {
+    /// Packets open (or opening), bounded by `open_packets_max`.
+    pub open_packets: usize,
+    /// Transfers sending or pending (not yet settled), bounded by `pending_transfers_max`.
+    pub pending_transfers: usize,
+}
+
 impl Engine {
     /// Starts the actor system on background threads and returns a handle to it. With a
     /// journal directory, it first recovers the state the journal records.
@@ -128,6 +139,22 @@ impl Engine {
     /// Whether the engine is serving, shutting down, or stopped by a failure (and which).
     pub fn health(&self) -> Health {
         self.inner.health()
+    }
+
+    /// What the engine holds now, read without asking any actor (a few atomic loads): for
+    /// a server's gauges.
+    pub fn gauges(&self) -> Gauges {
+        let inner = &*self.inner;
+        Gauges {
+            open_packets: inner.routes.open_count(),
+            pending_transfers: inner.transfer_ctx.pending.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// Whether `user` is in `group`'s roster now (every roster change that returned before
+    /// this call is seen). A server checks it before pushing a group's events to a member.
+    pub fn is_member(&self, group: GroupId, user: UserId) -> bool {
+        self.inner.rosters.is_member(group, user)
     }
 
     /// The limits this engine runs with.

@@ -114,7 +114,7 @@ mod sim;
 pub use audit::{audit_journal, audit_journal_with_progress, operation_log, Audit, JournalAudit};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
-pub use engine::Engine;
+pub use engine::{Engine, Gauges};
 pub use error::{
     ApprovalError, CancelError, EngineError, GrabError, OrgError, RecallError, SendError, StartError, TransferError,
     WalletError,
@@ -122,7 +122,8 @@ pub use error::{
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
 pub use journal::{
-    Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Progress, Record, StorageFailure,
+    BatchObserver, BatchWritten, Durability, FileJournalConfig, Journal, JournalError, MemoryJournal, Progress, Record,
+    StorageFailure,
 };
 pub use ledger::Usage;
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};

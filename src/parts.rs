@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) rosters: Arc<Rosters>,
     pub(crate) wallets: Arc<Wallets>,
     pub(crate) transfers: Arc<Transfers>,
+    /// What the transfer shards share: the pending count is read for [`crate::Gauges`].
+    pub(crate) transfer_ctx: Arc<TransferCtx>,
     pub(crate) orgs: Arc<Orgs>,
     pub(crate) oplog: Arc<LiveLog>,
     pub(crate) running: AtomicBool,
@@ -167,6 +169,7 @@ impl Inner {
             rosters,
             wallets,
             transfers,
+            transfer_ctx,
             orgs,
             oplog,
             running,

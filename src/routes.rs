@@ -115,6 +115,11 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// Packets opening or open now.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// An empty table. `make_ctx` builds the packet actors' context around the callback that
     /// closes a packet's route (which needs the table, hence the cycle through a weak handle).
     pub(crate) fn new(

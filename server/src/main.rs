@@ -1,4 +1,8 @@
-//! `hongbao`: operator commands for a hongbao journal.
+//! `hongbao`: the server in front of members, and operator commands for a journal.
+//!
+//! `hongbao serve` runs the engine behind HTTP + WebSocket (see the `hongbao_server` library
+//! and the README's Server section); `hongbao keygen` and `hongbao token` make a signing key
+//! and tokens for development and tests.
 //!
 //! `hongbao audit DIR` verifies every checksum and the whole hash chain of the journal in
 //! DIR, replays it through the engine's own rules (every lucky claim checked against the share
@@ -10,16 +14,18 @@
 //! `hongbao log DIR --org N` prints an org's operation log from the journal in DIR, verifying
 //! every checksum and the hash chain as it reads (the library's `operation_log`).
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+mod operator;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hongbao::{audit_journal_with_progress, Amount, JournalError, Limits, OpKind, OpQuery, OrgId, Timestamp, UserId};
-use serde_json::json;
+use hongbao::{Config, Engine, Limits, OpKind, OpQuery, OrgId, Timestamp, UserId};
+use hongbao_server::auth::{self, Claims};
+use hongbao_server::{demo, telemetry, ServeArgs, Settings};
 
 #[derive(Parser)]
-#[command(version, about = "Operator commands for a hongbao journal")]
+#[command(version, about = "The hongbao server, and operator commands for a hongbao journal")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +33,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the engine over HTTP + WebSocket, with the live page at /
+    Serve(Box<ServeArgs>),
+    /// Make an Ed25519 key pair for signing tokens (development and tests: in production the
+    /// chat host keeps its own key)
+    Keygen {
+        /// Where to write `hongbao-host.key` (private) and `hongbao-host.pub` (public)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print a token signed with a private key (development and tests)
+    Token {
+        /// The private key (PEM), as `keygen` writes it
+        #[arg(long)]
+        key: PathBuf,
+        /// The member
+        #[arg(long, required_unless_present = "host")]
+        user: Option<u64>,
+        /// The device the token is bound to
+        #[arg(long, required_unless_present = "host")]
+        device: Option<String>,
+        /// How the member authenticated (pwd, bio, pin…), comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "pwd")]
+        amr: Vec<String>,
+        /// An org the member administers (repeatable)
+        #[arg(long)]
+        admin: Vec<u64>,
+        /// A host token (deposits, withdrawals, rosters, orgs) instead of a member's
+        #[arg(long, conflicts_with_all = ["user", "device"])]
+        host: bool,
+        /// Seconds until it expires
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
     /// Open a journal as an engine starting on it would (recovery, a torn tail cut off), report
     /// how long that took, and close it cleanly (which writes a snapshot)
     Open {
@@ -71,9 +110,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let (dir, json, share_fen_max) = match Cli::parse().command {
-        Command::Audit { dir, json, share_fen_max } => (dir, json, share_fen_max),
-        Command::Open { dir } => return open(&dir),
+    match Cli::parse().command {
+        Command::Serve(args) => serve(&args),
+        Command::Keygen { dir } => keygen(&dir),
+        Command::Token { key, user, device, amr, admin, host, ttl_secs } => {
+            let claims = if host {
+                Claims::host(ttl_secs)
+            } else {
+                let (user, device) = (user.unwrap_or_default(), device.unwrap_or_default());
+                let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
+                let mut claims = Claims::member(UserId(user), &device, &amr, ttl_secs);
+                claims.adm = admin;
+                claims
+            };
+            token(&key, &claims)
+        }
+        Command::Audit { dir, json, share_fen_max } => operator::run_audit(&dir, json, share_fen_max),
+        Command::Open { dir } => operator::open(&dir),
         Command::Log { dir, org, since, until, actor, kind, json } => {
             let query = OpQuery {
                 since: since.map(Timestamp),
@@ -82,214 +135,156 @@ fn main() -> ExitCode {
                 kind,
                 ..OpQuery::default()
             };
-            return log(&dir, OrgId(org), &query, json);
+            operator::log(&dir, OrgId(org), &query, json)
         }
-    };
-    let (ok, report) = audit(&dir, share_fen_max);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("a JSON value serializes"));
-    } else {
-        print_human(&report);
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 
-fn log(dir: &std::path::Path, org: OrgId, query: &OpQuery, json: bool) -> ExitCode {
-    let page = match hongbao::operation_log(dir, org, query) {
-        Ok(page) => page,
-        Err(JournalError::Corrupt { segment, offset, seq, what }) => {
-            println!("FAILED: the chain breaks at record {seq} in {} at byte {offset}: {what}", segment.display());
+/// Exit status for arguments or settings that cannot work: nothing was started.
+const USAGE: u8 = 2;
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let settings = match Settings::load(args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("hongbao serve: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    telemetry::init_logs(settings.log_json, &settings.log_level);
+    let (public, demo_key) = match (&settings.public_key, args.demo) {
+        (Some(_), true) => {
+            eprintln!("hongbao serve: --demo signs its own tokens; drop --public-key");
+            return ExitCode::from(USAGE);
+        }
+        (None, true) => {
+            let (private, public) = auth::keygen();
+            (public, Some(private))
+        }
+        (Some(path), false) => match std::fs::read_to_string(path) {
+            Ok(public) => (public, None),
+            Err(e) => {
+                eprintln!("hongbao serve: cannot read the public key {}: {e}", path.display());
+                return ExitCode::from(USAGE);
+            }
+        },
+        (None, false) => {
+            eprintln!(
+                "hongbao serve: --public-key FILE is required (the chat host's Ed25519 key that signs tokens; \
+                 `hongbao keygen` makes one for development), or --demo"
+            );
+            return ExitCode::from(USAGE);
+        }
+    };
+    let mut config = Config::default();
+    if !settings.memory {
+        config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
+    }
+    let engine = match Engine::start(config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("hongbao serve: the engine did not start: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let running = match hongbao_server::start(settings, engine.clone(), public.as_bytes()) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("hongbao serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async move {
+        let base = format!("http://{}", running.addr);
+        if let Some(private) = demo_key {
+            match demo::setup(&engine, &private, &base).await {
+                Ok(invites) => {
+                    println!("demo: sign in as a member of the demo group (development only):");
+                    for invite in invites {
+                        println!("  {:<10} {}", invite.name, invite.link);
+                    }
+                }
+                Err(e) => eprintln!("hongbao serve: the demo could not be set up: {e}"),
+            }
+        }
+        println!("listening on {base}");
+        tracing::info!(addr = %running.addr, "listening");
+        wait_for_signal().await;
+        tracing::info!("stopping: closing sockets, draining requests, flushing the journal");
+        match running.shutdown().await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hongbao serve: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn keygen(dir: &Path) -> ExitCode {
+    let (private, public) = auth::keygen();
+    let (private_path, public_path) = (dir.join("hongbao-host.key"), dir.join("hongbao-host.pub"));
+    if private_path.exists() || public_path.exists() {
+        eprintln!(
+            "hongbao keygen: {} or {} exists; not overwriting a key",
+            private_path.display(),
+            public_path.display()
+        );
+        return ExitCode::from(USAGE);
+    }
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| write_private(&private_path, &private))
+        .and_then(|()| std::fs::write(&public_path, public));
+    match written {
+        Ok(()) => {
+            println!("private key (keep it secret): {}", private_path.display());
+            println!("public key (for --public-key): {}", public_path.display());
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("FAILED: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("hongbao keygen: {e}");
+            ExitCode::FAILURE
         }
-    };
-    if json {
-        let doc = json!({ "org": org, "entries": page.entries, "chain": "verified" });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("a JSON value serializes"));
-        return ExitCode::SUCCESS;
     }
-    println!(
-        "{:>6}  {:>13}  {:>8}  {:<17}  {:>6}  {:>20}  {:>10}  reason",
-        "seq", "at (ms)", "actor", "kind", "group", "packet / transfer", "amount"
-    );
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    for e in &page.entries {
-        println!(
-            "{:>6}  {:>13}  {:>8}  {:<17}  {:>6}  {:>20}  {:>10}  {}",
-            e.seq,
-            e.at.as_millis(),
-            e.actor.to_string(),
-            e.kind.name(),
-            or_dash(e.group.map(|g| g.to_string())),
-            or_dash(e.packet.map(|p| p.to_string()).or(e.transfer.map(|t| t.to_string()))),
-            or_dash(e.amount.map(|a| a.to_string())),
-            e.reason.as_deref().unwrap_or("")
-        );
-    }
-    println!("{} entries; checksums and hash chain verified", page.entries.len());
-    ExitCode::SUCCESS
 }
 
-fn open(dir: &std::path::Path) -> ExitCode {
-    let started = std::time::Instant::now();
-    let mut config = hongbao::Config::default().with_journal_dir(dir, hongbao::Durability::Sync);
-    // Inspecting a journal never creates one: a mistyped path is an error.
-    if let Some(journal) = config.journal_dir.as_mut() {
-        journal.must_exist = true;
-    }
-    let engine = match hongbao::Engine::start(config) {
-        Ok(e) => e,
+fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(pem.as_bytes())
+}
+
+fn token(key: &Path, claims: &Claims) -> ExitCode {
+    let pem = match std::fs::read(key) {
+        Ok(pem) => pem,
         Err(e) => {
-            println!("FAILED: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("hongbao token: cannot read {}: {e}", key.display());
+            return ExitCode::from(USAGE);
         }
     };
-    let opened = started.elapsed();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let audit = runtime.block_on(engine.audit());
-    let closing = std::time::Instant::now();
-    runtime.block_on(engine.shutdown());
-    drop(engine);
-    println!("opened       in {:.3} s (recovery)", opened.as_secs_f64());
-    match audit {
-        Ok(a) => println!(
-            "audit        {}: wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}; {} packets live, {} \
-             closed; {} transfers pending, {} settled",
-            if a.is_balanced() { "balanced" } else { "NOT BALANCED" },
-            a.wallets,
-            a.escrow,
-            a.pending,
-            a.deposits,
-            a.withdrawals,
-            a.packets_live,
-            a.packets_closed,
-            a.transfers_pending,
-            a.transfers_settled
-        ),
-        Err(e) => println!("audit        failed: {e}"),
-    }
-    println!("closed       in {:.3} s", closing.elapsed().as_secs_f64());
-    ExitCode::SUCCESS
-}
-
-fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value) {
-    // A long audit shows its progress on a terminal (never in a pipe or a log).
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} segments, {msg} records")
-                .expect("a valid template"),
-        );
-        bar
-    });
-    let mut progress = |p: hongbao::Progress| {
-        if let Some(bar) = &bar {
-            bar.set_length(p.segments_total as u64);
-            bar.set_position(p.segments_read as u64);
-            bar.set_message(p.records.to_string());
+    match auth::mint(&pem, claims) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
         }
-    };
-    let report = audit_journal_with_progress(dir, share_fen_max, &mut progress);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let report = match report {
-        Ok(report) => report,
-        Err(JournalError::Corrupt { segment, offset, seq, what }) => {
-            let first_bad = json!({ "segment": segment, "offset": offset, "record": seq, "what": what });
-            return (false, json!({ "ok": false, "dir": dir, "first_bad_record": first_bad }));
+        Err(e) => {
+            eprintln!("hongbao token: {e}");
+            ExitCode::from(USAGE)
         }
-        Err(e) => return (false, json!({ "ok": false, "dir": dir, "error": e.to_string() })),
-    };
-    let a = &report.audit;
-    let mut problems = a.violations.clone();
-    if !a.is_conserved() {
-        problems.push(format!(
-            "not conserved: wallets {} + escrow {} + pending {} != deposits {} - withdrawals {}",
-            a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
-        ));
-    }
-    let json = json!({
-        "ok": report.is_ok(),
-        "dir": dir,
-        "records": report.records,
-        "segments": report.segments,
-        "torn_tail_bytes": report.torn_tail_bytes,
-        "whole_history": report.whole_history,
-        "packets": {
-            "open": report.packets_open,
-            "cooling_off": report.packets_cooling_off,
-            "sold_out": report.packets_sold_out,
-            "expired": report.packets_expired,
-            "cancelled": report.packets_cancelled,
-        },
-        "transfers": { "pending": report.transfers_pending, "settled": report.transfers_settled },
-        "totals_fen": {
-            "wallets": a.wallets.as_fen(),
-            "escrow": a.escrow.as_fen(),
-            "pending": a.pending.as_fen(),
-            "deposits": a.deposits.as_fen(),
-            "withdrawals": a.withdrawals.as_fen(),
-        },
-        "problems": problems,
-    });
-    (report.is_ok(), json)
-}
-
-fn print_human(report: &serde_json::Value) {
-    let fen = |v: &serde_json::Value| Amount::fen(v.as_u64().unwrap_or(0)).to_string();
-    if let Some(bad) = report.get("first_bad_record") {
-        println!(
-            "FAILED: first bad record is record {} in {} at byte {}: {}",
-            bad["record"],
-            bad["segment"].as_str().unwrap_or("?"),
-            bad["offset"],
-            bad["what"].as_str().unwrap_or("?")
-        );
-        return;
-    }
-    if let Some(e) = report.get("error") {
-        println!("FAILED: {}", e.as_str().unwrap_or("?"));
-        return;
-    }
-    println!("journal      {}", report["dir"].as_str().unwrap_or("?"));
-    println!("records      {} in {} segments", report["records"], report["segments"]);
-    if report["torn_tail_bytes"].as_u64().unwrap_or(0) > 0 {
-        println!("torn tail    {} bytes (a write cut by a crash; never acknowledged)", report["torn_tail_bytes"]);
-    }
-    let p = &report["packets"];
-    println!(
-        "packets      {} open, {} cooling off, {} sold out, {} expired, {} cancelled",
-        p["open"], p["cooling_off"], p["sold_out"], p["expired"], p["cancelled"]
-    );
-    let tr = &report["transfers"];
-    println!("transfers    {} pending, {} settled", tr["pending"], tr["settled"]);
-    let t = &report["totals_fen"];
-    println!(
-        "money        wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
-        fen(&t["wallets"]),
-        fen(&t["escrow"]),
-        fen(&t["pending"]),
-        fen(&t["deposits"]),
-        fen(&t["withdrawals"])
-    );
-    let problems = report["problems"].as_array().cloned().unwrap_or_default();
-    if problems.is_empty() {
-        println!(
-            "verdict      ok: checksums, hash chain, conservation, every packet, every lucky share and every \
-             transfer (each settled once) hold"
-        );
-    } else {
-        for problem in problems {
-            println!("PROBLEM      {}", problem.as_str().unwrap_or("?"));
-        }
-        println!("verdict      FAILED");
     }
 }

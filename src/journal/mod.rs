@@ -39,7 +39,7 @@ pub use crate::record::Record;
 pub use format::JournalError;
 pub use reader::Progress;
 pub(crate) use writer::FileJournal;
-pub use writer::{Durability, FileJournalConfig};
+pub use writer::{BatchObserver, BatchWritten, Durability, FileJournalConfig};
 
 /// What runs once a record (or a barrier) is durable. A journal that fails drops the
 /// completions it could not run; see [`Journal::failure`] for what their callers may assume.

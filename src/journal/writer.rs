@@ -66,8 +66,35 @@ pub struct FileJournalConfig {
     /// false). For operators opening an existing journal: a mistyped path is an error, not a
     /// new empty journal.
     pub must_exist: bool,
+    /// Told of every batch the writer commits (default none): a server's metrics.
+    pub observer: Option<BatchObserver>,
     /// Faults injected into the segment I/O (tests and the simulator only).
     pub(crate) faults: Option<Faults>,
+}
+
+/// One batch the file journal's writer committed: what group commit gathered, and what its
+/// sync cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchWritten {
+    /// Records in the batch.
+    pub records: usize,
+    /// Bytes written.
+    pub bytes: usize,
+    /// The write and its `fdatasync`, when the batch was synced (every batch under
+    /// `Durability::Sync`).
+    pub sync: Option<Duration>,
+}
+
+/// Called on the writer's thread after each batch: keep it short (a few counter updates), as
+/// the next batch waits for it.
+#[derive(Clone)]
+pub struct BatchObserver(pub Arc<dyn Fn(BatchWritten) + Send + Sync>);
+
+impl std::fmt::Debug for BatchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchObserver")
+    }
 }
 
 impl FileJournalConfig {
@@ -105,6 +132,7 @@ impl FileJournalConfig {
             snapshot_every_records: Some(1_000_000),
             keep_segments: false,
             must_exist: false,
+            observer: None,
             faults: None,
         }
     }
@@ -345,6 +373,8 @@ struct Batch {
     flushes: Vec<SyncSender<()>>,
     /// The journal is closing: stop after this batch.
     closing: bool,
+    /// Records in it (barriers and flushes aside).
+    records: usize,
 }
 
 impl Writer {
@@ -399,6 +429,7 @@ impl Writer {
                     self.shadow_apply(&record);
                     self.frame(&payload, &mut batch.bytes)?;
                     batch.done.push(then);
+                    batch.records += 1;
                 }
                 Entry::Barrier(then) => batch.done.push(then),
                 Entry::Flush(tx) => batch.flushes.push(tx),
@@ -427,7 +458,12 @@ impl Writer {
                         || self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
                 }
             };
+        let (records, bytes) = (std::mem::take(&mut batch.records), batch.bytes.len());
+        let started = Instant::now();
         self.write(&mut batch.bytes, must_sync)?;
+        if let Some(observer) = &self.config.observer {
+            (observer.0)(BatchWritten { records, bytes, sync: must_sync.then(|| started.elapsed()) });
+        }
         self.committed_len = Some(self.segment_len);
         for then in batch.done.drain(..) {
             then();

@@ -1,0 +1,579 @@
+//! The REST routes: every operation of the engine, behind the token each deserves.
+//!
+//! Ids in request bodies and paths are the engine's ids, chosen by the caller: a retried
+//! request is the same request, and returns its first outcome (a repeat grab is `200` with
+//! the first share and `already: true`; so are a repeat cancel, recall, accept, decline,
+//! approval or rejection).
+
+use std::net::IpAddr;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use hongbao::{
+    Amount, ApprovalError, ApprovalId, Approver, Arrival, CancelError, CoolingOff, Engine, GrabError, Grabbed, GroupId,
+    Guardian, NewOrg, NewPacket, NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, Policy, Split, Timestamp,
+    TransferError, TransferId, TransferStatus, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::abuse::{self, Action};
+use crate::auth::{self, AuthError, Member, Principal, Verifier};
+use crate::hub::Hub;
+use crate::reply::{ok, ApiError};
+use crate::settings::Settings;
+
+/// What every handler shares.
+pub struct Ctx {
+    /// The engine.
+    pub engine: Engine,
+    /// The settings the server runs with.
+    pub settings: Settings,
+    /// Checks tokens.
+    pub verifier: Verifier,
+    /// Rate limits.
+    pub limits: abuse::Limits,
+    /// The event fan-out.
+    pub hub: Hub,
+}
+
+type Reply = Result<HttpResponse, ApiError>;
+
+fn fail<E: Serialize + std::fmt::Display>(error: E) -> ApiError {
+    ApiError::engine(&error)
+}
+
+impl Ctx {
+    fn principal(&self, req: &HttpRequest) -> Result<Principal, ApiError> {
+        let header = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        let token = token.ok_or_else(|| ApiError::unauthorized(&AuthError::MissingToken))?;
+        let device = req.headers().get(auth::DEVICE_HEADER).and_then(|v| v.to_str().ok());
+        self.verifier.verify(token, device).map_err(|e| ApiError::unauthorized(&e))
+    }
+
+    /// The member asking; a host token is refused (members act for themselves only).
+    fn member(&self, req: &HttpRequest) -> Result<Member, ApiError> {
+        match self.principal(req)? {
+            Principal::Member(member) => Ok(member),
+            Principal::Host => {
+                Err(ApiError::forbidden("this route is for members; the host acts through its own routes"))
+            }
+        }
+    }
+
+    /// The chat host; a member token is refused.
+    fn host(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        match self.principal(req)? {
+            Principal::Host => Ok(()),
+            Principal::Member(_) => Err(ApiError::forbidden("this route needs the host's credential")),
+        }
+    }
+
+    /// An admin of `org` by their token's claim (the engine checks its own list as well).
+    fn admin(&self, req: &HttpRequest, org: OrgId) -> Result<Member, ApiError> {
+        let member = self.member(req)?;
+        if !member.administers(org) {
+            return Err(
+                ApiError::forbidden(format!("the token carries no admin claim for org {}", org.0)).with("org", org.0)
+            );
+        }
+        Ok(member)
+    }
+
+    /// A send of `amount` above the step-up threshold needs a recent strong authentication.
+    fn step_up(&self, member: &Member, amount: Option<Amount>) -> Result<(), ApiError> {
+        let above = amount.is_none_or(|a| a.as_fen() > self.settings.step_up_fen);
+        if above && !member.stepped_up(auth::unix_now(), self.settings.step_up_secs) {
+            let message = format!(
+                "sends above {} need biometrics or a PIN within {} s",
+                Amount::fen(self.settings.step_up_fen),
+                self.settings.step_up_secs
+            );
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "step_up_required", message)
+                .with("threshold", Amount::fen(self.settings.step_up_fen).to_string())
+                .with("within_secs", self.settings.step_up_secs));
+        }
+        Ok(())
+    }
+
+    fn limit(&self, req: &HttpRequest, action: Action, user: UserId) -> Result<(), ApiError> {
+        self.limits.check(action, user, client_ip(req))
+    }
+}
+
+fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// Every route of the API, under `/v1`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            // The host: money in and out, rosters, orgs.
+            .route("/wallets/{user}", web::get().to(wallet))
+            .route("/wallets/{user}/deposit", web::post().to(deposit))
+            .route("/wallets/{user}/withdraw", web::post().to(withdraw))
+            .route("/groups/{group}/members", web::put().to(set_members))
+            .route("/groups/{group}/members", web::get().to(members))
+            .route("/groups/{group}/members/add", web::post().to(add_members))
+            .route("/groups/{group}/members/remove", web::post().to(remove_members))
+            .route("/orgs", web::post().to(create_org))
+            // A member, for themselves.
+            .route("/me", web::get().to(me))
+            .route("/me/cooling-off", web::put().to(set_cooling_off))
+            .route("/me/guardian", web::put().to(set_guardian))
+            .route("/wallets/{user}/guardian/remove", web::post().to(remove_guardian))
+            .route("/packets", web::post().to(send_packet))
+            .route("/packets/{packet}", web::get().to(packet))
+            .route("/packets/{packet}/grab", web::post().to(grab))
+            .route("/packets/{packet}/cancel", web::post().to(cancel))
+            .route("/packets/{packet}/approve", web::post().to(approve_packet))
+            .route("/packets/{packet}/reject", web::post().to(reject_packet))
+            .route("/transfers", web::post().to(send_transfer))
+            .route("/transfers/{transfer}", web::get().to(transfer))
+            .route("/transfers/{transfer}/recall", web::post().to(recall_transfer))
+            .route("/transfers/{transfer}/accept", web::post().to(accept_transfer))
+            .route("/transfers/{transfer}/decline", web::post().to(decline_transfer))
+            .route("/transfers/{transfer}/approve", web::post().to(approve_transfer))
+            .route("/transfers/{transfer}/reject", web::post().to(reject_transfer))
+            // An org's admins.
+            .route("/orgs/{org}", web::get().to(org))
+            .route("/orgs/{org}/policy", web::put().to(set_policy))
+            .route("/orgs/{org}/groups", web::post().to(attach_group))
+            .route("/orgs/{org}/log", web::get().to(operation_log))
+            .route("/packets/{packet}/recall", web::post().to(admin_recall)),
+    );
+}
+
+// ---- the host ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Money {
+    op: OpId,
+    amount: Amount,
+}
+
+async fn wallet(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>) -> Reply {
+    ctx.host(&req)?;
+    wallet_of(&ctx.engine, UserId(*user)).await
+}
+
+async fn wallet_of(engine: &Engine, user: UserId) -> Reply {
+    let balance = engine.balance(user).await.map_err(fail)?;
+    let usage = engine.usage(user).await.map_err(fail)?;
+    Ok(ok(json!({ "user": user, "balance": balance, "usage": usage })))
+}
+
+async fn deposit(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>, body: web::Json<Money>) -> Reply {
+    ctx.host(&req)?;
+    let user = UserId(*user);
+    let balance = ctx.engine.deposit(body.op, user, body.amount).await.map_err(fail)?;
+    Ok(ok(json!({ "user": user, "op": body.op, "balance": balance })))
+}
+
+async fn withdraw(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>, body: web::Json<Money>) -> Reply {
+    ctx.host(&req)?;
+    let user = UserId(*user);
+    let balance = ctx.engine.withdraw(body.op, user, body.amount).await.map_err(fail)?;
+    Ok(ok(json!({ "user": user, "op": body.op, "balance": balance })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Roster {
+    members: Vec<UserId>,
+}
+
+async fn set_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
+    ctx.host(&req)?;
+    let group = GroupId(*group);
+    ctx.engine.set_members(group, body.into_inner().members).await.map_err(fail)?;
+    roster_reply(&ctx.engine, group).await
+}
+
+async fn add_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
+    ctx.host(&req)?;
+    let group = GroupId(*group);
+    ctx.engine.add_members(group, body.into_inner().members).await.map_err(fail)?;
+    roster_reply(&ctx.engine, group).await
+}
+
+async fn remove_members(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    group: web::Path<u64>,
+    body: web::Json<Roster>,
+) -> Reply {
+    ctx.host(&req)?;
+    let group = GroupId(*group);
+    ctx.engine.remove_members(group, body.into_inner().members).await.map_err(fail)?;
+    roster_reply(&ctx.engine, group).await
+}
+
+async fn roster_reply(engine: &Engine, group: GroupId) -> Reply {
+    let members = engine.members(group).await.map_err(fail)?;
+    Ok(ok(json!({ "group": group, "count": members.len(), "members": members })))
+}
+
+/// The host, or a member of the group.
+async fn members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>) -> Reply {
+    let group = GroupId(*group);
+    if let Principal::Member(member) = ctx.principal(&req)? {
+        if !ctx.engine.is_member(group, member.user) {
+            return Err(ApiError::forbidden(format!("not a member of group {}", group.0)));
+        }
+    }
+    roster_reply(&ctx.engine, group).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrg {
+    id: OrgId,
+    #[serde(flatten)]
+    spec: NewOrg,
+}
+
+async fn create_org(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<CreateOrg>) -> Reply {
+    ctx.host(&req)?;
+    let CreateOrg { id, spec } = body.into_inner();
+    Ok(ok(ctx.engine.create_org(id, spec).await.map_err(fail)?))
+}
+
+// ---- a member ----
+
+async fn me(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
+    let member = ctx.member(&req)?;
+    wallet_of(&ctx.engine, member.user).await
+}
+
+async fn set_cooling_off(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<CoolingOff>) -> Reply {
+    let member = ctx.member(&req)?;
+    ctx.engine.set_cooling_off(member.user, *body).await.map_err(fail)?;
+    wallet_of(&ctx.engine, member.user).await
+}
+
+async fn set_guardian(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Guardian>) -> Reply {
+    let member = ctx.member(&req)?;
+    ctx.engine.set_guardian(member.user, *body).await.map_err(fail)?;
+    Ok(ok(json!({ "user": member.user, "guardian": *body })))
+}
+
+/// The guardian releases the user (only they may).
+async fn remove_guardian(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>) -> Reply {
+    let member = ctx.member(&req)?;
+    ctx.engine.remove_guardian(UserId(*user), member.user).await.map_err(fail)?;
+    Ok(ok(json!({ "user": UserId(*user), "guardian": Value::Null })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendPacket {
+    id: PacketId,
+    group: GroupId,
+    split: Split,
+    #[serde(default)]
+    greeting: String,
+}
+
+async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendPacket>) -> Reply {
+    let member = ctx.member(&req)?;
+    let SendPacket { id, group, split, greeting } = body.into_inner();
+    ctx.step_up(&member, split.total())?;
+    ctx.limit(&req, Action::Send, member.user)?;
+    let spec = NewPacket { id, sender: member.user, group, split, greeting };
+    Ok(ok(ctx.engine.send_packet(spec).await.map_err(fail)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimsPage {
+    /// Claims after this position.
+    #[serde(default)]
+    after: u32,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// A packet, for its group's members and its sender, with one page of its claims.
+async fn packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, page: web::Query<ClaimsPage>) -> Reply {
+    let member = ctx.member(&req)?;
+    let view = ctx.engine.packet(PacketId(*id)).await.map_err(fail)?;
+    if view.sender != member.user && !ctx.engine.is_member(view.group, member.user) {
+        return Err(ApiError::forbidden("only the packet's group and its sender may see it"));
+    }
+    let limit = page.limit.unwrap_or(ctx.settings.claims_page_max).clamp(1, ctx.settings.claims_page_max);
+    let claims: Vec<_> = view.claims.iter().filter(|c| c.position > page.after).take(limit).cloned().collect();
+    let next = (claims.last().is_some_and(|c| c.position < view.claims.len() as u32))
+        .then(|| claims.last().map(|c| c.position));
+    let mut body =
+        serde_json::to_value(&view).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    body["claims"] = serde_json::to_value(claims).unwrap_or_default();
+    body["claims_next"] = json!(next.flatten());
+    Ok(ok(body))
+}
+
+/// What a grab answers, over HTTP and WebSocket: the share, or the first share again.
+pub fn grab_reply(result: Result<Grabbed, GrabError>) -> Result<Value, ApiError> {
+    match result {
+        Ok(won) => Ok(json!({
+            "packet": won.packet, "amount": won.amount, "position": won.position,
+            "shares_left": won.shares_left, "remaining": won.remaining, "already": false
+        })),
+        Err(GrabError::AlreadyGrabbed { amount, position }) => {
+            Ok(json!({ "amount": amount, "position": position, "already": true }))
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+async fn grab(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    let member = ctx.member(&req)?;
+    ctx.limit(&req, Action::Grab, member.user)?;
+    let started = std::time::Instant::now();
+    let result = ctx.engine.grab(PacketId(*id), member.user).await;
+    crate::telemetry::grab_latency(started.elapsed());
+    let mut body = grab_reply(result)?;
+    body["packet"] = json!(PacketId(*id));
+    Ok(ok(body))
+}
+
+async fn cancel(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    let member = ctx.member(&req)?;
+    let packet = PacketId(*id);
+    match ctx.engine.cancel_packet(packet, member.user).await {
+        Ok(refunded) => Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": false }))),
+        Err(CancelError::AlreadyCancelled { refunded }) => {
+            Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": true })))
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Who may approve `subject`, as the engine recorded it: an org's admins must also hold the
+/// org's admin claim.
+async fn approver_of(engine: &Engine, subject: ApprovalId) -> Result<Option<Approver>, ApiError> {
+    let approval = match subject {
+        ApprovalId::Packet(id) => engine.packet(id).await.map_err(fail)?.approval,
+        ApprovalId::Transfer(id) => engine.transfer_view(id).await.map_err(fail)?.approval,
+    };
+    Ok(approval.map(|a| a.approver))
+}
+
+async fn decide(ctx: &Ctx, req: &HttpRequest, subject: ApprovalId, reject: Option<String>) -> Reply {
+    let member = ctx.member(req)?;
+    if let Some(Approver::OrgAdmins(org)) = approver_of(&ctx.engine, subject).await? {
+        ctx.admin(req, org)?;
+    }
+    let (result, already) = match reject {
+        None => match ctx.engine.approve(subject, member.user).await {
+            Ok(()) => (json!({ "approved": true }), false),
+            Err(ApprovalError::AlreadyApproved) => (json!({ "approved": true }), true),
+            Err(e) => return Err(fail(e)),
+        },
+        Some(reason) => match ctx.engine.reject(subject, member.user, reason).await {
+            Ok(refunded) => (json!({ "rejected": true, "refunded": refunded }), false),
+            Err(ApprovalError::AlreadyRejected) => (json!({ "rejected": true }), true),
+            Err(e) => return Err(fail(e)),
+        },
+    };
+    let mut body = result;
+    body["subject"] = json!(subject);
+    body["already"] = json!(already);
+    Ok(ok(body))
+}
+
+async fn approve_packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    decide(&ctx, &req, ApprovalId::Packet(PacketId(*id)), None).await
+}
+
+async fn reject_packet(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    id: web::Path<u64>,
+    body: Option<web::Json<Reason>>,
+) -> Reply {
+    let reason = body.map(|b| b.into_inner().reason).unwrap_or_default();
+    decide(&ctx, &req, ApprovalId::Packet(PacketId(*id)), Some(reason)).await
+}
+
+async fn approve_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    decide(&ctx, &req, ApprovalId::Transfer(TransferId(*id)), None).await
+}
+
+async fn reject_transfer(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    id: web::Path<u64>,
+    body: Option<web::Json<Reason>>,
+) -> Reply {
+    let reason = body.map(|b| b.into_inner().reason).unwrap_or_default();
+    decide(&ctx, &req, ApprovalId::Transfer(TransferId(*id)), Some(reason)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendTransfer {
+    id: TransferId,
+    to: UserId,
+    amount: Amount,
+    #[serde(default = "instant")]
+    arrival: Arrival,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    org: Option<OrgId>,
+}
+
+fn instant() -> Arrival {
+    Arrival::Instant
+}
+
+async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendTransfer>) -> Reply {
+    let member = ctx.member(&req)?;
+    let SendTransfer { id, to, amount, arrival, note, org } = body.into_inner();
+    ctx.step_up(&member, Some(amount))?;
+    ctx.limit(&req, Action::Transfer, member.user)?;
+    let spec = NewTransfer { id, from: member.user, to, amount, arrival, note, org };
+    Ok(ok(ctx.engine.transfer(spec).await.map_err(fail)?))
+}
+
+/// A transfer, for its two parties.
+async fn transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    let member = ctx.member(&req)?;
+    let view = ctx.engine.transfer_view(TransferId(*id)).await.map_err(fail)?;
+    if view.from != member.user && view.to != member.user {
+        return Err(ApiError::forbidden("only the transfer's parties may see it"));
+    }
+    Ok(ok(view))
+}
+
+/// A party's move on a transfer; a retry of a move that settled it returns the transfer.
+async fn act(ctx: &Ctx, req: &HttpRequest, id: u64, done: TransferStatus) -> Reply {
+    let member = ctx.member(req)?;
+    ctx.limit(req, Action::Transfer, member.user)?;
+    let (id, by) = (TransferId(id), member.user);
+    let result = match done {
+        TransferStatus::Recalled => ctx.engine.recall_transfer(id, by).await,
+        TransferStatus::Accepted => ctx.engine.accept_transfer(id, by).await,
+        _ => ctx.engine.decline_transfer(id, by).await,
+    };
+    let (view, already) = match result {
+        Ok(view) => (view, false),
+        Err(TransferError::AlreadySettled { status } | TransferError::TooLate { status }) if status == done => {
+            let view = ctx.engine.transfer_view(id).await.map_err(fail)?;
+            // Only a party's retry: someone else hears the usual refusal.
+            let party = if done == TransferStatus::Recalled { view.from } else { view.to };
+            if party != by {
+                return Err(fail(TransferError::TooLate { status }));
+            }
+            (view, true)
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let mut body = serde_json::to_value(view).unwrap_or_default();
+    body["already"] = json!(already);
+    Ok(ok(body))
+}
+
+async fn recall_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    act(&ctx, &req, *id, TransferStatus::Recalled).await
+}
+
+async fn accept_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    act(&ctx, &req, *id, TransferStatus::Accepted).await
+}
+
+async fn decline_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
+    act(&ctx, &req, *id, TransferStatus::Declined).await
+}
+
+// ---- an org's admins ----
+
+async fn org(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>) -> Reply {
+    let org = OrgId(*org);
+    ctx.admin(&req, org)?;
+    Ok(ok(ctx.engine.org(org).await.map_err(fail)?))
+}
+
+async fn set_policy(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Policy>) -> Reply {
+    let org = OrgId(*org);
+    let admin = ctx.admin(&req, org)?;
+    Ok(ok(ctx.engine.set_policy(org, admin.user, body.into_inner()).await.map_err(fail)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Attach {
+    group: GroupId,
+}
+
+async fn attach_group(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Attach>) -> Reply {
+    let org = OrgId(*org);
+    let admin = ctx.admin(&req, org)?;
+    Ok(ok(ctx.engine.attach_group(org, body.group, admin.user).await.map_err(fail)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    since: Option<u64>,
+    until: Option<u64>,
+    actor: Option<u64>,
+    kind: Option<OpKind>,
+    after: Option<u64>,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn operation_log(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, q: web::Query<LogQuery>) -> Reply {
+    let org = OrgId(*org);
+    ctx.admin(&req, org)?;
+    let q = q.into_inner();
+    let query = OpQuery {
+        since: q.since.map(Timestamp),
+        until: q.until.map(Timestamp),
+        actor: q.actor.map(UserId),
+        kind: q.kind,
+        after: q.after,
+        limit: q.limit,
+    };
+    Ok(ok(ctx.engine.operations(org, query).await.map_err(fail)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminRecall {
+    org: OrgId,
+    #[serde(default)]
+    reason: String,
+}
+
+/// An admin recalls an org packet's unclaimed remainder. The body names the org, whose admin
+/// claim the token must carry; the packet must be in one of its groups.
+async fn admin_recall(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    id: web::Path<u64>,
+    body: web::Json<AdminRecall>,
+) -> Reply {
+    let AdminRecall { org, reason } = body.into_inner();
+    let admin = ctx.admin(&req, org)?;
+    let packet = PacketId(*id);
+    let view = ctx.engine.packet(packet).await.map_err(fail)?;
+    let groups = ctx.engine.org(org).await.map_err(fail)?.groups;
+    if !groups.contains(&view.group) {
+        return Err(fail(hongbao::RecallError::NotOrgPacket));
+    }
+    let refunded = ctx.engine.admin_recall(packet, admin.user, reason).await.map_err(fail)?;
+    Ok(ok(json!({ "packet": packet, "refunded": refunded })))
+}

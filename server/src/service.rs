@@ -1,0 +1,202 @@
+//! The server put together: the app, its bounds, its operations routes, start and a graceful
+//! stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{ServerHandle, Service};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures::FutureExt;
+use hongbao::{Engine, Health};
+use serde_json::json;
+
+use crate::api::{self, Ctx};
+use crate::auth::Verifier;
+use crate::hub::Hub;
+use crate::reply::{ApiError, ReplyKind};
+use crate::settings::Settings;
+use crate::{abuse, page, telemetry, ws};
+
+/// The file journal `hongbao serve` writes: synced, its batches measured for `/metrics`.
+pub fn journal_config(dir: &std::path::Path) -> hongbao::FileJournalConfig {
+    let mut journal = hongbao::FileJournalConfig::new(dir, hongbao::Durability::Sync);
+    journal.observer = Some(telemetry::journal_observer());
+    journal
+}
+
+/// Why sockets close at a graceful stop.
+pub const SHUTTING_DOWN: &str = "the server is shutting down";
+
+/// A server running on its own thread.
+pub struct Running {
+    /// Where it listens (the port chosen when `listen` asked for port 0).
+    pub addr: SocketAddr,
+    /// The engine it serves.
+    pub engine: Engine,
+    handle: ServerHandle,
+    hub: Hub,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts serving `engine` with `settings`, checking tokens against `public_pem`.
+///
+/// # Errors
+///
+/// The key is not an Ed25519 public key, the address cannot be bound, or the engine refuses a
+/// subscriber.
+pub fn start(settings: Settings, engine: Engine, public_pem: &[u8]) -> std::io::Result<Running> {
+    let verifier = Verifier::new(public_pem, settings.token_leeway_secs).map_err(std::io::Error::other)?;
+    telemetry::handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_engine = engine.clone();
+    let thread = std::thread::Builder::new().name("hongbao-http".into()).spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let epoch =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let hub = match Hub::start(thread_engine.clone(), settings.ws_replay_len, epoch) {
+                Ok(hub) => hub,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+                    return Ok(());
+                }
+            };
+            let limits = abuse::Limits::new(&settings);
+            let ctx = web::Data::new(Ctx { engine: thread_engine, settings, verifier, limits, hub: hub.clone() });
+            let sweep = Arc::clone(&ctx.clone().into_inner());
+            actix_web::rt::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    sweep.limits.sweep();
+                }
+            });
+            let (addr, server) = match build(ctx) {
+                Ok(built) => built,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = tx.send(Ok((addr, server.handle(), hub)));
+            server.await
+        })
+    })?;
+    let (addr, handle, hub) = rx.recv().map_err(|_| std::io::Error::other("the server thread ended at start"))??;
+    Ok(Running { addr, engine, handle, hub, thread: Some(thread) })
+}
+
+fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Server)> {
+    let s = ctx.settings.clone();
+    let body_max = s.body_bytes_max;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(ctx.clone())
+            .app_data(web::JsonConfig::default().limit(body_max).error_handler(json_error))
+            .app_data(web::PayloadConfig::new(body_max))
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .app_data(web::PathConfig::default().error_handler(path_error))
+            .wrap_fn(|req, srv| {
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                let started = std::time::Instant::now();
+                srv.call(req).map(move |res| {
+                    if let Ok(res) = &res {
+                        let response = res.response();
+                        let kind = match response.extensions().get::<ReplyKind>() {
+                            Some(kind) => kind.0.clone(),
+                            None if response.status().is_success() || response.status().is_redirection() => "ok".into(),
+                            None => response.status().as_u16().to_string(),
+                        };
+                        tracing::debug!(
+                            route,
+                            status = response.status().as_u16(),
+                            reply = kind,
+                            micros = started.elapsed().as_micros() as u64,
+                            "request"
+                        );
+                        telemetry::reply_kind(&route, &kind);
+                    }
+                    res
+                })
+            })
+            .configure(api::routes)
+            .route("/ws", web::get().to(ws::upgrade))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .configure(page::routes)
+            .default_service(web::to(not_found))
+    })
+    .max_connections(s.connections_max)
+    .shutdown_timeout(s.shutdown_secs)
+    .disable_signals();
+    if s.workers > 0 {
+        server = server.workers(s.workers);
+    }
+    let server = server.bind(s.listen)?;
+    let addr = server.addrs()[0];
+    Ok((addr, server.run()))
+}
+
+impl Running {
+    /// A graceful stop: sockets are closed with a reason, the listener stops accepting, the
+    /// requests in flight finish (up to `shutdown_secs`), then the engine makes everything
+    /// durable and stops.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.hub.close_all(SHUTTING_DOWN).await;
+        self.handle.stop(true).await;
+        self.engine.shutdown().await;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the server thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let reply = match &error {
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes"))
+                .with("limit", *limit)
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json", "the body must be application/json")
+        }
+        _ => ApiError::invalid(&error),
+    };
+    reply.into()
+}
+
+fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid(error).into()
+}
+
+fn path_error(error: PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such resource: {error}")).into()
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", req.method(), req.path())))
+}
+
+/// The process is alive.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "alive" }))
+}
+
+/// The engine serves and its journal is healthy; otherwise 503 saying why.
+async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
+    match ctx.engine.health() {
+        Health::Serving => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        health => {
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready", "health": format!("{health:?}") }))
+        }
+    }
+}
+
+async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(telemetry::render(&ctx.engine))
+}

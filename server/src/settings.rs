@@ -1,0 +1,290 @@
+//! The server's settings: every address, path and bound of `hongbao serve` in one place.
+//!
+//! Precedence: command-line flags, then the environment (`HONGBAO_…`), then a TOML file
+//! (`--config FILE`), then the defaults below. Flags and environment variables are parsed by
+//! clap into [`ServeArgs`] (every field optional); the file and the defaults by serde into
+//! [`Settings`]; [`Settings::load`] lays the first over the second.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `hongbao serve` runs with. Field names are the TOML keys, the flags
+/// (`--body-bytes-max`) and the environment variables (`HONGBAO_BODY_BYTES_MAX`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The journal's directory; every acknowledged change is fsynced there.
+    pub journal: PathBuf,
+    /// No journal at all: state lives in memory and is lost at exit (demos, benchmarks).
+    pub memory: bool,
+    /// The chat host's Ed25519 public key (PEM): the only key that signs members' tokens.
+    pub public_key: Option<PathBuf>,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+    /// Logs as JSON lines instead of text.
+    pub log_json: bool,
+    /// Log filter, as `RUST_LOG` takes it.
+    pub log_level: String,
+
+    // Authentication.
+    /// Sends and transfers above this many fen need a strong authentication (`bio` or `pin`)
+    /// within `step_up_secs`.
+    pub step_up_fen: u64,
+    /// How recent a strong authentication must be for a large send.
+    pub step_up_secs: u64,
+    /// Clock skew allowed when checking a token's expiry.
+    pub token_leeway_secs: u64,
+
+    // Bounds.
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Largest WebSocket message from a client.
+    pub ws_message_bytes_max: usize,
+    /// Most open connections (HTTP and WebSocket) per worker.
+    pub connections_max: usize,
+    /// Most WebSocket clients at once.
+    pub ws_clients_max: usize,
+    /// Events queued for one WebSocket client; a client further behind is disconnected.
+    pub ws_buffer_len: usize,
+    /// Grabs one WebSocket client may have in flight; more are answered `busy`.
+    pub ws_inflight_max: usize,
+    /// Recent events kept for clients resuming after a reconnect.
+    pub ws_replay_len: usize,
+    /// How long a new WebSocket client has to authenticate.
+    pub ws_auth_secs: u64,
+    /// Seconds between pings; a client silent for three of them is disconnected.
+    pub ws_ping_secs: u64,
+    /// Claims in one page of a packet view.
+    pub claims_page_max: usize,
+    /// Seconds to drain requests in flight at shutdown.
+    pub shutdown_secs: u64,
+
+    // Rate limits (per second, with bursts of the same size; 0 turns one off).
+    /// Grabs per member.
+    pub grabs_per_user: u32,
+    /// Grabs per client address.
+    pub grabs_per_ip: u32,
+    /// Packet sends per member.
+    pub sends_per_user: u32,
+    /// Packet sends per client address.
+    pub sends_per_ip: u32,
+    /// Transfers (and their recalls, accepts, declines) per member.
+    pub transfers_per_user: u32,
+    /// Transfers per client address.
+    pub transfers_per_ip: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            journal: PathBuf::from("hongbao-journal"),
+            memory: false,
+            public_key: None,
+            workers: 0,
+            log_json: false,
+            log_level: "info".into(),
+            step_up_fen: 20_000,
+            step_up_secs: 300,
+            token_leeway_secs: 30,
+            body_bytes_max: 64 * 1024,
+            ws_message_bytes_max: 4 * 1024,
+            connections_max: 25_000,
+            ws_clients_max: 50_000,
+            ws_buffer_len: 1024,
+            ws_inflight_max: 16,
+            ws_replay_len: 65_536,
+            ws_auth_secs: 10,
+            ws_ping_secs: 20,
+            claims_page_max: 200,
+            shutdown_secs: 10,
+            grabs_per_user: 20,
+            grabs_per_ip: 20_000,
+            sends_per_user: 5,
+            sends_per_ip: 2_000,
+            transfers_per_user: 5,
+            transfers_per_ip: 2_000,
+        }
+    }
+}
+
+/// `hongbao serve`'s flags. Each one, when given (or set in the environment), overrides the
+/// file and the default of the setting of the same name.
+#[derive(clap::Args, Clone, Debug, Default, Serialize)]
+pub struct ServeArgs {
+    /// A TOML file of settings (keys as the flags' names, with underscores)
+    #[arg(long, env = "HONGBAO_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Set up a demo org, groups and members with balances, and print a sign-in link for each
+    /// (development only: it writes a signing key beside the journal)
+    #[arg(long, env = "HONGBAO_DEMO")]
+    #[serde(skip)]
+    pub demo: bool,
+    /// Where to listen [default: 127.0.0.1:8080]
+    #[arg(long, env = "HONGBAO_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The journal directory [default: ./hongbao-journal]
+    #[arg(long, env = "HONGBAO_JOURNAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<PathBuf>,
+    /// Keep state in memory only (nothing survives the process)
+    #[arg(long, env = "HONGBAO_MEMORY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+    /// The chat host's Ed25519 public key (PEM) that signs tokens
+    #[arg(long, env = "HONGBAO_PUBLIC_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+    /// HTTP worker threads (0: one per core)
+    #[arg(long, env = "HONGBAO_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Log JSON lines
+    #[arg(long, env = "HONGBAO_LOG_JSON")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_json: Option<bool>,
+    /// Log filter (as RUST_LOG) [default: info]
+    #[arg(long, env = "HONGBAO_LOG_LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Sends above this many fen need a recent strong authentication [default: 20000]
+    #[arg(long, env = "HONGBAO_STEP_UP_FEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_up_fen: Option<u64>,
+    /// How recent that authentication must be [default: 300]
+    #[arg(long, env = "HONGBAO_STEP_UP_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_up_secs: Option<u64>,
+    /// Largest request body in bytes [default: 65536]
+    #[arg(long, env = "HONGBAO_BODY_BYTES_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_bytes_max: Option<usize>,
+    /// Largest WebSocket message in bytes [default: 4096]
+    #[arg(long, env = "HONGBAO_WS_MESSAGE_BYTES_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_message_bytes_max: Option<usize>,
+    /// Most open connections per worker [default: 25000]
+    #[arg(long, env = "HONGBAO_CONNECTIONS_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_max: Option<usize>,
+    /// Most WebSocket clients [default: 50000]
+    #[arg(long, env = "HONGBAO_WS_CLIENTS_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_clients_max: Option<usize>,
+    /// Grabs per member per second (0: unlimited) [default: 20]
+    #[arg(long, env = "HONGBAO_GRABS_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grabs_per_user: Option<u32>,
+    /// Grabs per client address per second (0: unlimited) [default: 20000]
+    #[arg(long, env = "HONGBAO_GRABS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grabs_per_ip: Option<u32>,
+    /// Packet sends per member per second (0: unlimited) [default: 5]
+    #[arg(long, env = "HONGBAO_SENDS_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sends_per_user: Option<u32>,
+    /// Transfers per member per second (0: unlimited) [default: 5]
+    #[arg(long, env = "HONGBAO_TRANSFERS_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers_per_user: Option<u32>,
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file, or the flags over it, are not valid settings.
+    #[error("invalid settings{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid {
+        /// The file, if the error is in it.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Settings {
+    /// The defaults, overlaid by the file (if `args.config` names one), overlaid by the flags
+    /// and environment variables that were given.
+    pub fn load(args: &ServeArgs) -> Result<Settings, SettingsError> {
+        let mut table = match &args.config {
+            Some(path) => read_table(path)?,
+            None => toml::Table::new(),
+        };
+        let given = toml::Table::try_from(args).map_err(|e| invalid(None, e))?;
+        table.extend(given);
+        let settings: Settings =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| invalid(args.config.as_deref(), e))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Bounds that would make the server useless or unbounded are refused.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let positive = [
+            ("body_bytes_max", self.body_bytes_max),
+            ("ws_message_bytes_max", self.ws_message_bytes_max),
+            ("connections_max", self.connections_max),
+            ("ws_clients_max", self.ws_clients_max),
+            ("ws_buffer_len", self.ws_buffer_len),
+            ("ws_inflight_max", self.ws_inflight_max),
+            ("ws_replay_len", self.ws_replay_len),
+            ("claims_page_max", self.claims_page_max),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(invalid(None, format!("{name} must be at least 1"))),
+            None if self.ws_auth_secs == 0 || self.ws_ping_secs == 0 => {
+                Err(invalid(None, "ws_auth_secs and ws_ping_secs must be at least 1"))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.into(), source })?;
+    text.parse::<toml::Table>().map_err(|e| invalid(Some(path), e))
+}
+
+fn invalid(path: Option<&Path>, e: impl std::fmt::Display) -> SettingsError {
+    SettingsError::Invalid { path: path.map(Path::to_path_buf), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("hongbao-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("serve.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nbody_bytes_max = 1000\ngrabs_per_user = 7\n").unwrap();
+        let args = ServeArgs { config: Some(file.clone()), body_bytes_max: Some(2000), ..ServeArgs::default() };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:9000".parse().unwrap(), "from the file");
+        assert_eq!(settings.body_bytes_max, 2000, "the flag wins over the file");
+        assert_eq!(settings.grabs_per_user, 7);
+        assert_eq!(settings.sends_per_user, Settings::default().sends_per_user, "the default stays");
+
+        std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Settings::load(&args).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "a misspelt key is named: {err}");
+        let zero = ServeArgs { ws_message_bytes_max: Some(0), ..ServeArgs::default() };
+        assert!(Settings::load(&zero).unwrap_err().to_string().contains("ws_message_bytes_max"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,272 @@
+//! A member's WebSocket (`/ws`): live events of their groups and transfers, and grabs.
+//!
+//! Browsers cannot set headers on a WebSocket, so the token travels in the first message:
+//!
+//! ```text
+//! → {"op":"auth","token":"…","device":"phone-1","groups":[7],"since":{"epoch":…,"seq":41}}
+//! ← {"type":"hello","epoch":…,"seq":57,"user":2,"groups":[7]}
+//! ← {"type":"event","seq":42,"event":{"kind":"grabbed",…}}        (what was missed, then live)
+//! → {"op":"grab","id":"r1","packet":1001}
+//! ← {"type":"reply","id":"r1","ok":true,"grab":{…},"already":false}
+//! → {"op":"watch","group":8}
+//! ```
+//!
+//! Refusals are `{"type":"reply","id":…,"ok":false,"error":{"error":kind,"status":…,…}}`,
+//! the same body as over HTTP. A socket that does not authenticate within `ws_auth_secs`, sends
+//! a message over `ws_message_bytes_max`, stays silent for three pings, or falls
+//! `ws_buffer_len` events behind is closed with a reason.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use futures::stream::FuturesUnordered;
+use futures::{Future, StreamExt};
+use hongbao::{GrabError, GroupId, PacketId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::abuse::Action;
+use crate::api::{grab_reply, Ctx};
+use crate::auth::{Member, Principal};
+use crate::hub::{Join, TOO_SLOW};
+use crate::reply::ApiError;
+
+/// What a client sends.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    Auth {
+        token: String,
+        device: String,
+        #[serde(default)]
+        groups: Vec<GroupId>,
+        #[serde(default)]
+        since: Option<Since>,
+    },
+    Grab {
+        id: Value,
+        packet: PacketId,
+    },
+    Watch {
+        group: GroupId,
+    },
+}
+
+#[derive(Deserialize)]
+struct Since {
+    /// The server run the client last heard from (omitted: this one, for a first connection
+    /// that wants the recent history).
+    #[serde(default)]
+    epoch: Option<u64>,
+    seq: u64,
+}
+
+type Pending = Pin<Box<dyn Future<Output = (Value, Result<hongbao::Grabbed, GrabError>)>>>;
+
+/// `GET /ws`: upgrades, then runs the member's session on this worker.
+pub async fn upgrade(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    if ctx.hub.clients() >= ctx.settings.ws_clients_max {
+        let error = ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_clients",
+            "too many WebSocket clients; retry later",
+        );
+        return Err(error.into());
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let max = ctx.settings.ws_message_bytes_max;
+    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
+    let ip = req.peer_addr().map(|a| a.ip());
+    actix_web::rt::spawn(run(ctx.into_inner(), session, stream, ip));
+    Ok(response)
+}
+
+fn close(code: CloseCode, reason: &str) -> Option<CloseReason> {
+    Some(CloseReason { code, description: Some(reason.to_owned()) })
+}
+
+async fn run(
+    ctx: std::sync::Arc<Ctx>,
+    mut session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    ip: Option<IpAddr>,
+) {
+    crate::telemetry::ws_connected(1);
+    let reason = match authenticate(&ctx, &mut session, &mut stream).await {
+        Ok((member, groups, since)) => serve(&ctx, &mut session, &mut stream, member, groups, since, ip).await,
+        Err(reason) => reason,
+    };
+    crate::telemetry::ws_connected(-1);
+    let _ = session.close(reason).await;
+}
+
+/// Waits for the `auth` message and checks it: the token, the device, each group's roster.
+async fn authenticate(
+    ctx: &Ctx,
+    session: &mut Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+) -> Result<(Member, Vec<GroupId>, Option<(u64, u64)>), Option<CloseReason>> {
+    let deadline = Duration::from_secs(ctx.settings.ws_auth_secs);
+    let first = match tokio::time::timeout(deadline, stream.next()).await {
+        Err(_) => return Err(close(CloseCode::Policy, "no auth message in time")),
+        Ok(Some(Ok(AggregatedMessage::Text(text)))) => text,
+        Ok(Some(Err(_))) => return Err(close(CloseCode::Size, "message too large or malformed")),
+        Ok(_) => return Err(close(CloseCode::Policy, "the first message must be auth")),
+    };
+    let Ok(Request::Auth { token, device, groups, since }) = serde_json::from_str::<Request>(&first) else {
+        return Err(close(CloseCode::Policy, "the first message must be {\"op\":\"auth\",…}"));
+    };
+    let member = match ctx.verifier.verify(&token, Some(&device)) {
+        Ok(Principal::Member(member)) => member,
+        Ok(Principal::Host) => return refuse(session, ApiError::forbidden("a host token has no socket")).await,
+        Err(e) => return refuse(session, ApiError::unauthorized(&e)).await,
+    };
+    if let Some(group) = groups.iter().find(|g| !ctx.engine.is_member(**g, member.user)) {
+        let error = ApiError::forbidden(format!("not a member of group {}", group.0)).with("group", group.0);
+        return refuse(session, error).await;
+    }
+    Ok((member, groups, since.map(|s| (s.epoch.unwrap_or(ctx.hub.epoch), s.seq))))
+}
+
+/// Tells the client why, then closes.
+async fn refuse<T>(session: &mut Session, error: ApiError) -> Result<T, Option<CloseReason>> {
+    let _ = session.text(json!({ "type": "error", "error": error.to_json() }).to_string()).await;
+    Err(close(CloseCode::Policy, error.kind()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    ctx: &Ctx,
+    session: &mut Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+    member: Member,
+    groups: Vec<GroupId>,
+    since: Option<(u64, u64)>,
+    ip: Option<IpAddr>,
+) -> Option<CloseReason> {
+    let (tx, mut pushes) = mpsc::channel(ctx.settings.ws_buffer_len);
+    let (kick, mut kicked) = watch::channel(None);
+    let Some(conn) = ctx.hub.join(Join { user: member.user, groups, since, tx, kick }).await else {
+        return close(CloseCode::Away, "the server is shutting down");
+    };
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut silent_pings = 0u32;
+    let reason = loop {
+        let out = tokio::select! {
+            _ = kicked.changed() => break kicked_reason(&kicked),
+            push = pushes.recv() => match push {
+                Some(frame) => frame.to_string(),
+                None => break close(CloseCode::Away, "closed"),
+            },
+            Some((id, result)) = pending.next(), if !pending.is_empty() => reply(id, result),
+            _ = ping.tick() => {
+                silent_pings += 1;
+                if silent_pings > 3 {
+                    break close(CloseCode::Policy, "no answer to pings");
+                }
+                if session.ping(b"").await.is_err() {
+                    break None;
+                }
+                continue;
+            }
+            message = stream.next() => {
+                silent_pings = 0;
+                match message {
+                    None | Some(Ok(AggregatedMessage::Close(_))) => break None,
+                    Some(Err(_)) => break close(CloseCode::Size, "message too large or malformed"),
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            break None;
+                        }
+                        continue;
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => continue,
+                    Some(Ok(AggregatedMessage::Text(text))) => match handle(ctx, &member, ip, conn, &text, &mut pending) {
+                        Some(out) => out,
+                        None => continue,
+                    },
+                }
+            }
+        };
+        // A client that does not read blocks this send; the hub's kick still ends it.
+        tokio::select! {
+            sent = session.text(out) => if sent.is_err() { break None },
+            _ = kicked.changed() => break kicked_reason(&kicked),
+        }
+    };
+    ctx.hub.leave(conn);
+    reason
+}
+
+/// One client message: a grab starts (its reply comes when it completes), a watch is checked.
+fn handle(
+    ctx: &Ctx,
+    member: &Member,
+    ip: Option<IpAddr>,
+    conn: u64,
+    text: &str,
+    pending: &mut FuturesUnordered<Pending>,
+) -> Option<String> {
+    let error = |id: Value, e: ApiError| {
+        Some(json!({ "type": "reply", "id": id, "ok": false, "error": e.to_json() }).to_string())
+    };
+    match serde_json::from_str::<Request>(text) {
+        Err(e) => error(Value::Null, ApiError::invalid(format!("not a request: {e}"))),
+        Ok(Request::Auth { .. }) => error(Value::Null, ApiError::invalid("already authenticated")),
+        Ok(Request::Watch { group }) => {
+            if !ctx.engine.is_member(group, member.user) {
+                return error(
+                    json!({ "watch": group }),
+                    ApiError::forbidden(format!("not a member of group {}", group.0)),
+                );
+            }
+            ctx.hub.watch(conn, group);
+            Some(json!({ "type": "watching", "group": group }).to_string())
+        }
+        Ok(Request::Grab { id, packet }) => {
+            if pending.len() >= ctx.settings.ws_inflight_max {
+                return error(id, ApiError::engine(&GrabError::Busy));
+            }
+            if let Err(e) = ctx.limits.check(Action::Grab, member.user, ip) {
+                return error(id, e);
+            }
+            let (engine, user) = (ctx.engine.clone(), member.user);
+            pending.push(Box::pin(async move {
+                let started = std::time::Instant::now();
+                let result = engine.grab(packet, user).await;
+                crate::telemetry::grab_latency(started.elapsed());
+                (id, result)
+            }));
+            None
+        }
+    }
+}
+
+/// Why the hub closed this socket: too slow (a policy), or the server going away.
+fn kicked_reason(kicked: &watch::Receiver<Option<&'static str>>) -> Option<CloseReason> {
+    match *kicked.borrow() {
+        Some(TOO_SLOW) => close(CloseCode::Policy, TOO_SLOW),
+        Some(reason) => close(CloseCode::Away, reason),
+        None => close(CloseCode::Away, "closed"),
+    }
+}
+
+fn reply(id: Value, result: Result<hongbao::Grabbed, GrabError>) -> String {
+    match grab_reply(result) {
+        Ok(body) => json!({ "type": "reply", "id": id, "ok": true, "grab": body }).to_string(),
+        Err(e) => {
+            crate::telemetry::reply_kind("ws_grab", e.kind());
+            json!({ "type": "reply", "id": id, "ok": false, "error": e.to_json() }).to_string()
+        }
+    }
+}
