@@ -29,11 +29,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Scenario::Storm)]
     pub scenario: Scenario,
 
-    /// What to load: `embedded` (an engine in this process) or `redis://HOST:PORT`. Give
-    /// several, comma-separated, to run the same scenario against each in turn and compare
-    /// them side by side (`--target embedded,redis://127.0.0.1:6379`)
+    /// What to load: `embedded` (an engine in this process), `redis://HOST:PORT` (the
+    /// Redis + Lua design), or a running `hongbao serve` over HTTP (`http://HOST:PORT`) or its
+    /// members' WebSockets (`ws://HOST:PORT`; needs --key). Give several, comma-separated, to
+    /// run the same scenario against each in turn and compare them side by side
+    /// (`--target embedded,redis://127.0.0.1:6379,http://127.0.0.1:8080`)
     #[arg(long, value_delimiter = ',', default_value = "embedded")]
     pub target: Vec<String>,
+
+    /// The private key (PEM) whose public half the server target trusts (`hongbao keygen`
+    /// writes both): the load tool signs the host's and every member's tokens with it
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
 
     /// Groups (storm, mixed); hot always uses one
     #[arg(long, default_value_t = 100)]
@@ -191,8 +198,18 @@ impl Args {
     ///
     /// A message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(bad) = self.target.iter().find(|t| *t != "embedded" && !t.starts_with("redis://")) {
-            return Err(format!("--target must be `embedded` or redis://HOST:PORT, not {bad:?}"));
+        let known = |t: &&String| {
+            *t == "embedded" || ["redis://", "http://", "ws://"].iter().any(|scheme| t.starts_with(scheme))
+        };
+        if let Some(bad) = self.target.iter().find(|t| !known(t)) {
+            return Err(format!(
+                "--target must be `embedded`, redis://HOST:PORT, http://HOST:PORT or ws://HOST:PORT, not {bad:?}"
+            ));
+        }
+        if self.key.is_none() && self.target.iter().any(|t| t.starts_with("http://") || t.starts_with("ws://")) {
+            return Err("a server target (http:// or ws://) needs --key FILE, the private key of the server's \
+                        --public-key"
+                .into());
         }
         if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err("--rate must be a positive number of requests per second".into());
@@ -263,8 +280,10 @@ mod tests {
     fn bad_flags_are_refused_with_their_name() {
         assert!(parse(&["--scenario", "flood"]).is_err());
         assert!(parse(&["--members", "-3"]).is_err());
-        let a = parse(&["--target", "http://x"]).unwrap();
+        let a = parse(&["--target", "tcp://x"]).unwrap();
         assert!(a.validate().unwrap_err().contains("--target"));
+        let a = parse(&["--target", "http://127.0.0.1:8080"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("--key"), "a server target needs the signing key");
         let a = parse(&["--rate", "0"]).unwrap();
         assert!(a.validate().unwrap_err().contains("--rate"));
         let a = parse(&["--shares", "1000", "--yuan", "1", "--members", "5"]).unwrap();

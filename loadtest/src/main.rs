@@ -8,6 +8,7 @@ mod fairness;
 mod report;
 mod retire;
 mod scenario;
+mod server;
 mod target;
 mod transfers;
 
@@ -19,6 +20,7 @@ use hongbao::{Config, Durability, Engine, FileJournalConfig, Limits};
 
 use crate::args::{Args, DurabilityArg, Scenario};
 use crate::report::Report;
+use crate::server::ServerTarget;
 use crate::target::{RedisTarget, Target};
 
 // A storm allocates a reply channel and a few small boxes per grab, freed on another thread
@@ -154,6 +156,8 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     let limits = limits(args);
     let target = if target == "embedded" {
         Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
+    } else if target.starts_with("http://") || target.starts_with("ws://") {
+        Target::Server(Box::new(ServerTarget::connect(target, args.key.as_deref(), args.connections).await?))
     } else {
         Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))
     };

@@ -17,6 +17,8 @@ use hongbao::{
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 
+use crate::server::ServerTarget;
+
 /// A grab's answer, the same for both targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -69,6 +71,7 @@ pub struct Verdict {
 pub enum Target {
     Embedded(Engine),
     Redis(Box<RedisTarget>),
+    Server(Box<ServerTarget>),
 }
 
 impl Target {
@@ -77,6 +80,7 @@ impl Target {
         match self {
             Target::Embedded(_) => "embedded (in-memory journal)".into(),
             Target::Redis(r) => format!("redis+lua {}", r.url),
+            Target::Server(s) => format!("hongbao serve {}", s.url),
         }
     }
 
@@ -84,6 +88,7 @@ impl Target {
         match self {
             Target::Embedded(e) => e.set_members(group, members).await.map_err(|e| e.to_string()),
             Target::Redis(r) => r.set_members(group, members).await,
+            Target::Server(s) => s.set_members(group, members).await,
         }
     }
 
@@ -96,6 +101,7 @@ impl Target {
                 Err(_) => "deposit_refused",
             },
             Target::Redis(r) => r.deposit(op, user, fen).await,
+            Target::Server(s) => s.deposit(op, user, fen).await,
         }
     }
 
@@ -114,6 +120,7 @@ impl Target {
                 };
                 transfer_kind(e.transfer(spec).await.map(|_| "transfer_sent"))
             }
+            Target::Server(s) => s.transfer(id, from, to, fen).await,
             Target::Redis(_) => "unsupported",
         }
     }
@@ -122,13 +129,14 @@ impl Target {
     pub async fn accept(&self, id: u64, by: UserId) -> &'static str {
         match self {
             Target::Embedded(e) => transfer_kind(e.accept_transfer(TransferId(id), by).await.map(|_| "accepted")),
+            Target::Server(s) => s.accept(id, by).await,
             Target::Redis(_) => "unsupported",
         }
     }
 
     /// Whether the target has transfers.
     pub fn has_transfers(&self) -> bool {
-        matches!(self, Target::Embedded(_))
+        matches!(self, Target::Embedded(_) | Target::Server(_))
     }
 
     /// Sends a lucky packet; the reply kind ("sent", "insufficient_funds" or an error kind).
@@ -146,6 +154,7 @@ impl Target {
                 }
             }
             Target::Redis(r) => r.send(send).await,
+            Target::Server(s) => s.send(send).await,
         }
     }
 
@@ -162,6 +171,7 @@ impl Target {
                 Err(e) => Reply::Error(e.to_string()),
             },
             Target::Redis(r) => r.grab(packet, group, user).await,
+            Target::Server(s) => s.grab(packet, user).await,
         }
     }
 
@@ -169,6 +179,7 @@ impl Target {
         match self {
             Target::Embedded(e) => e.balance(user).await.map(|a| a.as_fen()).map_err(|e| e.to_string()),
             Target::Redis(r) => r.balance(user).await,
+            Target::Server(s) => s.balance(user).await,
         }
     }
 
@@ -180,6 +191,7 @@ impl Target {
                 Ok(view.claims.iter().map(|c| (c.user, c.amount.as_fen())).collect())
             }
             Target::Redis(r) => r.claims(packet).await,
+            Target::Server(s) => s.claims(packet).await,
         }
     }
 
@@ -197,6 +209,7 @@ impl Target {
                 Ok(Verdict { balanced: a.is_balanced(), detail })
             }
             Target::Redis(r) => r.audit().await,
+            Target::Server(s) => s.audit().await,
         }
     }
 
@@ -206,6 +219,7 @@ impl Target {
         match self {
             Target::Embedded(_) => resident_bytes(),
             Target::Redis(r) => r.used_memory().await,
+            Target::Server(_) => Err("memory is not measured through a server target".into()),
         }
     }
 

@@ -236,3 +236,77 @@ fn retire_scenario_reports_its_memory() {
     let out = loadtest(&["--scenario", "retire", "--target", "redis://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A `hongbao serve` on an ephemeral loopback port, with its signing key in `dir`.
+fn start_server(dir: &Path) -> (hongbao_server::Running, PathBuf) {
+    let (private, public) = hongbao_server::auth::keygen();
+    let key = dir.join("host.key");
+    std::fs::write(&key, private).unwrap();
+    let settings = hongbao_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        grabs_per_user: 0,
+        grabs_per_ip: 0,
+        sends_per_user: 0,
+        sends_per_ip: 0,
+        transfers_per_user: 0,
+        transfers_per_ip: 0,
+        ..hongbao_server::Settings::default()
+    };
+    let engine = hongbao::Engine::start(hongbao::Config::default()).unwrap();
+    (hongbao_server::start(settings, engine, public.as_bytes()).unwrap(), key)
+}
+
+#[test]
+fn the_same_storm_through_the_server_over_http_and_websocket() {
+    let dir = scratch("server");
+    let (server, key) = start_server(&dir);
+    let (http, ws) = (format!("http://{}", server.addr), format!("ws://{}", server.addr));
+    let json = dir.join("out.json");
+    let targets = format!("embedded,{http},{ws}");
+    let out = loadtest(&[
+        "--groups",
+        "3",
+        "--members",
+        "40",
+        "--shares",
+        "10",
+        "--rounds",
+        "3",
+        "--warmup",
+        "1",
+        "--target",
+        &targets,
+        "--key",
+        key.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("hongbao serve http://") && text.contains("hongbao serve ws://"), "{text}");
+    assert!(!text.contains("INVARIANT BROKEN"), "{text}");
+    let report = read_json(&json);
+    let runs = report["runs"].as_array().expect("a comparison of three runs");
+    assert_eq!(runs.len(), 3, "{report}");
+    for run in runs {
+        assert_eq!(run["ok"], true, "{run}");
+        // Every grabbing member asked once a round: 3 groups x 40 members x 3 rounds.
+        assert_eq!(run["requests"].as_u64(), Some(360), "{run}");
+    }
+
+    // Without the key, or with another key, the run is refused before it starts.
+    let out = loadtest(&["--target", &http]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let (other, _) = hongbao_server::auth::keygen();
+    std::fs::write(dir.join("other.key"), other).unwrap();
+    let out = loadtest(&["--target", &http, "--key", dir.join("other.key").to_str().unwrap(), "--rounds", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refuses this key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(server.shutdown()).unwrap();
+}

@@ -52,6 +52,8 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_sec: u32) -> Option<DefaultKeyed
 
 /// Every limiter of the server.
 pub struct Limits {
+    /// Made once: making a clock measures the processor's counter.
+    clock: DefaultClock,
     grab: Pair,
     send: Pair,
     transfer: Pair,
@@ -61,6 +63,7 @@ impl Limits {
     /// The limiters `settings` asks for.
     pub fn new(settings: &Settings) -> Limits {
         Limits {
+            clock: DefaultClock::default(),
             grab: Pair::new(settings.grabs_per_user, settings.grabs_per_ip),
             send: Pair::new(settings.sends_per_user, settings.sends_per_ip),
             transfer: Pair::new(settings.transfers_per_user, settings.transfers_per_ip),
@@ -74,9 +77,8 @@ impl Limits {
             Action::Send => &self.send,
             Action::Transfer => &self.transfer,
         };
-        let now = DefaultClock::default().now();
         let refused = |not_until: governor::NotUntil<_>| {
-            let wait = not_until.wait_time_from(now);
+            let wait = not_until.wait_time_from(self.clock.now());
             ApiError::rate_limited(action.name(), wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
         };
         if let (Some(limiter), Some(ip)) = (&pair.ip, ip) {

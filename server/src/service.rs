@@ -48,7 +48,8 @@ pub struct Running {
 /// The key is not an Ed25519 public key, the address cannot be bound, or the engine refuses a
 /// subscriber.
 pub fn start(settings: Settings, engine: Engine, public_pem: &[u8]) -> std::io::Result<Running> {
-    let verifier = Verifier::new(public_pem, settings.token_leeway_secs).map_err(std::io::Error::other)?;
+    let verifier = Verifier::with_cache(public_pem, settings.token_leeway_secs, settings.token_cache_len)
+        .map_err(std::io::Error::other)?;
     telemetry::handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread_engine = engine.clone();
@@ -99,7 +100,6 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .wrap_fn(|req, srv| {
-                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                 let started = std::time::Instant::now();
                 srv.call(req).map(move |res| {
                     if let Ok(res) = &res {
@@ -109,6 +109,7 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
                             None if response.status().is_success() || response.status().is_redirection() => "ok".into(),
                             None => response.status().as_u16().to_string(),
                         };
+                        let route = route_label(res.request().path(), &kind);
                         tracing::debug!(
                             route,
                             status = response.status().as_u16(),
@@ -154,6 +155,24 @@ impl Running {
             None => Ok(()),
         }
     }
+}
+
+/// The `route` label of a request: its path with each numeric segment (every id) written
+/// `{id}`, so the label set is the route set; paths no route serves are `unmatched`. (Cheaper
+/// than asking the router again, which tries each route's pattern.)
+fn route_label(path: &str, kind: &str) -> String {
+    if kind == "not_found" || kind == "404" {
+        return "unmatched".into();
+    }
+    let mut label = String::with_capacity(path.len() + 8);
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            label.push('/');
+        }
+        let numeric = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+        label.push_str(if numeric { "{id}" } else { segment });
+    }
+    label
 }
 
 fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {

@@ -38,6 +38,8 @@ pub struct Settings {
     pub step_up_secs: u64,
     /// Clock skew allowed when checking a token's expiry.
     pub token_leeway_secs: u64,
+    /// Verified tokens remembered, so that a member's later requests skip the signature check.
+    pub token_cache_len: usize,
 
     // Bounds.
     /// Largest request body.
@@ -91,6 +93,7 @@ impl Default for Settings {
             step_up_fen: 20_000,
             step_up_secs: 300,
             token_leeway_secs: 30,
+            token_cache_len: 100_000,
             body_bytes_max: 64 * 1024,
             ws_message_bytes_max: 4 * 1024,
             connections_max: 25_000,
@@ -134,7 +137,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal: Option<PathBuf>,
     /// Keep state in memory only (nothing survives the process)
-    #[arg(long, env = "HONGBAO_MEMORY")]
+    #[arg(long, env = "HONGBAO_MEMORY", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<bool>,
     /// The chat host's Ed25519 public key (PEM) that signs tokens
@@ -146,7 +149,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     /// Log JSON lines
-    #[arg(long, env = "HONGBAO_LOG_JSON")]
+    #[arg(long, env = "HONGBAO_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_json: Option<bool>,
     /// Log filter (as RUST_LOG) [default: info]
@@ -193,6 +196,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_TRANSFERS_PER_USER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers_per_user: Option<u32>,
+    /// Packet sends per client address per second (0: unlimited) [default: 2000]
+    #[arg(long, env = "HONGBAO_SENDS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sends_per_ip: Option<u32>,
+    /// Transfers per client address per second (0: unlimited) [default: 2000]
+    #[arg(long, env = "HONGBAO_TRANSFERS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers_per_ip: Option<u32>,
+    /// Turn every rate limit off (load tests from one address)
+    #[arg(long, env = "HONGBAO_NO_RATE_LIMITS")]
+    #[serde(skip)]
+    pub no_rate_limits: bool,
 }
 
 /// Why the settings could not be read.
@@ -226,6 +241,18 @@ impl Settings {
         };
         let given = toml::Table::try_from(args).map_err(|e| invalid(None, e))?;
         table.extend(given);
+        if args.no_rate_limits {
+            for key in [
+                "grabs_per_user",
+                "grabs_per_ip",
+                "sends_per_user",
+                "sends_per_ip",
+                "transfers_per_user",
+                "transfers_per_ip",
+            ] {
+                table.insert(key.into(), toml::Value::Integer(0));
+            }
+        }
         let settings: Settings =
             toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| invalid(args.config.as_deref(), e))?;
         settings.validate()?;

@@ -326,7 +326,7 @@ async fn bounds_rate_limits_and_operations_routes() {
     assert_eq!(ready.status(), StatusCode::OK);
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     for name in [
-        "hongbao_requests_total{route=\"/v1/packets/{packet}/grab\",reply=\"rate_limited\"}",
+        "hongbao_requests_total{route=\"/v1/packets/{id}/grab\",reply=\"rate_limited\"}",
         "hongbao_grab_seconds_bucket",
         "hongbao_journal_sync_seconds_bucket",
         "hongbao_journal_batch_records_bucket",
@@ -406,7 +406,7 @@ async fn overload_is_503_with_retry_after_and_a_failed_journal_is_not_ready() {
         let text = h.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
         busy = text
             .lines()
-            .find(|l| l.starts_with("hongbao_requests_total{route=\"/v1/packets/{packet}/grab\",reply=\"busy\"}"))
+            .find(|l| l.starts_with("hongbao_requests_total{route=\"/v1/packets/{id}/grab\",reply=\"busy\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,343 @@
+//! `hongbao serve` as a target: the same requests over HTTP (`http://HOST:PORT`) or each
+//! member's WebSocket (`ws://HOST:PORT`), with tokens signed by the key the server trusts
+//! (`--key FILE`, the private half of its `--public-key`).
+//!
+//! Setup (rosters, deposits) goes through the host's routes, sends through the sender's
+//! token, grabs through the grabber's: every request is authenticated as in production. Ids
+//! are offset by a random base per run, so runs against one server never collide. Over
+//! WebSocket each grabbing member has a socket of their own, watching no group (the figure is
+//! the grab path, not the fan-out), opened at their first grab.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use hongbao::{Amount, GroupId, PacketId, UserId};
+use hongbao_server::auth::{mint, Claims};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::target::{LuckySend, Reply, Verdict};
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Which surface of the server is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    Http,
+    Ws,
+}
+
+pub struct ServerTarget {
+    /// As given: `http://…` or `ws://…`.
+    pub url: String,
+    base: String,
+    surface: Surface,
+    http: reqwest::Client,
+    key: String,
+    host: String,
+    tokens: Mutex<HashMap<u64, Arc<str>>>,
+    sockets: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Socket>>>>>,
+    next_request: AtomicU64,
+    /// HTTP/1.1 carries one request per connection at a time: at most `--connections` are in
+    /// flight, each on a kept-alive connection of the pool.
+    in_flight: tokio::sync::Semaphore,
+    /// Added to every packet, group and operation id of this run.
+    offset: u64,
+}
+
+impl ServerTarget {
+    /// Checks that the server answers and accepts the key's tokens.
+    pub async fn connect(
+        url: &str,
+        key_path: Option<&std::path::Path>,
+        connections: usize,
+    ) -> Result<ServerTarget, String> {
+        let (surface, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (Surface::Http, rest),
+            Some(("ws", rest)) => (Surface::Ws, rest),
+            _ => return Err(format!("a server target is http://HOST:PORT or ws://HOST:PORT, not {url}")),
+        };
+        let key_path =
+            key_path.ok_or("a server target needs --key FILE: the private key whose public half the server trusts")?;
+        let key =
+            std::fs::read_to_string(key_path).map_err(|e| format!("cannot read --key {}: {e}", key_path.display()))?;
+        let host = mint(key.as_bytes(), &Claims::host(24 * 3600))?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let base = format!("http://{}", rest.trim_end_matches('/'));
+        let ready = http.get(format!("{base}/readyz")).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+        if !ready.status().is_success() {
+            return Err(format!("{base}/readyz answers {}", ready.status()));
+        }
+        let audit = http.get(format!("{base}/v1/audit")).bearer_auth(&host).send().await.map_err(|e| e.to_string())?;
+        if !audit.status().is_success() {
+            return Err(format!(
+                "{base} refuses this key's host token ({}): is --key the pair of its --public-key?",
+                audit.status()
+            ));
+        }
+        let offset = (u64::from(rand::random::<u32>()) + 1) << 24;
+        Ok(ServerTarget {
+            url: url.to_owned(),
+            base,
+            surface,
+            http,
+            key,
+            host,
+            tokens: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            in_flight: tokio::sync::Semaphore::new(connections.max(1)),
+            offset,
+        })
+    }
+
+    /// A member's token, minted once (strongly authenticated, so large sends pass step-up).
+    fn token(&self, user: UserId) -> Result<Arc<str>, String> {
+        if let Some(token) = self.tokens.lock().get(&user.0) {
+            return Ok(Arc::clone(token));
+        }
+        let claims = Claims::member(user, &device(user), &["pwd", "bio"], 24 * 3600);
+        let token: Arc<str> = mint(self.key.as_bytes(), &claims)?.into();
+        self.tokens.lock().insert(user.0, Arc::clone(&token));
+        Ok(token)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        who: Option<UserId>,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let _connection = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        req = match who {
+            Some(user) => req.bearer_auth(&*self.token(user)?).header("X-Device-Id", device(user)),
+            None => req.bearer_auth(&self.host),
+        };
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let body = res.json::<Value>().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    }
+
+    pub fn group(&self, group: GroupId) -> u64 {
+        group.0 + self.offset
+    }
+
+    pub fn packet(&self, packet: PacketId) -> u64 {
+        packet.0 + self.offset
+    }
+
+    /// Users are offset too, so that each run starts from empty wallets.
+    fn user(&self, user: UserId) -> UserId {
+        UserId(user.0 + self.offset)
+    }
+
+    pub async fn set_members(&self, group: GroupId, members: Vec<UserId>) -> Result<(), String> {
+        let path = format!("/v1/groups/{}/members", self.group(group));
+        let members: Vec<UserId> = members.into_iter().map(|u| self.user(u)).collect();
+        match self.call(reqwest::Method::PUT, None, &path, Some(json!({ "members": members }))).await? {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("roster refused ({status}): {body}")),
+        }
+    }
+
+    pub async fn deposit(&self, op: u64, user: UserId, fen: u64) -> &'static str {
+        let body = json!({ "op": op + self.offset, "amount": Amount::fen(fen) });
+        match self
+            .call(reqwest::Method::POST, None, &format!("/v1/wallets/{}/deposit", self.user(user).0), Some(body))
+            .await
+        {
+            Ok((200, _)) => "deposited",
+            Ok((503, _)) => "busy",
+            _ => "deposit_refused",
+        }
+    }
+
+    pub async fn send(&self, send: &LuckySend) -> &'static str {
+        let split = json!({ "kind": "lucky", "total": Amount::fen(send.fen), "shares": send.shares });
+        let body = json!({ "id": self.packet(send.packet), "group": self.group(send.group), "split": split, "greeting": "恭喜发财" });
+        match self.call(reqwest::Method::POST, Some(self.user(send.sender)), "/v1/packets", Some(body)).await {
+            Ok((200, _)) => "sent",
+            Ok((_, body)) if body["error"] == "insufficient_funds" => "insufficient_funds",
+            Ok((503, _)) => "busy",
+            _ => "send_refused",
+        }
+    }
+
+    pub async fn grab(&self, packet: PacketId, user: UserId) -> Reply {
+        let user = self.user(user);
+        let answer = match self.surface {
+            Surface::Http => {
+                let path = format!("/v1/packets/{}/grab", self.packet(packet));
+                self.call(reqwest::Method::POST, Some(user), &path, None).await.map(|(status, body)| {
+                    if status == 200 {
+                        (true, body)
+                    } else {
+                        (false, body)
+                    }
+                })
+            }
+            Surface::Ws => self.grab_over_socket(packet, user).await,
+        };
+        match answer {
+            Ok((true, body)) => {
+                let fen = body["amount"].as_str().and_then(|a| a.parse::<Amount>().ok()).map_or(0, Amount::as_fen);
+                if body["already"] == true {
+                    Reply::AlreadyGrabbed(fen)
+                } else {
+                    Reply::Won(fen)
+                }
+            }
+            Ok((false, body)) => match body["error"].as_str().unwrap_or("") {
+                "sold_out" => Reply::SoldOut,
+                "not_eligible" => Reply::NotEligible,
+                "expired" => Reply::Expired,
+                "unknown_packet" => Reply::UnknownPacket,
+                "busy" => Reply::Busy,
+                other => Reply::Error(format!("{other}: {}", body["message"])),
+            },
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    /// One grab over the member's socket: (ok, the grab or the error body).
+    async fn grab_over_socket(&self, packet: PacketId, user: UserId) -> Result<(bool, Value), String> {
+        let slot = Arc::clone(self.sockets.lock().entry(user.0).or_default());
+        let mut socket = slot.lock().await;
+        if socket.is_none() {
+            *socket = Some(self.open_socket(user).await?);
+        }
+        let ws = socket.as_mut().expect("opened above");
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let grab = json!({ "op": "grab", "id": id, "packet": self.packet(packet) }).to_string();
+        if let Err(e) = ws.send(Message::text(grab)).await {
+            *socket = None;
+            return Err(e.to_string());
+        }
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let reply: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    if reply["type"] == "reply" && reply["id"] == id {
+                        let ok = reply["ok"] == true;
+                        let body = if ok { reply["grab"].clone() } else { reply["error"].clone() };
+                        return Ok((ok, body));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    *socket = None;
+                    return Err(e.to_string());
+                }
+                None => {
+                    *socket = None;
+                    return Err("the server closed the socket".into());
+                }
+            }
+        }
+    }
+
+    async fn open_socket(&self, user: UserId) -> Result<Socket, String> {
+        let url = format!("ws://{}/ws", self.base.trim_start_matches("http://"));
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        let auth = json!({ "op": "auth", "token": &*self.token(user)?, "device": device(user), "groups": [] });
+        ws.send(Message::text(auth.to_string())).await.map_err(|e| e.to_string())?;
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"hello\"") => Ok(ws),
+            other => Err(format!("the socket was refused: {other:?}")),
+        }
+    }
+
+    pub async fn balance(&self, user: UserId) -> Result<u64, String> {
+        match self.call(reqwest::Method::GET, None, &format!("/v1/wallets/{}", self.user(user).0), None).await? {
+            (200, body) => {
+                Ok(body["balance"].as_str().and_then(|a| a.parse::<Amount>().ok()).map_or(0, Amount::as_fen))
+            }
+            (status, body) => Err(format!("balance refused ({status}): {body}")),
+        }
+    }
+
+    pub async fn claims(&self, packet: PacketId) -> Result<Vec<(UserId, u64)>, String> {
+        let mut claims = Vec::new();
+        let mut after = 0;
+        loop {
+            let path = format!("/v1/packets/{}?after={after}", self.packet(packet));
+            let (status, body) = self.call(reqwest::Method::GET, None, &path, None).await?;
+            if status != 200 {
+                return Err(format!("packet view refused ({status}): {body}"));
+            }
+            for c in body["claims"].as_array().into_iter().flatten() {
+                let fen = c["amount"].as_str().and_then(|a| a.parse::<Amount>().ok()).map_or(0, Amount::as_fen);
+                claims.push((UserId(c["user"].as_u64().unwrap_or(0).wrapping_sub(self.offset)), fen));
+            }
+            match body["claims_next"].as_u64() {
+                Some(next) => after = next,
+                None => return Ok(claims),
+            }
+        }
+    }
+
+    pub async fn audit(&self) -> Result<Verdict, String> {
+        let (status, a) = self.call(reqwest::Method::GET, None, "/v1/audit", None).await?;
+        if status != 200 {
+            return Err(format!("audit refused ({status}): {a}"));
+        }
+        let detail = format!(
+            "wallets {} + escrow {} + pending {} = deposits {} - withdrawals {} (the whole server)",
+            a["wallets"].as_str().unwrap_or("?"),
+            a["escrow"].as_str().unwrap_or("?"),
+            a["pending"].as_str().unwrap_or("?"),
+            a["deposits"].as_str().unwrap_or("?"),
+            a["withdrawals"].as_str().unwrap_or("?")
+        );
+        Ok(Verdict { balanced: a["balanced"] == true, detail })
+    }
+}
+
+fn device(user: UserId) -> String {
+    format!("loadtest-{}", user.0)
+}
+
+impl ServerTarget {
+    /// An instant transfer from `from`; the reply kind.
+    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> &'static str {
+        let body = json!({ "id": id + self.offset, "to": self.user(to), "amount": Amount::fen(fen) });
+        transfer_reply(
+            self.call(reqwest::Method::POST, Some(self.user(from)), "/v1/transfers", Some(body)).await,
+            "transfer_sent",
+        )
+    }
+
+    /// The receiver accepts; the reply kind.
+    pub async fn accept(&self, id: u64, by: UserId) -> &'static str {
+        let path = format!("/v1/transfers/{}/accept", id + self.offset);
+        transfer_reply(self.call(reqwest::Method::POST, Some(self.user(by)), &path, None).await, "accepted")
+    }
+}
+
+fn transfer_reply(answer: Result<(u16, Value), String>, done: &'static str) -> &'static str {
+    match answer {
+        Ok((200, _)) => done,
+        Ok((_, body)) => match body["error"].as_str() {
+            Some("insufficient_funds") => "insufficient_funds",
+            Some("too_late") => "too_late",
+            Some("busy") => "busy",
+            Some("daily_limit") => "daily_limit",
+            _ => "transfer_error",
+        },
+        Err(_) => "transfer_error",
+    }
+}
