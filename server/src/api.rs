@@ -6,6 +6,7 @@
 //! approval or rejection).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -53,7 +54,7 @@ impl Ctx {
     }
 
     /// The member asking; a host token is refused (members act for themselves only).
-    fn member(&self, req: &HttpRequest) -> Result<Member, ApiError> {
+    fn member(&self, req: &HttpRequest) -> Result<Arc<Member>, ApiError> {
         match self.principal(req)? {
             Principal::Member(member) => Ok(member),
             Principal::Host => {
@@ -71,7 +72,7 @@ impl Ctx {
     }
 
     /// An admin of `org` by their token's claim (the engine checks its own list as well).
-    fn admin(&self, req: &HttpRequest, org: OrgId) -> Result<Member, ApiError> {
+    fn admin(&self, req: &HttpRequest, org: OrgId) -> Result<Arc<Member>, ApiError> {
         let member = self.member(req)?;
         if !member.administers(org) {
             return Err(
@@ -328,15 +329,33 @@ async fn packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, page:
     Ok(ok(body))
 }
 
-/// What a grab answers, over HTTP and WebSocket: the share, or the first share again.
-pub fn grab_reply(result: Result<Grabbed, GrabError>) -> Result<Value, ApiError> {
+/// What a grab answers, over HTTP and WebSocket: the share, or (`already`) the first share
+/// again.
+#[derive(Serialize)]
+pub struct GrabReply {
+    packet: PacketId,
+    amount: Amount,
+    position: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shares_left: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<Amount>,
+    already: bool,
+}
+
+/// A grab's result as its reply.
+pub fn grab_reply(packet: PacketId, result: Result<Grabbed, GrabError>) -> Result<GrabReply, ApiError> {
     match result {
-        Ok(won) => Ok(json!({
-            "packet": won.packet, "amount": won.amount, "position": won.position,
-            "shares_left": won.shares_left, "remaining": won.remaining, "already": false
-        })),
+        Ok(won) => Ok(GrabReply {
+            packet,
+            amount: won.amount,
+            position: won.position,
+            shares_left: Some(won.shares_left),
+            remaining: Some(won.remaining),
+            already: false,
+        }),
         Err(GrabError::AlreadyGrabbed { amount, position }) => {
-            Ok(json!({ "amount": amount, "position": position, "already": true }))
+            Ok(GrabReply { packet, amount, position, shares_left: None, remaining: None, already: true })
         }
         Err(e) => Err(fail(e)),
     }
@@ -345,12 +364,10 @@ pub fn grab_reply(result: Result<Grabbed, GrabError>) -> Result<Value, ApiError>
 async fn grab(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
     ctx.limit(&req, Action::Grab, member.user)?;
-    let started = std::time::Instant::now();
-    let result = ctx.engine.grab(PacketId(*id), member.user).await;
+    let (packet, started) = (PacketId(*id), std::time::Instant::now());
+    let result = ctx.engine.grab(packet, member.user).await;
     crate::telemetry::grab_latency(started.elapsed());
-    let mut body = grab_reply(result)?;
-    body["packet"] = json!(PacketId(*id));
-    Ok(ok(body))
+    Ok(ok(grab_reply(packet, result)?))
 }
 
 async fn cancel(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {

@@ -11,6 +11,7 @@
 //! `hongbao keygen` and `hongbao token` make keys and tokens for development and tests; in
 //! production the chat host mints tokens with its own JWT library and private key.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -136,8 +137,8 @@ impl Member {
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    /// A member on their device.
-    Member(Member),
+    /// A member on their device (shared with the verified-token cache).
+    Member(Arc<Member>),
     /// The chat host.
     Host,
 }
@@ -192,8 +193,15 @@ impl AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
-    verified: dashmap::DashMap<[u8; 32], Claims>,
+    verified: dashmap::DashMap<[u8; 32], Verified>,
     cache_len: usize,
+}
+
+/// A token whose signature verified: whom it names, until when.
+#[derive(Clone, Debug)]
+struct Verified {
+    exp: u64,
+    who: Principal,
 }
 
 impl Verifier {
@@ -212,15 +220,15 @@ impl Verifier {
         Ok(Verifier { key, validation, verified: dashmap::DashMap::new(), cache_len })
     }
 
-    /// The claims of `token`, from the cache when it was verified before and has not expired.
-    fn claims(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Whom `token` names, from the cache when it was verified before and has not expired.
+    fn verified(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = *blake3::hash(token.as_bytes()).as_bytes();
         let now = unix_now();
-        if let Some(claims) = self.verified.get(&digest) {
-            if claims.exp + self.validation.leeway > now {
-                return Ok(claims.clone());
+        if let Some(hit) = self.verified.get(&digest) {
+            if hit.exp + self.validation.leeway > now {
+                return Ok(hit.who.clone());
             }
-            drop(claims);
+            drop(hit);
             self.verified.remove(&digest);
             return Err(AuthError::Expired);
         }
@@ -232,39 +240,41 @@ impl Verifier {
                 _ => AuthError::Malformed(e.to_string()),
             })?
             .claims;
+        let who = match claims.role {
+            Role::Host => Principal::Host,
+            Role::Member => {
+                let user = claims.sub.parse().map_err(|_| AuthError::Malformed("sub is not a user id".into()))?;
+                Principal::Member(Arc::new(Member {
+                    user: UserId(user),
+                    device: claims.dev.ok_or(AuthError::MissingDevice)?,
+                    amr: claims.amr,
+                    auth_time: claims.auth_time,
+                    admin_of: claims.adm.into_iter().map(OrgId).collect(),
+                }))
+            }
+        };
         if self.cache_len > 0 {
             if self.verified.len() >= self.cache_len {
-                self.verified.retain(|_, c| c.exp + self.validation.leeway > now);
+                self.verified.retain(|_, v| v.exp + self.validation.leeway > now);
                 if self.verified.len() >= self.cache_len {
                     self.verified.clear();
                 }
             }
-            self.verified.insert(digest, claims.clone());
+            self.verified.insert(digest, Verified { exp: claims.exp, who: who.clone() });
         }
-        Ok(claims)
+        Ok(who)
     }
 
     /// Who `token` (from `Authorization: Bearer`) says is asking, given the device the request
     /// came with.
     pub fn verify(&self, token: &str, device: Option<&str>) -> Result<Principal, AuthError> {
-        let claims = self.claims(token)?;
-        match claims.role {
-            Role::Host => Ok(Principal::Host),
-            Role::Member => {
-                let user = claims.sub.parse().map_err(|_| AuthError::Malformed("sub is not a user id".into()))?;
-                let bound = claims.dev.ok_or(AuthError::MissingDevice)?;
-                match device {
-                    None => Err(AuthError::MissingDevice),
-                    Some(device) if device != bound => Err(AuthError::WrongDevice),
-                    Some(_) => Ok(Principal::Member(Member {
-                        user: UserId(user),
-                        device: bound,
-                        amr: claims.amr,
-                        auth_time: claims.auth_time,
-                        admin_of: claims.adm.into_iter().map(OrgId).collect(),
-                    })),
-                }
-            }
+        match self.verified(token)? {
+            Principal::Member(member) => match device {
+                None => Err(AuthError::MissingDevice),
+                Some(device) if device != member.device => Err(AuthError::WrongDevice),
+                Some(_) => Ok(Principal::Member(member)),
+            },
+            host => Ok(host),
         }
     }
 }

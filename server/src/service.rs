@@ -136,7 +136,9 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
     if s.workers > 0 {
         server = server.workers(s.workers);
     }
-    let server = server.bind(s.listen)?;
+    // HTTP/1.1 (and WebSocket upgrades) or HTTP/2 without TLS (h2c), told apart by the
+    // connection's first bytes: a client may multiplex many requests on one connection.
+    let server = server.bind_auto_h2c(s.listen)?;
     let addr = server.addrs()[0];
     Ok((addr, server.run()))
 }

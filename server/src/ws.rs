@@ -18,6 +18,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -65,7 +66,7 @@ struct Since {
     seq: u64,
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Value, Result<hongbao::Grabbed, GrabError>)>>>;
+type Pending = Pin<Box<dyn Future<Output = (Value, PacketId, Result<hongbao::Grabbed, GrabError>)>>>;
 
 /// `GET /ws`: upgrades, then runs the member's session on this worker.
 pub async fn upgrade(
@@ -93,12 +94,7 @@ fn close(code: CloseCode, reason: &str) -> Option<CloseReason> {
     Some(CloseReason { code, description: Some(reason.to_owned()) })
 }
 
-async fn run(
-    ctx: std::sync::Arc<Ctx>,
-    mut session: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-    ip: Option<IpAddr>,
-) {
+async fn run(ctx: Arc<Ctx>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream, ip: Option<IpAddr>) {
     crate::telemetry::ws_connected(1);
     let reason = match authenticate(&ctx, &mut session, &mut stream).await {
         Ok((member, groups, since)) => serve(&ctx, &mut session, &mut stream, member, groups, since, ip).await,
@@ -113,7 +109,7 @@ async fn authenticate(
     ctx: &Ctx,
     session: &mut Session,
     stream: &mut actix_ws::AggregatedMessageStream,
-) -> Result<(Member, Vec<GroupId>, Option<(u64, u64)>), Option<CloseReason>> {
+) -> Result<(Arc<Member>, Vec<GroupId>, Option<(u64, u64)>), Option<CloseReason>> {
     let deadline = Duration::from_secs(ctx.settings.ws_auth_secs);
     let first = match tokio::time::timeout(deadline, stream.next()).await {
         Err(_) => return Err(close(CloseCode::Policy, "no auth message in time")),
@@ -147,7 +143,7 @@ async fn serve(
     ctx: &Ctx,
     session: &mut Session,
     stream: &mut actix_ws::AggregatedMessageStream,
-    member: Member,
+    member: Arc<Member>,
     groups: Vec<GroupId>,
     since: Option<(u64, u64)>,
     ip: Option<IpAddr>,
@@ -168,7 +164,7 @@ async fn serve(
                 Some(frame) => frame.to_string(),
                 None => break close(CloseCode::Away, "closed"),
             },
-            Some((id, result)) = pending.next(), if !pending.is_empty() => reply(id, result),
+            Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
             _ = ping.tick() => {
                 silent_pings += 1;
                 if silent_pings > 3 {
@@ -245,7 +241,7 @@ fn handle(
                 let started = std::time::Instant::now();
                 let result = engine.grab(packet, user).await;
                 crate::telemetry::grab_latency(started.elapsed());
-                (id, result)
+                (id, packet, result)
             }));
             None
         }
@@ -261,8 +257,8 @@ fn kicked_reason(kicked: &watch::Receiver<Option<&'static str>>) -> Option<Close
     }
 }
 
-fn reply(id: Value, result: Result<hongbao::Grabbed, GrabError>) -> String {
-    match grab_reply(result) {
+fn reply(id: Value, packet: PacketId, result: Result<hongbao::Grabbed, GrabError>) -> String {
+    match grab_reply(packet, result) {
         Ok(body) => json!({ "type": "reply", "id": id, "ok": true, "grab": body }).to_string(),
         Err(e) => {
             crate::telemetry::reply_kind("ws_grab", e.kind());

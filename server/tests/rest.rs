@@ -434,3 +434,92 @@ async fn overload_is_503_with_retry_after_and_a_failed_journal_is_not_ready() {
     assert_eq!((s, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")), "{body}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardians_approvals_rosters_and_the_hosts_routes() {
+    let mut h = Harness::start("guardians", settings());
+    h.group_with_funds(7, &[1, 2], 100).await;
+    let host = h.host();
+    let (ada, bo, chen) = (h.member(1), h.member(2), h.member(3));
+
+    // Rosters: add, read (host or member), remove.
+    let (s, roster) = h.post(&host, "/v1/groups/7/members/add", json!({ "members": [3] })).await;
+    assert_eq!((s, roster["count"].as_u64()), (StatusCode::OK, Some(3)), "{roster}");
+    let (s, roster) = h.get(&chen, "/v1/groups/7/members").await;
+    assert_eq!((s, roster["members"].clone()), (StatusCode::OK, json!([1, 2, 3])));
+    let (s, _) = h.get(&h.member(9), "/v1/groups/7/members").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "outsiders do not see a roster");
+    let (s, body) =
+        h.put(&host, "/v1/groups/8/members", json!({ "members": (1..=100_001).collect::<Vec<u64>>() })).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")),
+        "bounded before the engine"
+    );
+
+    // Money out, and a wallet as the host sees it; an op id is applied once.
+    let (s, w) = h.post(&host, "/v1/wallets/2/withdraw", json!({ "op": 77, "amount": "10.00" })).await;
+    assert_eq!((s, w["balance"].as_str()), (StatusCode::OK, Some("90.00")), "{w}");
+    let (s, w) = h.post(&host, "/v1/wallets/2/withdraw", json!({ "op": 77, "amount": "10.00" })).await;
+    assert_eq!(
+        (s, w["balance"].as_str()),
+        (StatusCode::OK, Some("90.00")),
+        "a retried withdrawal is applied once: {w}"
+    );
+    let (s, body) = h.post(&host, "/v1/wallets/2/withdraw", json!({ "op": 78, "amount": "1000.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::CONFLICT, Some("insufficient_funds")), "{body}");
+    let (s, w) = h.get(&host, "/v1/wallets/2").await;
+    assert_eq!((s, w["balance"].as_str()), (StatusCode::OK, Some("90.00")));
+
+    // A guardian: Ada's transfers above 20 yuan wait for Bo.
+    let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 1, "above": "20.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_guardian")), "{body}");
+    let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 2, "above": "20.00" })).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 3, "above": "20.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::CONFLICT, Some("guardian_already_set")), "{body}");
+    let (s, t) = h.post(&ada, "/v1/transfers", json!({ "id": 1, "to": 3, "amount": "30.00" })).await;
+    assert_eq!((s, t["status"]["kind"].as_str()), (StatusCode::OK, Some("awaiting_approval")), "{t}");
+    let (s, body) = h.post(&chen, "/v1/transfers/1/approve", json!({})).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_approver")), "{body}");
+    let (s, r) = h.post(&bo, "/v1/transfers/1/reject", json!({ "reason": "ask me first" })).await;
+    assert_eq!(
+        (s, r["refunded"].as_str(), r["already"].as_bool()),
+        (StatusCode::OK, Some("30.00"), Some(false)),
+        "{r}"
+    );
+    let (s, r) = h.post(&bo, "/v1/transfers/1/reject", json!({ "reason": "ask me first" })).await;
+    assert_eq!((s, r["already"].as_bool()), (StatusCode::OK, Some(true)), "{r}");
+    let (s, t) = h.post(&ada, "/v1/transfers", json!({ "id": 2, "to": 3, "amount": "25.00" })).await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    let (s, a) = h.post(&bo, "/v1/transfers/2/approve", json!({})).await;
+    assert_eq!((s, a["approved"].as_bool()), (StatusCode::OK, Some(true)), "{a}");
+    let (s, t) = h.post(&chen, "/v1/transfers/2/accept", json!({})).await;
+    assert_eq!((s, t["status"]["kind"].as_str()), (StatusCode::OK, Some("accepted")), "{t}");
+
+    // A packet above it waits too; Bo rejects it; then Bo releases Ada (only he may).
+    let (s, p) = h.post(&ada, "/v1/packets", lucky(5, 7, "21.00", 2)).await;
+    assert_eq!((s, p["status"]["kind"].as_str()), (StatusCode::OK, Some("awaiting_approval")), "{p}");
+    let (s, r) = h.post(&bo, "/v1/packets/5/reject", json!({ "reason": "too much" })).await;
+    assert_eq!((s, r["refunded"].as_str()), (StatusCode::OK, Some("21.00")), "{r}");
+    let (s, body) = h.post(&chen, "/v1/wallets/1/guardian/remove", json!({})).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_guardian")), "{body}");
+    let (s, _) = h.post(&bo, "/v1/wallets/1/guardian/remove", json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The org as its admin reads it, and the audit as the host reads it.
+    h.post(&host, "/v1/orgs", json!({ "id": 3, "admins": [1], "name": "Acme" })).await;
+    let (s, org) = h.get(&h.member_with(1, &["pwd"], &[3]), "/v1/orgs/3").await;
+    assert_eq!((s, org["admins"].clone()), (StatusCode::OK, json!([1])), "{org}");
+    let (s, body) = h.get(&h.member_with(1, &["pwd"], &[4]), "/v1/orgs/3").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another org's claim: {body}");
+    let (s, body) = h.get(&h.member_with(1, &["pwd"], &[4]), "/v1/orgs/4").await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_org")), "{body}");
+    let (s, audit) = h.get(&host, "/v1/audit").await;
+    assert_eq!((s, audit["balanced"].as_bool()), (StatusCode::OK, Some(true)), "{audit}");
+    let (s, _) = h.get(&ada, "/v1/audit").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the audit is the host's");
+    let (_, me) = h.get(&ada, "/v1/me").await;
+    assert_eq!(me["balance"].as_str(), Some("75.00"), "only the approved transfer left: {me}");
+    h.stop().await;
+}

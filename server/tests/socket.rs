@@ -240,3 +240,24 @@ async fn sockets_are_closed_with_a_reason() {
     );
     drop(stopping.await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_are_bounded() {
+    let mut one = settings();
+    one.ws_clients_max = 1;
+    let mut h = Harness::start("socket-bound", one);
+    h.group_with_funds(7, &[1, 2], 10).await;
+    let (first, hello) = open(&h, &h.member(1), &[7], None).await;
+    assert_eq!(hello["type"].as_str(), Some("hello"));
+    let refused = tokio_tungstenite::connect_async(&h.ws).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("a second client is refused at the upgrade: {refused:?}")
+    };
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+    assert_eq!(body["error"].as_str(), Some("too_many_clients"), "{body}");
+    // (A client that never answers the server's close would hold the graceful stop for up to
+    // `shutdown_secs`.)
+    drop(first);
+    h.stop().await;
+}
