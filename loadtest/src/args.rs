@@ -30,9 +30,8 @@ pub struct Args {
     pub scenario: Scenario,
 
     /// What to load: `embedded` (an engine in this process), `redis://HOST:PORT` (the
-    /// Redis + Lua design), or a running `hongbao serve` over HTTP/1.1 (`http://HOST:PORT`),
-    /// HTTP/2 without TLS (`h2c://HOST:PORT`, requests multiplexed on each connection) or its
-    /// members' WebSockets (`ws://HOST:PORT`); server targets need --key. Give several, comma-separated, to
+    /// Redis + Lua design), or a running `hongbao serve` over HTTP (`http://HOST:PORT`) or its
+    /// members' WebSockets (`ws://HOST:PORT`; needs --key). Give several, comma-separated, to
     /// run the same scenario against each in turn and compare them side by side
     /// (`--target embedded,redis://127.0.0.1:6379,http://127.0.0.1:8080`)
     #[arg(long, value_delimiter = ',', default_value = "embedded")]
@@ -200,15 +199,14 @@ impl Args {
     /// A message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         let known = |t: &&String| {
-            *t == "embedded" || ["redis://", "http://", "h2c://", "ws://"].iter().any(|scheme| t.starts_with(scheme))
+            *t == "embedded" || ["redis://", "http://", "ws://"].iter().any(|scheme| t.starts_with(scheme))
         };
         if let Some(bad) = self.target.iter().find(|t| !known(t)) {
             return Err(format!(
-                "--target must be `embedded`, redis://HOST:PORT, http://HOST:PORT, h2c://HOST:PORT or ws://HOST:PORT, not {bad:?}"
+                "--target must be `embedded`, redis://HOST:PORT, http://HOST:PORT or ws://HOST:PORT, not {bad:?}"
             ));
         }
-        let server = |t: &String| ["http://", "h2c://", "ws://"].iter().any(|scheme| t.starts_with(scheme));
-        if self.key.is_none() && self.target.iter().any(server) {
+        if self.key.is_none() && self.target.iter().any(|t| t.starts_with("http://") || t.starts_with("ws://")) {
             return Err("a server target (http:// or ws://) needs --key FILE, the private key of the server's \
                         --public-key"
                 .into());

@@ -156,7 +156,7 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     let limits = limits(args);
     let target = if target == "embedded" {
         Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
-    } else if ["http://", "h2c://", "ws://"].iter().any(|scheme| target.starts_with(scheme)) {
+    } else if target.starts_with("http://") || target.starts_with("ws://") {
         Target::Server(Box::new(ServerTarget::connect(target, args.key.as_deref(), args.connections).await?))
     } else {
         Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))

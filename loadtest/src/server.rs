@@ -26,25 +26,16 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 /// Which surface of the server is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
-    /// HTTP/1.1: one request at a time per connection.
     Http,
-    /// HTTP/2 without TLS (`h2c://`): many requests at once on each connection.
-    H2c,
     Ws,
 }
-
-/// Requests in flight on one HTTP/2 connection.
-const STREAMS_PER_CONNECTION: usize = 64;
 
 pub struct ServerTarget {
     /// As given: `http://…` or `ws://…`.
     pub url: String,
     base: String,
     surface: Surface,
-    /// One client per connection for HTTP/2 (a client multiplexes one connection); one pooled
-    /// client for HTTP/1.1.
-    http: Vec<reqwest::Client>,
-    next_client: AtomicU64,
+    http: reqwest::Client,
     key: String,
     host: String,
     tokens: Mutex<HashMap<u64, Arc<str>>>,
@@ -66,31 +57,25 @@ impl ServerTarget {
     ) -> Result<ServerTarget, String> {
         let (surface, rest) = match url.split_once("://") {
             Some(("http", rest)) => (Surface::Http, rest),
-            Some(("h2c", rest)) => (Surface::H2c, rest),
             Some(("ws", rest)) => (Surface::Ws, rest),
-            _ => return Err(format!("a server target is http://, h2c:// or ws://HOST:PORT, not {url}")),
+            _ => return Err(format!("a server target is http://HOST:PORT or ws://HOST:PORT, not {url}")),
         };
         let key_path =
             key_path.ok_or("a server target needs --key FILE: the private key whose public half the server trusts")?;
         let key =
             std::fs::read_to_string(key_path).map_err(|e| format!("cannot read --key {}: {e}", key_path.display()))?;
         let host = mint(key.as_bytes(), &Claims::host(24 * 3600))?;
-        let client = || {
-            let builder = reqwest::Client::builder().pool_max_idle_per_host(connections).tcp_nodelay(true);
-            let builder = if surface == Surface::H2c { builder.http2_prior_knowledge() } else { builder };
-            builder.build().map_err(|e| e.to_string())
-        };
-        let clients = if surface == Surface::H2c { connections.max(1) } else { 1 };
-        let http = (0..clients).map(|_| client()).collect::<Result<Vec<_>, _>>()?;
-        let in_flight = if surface == Surface::H2c { connections * STREAMS_PER_CONNECTION } else { connections };
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
         let base = format!("http://{}", rest.trim_end_matches('/'));
-        let ready =
-            http[0].get(format!("{base}/readyz")).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+        let ready = http.get(format!("{base}/readyz")).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
         if !ready.status().is_success() {
             return Err(format!("{base}/readyz answers {}", ready.status()));
         }
-        let audit =
-            http[0].get(format!("{base}/v1/audit")).bearer_auth(&host).send().await.map_err(|e| e.to_string())?;
+        let audit = http.get(format!("{base}/v1/audit")).bearer_auth(&host).send().await.map_err(|e| e.to_string())?;
         if !audit.status().is_success() {
             return Err(format!(
                 "{base} refuses this key's host token ({}): is --key the pair of its --public-key?",
@@ -103,13 +88,12 @@ impl ServerTarget {
             base,
             surface,
             http,
-            next_client: AtomicU64::new(0),
             key,
             host,
             tokens: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
-            in_flight: tokio::sync::Semaphore::new(in_flight.max(1)),
+            in_flight: tokio::sync::Semaphore::new(connections.max(1)),
             offset,
         })
     }
@@ -133,8 +117,7 @@ impl ServerTarget {
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
         let _connection = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
-        let client = self.next_client.fetch_add(1, Ordering::Relaxed) as usize % self.http.len();
-        let mut req = self.http[client].request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         req = match who {
             Some(user) => req.bearer_auth(&*self.token(user)?).header("X-Device-Id", device(user)),
             None => req.bearer_auth(&self.host),
@@ -196,7 +179,7 @@ impl ServerTarget {
     pub async fn grab(&self, packet: PacketId, user: UserId) -> Reply {
         let user = self.user(user);
         let answer = match self.surface {
-            Surface::Http | Surface::H2c => {
+            Surface::Http => {
                 let path = format!("/v1/packets/{}/grab", self.packet(packet));
                 self.call(reqwest::Method::POST, Some(user), &path, None).await.map(|(status, body)| {
                     if status == 200 {

@@ -12,8 +12,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use hongbao::{
     Amount, ApprovalError, ApprovalId, Approver, Arrival, CancelError, CoolingOff, Engine, GrabError, Grabbed, GroupId,
-    Guardian, NewOrg, NewPacket, NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, Policy, Split, Timestamp,
-    TransferError, TransferId, TransferStatus, UserId,
+    Guardian, NewOrg, NewPacket, NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, PacketStatus, PacketView, Policy,
+    RecallError, Split, Timestamp, TransferError, TransferId, TransferStatus, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::abuse::{self, Action};
 use crate::auth::{self, AuthError, Member, Principal, Verifier};
 use crate::hub::Hub;
-use crate::reply::{ok, ApiError};
+use crate::reply::{at, ok, ApiError};
 use crate::settings::Settings;
 
 /// What every handler shares.
@@ -36,6 +36,9 @@ pub struct Ctx {
     pub limits: abuse::Limits,
     /// The event fan-out.
     pub hub: Hub,
+    /// What each member sent without a recent strong authentication in the current step-up
+    /// window: (the window's start, fen). Swept with the rate limiters.
+    pub unstepped: dashmap::DashMap<UserId, (u64, u64)>,
 }
 
 type Reply = Result<HttpResponse, ApiError>;
@@ -47,7 +50,11 @@ fn fail<E: Serialize + std::fmt::Display>(error: E) -> ApiError {
 impl Ctx {
     fn principal(&self, req: &HttpRequest) -> Result<Principal, ApiError> {
         let header = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        // The scheme is case-insensitive (RFC 9110).
+        let token = header
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let token = token.ok_or_else(|| ApiError::unauthorized(&AuthError::MissingToken))?;
         let device = req.headers().get(auth::DEVICE_HEADER).and_then(|v| v.to_str().ok());
         self.verifier.verify(token, device).map_err(|e| ApiError::unauthorized(&e))
@@ -71,31 +78,77 @@ impl Ctx {
         }
     }
 
-    /// An admin of `org` by their token's claim (the engine checks its own list as well).
-    fn admin(&self, req: &HttpRequest, org: OrgId) -> Result<Arc<Member>, ApiError> {
+    /// An admin of `org`: by their token's claim, and by the engine's list of the org's admins.
+    async fn admin(&self, req: &HttpRequest, org: OrgId) -> Result<Arc<Member>, ApiError> {
         let member = self.member(req)?;
         if !member.administers(org) {
             return Err(
                 ApiError::forbidden(format!("the token carries no admin claim for org {}", org.0)).with("org", org.0)
             );
         }
+        if !self.engine.org(org).await.map_err(fail)?.admins.contains(&member.user) {
+            return Err(fail(hongbao::OrgError::NotAdmin { user: member.user }));
+        }
         Ok(member)
     }
 
-    /// A send of `amount` above the step-up threshold needs a recent strong authentication.
+    /// Whether `member` may act for `org` (claim and engine list), without refusing.
+    async fn is_admin(&self, member: &Member, org: OrgId) -> bool {
+        member.administers(org) && self.engine.org(org).await.is_ok_and(|o| o.admins.contains(&member.user))
+    }
+
+    /// A send of `amount` needs a recent strong authentication when it is above the step-up
+    /// threshold, or when it would take what the member sent without one in the current
+    /// window (`step_up_secs`) above it: a password alone moves at most `step_up_fen` per
+    /// window, however it is split.
     fn step_up(&self, member: &Member, amount: Option<Amount>) -> Result<(), ApiError> {
-        let above = amount.is_none_or(|a| a.as_fen() > self.settings.step_up_fen);
-        if above && !member.stepped_up(auth::unix_now(), self.settings.step_up_secs) {
-            let message = format!(
-                "sends above {} need biometrics or a PIN within {} s",
-                Amount::fen(self.settings.step_up_fen),
-                self.settings.step_up_secs
-            );
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "step_up_required", message)
-                .with("threshold", Amount::fen(self.settings.step_up_fen).to_string())
-                .with("within_secs", self.settings.step_up_secs));
+        let now = auth::unix_now();
+        if member.stepped_up(now, self.settings.step_up_secs) {
+            return Ok(());
         }
-        Ok(())
+        let fen = amount.map_or(u64::MAX, Amount::as_fen);
+        let mut sent = self.unstepped.entry(member.user).or_insert((now, 0));
+        if now.saturating_sub(sent.0) >= self.settings.step_up_secs {
+            *sent = (now, 0);
+        }
+        match sent.1.checked_add(fen).filter(|&total| total <= self.settings.step_up_fen) {
+            Some(total) => {
+                sent.1 = total;
+                Ok(())
+            }
+            None => Err(self
+                .step_up_required("sends above this in a window")
+                .with("sent_without_step_up", Amount::fen(sent.1).to_string())),
+        }
+    }
+
+    /// Changing what protects a member (cooling-off, a guardian) needs a recent strong
+    /// authentication: a lifted password token must not switch protection off, nor lock the
+    /// member behind a guardian of the thief's choosing.
+    fn step_up_always(&self, member: &Member) -> Result<(), ApiError> {
+        if member.stepped_up(auth::unix_now(), self.settings.step_up_secs) {
+            return Ok(());
+        }
+        Err(self.step_up_required("changing cooling-off or a guardian"))
+    }
+
+    fn step_up_required(&self, what: &str) -> ApiError {
+        let message = format!(
+            "{what} needs biometrics or a PIN within {} s (sends: above {} in {} s)",
+            self.settings.step_up_secs,
+            Amount::fen(self.settings.step_up_fen),
+            self.settings.step_up_secs
+        );
+        ApiError::new(StatusCode::FORBIDDEN, "step_up_required", message)
+            .with("threshold", Amount::fen(self.settings.step_up_fen).to_string())
+            .with("within_secs", self.settings.step_up_secs)
+    }
+
+    /// Forgets step-up windows that have passed.
+    pub fn sweep(&self) {
+        let (now, secs) = (auth::unix_now(), self.settings.step_up_secs);
+        self.unstepped.retain(|_, (start, _)| now.saturating_sub(*start) < secs);
+        self.limits.sweep();
     }
 
     fn limit(&self, req: &HttpRequest, action: Action, user: UserId) -> Result<(), ApiError> {
@@ -109,44 +162,40 @@ fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
 
 /// Every route of the API, under `/v1`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1")
-            // The hot path first: routes are tried in order.
-            .route("/packets/{packet}/grab", web::post().to(grab))
-            // The host: money in and out, rosters, orgs.
-            .route("/wallets/{user}", web::get().to(wallet))
-            .route("/wallets/{user}/deposit", web::post().to(deposit))
-            .route("/wallets/{user}/withdraw", web::post().to(withdraw))
-            .route("/groups/{group}/members", web::put().to(set_members))
-            .route("/groups/{group}/members", web::get().to(members))
-            .route("/groups/{group}/members/add", web::post().to(add_members))
-            .route("/groups/{group}/members/remove", web::post().to(remove_members))
-            .route("/orgs", web::post().to(create_org))
-            .route("/audit", web::get().to(audit))
-            // A member, for themselves.
-            .route("/me", web::get().to(me))
-            .route("/me/cooling-off", web::put().to(set_cooling_off))
-            .route("/me/guardian", web::put().to(set_guardian))
-            .route("/wallets/{user}/guardian/remove", web::post().to(remove_guardian))
-            .route("/packets", web::post().to(send_packet))
-            .route("/packets/{packet}", web::get().to(packet))
-            .route("/packets/{packet}/cancel", web::post().to(cancel))
-            .route("/packets/{packet}/approve", web::post().to(approve_packet))
-            .route("/packets/{packet}/reject", web::post().to(reject_packet))
-            .route("/transfers", web::post().to(send_transfer))
-            .route("/transfers/{transfer}", web::get().to(transfer))
-            .route("/transfers/{transfer}/recall", web::post().to(recall_transfer))
-            .route("/transfers/{transfer}/accept", web::post().to(accept_transfer))
-            .route("/transfers/{transfer}/decline", web::post().to(decline_transfer))
-            .route("/transfers/{transfer}/approve", web::post().to(approve_transfer))
-            .route("/transfers/{transfer}/reject", web::post().to(reject_transfer))
-            // An org's admins.
-            .route("/orgs/{org}", web::get().to(org))
-            .route("/orgs/{org}/policy", web::put().to(set_policy))
-            .route("/orgs/{org}/groups", web::post().to(attach_group))
-            .route("/orgs/{org}/log", web::get().to(operation_log))
-            .route("/packets/{packet}/recall", web::post().to(admin_recall)),
-    );
+    // The hot path first: resources are tried in order.
+    cfg.service(at("/v1/packets/{packet}/grab").route(web::post().to(grab)))
+        // The host: money in and out, rosters, orgs, the audit.
+        .service(at("/v1/wallets/{user}").route(web::get().to(wallet)))
+        .service(at("/v1/wallets/{user}/deposit").route(web::post().to(deposit)))
+        .service(at("/v1/wallets/{user}/withdraw").route(web::post().to(withdraw)))
+        .service(at("/v1/groups/{group}/members").route(web::put().to(set_members)).route(web::get().to(members)))
+        .service(at("/v1/groups/{group}/members/add").route(web::post().to(add_members)))
+        .service(at("/v1/groups/{group}/members/remove").route(web::post().to(remove_members)))
+        .service(at("/v1/orgs").route(web::post().to(create_org)))
+        .service(at("/v1/audit").route(web::get().to(audit)))
+        // A member, for themselves.
+        .service(at("/v1/me").route(web::get().to(me)))
+        .service(at("/v1/me/cooling-off").route(web::put().to(set_cooling_off)))
+        .service(at("/v1/me/guardian").route(web::put().to(set_guardian)))
+        .service(at("/v1/wallets/{user}/guardian/remove").route(web::post().to(remove_guardian)))
+        .service(at("/v1/packets").route(web::post().to(send_packet)))
+        .service(at("/v1/packets/{packet}").route(web::get().to(packet)))
+        .service(at("/v1/packets/{packet}/cancel").route(web::post().to(cancel)))
+        .service(at("/v1/packets/{packet}/approve").route(web::post().to(approve_packet)))
+        .service(at("/v1/packets/{packet}/reject").route(web::post().to(reject_packet)))
+        .service(at("/v1/transfers").route(web::post().to(send_transfer)))
+        .service(at("/v1/transfers/{transfer}").route(web::get().to(transfer)))
+        .service(at("/v1/transfers/{transfer}/recall").route(web::post().to(recall_transfer)))
+        .service(at("/v1/transfers/{transfer}/accept").route(web::post().to(accept_transfer)))
+        .service(at("/v1/transfers/{transfer}/decline").route(web::post().to(decline_transfer)))
+        .service(at("/v1/transfers/{transfer}/approve").route(web::post().to(approve_transfer)))
+        .service(at("/v1/transfers/{transfer}/reject").route(web::post().to(reject_transfer)))
+        // An org's admins.
+        .service(at("/v1/orgs/{org}").route(web::get().to(org)))
+        .service(at("/v1/orgs/{org}/policy").route(web::put().to(set_policy)))
+        .service(at("/v1/orgs/{org}/groups").route(web::post().to(attach_group)))
+        .service(at("/v1/orgs/{org}/log").route(web::get().to(operation_log)))
+        .service(at("/v1/packets/{packet}/recall").route(web::post().to(admin_recall)));
 }
 
 // ---- the host ----
@@ -215,7 +264,17 @@ async fn remove_members(
     roster_reply(&ctx.engine, group).await
 }
 
+/// After a roster change: the roster, or (if reading it back is refused) the change alone,
+/// which did happen: a `busy` here would say it had not.
 async fn roster_reply(engine: &Engine, group: GroupId) -> Reply {
+    match engine.members(group).await {
+        Ok(members) => Ok(ok(json!({ "group": group, "count": members.len(), "members": members }))),
+        Err(_) => Ok(ok(json!({ "group": group }))),
+    }
+}
+
+/// The read view of a roster.
+async fn roster(engine: &Engine, group: GroupId) -> Reply {
     let members = engine.members(group).await.map_err(fail)?;
     Ok(ok(json!({ "group": group, "count": members.len(), "members": members })))
 }
@@ -228,7 +287,7 @@ async fn members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>) -
             return Err(ApiError::forbidden(format!("not a member of group {}", group.0)));
         }
     }
-    roster_reply(&ctx.engine, group).await
+    roster(&ctx.engine, group).await
 }
 
 #[derive(Deserialize)]
@@ -263,12 +322,14 @@ async fn me(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
 
 async fn set_cooling_off(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<CoolingOff>) -> Reply {
     let member = ctx.member(&req)?;
+    ctx.step_up_always(&member)?;
     ctx.engine.set_cooling_off(member.user, *body).await.map_err(fail)?;
-    wallet_of(&ctx.engine, member.user).await
+    Ok(ok(json!({ "user": member.user, "cooling_off": *body })))
 }
 
 async fn set_guardian(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Guardian>) -> Reply {
     let member = ctx.member(&req)?;
+    ctx.step_up_always(&member)?;
     ctx.engine.set_guardian(member.user, *body).await.map_err(fail)?;
     Ok(ok(json!({ "user": member.user, "guardian": *body })))
 }
@@ -276,6 +337,7 @@ async fn set_guardian(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Gua
 /// The guardian releases the user (only they may).
 async fn remove_guardian(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
+    ctx.step_up_always(&member)?;
     ctx.engine.remove_guardian(UserId(*user), member.user).await.map_err(fail)?;
     Ok(ok(json!({ "user": UserId(*user), "guardian": Value::Null })))
 }
@@ -296,7 +358,8 @@ async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Send
     ctx.step_up(&member, split.total())?;
     ctx.limit(&req, Action::Send, member.user)?;
     let spec = NewPacket { id, sender: member.user, group, split, greeting };
-    Ok(ok(ctx.engine.send_packet(spec).await.map_err(fail)?))
+    let view = ctx.engine.send_packet(spec).await.map_err(fail)?;
+    Ok(ok(without_seed(&view)))
 }
 
 #[derive(Deserialize)]
@@ -313,20 +376,40 @@ struct ClaimsPage {
 async fn packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, page: web::Query<ClaimsPage>) -> Reply {
     let principal = ctx.principal(&req)?;
     let view = ctx.engine.packet(PacketId(*id)).await.map_err(fail)?;
-    if let Principal::Member(member) = principal {
-        if view.sender != member.user && !ctx.engine.is_member(view.group, member.user) {
-            return Err(ApiError::forbidden("only the packet's group and its sender may see it"));
+    if let Principal::Member(member) = &principal {
+        let approver = view.approval.map(|a| a.approver);
+        let sees = view.sender == member.user
+            || ctx.engine.is_member(view.group, member.user)
+            || may_approve(&ctx, member, approver).await
+            || admin_of_group(&ctx, member, view.group).await;
+        if !sees {
+            return Err(ApiError::forbidden(
+                "only the packet's group, its sender, its approver and its org's admins may see it",
+            ));
         }
     }
     let limit = page.limit.unwrap_or(ctx.settings.claims_page_max).clamp(1, ctx.settings.claims_page_max);
     let claims: Vec<_> = view.claims.iter().filter(|c| c.position > page.after).take(limit).cloned().collect();
     let next = (claims.last().is_some_and(|c| c.position < view.claims.len() as u32))
         .then(|| claims.last().map(|c| c.position));
-    let mut body =
-        serde_json::to_value(&view).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let mut body = match principal {
+        Principal::Host => serde_json::to_value(&view).unwrap_or_default(),
+        Principal::Member(_) => without_seed(&view),
+    };
     body["claims"] = serde_json::to_value(claims).unwrap_or_default();
     body["claims_next"] = json!(next.flatten());
     Ok(ok(body))
+}
+
+/// A packet as a member may see it: without the seed of its draw, which would tell every
+/// share (and the best position) before anyone grabs. The host sees it (audits re-derive the
+/// shares from it).
+fn without_seed(view: &PacketView) -> Value {
+    let mut body = serde_json::to_value(view).unwrap_or_default();
+    if let Value::Object(fields) = &mut body {
+        fields.remove("seed");
+    }
+    body
 }
 
 /// What a grab answers, over HTTP and WebSocket: the share, or (`already`) the first share
@@ -389,6 +472,37 @@ struct Reason {
     reason: String,
 }
 
+/// Whether `member` is the approver a send waits (waited) for.
+async fn may_approve(ctx: &Ctx, member: &Member, approver: Option<Approver>) -> bool {
+    match approver {
+        Some(Approver::Guardian(guardian)) => guardian == member.user,
+        Some(Approver::OrgAdmins(org)) => ctx.is_admin(member, org).await,
+        _ => false,
+    }
+}
+
+/// Whether `member` administers an org `group` is attached to (among the orgs of their
+/// claims).
+async fn admin_of_group(ctx: &Ctx, member: &Member, group: GroupId) -> bool {
+    for &org in &member.admin_of {
+        if let Ok(view) = ctx.engine.org(org).await {
+            if view.groups.contains(&group) && view.admins.contains(&member.user) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A body that may be empty (then `T::default()`), but when given must parse: a malformed
+/// reason is refused, not dropped.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("Json deserialize error: {e}")))
+}
+
 /// Who may approve `subject`, as the engine recorded it: an org's admins must also hold the
 /// org's admin claim.
 async fn approver_of(engine: &Engine, subject: ApprovalId) -> Result<Option<Approver>, ApiError> {
@@ -402,7 +516,7 @@ async fn approver_of(engine: &Engine, subject: ApprovalId) -> Result<Option<Appr
 async fn decide(ctx: &Ctx, req: &HttpRequest, subject: ApprovalId, reject: Option<String>) -> Reply {
     let member = ctx.member(req)?;
     if let Some(Approver::OrgAdmins(org)) = approver_of(&ctx.engine, subject).await? {
-        ctx.admin(req, org)?;
+        ctx.admin(req, org).await?;
     }
     let (result, already) = match reject {
         None => match ctx.engine.approve(subject, member.user).await {
@@ -426,13 +540,8 @@ async fn approve_packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64
     decide(&ctx, &req, ApprovalId::Packet(PacketId(*id)), None).await
 }
 
-async fn reject_packet(
-    ctx: web::Data<Ctx>,
-    req: HttpRequest,
-    id: web::Path<u64>,
-    body: Option<web::Json<Reason>>,
-) -> Reply {
-    let reason = body.map(|b| b.into_inner().reason).unwrap_or_default();
+async fn reject_packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, body: web::Bytes) -> Reply {
+    let reason = optional_body::<Reason>(&body)?.reason;
     decide(&ctx, &req, ApprovalId::Packet(PacketId(*id)), Some(reason)).await
 }
 
@@ -440,13 +549,8 @@ async fn approve_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u
     decide(&ctx, &req, ApprovalId::Transfer(TransferId(*id)), None).await
 }
 
-async fn reject_transfer(
-    ctx: web::Data<Ctx>,
-    req: HttpRequest,
-    id: web::Path<u64>,
-    body: Option<web::Json<Reason>>,
-) -> Reply {
-    let reason = body.map(|b| b.into_inner().reason).unwrap_or_default();
+async fn reject_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, body: web::Bytes) -> Reply {
+    let reason = optional_body::<Reason>(&body)?.reason;
     decide(&ctx, &req, ApprovalId::Transfer(TransferId(*id)), Some(reason)).await
 }
 
@@ -477,12 +581,13 @@ async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Se
     Ok(ok(ctx.engine.transfer(spec).await.map_err(fail)?))
 }
 
-/// A transfer, for its two parties.
+/// A transfer, for its two parties and its approver.
 async fn transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
     let view = ctx.engine.transfer_view(TransferId(*id)).await.map_err(fail)?;
-    if view.from != member.user && view.to != member.user {
-        return Err(ApiError::forbidden("only the transfer's parties may see it"));
+    let approver = view.approval.map(|a| a.approver);
+    if view.from != member.user && view.to != member.user && !may_approve(&ctx, &member, approver).await {
+        return Err(ApiError::forbidden("only the transfer's parties and its approver may see it"));
     }
     Ok(ok(view))
 }
@@ -531,13 +636,13 @@ async fn decline_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u
 
 async fn org(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>) -> Reply {
     let org = OrgId(*org);
-    ctx.admin(&req, org)?;
+    ctx.admin(&req, org).await?;
     Ok(ok(ctx.engine.org(org).await.map_err(fail)?))
 }
 
 async fn set_policy(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Policy>) -> Reply {
     let org = OrgId(*org);
-    let admin = ctx.admin(&req, org)?;
+    let admin = ctx.admin(&req, org).await?;
     Ok(ok(ctx.engine.set_policy(org, admin.user, body.into_inner()).await.map_err(fail)?))
 }
 
@@ -549,7 +654,7 @@ struct Attach {
 
 async fn attach_group(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Attach>) -> Reply {
     let org = OrgId(*org);
-    let admin = ctx.admin(&req, org)?;
+    let admin = ctx.admin(&req, org).await?;
     Ok(ok(ctx.engine.attach_group(org, body.group, admin.user).await.map_err(fail)?))
 }
 
@@ -567,7 +672,7 @@ struct LogQuery {
 
 async fn operation_log(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, q: web::Query<LogQuery>) -> Reply {
     let org = OrgId(*org);
-    ctx.admin(&req, org)?;
+    ctx.admin(&req, org).await?;
     let q = q.into_inner();
     let query = OpQuery {
         since: q.since.map(Timestamp),
@@ -597,13 +702,22 @@ async fn admin_recall(
     body: web::Json<AdminRecall>,
 ) -> Reply {
     let AdminRecall { org, reason } = body.into_inner();
-    let admin = ctx.admin(&req, org)?;
+    let admin = ctx.admin(&req, org).await?;
     let packet = PacketId(*id);
     let view = ctx.engine.packet(packet).await.map_err(fail)?;
     let groups = ctx.engine.org(org).await.map_err(fail)?.groups;
     if !groups.contains(&view.group) {
-        return Err(fail(hongbao::RecallError::NotOrgPacket));
+        return Err(fail(RecallError::NotOrgPacket));
     }
-    let refunded = ctx.engine.admin_recall(packet, admin.user, reason).await.map_err(fail)?;
-    Ok(ok(json!({ "packet": packet, "refunded": refunded })))
+    match ctx.engine.admin_recall(packet, admin.user, reason).await {
+        Ok(refunded) => Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": false }))),
+        // A retry: the packet was recalled, and its refund is in its view.
+        Err(RecallError::AlreadyClosed) => match ctx.engine.packet(packet).await.map_err(fail)?.status {
+            PacketStatus::Recalled { refunded } => {
+                Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": true })))
+            }
+            _ => Err(fail(RecallError::AlreadyClosed)),
+        },
+        Err(e) => Err(fail(e)),
+    }
 }

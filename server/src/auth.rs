@@ -2,10 +2,11 @@
 //!
 //! The chat host signs in its members (password, biometrics, PIN) and hands each device a
 //! short-lived token; the server holds only the host's public key. A member token names the
-//! user (`sub`), the device it was issued to (`dev`), how and when the member authenticated
-//! (`amr`, `auth_time`), and the orgs they administer (`adm`). Every member request carries the
-//! token (`Authorization: Bearer …`) and the device's id (`X-Device-Id`); a token lifted from
-//! one device is refused on another. A host token (`role: "host"`) is the chat server's own
+//! user (`sub`), the device it was issued to (`dev`: the SHA-256 of the device's id, in hex),
+//! how and when the member authenticated (`amr`, `auth_time`), and the orgs they administer
+//! (`adm`). Every member request carries the token (`Authorization: Bearer …`) and the
+//! device's id (`X-Device-Id`), which the device keeps to itself: a token lifted from one
+//! device is refused on another, and reading the token does not tell what the header must say. A host token (`role: "host"`) is the chat server's own
 //! credential for money entering and leaving (deposits, withdrawals), rosters and orgs.
 //!
 //! `hongbao keygen` and `hongbao token` make keys and tokens for development and tests; in
@@ -54,7 +55,7 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at.
     pub iat: u64,
-    /// The device the token is bound to (member tokens).
+    /// The device the token is bound to (member tokens): [`device_hash`] of its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
     /// How the member authenticated: `pwd`, `bio`, `pin`, `otp`…
@@ -81,7 +82,7 @@ impl Claims {
             aud: AUDIENCE.into(),
             exp: now + ttl_secs,
             iat: now,
-            dev: Some(device.into()),
+            dev: Some(device_hash(device)),
             amr: amr.iter().map(|m| m.to_string()).collect(),
             auth_time: Some(now),
             adm: Vec::new(),
@@ -111,8 +112,8 @@ impl Claims {
 pub struct Member {
     /// Who.
     pub user: UserId,
-    /// On which device.
-    pub device: String,
+    /// On which device: [`device_hash`] of its id.
+    pub device_hash: String,
     /// How they authenticated.
     pub amr: Vec<String>,
     /// When.
@@ -246,7 +247,7 @@ impl Verifier {
                 let user = claims.sub.parse().map_err(|_| AuthError::Malformed("sub is not a user id".into()))?;
                 Principal::Member(Arc::new(Member {
                     user: UserId(user),
-                    device: claims.dev.ok_or(AuthError::MissingDevice)?,
+                    device_hash: claims.dev.ok_or(AuthError::MissingDevice)?,
                     amr: claims.amr,
                     auth_time: claims.auth_time,
                     admin_of: claims.adm.into_iter().map(OrgId).collect(),
@@ -271,12 +272,19 @@ impl Verifier {
         match self.verified(token)? {
             Principal::Member(member) => match device {
                 None => Err(AuthError::MissingDevice),
-                Some(device) if device != member.device => Err(AuthError::WrongDevice),
+                Some(device) if device_hash(device) != member.device_hash => Err(AuthError::WrongDevice),
                 Some(_) => Ok(Principal::Member(member)),
             },
             host => Ok(host),
         }
     }
+}
+
+/// What a token's `dev` claim holds for the device whose id is `device`: the SHA-256 of the
+/// id, in lowercase hex.
+pub fn device_hash(device: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(device.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Signs `claims` with the host's private key (PKCS#8 PEM).
@@ -311,7 +319,8 @@ mod tests {
         let verifier = Verifier::with_cache(public.as_bytes(), 0, 2).unwrap();
         let token = mint(private.as_bytes(), &Claims::member(UserId(7), "phone-1", &["pwd"], 60)).unwrap();
         let Principal::Member(member) = verifier.verify(&token, Some("phone-1")).unwrap() else { panic!("a member") };
-        assert_eq!((member.user, member.device.as_str()), (UserId(7), "phone-1"));
+        assert_eq!((member.user, member.device_hash.as_str()), (UserId(7), device_hash("phone-1").as_str()));
+        assert!(!token.contains("phone-1"), "the token does not carry the device id");
         assert_eq!(verifier.verify(&token, Some("phone-2")), Err(AuthError::WrongDevice));
         assert_eq!(verifier.verify(&token, None), Err(AuthError::MissingDevice));
         let stranger = Verifier::new(other_public.as_bytes(), 0).unwrap();
@@ -340,7 +349,7 @@ mod tests {
     fn step_up_needs_a_strong_method_within_the_window() {
         let member = |amr: &[&str], at: u64| Member {
             user: UserId(1),
-            device: "d".into(),
+            device_hash: device_hash("d"),
             amr: amr.iter().map(|m| m.to_string()).collect(),
             auth_time: Some(at),
             admin_of: Vec::new(),

@@ -33,6 +33,9 @@ pub type Kick = watch::Sender<Option<&'static str>>;
 /// Why the hub dropped a connection.
 pub const TOO_SLOW: &str = "too slow: events were not read in time";
 
+/// Why a member's new socket is refused.
+pub const TOO_MANY_SOCKETS: &str = "too many sockets for this member";
+
 /// What a member asks of the hub when their socket authenticates.
 pub struct Join {
     /// The member.
@@ -65,7 +68,12 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub's task on the current runtime, fed by `engine`'s events.
-    pub fn start(engine: Engine, replay_len: usize, epoch: u64) -> Result<Hub, hongbao::EngineError> {
+    pub fn start(
+        engine: Engine,
+        replay_len: usize,
+        per_user_max: usize,
+        epoch: u64,
+    ) -> Result<Hub, hongbao::EngineError> {
         let events = engine.subscribe()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let clients = Arc::new(AtomicUsize::new(0));
@@ -81,6 +89,7 @@ impl Hub {
             next_id: 1,
             clients: Arc::clone(&clients),
             closed: None,
+            per_user_max,
         };
         tokio::spawn(state.run(events, rx));
         Ok(Hub { tx, clients, epoch })
@@ -146,6 +155,8 @@ struct State {
     clients: Arc<AtomicUsize>,
     /// Set once every connection was told to close: later joins are closed at once.
     closed: Option<&'static str>,
+    /// Sockets one member may hold.
+    per_user_max: usize,
 }
 
 impl State {
@@ -202,15 +213,22 @@ impl State {
         let mut first = vec![Arc::<str>::from(hello.to_string())];
         let conn =
             Conn { user: join.user, groups: join.groups.iter().copied().collect(), tx: join.tx, kick: join.kick };
-        if let Some(reason) = self.closed {
+        let held = self.by_user.get(&conn.user).map_or(0, HashSet::len);
+        if let Some(reason) = self.closed.or((held >= self.per_user_max).then_some(TOO_MANY_SOCKETS)) {
             conn.kick.send_replace(Some(reason));
             return id;
         }
         match join.since {
             None => {}
             Some((epoch, since)) if epoch == self.epoch && self.replayable(since) => {
-                let missed = self.recent.iter().filter(|s| s.seq > since && self.concerns(&conn, s, false));
-                first.extend(missed.map(|s| Arc::clone(&s.frame)));
+                let missed: Vec<&Sent> =
+                    self.recent.iter().filter(|s| s.seq > since && self.concerns(&conn, s, false)).collect();
+                // More than the socket's queue holds: reading the state again is cheaper.
+                if missed.len() < conn.tx.capacity() {
+                    first.extend(missed.iter().map(|s| Arc::clone(&s.frame)));
+                } else {
+                    first.push(resync("more events were missed than are replayed"));
+                }
             }
             Some(_) => first.push(resync("the events since then are no longer kept")),
         }

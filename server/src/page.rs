@@ -2,15 +2,17 @@
 
 use actix_web::{web, HttpResponse};
 
+use crate::reply::at;
+
 const INDEX: &str = include_str!("page/index.html");
 const APP: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
 /// `/`, `/app.js`, `/style.css`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/app.js", web::get().to(|| async { asset("text/javascript; charset=utf-8", APP) }))
-        .route("/style.css", web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) }));
+    cfg.service(at("/").route(web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) })))
+        .service(at("/app.js").route(web::get().to(|| async { asset("text/javascript; charset=utf-8", APP) })))
+        .service(at("/style.css").route(web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) })));
 }
 
 fn asset(content_type: &str, body: &'static str) -> HttpResponse {

@@ -14,6 +14,16 @@ use serde_json::{Map, Value};
 
 use crate::auth::AuthError;
 
+/// The `route` label of the requests a resource serves, for `/metrics`: its pattern, so the
+/// label set is the route set whatever paths clients send.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(pub &'static str);
+
+/// A resource at `path`, labelled with it.
+pub fn at(path: &'static str) -> actix_web::Resource {
+    actix_web::web::resource(path).app_data(RouteLabel(path))
+}
+
 /// What a reply was, for the request counter: `ok` or the error kind.
 #[derive(Clone, Debug)]
 pub struct ReplyKind(pub String);

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::{self, Ctx};
 use crate::auth::Verifier;
 use crate::hub::Hub;
-use crate::reply::{ApiError, ReplyKind};
+use crate::reply::{at, ApiError, ReplyKind, RouteLabel};
 use crate::settings::Settings;
 use crate::{abuse, page, telemetry, ws};
 
@@ -57,7 +57,7 @@ pub fn start(settings: Settings, engine: Engine, public_pem: &[u8]) -> std::io::
         actix_web::rt::System::new().block_on(async move {
             let epoch =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let hub = match Hub::start(thread_engine.clone(), settings.ws_replay_len, epoch) {
+            let hub = match Hub::start(thread_engine.clone(), settings.ws_replay_len, settings.ws_per_user_max, epoch) {
                 Ok(hub) => hub,
                 Err(e) => {
                     let _ = tx.send(Err(std::io::Error::other(e.to_string())));
@@ -65,13 +65,15 @@ pub fn start(settings: Settings, engine: Engine, public_pem: &[u8]) -> std::io::
                 }
             };
             let limits = abuse::Limits::new(&settings);
-            let ctx = web::Data::new(Ctx { engine: thread_engine, settings, verifier, limits, hub: hub.clone() });
+            let unstepped = dashmap::DashMap::new();
+            let ctx =
+                web::Data::new(Ctx { engine: thread_engine, settings, verifier, limits, hub: hub.clone(), unstepped });
             let sweep = Arc::clone(&ctx.clone().into_inner());
             actix_web::rt::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     every.tick().await;
-                    sweep.limits.sweep();
+                    sweep.sweep();
                 }
             });
             let (addr, server) = match build(ctx) {
@@ -109,7 +111,7 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
                             None if response.status().is_success() || response.status().is_redirection() => "ok".into(),
                             None => response.status().as_u16().to_string(),
                         };
-                        let route = route_label(res.request().path(), &kind);
+                        let route = res.request().app_data::<RouteLabel>().map_or("unmatched", |label| label.0);
                         tracing::debug!(
                             route,
                             status = response.status().as_u16(),
@@ -117,28 +119,29 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
                             micros = started.elapsed().as_micros() as u64,
                             "request"
                         );
-                        telemetry::reply_kind(&route, &kind);
+                        telemetry::reply_kind(route, &kind);
                     }
                     res
                 })
             })
             .configure(api::routes)
-            .route("/ws", web::get().to(ws::upgrade))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
+            .service(at("/ws").route(web::get().to(ws::upgrade)))
+            .service(at("/healthz").route(web::get().to(healthz)))
+            .service(at("/readyz").route(web::get().to(readyz)))
+            .service(at("/metrics").route(web::get().to(metrics)))
             .configure(page::routes)
             .default_service(web::to(not_found))
     })
     .max_connections(s.connections_max)
+    // A connection whose response has ended (a closed socket among them) gets this long to
+    // take what is left before it is dropped.
+    .client_disconnect_timeout(Duration::from_secs(2))
     .shutdown_timeout(s.shutdown_secs)
     .disable_signals();
     if s.workers > 0 {
         server = server.workers(s.workers);
     }
-    // HTTP/1.1 (and WebSocket upgrades) or HTTP/2 without TLS (h2c), told apart by the
-    // connection's first bytes: a client may multiplex many requests on one connection.
-    let server = server.bind_auto_h2c(s.listen)?;
+    let server = server.bind(s.listen)?;
     let addr = server.addrs()[0];
     Ok((addr, server.run()))
 }
@@ -157,24 +160,6 @@ impl Running {
             None => Ok(()),
         }
     }
-}
-
-/// The `route` label of a request: its path with each numeric segment (every id) written
-/// `{id}`, so the label set is the route set; paths no route serves are `unmatched`. (Cheaper
-/// than asking the router again, which tries each route's pattern.)
-fn route_label(path: &str, kind: &str) -> String {
-    if kind == "not_found" || kind == "404" {
-        return "unmatched".into();
-    }
-    let mut label = String::with_capacity(path.len() + 8);
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            label.push('/');
-        }
-        let numeric = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
-        label.push_str(if numeric { "{id}" } else { segment });
-    }
-    label
 }
 
 fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {

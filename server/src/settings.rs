@@ -50,6 +50,8 @@ pub struct Settings {
     pub connections_max: usize,
     /// Most WebSocket clients at once.
     pub ws_clients_max: usize,
+    /// Most WebSocket clients one member may hold at once.
+    pub ws_per_user_max: usize,
     /// Events queued for one WebSocket client; a client further behind is disconnected.
     pub ws_buffer_len: usize,
     /// Grabs one WebSocket client may have in flight; more are answered `busy`.
@@ -98,6 +100,7 @@ impl Default for Settings {
             ws_message_bytes_max: 4 * 1024,
             connections_max: 25_000,
             ws_clients_max: 50_000,
+            ws_per_user_max: 8,
             ws_buffer_len: 1024,
             ws_inflight_max: 16,
             ws_replay_len: 65_536,
@@ -266,6 +269,7 @@ impl Settings {
             ("ws_message_bytes_max", self.ws_message_bytes_max),
             ("connections_max", self.connections_max),
             ("ws_clients_max", self.ws_clients_max),
+            ("ws_per_user_max", self.ws_per_user_max),
             ("ws_buffer_len", self.ws_buffer_len),
             ("ws_inflight_max", self.ws_inflight_max),
             ("ws_replay_len", self.ws_replay_len),

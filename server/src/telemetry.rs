@@ -2,7 +2,7 @@
 //!
 //! | metric | what |
 //! |---|---|
-//! | `hongbao_requests_total{route, reply}` | requests by route (ids written `{id}`) and reply (`ok` or the error kind) |
+//! | `hongbao_requests_total{route, reply}` | requests by route pattern (`unmatched` for paths no route serves) and reply (`ok` or the error kind) |
 //! | `hongbao_busy_replies_total` | requests refused with `busy` (overload), HTTP and WebSocket |
 //! | `hongbao_grab_seconds` | grab latency in the server (engine call to result), histogram |
 //! | `hongbao_journal_batch_records` | records per group-commit batch, histogram |

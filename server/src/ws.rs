@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use crate::abuse::Action;
 use crate::api::{grab_reply, Ctx};
 use crate::auth::{Member, Principal};
-use crate::hub::{Join, TOO_SLOW};
+use crate::hub::{Join, TOO_MANY_SOCKETS, TOO_SLOW};
 use crate::reply::ApiError;
 
 /// What a client sends.
@@ -82,7 +82,13 @@ pub async fn upgrade(
         );
         return Err(error.into());
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "not_websocket",
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
     let max = ctx.settings.ws_message_bytes_max;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     let ip = req.peer_addr().map(|a| a.ip());
@@ -101,7 +107,8 @@ async fn run(ctx: Arc<Ctx>, mut session: Session, mut stream: actix_ws::Aggregat
         Err(reason) => reason,
     };
     crate::telemetry::ws_connected(-1);
-    let _ = session.close(reason).await;
+    // The close frame too may find no room: the socket is dropped either way.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
 }
 
 /// Waits for the `auth` message and checks it: the token, the device, each group's roster.
@@ -153,10 +160,17 @@ async fn serve(
     let Some(conn) = ctx.hub.join(Join { user: member.user, groups, since, tx, kick }).await else {
         return close(CloseCode::Away, "the server is shutting down");
     };
+    if let Some(reason) = *kicked.borrow() {
+        // Refused at the door (too many sockets) or the server is closing.
+        let code = if reason == TOO_MANY_SOCKETS { CloseCode::Policy } else { CloseCode::Away };
+        return close(code, reason);
+    }
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut silent_pings = 0u32;
+    // A send the client does not read within a ping interval ends the socket.
+    let within = ping_every;
     let reason = loop {
         let out = tokio::select! {
             _ = kicked.changed() => break kicked_reason(&kicked),
@@ -170,22 +184,20 @@ async fn serve(
                 if silent_pings > 3 {
                     break close(CloseCode::Policy, "no answer to pings");
                 }
-                if session.ping(b"").await.is_err() {
-                    break None;
+                match send(session, Out::Ping, &mut kicked, within).await {
+                    Ok(()) => continue,
+                    Err(reason) => break reason,
                 }
-                continue;
             }
             message = stream.next() => {
                 silent_pings = 0;
                 match message {
                     None | Some(Ok(AggregatedMessage::Close(_))) => break None,
                     Some(Err(_)) => break close(CloseCode::Size, "message too large or malformed"),
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            break None;
-                        }
-                        continue;
-                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => match send(session, Out::Pong(bytes), &mut kicked, within).await {
+                        Ok(()) => continue,
+                        Err(reason) => break reason,
+                    },
                     Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => continue,
                     Some(Ok(AggregatedMessage::Text(text))) => match handle(ctx, &member, ip, conn, &text, &mut pending) {
                         Some(out) => out,
@@ -194,10 +206,8 @@ async fn serve(
                 }
             }
         };
-        // A client that does not read blocks this send; the hub's kick still ends it.
-        tokio::select! {
-            sent = session.text(out) => if sent.is_err() { break None },
-            _ = kicked.changed() => break kicked_reason(&kicked),
+        if let Err(reason) = send(session, Out::Text(out), &mut kicked, within).await {
+            break reason;
         }
     };
     ctx.hub.leave(conn);
@@ -245,6 +255,39 @@ fn handle(
             }));
             None
         }
+    }
+}
+
+/// What the server sends on a socket.
+enum Out {
+    Text(String),
+    Ping,
+    Pong(actix_web::web::Bytes),
+}
+
+/// Sends one message, unless the hub says close first or the client has not made room for it
+/// within `within` (a client that stops reading fills the socket's buffers, and then every
+/// send waits).
+async fn send(
+    session: &mut Session,
+    out: Out,
+    kicked: &mut watch::Receiver<Option<&'static str>>,
+    within: Duration,
+) -> Result<(), Option<CloseReason>> {
+    let sent = async {
+        match out {
+            Out::Text(text) => session.text(text).await,
+            Out::Ping => session.ping(b"").await,
+            Out::Pong(bytes) => session.pong(&bytes).await,
+        }
+    };
+    tokio::select! {
+        sent = tokio::time::timeout(within, sent) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(close(CloseCode::Policy, TOO_SLOW)),
+        },
+        _ = kicked.changed() => Err(kicked_reason(kicked)),
     }
 }
 

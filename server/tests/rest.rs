@@ -18,6 +18,12 @@ async fn packets_grabs_and_their_refusals() {
 
     let (s, sent) = h.post(&ada, "/v1/packets", lucky(1001, 7, "10.00", 2)).await;
     assert_eq!(s, StatusCode::OK, "{sent}");
+    // The seed of the draw tells every share before anyone grabs: members never see it.
+    assert!(sent.get("seed").is_none(), "{sent}");
+    let (_, seen) = h.get(&bo, "/v1/packets/1001").await;
+    assert!(seen.get("seed").is_none() && seen["total"] == "10.00", "{seen}");
+    let (_, host_view) = h.get(&h.host(), "/v1/packets/1001").await;
+    assert!(host_view["seed"].is_u64(), "the host (audits) sees it: {host_view}");
     assert_eq!((sent["status"]["kind"].as_str(), sent["total"].as_str()), (Some("open"), Some("10.00")));
     let (s, again) = h.post(&ada, "/v1/packets", lucky(1001, 7, "10.00", 2)).await;
     assert_eq!((s, &again["id"]), (StatusCode::OK, &json!(1001)), "a retried send is the same send");
@@ -199,8 +205,15 @@ async fn transfers_cooling_off_and_their_retries() {
     assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("step_up_required")), "{body}");
 
     // Cooling-off: a send above the threshold is held; the sender forbids claiming.
-    let (s, me) = h.put(&ada, "/v1/me/cooling-off", json!({ "threshold": "5.00", "secs": 600 })).await;
-    assert_eq!((s, me["usage"]["cooling_off"]["secs"].as_u64()), (StatusCode::OK, Some(600)), "{me}");
+    let (s, body) = h.put(&ada, "/v1/me/cooling-off", json!({ "threshold": "5.00", "secs": 0 })).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("step_up_required")),
+        "protection changes need step-up: {body}"
+    );
+    let strong_ada = h.member_with(1, &["pwd", "pin"], &[]);
+    let (s, me) = h.put(&strong_ada, "/v1/me/cooling-off", json!({ "threshold": "5.00", "secs": 600 })).await;
+    assert_eq!((s, me["cooling_off"]["secs"].as_u64()), (StatusCode::OK, Some(600)), "{me}");
     let (s, p) = h.post(&ada, "/v1/packets", lucky(50, 7, "8.00", 2)).await;
     assert_eq!((s, p["status"]["kind"].as_str()), (StatusCode::OK, Some("cooling_off")), "{p}");
     let (s, body) = h.post(&bo, "/v1/packets/50/grab", json!({})).await;
@@ -209,7 +222,7 @@ async fn transfers_cooling_off_and_their_retries() {
     assert_eq!((s, c["refunded"].as_str(), c["already"].as_bool()), (StatusCode::OK, Some("8.00"), Some(false)), "{c}");
     let (s, c) = h.post(&ada, "/v1/packets/50/cancel", json!({})).await;
     assert_eq!((s, c["already"].as_bool()), (StatusCode::OK, Some(true)), "{c}");
-    let (s, body) = h.put(&ada, "/v1/me/cooling-off", json!({ "threshold": "5.00", "secs": 99_999_999 })).await;
+    let (s, body) = h.put(&strong_ada, "/v1/me/cooling-off", json!({ "threshold": "5.00", "secs": 99_999_999 })).await;
     assert_eq!((s, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("cooling_off_too_long")), "{body}");
 
     let (_, me) = h.get(&ada, "/v1/me").await;
@@ -249,6 +262,12 @@ async fn orgs_policies_recall_approvals_and_the_log() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
     let (s, r) = h.post(&admin, "/v1/packets/9/recall", json!({ "org": 5, "reason": "wrong group" })).await;
     assert_eq!(s, StatusCode::OK, "{r}");
+    let (s, again) = h.post(&admin, "/v1/packets/9/recall", json!({ "org": 5, "reason": "wrong group" })).await;
+    assert_eq!(
+        (s, again["already"].as_bool(), &again["refunded"]),
+        (StatusCode::OK, Some(true), &r["refunded"]),
+        "a retry: {again}"
+    );
     let (s, body) = h.post(&h.member(3), "/v1/packets/9/grab", json!({})).await;
     assert_eq!(s, StatusCode::OK, "a claim before the recall stands: {body}");
     let (s, body) = h.post(&h.member(1), "/v1/packets/9/grab", json!({})).await;
@@ -326,7 +345,7 @@ async fn bounds_rate_limits_and_operations_routes() {
     assert_eq!(ready.status(), StatusCode::OK);
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     for name in [
-        "hongbao_requests_total{route=\"/v1/packets/{id}/grab\",reply=\"rate_limited\"}",
+        "hongbao_requests_total{route=\"/v1/packets/{packet}/grab\",reply=\"rate_limited\"}",
         "hongbao_grab_seconds_bucket",
         "hongbao_journal_sync_seconds_bucket",
         "hongbao_journal_batch_records_bucket",
@@ -406,7 +425,7 @@ async fn overload_is_503_with_retry_after_and_a_failed_journal_is_not_ready() {
         let text = h.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
         busy = text
             .lines()
-            .find(|l| l.starts_with("hongbao_requests_total{route=\"/v1/packets/{id}/grab\",reply=\"busy\"}"))
+            .find(|l| l.starts_with("hongbao_requests_total{route=\"/v1/packets/{packet}/grab\",reply=\"busy\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -471,17 +490,26 @@ async fn guardians_approvals_rosters_and_the_hosts_routes() {
     let (s, w) = h.get(&host, "/v1/wallets/2").await;
     assert_eq!((s, w["balance"].as_str()), (StatusCode::OK, Some("90.00")));
 
-    // A guardian: Ada's transfers above 20 yuan wait for Bo.
-    let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 1, "above": "20.00" })).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_guardian")), "{body}");
+    // A guardian: Ada's transfers above 20 yuan wait for Bo. Choosing one needs step-up, or a
+    // lifted password token could lock Ada behind the thief's guardian.
     let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 2, "above": "20.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("step_up_required")), "{body}");
+    let ada_pin = h.member_with(1, &["pin"], &[]);
+    let (s, body) = h.put(&ada_pin, "/v1/me/guardian", json!({ "guardian": 1, "above": "20.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_guardian")), "{body}");
+    let (s, body) = h.put(&ada_pin, "/v1/me/guardian", json!({ "guardian": 2, "above": "20.00" })).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let (s, body) = h.put(&ada, "/v1/me/guardian", json!({ "guardian": 3, "above": "20.00" })).await;
+    let (s, body) = h.put(&ada_pin, "/v1/me/guardian", json!({ "guardian": 3, "above": "20.00" })).await;
     assert_eq!((s, body["error"].as_str()), (StatusCode::CONFLICT, Some("guardian_already_set")), "{body}");
     let (s, t) = h.post(&ada, "/v1/transfers", json!({ "id": 1, "to": 3, "amount": "30.00" })).await;
     assert_eq!((s, t["status"]["kind"].as_str()), (StatusCode::OK, Some("awaiting_approval")), "{t}");
     let (s, body) = h.post(&chen, "/v1/transfers/1/approve", json!({})).await;
     assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_approver")), "{body}");
+    // The guardian sees what they are asked to approve.
+    let (s, t) = h.get(&bo, "/v1/transfers/1").await;
+    assert_eq!((s, t["amount"].as_str()), (StatusCode::OK, Some("30.00")), "{t}");
+    let (s, body) = h.post(&bo, "/v1/transfers/1/reject", json!({ "reasn": "typo" })).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a malformed reason is refused, not dropped: {body}");
     let (s, r) = h.post(&bo, "/v1/transfers/1/reject", json!({ "reason": "ask me first" })).await;
     assert_eq!(
         (s, r["refunded"].as_str(), r["already"].as_bool()),
@@ -502,9 +530,10 @@ async fn guardians_approvals_rosters_and_the_hosts_routes() {
     assert_eq!((s, p["status"]["kind"].as_str()), (StatusCode::OK, Some("awaiting_approval")), "{p}");
     let (s, r) = h.post(&bo, "/v1/packets/5/reject", json!({ "reason": "too much" })).await;
     assert_eq!((s, r["refunded"].as_str()), (StatusCode::OK, Some("21.00")), "{r}");
-    let (s, body) = h.post(&chen, "/v1/wallets/1/guardian/remove", json!({})).await;
+    let (s, body) = h.post(&h.member_with(3, &["bio"], &[]), "/v1/wallets/1/guardian/remove", json!({})).await;
     assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_guardian")), "{body}");
-    let (s, _) = h.post(&bo, "/v1/wallets/1/guardian/remove", json!({})).await;
+    let bo_bio = h.member_with(2, &["bio"], &[]);
+    let (s, _) = h.post(&bo_bio, "/v1/wallets/1/guardian/remove", json!({})).await;
     assert_eq!(s, StatusCode::OK);
 
     // The org as its admin reads it, and the audit as the host reads it.
@@ -515,11 +544,59 @@ async fn guardians_approvals_rosters_and_the_hosts_routes() {
     assert_eq!(s, StatusCode::FORBIDDEN, "another org's claim: {body}");
     let (s, body) = h.get(&h.member_with(1, &["pwd"], &[4]), "/v1/orgs/4").await;
     assert_eq!((s, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_org")), "{body}");
+    let (s, body) = h.get(&h.member_with(2, &["pwd"], &[3]), "/v1/orgs/3/log").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_admin")),
+        "a claim the engine's list does not back: {body}"
+    );
     let (s, audit) = h.get(&host, "/v1/audit").await;
     assert_eq!((s, audit["balanced"].as_bool()), (StatusCode::OK, Some(true)), "{audit}");
     let (s, _) = h.get(&ada, "/v1/audit").await;
     assert_eq!(s, StatusCode::FORBIDDEN, "the audit is the host's");
     let (_, me) = h.get(&ada, "/v1/me").await;
     assert_eq!(me["balance"].as_str(), Some("75.00"), "only the approved transfer left: {me}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_moves_at_most_the_step_up_threshold_per_window() {
+    let mut h = Harness::start("step-up", settings());
+    h.group_with_funds(7, &[1, 2], 500).await;
+    let ada = h.member(1);
+    let (s, t) = h.post(&ada, "/v1/transfers", json!({ "id": 1, "to": 2, "amount": "150.00" })).await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    let (s, body) = h.post(&ada, "/v1/transfers", json!({ "id": 2, "to": 2, "amount": "150.00" })).await;
+    assert_eq!((s, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("step_up_required")), "{body}");
+    assert_eq!(body["sent_without_step_up"].as_str(), Some("150.00"), "{body}");
+    let (s, body) = h.post(&ada, "/v1/packets", lucky(3, 7, "60.00", 2)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "packets and transfers share the window: {body}");
+    let (s, _) = h.post(&ada, "/v1/transfers", json!({ "id": 4, "to": 2, "amount": "50.00" })).await;
+    assert_eq!(s, StatusCode::OK, "up to the threshold in all");
+    let strong = h.member_with(1, &["pwd", "bio"], &[]);
+    let (s, _) = h.post(&strong, "/v1/transfers", json!({ "id": 2, "to": 2, "amount": "150.00" })).await;
+    assert_eq!(s, StatusCode::OK, "a fresh strong authentication is not limited by the window");
+
+    // The scheme is case-insensitive; a GET on /ws without an upgrade is a JSON error; a path
+    // that spells an id oddly is still counted under its route.
+    let res = h
+        .http
+        .get(format!("{}/v1/me", h.base))
+        .header("Authorization", format!("bearer {}", ada.token))
+        .header("X-Device-Id", "d1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = h.http.get(format!("{}/ws", h.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"].as_str(), Some("not_websocket"), "{body}");
+    for odd in ["+5", "%35", "0005"] {
+        h.call(Method::POST, None, &format!("/v1/packets/{odd}/grab"), None).await;
+    }
+    let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    let labels: Vec<&str> = metrics.lines().filter(|l| l.starts_with("hongbao_requests_total")).collect();
+    assert!(labels.iter().all(|l| !l.contains("+5") && !l.contains("%35") && !l.contains("0005")), "{labels:#?}");
     h.stop().await;
 }

@@ -261,3 +261,31 @@ async fn websocket_clients_are_bounded() {
     drop(first);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holds_few_sockets_and_a_long_backlog_is_a_resync() {
+    let mut bounded = settings();
+    bounded.ws_per_user_max = 2;
+    bounded.ws_buffer_len = 16;
+    let mut h = Harness::start("socket-member", bounded);
+    h.group_with_funds(7, &[1, 2], 10).await;
+    let bo = h.member(2);
+    let (_a, first) = open(&h, &bo, &[7], None).await;
+    let (_b, _) = open(&h, &bo, &[7], None).await;
+    let (mut third, refused) = open(&h, &bo, &[7], None).await;
+    assert_eq!(refused["reason"].as_str(), Some(hongbao_server::hub::TOO_MANY_SOCKETS), "{refused}");
+    assert!(next(&mut third).await.get("closed").is_some() || refused.get("closed").is_some());
+    let (_c, other) = open(&h, &h.member(1), &[7], None).await;
+    assert_eq!(other["type"].as_str(), Some("hello"), "another member is not held back");
+    drop((_a, _b, _c));
+
+    // Forty events missed, more than the socket's queue of sixteen: resync, not "too slow".
+    for op in 0..40u64 {
+        h.engine.deposit(OpId(1_000 + op), UserId(2), Amount::fen(1)).await.unwrap();
+    }
+    let since = json!({ "epoch": first["epoch"], "seq": first["seq"] });
+    let (mut socket, hello) = open(&h, &bo, &[7], Some(since)).await;
+    assert_eq!(hello["type"].as_str(), Some("hello"), "{hello}");
+    assert_eq!(next(&mut socket).await["type"].as_str(), Some("resync"));
+    h.stop().await;
+}

@@ -22,6 +22,15 @@ function amountInput(text) {
   return whole + "." + (frac + "00").slice(0, 2);
 }
 
+// Fen as an integer (no floating point anywhere near money), and back.
+function fenOf(amount) {
+  const [whole, frac] = amount.split(".");
+  return Number(whole) * 100 + Number(frac);
+}
+function amountOfFen(fen) {
+  return Math.floor(fen / 100) + "." + String(fen % 100).padStart(2, "0");
+}
+
 // Ids are chosen by the client so a retry is the same request; below 2^53 for JavaScript.
 function newId() {
   return Math.floor(Math.random() * 2 ** 52) + 1;
@@ -125,6 +134,7 @@ function onEvent(e) {
       upsertPacket(e.packet, { sender: e.sender, greeting: e.greeting, total: e.total, shares: e.shares,
         shares_left: e.shares, status: "open", expires_at: e.expires_at });
       if (e.sender !== me) notice("New packet from member " + e.sender + " 新红包");
+      else refreshBalance();
       break;
     case "packet_cooling":
       upsertPacket(e.packet, { sender: e.sender, total: e.total, status: "cooling_off", until: e.until });
@@ -164,7 +174,8 @@ function onEvent(e) {
       break;
     case "deposited":
     case "withdrawn":
-      $("#balance").textContent = yuan(e.balance);
+      // A replayed event carries an old balance: read the current one.
+      refreshBalance();
       break;
   }
 }
@@ -326,9 +337,12 @@ function wireForms() {
     try {
       const total = amountInput($("#send-total").value);
       const shares = Number($("#send-shares").value);
-      const split = $("#send-kind").value === "fixed"
-        ? { kind: "fixed", each: amountInput((Number(total) / shares).toFixed(2)), shares }
-        : { kind: "lucky", total, shares };
+      let split = { kind: "lucky", total, shares };
+      if ($("#send-kind").value === "fixed") {
+        // Every share the same: the total must divide evenly, to the fen.
+        if (fenOf(total) % shares !== 0) throw new Error("a fixed packet's total must divide evenly into its shares 普通红包金额需能均分");
+        split = { kind: "fixed", each: amountOfFen(fenOf(total) / shares), shares };
+      }
       const v = await api("POST", "/v1/packets", { id: newId(), group: state.session.group, split, greeting: $("#send-greeting").value });
       upsertPacket(v.id, { sender: v.sender, greeting: v.greeting, total: v.total, shares: v.shares, shares_left: v.shares_left,
         status: v.status.kind, until: v.status.until });
