@@ -94,6 +94,11 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
 
+    /// Redis: at most one request in flight per connection (as HTTP/1.1 allows), instead of
+    /// pipelining every request the workers have on the connections
+    #[arg(long)]
+    pub redis_no_pipelining: bool,
+
     /// Client runtime threads [default: the number of cores]
     #[arg(long)]
     pub threads: Option<usize>,

@@ -159,7 +159,8 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     } else if target.starts_with("http://") || target.starts_with("ws://") {
         Target::Server(Box::new(ServerTarget::connect(target, args.key.as_deref(), args.connections).await?))
     } else {
-        Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max).await?))
+        let pipelining = !args.redis_no_pipelining;
+        Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max, pipelining).await?))
     };
     let target = Arc::new(target);
     let report = match args.scenario {

@@ -79,6 +79,7 @@ impl Target {
     pub fn name(&self) -> String {
         match self {
             Target::Embedded(_) => "embedded (in-memory journal)".into(),
+            Target::Redis(r) if r.in_flight.is_some() => format!("redis+lua {} (no pipelining)", r.url),
             Target::Redis(r) => format!("redis+lua {}", r.url),
             Target::Server(s) => format!("hongbao serve {}", s.url),
         }
@@ -315,6 +316,8 @@ pub struct RedisTarget {
     grab: Script,
     send: Script,
     deposit: Script,
+    /// Without pipelining: one permit per connection.
+    in_flight: Option<tokio::sync::Semaphore>,
 }
 
 impl RedisTarget {
@@ -323,7 +326,12 @@ impl RedisTarget {
     /// # Errors
     ///
     /// A clear message when the URL is malformed or the server cannot be reached.
-    pub async fn connect(url: &str, connections: usize, share_fen_max: u64) -> Result<RedisTarget, String> {
+    pub async fn connect(
+        url: &str,
+        connections: usize,
+        share_fen_max: u64,
+        pipelining: bool,
+    ) -> Result<RedisTarget, String> {
         let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url}: {e}"))?;
         let mut conns = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
@@ -354,6 +362,7 @@ impl RedisTarget {
             grab: Script::new(GRAB_LUA),
             send: Script::new(SEND_LUA),
             deposit: Script::new(DEPOSIT_LUA),
+            in_flight: (!pipelining).then(|| tokio::sync::Semaphore::new(connections.max(1))),
         })
     }
 
@@ -404,6 +413,10 @@ impl RedisTarget {
     }
 
     async fn grab(&self, packet: PacketId, group: GroupId, user: UserId) -> Reply {
+        let _permit = match &self.in_flight {
+            Some(in_flight) => Some(in_flight.acquire().await.expect("never closed")),
+            None => None,
+        };
         let mut inv = self.grab.prepare_invoke();
         inv.key(self.key(&format!("p:{}:s", packet.0)))
             .key(self.key(&format!("p:{}:c", packet.0)))

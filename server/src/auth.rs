@@ -112,8 +112,8 @@ impl Claims {
 pub struct Member {
     /// Who.
     pub user: UserId,
-    /// On which device: [`device_hash`] of its id.
-    pub device_hash: String,
+    /// On which device: the SHA-256 of its id.
+    pub device_digest: [u8; 32],
     /// How they authenticated.
     pub amr: Vec<String>,
     /// When.
@@ -247,7 +247,7 @@ impl Verifier {
                 let user = claims.sub.parse().map_err(|_| AuthError::Malformed("sub is not a user id".into()))?;
                 Principal::Member(Arc::new(Member {
                     user: UserId(user),
-                    device_hash: claims.dev.ok_or(AuthError::MissingDevice)?,
+                    device_digest: claims.dev.as_deref().map(parse_digest).ok_or(AuthError::MissingDevice)??,
                     amr: claims.amr,
                     auth_time: claims.auth_time,
                     admin_of: claims.adm.into_iter().map(OrgId).collect(),
@@ -272,7 +272,7 @@ impl Verifier {
         match self.verified(token)? {
             Principal::Member(member) => match device {
                 None => Err(AuthError::MissingDevice),
-                Some(device) if device_hash(device) != member.device_hash => Err(AuthError::WrongDevice),
+                Some(device) if device_digest(device) != member.device_digest => Err(AuthError::WrongDevice),
                 Some(_) => Ok(Principal::Member(member)),
             },
             host => Ok(host),
@@ -283,8 +283,26 @@ impl Verifier {
 /// What a token's `dev` claim holds for the device whose id is `device`: the SHA-256 of the
 /// id, in lowercase hex.
 pub fn device_hash(device: &str) -> String {
+    device_digest(device).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of a device's id (compared on every request: no text is formatted).
+fn device_digest(device: &str) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(device.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(device.as_bytes()).into()
+}
+
+/// A `dev` claim back into the digest it spells.
+fn parse_digest(hex: &str) -> Result<[u8; 32], AuthError> {
+    let malformed = || AuthError::Malformed("dev is not 64 hex digits (the SHA-256 of the device id)".into());
+    if hex.len() != 64 {
+        return Err(malformed());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(malformed)?, 16).map_err(|_| malformed())?;
+    }
+    Ok(digest)
 }
 
 /// Signs `claims` with the host's private key (PKCS#8 PEM).
@@ -319,7 +337,8 @@ mod tests {
         let verifier = Verifier::with_cache(public.as_bytes(), 0, 2).unwrap();
         let token = mint(private.as_bytes(), &Claims::member(UserId(7), "phone-1", &["pwd"], 60)).unwrap();
         let Principal::Member(member) = verifier.verify(&token, Some("phone-1")).unwrap() else { panic!("a member") };
-        assert_eq!((member.user, member.device_hash.as_str()), (UserId(7), device_hash("phone-1").as_str()));
+        assert_eq!((member.user, member.device_digest), (UserId(7), device_digest("phone-1")));
+        assert_eq!(parse_digest(&device_hash("phone-1")), Ok(device_digest("phone-1")));
         assert!(!token.contains("phone-1"), "the token does not carry the device id");
         assert_eq!(verifier.verify(&token, Some("phone-2")), Err(AuthError::WrongDevice));
         assert_eq!(verifier.verify(&token, None), Err(AuthError::MissingDevice));
@@ -349,7 +368,7 @@ mod tests {
     fn step_up_needs_a_strong_method_within_the_window() {
         let member = |amr: &[&str], at: u64| Member {
             user: UserId(1),
-            device_hash: device_hash("d"),
+            device_digest: device_digest("d"),
             amr: amr.iter().map(|m| m.to_string()).collect(),
             auth_time: Some(at),
             admin_of: Vec::new(),
