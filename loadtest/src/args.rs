@@ -30,8 +30,10 @@ pub struct Args {
     pub scenario: Scenario,
 
     /// What to load: `embedded` (an engine in this process), `redis://HOST:PORT` (the
-    /// Redis + Lua design), or a running `hongbao serve` over HTTP (`http://HOST:PORT`) or its
-    /// members' WebSockets (`ws://HOST:PORT`; needs --key). Give several, comma-separated, to
+    /// Redis + Lua design), or a running `hongbao serve` over HTTP/1.1 (`http://HOST:PORT`),
+    /// its members' own WebSockets (`ws://HOST:PORT`) or the chat host's relay sockets, each
+    /// carrying many members' grabs with their tokens (`relay://HOST:PORT`, --connections of
+    /// them); server targets need --key. Give several, comma-separated, to
     /// run the same scenario against each in turn and compare them side by side
     /// (`--target embedded,redis://127.0.0.1:6379,http://127.0.0.1:8080`)
     #[arg(long, value_delimiter = ',', default_value = "embedded")]
@@ -204,14 +206,15 @@ impl Args {
     /// A message naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         let known = |t: &&String| {
-            *t == "embedded" || ["redis://", "http://", "ws://"].iter().any(|scheme| t.starts_with(scheme))
+            *t == "embedded" || ["redis://", "http://", "ws://", "relay://"].iter().any(|scheme| t.starts_with(scheme))
         };
         if let Some(bad) = self.target.iter().find(|t| !known(t)) {
             return Err(format!(
-                "--target must be `embedded`, redis://HOST:PORT, http://HOST:PORT or ws://HOST:PORT, not {bad:?}"
+                "--target must be `embedded`, redis://HOST:PORT, http://HOST:PORT, ws://HOST:PORT or relay://HOST:PORT, not {bad:?}"
             ));
         }
-        if self.key.is_none() && self.target.iter().any(|t| t.starts_with("http://") || t.starts_with("ws://")) {
+        let server = |t: &String| ["http://", "ws://", "relay://"].iter().any(|scheme| t.starts_with(scheme));
+        if self.key.is_none() && self.target.iter().any(server) {
             return Err("a server target (http:// or ws://) needs --key FILE, the private key of the server's \
                         --public-key"
                 .into());

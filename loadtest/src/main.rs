@@ -156,7 +156,7 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     let limits = limits(args);
     let target = if target == "embedded" {
         Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
-    } else if target.starts_with("http://") || target.starts_with("ws://") {
+    } else if ["http://", "ws://", "relay://"].iter().any(|scheme| target.starts_with(scheme)) {
         Target::Server(Box::new(ServerTarget::connect(target, args.key.as_deref(), args.connections).await?))
     } else {
         let pipelining = !args.redis_no_pipelining;

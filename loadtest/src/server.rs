@@ -26,8 +26,20 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 /// Which surface of the server is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
+    /// HTTP/1.1: one request at a time per connection.
     Http,
+    /// A WebSocket per member.
     Ws,
+    /// The chat host's relay sockets (`relay://`): `--connections` of them, each carrying many
+    /// members' grabs at once, each grab with its member's token.
+    Relay,
+}
+
+/// One host relay socket: grabs go out through `out`; replies come back to whoever waits for
+/// their id.
+struct Relay {
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Value>>>>,
 }
 
 pub struct ServerTarget {
@@ -40,6 +52,7 @@ pub struct ServerTarget {
     host: String,
     tokens: Mutex<HashMap<u64, Arc<str>>>,
     sockets: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Socket>>>>>,
+    relays: Vec<Relay>,
     next_request: AtomicU64,
     /// HTTP/1.1 carries one request per connection at a time: at most `--connections` are in
     /// flight, each on a kept-alive connection of the pool.
@@ -58,7 +71,8 @@ impl ServerTarget {
         let (surface, rest) = match url.split_once("://") {
             Some(("http", rest)) => (Surface::Http, rest),
             Some(("ws", rest)) => (Surface::Ws, rest),
-            _ => return Err(format!("a server target is http://HOST:PORT or ws://HOST:PORT, not {url}")),
+            Some(("relay", rest)) => (Surface::Relay, rest),
+            _ => return Err(format!("a server target is http://, ws:// or relay://HOST:PORT, not {url}")),
         };
         let key_path =
             key_path.ok_or("a server target needs --key FILE: the private key whose public half the server trusts")?;
@@ -83,6 +97,7 @@ impl ServerTarget {
             ));
         }
         let offset = (u64::from(rand::random::<u32>()) + 1) << 24;
+        let relays = if surface == Surface::Relay { open_relays(&base, &host, connections).await? } else { Vec::new() };
         Ok(ServerTarget {
             url: url.to_owned(),
             base,
@@ -92,6 +107,7 @@ impl ServerTarget {
             host,
             tokens: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
+            relays,
             next_request: AtomicU64::new(1),
             in_flight: tokio::sync::Semaphore::new(connections.max(1)),
             offset,
@@ -190,6 +206,7 @@ impl ServerTarget {
                 })
             }
             Surface::Ws => self.grab_over_socket(packet, user).await,
+            Surface::Relay => self.grab_over_relay(packet, user).await,
         };
         match answer {
             Ok((true, body)) => {
@@ -249,6 +266,20 @@ impl ServerTarget {
         }
     }
 
+    /// One grab through a relay: (ok, the grab or the error body).
+    async fn grab_over_relay(&self, packet: PacketId, user: UserId) -> Result<(bool, Value), String> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let relay = &self.relays[id as usize % self.relays.len()];
+        let token = self.token(user)?;
+        let grab = json!({ "op": "grab", "id": id, "packet": self.packet(packet), "token": &*token, "device": device(user) });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        relay.waiting.lock().insert(id, tx);
+        relay.out.send(grab.to_string()).map_err(|_| "the relay socket closed".to_string())?;
+        let reply = rx.await.map_err(|_| "the relay socket closed".to_string())?;
+        let ok = reply["ok"] == true;
+        Ok((ok, if ok { reply["grab"].clone() } else { reply["error"].clone() }))
+    }
+
     async fn open_socket(&self, user: UserId) -> Result<Socket, String> {
         let url = format!("ws://{}/ws", self.base.trim_start_matches("http://"));
         let (mut ws, _) =
@@ -305,6 +336,47 @@ impl ServerTarget {
         );
         Ok(Verdict { balanced: a["balanced"] == true, detail })
     }
+}
+
+/// `connections` relay sockets, authenticated with the host's token, each with a writer and a
+/// reader task.
+async fn open_relays(base: &str, host: &str, connections: usize) -> Result<Vec<Relay>, String> {
+    let url = format!("ws://{}/ws", base.trim_start_matches("http://"));
+    let mut relays = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        ws.send(Message::text(json!({ "op": "auth", "token": host }).to_string())).await.map_err(|e| e.to_string())?;
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"relay\":true") => {}
+            other => return Err(format!("the relay was refused: {other:?}")),
+        }
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Value>>>> = Arc::default();
+        tokio::spawn(async move {
+            while let Some(text) = outgoing.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let replies = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else { continue };
+                let Ok(reply) = serde_json::from_str::<Value>(&text) else { continue };
+                if let Some(id) = reply["id"].as_u64() {
+                    if let Some(waiter) = replies.lock().remove(&id) {
+                        let _ = waiter.send(reply);
+                    }
+                }
+            }
+            // The socket ended: whoever still waits hears it closed.
+            replies.lock().clear();
+        });
+        relays.push(Relay { out, waiting });
+    }
+    Ok(relays)
 }
 
 fn device(user: UserId) -> String {

@@ -261,9 +261,10 @@ fn start_server(dir: &Path) -> (hongbao_server::Running, PathBuf) {
 fn the_same_storm_through_the_server_over_http_and_websocket() {
     let dir = scratch("server");
     let (server, key) = start_server(&dir);
-    let (http, ws) = (format!("http://{}", server.addr), format!("ws://{}", server.addr));
+    let (http, ws, relay) =
+        (format!("http://{}", server.addr), format!("ws://{}", server.addr), format!("relay://{}", server.addr));
     let json = dir.join("out.json");
-    let targets = format!("embedded,{http},{ws}");
+    let targets = format!("embedded,{http},{ws},{relay}");
     let out = loadtest(&[
         "--groups",
         "3",
@@ -284,11 +285,13 @@ fn the_same_storm_through_the_server_over_http_and_websocket() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("hongbao serve http://") && text.contains("hongbao serve ws://"), "{text}");
+    for surface in ["http://", "ws://", "relay://"] {
+        assert!(text.contains(&format!("hongbao serve {surface}")), "{text}");
+    }
     assert!(!text.contains("INVARIANT BROKEN"), "{text}");
     let report = read_json(&json);
-    let runs = report["runs"].as_array().expect("a comparison of three runs");
-    assert_eq!(runs.len(), 3, "{report}");
+    let runs = report["runs"].as_array().expect("a comparison of four runs");
+    assert_eq!(runs.len(), 4, "{report}");
     for run in runs {
         assert_eq!(run["ok"], true, "{run}");
         // Every grabbing member asked once a round: 3 groups x 40 members x 3 rounds.

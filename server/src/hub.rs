@@ -62,6 +62,8 @@ enum Command {
 pub struct Hub {
     tx: mpsc::UnboundedSender<Command>,
     clients: Arc<AtomicUsize>,
+    /// Set at a graceful stop, for sockets the hub does not hold (the host's relays).
+    closing: Arc<Kick>,
     /// This run of the server: sequence numbers start again at 1 in each.
     pub epoch: u64,
 }
@@ -92,7 +94,7 @@ impl Hub {
             per_user_max,
         };
         tokio::spawn(state.run(events, rx));
-        Ok(Hub { tx, clients, epoch })
+        Ok(Hub { tx, clients, epoch, closing: Arc::new(watch::Sender::new(None)) })
     }
 
     /// Adds a connection; the hub first pushes a `hello` (and what it missed since `since`).
@@ -115,10 +117,16 @@ impl Hub {
 
     /// Tells every connection to close with `reason`, and waits until the hub has.
     pub async fn close_all(&self, reason: &'static str) {
+        self.closing.send_replace(Some(reason));
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::CloseAll(reason, tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Told when every socket must close.
+    pub fn closing(&self) -> watch::Receiver<Option<&'static str>> {
+        self.closing.subscribe()
     }
 
     /// Connections now.

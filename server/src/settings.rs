@@ -56,6 +56,8 @@ pub struct Settings {
     pub ws_buffer_len: usize,
     /// Grabs one WebSocket client may have in flight; more are answered `busy`.
     pub ws_inflight_max: usize,
+    /// Grabs one host relay socket may have in flight; more are answered `busy`.
+    pub ws_relay_inflight_max: usize,
     /// Recent events kept for clients resuming after a reconnect.
     pub ws_replay_len: usize,
     /// How long a new WebSocket client has to authenticate.
@@ -103,6 +105,7 @@ impl Default for Settings {
             ws_per_user_max: 8,
             ws_buffer_len: 1024,
             ws_inflight_max: 16,
+            ws_relay_inflight_max: 4096,
             ws_replay_len: 65_536,
             ws_auth_secs: 10,
             ws_ping_secs: 20,
@@ -272,6 +275,7 @@ impl Settings {
             ("ws_per_user_max", self.ws_per_user_max),
             ("ws_buffer_len", self.ws_buffer_len),
             ("ws_inflight_max", self.ws_inflight_max),
+            ("ws_relay_inflight_max", self.ws_relay_inflight_max),
             ("ws_replay_len", self.ws_replay_len),
             ("claims_page_max", self.claims_page_max),
         ];

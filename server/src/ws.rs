@@ -42,7 +42,9 @@ use crate::reply::ApiError;
 enum Request {
     Auth {
         token: String,
-        device: String,
+        /// A member's device; none for the host's relay.
+        #[serde(default)]
+        device: Option<String>,
         #[serde(default)]
         groups: Vec<GroupId>,
         #[serde(default)]
@@ -51,6 +53,11 @@ enum Request {
     Grab {
         id: Value,
         packet: PacketId,
+        /// On the host's relay: the member's own token and device, checked as over HTTP.
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        device: Option<String>,
     },
     Watch {
         group: GroupId,
@@ -100,10 +107,21 @@ fn close(code: CloseCode, reason: &str) -> Option<CloseReason> {
     Some(CloseReason { code, description: Some(reason.to_owned()) })
 }
 
+/// Who authenticated a socket.
+enum Caller {
+    /// A member, watching these groups, resuming after this event.
+    Member(Arc<Member>, Vec<GroupId>, Option<(u64, u64)>),
+    /// The chat host, relaying its members' grabs.
+    Host,
+}
+
 async fn run(ctx: Arc<Ctx>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream, ip: Option<IpAddr>) {
     crate::telemetry::ws_connected(1);
     let reason = match authenticate(&ctx, &mut session, &mut stream).await {
-        Ok((member, groups, since)) => serve(&ctx, &mut session, &mut stream, member, groups, since, ip).await,
+        Ok(Caller::Member(member, groups, since)) => {
+            serve(&ctx, &mut session, &mut stream, member, groups, since, ip).await
+        }
+        Ok(Caller::Host) => relay(&ctx, &mut session, &mut stream).await,
         Err(reason) => reason,
     };
     crate::telemetry::ws_connected(-1);
@@ -116,7 +134,7 @@ async fn authenticate(
     ctx: &Ctx,
     session: &mut Session,
     stream: &mut actix_ws::AggregatedMessageStream,
-) -> Result<(Arc<Member>, Vec<GroupId>, Option<(u64, u64)>), Option<CloseReason>> {
+) -> Result<Caller, Option<CloseReason>> {
     let deadline = Duration::from_secs(ctx.settings.ws_auth_secs);
     let first = match tokio::time::timeout(deadline, stream.next()).await {
         Err(_) => return Err(close(CloseCode::Policy, "no auth message in time")),
@@ -127,16 +145,19 @@ async fn authenticate(
     let Ok(Request::Auth { token, device, groups, since }) = serde_json::from_str::<Request>(&first) else {
         return Err(close(CloseCode::Policy, "the first message must be {\"op\":\"auth\",…}"));
     };
-    let member = match ctx.verifier.verify(&token, Some(&device)) {
+    let member = match ctx.verifier.verify(&token, device.as_deref()) {
         Ok(Principal::Member(member)) => member,
-        Ok(Principal::Host) => return refuse(session, ApiError::forbidden("a host token has no socket")).await,
+        Ok(Principal::Host) => {
+            let _ = session.text(json!({ "type": "hello", "relay": true }).to_string()).await;
+            return Ok(Caller::Host);
+        }
         Err(e) => return refuse(session, ApiError::unauthorized(&e)).await,
     };
     if let Some(group) = groups.iter().find(|g| !ctx.engine.is_member(**g, member.user)) {
         let error = ApiError::forbidden(format!("not a member of group {}", group.0)).with("group", group.0);
         return refuse(session, error).await;
     }
-    Ok((member, groups, since.map(|s| (s.epoch.unwrap_or(ctx.hub.epoch), s.seq))))
+    Ok(Caller::Member(member, groups, since.map(|s| (s.epoch.unwrap_or(ctx.hub.epoch), s.seq))))
 }
 
 /// Tells the client why, then closes.
@@ -239,7 +260,10 @@ fn handle(
             ctx.hub.watch(conn, group);
             Some(json!({ "type": "watching", "group": group }).to_string())
         }
-        Ok(Request::Grab { id, packet }) => {
+        Ok(Request::Grab { id, token: Some(_), .. }) => {
+            error(id, ApiError::invalid("a member's socket grabs for its member: no token in a grab"))
+        }
+        Ok(Request::Grab { id, packet, .. }) => {
             if pending.len() >= ctx.settings.ws_inflight_max {
                 return error(id, ApiError::engine(&GrabError::Busy));
             }
@@ -256,6 +280,87 @@ fn handle(
             None
         }
     }
+}
+
+/// The chat host's relay: a socket authenticated with the host's token that carries many
+/// members' grabs at once, each with the member's own token and device, checked exactly as a
+/// member's request over HTTP (the rate limits per member apply; the host's address is not
+/// limited, as it speaks for many). It hears no events. A chat server that already holds its
+/// members' connections uses one relay (or a few) instead of a socket per member, and its
+/// grabs are multiplexed: up to `ws_relay_inflight_max` in flight per relay.
+async fn relay(ctx: &Ctx, session: &mut Session, stream: &mut actix_ws::AggregatedMessageStream) -> Option<CloseReason> {
+    let mut kicked = ctx.hub.closing();
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut silent_pings = 0u32;
+    loop {
+        let out = tokio::select! {
+            _ = kicked.changed() => return kicked_reason(&kicked),
+            Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
+            _ = ping.tick() => {
+                silent_pings += 1;
+                if silent_pings > 3 {
+                    return close(CloseCode::Policy, "no answer to pings");
+                }
+                match send(session, Out::Ping, &mut kicked, ping_every).await {
+                    Ok(()) => continue,
+                    Err(reason) => return reason,
+                }
+            }
+            message = stream.next() => {
+                silent_pings = 0;
+                match message {
+                    None | Some(Ok(AggregatedMessage::Close(_))) => return None,
+                    Some(Err(_)) => return close(CloseCode::Size, "message too large or malformed"),
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => match send(session, Out::Pong(bytes), &mut kicked, ping_every).await {
+                        Ok(()) => continue,
+                        Err(reason) => return reason,
+                    },
+                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => continue,
+                    Some(Ok(AggregatedMessage::Text(text))) => match relay_grab(ctx, &text, &mut pending) {
+                        Some(out) => out,
+                        None => continue,
+                    },
+                }
+            }
+        };
+        if let Err(reason) = send(session, Out::Text(out), &mut kicked, ping_every).await {
+            return reason;
+        }
+    }
+}
+
+/// One relayed grab: its member's token checked, then started.
+fn relay_grab(ctx: &Ctx, text: &str, pending: &mut FuturesUnordered<Pending>) -> Option<String> {
+    let error = |id: Value, e: ApiError| {
+        crate::telemetry::reply_kind("ws_relay_grab", e.kind());
+        Some(json!({ "type": "reply", "id": id, "ok": false, "error": e.to_json() }).to_string())
+    };
+    let (id, packet, token, device) = match serde_json::from_str::<Request>(text) {
+        Ok(Request::Grab { id, packet, token: Some(token), device }) => (id, packet, token, device),
+        Ok(_) => return error(Value::Null, ApiError::invalid("a relay carries grabs, each with its member's token")),
+        Err(e) => return error(Value::Null, ApiError::invalid(format!("not a request: {e}"))),
+    };
+    let member = match ctx.verifier.verify(&token, device.as_deref()) {
+        Ok(Principal::Member(member)) => member,
+        Ok(Principal::Host) => return error(id, ApiError::forbidden("a grab is a member's")),
+        Err(e) => return error(id, ApiError::unauthorized(&e)),
+    };
+    if pending.len() >= ctx.settings.ws_relay_inflight_max {
+        return error(id, ApiError::engine(&GrabError::Busy));
+    }
+    if let Err(e) = ctx.limits.check(Action::Grab, member.user, None) {
+        return error(id, e);
+    }
+    let (engine, user) = (ctx.engine.clone(), member.user);
+    pending.push(Box::pin(async move {
+        let started = std::time::Instant::now();
+        let result = engine.grab(packet, user).await;
+        crate::telemetry::grab_latency(started.elapsed());
+        (id, packet, result)
+    }));
+    None
 }
 
 /// What the server sends on a socket.

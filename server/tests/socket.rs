@@ -289,3 +289,63 @@ async fn a_member_holds_few_sockets_and_a_long_backlog_is_a_resync() {
     assert_eq!(next(&mut socket).await["type"].as_str(), Some("resync"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_relay_carries_many_members_grabs_each_with_its_token() {
+    let mut h = Harness::start("socket-relay", settings());
+    h.group_with_funds(7, &[1, 2, 3], 10).await;
+    h.post(&h.member(1), "/v1/packets", lucky(1, 7, "3.00", 2)).await;
+    let (mut relay, _) = tokio_tungstenite::connect_async(&h.ws).await.unwrap();
+    relay.send(Message::text(json!({ "op": "auth", "token": h.host().token }).to_string())).await.unwrap();
+    let hello = next(&mut relay).await;
+    assert_eq!(hello["relay"].as_bool(), Some(true), "{hello}");
+
+    // Three grabs in flight at once on one socket, for three members.
+    for (id, user) in [(10, 1u64), (11, 2), (12, 3)] {
+        let who = h.member(user);
+        let grab = json!({ "op": "grab", "id": id, "packet": 1, "token": who.token, "device": who.device });
+        relay.send(Message::text(grab.to_string())).await.unwrap();
+    }
+    let mut replies: Vec<Value> = Vec::new();
+    for _ in 0..3 {
+        replies.push(next(&mut relay).await);
+    }
+    replies.sort_by_key(|r| r["id"].as_u64());
+    let oks: Vec<bool> = replies.iter().map(|r| r["ok"] == true).collect();
+    assert_eq!(oks.iter().filter(|ok| **ok).count(), 2, "two shares for three members: {replies:?}");
+    assert!(replies.iter().any(|r| r["error"]["error"] == "sold_out"), "{replies:?}");
+    let (_, view) = h.get(&h.member(2), "/v1/packets/1").await;
+    assert_eq!(view["claims"].as_array().map(Vec::len), Some(2));
+
+    // Each grab is checked as the member's own: another device, or no token, is refused.
+    let bo = h.member(2);
+    let forged = json!({ "op": "grab", "id": 20, "packet": 1, "token": bo.token, "device": "d9" });
+    relay.send(Message::text(forged.to_string())).await.unwrap();
+    let refused = next(&mut relay).await;
+    assert_eq!((refused["id"].as_u64(), refused["error"]["reason"].as_str()), (Some(20), Some("wrong_device")), "{refused}");
+    relay.send(Message::text(json!({ "op": "grab", "id": 21, "packet": 1 }).to_string())).await.unwrap();
+    assert_eq!(next(&mut relay).await["error"]["error"].as_str(), Some("invalid_request"));
+
+    // A member's own socket grabs only for its member.
+    let (mut own, _) = open(&h, &bo, &[7], None).await;
+    let chen = h.member(3);
+    let other = json!({ "op": "grab", "id": 1, "packet": 1, "token": chen.token, "device": chen.device });
+    own.send(Message::text(other.to_string())).await.unwrap();
+    let reply = loop {
+        let message = next(&mut own).await;
+        if message["type"] == "reply" {
+            break message;
+        }
+    };
+    assert_eq!(reply["error"]["error"].as_str(), Some("invalid_request"), "{reply}");
+    drop(own);
+
+    // A graceful stop closes relays too.
+    let stopping = tokio::spawn(async move {
+        h.stop().await;
+        h
+    });
+    let (_, closed) = until_closed(&mut relay).await;
+    assert_eq!(closed["reason"].as_str(), Some(hongbao_server::service::SHUTTING_DOWN), "{closed}");
+    drop(stopping.await.unwrap());
+}
