@@ -39,7 +39,31 @@ pub enum Surface {
 /// their id.
 struct Relay {
     out: tokio::sync::mpsc::UnboundedSender<String>,
-    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Value>>>>,
+    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<RelayAnswer>>>>,
+}
+
+/// A relay's answer to one grab, read without building a JSON tree.
+#[derive(serde::Deserialize)]
+struct RelayAnswer {
+    id: Option<u64>,
+    #[serde(default)]
+    ok: bool,
+    grab: Option<RelayGrab>,
+    error: Option<RelayError>,
+}
+
+#[derive(serde::Deserialize)]
+struct RelayGrab {
+    amount: Amount,
+    #[serde(default)]
+    already: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct RelayError {
+    error: String,
+    #[serde(default)]
+    message: String,
 }
 
 pub struct ServerTarget {
@@ -206,7 +230,7 @@ impl ServerTarget {
                 })
             }
             Surface::Ws => self.grab_over_socket(packet, user).await,
-            Surface::Relay => self.grab_over_relay(packet, user).await,
+            Surface::Relay => return self.grab_over_relay(packet, user).await,
         };
         match answer {
             Ok((true, body)) => {
@@ -266,18 +290,39 @@ impl ServerTarget {
         }
     }
 
-    /// One grab through a relay: (ok, the grab or the error body).
-    async fn grab_over_relay(&self, packet: PacketId, user: UserId) -> Result<(bool, Value), String> {
+    /// One grab through a relay (`user` already offset).
+    async fn grab_over_relay(&self, packet: PacketId, user: UserId) -> Reply {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let relay = &self.relays[id as usize % self.relays.len()];
-        let token = self.token(user)?;
-        let grab = json!({ "op": "grab", "id": id, "packet": self.packet(packet), "token": &*token, "device": device(user) });
+        let token = match self.token(user) {
+            Ok(token) => token,
+            Err(e) => return Reply::Error(e),
+        };
+        // Tokens and device ids hold no character JSON escapes.
+        let grab = format!(
+            r#"{{"op":"grab","id":{id},"packet":{},"token":"{token}","device":"{}"}}"#,
+            self.packet(packet),
+            device(user)
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         relay.waiting.lock().insert(id, tx);
-        relay.out.send(grab.to_string()).map_err(|_| "the relay socket closed".to_string())?;
-        let reply = rx.await.map_err(|_| "the relay socket closed".to_string())?;
-        let ok = reply["ok"] == true;
-        Ok((ok, if ok { reply["grab"].clone() } else { reply["error"].clone() }))
+        if relay.out.send(grab).is_err() {
+            return Reply::Error("the relay socket closed".into());
+        }
+        match rx.await {
+            Ok(RelayAnswer { ok: true, grab: Some(g), .. }) if g.already => Reply::AlreadyGrabbed(g.amount.as_fen()),
+            Ok(RelayAnswer { ok: true, grab: Some(g), .. }) => Reply::Won(g.amount.as_fen()),
+            Ok(RelayAnswer { error: Some(e), .. }) => match e.error.as_str() {
+                "sold_out" => Reply::SoldOut,
+                "not_eligible" => Reply::NotEligible,
+                "expired" => Reply::Expired,
+                "unknown_packet" => Reply::UnknownPacket,
+                "busy" => Reply::Busy,
+                other => Reply::Error(format!("{other}: {}", e.message)),
+            },
+            Ok(_) => Reply::Error("a reply with neither a grab nor an error".into()),
+            Err(_) => Reply::Error("the relay socket closed".into()),
+        }
     }
 
     async fn open_socket(&self, user: UserId) -> Result<Socket, String> {
@@ -344,7 +389,8 @@ async fn open_relays(base: &str, host: &str, connections: usize) -> Result<Vec<R
     let url = format!("ws://{}/ws", base.trim_start_matches("http://"));
     let mut relays = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
         ws.send(Message::text(json!({ "op": "auth", "token": host }).to_string())).await.map_err(|e| e.to_string())?;
         match ws.next().await {
             Some(Ok(Message::Text(text))) if text.contains("\"relay\":true") => {}
@@ -352,7 +398,7 @@ async fn open_relays(base: &str, host: &str, connections: usize) -> Result<Vec<R
         }
         let (mut sink, mut stream) = ws.split();
         let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Value>>>> = Arc::default();
+        let waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<RelayAnswer>>>> = Arc::default();
         tokio::spawn(async move {
             while let Some(text) = outgoing.recv().await {
                 if sink.send(Message::text(text)).await.is_err() {
@@ -364,8 +410,8 @@ async fn open_relays(base: &str, host: &str, connections: usize) -> Result<Vec<R
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else { continue };
-                let Ok(reply) = serde_json::from_str::<Value>(&text) else { continue };
-                if let Some(id) = reply["id"].as_u64() {
+                let Ok(reply) = serde_json::from_str::<RelayAnswer>(&text) else { continue };
+                if let Some(id) = reply.id {
                     if let Some(waiter) = replies.lock().remove(&id) {
                         let _ = waiter.send(reply);
                     }

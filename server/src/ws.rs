@@ -26,7 +26,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use futures::stream::FuturesUnordered;
 use futures::{Future, StreamExt};
 use hongbao::{GrabError, GroupId, PacketId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -53,11 +53,9 @@ enum Request {
     Grab {
         id: Value,
         packet: PacketId,
-        /// On the host's relay: the member's own token and device, checked as over HTTP.
+        /// Only on the host's relay (each grab with its member's token): refused here.
         #[serde(default)]
         token: Option<String>,
-        #[serde(default)]
-        device: Option<String>,
     },
     Watch {
         group: GroupId,
@@ -288,7 +286,11 @@ fn handle(
 /// limited, as it speaks for many). It hears no events. A chat server that already holds its
 /// members' connections uses one relay (or a few) instead of a socket per member, and its
 /// grabs are multiplexed: up to `ws_relay_inflight_max` in flight per relay.
-async fn relay(ctx: &Ctx, session: &mut Session, stream: &mut actix_ws::AggregatedMessageStream) -> Option<CloseReason> {
+async fn relay(
+    ctx: &Ctx,
+    session: &mut Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+) -> Option<CloseReason> {
     let mut kicked = ctx.hub.closing();
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
@@ -337,10 +339,9 @@ fn relay_grab(ctx: &Ctx, text: &str, pending: &mut FuturesUnordered<Pending>) ->
         crate::telemetry::reply_kind("ws_relay_grab", e.kind());
         Some(json!({ "type": "reply", "id": id, "ok": false, "error": e.to_json() }).to_string())
     };
-    let (id, packet, token, device) = match serde_json::from_str::<Request>(text) {
-        Ok(Request::Grab { id, packet, token: Some(token), device }) => (id, packet, token, device),
-        Ok(_) => return error(Value::Null, ApiError::invalid("a relay carries grabs, each with its member's token")),
-        Err(e) => return error(Value::Null, ApiError::invalid(format!("not a request: {e}"))),
+    let (id, packet, token, device) = match serde_json::from_str::<RelayedGrab>(text) {
+        Ok(RelayedGrab { op: "grab", id, packet, token, device }) => (id, packet, token, device),
+        _ => return error(Value::Null, ApiError::invalid("a relay carries grabs, each with its member's token")),
     };
     let member = match ctx.verifier.verify(&token, device.as_deref()) {
         Ok(Principal::Member(member)) => member,
@@ -405,12 +406,47 @@ fn kicked_reason(kicked: &watch::Receiver<Option<&'static str>>) -> Option<Close
     }
 }
 
+/// A grab's reply frame, serialized straight from its parts (no JSON tree: the relay sends
+/// one per grab).
+#[derive(Serialize)]
+struct ReplyFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a Value,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grab: Option<&'a crate::api::GrabReply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
 fn reply(id: Value, packet: PacketId, result: Result<hongbao::Grabbed, GrabError>) -> String {
-    match grab_reply(packet, result) {
-        Ok(body) => json!({ "type": "reply", "id": id, "ok": true, "grab": body }).to_string(),
+    let frame = match grab_reply(packet, result) {
+        Ok(body) => {
+            serde_json::to_string(&ReplyFrame { kind: "reply", id: &id, ok: true, grab: Some(&body), error: None })
+        }
         Err(e) => {
             crate::telemetry::reply_kind("ws_grab", e.kind());
-            json!({ "type": "reply", "id": id, "ok": false, "error": e.to_json() }).to_string()
+            serde_json::to_string(&ReplyFrame {
+                kind: "reply",
+                id: &id,
+                ok: false,
+                grab: None,
+                error: Some(e.to_json()),
+            })
         }
-    }
+    };
+    frame.unwrap_or_default()
+}
+
+/// A relayed grab as it arrives: read flat, the token borrowed from the frame.
+#[derive(Deserialize)]
+struct RelayedGrab<'a> {
+    op: &'a str,
+    id: Value,
+    packet: PacketId,
+    #[serde(borrow)]
+    token: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    device: Option<std::borrow::Cow<'a, str>>,
 }

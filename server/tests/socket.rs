@@ -322,7 +322,11 @@ async fn the_hosts_relay_carries_many_members_grabs_each_with_its_token() {
     let forged = json!({ "op": "grab", "id": 20, "packet": 1, "token": bo.token, "device": "d9" });
     relay.send(Message::text(forged.to_string())).await.unwrap();
     let refused = next(&mut relay).await;
-    assert_eq!((refused["id"].as_u64(), refused["error"]["reason"].as_str()), (Some(20), Some("wrong_device")), "{refused}");
+    assert_eq!(
+        (refused["id"].as_u64(), refused["error"]["reason"].as_str()),
+        (Some(20), Some("wrong_device")),
+        "{refused}"
+    );
     relay.send(Message::text(json!({ "op": "grab", "id": 21, "packet": 1 }).to_string())).await.unwrap();
     assert_eq!(next(&mut relay).await["error"]["error"].as_str(), Some("invalid_request"));
 
