@@ -190,25 +190,29 @@ impl AuthError {
 /// A signature check costs tens of microseconds, more than a grab: tokens already verified
 /// are remembered (by a BLAKE3 hash of the whole token) with their claims until they expire,
 /// so a member's every later request costs a hash and a lookup. The memory is bounded: at
-/// `cache_len` tokens, expired ones are dropped, and if none had expired, all are.
+/// `cache_len` tokens, expired ones are dropped, then as many others as bring it to three
+/// quarters.
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
     verified: dashmap::DashMap<[u8; 32], Verified>,
     cache_len: usize,
+    /// Counts lookups: a token's last use, for eviction.
+    clock: std::sync::atomic::AtomicU64,
 }
 
-/// A token whose signature verified: whom it names, until when.
-#[derive(Clone, Debug)]
+/// A token whose signature verified: whom it names, until when, and when it was last used.
+#[derive(Debug)]
 struct Verified {
     exp: u64,
     who: Principal,
+    used: std::sync::atomic::AtomicU64,
 }
 
 impl Verifier {
     /// A verifier for tokens signed by the key whose public half is `public_pem`.
     pub fn new(public_pem: &[u8], leeway_secs: u64) -> Result<Verifier, String> {
-        Verifier::with_cache(public_pem, leeway_secs, 100_000)
+        Verifier::with_cache(public_pem, leeway_secs, 262_144)
     }
 
     /// As [`Verifier::new`], remembering at most `cache_len` verified tokens.
@@ -218,15 +222,18 @@ impl Verifier {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         validation.leeway = leeway_secs;
-        Ok(Verifier { key, validation, verified: dashmap::DashMap::new(), cache_len })
+        let (verified, clock) = (dashmap::DashMap::new(), std::sync::atomic::AtomicU64::new(0));
+        Ok(Verifier { key, validation, verified, cache_len, clock })
     }
 
     /// Whom `token` names, from the cache when it was verified before and has not expired.
     fn verified(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = *blake3::hash(token.as_bytes()).as_bytes();
         let now = unix_now();
+        let tick = self.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(hit) = self.verified.get(&digest) {
             if hit.exp + self.validation.leeway > now {
+                hit.used.store(tick, std::sync::atomic::Ordering::Relaxed);
                 return Ok(hit.who.clone());
             }
             drop(hit);
@@ -256,12 +263,23 @@ impl Verifier {
         };
         if self.cache_len > 0 {
             if self.verified.len() >= self.cache_len {
+                // Expired tokens go first; then the least recently used, down to three
+                // quarters (dropping them all would make every member's next request pay a
+                // signature check at once). Linear, once per quarter of the cache inserted.
                 self.verified.retain(|_, v| v.exp + self.validation.leeway > now);
-                if self.verified.len() >= self.cache_len {
-                    self.verified.clear();
+                let excess = self.verified.len().saturating_sub(self.cache_len * 3 / 4);
+                if excess > 0 {
+                    let mut by_use: Vec<(u64, [u8; 32])> = self
+                        .verified
+                        .iter()
+                        .map(|e| (e.used.load(std::sync::atomic::Ordering::Relaxed), *e.key()))
+                        .collect();
+                    by_use.select_nth_unstable(excess - 1);
+                    by_use[..excess].iter().for_each(|(_, k)| drop(self.verified.remove(k)));
                 }
             }
-            self.verified.insert(digest, Verified { exp: claims.exp, who: who.clone() });
+            let used = std::sync::atomic::AtomicU64::new(tick);
+            self.verified.insert(digest, Verified { exp: claims.exp, who: who.clone(), used });
         }
         Ok(who)
     }
@@ -362,6 +380,19 @@ mod tests {
             assert!(verifier.verified.len() <= 2);
         }
         assert_eq!(verifier.verify(&token, Some("phone-2")), Err(AuthError::WrongDevice), "cached or not");
+
+        // A full cache drops the least recently used: a member in use keeps their entry.
+        let verifier = Verifier::with_cache(public.as_bytes(), 0, 4).unwrap();
+        let tokens: Vec<String> = (1..=8)
+            .map(|user| mint(private.as_bytes(), &Claims::member(UserId(user), "d", &["pwd"], 60)).unwrap())
+            .collect();
+        for token in &tokens {
+            verifier.verify(&tokens[0], Some("d")).unwrap();
+            verifier.verify(token, Some("d")).unwrap();
+        }
+        let first = *blake3::hash(tokens[0].as_bytes()).as_bytes();
+        assert!(verifier.verified.contains_key(&first), "the token used all along is still cached");
+        assert!(verifier.verified.len() <= 4);
     }
 
     #[test]

@@ -142,12 +142,23 @@ struct Conn {
     kick: Kick,
 }
 
-/// An event as pushed: its frame, and whom it concerns.
+/// An event as kept: whom it concerns, and its frame, written the first time someone is to
+/// receive it (a storm nobody watches costs no JSON).
 struct Sent {
     seq: u64,
     group: Option<GroupId>,
     parties: Vec<UserId>,
-    frame: Arc<str>,
+    event: Event,
+    frame: std::sync::OnceLock<Arc<str>>,
+}
+
+impl Sent {
+    fn frame(&self) -> Arc<str> {
+        let frame = self
+            .frame
+            .get_or_init(|| json!({ "type": "event", "seq": self.seq, "event": self.event }).to_string().into());
+        Arc::clone(frame)
+    }
 }
 
 struct State {
@@ -177,7 +188,7 @@ impl State {
                     None => return,
                 },
                 event = events.next() => match event {
-                    Some(Ok(event)) => self.publish(&event),
+                    Some(Ok(event)) => self.publish(event),
                     Some(Err(EventsError::Lagged { skipped })) => self.lost(skipped),
                     Some(Err(_)) | None => {
                         self.close_all("the engine has stopped");
@@ -233,7 +244,7 @@ impl State {
                     self.recent.iter().filter(|s| s.seq > since && self.concerns(&conn, s, false)).collect();
                 // More than the socket's queue holds: reading the state again is cheaper.
                 if missed.len() < conn.tx.capacity() {
-                    first.extend(missed.iter().map(|s| Arc::clone(&s.frame)));
+                    first.extend(missed.iter().map(|s| s.frame()));
                 } else {
                     first.push(resync("more events were missed than are replayed"));
                 }
@@ -267,10 +278,10 @@ impl State {
             || sent.group.is_some_and(|g| conn.groups.contains(&g) && self.engine.is_member(g, conn.user))
     }
 
-    fn publish(&mut self, event: &Event) {
+    fn publish(&mut self, event: Event) {
         self.seq += 1;
-        let frame = json!({ "type": "event", "seq": self.seq, "event": event }).to_string();
-        let sent = Sent { seq: self.seq, group: event.group(), parties: event.parties(), frame: frame.into() };
+        let (group, parties) = (event.group(), event.parties());
+        let sent = Sent { seq: self.seq, group, parties, event, frame: std::sync::OnceLock::new() };
         let mut to: Vec<ConnId> = Vec::new();
         for user in &sent.parties {
             to.extend(self.by_user.get(user).into_iter().flatten());
@@ -286,7 +297,7 @@ impl State {
         let mut slow = Vec::new();
         for id in to {
             if let Some(conn) = self.conns.get(&id) {
-                if conn.tx.try_send(Arc::clone(&sent.frame)).is_err() {
+                if conn.tx.try_send(sent.frame()).is_err() {
                     slow.push(id);
                 }
             }

@@ -177,6 +177,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     let mut config = Config::default();
+    if settings.arbiters > 0 {
+        config.arbiters = settings.arbiters;
+    }
     if !settings.memory {
         config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
     }

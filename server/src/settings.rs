@@ -25,6 +25,8 @@ pub struct Settings {
     pub public_key: Option<PathBuf>,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// The engine's packet-actor threads (0: the engine's default, one per core).
+    pub arbiters: usize,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
     /// Log filter, as `RUST_LOG` takes it.
@@ -38,7 +40,8 @@ pub struct Settings {
     pub step_up_secs: u64,
     /// Clock skew allowed when checking a token's expiry.
     pub token_leeway_secs: u64,
-    /// Verified tokens remembered, so that a member's later requests skip the signature check.
+    /// Verified tokens remembered, so that a member's later requests skip the signature check
+    /// (about 200 bytes each): size it to the members active within a token's lifetime.
     pub token_cache_len: usize,
 
     // Bounds.
@@ -92,12 +95,13 @@ impl Default for Settings {
             memory: false,
             public_key: None,
             workers: 0,
+            arbiters: 0,
             log_json: false,
             log_level: "info".into(),
             step_up_fen: 20_000,
             step_up_secs: 300,
             token_leeway_secs: 30,
-            token_cache_len: 100_000,
+            token_cache_len: 262_144,
             body_bytes_max: 64 * 1024,
             ws_message_bytes_max: 4 * 1024,
             connections_max: 25_000,
@@ -154,6 +158,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_WORKERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// The engine's packet-actor threads (0: one per core)
+    #[arg(long, env = "HONGBAO_ARBITERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arbiters: Option<usize>,
     /// Log JSON lines
     #[arg(long, env = "HONGBAO_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
