@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Everything `hongbao serve` runs with. Field names are the TOML keys, the flags
-/// (`--body-bytes-max`) and the environment variables (`HONGBAO_BODY_BYTES_MAX`).
+/// (`--body-bytes-max`) and the environment variables (`HONGBAO_BODY_BYTES_MAX`); every field
+/// has all three.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -218,6 +219,50 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_TRANSFERS_PER_IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers_per_ip: Option<u32>,
+    /// Clock skew allowed on token expiry, in seconds [default: 30]
+    #[arg(long, env = "HONGBAO_TOKEN_LEEWAY_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_leeway_secs: Option<u64>,
+    /// Verified tokens remembered [default: 262144]
+    #[arg(long, env = "HONGBAO_TOKEN_CACHE_LEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_cache_len: Option<usize>,
+    /// Most WebSocket clients per member [default: 8]
+    #[arg(long, env = "HONGBAO_WS_PER_USER_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_per_user_max: Option<usize>,
+    /// Events queued for one WebSocket client before it is dropped [default: 1024]
+    #[arg(long, env = "HONGBAO_WS_BUFFER_LEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_buffer_len: Option<usize>,
+    /// Grabs one member's socket may have in flight [default: 16]
+    #[arg(long, env = "HONGBAO_WS_INFLIGHT_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_inflight_max: Option<usize>,
+    /// Grabs one host relay may have in flight [default: 4096]
+    #[arg(long, env = "HONGBAO_WS_RELAY_INFLIGHT_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_relay_inflight_max: Option<usize>,
+    /// Recent events kept for resuming clients [default: 65536]
+    #[arg(long, env = "HONGBAO_WS_REPLAY_LEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_replay_len: Option<usize>,
+    /// Seconds a new WebSocket has to authenticate [default: 10]
+    #[arg(long, env = "HONGBAO_WS_AUTH_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_auth_secs: Option<u64>,
+    /// Seconds between pings [default: 20]
+    #[arg(long, env = "HONGBAO_WS_PING_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_ping_secs: Option<u64>,
+    /// Claims in one page of a packet view [default: 200]
+    #[arg(long, env = "HONGBAO_CLAIMS_PAGE_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims_page_max: Option<usize>,
+    /// Seconds to drain requests at shutdown [default: 10]
+    #[arg(long, env = "HONGBAO_SHUTDOWN_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_secs: Option<u64>,
     /// Turn every rate limit off (load tests from one address)
     #[arg(long, env = "HONGBAO_NO_RATE_LIMITS")]
     #[serde(skip)]
