@@ -37,8 +37,26 @@ pub struct Ctx {
     /// The event fan-out.
     pub hub: Hub,
     /// What each member sent without a recent strong authentication in the current step-up
-    /// window: (the window's start, fen). Swept with the rate limiters.
-    pub unstepped: dashmap::DashMap<UserId, (u64, u64)>,
+    /// window. Swept with the rate limiters.
+    pub unstepped: dashmap::DashMap<UserId, Window>,
+}
+
+/// A member's sends without step-up in one window: when it began, how much, and which sends
+/// (a retry of one of them is not counted again).
+#[derive(Debug, Default)]
+pub struct Window {
+    start: u64,
+    fen: u64,
+    sends: std::collections::HashSet<Send>,
+}
+
+/// A send counted in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Send {
+    /// A packet, by id.
+    Packet(PacketId),
+    /// A transfer, by id.
+    Transfer(TransferId),
 }
 
 type Reply = Result<HttpResponse, ApiError>;
@@ -101,24 +119,45 @@ impl Ctx {
     /// threshold, or when it would take what the member sent without one in the current
     /// window (`step_up_secs`) above it: a password alone moves at most `step_up_fen` per
     /// window, however it is split.
-    fn step_up(&self, member: &Member, amount: Option<Amount>) -> Result<(), ApiError> {
+    ///
+    /// The amount is reserved here, and given back by [`Ctx::release`] if the engine refuses the
+    /// send; a retry of a send already counted is not counted again. Returns whether it reserved.
+    fn step_up(&self, member: &Member, send: Send, amount: Option<Amount>) -> Result<bool, ApiError> {
         let now = auth::unix_now();
         if member.stepped_up(now, self.settings.step_up_secs) {
-            return Ok(());
+            return Ok(false);
         }
         let fen = amount.map_or(u64::MAX, Amount::as_fen);
-        let mut sent = self.unstepped.entry(member.user).or_insert((now, 0));
-        if now.saturating_sub(sent.0) >= self.settings.step_up_secs {
-            *sent = (now, 0);
+        let mut window =
+            self.unstepped.entry(member.user).or_insert_with(|| Window { start: now, ..Window::default() });
+        if now.saturating_sub(window.start) >= self.settings.step_up_secs {
+            *window = Window { start: now, ..Window::default() };
         }
-        match sent.1.checked_add(fen).filter(|&total| total <= self.settings.step_up_fen) {
+        if window.sends.contains(&send) {
+            return Ok(false);
+        }
+        match window.fen.checked_add(fen).filter(|&total| total <= self.settings.step_up_fen) {
             Some(total) => {
-                sent.1 = total;
-                Ok(())
+                window.fen = total;
+                window.sends.insert(send);
+                Ok(true)
             }
             None => Err(self
                 .step_up_required("sends above this in a window")
-                .with("sent_without_step_up", Amount::fen(sent.1).to_string())),
+                .with("sent_without_step_up", Amount::fen(window.fen).to_string())),
+        }
+    }
+
+    /// Gives back what [`Ctx::step_up`] reserved for a send the engine refused (unless its
+    /// outcome is unknown: then it may have happened, and stays counted).
+    fn release(&self, member: &Member, send: Send, amount: Option<Amount>, error: &ApiError) {
+        if error.kind() == "outcome_unknown" {
+            return;
+        }
+        if let Some(mut window) = self.unstepped.get_mut(&member.user) {
+            if window.sends.remove(&send) {
+                window.fen = window.fen.saturating_sub(amount.map_or(u64::MAX, Amount::as_fen));
+            }
         }
     }
 
@@ -147,7 +186,7 @@ impl Ctx {
     /// Forgets step-up windows that have passed.
     pub fn sweep(&self) {
         let (now, secs) = (auth::unix_now(), self.settings.step_up_secs);
-        self.unstepped.retain(|_, (start, _)| now.saturating_sub(*start) < secs);
+        self.unstepped.retain(|_, window| now.saturating_sub(window.start) < secs);
         self.limits.sweep();
     }
 
@@ -355,11 +394,20 @@ struct SendPacket {
 async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendPacket>) -> Reply {
     let member = ctx.member(&req)?;
     let SendPacket { id, group, split, greeting } = body.into_inner();
-    ctx.step_up(&member, split.total())?;
     ctx.limit(&req, Action::Send, member.user)?;
+    let (send, total) = (Send::Packet(id), split.total());
+    let reserved = ctx.step_up(&member, send, total)?;
     let spec = NewPacket { id, sender: member.user, group, split, greeting };
-    let view = ctx.engine.send_packet(spec).await.map_err(fail)?;
-    Ok(ok(without_seed(&view)))
+    match ctx.engine.send_packet(spec).await {
+        Ok(view) => Ok(ok(without_seed(&view))),
+        Err(e) => {
+            let error = fail(e);
+            if reserved {
+                ctx.release(&member, send, total, &error);
+            }
+            Err(error)
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -575,10 +623,20 @@ fn instant() -> Arrival {
 async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendTransfer>) -> Reply {
     let member = ctx.member(&req)?;
     let SendTransfer { id, to, amount, arrival, note, org } = body.into_inner();
-    ctx.step_up(&member, Some(amount))?;
     ctx.limit(&req, Action::Transfer, member.user)?;
+    let send = Send::Transfer(id);
+    let reserved = ctx.step_up(&member, send, Some(amount))?;
     let spec = NewTransfer { id, from: member.user, to, amount, arrival, note, org };
-    Ok(ok(ctx.engine.transfer(spec).await.map_err(fail)?))
+    match ctx.engine.transfer(spec).await {
+        Ok(view) => Ok(ok(view)),
+        Err(e) => {
+            let error = fail(e);
+            if reserved {
+                ctx.release(&member, send, Some(amount), &error);
+            }
+            Err(error)
+        }
+    }
 }
 
 /// A transfer, for its two parties and its approver.

@@ -120,6 +120,8 @@ pub struct Member {
     pub auth_time: Option<u64>,
     /// The orgs they may administer.
     pub admin_of: Vec<OrgId>,
+    /// When the token expires (seconds since the Unix epoch).
+    pub expires_at: u64,
 }
 
 impl Member {
@@ -232,7 +234,7 @@ impl Verifier {
         let now = unix_now();
         let tick = self.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(hit) = self.verified.get(&digest) {
-            if hit.exp + self.validation.leeway > now {
+            if hit.exp.saturating_add(self.validation.leeway) > now {
                 hit.used.store(tick, std::sync::atomic::Ordering::Relaxed);
                 return Ok(hit.who.clone());
             }
@@ -258,6 +260,7 @@ impl Verifier {
                     amr: claims.amr,
                     auth_time: claims.auth_time,
                     admin_of: claims.adm.into_iter().map(OrgId).collect(),
+                    expires_at: claims.exp,
                 }))
             }
         };
@@ -266,7 +269,7 @@ impl Verifier {
                 // Expired tokens go first; then the least recently used, down to three
                 // quarters (dropping them all would make every member's next request pay a
                 // signature check at once). Linear, once per quarter of the cache inserted.
-                self.verified.retain(|_, v| v.exp + self.validation.leeway > now);
+                self.verified.retain(|_, v| v.exp.saturating_add(self.validation.leeway) > now);
                 let excess = self.verified.len().saturating_sub(self.cache_len * 3 / 4);
                 if excess > 0 {
                     let mut by_use: Vec<(u64, [u8; 32])> = self
@@ -403,6 +406,7 @@ mod tests {
             amr: amr.iter().map(|m| m.to_string()).collect(),
             auth_time: Some(at),
             admin_of: Vec::new(),
+            expires_at: u64::MAX,
         };
         assert!(member(&["pwd", "bio"], 1_000).stepped_up(1_200, 300));
         assert!(!member(&["pwd"], 1_000).stepped_up(1_000, 300), "a password is not strong");

@@ -190,9 +190,16 @@ async fn serve(
     let mut silent_pings = 0u32;
     // A send the client does not read within a ping interval ends the socket.
     let within = ping_every;
+    // The token's life is the socket's: it closes when the token expires (with the leeway an
+    // HTTP request gets), and the client reconnects with a fresh one.
+    let lifetime =
+        member.expires_at.saturating_add(ctx.settings.token_leeway_secs).saturating_sub(crate::auth::unix_now());
+    let expired = tokio::time::sleep(Duration::from_secs(lifetime));
+    tokio::pin!(expired);
     let reason = loop {
         let out = tokio::select! {
             _ = kicked.changed() => break kicked_reason(&kicked),
+            _ = &mut expired => break close(CloseCode::Policy, "the token expired"),
             push = pushes.recv() => match push {
                 Some(frame) => frame.to_string(),
                 None => break close(CloseCode::Away, "closed"),
@@ -292,6 +299,10 @@ async fn relay(
     stream: &mut actix_ws::AggregatedMessageStream,
 ) -> Option<CloseReason> {
     let mut kicked = ctx.hub.closing();
+    // A relay that authenticated once the stop had begun closes at once.
+    if kicked.borrow().is_some() {
+        return kicked_reason(&kicked);
+    }
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);

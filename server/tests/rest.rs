@@ -577,6 +577,19 @@ async fn a_password_moves_at_most_the_step_up_threshold_per_window() {
     let (s, _) = h.post(&strong, "/v1/transfers", json!({ "id": 2, "to": 2, "amount": "150.00" })).await;
     assert_eq!(s, StatusCode::OK, "a fresh strong authentication is not limited by the window");
 
+    // Refused sends give their share of the window back, and a retry is not counted twice.
+    let bo = h.member(2);
+    for id in 30..35 {
+        let (s, body) = h.post(&bo, "/v1/transfers", json!({ "id": id, "to": 2, "amount": "100.00" })).await;
+        assert_eq!((s, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("to_self")), "{body}");
+    }
+    for _ in 0..3 {
+        let (s, body) = h.post(&bo, "/v1/transfers", json!({ "id": 40, "to": 1, "amount": "150.00" })).await;
+        assert_eq!(s, StatusCode::OK, "the same transfer, retried: {body}");
+    }
+    let (s, body) = h.post(&bo, "/v1/transfers", json!({ "id": 41, "to": 1, "amount": "50.00" })).await;
+    assert_eq!(s, StatusCode::OK, "150 + 50 fit the window: {body}");
+
     // The scheme is case-insensitive; a GET on /ws without an upgrade is a JSON error; a path
     // that spells an id oddly is still counted under its route.
     let res = h

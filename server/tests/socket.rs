@@ -353,3 +353,19 @@ async fn the_hosts_relay_carries_many_members_grabs_each_with_its_token() {
     assert_eq!(closed["reason"].as_str(), Some(hongbao_server::service::SHUTTING_DOWN), "{closed}");
     drop(stopping.await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_socket_closes_when_its_token_expires() {
+    let mut strict = settings();
+    strict.token_leeway_secs = 0;
+    let mut h = Harness::start("socket-expiry", strict);
+    h.group_with_funds(7, &[2], 10).await;
+    let mut claims = hongbao_server::auth::Claims::member(UserId(2), "d2", &["pwd"], 1);
+    claims.exp = hongbao_server::auth::unix_now() + 1;
+    let who = common::Who { token: h.mint(&claims), device: Some("d2".into()) };
+    let (mut socket, hello) = open(&h, &who, &[7], None).await;
+    assert_eq!(hello["type"].as_str(), Some("hello"), "{hello}");
+    let (_, closed) = until_closed(&mut socket).await;
+    assert_eq!(closed["reason"].as_str(), Some("the token expired"), "{closed}");
+    h.stop().await;
+}
