@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 ///   loadtest --target redis://127.0.0.1:6379   # the same storm against Redis + Lua
 ///   loadtest --scenario mixed --rate 20000     # open loop, 20 000 requests/s
 #[derive(Parser, Debug, Clone)]
-#[command(version, about, verbatim_doc_comment)]
+#[command(name = "loadtest", version, about, verbatim_doc_comment)]
 pub struct Args {
     /// Which load to run: storm (G groups × M members, all grabbing at once, R rounds), hot
     /// (one packet, M members at once, R rounds), mixed (deposits, sends, grabs, transfers and
@@ -225,9 +225,29 @@ impl Args {
         if self.members == 0 || self.groups == 0 || self.shares == 0 || self.connections == 0 || self.yuan == 0 {
             return Err("--members, --groups, --shares, --yuan and --connections must be at least 1".into());
         }
-        if self.yuan * 100 < u64::from(self.shares) {
-            return Err("--yuan must give every share at least 0.01".into());
+        let zero = [
+            ("--threads", self.threads),
+            ("--arbiters", self.arbiters),
+            ("--wallet-shards", self.wallet_shards),
+            ("--mailbox-capacity", Some(self.mailbox_capacity)),
+        ];
+        if let Some((flag, _)) = zero.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(format!("{flag} must be at least 1"));
         }
+        if self.rounds == Some(0) {
+            return Err("--rounds must be at least 1: a run of no rounds measures nothing".into());
+        }
+        if self.scenario == Scenario::Mixed && self.duration_secs == 0 {
+            return Err("--duration-secs must be at least 1: a run of no time measures nothing".into());
+        }
+        if self.journal.is_none() && self.durability == DurabilityArg::Buffered {
+            return Err("--durability buffered applies to --journal DIR; without it the journal is in memory".into());
+        }
+        if self.yuan.checked_mul(100).is_none_or(|fen| fen < u64::from(self.shares)) {
+            return Err("--yuan must give every share at least 0.01 (and fit in fen)".into());
+        }
+        self.check_sizes()?;
+        self.check_outputs()?;
         if let Some(dir) = &self.journal {
             if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
                 return Err(format!(
@@ -252,6 +272,79 @@ impl Args {
         }
         Ok(())
     }
+
+    /// Sizes the engine cannot hold, or this machine: refused before any work, with what the
+    /// run would need.
+    fn check_sizes(&self) -> Result<(), String> {
+        let limits = hongbao::Limits::default();
+        if self.members > MEMBERS_MAX {
+            return Err(format!("--members {} is over {MEMBERS_MAX}, the most one group can hold here", self.members));
+        }
+        let members_total = self.groups.checked_mul(self.members).ok_or("--groups × --members overflows")?;
+        if matches!(self.scenario, Scenario::Storm) && self.groups as usize > limits.groups_max {
+            return Err(format!("--groups {} is over the engine's groups_max ({})", self.groups, limits.groups_max));
+        }
+        let share_cap = limits.share_fen_max;
+        if self.yuan * 100 > share_cap.saturating_mul(u64::from(self.shares)) {
+            return Err(format!(
+                "--yuan {} in --shares {} is more than the engine's per-share cap ({}) allows",
+                self.yuan,
+                self.shares,
+                hongbao::Amount::fen(share_cap)
+            ));
+        }
+        if matches!(self.scenario, Scenario::Idle) && self.packets as usize > limits.open_packets_max {
+            return Err(format!(
+                "--packets {} is over the engine's open_packets_max ({}): the idle packets must all be open at once",
+                self.packets, limits.open_packets_max
+            ));
+        }
+        // What a run holds at once: each member's roster entry, wallet and grab of the round.
+        let needed = members_total.saturating_mul(BYTES_PER_MEMBER);
+        if let Some(available) = available_memory() {
+            if needed > available / 10 * 8 {
+                return Err(format!(
+                    "--groups {} × --members {} needs about {} MiB, more than the {} MiB this machine has free",
+                    self.groups,
+                    self.members,
+                    needed >> 20,
+                    available >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every output file can be written, checked before the run rather than after it.
+    fn check_outputs(&self) -> Result<(), String> {
+        for (flag, path) in [("--json", &self.json), ("--hgrm", &self.hgrm), ("--plot", &self.plot)] {
+            let Some(path) = path else { continue };
+            let existed = path.exists();
+            let opened = std::fs::OpenOptions::new().append(true).create(true).open(path);
+            if let Err(e) = opened {
+                return Err(format!("{flag} {}: {e}", path.display()));
+            }
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most members one group may have in a load (the engine's own bound is a setting; a
+/// storm of more members than this in one group is a typo, not a test).
+const MEMBERS_MAX: u64 = 10_000_000;
+
+/// What a member costs a run at most, in bytes (roster entry, wallet, grab and reply
+/// bookkeeping), measured with generous rounding.
+const BYTES_PER_MEMBER: u64 = 400;
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim();
+    kb.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 #[cfg(test)]

@@ -313,3 +313,35 @@ fn the_same_storm_through_the_server_over_http_and_websocket() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(server.shutdown()).unwrap();
 }
+
+/// Arguments that cannot work are refused before any work: exit 2, a message naming the flag,
+/// in well under a second (the run they describe would exhaust the machine, panic, or measure
+/// nothing).
+#[test]
+fn impossible_arguments_are_refused_at_once() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--threads", "0"], "--threads"),
+        (&["--rounds", "0"], "--rounds"),
+        (&["--scenario", "mixed", "--duration-secs", "0"], "--duration-secs"),
+        (&["--durability", "buffered"], "--journal"),
+        (&["--members", "18446744073709551615"], "--members"),
+        (&["--members", "100000000", "--rounds", "1"], "--members"),
+        (&["--groups", "100000", "--members", "1000000"], "MiB"),
+        (&["--yuan", "100000"], "per-share cap"),
+        (&["--shares", "1", "--yuan", "300"], "per-share cap"),
+        (&["--scenario", "idle", "--packets", "5000000"], "open_packets_max"),
+        (&["--json", "/nonexistent/dir/out.json"], "--json"),
+        (&["--yuan", "18446744073709551615"], "--yuan"),
+    ];
+    for (args, names) in cases {
+        let started = Instant::now();
+        let out = loadtest(args);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?} names {names}: {stderr}");
+        assert!(took < Duration::from_secs(1), "{args:?} took {took:?}");
+    }
+    let version = loadtest(&["-V"]);
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("loadtest {}", env!("CARGO_PKG_VERSION")));
+}
