@@ -59,22 +59,57 @@ async fn run_all(args: &Args) -> Result<bool, String> {
     if args.scenario == Scenario::Fairness {
         return fairness::run(args);
     }
+    // Every target must answer before any is loaded: a typo in the second must not cost the
+    // first one's run.
+    for target in args.target.iter().filter(|t| *t != "embedded") {
+        preflight(args, target).await?;
+    }
     let mut reports = Vec::new();
+    let mut failed = None;
     for (i, target) in args.target.iter().enumerate() {
         if i > 0 {
             println!();
         }
-        let report = run(args, target).await?;
-        print!("{}", report.table());
-        reports.push(report);
+        match run(args, target).await {
+            Ok(report) => {
+                print!("{}", report.table());
+                reports.push(report);
+            }
+            Err(e) => {
+                // What was measured is still written.
+                failed = Some(format!("{target}: {e}"));
+                break;
+            }
+        }
     }
-    if let [first, rest @ ..] = reports.as_slice() {
+    if reports.is_empty() {
+        return Err(failed.unwrap_or_else(|| "no target ran".into()));
+    }
+    write_outputs(args, &reports)?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(reports.iter().all(Report::ok)),
+    }
+}
+
+/// Connects to `target` once and lets go: it is reachable, and (a server) trusts the key.
+async fn preflight(args: &Args, target: &str) -> Result<(), String> {
+    if target.starts_with("redis://") {
+        RedisTarget::connect(target, 1, limits(args).share_fen_max, true).await.map(drop)
+    } else {
+        ServerTarget::connect(target, args.key.as_deref(), 1).await.map(drop)
+    }
+}
+
+/// The comparison, and the files the flags ask for.
+fn write_outputs(args: &Args, reports: &[Report]) -> Result<(), String> {
+    if let [first, rest @ ..] = reports {
         for other in rest {
             println!("\n{}", report::comparison(first, other));
         }
     }
     if let Some(path) = &args.json {
-        let doc = match reports.as_slice() {
+        let doc = match reports {
             [one] => one.json(),
             many => report::comparison_json(many),
         };
@@ -92,7 +127,7 @@ async fn run_all(args: &Args) -> Result<bool, String> {
     if let Some(path) = &args.plot {
         let title = format!("hongbao loadtest: {}", reports[0].scenario);
         let mut series = Vec::new();
-        for r in &reports {
+        for r in reports {
             series.push((r.target.clone(), &r.figures.corrected));
             if r.mode == "open-loop" {
                 series.push((format!("{} (uncorrected)", r.target), &r.figures.uncorrected));
@@ -101,7 +136,7 @@ async fn run_all(args: &Args) -> Result<bool, String> {
         let series: Vec<(&str, _)> = series.iter().map(|(n, h)| (n.as_str(), *h)).collect();
         report::plot_svg(path, &title, &series)?;
     }
-    Ok(reports.iter().all(Report::ok))
+    Ok(())
 }
 
 async fn run(args: &Args, target: &str) -> Result<Report, String> {

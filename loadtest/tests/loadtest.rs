@@ -345,3 +345,26 @@ fn impossible_arguments_are_refused_at_once() {
     let version = loadtest(&["-V"]);
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("loadtest {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// A target that cannot be reached is found before the first one runs, not after it.
+#[test]
+fn every_target_is_reached_before_any_runs() {
+    let started = Instant::now();
+    let out = loadtest(&[
+        "--groups",
+        "2",
+        "--members",
+        "10",
+        "--shares",
+        "5",
+        "--rounds",
+        "1",
+        "--target",
+        "embedded,redis://127.0.0.1:1",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis://127.0.0.1:1"), "{stderr}");
+    assert!(!stdout.contains("scenario"), "the embedded half did not run first: {stdout}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
