@@ -101,6 +101,11 @@ pub struct Args {
     #[arg(long)]
     pub redis_no_pipelining: bool,
 
+    /// Redis: keep the run's keys (under a random `hb:XXXXXXXX:` prefix) instead of deleting
+    /// them when the run ends
+    #[arg(long)]
+    pub redis_keep: bool,
+
     /// Client runtime threads [default: the number of cores]
     #[arg(long)]
     pub threads: Option<usize>,

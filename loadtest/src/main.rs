@@ -206,7 +206,7 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
             unreachable!("these run on an engine of their own, or on none")
         }
     };
-    target.shutdown().await;
+    target.shutdown(args.redis_keep).await?;
     drop(target);
     report
 }

@@ -224,10 +224,15 @@ impl Target {
         }
     }
 
-    pub async fn shutdown(&self) {
-        if let Target::Embedded(e) = self {
-            e.shutdown().await;
+    /// Ends the run: the embedded engine shuts down; Redis forgets the run's keys unless
+    /// `keep`.
+    pub async fn shutdown(&self, keep: bool) -> Result<(), String> {
+        match self {
+            Target::Embedded(e) => e.shutdown().await,
+            Target::Redis(r) if !keep => r.delete_keys().await?,
+            _ => {}
         }
+        Ok(())
     }
 }
 
@@ -469,6 +474,31 @@ impl RedisTarget {
                 Amount::fen(deposits)
             ),
         })
+    }
+
+    /// Deletes every key of this run (its prefix), in batches.
+    async fn delete_keys(&self) -> Result<(), String> {
+        let mut conn = self.conn();
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("cleaning up the run's keys: {e}"))?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     async fn used_memory(&self) -> Result<u64, String> {

@@ -126,6 +126,17 @@ impl Drop for RedisServer {
     }
 }
 
+/// The number of keys in the Redis server on `port` (DBSIZE, spoken in RESP).
+fn dbsize(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").unwrap();
+    let mut reply = [0u8; 64];
+    let n = conn.read(&mut reply).unwrap();
+    let text = std::str::from_utf8(&reply[..n]).unwrap();
+    text.trim().trim_start_matches(':').parse().unwrap()
+}
+
 #[test]
 fn same_storm_against_redis_side_by_side() {
     let Some(redis) = RedisServer::start() else {
@@ -165,6 +176,7 @@ fn same_storm_against_redis_side_by_side() {
     }
     assert!(runs[1]["target"].as_str().unwrap().starts_with("redis+lua"));
     assert!(j["throughput_ratio_first_to"][0]["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(dbsize(redis.port), 0, "the run deleted its keys (--redis-keep keeps them)");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
