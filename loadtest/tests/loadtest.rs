@@ -254,17 +254,9 @@ fn start_server(dir: &Path) -> (hongbao_server::Running, PathBuf) {
     let (private, public) = hongbao_server::auth::keygen();
     let key = dir.join("host.key");
     std::fs::write(&key, private).unwrap();
-    let settings = hongbao_server::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 1,
-        grabs_per_user: 0,
-        grabs_per_ip: 0,
-        sends_per_user: 0,
-        sends_per_ip: 0,
-        transfers_per_user: 0,
-        transfers_per_ip: 0,
-        ..hongbao_server::Settings::default()
-    };
+    let settings =
+        hongbao_server::Settings { listen: "127.0.0.1:0".parse().unwrap(), workers: 1, ..Default::default() }
+            .without_rate_limits();
     let engine = hongbao::Engine::start(hongbao::Config::default()).unwrap();
     (hongbao_server::start(settings, engine, public.as_bytes()).unwrap(), key)
 }

@@ -306,10 +306,7 @@ async fn remove_members(
 /// After a roster change: the roster, or (if reading it back is refused) the change alone,
 /// which did happen: a `busy` here would say it had not.
 async fn roster_reply(engine: &Engine, group: GroupId) -> Reply {
-    match engine.members(group).await {
-        Ok(members) => Ok(ok(json!({ "group": group, "count": members.len(), "members": members }))),
-        Err(_) => Ok(ok(json!({ "group": group }))),
-    }
+    roster(engine, group).await.or_else(|_| Ok(ok(json!({ "group": group }))))
 }
 
 /// The read view of a roster.

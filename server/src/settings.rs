@@ -300,22 +300,26 @@ impl Settings {
         };
         let given = toml::Table::try_from(args).map_err(|e| invalid(None, e))?;
         table.extend(given);
-        if args.no_rate_limits {
-            for key in [
-                "grabs_per_user",
-                "grabs_per_ip",
-                "sends_per_user",
-                "sends_per_ip",
-                "transfers_per_user",
-                "transfers_per_ip",
-            ] {
-                table.insert(key.into(), toml::Value::Integer(0));
-            }
-        }
-        let settings: Settings =
+        let mut settings: Settings =
             toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| invalid(args.config.as_deref(), e))?;
+        if args.no_rate_limits {
+            settings = settings.without_rate_limits();
+        }
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// These settings with every rate limit off (load tests, which come from one address).
+    pub fn without_rate_limits(self) -> Settings {
+        Settings {
+            grabs_per_user: 0,
+            grabs_per_ip: 0,
+            sends_per_user: 0,
+            sends_per_ip: 0,
+            transfers_per_user: 0,
+            transfers_per_ip: 0,
+            ..self
+        }
     }
 
     /// Bounds that would make the server useless or unbounded are refused.
@@ -371,6 +375,9 @@ mod tests {
         std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
         let err = Settings::load(&args).unwrap_err();
         assert!(err.to_string().contains("lisen"), "a misspelt key is named: {err}");
+        let off = ServeArgs { no_rate_limits: true, grabs_per_user: Some(7), ..ServeArgs::default() };
+        let off = Settings::load(&off).unwrap();
+        assert_eq!((off.grabs_per_user, off.sends_per_ip, off.transfers_per_user), (0, 0, 0), "the switch wins");
         let zero = ServeArgs { ws_message_bytes_max: Some(0), ..ServeArgs::default() };
         assert!(Settings::load(&zero).unwrap_err().to_string().contains("ws_message_bytes_max"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -205,32 +205,18 @@ async fn serve(
                 None => break close(CloseCode::Away, "closed"),
             },
             Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
-            _ = ping.tick() => {
-                silent_pings += 1;
-                if silent_pings > 3 {
-                    break close(CloseCode::Policy, "no answer to pings");
-                }
-                match send(session, Out::Ping, &mut kicked, within).await {
-                    Ok(()) => continue,
-                    Err(reason) => break reason,
-                }
-            }
-            message = stream.next() => {
-                silent_pings = 0;
-                match message {
-                    None | Some(Ok(AggregatedMessage::Close(_))) => break None,
-                    Some(Err(_)) => break close(CloseCode::Size, "message too large or malformed"),
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => match send(session, Out::Pong(bytes), &mut kicked, within).await {
-                        Ok(()) => continue,
-                        Err(reason) => break reason,
-                    },
-                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => continue,
-                    Some(Ok(AggregatedMessage::Text(text))) => match handle(ctx, &member, ip, conn, &text, &mut pending) {
-                        Some(out) => out,
-                        None => continue,
-                    },
-                }
-            }
+            _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, within).await {
+                Ok(()) => continue,
+                Err(reason) => break reason,
+            },
+            message = stream.next() => match receive(session, message, &mut silent_pings, &mut kicked, within).await {
+                Ok(Some(text)) => match handle(ctx, &member, ip, conn, &text, &mut pending) {
+                    Some(out) => out,
+                    None => continue,
+                },
+                Ok(None) => continue,
+                Err(reason) => break reason,
+            },
         };
         if let Err(reason) = send(session, Out::Text(out), &mut kicked, within).await {
             break reason;
@@ -269,20 +255,11 @@ fn handle(
             error(id, ApiError::invalid("a member's socket grabs for its member: no token in a grab"))
         }
         Ok(Request::Grab { id, packet, .. }) => {
-            if pending.len() >= ctx.settings.ws_inflight_max {
-                return error(id, ApiError::engine(&GrabError::Busy));
+            let max = ctx.settings.ws_inflight_max;
+            match start_grab(ctx, pending, max, &id, packet, member.user, ip) {
+                Ok(()) => None,
+                Err(e) => error(id, e),
             }
-            if let Err(e) = ctx.limits.check(Action::Grab, member.user, ip) {
-                return error(id, e);
-            }
-            let (engine, user) = (ctx.engine.clone(), member.user);
-            pending.push(Box::pin(async move {
-                let started = std::time::Instant::now();
-                let result = engine.grab(packet, user).await;
-                crate::telemetry::grab_latency(started.elapsed());
-                (id, packet, result)
-            }));
-            None
         }
     }
 }
@@ -311,32 +288,18 @@ async fn relay(
         let out = tokio::select! {
             _ = kicked.changed() => return kicked_reason(&kicked),
             Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
-            _ = ping.tick() => {
-                silent_pings += 1;
-                if silent_pings > 3 {
-                    return close(CloseCode::Policy, "no answer to pings");
-                }
-                match send(session, Out::Ping, &mut kicked, ping_every).await {
-                    Ok(()) => continue,
-                    Err(reason) => return reason,
-                }
-            }
-            message = stream.next() => {
-                silent_pings = 0;
-                match message {
-                    None | Some(Ok(AggregatedMessage::Close(_))) => return None,
-                    Some(Err(_)) => return close(CloseCode::Size, "message too large or malformed"),
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => match send(session, Out::Pong(bytes), &mut kicked, ping_every).await {
-                        Ok(()) => continue,
-                        Err(reason) => return reason,
-                    },
-                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => continue,
-                    Some(Ok(AggregatedMessage::Text(text))) => match relay_grab(ctx, &text, &mut pending) {
-                        Some(out) => out,
-                        None => continue,
-                    },
-                }
-            }
+            _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, ping_every).await {
+                Ok(()) => continue,
+                Err(reason) => return reason,
+            },
+            message = stream.next() => match receive(session, message, &mut silent_pings, &mut kicked, ping_every).await {
+                Ok(Some(text)) => match relay_grab(ctx, &text, &mut pending) {
+                    Some(out) => out,
+                    None => continue,
+                },
+                Ok(None) => continue,
+                Err(reason) => return reason,
+            },
         };
         if let Err(reason) = send(session, Out::Text(out), &mut kicked, ping_every).await {
             return reason;
@@ -359,20 +322,71 @@ fn relay_grab(ctx: &Ctx, text: &str, pending: &mut FuturesUnordered<Pending>) ->
         Ok(Principal::Host) => return error(id, ApiError::forbidden("a grab is a member's")),
         Err(e) => return error(id, ApiError::unauthorized(&e)),
     };
-    if pending.len() >= ctx.settings.ws_relay_inflight_max {
-        return error(id, ApiError::engine(&GrabError::Busy));
+    match start_grab(ctx, pending, ctx.settings.ws_relay_inflight_max, &id, packet, member.user, None) {
+        Ok(()) => None,
+        Err(e) => error(id, e),
     }
-    if let Err(e) = ctx.limits.check(Action::Grab, member.user, None) {
-        return error(id, e);
+}
+
+/// Starts `user`'s grab of `packet` among the socket's `pending` ones (its reply comes when it
+/// completes), unless `max` are in flight already (`busy`) or the member is over their rate
+/// limit.
+fn start_grab(
+    ctx: &Ctx,
+    pending: &mut FuturesUnordered<Pending>,
+    max: usize,
+    id: &Value,
+    packet: PacketId,
+    user: hongbao::UserId,
+    ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    if pending.len() >= max {
+        return Err(ApiError::engine(&GrabError::Busy));
     }
-    let (engine, user) = (ctx.engine.clone(), member.user);
+    ctx.limits.check(Action::Grab, user, ip)?;
+    let (engine, id) = (ctx.engine.clone(), id.clone());
     pending.push(Box::pin(async move {
         let started = std::time::Instant::now();
         let result = engine.grab(packet, user).await;
         crate::telemetry::grab_latency(started.elapsed());
         (id, packet, result)
     }));
-    None
+    Ok(())
+}
+
+/// A ping tick: the fourth in a row the client has not answered (with anything) ends it.
+async fn keep_alive(
+    session: &mut Session,
+    silent_pings: &mut u32,
+    kicked: &mut watch::Receiver<Option<&'static str>>,
+    within: Duration,
+) -> Result<(), Option<CloseReason>> {
+    *silent_pings += 1;
+    if *silent_pings > 3 {
+        return Err(close(CloseCode::Policy, "no answer to pings"));
+    }
+    send(session, Out::Ping, kicked, within).await
+}
+
+/// A client frame: its text to handle, nothing (a ping answered, a pong, a binary frame), or
+/// the end of the socket.
+async fn receive(
+    session: &mut Session,
+    message: Option<Result<AggregatedMessage, actix_ws::ProtocolError>>,
+    silent_pings: &mut u32,
+    kicked: &mut watch::Receiver<Option<&'static str>>,
+    within: Duration,
+) -> Result<Option<bytestring::ByteString>, Option<CloseReason>> {
+    *silent_pings = 0;
+    match message {
+        None | Some(Ok(AggregatedMessage::Close(_))) => Err(None),
+        Some(Err(_)) => Err(close(CloseCode::Size, "message too large or malformed")),
+        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+            send(session, Out::Pong(bytes), kicked, within).await.map(|()| None)
+        }
+        Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => Ok(None),
+        Some(Ok(AggregatedMessage::Text(text))) => Ok(Some(text)),
+    }
 }
 
 /// What the server sends on a socket.

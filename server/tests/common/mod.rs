@@ -15,17 +15,7 @@ use serde_json::Value;
 
 /// Settings for tests: loopback, port 0, rate limits off unless a test sets them.
 pub fn settings() -> Settings {
-    Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        grabs_per_user: 0,
-        grabs_per_ip: 0,
-        sends_per_user: 0,
-        sends_per_ip: 0,
-        transfers_per_user: 0,
-        transfers_per_ip: 0,
-        ..Settings::default()
-    }
+    Settings { listen: "127.0.0.1:0".parse().unwrap(), workers: 2, ..Settings::default() }.without_rate_limits()
 }
 
 /// A fresh directory under the system's temporary directory.
