@@ -202,7 +202,8 @@ async fn serve(
             _ = &mut expired => break close(CloseCode::Policy, "the token expired"),
             push = pushes.recv() => match push {
                 Some(frame) => frame.to_string(),
-                None => break close(CloseCode::Away, "closed"),
+                // The hub let go of this socket: it said why first.
+                None => break kicked_reason(&kicked),
             },
             Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
             _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, within).await {
