@@ -73,9 +73,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub background_packets: u64,
 
-    /// How long to run, in seconds (mixed)
-    #[arg(long, default_value_t = 10)]
-    pub duration_secs: u64,
+    /// How long to run, in seconds: mixed runs this long [default: 10]; with --rate, storm and
+    /// hot stop once this much measured time has passed, counting every grab scheduled in it
+    /// but not started as dropped [default: until every round is done]
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
 
     /// Transfers to send (transfers)
     #[arg(long, default_value_t = 100_000)]
@@ -166,9 +168,14 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
 
-    /// Never draw the progress bar (it is drawn only when stderr is a terminal)
+    /// Show no progress. Otherwise progress goes to stderr: a bar when it is a terminal, else
+    /// a line every --progress-every-secs
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Seconds between progress lines when stderr is not a terminal
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub progress_every_secs: u64,
 }
 
 /// The journal's durability, as a flag.
@@ -196,12 +203,27 @@ impl Args {
         self.arbiters.unwrap_or_else(|| (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1))
     }
 
+    /// Client runtime threads.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// Measured rounds for storm and hot.
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(match self.scenario {
             Scenario::Hot => 1_000,
             _ => 100,
         })
+    }
+
+    /// How long the measured part of the run may last: mixed always has a duration; an
+    /// open-loop storm has one when asked.
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        let secs = match self.scenario {
+            Scenario::Mixed => Some(self.duration_secs.unwrap_or(10)),
+            _ => self.duration_secs,
+        };
+        secs.map(std::time::Duration::from_secs)
     }
 
     /// Checks what clap cannot.
@@ -242,8 +264,23 @@ impl Args {
         if self.rounds == Some(0) {
             return Err("--rounds must be at least 1: a run of no rounds measures nothing".into());
         }
-        if self.scenario == Scenario::Mixed && self.duration_secs == 0 {
+        if self.rate.is_some() && !matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Mixed) {
+            return Err("--rate applies to --scenario storm, hot and mixed; the other scenarios run their work \
+                        as fast as the target answers"
+                .into());
+        }
+        if self.progress_every_secs == 0 {
+            return Err("--progress-every-secs must be at least 1".into());
+        }
+        if self.duration_secs == Some(0) {
             return Err("--duration-secs must be at least 1: a run of no time measures nothing".into());
+        }
+        let timed = self.scenario == Scenario::Mixed
+            || (matches!(self.scenario, Scenario::Storm | Scenario::Hot) && self.rate.is_some());
+        if self.duration_secs.is_some() && !timed {
+            return Err("--duration-secs applies to --scenario mixed, and to storm and hot with --rate (a burst \
+                        runs --rounds; the other scenarios run a fixed amount of work)"
+                .into());
         }
         if self.journal.is_none() && self.durability == DurabilityArg::Buffered {
             return Err("--durability buffered applies to --journal DIR; without it the journal is in memory".into());
@@ -289,6 +326,19 @@ impl Args {
         if matches!(self.scenario, Scenario::Storm) && self.groups as usize > limits.groups_max {
             return Err(format!("--groups {} is over the engine's groups_max ({})", self.groups, limits.groups_max));
         }
+        if self.shares > limits.shares_per_packet_max {
+            return Err(format!(
+                "--shares {} is over the engine's shares_per_packet_max ({})",
+                self.shares, limits.shares_per_packet_max
+            ));
+        }
+        if self.yuan * 100 > limits.packet_total_fen_max {
+            return Err(format!(
+                "--yuan {} is over the engine's packet_total_fen_max ({})",
+                self.yuan,
+                hongbao::Amount::fen(limits.packet_total_fen_max)
+            ));
+        }
         let share_cap = limits.share_fen_max;
         if self.yuan * 100 > share_cap.saturating_mul(u64::from(self.shares)) {
             return Err(format!(
@@ -303,6 +353,22 @@ impl Args {
                 "--packets {} is over the engine's open_packets_max ({}): the idle packets must all be open at once",
                 self.packets, limits.open_packets_max
             ));
+        }
+        let storm = matches!(self.scenario, Scenario::Storm | Scenario::Hot);
+        if storm {
+            // Packets with more shares than members never sell out and stay open, as do the
+            // background packets.
+            let groups = if self.scenario == Scenario::Hot { 1 } else { self.groups };
+            let rounds = u64::from(self.warmup) + u64::from(self.rounds());
+            let unsold = if self.members < u64::from(self.shares) { groups.saturating_mul(rounds) } else { 0 };
+            let open = unsold.saturating_add(self.background_packets);
+            if open > limits.open_packets_max as u64 {
+                return Err(format!(
+                    "--background-packets and the packets left unsold (--members below --shares) come to {open} open \
+                     at once, over the engine's open_packets_max ({})",
+                    limits.open_packets_max
+                ));
+            }
         }
         // What a run holds at once: each member's roster entry, wallet and grab of the round.
         let needed = members_total.saturating_mul(BYTES_PER_MEMBER);

@@ -5,6 +5,8 @@
 
 mod args;
 mod fairness;
+mod pace;
+mod progress;
 mod report;
 mod retire;
 mod scenario;
@@ -35,8 +37,8 @@ fn main() -> ExitCode {
         eprintln!("loadtest: {e}");
         return ExitCode::from(2);
     }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads()).enable_all().build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadtest: cannot start the client runtime: {e}");
@@ -146,11 +148,39 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         _ => run_on(args, target).await,
     };
     let mut report = report?;
-    if let (Some(dir), true) = (&args.journal, matches!(report.target.as_str(), t if t.starts_with("embedded"))) {
+    let embedded = report.target.starts_with("embedded");
+    if let (Some(dir), true) = (&args.journal, embedded) {
         report.target = format!("embedded ({:?} file journal)", args.durability).to_lowercase();
         report.journal_bytes = Some(dir_bytes(dir)?);
     }
+    if let Some(params) = report.params.as_object_mut() {
+        for (key, value) in common_params(args, embedded) {
+            params.entry(key).or_insert(value);
+        }
+    }
     Ok(report)
+}
+
+/// What every report echoes beside its scenario's own parameters: how the client and the
+/// embedded engine ran.
+fn common_params(args: &Args, embedded: bool) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut m = serde_json::Map::new();
+    m.insert("targets".into(), json!(args.target.join(",")));
+    m.insert("connections".into(), json!(args.connections));
+    m.insert("threads".into(), json!(args.threads()));
+    m.insert("rate".into(), json!(args.rate));
+    m.insert("duration_secs".into(), json!(args.duration().map(|d| d.as_secs())));
+    m.insert("seed".into(), json!(args.seed));
+    if embedded {
+        m.insert("arbiters".into(), json!(args.arbiters()));
+        let journal = match &args.journal {
+            Some(dir) => format!("{} ({:?})", dir.display(), args.durability).to_lowercase(),
+            None => "in memory".into(),
+        };
+        m.insert("journal".into(), json!(journal));
+    }
+    m
 }
 
 /// The limits of every load: the defaults, with room for the groups asked for.

@@ -8,6 +8,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::pace::Start;
+use crate::target::Answer;
+
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, at 3 significant digits.
 pub const LATENCY_US_MAX: u64 = 600_000_000;
 
@@ -17,8 +20,8 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// The percentiles every report shows.
-pub const PERCENTILES: [(&str, f64); 6] =
-    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99), ("max", 100.0)];
+pub const PERCENTILES: [(&str, f64); 7] =
+    [("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99), ("max", 100.0)];
 
 /// Everything one worker (and, merged, the whole run) measured.
 #[derive(Clone, Debug)]
@@ -32,11 +35,31 @@ pub struct Figures {
     pub corrected: Histogram<u64>,
     /// Latency from the moment the request was actually sent to its reply.
     pub uncorrected: Histogram<u64>,
+    /// Open loop: how late a request started after its slot when its worker was free in time
+    /// (the client's own timing error), in microseconds.
+    pub pacing: Histogram<u64>,
+    /// Open loop: requests whose slot came while their worker was still busy (started behind
+    /// schedule; the wait is in the corrected latency).
+    pub behind: u64,
+    /// Open loop: requests scheduled inside the run that were never started because the run's
+    /// time ended first (k6's dropped iterations).
+    pub dropped: u64,
+    /// The target's own words for each kind of refusal or error: the first message seen.
+    pub messages: BTreeMap<String, String>,
 }
 
 impl Default for Figures {
     fn default() -> Figures {
-        Figures { replies: BTreeMap::new(), busy_retries: 0, corrected: histogram(), uncorrected: histogram() }
+        Figures {
+            replies: BTreeMap::new(),
+            busy_retries: 0,
+            corrected: histogram(),
+            uncorrected: histogram(),
+            pacing: histogram(),
+            behind: 0,
+            dropped: 0,
+            messages: BTreeMap::new(),
+        }
     }
 }
 
@@ -49,6 +72,29 @@ impl Figures {
         self.busy_retries += other.busy_retries;
         self.corrected.add(&other.corrected).expect("same bounds");
         self.uncorrected.add(&other.uncorrected).expect("same bounds");
+        self.pacing.add(&other.pacing).expect("same bounds");
+        self.behind += other.behind;
+        self.dropped += other.dropped;
+        for (kind, message) in &other.messages {
+            self.messages.entry(kind.clone()).or_insert_with(|| message.clone());
+        }
+    }
+
+    /// Counts how an open-loop request's start stood against its slot.
+    pub fn started(&mut self, start: Start) {
+        match start {
+            Start::OnTime(late) => {
+                self.pacing.saturating_record(late.as_micros() as u64);
+            }
+            Start::Behind => self.behind += 1,
+        }
+    }
+
+    /// Keeps the target's message for a kind of refusal, the first one seen.
+    pub fn note(&mut self, kind: &str, message: &str) {
+        if !self.messages.contains_key(kind) {
+            self.messages.insert(kind.to_string(), message.to_string());
+        }
     }
 
     /// Counts one reply of `kind` with its two latencies in microseconds.
@@ -61,6 +107,14 @@ impl Figures {
         }
         self.corrected.saturating_record(corrected_us.max(1));
         self.uncorrected.saturating_record(uncorrected_us.max(1));
+    }
+
+    /// Counts one answer, keeping the target's message for its kind.
+    pub fn record_answer(&mut self, answer: &Answer, corrected_us: u64, uncorrected_us: u64) {
+        self.record(answer.kind, corrected_us, uncorrected_us);
+        if let Some(message) = &answer.message {
+            self.note(answer.kind, message);
+        }
     }
 
     /// All requests answered.
@@ -161,11 +215,25 @@ impl Report {
         }
     }
 
+    /// The rate an open-loop run was asked for, in requests per second.
+    fn rate_target(&self) -> Option<f64> {
+        self.params["rate"].as_f64().filter(|_| self.mode == "open-loop")
+    }
+
     /// The human table.
     pub fn table(&self) -> String {
         let f = &self.figures;
         let mut out = String::new();
         let _ = writeln!(out, "scenario      {} ({}), target {}", self.scenario, self.mode, self.target);
+        if let Some(params) = self.params.as_object() {
+            // As wrk does: what was asked, so two reports can be told apart.
+            let shown: Vec<String> = params
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k} {}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect();
+            let _ = writeln!(out, "parameters    {}", shown.join(", "));
+        }
         let _ = writeln!(out, "requests      {:>12}", f.requests());
         for kind in ANSWERS.iter().filter(|k| f.count(k) > 0) {
             let _ = writeln!(out, "  {kind:<18}{:>10}", f.count(kind));
@@ -175,6 +243,9 @@ impl Report {
         let _ = writeln!(out, "errors        {error_total:>12}");
         for (kind, n) in errors {
             let _ = writeln!(out, "  {kind:<18}{n:>10}");
+            if let Some(message) = f.messages.get(kind) {
+                let _ = writeln!(out, "    first: {message}");
+            }
         }
         let _ = writeln!(out, "busy, retried {:>12}", f.busy_retries);
         let _ = writeln!(out, "elapsed       {:>12.3} s", self.elapsed_secs);
@@ -182,15 +253,47 @@ impl Report {
         if self.scenario != "transfers" {
             let _ = writeln!(out, "              {:>12.0} winning grabs/s", self.rate(f.count("won")));
         }
-        let mut latency = |name: &str, h: &Histogram<u64>| {
-            let cells: Vec<String> =
-                PERCENTILES.iter().map(|(label, p)| format!("{label} {}", ms(h.value_at_percentile(*p)))).collect();
-            let _ = writeln!(out, "{name:<15}{}", cells.join("  "));
-        };
-        latency("latency ms", &f.corrected);
-        if self.mode == "open-loop" {
-            latency("uncorrected ms", &f.uncorrected);
+        if let Some(rate) = self.rate_target() {
+            let achieved = self.rate(f.requests());
+            // Met when the target's achieved rate is within 5 % of the asked one and at most 1 %
+            // of the slots were dropped.
+            let scheduled = f.requests() + f.dropped;
+            let missed = achieved < rate * 0.95 || f.dropped * 100 > scheduled;
+            let verdict = if missed { "MISSED" } else { "met" };
+            let _ = writeln!(
+                out,
+                "schedule      target {rate:.0} requests/s {verdict}: achieved {achieved:.0} ({:.1} %); {} dropped \
+                 (scheduled, never started before the run's end); {} started behind schedule (worker still busy)",
+                achieved / rate * 100.0,
+                f.dropped,
+                f.behind
+            );
+            let p = &f.pacing;
+            let _ = writeln!(
+                out,
+                "pacing error  p50 {} ms  p99 {} ms  max {} ms (how late a free worker started after its slot; {} starts)",
+                ms(p.value_at_percentile(50.0)),
+                ms(p.value_at_percentile(99.0)),
+                ms(p.max()),
+                p.len()
+            );
         }
+        let header: Vec<String> = ["mean", "stdev", "min"]
+            .iter()
+            .chain(PERCENTILES.iter().map(|(l, _)| l))
+            .map(|l| format!("{l:>9}"))
+            .collect();
+        let _ = writeln!(out, "latency ms    {}", header.join(""));
+        let mut latency = |name: &str, h: &Histogram<u64>| {
+            let mut cells = vec![h.mean() / 1e3, h.stdev() / 1e3, h.min() as f64 / 1e3];
+            cells.extend(PERCENTILES.iter().map(|(_, p)| h.value_at_percentile(*p) as f64 / 1e3));
+            let cells: Vec<String> = cells.iter().map(|v| format!("{v:>9.3}")).collect();
+            let _ = writeln!(out, "  {name:<12}{}", cells.join(""));
+        };
+        // Corrected counts from the intended start (the release, or the slot); uncorrected from
+        // the moment the request left.
+        latency("corrected", &f.corrected);
+        latency("uncorrected", &f.uncorrected);
         if let Some(r) = self.retire {
             let _ = writeln!(
                 out,
@@ -260,6 +363,8 @@ impl Report {
                 m.insert(label.replace('.', "_"), json!(h.value_at_percentile(p)));
             }
             m.insert("mean".into(), json!(h.mean()));
+            m.insert("stdev".into(), json!(h.stdev()));
+            m.insert("min".into(), json!(h.min()));
             m.insert("count".into(), json!(h.len()));
             Value::Object(m)
         };
@@ -275,6 +380,14 @@ impl Report {
             "requests_per_sec": self.rate(f.requests()),
             "winning_grabs_per_sec": self.rate(f.count("won")),
             "latency_us": { "corrected": latency(&f.corrected), "uncorrected": latency(&f.uncorrected) },
+            "schedule": self.rate_target().map(|rate| json!({
+                "target_requests_per_sec": rate,
+                "achieved_requests_per_sec": self.rate(f.requests()),
+                "dropped": f.dropped,
+                "behind": f.behind,
+                "pacing_error_us": latency(&f.pacing),
+            })),
+            "messages": f.messages,
             "idle": self.idle.map(|(packets, before, after)| json!({
                 "open_packets": packets,
                 "resident_bytes_before": before,
@@ -382,7 +495,10 @@ pub fn plot_svg(path: &std::path::Path, title: &str, series: &[(&str, &Histogram
             .collect()
     };
     let all: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, h)| points(h)).collect();
-    let y_max = all.iter().flatten().map(|p| p.1).fold(0.001, f64::max) * 1.1;
+    // Latency on a log axis: a target a hundred times slower than another stays readable on
+    // the same chart.
+    let y_max = all.iter().flatten().map(|p| p.1).fold(0.001, f64::max) * 1.5;
+    let y_min = all.iter().flatten().map(|p| p.1).fold(y_max, f64::min).max(0.001) / 1.5;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -392,7 +508,7 @@ pub fn plot_svg(path: &std::path::Path, title: &str, series: &[(&str, &Histogram
         .margin_right(45)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..NINES_MAX, 0.0..y_max)
+        .build_cartesian_2d(0.0..NINES_MAX, (y_min..y_max).log_scale())
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
@@ -405,7 +521,7 @@ pub fn plot_svg(path: &std::path::Path, title: &str, series: &[(&str, &Histogram
             }
         })
         .x_desc("percentile")
-        .y_desc("latency (ms)")
+        .y_desc("latency (ms, log scale)")
         .draw()
         .map_err(|e| err(&e))?;
     let colors = [BLUE, RED, GREEN, MAGENTA];

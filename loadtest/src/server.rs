@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::target::{LuckySend, Reply, Verdict};
+use crate::target::{Answer, LuckySend, Reply, Verdict};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -193,26 +193,23 @@ impl ServerTarget {
         }
     }
 
-    pub async fn deposit(&self, op: u64, user: UserId, fen: u64) -> &'static str {
+    pub async fn deposit(&self, op: u64, user: UserId, fen: u64) -> Answer {
         let body = json!({ "op": op + self.offset, "amount": Amount::fen(fen) });
         match self
             .call(reqwest::Method::POST, None, &format!("/v1/wallets/{}/deposit", self.user(user).0), Some(body))
             .await
         {
-            Ok((200, _)) => "deposited",
-            Ok((503, _)) => "busy",
-            _ => "deposit_refused",
+            Ok((200, _)) => Answer::ok("deposited"),
+            other => refusal(other, "deposit_refused"),
         }
     }
 
-    pub async fn send(&self, send: &LuckySend) -> &'static str {
+    pub async fn send(&self, send: &LuckySend) -> Answer {
         let split = json!({ "kind": "lucky", "total": Amount::fen(send.fen), "shares": send.shares });
         let body = json!({ "id": self.packet(send.packet), "group": self.group(send.group), "split": split, "greeting": "恭喜发财" });
         match self.call(reqwest::Method::POST, Some(self.user(send.sender)), "/v1/packets", Some(body)).await {
-            Ok((200, _)) => "sent",
-            Ok((_, body)) if body["error"] == "insufficient_funds" => "insufficient_funds",
-            Ok((503, _)) => "busy",
-            _ => "send_refused",
+            Ok((200, _)) => Answer::ok("sent"),
+            other => refusal(other, "send_refused"),
         }
     }
 
@@ -430,32 +427,36 @@ fn device(user: UserId) -> String {
 }
 
 impl ServerTarget {
-    /// An instant transfer from `from`; the reply kind.
-    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> &'static str {
+    /// An instant transfer from `from`.
+    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> Answer {
         let body = json!({ "id": id + self.offset, "to": self.user(to), "amount": Amount::fen(fen) });
-        transfer_reply(
-            self.call(reqwest::Method::POST, Some(self.user(from)), "/v1/transfers", Some(body)).await,
-            "transfer_sent",
-        )
+        match self.call(reqwest::Method::POST, Some(self.user(from)), "/v1/transfers", Some(body)).await {
+            Ok((200, _)) => Answer::ok("transfer_sent"),
+            other => refusal(other, "transfer_error"),
+        }
     }
 
-    /// The receiver accepts; the reply kind.
-    pub async fn accept(&self, id: u64, by: UserId) -> &'static str {
+    /// The receiver accepts.
+    pub async fn accept(&self, id: u64, by: UserId) -> Answer {
         let path = format!("/v1/transfers/{}/accept", id + self.offset);
-        transfer_reply(self.call(reqwest::Method::POST, Some(self.user(by)), &path, None).await, "accepted")
+        match self.call(reqwest::Method::POST, Some(self.user(by)), &path, None).await {
+            Ok((200, _)) => Answer::ok("accepted"),
+            other => refusal(other, "transfer_error"),
+        }
     }
 }
 
-fn transfer_reply(answer: Result<(u16, Value), String>, done: &'static str) -> &'static str {
+/// A refusal in the server's words: the kinds the reports count by name, anything else as
+/// `other`, with the server's message (or why no answer came).
+fn refusal(answer: Result<(u16, Value), String>, other: &'static str) -> Answer {
+    const KINDS: [&str; 5] = ["insufficient_funds", "too_late", "busy", "daily_limit", "unavailable"];
     match answer {
-        Ok((200, _)) => done,
-        Ok((_, body)) => match body["error"].as_str() {
-            Some("insufficient_funds") => "insufficient_funds",
-            Some("too_late") => "too_late",
-            Some("busy") => "busy",
-            Some("daily_limit") => "daily_limit",
-            _ => "transfer_error",
-        },
-        Err(_) => "transfer_error",
+        Ok((status, body)) => {
+            let error = body["error"].as_str().unwrap_or("");
+            let kind = KINDS.iter().find(|k| **k == error).copied().unwrap_or(other);
+            let message = body["message"].as_str().map_or_else(|| body.to_string(), str::to_string);
+            Answer::refused(kind, format!("{status} {error}: {message}"))
+        }
+        Err(e) => Answer::refused(other, e),
     }
 }

@@ -46,6 +46,47 @@ impl Reply {
             Reply::Error(_) => "error",
         }
     }
+
+    /// The reply as an answer, with the target's message for an error.
+    pub fn answer(&self) -> Answer {
+        match self {
+            Reply::Error(message) => Answer::refused("error", message),
+            other => Answer::ok(other.kind()),
+        }
+    }
+}
+
+/// A request's answer: its kind as reports count it and, for a refusal or an error, the
+/// target's own words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub kind: &'static str,
+    pub message: Option<String>,
+}
+
+impl Answer {
+    pub fn ok(kind: &'static str) -> Answer {
+        Answer { kind, message: None }
+    }
+
+    pub fn refused(kind: &'static str, message: impl std::fmt::Display) -> Answer {
+        Answer { kind, message: Some(message.to_string()) }
+    }
+}
+
+impl PartialEq<&str> for Answer {
+    fn eq(&self, kind: &&str) -> bool {
+        self.kind == *kind
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(message) => write!(f, "{} ({message})", self.kind),
+            None => f.write_str(self.kind),
+        }
+    }
 }
 
 /// A lucky packet to send, the same for both targets.
@@ -93,21 +134,21 @@ impl Target {
         }
     }
 
-    /// Deposits; the reply kind ("deposited" or an error kind).
-    pub async fn deposit(&self, op: u64, user: UserId, fen: u64) -> &'static str {
+    /// Deposits; "deposited" or a refusal.
+    pub async fn deposit(&self, op: u64, user: UserId, fen: u64) -> Answer {
         match self {
             Target::Embedded(e) => match e.deposit(OpId(op), user, Amount::fen(fen)).await {
-                Ok(_) => "deposited",
-                Err(WalletError::Busy) => "busy",
-                Err(_) => "deposit_refused",
+                Ok(_) => Answer::ok("deposited"),
+                Err(e @ WalletError::Busy) => Answer::refused("busy", e),
+                Err(e) => Answer::refused("deposit_refused", e),
             },
             Target::Redis(r) => r.deposit(op, user, fen).await,
             Target::Server(s) => s.deposit(op, user, fen).await,
         }
     }
 
-    /// Sends an instant transfer (embedded only: the Redis baseline has none); the reply kind.
-    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> &'static str {
+    /// Sends an instant transfer (the Redis baseline has none).
+    pub async fn transfer(&self, id: u64, from: UserId, to: UserId, fen: u64) -> Answer {
         match self {
             Target::Embedded(e) => {
                 let spec = NewTransfer {
@@ -122,16 +163,16 @@ impl Target {
                 transfer_kind(e.transfer(spec).await.map(|_| "transfer_sent"))
             }
             Target::Server(s) => s.transfer(id, from, to, fen).await,
-            Target::Redis(_) => "unsupported",
+            Target::Redis(_) => Answer::refused("unsupported", "the Redis baseline has no transfers"),
         }
     }
 
-    /// The receiver accepts a transfer (embedded only); the reply kind.
-    pub async fn accept(&self, id: u64, by: UserId) -> &'static str {
+    /// The receiver accepts a transfer (the Redis baseline has none).
+    pub async fn accept(&self, id: u64, by: UserId) -> Answer {
         match self {
             Target::Embedded(e) => transfer_kind(e.accept_transfer(TransferId(id), by).await.map(|_| "accepted")),
             Target::Server(s) => s.accept(id, by).await,
-            Target::Redis(_) => "unsupported",
+            Target::Redis(_) => Answer::refused("unsupported", "the Redis baseline has no transfers"),
         }
     }
 
@@ -140,18 +181,18 @@ impl Target {
         matches!(self, Target::Embedded(_) | Target::Server(_))
     }
 
-    /// Sends a lucky packet; the reply kind ("sent", "insufficient_funds" or an error kind).
-    pub async fn send(&self, send: &LuckySend) -> &'static str {
+    /// Sends a lucky packet; "sent" or a refusal ("insufficient_funds", "busy", ...).
+    pub async fn send(&self, send: &LuckySend) -> Answer {
         let &LuckySend { packet, sender, group, fen, shares, .. } = send;
         match self {
             Target::Embedded(e) => {
                 let split = Split::lucky(Amount::fen(fen), shares);
                 let spec = NewPacket { id: packet, sender, group, split, greeting: "恭喜发财".into() };
                 match e.send_packet(spec).await {
-                    Ok(_) => "sent",
-                    Err(SendError::InsufficientFunds { .. }) => "insufficient_funds",
-                    Err(SendError::Busy) => "busy",
-                    Err(_) => "send_refused",
+                    Ok(_) => Answer::ok("sent"),
+                    Err(e @ SendError::InsufficientFunds { .. }) => Answer::refused("insufficient_funds", e),
+                    Err(e @ SendError::Busy) => Answer::refused("busy", e),
+                    Err(e) => Answer::refused("send_refused", e),
                 }
             }
             Target::Redis(r) => r.send(send).await,
@@ -236,16 +277,17 @@ impl Target {
     }
 }
 
-/// The reply kind of a transfer request.
-pub fn transfer_kind(result: Result<&'static str, TransferError>) -> &'static str {
-    match result {
-        Ok(kind) => kind,
-        Err(TransferError::InsufficientFunds { .. }) => "insufficient_funds",
-        Err(TransferError::TooLate { .. }) => "too_late",
-        Err(TransferError::Busy) => "busy",
-        Err(TransferError::DailyLimit { .. }) => "daily_limit",
-        Err(_) => "transfer_error",
-    }
+/// The answer to a transfer request.
+pub fn transfer_kind(result: Result<&'static str, TransferError>) -> Answer {
+    let Err(e) = result else { return Answer::ok(result.expect("not an error")) };
+    let kind = match e {
+        TransferError::InsufficientFunds { .. } => "insufficient_funds",
+        TransferError::TooLate { .. } => "too_late",
+        TransferError::Busy => "busy",
+        TransferError::DailyLimit { .. } => "daily_limit",
+        _ => "transfer_error",
+    };
+    Answer::refused(kind, e)
 }
 
 /// This process's resident set size.
@@ -394,16 +436,16 @@ impl RedisTarget {
         Ok(())
     }
 
-    async fn deposit(&self, op: u64, user: UserId, fen: u64) -> &'static str {
+    async fn deposit(&self, op: u64, user: UserId, fen: u64) -> Answer {
         let mut inv = self.deposit.prepare_invoke();
         inv.key(self.key("ops")).key(self.key("w")).key(self.key("deposits")).arg(op).arg(user.0).arg(fen);
         match inv.invoke_async::<i64>(&mut self.conn()).await {
-            Ok(_) => "deposited",
-            Err(_) => "error",
+            Ok(_) => Answer::ok("deposited"),
+            Err(e) => Answer::refused("error", e),
         }
     }
 
-    async fn send(&self, send: &LuckySend) -> &'static str {
+    async fn send(&self, send: &LuckySend) -> Answer {
         let &LuckySend { packet, sender, fen, shares, seed, .. } = send;
         // Pre-split at send, with the same code and seed the engine draws from at grab time.
         let split = split::lucky_shares(fen, shares, self.share_fen_max, seed);
@@ -411,9 +453,10 @@ impl RedisTarget {
         inv.key(self.key("w")).key(self.key(&format!("p:{}:s", packet.0))).key(self.key("packets"));
         inv.arg(sender.0).arg(packet.0).arg(fen).arg(split);
         match inv.invoke_async::<i64>(&mut self.conn()).await {
-            Ok(0) | Ok(2) => "sent",
-            Ok(1) => "insufficient_funds",
-            Ok(_) | Err(_) => "error",
+            Ok(0) | Ok(2) => Answer::ok("sent"),
+            Ok(1) => Answer::refused("insufficient_funds", format!("the sender has less than {}", Amount::fen(fen))),
+            Ok(code) => Answer::refused("error", format!("unexpected script reply {code}")),
+            Err(e) => Answer::refused("error", e),
         }
     }
 

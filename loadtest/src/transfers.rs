@@ -143,15 +143,15 @@ async fn one_transfer(
     let amount = Amount::fen(rng.random_range(1..=AMOUNT_FEN_MAX));
     let spec = NewTransfer { org: None, id: TransferId(id), from, to, amount, arrival, note: String::new() };
     let timed = Instant::now();
-    let kind = transfer_kind(engine.transfer(spec).await.map(|_| "transfer_sent"));
+    let answer = transfer_kind(engine.transfer(spec).await.map(|_| "transfer_sent"));
     let us = timed.elapsed().as_micros() as u64;
-    figures.record(kind, us, us);
-    if kind != "transfer_sent" {
+    figures.record_answer(&answer, us, us);
+    if answer != "transfer_sent" {
         return;
     }
     let roll = rng.random_range(0..100);
     let (id, timed) = (TransferId(id), Instant::now());
-    let kind = match (delayed, roll) {
+    let answer = match (delayed, roll) {
         (false, 0..=59) => transfer_kind(engine.accept_transfer(id, to).await.map(|_| "accepted")),
         (false, 60..=74) => transfer_kind(engine.decline_transfer(id, to).await.map(|_| "declined")),
         (true, 0..=39) => transfer_kind(engine.recall_transfer(id, from).await.map(|_| "recalled")),
@@ -160,5 +160,5 @@ async fn one_transfer(
         (false, _) => return left.to_lapse += 1,
     };
     let us = timed.elapsed().as_micros() as u64;
-    figures.record(kind, us, us);
+    figures.record_answer(&answer, us, us);
 }

@@ -10,6 +10,13 @@ fn loadtest(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_loadtest")).args(args).output().expect("loadtest runs")
 }
 
+/// Runs one test at a time: the timing tests measure latency and duration on a machine of two
+/// cores, which other runs of the load tool in parallel would distort.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hongbao-loadtest-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -22,6 +29,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn small_storm_passes_and_writes_its_files() {
+    let _serial = one_at_a_time();
     let dir = scratch("storm");
     let (json, hgrm, plot) = (dir.join("r.json"), dir.join("r.hgrm"), dir.join("r.svg"));
     let out = loadtest(&[
@@ -67,10 +75,14 @@ fn small_storm_passes_and_writes_its_files() {
 
 #[test]
 fn hot_open_loop_and_idle_run() {
+    let _serial = one_at_a_time();
     let out = loadtest(&["--scenario", "hot", "--members", "500", "--rounds", "2", "--warmup", "0", "--rate", "20000"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("open-loop") && stdout.contains("uncorrected ms"), "{stdout}");
+    assert!(
+        stdout.contains("open-loop") && stdout.contains("  uncorrected ") && stdout.contains("pacing error"),
+        "{stdout}"
+    );
     let out = loadtest(&["--scenario", "idle", "--packets", "2000"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -81,6 +93,7 @@ fn hot_open_loop_and_idle_run() {
 
 #[test]
 fn bad_arguments_and_unreachable_redis_are_clear_errors() {
+    let _serial = one_at_a_time();
     let out = loadtest(&["--rate", "-5"]);
     assert_eq!(out.status.code(), Some(2));
     let out = loadtest(&["--target", "memcached://x"]);
@@ -139,6 +152,7 @@ fn dbsize(port: u16) -> u64 {
 
 #[test]
 fn same_storm_against_redis_side_by_side() {
+    let _serial = one_at_a_time();
     let Some(redis) = RedisServer::start() else {
         eprintln!("skipped: no redis-server on PATH (.ci/run installs it)");
         return;
@@ -184,6 +198,7 @@ fn same_storm_against_redis_side_by_side() {
 /// is judged on a release build: see BENCHMARKS.md); it refuses a Redis target.
 #[test]
 fn transfers_scenario_settles_every_transfer_and_times_the_deadlines() {
+    let _serial = one_at_a_time();
     let dir = scratch("transfers");
     let json = dir.join("r.json");
     let out = loadtest(&[
@@ -213,6 +228,7 @@ fn transfers_scenario_settles_every_transfer_and_times_the_deadlines() {
 
 #[test]
 fn fairness_scenario_reports_both_rules_by_position() {
+    let _serial = one_at_a_time();
     let dir = scratch("fairness");
     let json = dir.join("r.json");
     let out =
@@ -236,6 +252,7 @@ fn fairness_scenario_reports_both_rules_by_position() {
 
 #[test]
 fn retire_scenario_reports_its_memory() {
+    let _serial = one_at_a_time();
     let dir = scratch("retire");
     let json = dir.join("r.json");
     let _ = loadtest(&["--scenario", "retire", "--packets", "20000", "--json", json.to_str().unwrap()]);
@@ -251,18 +268,24 @@ fn retire_scenario_reports_its_memory() {
 
 /// A `hongbao serve` on an ephemeral loopback port, with its signing key in `dir`.
 fn start_server(dir: &Path) -> (hongbao_server::Running, PathBuf) {
+    start_server_with(dir, hongbao::Config::default())
+}
+
+/// The same, on an engine of `config`.
+fn start_server_with(dir: &Path, config: hongbao::Config) -> (hongbao_server::Running, PathBuf) {
     let (private, public) = hongbao_server::auth::keygen();
     let key = dir.join("host.key");
     std::fs::write(&key, private).unwrap();
     let settings =
         hongbao_server::Settings { listen: "127.0.0.1:0".parse().unwrap(), workers: 1, ..Default::default() }
             .without_rate_limits();
-    let engine = hongbao::Engine::start(hongbao::Config::default()).unwrap();
+    let engine = hongbao::Engine::start(config).unwrap();
     (hongbao_server::start(settings, engine, public.as_bytes()).unwrap(), key)
 }
 
 #[test]
 fn the_same_storm_through_the_server_over_http_and_websocket() {
+    let _serial = one_at_a_time();
     let dir = scratch("server");
     let (server, key) = start_server(&dir);
     let (http, ws, relay) =
@@ -323,6 +346,7 @@ fn the_same_storm_through_the_server_over_http_and_websocket() {
 /// nothing).
 #[test]
 fn impossible_arguments_are_refused_at_once() {
+    let _serial = one_at_a_time();
     let cases: &[(&[&str], &str)] = &[
         (&["--threads", "0"], "--threads"),
         (&["--rounds", "0"], "--rounds"),
@@ -353,6 +377,7 @@ fn impossible_arguments_are_refused_at_once() {
 /// A target that cannot be reached is found before the first one runs, not after it.
 #[test]
 fn every_target_is_reached_before_any_runs() {
+    let _serial = one_at_a_time();
     let started = Instant::now();
     let out = loadtest(&[
         "--groups",
@@ -371,4 +396,162 @@ fn every_target_is_reached_before_any_runs() {
     assert!(stderr.contains("redis://127.0.0.1:1"), "{stderr}");
     assert!(!stdout.contains("scenario"), "the embedded half did not run first: {stdout}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Open loop measures the target, not the client's timer: at a low rate, on an idle engine,
+/// latency counted from each request's slot is close to latency counted from its sending
+/// (tokio's millisecond timer alone used to add a millisecond to every corrected figure).
+#[test]
+fn open_loop_at_a_low_rate_measures_the_target_not_the_timer() {
+    let _serial = one_at_a_time();
+    let dir = scratch("low-rate");
+    let json = dir.join("r.json");
+    let out = loadtest(&[
+        "--scenario",
+        "hot",
+        "--members",
+        "1000",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--rate",
+        "1000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = read_json(&json);
+    let (corrected, uncorrected) = (&j["latency_us"]["corrected"], &j["latency_us"]["uncorrected"]);
+    let (c50, u50) = (corrected["p50"].as_u64().unwrap(), uncorrected["p50"].as_u64().unwrap());
+    assert!(c50 <= 2 * u50 + 100, "corrected p50 {c50} µs against uncorrected {u50} µs: {j}");
+    let schedule = &j["schedule"];
+    assert_eq!(schedule["target_requests_per_sec"], 1000.0, "{j}");
+    assert_eq!(schedule["dropped"], 0, "{j}");
+    // Every request was either on time (its pacing error measured) or behind its slot.
+    let on_time = schedule["pacing_error_us"]["count"].as_u64().unwrap();
+    assert_eq!(on_time + schedule["behind"].as_u64().unwrap(), 1000, "{j}");
+    assert!(schedule["pacing_error_us"]["p50"].as_u64().unwrap() < 100, "{j}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A rate the target cannot reach: the run still ends at its duration, says how many requests
+/// it could not start, and prints the achieved rate beside the asked one.
+#[test]
+fn open_loop_stops_on_time_and_counts_what_it_dropped() {
+    let _serial = one_at_a_time();
+    let dir = scratch("dropped");
+    for (scenario, secs) in [("mixed", 2.0), ("storm", 1.0)] {
+        let json = dir.join(format!("{scenario}.json"));
+        let started = Instant::now();
+        let out = loadtest(&[
+            "--scenario",
+            scenario,
+            "--groups",
+            "4",
+            "--members",
+            "500",
+            "--rounds",
+            "1000",
+            "--warmup",
+            "0",
+            "--rate",
+            "1e9",
+            "--duration-secs",
+            &secs.to_string(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let wall = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{scenario}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let j = read_json(&json);
+        let elapsed = j["elapsed_secs"].as_f64().unwrap();
+        assert!((elapsed - secs).abs() <= secs * 0.1, "{scenario}: ran {elapsed} s of {secs}: {j}");
+        assert!(wall < Duration::from_secs_f64(secs + 5.0), "{scenario}: the process took {wall:?}");
+        let dropped = j["schedule"]["dropped"].as_u64().unwrap();
+        assert!(dropped > 0, "{scenario}: {j}");
+        assert!(stdout.contains("target 1000000000 requests/s MISSED: achieved"), "{stdout}");
+        assert!(stdout.contains(&format!("{dropped} dropped")), "{stdout}");
+        assert_eq!(j["ok"], true, "{scenario}: {j}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A refusal the load tool could not foresee (the server's own limits) is reported in the
+/// target's words, not only as a kind.
+#[test]
+fn a_refusal_carries_the_targets_reason() {
+    let _serial = one_at_a_time();
+    let dir = scratch("refusal");
+    let limits = hongbao::Limits { shares_per_packet_max: 5, ..hongbao::Limits::default() };
+    let (server, key) = start_server_with(&dir, hongbao::Config::default().with_limits(limits));
+    let http = format!("http://{}", server.addr);
+    let out = loadtest(&[
+        "--groups",
+        "1",
+        "--members",
+        "20",
+        "--shares",
+        "10",
+        "--rounds",
+        "1",
+        "--target",
+        &http,
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("send_refused") && stderr.contains("limit of 5"), "{stderr}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(server.shutdown()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The report says what was asked (as wrk does) and the figures people compare (k6's mean,
+/// stdev, min and p95 beside the percentiles); a run whose stderr is not a terminal prints a
+/// progress line every few seconds instead of staying silent.
+#[test]
+fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
+    let _serial = one_at_a_time();
+    let dir = scratch("echo");
+    let json = dir.join("r.json");
+    let out = loadtest(&[
+        "--scenario",
+        "mixed",
+        "--groups",
+        "3",
+        "--members",
+        "50",
+        "--duration-secs",
+        "3",
+        "--progress-every-secs",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let echo = stdout.lines().find(|l| l.starts_with("parameters")).unwrap_or_else(|| panic!("{stdout}"));
+    for part in ["connections 64", "duration_secs 3", "journal in memory", "targets embedded", "threads ", "arbiters "]
+    {
+        assert!(echo.contains(part), "{part} missing: {echo}");
+    }
+    let header = stdout.lines().find(|l| l.starts_with("latency ms")).unwrap_or_else(|| panic!("{stdout}"));
+    let columns: Vec<&str> = header.split_whitespace().skip(2).collect();
+    assert_eq!(columns, ["mean", "stdev", "min", "p50", "p90", "p95", "p99", "p99.9", "p99.99", "max"], "{header}");
+    assert!(stdout.contains("  corrected ") && stdout.contains("  uncorrected "), "{stdout}");
+    let j = read_json(&json);
+    for field in ["mean", "stdev", "min", "p95"] {
+        assert!(j["latency_us"]["corrected"][field].is_number(), "{field}: {j}");
+    }
+    // stderr is a pipe here: a line a second, each with a whole rate.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("loadtest: mixed on embedded")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        let rate = line.rsplit(", ").next().unwrap().trim_end_matches(" requests/s");
+        assert!(rate.parse::<u64>().is_ok(), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
