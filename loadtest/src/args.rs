@@ -17,7 +17,8 @@ use clap::{Parser, ValueEnum};
 #[command(name = "loadtest", version, about, verbatim_doc_comment)]
 pub struct Args {
     /// Which load to run: storm (G groups × M members, all grabbing at once, R rounds), hot
-    /// (one packet, M members at once, R rounds), mixed (deposits, sends, grabs, transfers and
+    /// (one packet, M members at once, R rounds), recall (the storm in groups of an org whose
+    /// admin recalls every packet at a seeded moment while it is grabbed; embedded only), mixed (deposits, sends, grabs, transfers and
     /// balance reads for --duration-secs), idle (open --packets packets nobody grabs; report
     /// memory), retire (send --packets one-share packets, grab each, move the engine's clock past
     /// the retention and retire them all; report whether memory returns to its baseline),
@@ -190,6 +191,7 @@ pub enum DurabilityArg {
 pub enum Scenario {
     Storm,
     Hot,
+    Recall,
     Mixed,
     Idle,
     Retire,
@@ -264,7 +266,9 @@ impl Args {
         if self.rounds == Some(0) {
             return Err("--rounds must be at least 1: a run of no rounds measures nothing".into());
         }
-        if self.rate.is_some() && !matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Mixed) {
+        if self.rate.is_some()
+            && !matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Recall | Scenario::Mixed)
+        {
             return Err("--rate applies to --scenario storm, hot and mixed; the other scenarios run their work \
                         as fast as the target answers"
                 .into());
@@ -276,7 +280,7 @@ impl Args {
             return Err("--duration-secs must be at least 1: a run of no time measures nothing".into());
         }
         let timed = self.scenario == Scenario::Mixed
-            || (matches!(self.scenario, Scenario::Storm | Scenario::Hot) && self.rate.is_some());
+            || (matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Recall) && self.rate.is_some());
         if self.duration_secs.is_some() && !timed {
             return Err("--duration-secs applies to --scenario mixed, and to storm and hot with --rate (a burst \
                         runs --rounds; the other scenarios run a fixed amount of work)"
@@ -304,6 +308,9 @@ impl Args {
         if self.scenario == Scenario::Retire && self.target.iter().any(|t| t != "embedded") {
             return Err("--scenario retire measures the embedded engine's retention: --target embedded only".into());
         }
+        if self.scenario == Scenario::Recall && self.target.iter().any(|t| t != "embedded") {
+            return Err("--scenario recall uses the engine's org API: --target embedded only".into());
+        }
         if matches!(self.scenario, Scenario::Transfers | Scenario::Fairness)
             && self.target.iter().any(|t| t != "embedded")
         {
@@ -323,7 +330,15 @@ impl Args {
             return Err(format!("--members {} is over {MEMBERS_MAX}, the most one group can hold here", self.members));
         }
         let members_total = self.groups.checked_mul(self.members).ok_or("--groups × --members overflows")?;
-        if matches!(self.scenario, Scenario::Storm) && self.groups as usize > limits.groups_max {
+        if self.scenario == Scenario::Recall
+            && self.groups as usize > limits.org_groups_max.min(limits.org_whitelist_max)
+        {
+            return Err(format!(
+                "--groups {} is over what one org holds (org_groups_max {}, org_whitelist_max {})",
+                self.groups, limits.org_groups_max, limits.org_whitelist_max
+            ));
+        }
+        if matches!(self.scenario, Scenario::Storm | Scenario::Recall) && self.groups as usize > limits.groups_max {
             return Err(format!("--groups {} is over the engine's groups_max ({})", self.groups, limits.groups_max));
         }
         if self.shares > limits.shares_per_packet_max {
@@ -354,7 +369,7 @@ impl Args {
                 self.packets, limits.open_packets_max
             ));
         }
-        let storm = matches!(self.scenario, Scenario::Storm | Scenario::Hot);
+        let storm = matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Recall);
         if storm {
             // Packets with more shares than members never sell out and stay open, as do the
             // background packets.

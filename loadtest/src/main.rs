@@ -7,6 +7,7 @@ mod args;
 mod fairness;
 mod pace;
 mod progress;
+mod recall;
 mod report;
 mod retire;
 mod scenario;
@@ -229,7 +230,7 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     };
     let target = Arc::new(target);
     let report = match args.scenario {
-        Scenario::Storm | Scenario::Hot => scenario::storm(Arc::clone(&target), args).await,
+        Scenario::Storm | Scenario::Hot | Scenario::Recall => scenario::storm(Arc::clone(&target), args).await,
         Scenario::Mixed => scenario::mixed(Arc::clone(&target), args).await,
         Scenario::Idle => scenario::idle(Arc::clone(&target), args).await,
         Scenario::Retire | Scenario::Transfers | Scenario::Fairness => {

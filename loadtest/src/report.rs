@@ -144,6 +144,8 @@ pub const ANSWERS: &[&str] = &[
     "accepted",
     "declined",
     "recalled",
+    "already_closed",
+    "packet_recalled",
     "too_late",
 ];
 

@@ -21,6 +21,7 @@ use tokio::sync::Barrier;
 use crate::args::{Args, Scenario};
 use crate::pace::{Pacer, Schedule};
 use crate::progress::{self, Counter};
+use crate::recall;
 use crate::report::{Figures, Report};
 use crate::target::{Answer, LuckySend, Reply, Target};
 
@@ -270,6 +271,14 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             return Err(format!("only {} background packets opened", opened.count("sent")));
         }
     }
+    let admin = match args.scenario {
+        Scenario::Recall => {
+            let senders: Vec<_> = (0..groups).map(|g| (GroupId(g), member(g, 0, members))).collect();
+            Some(recall::Admin::set_up(&target, &senders, args.seed).await?)
+        }
+        _ => None,
+    };
+    let (mut refunds, mut round_took) = (Vec::new(), Duration::from_millis(1));
     let rounds = args.warmup + args.rounds();
     let measured_requests = u64::from(args.rounds()) * groups * members;
     let what = format!("{:?} on {}", args.scenario, target.name()).to_lowercase();
@@ -319,10 +328,22 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             .collect();
         let measure = round >= u64::from(args.warmup);
         let pace = open_loop.as_ref().map(|o| (o, elapsed));
+        // The admin recalls this round's packets while they are grabbed, spread over about as
+        // long as the round before took.
+        let round_packets = (0..groups).map(|g| PacketId(round * groups + g)).collect();
+        let recalls = admin.as_ref().map(|a| a.recall_during(round, round_packets, round_took));
         let (round_wins, took) = grab_round(&target, Arc::new(ops), args, &mut workers, measure, &progress, pace).await;
+        if let Some(recalls) = recalls {
+            let (recall_figures, round_refunds) = recalls.await.map_err(|e| format!("the admin failed: {e}"))?;
+            if measure {
+                workers[0].merge(&recall_figures);
+            }
+            refunds.extend(round_refunds);
+        }
         if measure {
             elapsed += took;
         }
+        round_took = took.max(Duration::from_millis(1));
         wins.extend(round_wins);
     }
     let mut figures = Figures::default();
@@ -330,7 +351,16 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         figures.merge(w);
     }
     shown.finish().await;
-    let violations = check_storm(&target, &packets, &wins).await?;
+    let mut violations = check_storm(&target, &packets, &wins).await?;
+    if admin.is_some() {
+        let mut claimed: HashMap<PacketId, (usize, u64)> = HashMap::new();
+        for &(packet, _, fen) in &wins {
+            let c = claimed.entry(packet).or_default();
+            *c = (c.0 + 1, c.1 + fen);
+        }
+        let sender_of = |p: PacketId| member(p.0 % groups, 0, members);
+        violations.extend(recall::check(&target, &packets, &claimed, &refunds, sender_of).await?);
+    }
     let verdict = target.audit().await?;
     Ok(Report {
         scenario: format!("{:?}", args.scenario).to_lowercase(),

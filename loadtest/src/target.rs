@@ -28,6 +28,8 @@ pub enum Reply {
     NotEligible,
     Expired,
     UnknownPacket,
+    /// An org admin recalled the packet before this grab.
+    Recalled,
     Busy,
     Error(String),
 }
@@ -42,6 +44,7 @@ impl Reply {
             Reply::NotEligible => "not_eligible",
             Reply::Expired => "expired",
             Reply::UnknownPacket => "unknown_packet",
+            Reply::Recalled => "packet_recalled",
             Reply::Busy => "busy",
             Reply::Error(_) => "error",
         }
@@ -209,6 +212,7 @@ impl Target {
                 Err(GrabError::NotEligible) => Reply::NotEligible,
                 Err(GrabError::Expired) => Reply::Expired,
                 Err(GrabError::UnknownPacket) => Reply::UnknownPacket,
+                Err(GrabError::Recalled) => Reply::Recalled,
                 Err(GrabError::Busy) => Reply::Busy,
                 Err(e) => Reply::Error(e.to_string()),
             },

@@ -555,3 +555,44 @@ fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Org packets recalled by their admin while members grab them: every packet is recalled once
+/// (its remainder refunded, or found sold out), and the checks on refunds, claims and the
+/// senders' balances hold.
+#[test]
+fn recall_scenario_races_the_admin_against_the_grabs() {
+    let _serial = one_at_a_time();
+    let dir = scratch("recall");
+    let json = dir.join("r.json");
+    let out = loadtest(&[
+        "--scenario",
+        "recall",
+        "--groups",
+        "10",
+        "--members",
+        "200",
+        "--shares",
+        "50",
+        "--rounds",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = read_json(&json);
+    assert_eq!(j["ok"], true, "{j}");
+    let count = |kind: &str| j["replies"][kind].as_u64().unwrap_or(0);
+    // One recall per measured packet: 5 rounds × 10 groups.
+    assert_eq!(count("recalled") + count("already_closed"), 50, "{j}");
+    assert_eq!(
+        count("won") + count("sold_out") + count("packet_recalled") + count("already_grabbed"),
+        5 * 10 * 200,
+        "{j}"
+    );
+    let refused = loadtest(&["--scenario", "recall", "--target", "redis://127.0.0.1:1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
