@@ -479,14 +479,16 @@ fn open_loop_stops_on_time_and_counts_what_it_dropped() {
 }
 
 /// A refusal the load tool could not foresee (the server's own limits) is reported in the
-/// target's words, not only as a kind.
+/// target's words, not only as a kind; the targets that ran before it still have their report
+/// written.
 #[test]
 fn a_refusal_carries_the_targets_reason() {
     let _serial = one_at_a_time();
     let dir = scratch("refusal");
     let limits = hongbao::Limits { shares_per_packet_max: 5, ..hongbao::Limits::default() };
     let (server, key) = start_server_with(&dir, hongbao::Config::default().with_limits(limits));
-    let http = format!("http://{}", server.addr);
+    let targets = format!("embedded,http://{}", server.addr);
+    let json = dir.join("r.json");
     let out = loadtest(&[
         "--groups",
         "1",
@@ -497,13 +499,18 @@ fn a_refusal_carries_the_targets_reason() {
         "--rounds",
         "1",
         "--target",
-        &http,
+        &targets,
         "--key",
         key.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("send_refused") && stderr.contains("limit of 5"), "{stderr}");
+    // The embedded half ran before the server refused: what it measured is written.
+    let j = read_json(&json);
+    assert_eq!((j["target"].as_str(), j["ok"].as_bool()), (Some("embedded (in-memory journal)"), Some(true)), "{j}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(server.shutdown()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
