@@ -95,6 +95,12 @@ pub struct Args {
     #[arg(long, value_name = "REQUESTS_PER_SEC")]
     pub rate: Option<f64>,
 
+    /// Seconds a request to Redis or a server may go unanswered before it counts as an error
+    /// (its outcome unknown); it also bounds how long a run waits for the requests in flight
+    /// when its time ends
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout_secs: u64,
+
     /// Client workers, each with its own histograms (and its own Redis connection)
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -210,6 +216,11 @@ impl Args {
         self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// How long a network request may go unanswered.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs)
+    }
+
     /// Measured rounds for storm and hot.
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(match self.scenario {
@@ -248,8 +259,17 @@ impl Args {
                         --public-key"
                 .into());
         }
-        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-            return Err("--rate must be a positive number of requests per second".into());
+        if self.rate.is_some_and(|r| !(RATE_MIN..=RATE_MAX).contains(&r)) {
+            return Err(format!(
+                "--rate must be between {RATE_MIN} and {RATE_MAX:e} requests per second (past that, slots are closer \
+                 than a nanosecond)"
+            ));
+        }
+        if self.duration_secs.is_some_and(|d| d > DURATION_SECS_MAX) {
+            return Err(format!("--duration-secs must be at most {DURATION_SECS_MAX} (a week)"));
+        }
+        if !(1..=DURATION_SECS_MAX).contains(&self.timeout_secs) {
+            return Err(format!("--timeout-secs must be between 1 and {DURATION_SECS_MAX}"));
         }
         if self.members == 0 || self.groups == 0 || self.shares == 0 || self.connections == 0 || self.yuan == 0 {
             return Err("--members, --groups, --shares, --yuan and --connections must be at least 1".into());
@@ -385,14 +405,30 @@ impl Args {
                 ));
             }
         }
-        // What a run holds at once: each member's roster entry, wallet and grab of the round.
-        let needed = members_total.saturating_mul(BYTES_PER_MEMBER);
+        if let (true, Some(rate), None) = (storm, self.rate, self.duration_secs) {
+            let groups = if self.scenario == Scenario::Hot { 1 } else { self.groups };
+            let requests = (u64::from(self.rounds()) * groups).saturating_mul(self.members);
+            let secs = requests as f64 / rate;
+            if secs > DURATION_SECS_MAX as f64 {
+                return Err(format!(
+                    "{requests} grabs at --rate {rate} would take {secs:.0} s: bound the run with --duration-secs \
+                     (at most {DURATION_SECS_MAX})"
+                ));
+            }
+        }
+        // What a run holds at once: each member's roster entry, wallet and grab of the round,
+        // and each client worker's histograms.
+        let needed = members_total
+            .saturating_mul(BYTES_PER_MEMBER)
+            .saturating_add((self.connections as u64).saturating_mul(BYTES_PER_CONNECTION));
         if let Some(available) = available_memory() {
             if needed > available / 10 * 8 {
                 return Err(format!(
-                    "--groups {} × --members {} needs about {} MiB, more than the {} MiB this machine has free",
+                    "--groups {} × --members {} with --connections {} needs about {} MiB, more than the {} MiB this \
+                     machine has free",
                     self.groups,
                     self.members,
+                    self.connections,
                     needed >> 20,
                     available >> 20
                 ));
@@ -418,6 +454,13 @@ impl Args {
     }
 }
 
+/// The slowest and fastest open-loop rates, in requests per second.
+const RATE_MIN: f64 = 0.01;
+const RATE_MAX: f64 = 1e9;
+
+/// The longest run, and the longest open-loop schedule: a week.
+const DURATION_SECS_MAX: u64 = 7 * 24 * 3600;
+
 /// The most members one group may have in a load (the engine's own bound is a setting; a
 /// storm of more members than this in one group is a typo, not a test).
 const MEMBERS_MAX: u64 = 10_000_000;
@@ -425,6 +468,10 @@ const MEMBERS_MAX: u64 = 10_000_000;
 /// What a member costs a run at most, in bytes (roster entry, wallet, grab and reply
 /// bookkeeping), measured with generous rounding.
 const BYTES_PER_MEMBER: u64 = 400;
+
+/// What a client worker costs at most, in bytes: its three latency histograms (about 170 KiB
+/// each) and its task, with generous rounding.
+const BYTES_PER_CONNECTION: u64 = 1 << 20;
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes.
 fn available_memory() -> Option<u64> {

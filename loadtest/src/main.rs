@@ -98,9 +98,9 @@ async fn run_all(args: &Args) -> Result<bool, String> {
 /// Connects to `target` once and lets go: it is reachable, and (a server) trusts the key.
 async fn preflight(args: &Args, target: &str) -> Result<(), String> {
     if target.starts_with("redis://") {
-        RedisTarget::connect(target, 1, limits(args).share_fen_max, true).await.map(drop)
+        RedisTarget::connect(target, 1, limits(args).share_fen_max, true, args.timeout()).await.map(drop)
     } else {
-        ServerTarget::connect(target, args.key.as_deref(), 1).await.map(drop)
+        ServerTarget::connect(target, args.key.as_deref(), 1, args.timeout()).await.map(drop)
     }
 }
 
@@ -223,10 +223,13 @@ async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     let target = if target == "embedded" {
         Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
     } else if ["http://", "ws://", "relay://"].iter().any(|scheme| target.starts_with(scheme)) {
-        Target::Server(Box::new(ServerTarget::connect(target, args.key.as_deref(), args.connections).await?))
+        Target::Server(Box::new(
+            ServerTarget::connect(target, args.key.as_deref(), args.connections, args.timeout()).await?,
+        ))
     } else {
         let pipelining = !args.redis_no_pipelining;
-        Target::Redis(Box::new(RedisTarget::connect(target, args.connections, limits.share_fen_max, pipelining).await?))
+        let (shares, timeout) = (limits.share_fen_max, args.timeout());
+        Target::Redis(Box::new(RedisTarget::connect(target, args.connections, shares, pipelining, timeout).await?))
     };
     let target = Arc::new(target);
     let report = match args.scenario {

@@ -34,40 +34,55 @@ pub const SPIN_MAX: Duration = Duration::from_micros(30);
 /// request spins less (and most slots are already due when their worker gets to them).
 const SPIN_CORE_SHARE: f64 = 0.25;
 
-/// The open-loop schedule: slot `k` is `start + k / rate`; a run with a deadline schedules no
-/// slot at or after it.
+/// The open-loop schedule of one stretch of a run: its slot `k` is due at `start + k / rate`.
+/// A run is one schedule even when it comes in stretches (a storm's rounds): stretch slot `k`
+/// is the run's slot `first + k`, and a run with a duration holds the slots due before it ends,
+/// `slots = ceil(duration × rate)` of them. Everything below counts from that one definition.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
     pub start: Instant,
     /// Requests per second, over every worker.
     pub rate: f64,
-    pub deadline: Option<Instant>,
+    /// The run's index of this stretch's first slot.
+    pub first: u64,
+    /// The run's slots, when it has a duration.
+    pub slots: Option<u64>,
 }
 
 impl Schedule {
-    /// The instant request `k` is meant to start.
+    /// The instant this stretch's slot `k` is due.
     pub fn slot(&self, k: u64) -> Instant {
+        // Arguments bound the rate and the duration, so every slot of a run is representable.
         self.start + Duration::from_secs_f64(k as f64 / self.rate)
     }
 
-    /// Whether slot `k` falls inside the run.
+    /// Whether this stretch's slot `k` is inside the run.
     pub fn contains(&self, k: u64) -> bool {
-        self.deadline.is_none_or(|d| self.slot(k) < d)
+        self.slots.is_none_or(|n| self.first.saturating_add(k) < n)
     }
 
-    /// Whether the run's time is over.
+    /// This stretch's slots inside the run, of `len` it has.
+    pub fn inside(&self, len: u64) -> u64 {
+        match self.slots {
+            Some(n) => len.min(n.saturating_sub(self.first)),
+            None => len,
+        }
+    }
+
+    /// When the run's time is over: the instant its first slot past the end would be due.
+    pub fn end(&self) -> Option<Instant> {
+        self.slots.map(|n| self.slot(n.saturating_sub(self.first)))
+    }
+
+    /// Whether the run's time is over at `now`.
     pub fn ended(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|d| now >= d)
+        self.end().is_some_and(|end| now >= end)
     }
 
-    /// Slots inside the run among `k, k + step, k + 2 step, …` below `end`: those a worker
+    /// The slots inside the run among `k, k + step, k + 2 step, …` below `len`: those a worker
     /// leaves unstarted when the run ends at its slot `k`.
-    pub fn remaining(&self, k: u64, step: u64, end: u64) -> u64 {
-        let end = match self.deadline {
-            // The slots before the deadline are 0..ceil(rate × seconds).
-            Some(d) => end.min((d.duration_since(self.start).as_secs_f64() * self.rate).ceil() as u64),
-            None => end,
-        };
+    pub fn remaining(&self, k: u64, step: u64, len: u64) -> u64 {
+        let end = self.inside(len);
         if k >= end {
             0
         } else {
@@ -79,18 +94,79 @@ impl Schedule {
 /// Where a request stood against its slot when it started.
 #[derive(Clone, Copy, Debug)]
 pub enum Start {
-    /// Its worker was free before the slot and waited: started this late after it (the
-    /// client's own error).
+    /// Its worker was free by the slot: it started this late after it (the client's own
+    /// error).
     OnTime(Duration),
-    /// Its worker was still busy with earlier requests when the slot came: the delay is the
-    /// target's backlog, counted in the corrected latency.
+    /// Its worker's previous request was still waiting for its reply when the slot came: the
+    /// delay is the target's backlog, counted in the corrected latency.
     Behind,
+}
+
+/// The release of a stretch of work: every worker first gets ready (allocates, connects), then
+/// the clock starts, then they go; so no worker's setup is counted as the target's latency.
+pub struct Release {
+    ready: tokio::sync::Barrier,
+    go: tokio::sync::Barrier,
+    start: std::sync::OnceLock<Instant>,
+}
+
+impl Release {
+    /// A release for `workers` workers and the one that opens it.
+    pub fn new(workers: usize) -> Release {
+        Release {
+            ready: tokio::sync::Barrier::new(workers + 1),
+            go: tokio::sync::Barrier::new(workers + 1),
+            start: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A worker: ready; waits for the start, and returns it.
+    pub async fn wait(&self) -> Instant {
+        self.ready.wait().await;
+        self.go.wait().await;
+        *self.start.get().expect("set between the two barriers")
+    }
+
+    /// The opener: waits for every worker to be ready, starts the clock and lets them go.
+    pub async fn open(&self) -> Instant {
+        self.all_ready().await;
+        self.go().await
+    }
+
+    /// The opener, in two steps: waits for every worker to be ready…
+    pub async fn all_ready(&self) {
+        self.ready.wait().await;
+    }
+
+    /// …then starts the clock and lets them go.
+    pub async fn go(&self) -> Instant {
+        let start = *self.start.get_or_init(Instant::now);
+        self.go.wait().await;
+        start
+    }
 }
 
 /// The pacing thread and the slots waiting on it. Dropping the last handle stops the thread.
 #[derive(Clone)]
 pub struct Pacer {
     shared: Arc<Shared>,
+    _running: Arc<Running>,
+}
+
+/// Stops the pacing thread when the last [`Pacer`] handle goes.
+struct Running {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.thread.unpark();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Shared {
@@ -130,7 +206,7 @@ impl Pacer {
     /// Starts the pacing thread for a schedule of `rate` requests per second.
     pub fn start(rate: f64) -> Pacer {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared>>();
-        let thread = std::thread::Builder::new()
+        let thread: std::thread::JoinHandle<()> = std::thread::Builder::new()
             .name("loadtest-pacer".into())
             .spawn(move || {
                 let shared = rx.recv().expect("the shared state is sent right after the spawn");
@@ -147,26 +223,20 @@ impl Pacer {
             spin: SPIN_MAX.min(Duration::from_secs_f64(SPIN_CORE_SHARE / rate)),
         });
         tx.send(Arc::clone(&shared)).expect("the pacing thread waits for its state");
-        Pacer { shared }
+        let running = Running { shared: Arc::clone(&shared), thread: Some(thread) };
+        Pacer { shared, _running: Arc::new(running) }
     }
 
-    /// Waits until `slot` (at once if it is past) and tells how the start stood against it.
-    pub async fn until(&self, slot: Instant) -> Start {
-        if Instant::now() >= slot {
+    /// Waits until `slot` (at once if it is past) and tells how the start stood against it:
+    /// behind if the worker's previous reply came only after the slot.
+    pub async fn until(&self, slot: Instant, previous_reply: Option<Instant>) -> Start {
+        if previous_reply.is_some_and(|reply| reply > slot) {
             return Start::Behind;
         }
-        Sleep { shared: &self.shared, slot }.await;
-        Start::OnTime(Instant::now().saturating_duration_since(slot))
-    }
-}
-
-impl Drop for Pacer {
-    fn drop(&mut self) {
-        // The thread holds one reference; the last handle stops it.
-        if Arc::strong_count(&self.shared) == 2 {
-            self.shared.stop.store(true, Ordering::Release);
-            self.shared.thread.unpark();
+        if Instant::now() < slot {
+            Sleep { shared: &self.shared, slot }.await;
         }
+        Start::OnTime(Instant::now().saturating_duration_since(slot))
     }
 }
 
@@ -237,30 +307,91 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_and_what_a_deadline_leaves() {
+    fn slots_and_what_a_duration_leaves() {
         let start = Instant::now();
-        let s = Schedule { start, rate: 1_000.0, deadline: Some(start + Duration::from_millis(10)) };
+        // 10 ms at 1 000 requests/s: the run's slots are 0..10.
+        let s = Schedule { start, rate: 1_000.0, first: 0, slots: Some(10) };
         assert_eq!(s.slot(5), start + Duration::from_millis(5));
         assert!(s.contains(9) && !s.contains(10));
-        // Slots 0..10 are inside; a worker of stride 3 at slot 4 leaves 4 and 7 unstarted.
+        assert_eq!(s.end(), Some(start + Duration::from_millis(10)));
+        // A worker of stride 3 at slot 4 leaves 4 and 7 unstarted; 4 alone if the stretch
+        // has only 5 slots.
         assert_eq!(s.remaining(4, 3, u64::MAX), 2);
         assert_eq!(s.remaining(4, 3, 5), 1);
         assert_eq!(s.remaining(10, 3, u64::MAX), 0);
-        let open = Schedule { deadline: None, ..s };
+        // A later stretch of the same run: its slot k is the run's 6 + k.
+        let later = Schedule { first: 6, ..s };
+        assert!(later.contains(3) && !later.contains(4));
+        assert_eq!((later.inside(100), later.inside(2)), (4, 2));
+        assert_eq!(later.end(), Some(start + Duration::from_millis(4)));
+        // `remaining` and `contains` agree on every slot, whatever the rate.
+        for rate in [8.3, 1_000.0, 7.0 / 3.0] {
+            let n = (30.0_f64 * rate).ceil() as u64;
+            let s = Schedule { start, rate, first: 0, slots: Some(n) };
+            let inside = (0..n + 10).filter(|k| s.contains(*k)).count() as u64;
+            assert_eq!(s.remaining(0, 1, u64::MAX), inside, "rate {rate}");
+        }
+        let open = Schedule { slots: None, ..s };
         assert_eq!(open.remaining(4, 3, 100), 32);
         assert!(!open.ended(start + Duration::from_secs(3600)));
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap()
+    }
+
     #[test]
-    fn a_slot_in_the_past_is_taken_at_once_and_a_future_one_on_time() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    fn a_worker_still_waiting_for_a_reply_is_behind_and_a_free_one_waits_for_its_slot() {
         let pacer = Pacer::start(1_000.0);
-        runtime.block_on(async {
-            assert!(matches!(pacer.until(Instant::now() - Duration::from_millis(1)).await, Start::Behind));
+        runtime().block_on(async {
+            let now = Instant::now();
+            let slot = now - Duration::from_millis(1);
+            assert!(matches!(pacer.until(slot, Some(now)).await, Start::Behind));
+            // Free before a past slot: on time, late by what the client took.
+            let Start::OnTime(late) = pacer.until(slot, Some(slot - Duration::from_millis(1))).await else {
+                panic!("the worker was free")
+            };
+            assert!(late >= Duration::from_millis(1));
             let slot = Instant::now() + Duration::from_millis(3);
-            let Start::OnTime(late) = pacer.until(slot).await else { panic!("the slot was ahead") };
-            // Never early; how late is the machine's business, reported rather than asserted.
-            assert!(Instant::now() >= slot, "woke {late:?} after the slot, yet before it");
+            assert!(matches!(pacer.until(slot, None).await, Start::OnTime(_)));
+            assert!(Instant::now() >= slot, "started before its slot");
         });
+    }
+
+    /// Slots registered in reverse order (each earlier than the one the thread sleeps
+    /// towards), many at once: every waiter is woken, none before its slot.
+    #[test]
+    fn many_waiters_in_any_order_all_wake_at_their_slots() {
+        let pacer = Pacer::start(10_000.0);
+        runtime().block_on(async {
+            let base = Instant::now() + Duration::from_millis(20);
+            let waiters: Vec<_> = (0..500u64)
+                .rev()
+                .map(|i| {
+                    let pacer = pacer.clone();
+                    let slot = base + Duration::from_micros(i * 37);
+                    tokio::spawn(async move {
+                        pacer.until(slot, None).await;
+                        Instant::now() >= slot
+                    })
+                })
+                .collect();
+            for w in waiters {
+                assert!(w.await.unwrap(), "a waiter started before its slot");
+            }
+        });
+    }
+
+    #[test]
+    fn the_thread_stops_when_the_last_handle_goes() {
+        let pacer = Pacer::start(1.0);
+        let (a, b) = (pacer.clone(), pacer);
+        let shared = Arc::clone(&a.shared);
+        drop(a);
+        assert!(!shared.stop.load(Ordering::Acquire), "a handle is left");
+        drop(b);
+        // Dropping the last handle joined the thread: it saw the stop.
+        assert!(shared.stop.load(Ordering::Acquire));
+        assert_eq!(Arc::strong_count(&shared), 1, "the thread let go of its state");
     }
 }

@@ -239,6 +239,9 @@ impl Report {
         let _ = writeln!(out, "requests      {:>12}", f.requests());
         for kind in ANSWERS.iter().filter(|k| f.count(k) > 0) {
             let _ = writeln!(out, "  {kind:<18}{:>10}", f.count(kind));
+            if let Some(message) = f.messages.get(*kind) {
+                let _ = writeln!(out, "    first: {message}");
+            }
         }
         let errors: Vec<_> = f.replies.iter().filter(|(k, _)| !ANSWERS.contains(&k.as_str())).collect();
         let error_total: u64 = errors.iter().map(|(_, n)| **n).sum();
@@ -257,26 +260,36 @@ impl Report {
         }
         if let Some(rate) = self.rate_target() {
             let achieved = self.rate(f.requests());
-            // Met when the target's achieved rate is within 5 % of the asked one and at most 1 %
-            // of the slots were dropped.
-            let scheduled = f.requests() + f.dropped;
-            let missed = achieved < rate * 0.95 || f.dropped * 100 > scheduled;
+            // Met when the achieved rate is within 5 % of the asked one and at most 1 % of the
+            // slots were dropped.
+            let scheduled = f.requests().saturating_add(f.dropped);
+            let missed = achieved < rate * 0.95 || f.dropped as f64 > scheduled as f64 / 100.0;
             let verdict = if missed { "MISSED" } else { "met" };
             let _ = writeln!(
                 out,
-                "schedule      target {rate:.0} requests/s {verdict}: achieved {achieved:.0} ({:.1} %); {} dropped \
-                 (scheduled, never started before the run's end); {} started behind schedule (worker still busy)",
+                "schedule      target {} requests/s {verdict}: achieved {} ({:.1} %); {} dropped (scheduled, never \
+                 started before the run's end); {} started behind schedule (the worker's previous reply came after \
+                 the slot)",
+                per_sec(rate),
+                per_sec(achieved),
                 achieved / rate * 100.0,
                 f.dropped,
                 f.behind
             );
             let p = &f.pacing;
+            let figures = if p.is_empty() {
+                "n/a".to_string()
+            } else {
+                format!(
+                    "p50 {} ms  p99 {} ms  max {} ms",
+                    ms(p.value_at_percentile(50.0)),
+                    ms(p.value_at_percentile(99.0)),
+                    ms(p.max())
+                )
+            };
             let _ = writeln!(
                 out,
-                "pacing error  p50 {} ms  p99 {} ms  max {} ms (how late a free worker started after its slot; {} starts)",
-                ms(p.value_at_percentile(50.0)),
-                ms(p.value_at_percentile(99.0)),
-                ms(p.max()),
+                "pacing error  {figures} (how late a free worker started after its slot; {} starts)",
                 p.len()
             );
         }
@@ -454,6 +467,15 @@ const VIOLATIONS_SHOWN_MAX: usize = 20;
 
 fn per_packet(packets: u64, before: u64, after: u64) -> f64 {
     after.saturating_sub(before) as f64 / packets.max(1) as f64
+}
+
+/// A rate as people read it: whole requests per second, or two decimals below ten.
+fn per_sec(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.2}")
+    } else {
+        format!("{rate:.0}")
+    }
 }
 
 fn ms(us: u64) -> String {

@@ -16,10 +16,9 @@ use hongbao::{GroupId, PacketId, UserId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use tokio::sync::Barrier;
 
 use crate::args::{Args, Scenario};
-use crate::pace::{Pacer, Schedule};
+use crate::pace::{Pacer, Release, Schedule, Start};
 use crate::progress::{self, Counter};
 use crate::recall;
 use crate::report::{Figures, Report};
@@ -44,11 +43,14 @@ pub fn member(group: u64, i: u64, members: u64) -> UserId {
 /// How long a client waits before sending a grab again after `Busy`.
 const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 
-async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32) -> (Reply, u64) {
+/// Grabs, sending again after `Busy` up to `retries_max` times but not past `until` (the
+/// run's end: a request in flight then is answered, not retried for ever).
+async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32, until: Option<Instant>) -> (Reply, u64) {
     let mut retries = 0u64;
     loop {
         let reply = target.grab(op.packet, op.group, op.user).await;
-        if reply == Reply::Busy && retries < u64::from(retries_max) {
+        let over = until.is_some_and(|end| Instant::now() >= end);
+        if reply == Reply::Busy && retries < u64::from(retries_max) && !over {
             // A real client backs off and retries; the latency keeps counting from the start.
             retries += 1;
             tokio::time::sleep(BUSY_BACKOFF).await;
@@ -58,146 +60,181 @@ async fn grab_until_answered(target: &Target, op: GrabOp, retries_max: u32) -> (
     }
 }
 
-/// An open-loop run's pace: the requests per second, the pacing thread, and the measured time
-/// left before the run stops (none: it runs all its requests).
+/// An open-loop run's pace: the requests per second, the pacing thread, and the run's slots
+/// when it has a duration (none: it runs all its requests).
 #[derive(Clone)]
 struct OpenLoop {
     rate: f64,
     pacer: Pacer,
-    budget: Option<Duration>,
+    slots: Option<u64>,
 }
 
 impl OpenLoop {
     fn new(args: &Args) -> Option<OpenLoop> {
-        args.rate.map(|rate| OpenLoop { rate, pacer: Pacer::start(rate), budget: args.duration() })
+        args.rate.map(|rate| OpenLoop {
+            rate,
+            pacer: Pacer::start(rate),
+            // The slots due before the duration ends: k / rate < secs.
+            slots: args.duration().map(|d| (d.as_secs_f64() * rate).ceil() as u64),
+        })
     }
 
-    /// The schedule of a stretch of the run starting at `start`, with `spent` of the budget
-    /// already used.
-    fn schedule(&self, start: Instant, spent: Duration) -> Schedule {
-        let deadline = self.budget.map(|b| start + b.saturating_sub(spent));
-        Schedule { start, rate: self.rate, deadline }
+    /// The schedule of a stretch of the run released at `start`, after `spent` of the run's
+    /// measured time, whose first request is the run's slot `first`. The run is one schedule:
+    /// when earlier stretches fell behind, this one's first slot is already past at its
+    /// release (by `spent - first / rate`), and its requests count from their slots.
+    fn schedule(&self, start: Instant, first: u64, spent: Duration) -> Schedule {
+        let lag = spent.saturating_sub(Duration::from_secs_f64(first as f64 / self.rate));
+        Schedule { start: start.checked_sub(lag).unwrap_or(start), rate: self.rate, first, slots: self.slots }
     }
 }
 
+/// What one worker of a round did: its figures, its wins and when its last reply came.
+type WorkerRound = (Figures, Vec<Win>, Option<Instant>);
+
 /// Runs one round of grabs; returns the wins and the time from the release to the last
 /// reply. Each worker records into its own entry of `figures` (kept across rounds, so their
-/// memory is warm; nothing is recorded when `measure` is false). In open loop the round's
-/// grabs follow a schedule, and stop when the run's time (`spent` of it gone) ends.
+/// memory is warm; nothing is recorded when `measure` is false). In open loop a measured
+/// round's grabs follow the run's schedule from its slot `first`, and stop when the run's
+/// time ends; warm-up rounds are released at once, as a burst.
+#[allow(clippy::too_many_arguments)] // each is a different part of the round; a struct for one caller would only move them
 async fn grab_round(
     target: &Arc<Target>,
     ops: Arc<Vec<GrabOp>>,
     args: &Args,
-    figures: &mut [Figures],
+    figures: &mut Vec<Figures>,
     measure: bool,
     progress: &Counter,
-    open_loop: Option<(&OpenLoop, Duration)>,
+    open_loop: Option<(&OpenLoop, u64, Duration)>,
 ) -> (Vec<Win>, Duration) {
     let workers = figures.len().min(ops.len()).max(1);
-    let barrier = Arc::new(Barrier::new(workers + 1));
-    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let tasks: Vec<_> = figures[..workers]
-        .iter_mut()
+    let release = Arc::new(Release::new(workers));
+    let open_loop = open_loop.filter(|_| measure).map(|(o, first, spent)| (o.clone(), first, spent));
+    let tasks: Vec<_> = figures
+        .drain(..workers)
         .enumerate()
-        .map(|(w, slot)| {
-            let mut figures = std::mem::take(slot);
-            let (target, ops, barrier, start_at, progress) =
-                (Arc::clone(target), Arc::clone(&ops), Arc::clone(&barrier), Arc::clone(&start_at), progress.clone());
-            let (open_loop, retries_max) = (open_loop.map(|(o, spent)| (o.clone(), spent)), args.busy_retries_max);
+        .map(|(w, figures)| {
+            let (target, ops, release, progress) =
+                (Arc::clone(target), Arc::clone(&ops), Arc::clone(&release), progress.clone());
+            let (open_loop, retries_max) = (open_loop.clone(), args.busy_retries_max);
             tokio::spawn(async move {
-                let mut wins = Vec::new();
-                let mut last = None;
-                barrier.wait().await;
-                let start = *start_at.get().expect("set before the barrier opens");
-                let mut mine = ops.iter().enumerate().skip(w).step_by(workers);
-                let mut dropped = 0;
-                let mut record =
-                    |op: GrabOp, (reply, retries): (Reply, u64), intended: Instant, sent: Instant, pace| {
-                        let done = Instant::now();
-                        last = Some(done);
-                        if measure {
-                            figures.busy_retries += retries;
-                            let us = |from: Instant| done.duration_since(from).as_micros() as u64;
-                            figures.record(reply.kind(), us(intended), us(sent));
-                            if let Reply::Error(message) = &reply {
-                                figures.note(reply.kind(), message);
-                            }
-                            if let Some(pace) = pace {
-                                figures.started(pace);
-                            }
-                            progress.add(1);
-                        }
-                        if let Reply::Won(fen) = reply {
-                            wins.push((op.packet, op.user, fen));
-                        }
-                    };
+                let mut worker = RoundWorker { figures, wins: Vec::new(), last: None, measure, progress };
+                let start = release.wait().await;
+                let mine = ops.iter().enumerate().skip(w).step_by(workers).map(|(k, op)| (k as u64, *op));
                 match open_loop {
-                    None => {
-                        // Burst: every grab of this worker in flight at once, all intended at
-                        // the storm's release.
-                        let mut inflight: FuturesUnordered<_> = mine
-                            .map(|(_, &op)| {
-                                let target = &target;
-                                async move {
-                                    let sent = Instant::now();
-                                    (op, grab_until_answered(target, op, retries_max).await, sent)
-                                }
-                            })
-                            .collect();
-                        // Unconstrained: tokio's per-task budget would make thousands of ready
-                        // replies look pending and have the set poll them again and again.
-                        tokio::task::unconstrained(async {
-                            while let Some((op, answer, sent)) = inflight.next().await {
-                                record(op, answer, start, sent, None);
-                            }
-                        })
-                        .await;
-                    }
-                    Some((open_loop, spent)) => {
-                        let mut schedule = open_loop.schedule(start, spent);
-                        if !measure {
-                            // Warm-up rounds are outside the run's time.
-                            schedule.deadline = None;
-                        }
-                        while let Some((k, &op)) = mine.next() {
-                            let k = k as u64;
-                            if !schedule.contains(k) {
-                                break;
-                            }
-                            if schedule.ended(Instant::now()) {
-                                // The run's time is over: this grab and the rest of the
-                                // worker's slots inside it were never started.
-                                dropped =
-                                    1 + mine.by_ref().filter(|(k, _)| schedule.contains(*k as u64)).count() as u64;
-                                break;
-                            }
-                            let slot = schedule.slot(k);
-                            let pace = open_loop.pacer.until(slot).await;
-                            let sent = Instant::now();
-                            let answer = grab_until_answered(&target, op, retries_max).await;
-                            record(op, answer, slot, sent, Some(pace));
-                        }
+                    None => worker.burst(&target, mine, start, retries_max).await,
+                    Some((open_loop, first, spent)) => {
+                        let schedule = open_loop.schedule(start, first, spent);
+                        worker.paced(&target, mine, &schedule, &open_loop.pacer, retries_max).await;
                     }
                 }
-                if measure {
-                    figures.dropped += dropped;
-                }
-                (figures, wins, last)
+                (worker.figures, worker.wins, worker.last)
             })
         })
         .collect();
-    let start = Instant::now();
-    start_at.set(start).expect("set once");
-    barrier.wait().await;
+    let start = release.open().await;
     let mut wins = Vec::new();
     let mut last = start;
-    for (slot, t) in figures.iter_mut().zip(tasks) {
-        let (f, w, done) = t.await.expect("worker panicked");
-        *slot = f;
+    let mut returned = Vec::with_capacity(workers);
+    for t in tasks {
+        let (f, w, done): WorkerRound = t.await.expect("worker panicked");
+        returned.push(f);
         wins.extend(w);
         last = last.max(done.unwrap_or(start));
     }
+    // The workers' figures go back in front, in order, for the next round.
+    figures.splice(0..0, returned);
     (wins, last.duration_since(start))
+}
+
+/// One worker's part of a round.
+struct RoundWorker {
+    figures: Figures,
+    wins: Vec<Win>,
+    last: Option<Instant>,
+    measure: bool,
+    progress: Counter,
+}
+
+impl RoundWorker {
+    fn record(
+        &mut self,
+        op: GrabOp,
+        (reply, retries): (Reply, u64),
+        intended: Instant,
+        sent: Instant,
+        pace: Option<Start>,
+    ) {
+        let done = Instant::now();
+        self.last = Some(done);
+        if self.measure {
+            let figures = &mut self.figures;
+            figures.busy_retries += retries;
+            let us = |from: Instant| done.duration_since(from).as_micros() as u64;
+            figures.record_answer(&reply.answer(), us(intended), us(sent));
+            if let Some(pace) = pace {
+                figures.started(pace);
+            }
+            self.progress.add(1);
+        }
+        if let Reply::Won(fen) = reply {
+            self.wins.push((op.packet, op.user, fen));
+        }
+    }
+
+    /// Every grab of this worker in flight at once, all intended at the round's release.
+    async fn burst(
+        &mut self,
+        target: &Target,
+        mine: impl Iterator<Item = (u64, GrabOp)>,
+        start: Instant,
+        retries_max: u32,
+    ) {
+        let mut inflight: FuturesUnordered<_> = mine
+            .map(|(_, op)| async move {
+                let sent = Instant::now();
+                (op, grab_until_answered(target, op, retries_max, None).await, sent)
+            })
+            .collect();
+        // Unconstrained: tokio's per-task budget would make thousands of ready replies look
+        // pending and have the set poll them again and again.
+        tokio::task::unconstrained(async {
+            while let Some((op, answer, sent)) = inflight.next().await {
+                self.record(op, answer, start, sent, None);
+            }
+        })
+        .await;
+    }
+
+    /// One grab at a time, each at its slot of the schedule, until the run's time ends.
+    async fn paced(
+        &mut self,
+        target: &Target,
+        mut mine: impl Iterator<Item = (u64, GrabOp)>,
+        schedule: &Schedule,
+        pacer: &Pacer,
+        retries_max: u32,
+    ) {
+        while let Some((k, op)) = mine.next() {
+            if !schedule.contains(k) {
+                break;
+            }
+            if schedule.ended(Instant::now()) {
+                // The run's time is over: this grab and the rest of the worker's slots inside
+                // it were never started.
+                let rest = mine.filter(|(k, _)| schedule.contains(*k)).count() as u64;
+                if self.measure {
+                    self.figures.dropped += 1 + rest;
+                }
+                break;
+            }
+            let slot = schedule.slot(k);
+            let pace = pacer.until(slot, self.last).await;
+            let sent = Instant::now();
+            let answer = grab_until_answered(target, op, retries_max, schedule.end()).await;
+            self.record(op, answer, slot, sent, Some(pace));
+        }
+    }
 }
 
 /// Checks every packet and winner after a storm: winners distinct, no more than the shares,
@@ -280,18 +317,31 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     };
     let (mut refunds, mut round_took) = (Vec::new(), Duration::from_millis(1));
     let rounds = args.warmup + args.rounds();
-    let measured_requests = u64::from(args.rounds()) * groups * members;
+    let mut measured_requests = u64::from(args.rounds()) * groups * members;
+    if let (Some(rate), Some(duration)) = (args.rate, args.duration()) {
+        // An open-loop run with a duration makes at most the slots due within it.
+        measured_requests = measured_requests.min((duration.as_secs_f64() * rate).ceil() as u64);
+    }
     let what = format!("{:?} on {}", args.scenario, target.name()).to_lowercase();
     let (progress, shown) = progress::show(args, what, Some(measured_requests));
-    let mut workers: Vec<Figures> = (0..args.connections).map(|_| Figures::default()).collect();
+    // No more workers than a round has grabs.
+    let workers_max = args.connections.min(usize::try_from(groups * members).unwrap_or(usize::MAX));
+    let mut workers: Vec<Figures> = (0..workers_max).map(|_| Figures::default()).collect();
     let mut elapsed = Duration::ZERO;
     let mut packets = Vec::new();
     let mut wins = Vec::new();
     let open_loop = OpenLoop::new(args);
+    // The run's next slot: the measured rounds make one schedule.
+    let mut first = 0u64;
     for round in 0..u64::from(rounds) {
-        if open_loop.as_ref().and_then(|o| o.budget).is_some_and(|budget| elapsed >= budget) {
-            // The open-loop run's time is over; the rounds not begun were never scheduled.
-            break;
+        if let Some(n) = open_loop.as_ref().and_then(|o| o.slots) {
+            let over = args.duration().is_some_and(|d| elapsed >= d);
+            if first >= n || over {
+                // The open-loop run's time is over: the slots it held that no round reached
+                // were never started.
+                workers[0].dropped += n.saturating_sub(first);
+                break;
+            }
         }
         // Fund and send this round's packets (not timed).
         let sends = (0..groups).map(|g| {
@@ -327,7 +377,8 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             })
             .collect();
         let measure = round >= u64::from(args.warmup);
-        let pace = open_loop.as_ref().map(|o| (o, elapsed));
+        let pace = open_loop.as_ref().map(|o| (o, first, elapsed));
+        let round_len = ops.len() as u64;
         // The admin recalls this round's packets while they are grabbed, spread over about as
         // long as the round before took.
         let round_packets = (0..groups).map(|g| PacketId(round * groups + g)).collect();
@@ -340,8 +391,16 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             }
             refunds.extend(round_refunds);
         }
-        if measure {
-            elapsed += took;
+        match (&open_loop, measure) {
+            (Some(o), true) => {
+                // The round's slots inside the run span their count over the rate at least,
+                // whenever its last reply came.
+                let used = o.schedule(Instant::now(), first, elapsed).inside(round_len);
+                first += used;
+                elapsed += took.max(Duration::from_secs_f64(used as f64 / o.rate));
+            }
+            (None, true) => elapsed += took,
+            (_, false) => {}
         }
         round_took = took.max(Duration::from_millis(1));
         wins.extend(round_wins);
@@ -421,21 +480,19 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     let duration = args.duration().expect("mixed always runs for a duration");
     let open_loop = OpenLoop::new(args);
     let workers = args.connections;
-    let barrier = Arc::new(Barrier::new(workers + 1));
-    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let release = Arc::new(Release::new(workers));
     let scheduled = args.rate.map(|rate| (rate * duration.as_secs_f64()).ceil() as u64);
     let (progress, shown) = progress::show(args, format!("mixed on {}", target.name()), scheduled);
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (barrier, start_at, progress, open_loop) =
-                (Arc::clone(&barrier), Arc::clone(&start_at), progress.clone(), open_loop.clone());
+            let (release, progress, open_loop) = (Arc::clone(&release), progress.clone(), open_loop.clone());
             let mut worker = MixedWorker::new(Arc::clone(&shared), w);
             tokio::spawn(async move {
                 let mut figures = Figures::default();
-                barrier.wait().await;
-                let start = *start_at.get().expect("set before the barrier opens");
+                let mut last_reply = None;
+                let start = release.wait().await;
                 let deadline = start + duration;
-                let schedule = open_loop.as_ref().map(|o| o.schedule(start, Duration::ZERO));
+                let schedule = open_loop.as_ref().map(|o| o.schedule(start, 0, Duration::ZERO));
                 for k in (w as u64..).step_by(workers) {
                     let (intended, pace) = match (&open_loop, &schedule) {
                         (Some(open_loop), Some(schedule)) => {
@@ -448,7 +505,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                                 break;
                             }
                             let slot = schedule.slot(k);
-                            (slot, Some(open_loop.pacer.until(slot).await))
+                            (slot, Some(open_loop.pacer.until(slot, last_reply).await))
                         }
                         _ => {
                             let now = Instant::now();
@@ -459,8 +516,9 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
                         }
                     };
                     let sent = Instant::now();
-                    let (answer, retries) = worker.request().await;
+                    let (answer, retries) = worker.request(deadline).await;
                     let done = Instant::now();
+                    last_reply = Some(done);
                     if let Some(pace) = pace {
                         figures.started(pace);
                     }
@@ -473,14 +531,13 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             })
         })
         .collect();
-    let start = Instant::now();
-    start_at.set(start).expect("set once");
-    barrier.wait().await;
+    let start = release.open().await;
     let mut figures = Figures::default();
     for t in tasks {
         figures.merge(&t.await.map_err(|e| format!("worker failed: {e}"))?);
     }
-    let elapsed = start.elapsed();
+    // The run lasts its duration at least, even when its last slot and reply came sooner.
+    let elapsed = start.elapsed().max(duration);
     shown.finish().await;
     let verdict = target.audit().await?;
     Ok(Report {
@@ -542,8 +599,9 @@ impl MixedWorker {
         MixedWorker { shared, rng, awaiting: std::collections::VecDeque::new(), next_transfer: (w as u64) << 40 }
     }
 
-    /// Makes one request of the mix; its answer and the Busy retries it took.
-    async fn request(&mut self) -> (Answer, u64) {
+    /// Makes one request of the mix; its answer and the Busy retries it took (none after
+    /// `until`, the run's end).
+    async fn request(&mut self, until: Instant) -> (Answer, u64) {
         let s = Arc::clone(&self.shared);
         let target = &s.target;
         let g = self.rng.random_range(0..s.groups);
@@ -567,7 +625,7 @@ impl MixedWorker {
             (answer, 0)
         } else if roll < 62 || (roll < 68 && !s.transfers) {
             let op = GrabOp { packet: PacketId(packet), group: GroupId(g), user };
-            let (reply, retries) = grab_until_answered(target, op, s.retries_max).await;
+            let (reply, retries) = grab_until_answered(target, op, s.retries_max, Some(until)).await;
             (reply.answer(), retries)
         } else if roll < 68 {
             // Half send an instant transfer to another member, half accept the oldest this
@@ -622,14 +680,14 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let workers = args.connections.min(packets as usize).max(1);
-    let barrier = Arc::new(Barrier::new(workers + 1));
+    let release = Arc::new(Release::new(workers));
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (target, barrier, progress, seed) =
-                (Arc::clone(target), Arc::clone(&barrier), progress.clone(), args.seed);
+            let (target, release, progress, seed) =
+                (Arc::clone(target), Arc::clone(&release), progress.clone(), args.seed);
             tokio::spawn(async move {
                 let mut figures = Figures::default();
-                barrier.wait().await;
+                release.wait().await;
                 for p in (w as u64..packets).step_by(workers) {
                     let sent = Instant::now();
                     let id = PacketId(first_id + p);
@@ -650,10 +708,10 @@ where
             })
         })
         .collect();
-    // Let every worker allocate its histograms before `ready` (which may read memory).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every worker has allocated its histograms before `ready` (which may read memory).
+    release.all_ready().await;
     ready().await?;
-    barrier.wait().await;
+    release.go().await;
     let mut figures = Figures::default();
     for t in tasks {
         figures.merge(&t.await.map_err(|e| format!("worker failed: {e}"))?);

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use hongbao::{Amount, GroupId, PacketId, UserId};
@@ -83,6 +84,8 @@ pub struct ServerTarget {
     in_flight: tokio::sync::Semaphore,
     /// Added to every packet, group and operation id of this run.
     offset: u64,
+    /// How long a request may go unanswered (`--timeout-secs`).
+    timeout: Duration,
 }
 
 impl ServerTarget {
@@ -91,6 +94,7 @@ impl ServerTarget {
         url: &str,
         key_path: Option<&std::path::Path>,
         connections: usize,
+        timeout: Duration,
     ) -> Result<ServerTarget, String> {
         let (surface, rest) = match url.split_once("://") {
             Some(("http", rest)) => (Surface::Http, rest),
@@ -106,6 +110,7 @@ impl ServerTarget {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(connections)
             .tcp_nodelay(true)
+            .timeout(timeout)
             .build()
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", rest.trim_end_matches('/'));
@@ -135,6 +140,7 @@ impl ServerTarget {
             next_request: AtomicU64::new(1),
             in_flight: tokio::sync::Semaphore::new(connections.max(1)),
             offset,
+            timeout,
         })
     }
 
@@ -226,7 +232,10 @@ impl ServerTarget {
                     }
                 })
             }
-            Surface::Ws => self.grab_over_socket(packet, user).await,
+            Surface::Ws => match tokio::time::timeout(self.timeout, self.grab_over_socket(packet, user)).await {
+                Ok(answer) => answer,
+                Err(_) => return Reply::Error(format!("no answer within {:?}", self.timeout)),
+            },
             Surface::Relay => return self.grab_over_relay(packet, user).await,
         };
         match answer {
@@ -306,7 +315,11 @@ impl ServerTarget {
         if relay.out.send(grab).is_err() {
             return Reply::Error("the relay socket closed".into());
         }
-        match rx.await {
+        let Ok(answer) = tokio::time::timeout(self.timeout, rx).await else {
+            relay.waiting.lock().remove(&id);
+            return Reply::Error(format!("no answer within {:?}", self.timeout));
+        };
+        match answer {
             Ok(RelayAnswer { ok: true, grab: Some(g), .. }) if g.already => Reply::AlreadyGrabbed(g.amount.as_fen()),
             Ok(RelayAnswer { ok: true, grab: Some(g), .. }) => Reply::Won(g.amount.as_fen()),
             Ok(RelayAnswer { error: Some(e), .. }) => match e.error.as_str() {

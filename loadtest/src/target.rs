@@ -382,15 +382,17 @@ impl RedisTarget {
         connections: usize,
         share_fen_max: u64,
         pipelining: bool,
+        timeout: Duration,
     ) -> Result<RedisTarget, String> {
         let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url}: {e}"))?;
         let mut conns = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
-            // No response timeout: under a storm, replies queue behind the single-threaded
-            // server for longer than the client's default, and a timed-out script still ran.
+            // --timeout-secs, not the client's default: under a storm, replies queue behind
+            // the single-threaded server for longer than that (and a timed-out script still
+            // ran, so a timeout is an error of unknown outcome, counted as such).
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(None);
+                .set_response_timeout(Some(timeout));
             let conn = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.get_multiplexed_async_connection_with_config(&config),

@@ -16,9 +16,9 @@ use hongbao::{Amount, Arrival, Engine, ManualClock, NewTransfer, OpId, TransferI
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use tokio::sync::Barrier;
 
 use crate::args::Args;
+use crate::pace::Release;
 use crate::report::{Deadlines, Figures, Report};
 use crate::target::transfer_kind;
 
@@ -37,14 +37,14 @@ pub async fn run(args: &Args) -> Result<Report, String> {
         engine.deposit(OpId(u), UserId(u), Amount::fen(FUNDS_FEN)).await.map_err(|e| e.to_string())?;
     }
     let workers = args.connections.max(1);
-    let barrier = Arc::new(Barrier::new(workers + 1));
+    let release = Arc::new(Release::new(workers));
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let (engine, barrier, seed, total) = (engine.clone(), Arc::clone(&barrier), args.seed, args.transfers);
+            let (engine, release, seed, total) = (engine.clone(), Arc::clone(&release), args.seed, args.transfers);
             tokio::spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (w as u64).wrapping_mul(0x9E37_79B9));
                 let (mut figures, mut left) = (Figures::default(), Left::default());
-                barrier.wait().await;
+                release.wait().await;
                 for id in (w as u64..total).step_by(workers) {
                     one_transfer(&engine, &mut rng, (&mut figures, &mut left), id, users).await;
                 }
@@ -52,8 +52,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
             })
         })
         .collect();
-    let start = Instant::now();
-    barrier.wait().await;
+    let start = release.open().await;
     let (mut figures, mut left) = (Figures::default(), Left::default());
     for t in tasks {
         let (f, l) = t.await.map_err(|e| format!("worker failed: {e}"))?;

@@ -603,3 +603,50 @@ fn recall_scenario_races_the_admin_against_the_grabs() {
     assert_eq!(refused.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The run is one schedule, started once every worker is ready: a rate the engine meets makes
+/// exactly the slots of the duration, whatever the rounds (a storm's rounds continue one
+/// schedule), the run lasts its duration even when the last slot comes sooner, and many idle
+/// workers add no latency of their own.
+#[test]
+fn a_met_rate_makes_exactly_the_slots_of_its_duration() {
+    let _serial = one_at_a_time();
+    let dir = scratch("slots");
+    let json = dir.join("r.json");
+    let run = |args: &[&str]| {
+        let out = loadtest(&[args, &["--json", json.to_str().unwrap()]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        read_json(&json)
+    };
+    // 100 slots a second for 2 s, over rounds of 30 grabs.
+    let j = run(&["--scenario", "hot", "--members", "30", "--warmup", "1", "--rate", "100", "--duration-secs", "2"]);
+    assert_eq!((j["requests"].as_u64(), j["schedule"]["dropped"].as_u64()), (Some(200), Some(0)), "{j}");
+    // Two a second for 3 s: the sixth slot is at 2.5 s, the run lasts 3.
+    let j = run(&["--scenario", "mixed", "--groups", "2", "--members", "20", "--rate", "2", "--duration-secs", "3"]);
+    assert_eq!(j["requests"], 6, "{j}");
+    assert!((j["elapsed_secs"].as_f64().unwrap() - 3.0).abs() < 0.3, "{j}");
+    assert!((j["schedule"]["achieved_requests_per_sec"].as_f64().unwrap() - 2.0).abs() < 0.2, "{j}");
+    // 512 workers, each with a slot every quarter second: none is behind its slot, and the
+    // corrected latency is the engine's.
+    let j = run(&[
+        "--scenario",
+        "mixed",
+        "--groups",
+        "4",
+        "--members",
+        "50",
+        "--rate",
+        "2000",
+        "--duration-secs",
+        "1",
+        "--connections",
+        "512",
+    ]);
+    assert_eq!(j["schedule"]["behind"], 0, "{j}");
+    let (c50, u50) = (
+        j["latency_us"]["corrected"]["p50"].as_u64().unwrap(),
+        j["latency_us"]["uncorrected"]["p50"].as_u64().unwrap(),
+    );
+    assert!(c50 <= 2 * u50 + 100, "corrected p50 {c50} µs against uncorrected {u50} µs: {j}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
