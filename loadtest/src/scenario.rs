@@ -393,11 +393,10 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         }
         match (&open_loop, measure) {
             (Some(o), true) => {
-                // The round's slots inside the run span their count over the rate at least,
+                // The run's time is at least its schedule's: past the last slot this round used,
                 // whenever its last reply came.
-                let used = o.schedule(Instant::now(), first, elapsed).inside(round_len);
-                first += used;
-                elapsed += took.max(Duration::from_secs_f64(used as f64 / o.rate));
+                first += o.schedule(Instant::now(), first, elapsed).inside(round_len);
+                elapsed = (elapsed + took).max(Duration::from_secs_f64(first as f64 / o.rate));
             }
             (None, true) => elapsed += took,
             (_, false) => {}

@@ -621,6 +621,7 @@ fn a_met_rate_makes_exactly_the_slots_of_its_duration() {
     // 100 slots a second for 2 s, over rounds of 30 grabs.
     let j = run(&["--scenario", "hot", "--members", "30", "--warmup", "1", "--rate", "100", "--duration-secs", "2"]);
     assert_eq!((j["requests"].as_u64(), j["schedule"]["dropped"].as_u64()), (Some(200), Some(0)), "{j}");
+    assert!((j["elapsed_secs"].as_f64().unwrap() - 2.0).abs() < 0.2, "{j}");
     // Two a second for 3 s: the sixth slot is at 2.5 s, the run lasts 3.
     let j = run(&["--scenario", "mixed", "--groups", "2", "--members", "20", "--rate", "2", "--duration-secs", "3"]);
     assert_eq!(j["requests"], 6, "{j}");
