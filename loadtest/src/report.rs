@@ -665,6 +665,12 @@ mod tests {
         plot_svg(&path, "test", &[("corrected", &h)]).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("99.9%") && svg.contains("polyline"), "{}", &svg[..200]);
+        // Latency on a log axis: its labels go by decades over the sample's 10 µs .. 100 ms.
+        let labels: Vec<&str> = svg.split("</text>").filter_map(|t| t.rsplit('>').next()).map(str::trim).collect();
+        assert!(svg.contains("log scale"), "the axis says it is logarithmic");
+        for decade in ["0.01", "0.1", "1.0", "10.0", "100.0"] {
+            assert!(labels.contains(&decade), "{decade} missing from {labels:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -360,6 +360,16 @@ fn impossible_arguments_are_refused_at_once() {
         (&["--scenario", "idle", "--packets", "5000000"], "open_packets_max"),
         (&["--json", "/nonexistent/dir/out.json"], "--json"),
         (&["--yuan", "18446744073709551615"], "--yuan"),
+        (&["--shares", "20000", "--yuan", "1000"], "shares_per_packet_max"),
+        (&["--background-packets", "5000000"], "open_packets_max"),
+        (&["--scenario", "mixed", "--rate", "1e-300"], "--rate"),
+        (&["--rate", "1e300"], "--rate"),
+        (&["--scenario", "mixed", "--duration-secs", "18446744073709551615"], "--duration-secs"),
+        (&["--rate", "1"], "--duration-secs"),
+        (&["--duration-secs", "5"], "--duration-secs"),
+        (&["--scenario", "idle", "--rate", "100"], "--rate"),
+        (&["--connections", "100000000"], "MiB"),
+        (&["--timeout-secs", "0"], "--timeout-secs"),
     ];
     for (args, names) in cases {
         let started = Instant::now();
