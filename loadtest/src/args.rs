@@ -18,8 +18,8 @@ use clap::{Parser, ValueEnum};
 pub struct Args {
     /// Which load to run: storm (G groups × M members, all grabbing at once, R rounds), hot
     /// (one packet, M members at once, R rounds), recall (the storm in groups of an org whose
-    /// admin recalls every packet at a seeded moment while it is grabbed; embedded only), mixed (deposits, sends, grabs, transfers and
-    /// balance reads for --duration-secs), idle (open --packets packets nobody grabs; report
+    /// admin recalls every packet right behind a seeded one of its grabs; embedded only), mixed
+    /// (deposits, sends, grabs, transfers and balance reads for --duration-secs), idle (open --packets packets nobody grabs; report
     /// memory), retire (send --packets one-share packets, grab each, move the engine's clock past
     /// the retention and retire them all; report whether memory returns to its baseline),
     /// transfers (--transfers transfers among --members users, instant or delayed 2 h, each
@@ -74,9 +74,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub background_packets: u64,
 
-    /// How long to run, in seconds: mixed runs this long [default: 10]; with --rate, storm and
-    /// hot stop once this much measured time has passed, counting every grab scheduled in it
-    /// but not started as dropped [default: until every round is done]
+    /// How long to run, in seconds: mixed runs this long [default: 10]; with --rate, storm, hot
+    /// and recall stop once this much measured time has passed (each round's setup, funding and
+    /// sending its packets, is outside it), counting every grab scheduled in it but not started
+    /// as dropped [default: until every round is done]
     #[arg(long)]
     pub duration_secs: Option<u64>,
 
@@ -289,12 +290,12 @@ impl Args {
         if self.rate.is_some()
             && !matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Recall | Scenario::Mixed)
         {
-            return Err("--rate applies to --scenario storm, hot and mixed; the other scenarios run their work \
-                        as fast as the target answers"
+            return Err("--rate applies to --scenario storm, hot, recall and mixed; the other scenarios run their \
+                        work as fast as the target answers"
                 .into());
         }
-        if self.progress_every_secs == 0 {
-            return Err("--progress-every-secs must be at least 1".into());
+        if !(1..=DURATION_SECS_MAX).contains(&self.progress_every_secs) {
+            return Err(format!("--progress-every-secs must be between 1 and {DURATION_SECS_MAX}"));
         }
         if self.duration_secs == Some(0) {
             return Err("--duration-secs must be at least 1: a run of no time measures nothing".into());
@@ -302,8 +303,8 @@ impl Args {
         let timed = self.scenario == Scenario::Mixed
             || (matches!(self.scenario, Scenario::Storm | Scenario::Hot | Scenario::Recall) && self.rate.is_some());
         if self.duration_secs.is_some() && !timed {
-            return Err("--duration-secs applies to --scenario mixed, and to storm and hot with --rate (a burst \
-                        runs --rounds; the other scenarios run a fixed amount of work)"
+            return Err("--duration-secs applies to --scenario mixed, and to storm, hot and recall with --rate (a \
+                        burst runs --rounds; the other scenarios run a fixed amount of work)"
                 .into());
         }
         if self.journal.is_none() && self.durability == DurabilityArg::Buffered {

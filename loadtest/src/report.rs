@@ -169,6 +169,8 @@ pub struct Report {
     pub journal_bytes: Option<u64>,
     /// For the transfers scenario: what the deadlines did after the requests.
     pub deadlines: Option<Deadlines>,
+    /// For the recall scenario: the admin's recalls, apart from the grabs.
+    pub recalls: Option<Figures>,
 }
 
 /// What the transfers scenario's deadline phase measured: the engine's clock moved past every
@@ -347,6 +349,22 @@ impl Report {
                 per_sec(d.returned, d.return_secs)
             );
         }
+        if let Some(r) = &self.recalls {
+            let h = &r.corrected;
+            let _ = writeln!(
+                out,
+                "admin recalls {} recalled, {} found closed, {} gave up; latency ms p50 {}  p99 {}  max {}",
+                r.count("recalled"),
+                r.count("already_closed"),
+                r.requests() - r.count("recalled") - r.count("already_closed"),
+                ms(h.value_at_percentile(50.0)),
+                ms(h.value_at_percentile(99.0)),
+                ms(h.max())
+            );
+            for (kind, message) in &r.messages {
+                let _ = writeln!(out, "  {kind}: {message}");
+            }
+        }
         if let Some(bytes) = self.journal_bytes {
             let (what, n) = match self.scenario.as_str() {
                 "transfers" => ("transfer", f.count("transfer_sent")),
@@ -418,6 +436,11 @@ impl Report {
                 "growth": r.growth(),
             })),
             "journal_bytes": self.journal_bytes,
+            "recalls": self.recalls.as_ref().map(|r| json!({
+                "replies": r.replies,
+                "latency_us": latency(&r.corrected),
+                "messages": r.messages,
+            })),
             "transfers_sent_per_sec": self.rate(f.count("transfer_sent")),
             "deadlines": self.deadlines.map(|d| json!({
                 "arrived": d.arrived,
@@ -626,6 +649,7 @@ mod tests {
             retire: None,
             journal_bytes: None,
             deadlines: None,
+            recalls: None,
         };
         let j = report.json();
         assert_eq!(j["requests"], 1_001);

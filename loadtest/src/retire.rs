@@ -103,6 +103,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
         retire: Some(retirement),
         journal_bytes: None,
         deadlines: None,
+        recalls: None,
     })
 }
 

@@ -30,6 +30,8 @@ struct GrabOp {
     packet: PacketId,
     group: GroupId,
     user: UserId,
+    /// The recall scenario: the packet's admin recall goes out right after this grab.
+    recall_after: bool,
 }
 
 /// A grab that won: checked against the target afterwards.
@@ -67,6 +69,7 @@ struct OpenLoop {
     rate: f64,
     pacer: Pacer,
     slots: Option<u64>,
+    duration: Option<Duration>,
 }
 
 impl OpenLoop {
@@ -76,7 +79,15 @@ impl OpenLoop {
             pacer: Pacer::start(rate),
             // The slots due before the duration ends: k / rate < secs.
             slots: args.duration().map(|d| (d.as_secs_f64() * rate).ceil() as u64),
+            duration: args.duration(),
         })
+    }
+
+    /// The run's time its schedule accounts for once `first` slots were used: their span, at
+    /// most the duration (its last slot is due before the duration ends).
+    fn schedule_time(&self, first: u64) -> Duration {
+        let span = Duration::from_secs_f64(first as f64 / self.rate);
+        self.duration.map_or(span, |d| span.min(d))
     }
 
     /// The schedule of a stretch of the run released at `start`, after `spent` of the run's
@@ -89,62 +100,83 @@ impl OpenLoop {
     }
 }
 
-/// What one worker of a round did: its figures, its wins and when its last reply came.
-type WorkerRound = (Figures, Vec<Win>, Option<Instant>);
+/// What one worker of a round did: its figures, its wins, when its last reply came, and the
+/// recalls it sent.
+type WorkerRound = (Figures, Vec<Win>, Option<Instant>, Vec<recall::RecallDone>);
+
+/// How a round runs: whether it is measured, the progress counter, the open-loop schedule (the
+/// run's first slot of the round and the measured time spent so far), and the recall
+/// scenario's admin.
+struct RoundSpec<'a> {
+    measure: bool,
+    progress: &'a Counter,
+    open_loop: Option<(&'a OpenLoop, u64, Duration)>,
+    admin: Option<Arc<recall::Admin>>,
+}
+
+/// What a round did: the wins, the time from the release to the last reply, and the recalls.
+type RoundDone = (Vec<Win>, Duration, Vec<recall::RecallDone>);
 
 /// Runs one round of grabs; returns the wins and the time from the release to the last
 /// reply. Each worker records into its own entry of `figures` (kept across rounds, so their
-/// memory is warm; nothing is recorded when `measure` is false). In open loop a measured
+/// memory is warm; nothing is recorded when the round is not measured). In open loop a measured
 /// round's grabs follow the run's schedule from its slot `first`, and stop when the run's
 /// time ends; warm-up rounds are released at once, as a burst.
-#[allow(clippy::too_many_arguments)] // each is a different part of the round; a struct for one caller would only move them
 async fn grab_round(
     target: &Arc<Target>,
     ops: Arc<Vec<GrabOp>>,
     args: &Args,
     figures: &mut Vec<Figures>,
-    measure: bool,
-    progress: &Counter,
-    open_loop: Option<(&OpenLoop, u64, Duration)>,
-) -> (Vec<Win>, Duration) {
+    spec: RoundSpec<'_>,
+) -> RoundDone {
     let workers = figures.len().min(ops.len()).max(1);
     let release = Arc::new(Release::new(workers));
-    let open_loop = open_loop.filter(|_| measure).map(|(o, first, spent)| (o.clone(), first, spent));
+    let measure = spec.measure;
+    let open_loop = spec.open_loop.filter(|_| measure).map(|(o, first, spent)| (o.clone(), first, spent));
     let tasks: Vec<_> = figures
         .drain(..workers)
         .enumerate()
         .map(|(w, figures)| {
-            let (target, ops, release, progress) =
-                (Arc::clone(target), Arc::clone(&ops), Arc::clone(&release), progress.clone());
+            let (target, ops, release, progress, admin) =
+                (Arc::clone(target), Arc::clone(&ops), Arc::clone(&release), spec.progress.clone(), spec.admin.clone());
             let (open_loop, retries_max) = (open_loop.clone(), args.busy_retries_max);
             tokio::spawn(async move {
-                let mut worker = RoundWorker { figures, wins: Vec::new(), last: None, measure, progress };
+                let mut worker = RoundWorker {
+                    figures,
+                    wins: Vec::new(),
+                    last: None,
+                    measure,
+                    progress,
+                    admin,
+                    recalls: Vec::new(),
+                };
                 let start = release.wait().await;
                 let mine = ops.iter().enumerate().skip(w).step_by(workers).map(|(k, op)| (k as u64, *op));
                 match open_loop {
                     None => worker.burst(&target, mine, start, retries_max).await,
                     Some((open_loop, first, spent)) => {
                         let schedule = open_loop.schedule(start, first, spent);
-                        worker.paced(&target, mine, &schedule, &open_loop.pacer, retries_max).await;
+                        worker.paced(&target, mine, &schedule, start, &open_loop.pacer, retries_max).await;
                     }
                 }
-                (worker.figures, worker.wins, worker.last)
+                (worker.figures, worker.wins, worker.last, worker.recalls)
             })
         })
         .collect();
     let start = release.open().await;
     let mut wins = Vec::new();
     let mut last = start;
-    let mut returned = Vec::with_capacity(workers);
+    let (mut returned, mut recalls) = (Vec::with_capacity(workers), Vec::new());
     for t in tasks {
-        let (f, w, done): WorkerRound = t.await.expect("worker panicked");
+        let (f, w, done, r): WorkerRound = t.await.expect("worker panicked");
         returned.push(f);
         wins.extend(w);
         last = last.max(done.unwrap_or(start));
+        recalls.extend(r);
     }
     // The workers' figures go back in front, in order, for the next round.
     figures.splice(0..0, returned);
-    (wins, last.duration_since(start))
+    (wins, last.duration_since(start), recalls)
 }
 
 /// One worker's part of a round.
@@ -154,6 +186,8 @@ struct RoundWorker {
     last: Option<Instant>,
     measure: bool,
     progress: Counter,
+    admin: Option<Arc<recall::Admin>>,
+    recalls: Vec<recall::RecallDone>,
 }
 
 impl RoundWorker {
@@ -190,28 +224,45 @@ impl RoundWorker {
         start: Instant,
         retries_max: u32,
     ) {
+        let admin = self.admin.clone();
         let mut inflight: FuturesUnordered<_> = mine
-            .map(|(_, op)| async move {
-                let sent = Instant::now();
-                (op, grab_until_answered(target, op, retries_max, None).await, sent)
+            .map(|(_, op)| {
+                let admin = admin.as_deref().filter(|_| op.recall_after);
+                async move {
+                    let sent = Instant::now();
+                    // Polled together, the grab is sent first and the recall right behind it.
+                    let grab = grab_until_answered(target, op, retries_max, None);
+                    let recall = async move {
+                        match admin {
+                            Some(admin) => Some(admin.recall(op.packet).await),
+                            None => None,
+                        }
+                    };
+                    let (answer, recalled) = futures::join!(grab, recall);
+                    (op, answer, sent, recalled)
+                }
             })
             .collect();
         // Unconstrained: tokio's per-task budget would make thousands of ready replies look
         // pending and have the set poll them again and again.
         tokio::task::unconstrained(async {
-            while let Some((op, answer, sent)) = inflight.next().await {
+            while let Some((op, answer, sent, recalled)) = inflight.next().await {
                 self.record(op, answer, start, sent, None);
+                self.recalls.extend(recalled);
             }
         })
         .await;
     }
 
-    /// One grab at a time, each at its slot of the schedule, until the run's time ends.
+    /// One grab at a time, each at its slot of the schedule, until the run's time ends. A slot
+    /// already past at the round's `release` finds the worker behind: it was still busy with
+    /// the rounds before.
     async fn paced(
         &mut self,
         target: &Target,
         mut mine: impl Iterator<Item = (u64, GrabOp)>,
         schedule: &Schedule,
+        release: Instant,
         pacer: &Pacer,
         retries_max: u32,
     ) {
@@ -229,10 +280,19 @@ impl RoundWorker {
                 break;
             }
             let slot = schedule.slot(k);
-            let pace = pacer.until(slot, self.last).await;
+            let pace = pacer.until(slot, self.last.or(Some(release))).await;
             let sent = Instant::now();
-            let answer = grab_until_answered(target, op, retries_max, schedule.end()).await;
+            let grab = grab_until_answered(target, op, retries_max, schedule.end());
+            let admin = self.admin.as_deref().filter(|_| op.recall_after);
+            let recall = async move {
+                match admin {
+                    Some(admin) => Some(admin.recall(op.packet).await),
+                    None => None,
+                }
+            };
+            let (answer, recalled) = futures::join!(grab, recall);
             self.record(op, answer, slot, sent, Some(pace));
+            self.recalls.extend(recalled);
         }
     }
 }
@@ -311,11 +371,11 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
     let admin = match args.scenario {
         Scenario::Recall => {
             let senders: Vec<_> = (0..groups).map(|g| (GroupId(g), member(g, 0, members))).collect();
-            Some(recall::Admin::set_up(&target, &senders, args.seed).await?)
+            Some(Arc::new(recall::Admin::set_up(&target, &senders, args.seed).await?))
         }
         _ => None,
     };
-    let (mut refunds, mut round_took) = (Vec::new(), Duration::from_millis(1));
+    let (mut refunds, mut admin_figures) = (Vec::new(), Figures::default());
     let rounds = args.warmup + args.rounds();
     let mut measured_requests = u64::from(args.rounds()) * groups * members;
     if let (Some(rate), Some(duration)) = (args.rate, args.duration()) {
@@ -367,41 +427,44 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         for sent in futures::future::join_all(sends).await {
             packets.push((sent?, total, shares));
         }
+        // The recall scenario: each packet's admin recall rides behind one of its grabs.
+        let recall_at = admin.as_ref().map(|a| a.positions(round, groups, members, shares));
         let ops: Vec<GrabOp> = (0..groups)
             .flat_map(|g| {
+                let recall_at = recall_at.as_ref().map(|at| at[g as usize] + 1);
                 (1..=members).map(move |i| GrabOp {
                     packet: PacketId(round * groups + g),
                     group: GroupId(g),
                     user: member(g, i, members),
+                    recall_after: recall_at == Some(i),
                 })
             })
             .collect();
         let measure = round >= u64::from(args.warmup);
-        let pace = open_loop.as_ref().map(|o| (o, first, elapsed));
         let round_len = ops.len() as u64;
-        // The admin recalls this round's packets while they are grabbed, spread over about as
-        // long as the round before took.
-        let round_packets = (0..groups).map(|g| PacketId(round * groups + g)).collect();
-        let recalls = admin.as_ref().map(|a| a.recall_during(round, round_packets, round_took));
-        let (round_wins, took) = grab_round(&target, Arc::new(ops), args, &mut workers, measure, &progress, pace).await;
-        if let Some(recalls) = recalls {
-            let (recall_figures, round_refunds) = recalls.await.map_err(|e| format!("the admin failed: {e}"))?;
+        let spec = RoundSpec {
+            measure,
+            progress: &progress,
+            open_loop: open_loop.as_ref().map(|o| (o, first, elapsed)),
+            admin: admin.clone(),
+        };
+        let (round_wins, took, recalls) = grab_round(&target, Arc::new(ops), args, &mut workers, spec).await;
+        for done in recalls {
             if measure {
-                workers[0].merge(&recall_figures);
+                done.record(&mut admin_figures);
             }
-            refunds.extend(round_refunds);
+            refunds.push((done.packet, done.outcome));
         }
         match (&open_loop, measure) {
             (Some(o), true) => {
                 // The run's time is at least its schedule's: past the last slot this round used,
                 // whenever its last reply came.
                 first += o.schedule(Instant::now(), first, elapsed).inside(round_len);
-                elapsed = (elapsed + took).max(Duration::from_secs_f64(first as f64 / o.rate));
+                elapsed = (elapsed + took).max(o.schedule_time(first));
             }
             (None, true) => elapsed += took,
             (_, false) => {}
         }
-        round_took = took.max(Duration::from_millis(1));
         wins.extend(round_wins);
     }
     let mut figures = Figures::default();
@@ -417,7 +480,9 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
             *c = (c.0 + 1, c.1 + fen);
         }
         let sender_of = |p: PacketId| member(p.0 % groups, 0, members);
-        violations.extend(recall::check(&target, &packets, &claimed, &refunds, sender_of).await?);
+        let (broken, owed) = recall::check_refunds(&packets, &claimed, &refunds, sender_of);
+        violations.extend(broken);
+        violations.extend(recall::check_senders(&target, owed).await?);
     }
     let verdict = target.audit().await?;
     Ok(Report {
@@ -439,6 +504,7 @@ pub async fn storm(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         retire: None,
         journal_bytes: None,
         deadlines: None,
+        recalls: admin.is_some().then_some(admin_figures),
     })
 }
 
@@ -561,6 +627,7 @@ pub async fn mixed(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         retire: None,
         journal_bytes: None,
         deadlines: None,
+        recalls: None,
     })
 }
 
@@ -623,7 +690,7 @@ impl MixedWorker {
             }
             (answer, 0)
         } else if roll < 62 || (roll < 68 && !s.transfers) {
-            let op = GrabOp { packet: PacketId(packet), group: GroupId(g), user };
+            let op = GrabOp { packet: PacketId(packet), group: GroupId(g), user, recall_after: false };
             let (reply, retries) = grab_until_answered(target, op, s.retries_max, Some(until)).await;
             (reply.answer(), retries)
         } else if roll < 68 {
@@ -764,5 +831,6 @@ pub async fn idle(target: Arc<Target>, args: &Args) -> Result<Report, String> {
         retire: None,
         journal_bytes: None,
         deadlines: None,
+        recalls: None,
     })
 }

@@ -114,6 +114,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
             returned: left.in_transit + left.to_lapse,
             return_secs,
         }),
+        recalls: None,
     })
 }
 

@@ -461,8 +461,9 @@ fn open_loop_stops_on_time_and_counts_what_it_dropped() {
             "4",
             "--members",
             "500",
+            // More than any machine grabs in the duration: the run must stop on time.
             "--rounds",
-            "1000",
+            "100000",
             "--warmup",
             "0",
             "--rate",
@@ -481,6 +482,12 @@ fn open_loop_stops_on_time_and_counts_what_it_dropped() {
         assert!(wall < Duration::from_secs_f64(secs + 5.0), "{scenario}: the process took {wall:?}");
         let dropped = j["schedule"]["dropped"].as_u64().unwrap();
         assert!(dropped > 0, "{scenario}: {j}");
+        if scenario == "storm" {
+            // Every slot of a round after the first was past at its release: that is the
+            // target's backlog (the worker was busy with the rounds before), not the client's
+            // pacing error, which stays as small as a free worker's start.
+            assert!(j["schedule"]["pacing_error_us"]["p99"].as_u64().unwrap() < 5_000, "{j}");
+        }
         assert!(stdout.contains("target 1000000000 requests/s MISSED: achieved"), "{stdout}");
         assert!(stdout.contains(&format!("{dropped} dropped")), "{stdout}");
         assert_eq!(j["ok"], true, "{scenario}: {j}");
@@ -602,13 +609,18 @@ fn recall_scenario_races_the_admin_against_the_grabs() {
     let j = read_json(&json);
     assert_eq!(j["ok"], true, "{j}");
     let count = |kind: &str| j["replies"][kind].as_u64().unwrap_or(0);
-    // One recall per measured packet: 5 rounds × 10 groups.
-    assert_eq!(count("recalled") + count("already_closed"), 50, "{j}");
+    // The grabs, apart from the recalls.
+    assert_eq!(j["requests"], 5 * 10 * 200, "{j}");
     assert_eq!(
         count("won") + count("sold_out") + count("packet_recalled") + count("already_grabbed"),
         5 * 10 * 200,
         "{j}"
     );
+    // One recall per measured packet: 5 rounds × 10 groups, some before the packet sold out
+    // (so the refund checks ran), some after.
+    let recall = |kind: &str| j["recalls"]["replies"][kind].as_u64().unwrap_or(0);
+    assert_eq!(recall("recalled") + recall("already_closed"), 50, "{j}");
+    assert!(recall("recalled") > 0 && count("packet_recalled") > 0, "{j}");
     let refused = loadtest(&["--scenario", "recall", "--target", "redis://127.0.0.1:1"]);
     assert_eq!(refused.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
