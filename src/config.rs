@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
-use crate::journal::{Durability, FileJournalConfig, Journal, MemoryJournal};
+use crate::journal::{Durability, FileJournalConfig, History, Journal, MemoryJournal};
 use crate::limits::Limits;
 
 /// An engine's configuration. `Config::default()` is the embedded default: system clock,
@@ -35,6 +35,9 @@ pub struct Config {
     /// The durable file journal: when set, the engine recovers from this directory at start
     /// and records every change there (`journal` is then unused).
     pub journal_dir: Option<FileJournalConfig>,
+    /// What `journal` already holds, replayed at start (a replicated journal's earlier
+    /// records); unused with `journal_dir`.
+    pub history: Option<Arc<dyn History>>,
     /// Seeds every packet's lucky draw from this and the packet id, for reproducible runs.
     /// `None` (the default) draws each packet's seed from the operating system.
     pub seed: Option<u64>,
@@ -50,12 +53,21 @@ impl Default for Config {
             clock: Arc::new(SystemClock),
             journal: Arc::new(MemoryJournal::new()),
             journal_dir: None,
+            history: None,
             seed: None,
         }
     }
 }
 
 impl Config {
+    /// This configuration recording to `journal`, which already holds `history`: the engine
+    /// replays it at start, as it recovers from a file journal.
+    pub fn with_journal_history(mut self, journal: Arc<dyn Journal>, history: Arc<dyn History>) -> Config {
+        self.journal = journal;
+        self.history = Some(history);
+        self
+    }
+
     /// This configuration with `clock`.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Config {
         self.clock = clock;

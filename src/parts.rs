@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::{SendError, StartError};
 use crate::events::{Event, EventHub};
 use crate::health::{Failure, Fuse, Health, Stopped};
-use crate::journal::{self, FileJournal, Journal, StorageFailure};
+use crate::journal::{self, FileJournal, Journal};
 use crate::ledger::DailyCaps;
 use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
@@ -220,7 +220,9 @@ impl Inner {
     /// have taken effect (unless the journal proved nothing in flight reached the disk).
     pub(crate) fn lost(&self) -> Stopped {
         match self.health() {
-            Health::Failed { failure: Failure::Storage(StorageFailure::CutBack) } => Stopped::Unavailable,
+            Health::Failed { failure: Failure::Storage(storage) } if storage.proved_nothing_lost() => {
+                Stopped::Unavailable
+            }
             Health::Failed { .. } => Stopped::OutcomeUnknown,
             _ => Stopped::ShuttingDown,
         }
@@ -292,10 +294,26 @@ impl Drop for Lifetime {
 /// Opens the journal the configuration names: the file journal's recovery first, so a journal
 /// that cannot be read refuses the start before any thread starts.
 fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
-    let Some(dir) = &config.journal_dir else { return Ok((Arc::clone(&config.journal), None)) };
     let empty = Replica::new(config.limits.share_fen_max).with_log_retention(config.limits.op_log_retention_secs);
-    let (file, recovered) = FileJournal::open(dir, empty)?;
-    let audit = audit::replica_audit(&recovered.state);
+    let (journal, state): (Arc<dyn Journal>, Replica) = match (&config.journal_dir, &config.history) {
+        (Some(dir), _) => {
+            let (file, recovered) = FileJournal::open(dir, empty)?;
+            (Arc::new(file), recovered.state)
+        }
+        (None, Some(history)) => {
+            let mut state = empty;
+            let mut at = 0u64;
+            history
+                .replay(&mut |record| {
+                    at += 1;
+                    state.apply_record(record).map_err(|e| format!("record {at}: {e}"))
+                })
+                .map_err(StartError::Recovery)?;
+            (Arc::clone(&config.journal), state)
+        }
+        (None, None) => return Ok((Arc::clone(&config.journal), None)),
+    };
+    let audit = audit::replica_audit(&state);
     if !audit.is_balanced() {
         let mut problems = audit.violations.clone();
         if !audit.is_conserved() {
@@ -303,7 +321,7 @@ fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), 
         }
         return Err(StartError::Recovery(problems.join("; ")));
     }
-    Ok((Arc::new(file), Some(recovered.state)))
+    Ok((journal, Some(state)))
 }
 
 /// What happens to a send once its sender's shard decided it: with the durable send record,

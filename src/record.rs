@@ -608,6 +608,23 @@ pub enum Record {
 }
 
 impl Record {
+    /// The record's encoding, as the file journal frames it (without the frame): what a
+    /// journal of another kind stores.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(self, &mut out);
+        out
+    }
+
+    /// The record `bytes` encode.
+    ///
+    /// # Errors
+    ///
+    /// If they are not one whole record of this format.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Record, DecodeError> {
+        decode(bytes)
+    }
+
     /// The packet a record is about, if any.
     pub fn packet(&self) -> Option<PacketId> {
         match self {

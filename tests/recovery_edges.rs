@@ -203,3 +203,41 @@ async fn the_format_version_is_checked_and_older_segments_are_left_as_written() 
     stop(engine).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A journal of another kind (a replicated log) hands the engine its earlier records as a
+/// `History`: the engine replays them as it recovers a file journal, and goes on from there;
+/// records that contradict each other refuse the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_starts_from_the_history_of_another_journal() {
+    let recording = Arc::new(hongbao::MemoryJournal::recording());
+    let first = Engine::start(Config::default().with_seed(3).with_journal(recording.clone())).unwrap();
+    let group = GroupId(1);
+    group_with_funds(&first, group, 5, Amount::fen(1_000)).await;
+    first.send_packet(lucky(7, group, Amount::fen(500), 3)).await.unwrap();
+    let won = first.grab(PacketId(7), members(5)[0]).await.unwrap().amount;
+    let before = first.balance(members(5)[0]).await.unwrap();
+    stop(first).await;
+
+    let records = recording.records();
+    // Every record round-trips through its bytes, as another journal stores them.
+    let decoded: Vec<_> = records.iter().map(|r| hongbao::Record::from_bytes(&r.to_bytes()).unwrap()).collect();
+    assert_eq!(decoded, records);
+    let next = Arc::new(hongbao::MemoryJournal::recording());
+    let config = Config::default().with_seed(3).with_journal_history(next.clone(), Arc::new(decoded));
+    let second = Engine::start(config).unwrap();
+    assert_eq!(second.balance(members(5)[0]).await.unwrap(), before);
+    // The grab is remembered: a second one answers with the first share, and writes nothing.
+    let again = second.grab(PacketId(7), members(5)[0]).await.unwrap_err();
+    assert!(matches!(again, hongbao::GrabError::AlreadyGrabbed { amount, .. } if amount == won), "{again:?}");
+    second.grab(PacketId(7), members(5)[1]).await.unwrap();
+    assert_balanced(&second).await;
+    assert!(!next.records().is_empty(), "the new records go to the new journal");
+    stop(second).await;
+
+    // A history whose claim names a packet it never sent refuses the start.
+    let orphan = records.iter().filter(|r| !matches!(r, hongbao::Record::PacketSent(_))).cloned().collect::<Vec<_>>();
+    let refused = Engine::start(
+        Config::default().with_journal_history(Arc::new(hongbao::MemoryJournal::new()), Arc::new(orphan)),
+    );
+    assert!(matches!(refused, Err(StartError::Recovery(_))), "{:?}", refused.err());
+}

@@ -58,6 +58,17 @@ pub enum StorageFailure {
     /// not be durable. (An `fsync` that failed is never retried: the kernel may have dropped
     /// the pages it could not write.)
     OutcomeUnknown,
+    /// A replicated journal refused this writer's appends because another writer appended
+    /// first (this engine lost its ownership): the log proved that no record whose completion
+    /// was dropped is in it.
+    Deposed,
+}
+
+impl StorageFailure {
+    /// Whether the records whose completion was dropped are known not to be durable.
+    pub fn proved_nothing_lost(self) -> bool {
+        matches!(self, StorageFailure::CutBack | StorageFailure::Deposed)
+    }
 }
 
 /// Where state changes are made durable. See the module documentation for the contract.
@@ -82,6 +93,23 @@ pub trait Journal: Send + Sync + 'static {
     /// directory lock — before returning. The engine calls it when its last handle goes, so a
     /// new engine can open the same directory at once.
     fn close(&self) {}
+}
+
+/// The records a journal of another kind (a replicated log) already holds, for the engine to
+/// replay, in order, before it starts; the file journal reads its own directory instead.
+pub trait History: Send + Sync + 'static {
+    /// Calls `each` with every record, in the journal's order, and stops at the first error.
+    ///
+    /// # Errors
+    ///
+    /// The first error of `each`, or a description of why the records could not be read.
+    fn replay(&self, each: &mut dyn FnMut(&Record) -> Result<(), String>) -> Result<(), String>;
+}
+
+impl History for Vec<Record> {
+    fn replay(&self, each: &mut dyn FnMut(&Record) -> Result<(), String>) -> Result<(), String> {
+        self.iter().try_for_each(each)
+    }
 }
 
 /// Sends `value` on `reply` once everything appended so far is durable: how an actor answers

@@ -146,11 +146,13 @@ impl FailureCell {
     const NONE: u8 = 0;
     const CUT_BACK: u8 = 1;
     const UNKNOWN: u8 = 2;
+    const DEPOSED: u8 = 3;
 
     fn get(&self) -> Option<StorageFailure> {
         match self.0.load(Ordering::Acquire) {
             FailureCell::NONE => None,
             FailureCell::CUT_BACK => Some(StorageFailure::CutBack),
+            FailureCell::DEPOSED => Some(StorageFailure::Deposed),
             _ => Some(StorageFailure::OutcomeUnknown),
         }
     }
@@ -159,6 +161,7 @@ impl FailureCell {
         let code = match failure {
             StorageFailure::CutBack => FailureCell::CUT_BACK,
             StorageFailure::OutcomeUnknown => FailureCell::UNKNOWN,
+            StorageFailure::Deposed => FailureCell::DEPOSED,
         };
         self.0.store(code, Ordering::Release);
     }
