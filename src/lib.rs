@@ -122,8 +122,8 @@ pub use error::{
 pub use events::{Event, EventsError, Subscription};
 pub use health::{Failure, Health};
 pub use journal::{
-    BatchObserver, BatchWritten, Durability, FileJournalConfig, History, Journal, JournalError, MemoryJournal,
-    Progress, Record, StorageFailure,
+    BatchObserver, BatchWritten, Completion, Durability, FileJournalConfig, History, Journal, JournalError,
+    MemoryJournal, Progress, Record, StorageFailure,
 };
 pub use ledger::Usage;
 pub use limits::{InvalidLimits, Limits, QUEUE_LEN_MAX, RECORD_BYTES_MAX};

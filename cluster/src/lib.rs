@@ -1,0 +1,18 @@
+//! hongbao past one machine, on a NATS JetStream cluster.
+//!
+//! # Layout
+//!
+//! - [`stream_journal`]: a partition's journal as a JetStream stream, replicated, with one
+//!   writer enforced by the stream (a deposed owner's appends fail), group commit as pipelined
+//!   publishes, and retries made safe by deduplication.
+//! - [`nats`]: a JetStream cluster of `nats-server` processes on loopback, for the tests and
+//!   the demo.
+//!
+//! The library (`hongbao`) knows nothing of NATS: it takes any [`hongbao::Journal`], and its
+//! earlier records as a [`hongbao::History`] to replay at start.
+
+pub mod nats;
+pub mod stream_journal;
+
+pub use nats::{ClusterError, NatsCluster};
+pub use stream_journal::{OpenError, StreamJournal, StreamSpec, RETRY_FOR};

@@ -1,0 +1,404 @@
+//! A partition's journal as a JetStream stream: [`StreamJournal`] implements the engine's
+//! [`Journal`] on one subject of a stream replicated on a NATS cluster.
+//!
+//! # How a record becomes durable
+//!
+//! The engine appends and moves on; a writer thread of the journal's own takes everything
+//! appended so far as one batch and publishes its records in order, pipelined (group commit
+//! becomes batched publishes). A record's completion runs once JetStream has acknowledged it,
+//! which for a stream of three replicas means a quorum of two stored it; completions run in
+//! append order, barriers among them.
+//!
+//! # Fencing
+//!
+//! The journal has one writer, and the stream enforces it: every publish carries the sequence
+//! the writer expects the stream to end at (`Nats-Expected-Last-Sequence`). A writer that
+//! another has overtaken (a deposed owner) gets "wrong last sequence" and stops with
+//! [`StorageFailure::Deposed`]: none of its unacknowledged records is in the stream.
+//!
+//! # Retries
+//!
+//! Each publish also carries a message id made of the writer's random epoch and the stream
+//! position it aims at, so JetStream's deduplication makes a retry safe: after a timeout or a
+//! lost connection (a node killed, a leader being elected) the writer publishes again from the
+//! first record not acknowledged, and a copy that had landed is acknowledged as the duplicate
+//! it is. Only after [`RETRY_FOR`] does it give up, with [`StorageFailure::OutcomeUnknown`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use hongbao::{Completion, Journal, Record, StorageFailure};
+use parking_lot::{Condvar, Mutex};
+
+/// How long the writer keeps publishing a record again before the outcome is unknown: longer
+/// than a JetStream leader election after a node dies.
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// How long opening a journal keeps trying while the cluster elects its leaders.
+pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Most records published at once before their acknowledgements are awaited.
+const BATCH_RECORDS_MAX: usize = 4_096;
+
+/// Where a partition's journal lives.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    /// The JetStream stream (created if missing).
+    pub stream: String,
+    /// The subject of this journal in it.
+    pub subject: String,
+    /// Replicas of the stream: 3 on a cluster of three, so any one node may die.
+    pub replicas: usize,
+}
+
+/// Why a journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot reach NATS at {urls}: {reason}")]
+    Connect { urls: String, reason: String },
+    #[error("JetStream stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("record {sequence} of stream {stream} is not a record: {reason}")]
+    Corrupt { stream: String, sequence: u64, reason: String },
+}
+
+/// A journal on a JetStream stream. See the module documentation.
+pub struct StreamJournal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Shared {
+    queue: Mutex<Vec<Entry>>,
+    wake: tokio::sync::Notify,
+    failure: Mutex<Option<StorageFailure>>,
+    closing: AtomicBool,
+    /// Records appended, and records acknowledged (under `settled`, for `flush`).
+    appended: AtomicU64,
+    acknowledged: Mutex<u64>,
+    settled: Condvar,
+}
+
+enum Entry {
+    Record(Bytes, Completion),
+    Barrier(Completion),
+}
+
+impl StreamJournal {
+    /// Connects to the cluster at `urls`, creates the stream if it is missing, reads every
+    /// record of the journal's subject (the history the engine replays) and starts the writer,
+    /// which appends after them. Blocks the calling thread meanwhile, as `Engine::start` does.
+    ///
+    /// # Errors
+    ///
+    /// If NATS cannot be reached, the stream cannot be made or read, or it holds a message
+    /// that is not a record.
+    pub fn open(urls: &str, spec: &StreamSpec) -> Result<(Arc<StreamJournal>, Vec<Record>), OpenError> {
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let (urls, spec) = (urls.to_string(), spec.clone());
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            failure: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            appended: AtomicU64::new(0),
+            acknowledged: Mutex::new(0),
+            settled: Condvar::new(),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("journal-{}", spec.subject))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(OpenError::Connect { urls, reason: e.to_string() }));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match connect(&urls, &spec).await {
+                        Ok((writer, history)) => {
+                            let _ = opened_tx.send(Ok(history));
+                            writer.run(&writer_shared).await;
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| OpenError::Connect { urls: String::new(), reason: e.to_string() })?;
+        let history = opened_rx
+            .recv()
+            .map_err(|_| OpenError::Connect { urls: String::new(), reason: "the writer thread stopped".into() })??;
+        Ok((Arc::new(StreamJournal { shared, writer: Mutex::new(Some(thread)) }), history))
+    }
+
+    fn push(&self, entry: Entry) {
+        if self.shared.closing.load(Ordering::Acquire) || self.shared.failure.lock().is_some() {
+            // A stopped journal drops completions: see `Journal::failure`.
+            return;
+        }
+        self.shared.queue.lock().push(entry);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Journal for StreamJournal {
+    fn append(&self, record: Record, then: Completion) {
+        self.shared.appended.fetch_add(1, Ordering::AcqRel);
+        self.push(Entry::Record(Bytes::from(record.to_bytes()), then));
+    }
+
+    fn barrier(&self, then: Completion) {
+        self.push(Entry::Barrier(then));
+    }
+
+    fn flush(&self) {
+        let target = self.shared.appended.load(Ordering::Acquire);
+        let mut acknowledged = self.shared.acknowledged.lock();
+        while *acknowledged < target && self.shared.failure.lock().is_none() {
+            self.shared.settled.wait_for(&mut acknowledged, Duration::from_millis(100));
+        }
+    }
+
+    fn failure(&self) -> Option<StorageFailure> {
+        *self.shared.failure.lock()
+    }
+
+    fn close(&self) {
+        self.flush();
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.writer.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StreamJournal {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The writer's side: the stream and where it ends.
+struct Writer {
+    js: jetstream::Context,
+    subject: String,
+    /// The stream's last sequence, as this writer made it.
+    last: u64,
+    /// This writer's epoch, in every message id, so no other writer's message is taken for a
+    /// copy of one of ours.
+    epoch: u64,
+}
+
+async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>), OpenError> {
+    let connect_err = |reason: String| OpenError::Connect { urls: urls.to_string(), reason };
+    let servers = urls
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(e.to_string()))?;
+    // Reconnects to another node of the cluster when the one it speaks to dies.
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let js = jetstream::new(client);
+    // The cluster elects its JetStream leaders a moment after it starts, or after a node dies:
+    // the stream is opened and read again until that is over.
+    let deadline = Instant::now() + OPEN_RETRY_FOR;
+    loop {
+        match open_stream(&js, spec).await {
+            Ok((last, history)) => {
+                let epoch = u64::from(std::process::id()) << 32 ^ u64::from(rand_u32());
+                return Ok((Writer { js, subject: spec.subject.clone(), last, epoch }, history));
+            }
+            Err(e @ OpenError::Corrupt { .. }) => return Err(e),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!("{e}; again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Creates the stream if it is missing and reads its records: where it ends, and them.
+async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64, Vec<Record>), OpenError> {
+    let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
+    let config = stream::Config {
+        name: spec.stream.clone(),
+        subjects: vec![spec.subject.clone()],
+        num_replicas: spec.replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let mut stream =
+        js.get_or_create_stream(config).await.map_err(|e| stream_err(format!("creating or finding it: {e}")))?;
+    let last = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?.state.last_sequence;
+    let history = read_history(&stream, spec, last).await?;
+    Ok((last, history))
+}
+
+/// Every record of the stream up to `last`, in order, through an ordered consumer.
+async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> Result<Vec<Record>, OpenError> {
+    let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
+    let mut history = Vec::with_capacity(last as usize);
+    if last == 0 {
+        return Ok(history);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: spec.subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_err(format!("a reader of its records: {e}")))?;
+    let mut messages = consumer.messages().await.map_err(|e| stream_err(format!("reading it: {e}")))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| stream_err(format!("reading it: {e}")))?;
+        let sequence = message.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
+        let record = Record::from_bytes(&message.payload).map_err(|e| OpenError::Corrupt {
+            stream: spec.stream.clone(),
+            sequence,
+            reason: e.to_string(),
+        })?;
+        history.push(record);
+        if sequence >= last {
+            break;
+        }
+    }
+    Ok(history)
+}
+
+impl Writer {
+    async fn run(mut self, shared: &Shared) {
+        loop {
+            let batch = std::mem::take(&mut *shared.queue.lock());
+            if batch.is_empty() {
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                shared.wake.notified().await;
+                continue;
+            }
+            if let Err(failure) = self.commit(batch, shared).await {
+                *shared.failure.lock() = Some(failure);
+                shared.settled.notify_all();
+                // Completions appended from now on are dropped by `push`; those queued meanwhile
+                // here.
+                shared.queue.lock().clear();
+                return;
+            }
+        }
+    }
+
+    /// Publishes a batch's records pipelined, then runs its completions in order as their
+    /// acknowledgements come; a record not acknowledged is published again, in order, until
+    /// [`RETRY_FOR`] has passed.
+    async fn commit(&mut self, batch: Vec<Entry>, shared: &Shared) -> Result<(), StorageFailure> {
+        let mut entries = batch.into_iter().peekable();
+        while entries.peek().is_some() {
+            // Up to BATCH_RECORDS_MAX records in flight at once.
+            let mut chunk = Vec::new();
+            let mut records = 0;
+            while let Some(entry) = entries.next_if(|_| records < BATCH_RECORDS_MAX) {
+                records += usize::from(matches!(entry, Entry::Record(..)));
+                chunk.push(entry);
+            }
+            let mut acks = Vec::with_capacity(records);
+            let mut position = self.last;
+            for entry in &chunk {
+                if let Entry::Record(bytes, _) = entry {
+                    acks.push(self.publish(bytes.clone(), position).await);
+                    position += 1;
+                }
+            }
+            let mut acks = acks.into_iter();
+            for entry in chunk {
+                match entry {
+                    Entry::Barrier(then) => then(),
+                    Entry::Record(bytes, then) => {
+                        let first = acks.next().expect("one acknowledgement per record");
+                        self.settle(first, bytes).await?;
+                        then();
+                        *shared.acknowledged.lock() += 1;
+                        shared.settled.notify_all();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one publish aimed at the position after `after`.
+    async fn publish(
+        &self,
+        bytes: Bytes,
+        after: u64,
+    ) -> Result<jetstream::context::PublishAckFuture, PublishErrorKind> {
+        let message = PublishMessage::build().payload(bytes).expected_last_sequence(after).message_id(format!(
+            "{:x}-{}",
+            self.epoch,
+            after + 1
+        ));
+        self.js.send_publish(self.subject.clone(), message).await.map_err(|e| e.kind())
+    }
+
+    /// Waits for the record aimed at `self.last + 1` to be acknowledged there, publishing it
+    /// again while the cluster cannot answer.
+    async fn settle(
+        &mut self,
+        first: Result<jetstream::context::PublishAckFuture, PublishErrorKind>,
+        bytes: Bytes,
+    ) -> Result<(), StorageFailure> {
+        let deadline = Instant::now() + RETRY_FOR;
+        let (mut attempt, mut retried) = (first, false);
+        loop {
+            let outcome = match attempt {
+                Ok(ack) => ack.await.map_err(|e| e.kind()),
+                Err(kind) => Err(kind),
+            };
+            match outcome {
+                Ok(ack) if ack.sequence == self.last + 1 => {
+                    self.last += 1;
+                    return Ok(());
+                }
+                // Acknowledged somewhere else: the stream is not what this writer believes.
+                Ok(_) => return Err(StorageFailure::OutcomeUnknown),
+                // Published again right behind its predecessor, now acknowledged: another writer
+                // appended at this position. This one is deposed, and the log proves that none
+                // of its unacknowledged records is in it.
+                Err(PublishErrorKind::WrongLastSequence) if retried => return Err(StorageFailure::Deposed),
+                // A first publish may have been refused only because a predecessor had not
+                // landed yet: published again below.
+                Err(PublishErrorKind::WrongLastSequence) => {}
+                Err(kind) if Instant::now() < deadline => {
+                    tracing::debug!("publish at {} failed ({kind:?}); again", self.last + 1);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => return Err(StorageFailure::OutcomeUnknown),
+            }
+            retried = true;
+            attempt = self.publish(bytes.clone(), self.last).await;
+        }
+    }
+}
+
+/// A random 32-bit number from the standard library's hasher seed (no extra crate for it).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish() as u32
+}
