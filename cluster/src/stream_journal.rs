@@ -4,10 +4,11 @@
 //! # How a record becomes durable
 //!
 //! The engine appends and moves on; a writer thread of the journal's own takes everything
-//! appended so far as one batch and publishes its records in order, pipelined (group commit
-//! becomes batched publishes). A record's completion runs once JetStream has acknowledged it,
-//! which for a stream of three replicas means a quorum of two stored it; completions run in
-//! append order, barriers among them.
+//! appended so far as one batch, packs its records into messages of up to 256 KiB and
+//! publishes them in order, pipelined (group commit becomes batched publishes: one
+//! acknowledgement for many records). A record's completion runs once JetStream has
+//! acknowledged its message, which for a stream of three replicas means a quorum of two stored
+//! it; completions run in append order, barriers among them.
 //!
 //! # Fencing
 //!
@@ -41,8 +42,12 @@ pub const RETRY_FOR: Duration = Duration::from_secs(20);
 /// How long opening a journal keeps trying while the cluster elects its leaders.
 pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Most records published at once before their acknowledgements are awaited.
-const BATCH_RECORDS_MAX: usize = 4_096;
+/// The most record bytes packed into one message (NATS refuses messages over its
+/// `max_payload`, 1 MiB by default).
+const MESSAGE_BYTES_MAX: usize = 256 * 1024;
+
+/// Messages published before their acknowledgements are awaited.
+const MESSAGES_IN_FLIGHT_MAX: usize = 64;
 
 /// Where a partition's journal lives.
 #[derive(Clone, Debug)]
@@ -140,6 +145,29 @@ impl StreamJournal {
         Ok((Arc::new(StreamJournal { shared, writer: Mutex::new(Some(thread)) }), history))
     }
 
+    /// Deletes a journal's stream (a load test's, when it ends). Blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// If NATS cannot be reached or refuses.
+    pub fn delete_stream(urls: &str, spec: &StreamSpec) -> Result<(), OpenError> {
+        let (urls, spec) = (urls.to_string(), spec.clone());
+        let on_thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| OpenError::Connect { urls: urls.clone(), reason: e.to_string() })?;
+            runtime.block_on(async {
+                let js = jetstream::new(client(&urls).await?);
+                js.delete_stream(&spec.stream)
+                    .await
+                    .map(drop)
+                    .map_err(|e| OpenError::Stream { stream: spec.stream.clone(), reason: format!("deleting it: {e}") })
+            })
+        });
+        on_thread.join().unwrap_or_else(|_| Err(OpenError::Connect { urls: String::new(), reason: "panicked".into() }))
+    }
+
     fn push(&self, entry: Entry) {
         if self.shared.closing.load(Ordering::Acquire) || self.shared.failure.lock().is_some() {
             // A stopped journal drops completions: see `Journal::failure`.
@@ -189,7 +217,8 @@ impl Drop for StreamJournal {
     }
 }
 
-/// The writer's side: the stream and where it ends.
+/// The writer's side: the stream and where it ends (in messages, each holding a batch's
+/// records).
 struct Writer {
     js: jetstream::Context,
     subject: String,
@@ -200,20 +229,24 @@ struct Writer {
     epoch: u64,
 }
 
-async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>), OpenError> {
+/// A client of the cluster at `urls` (comma-separated); it reconnects to another node when the
+/// one it speaks to dies.
+async fn client(urls: &str) -> Result<async_nats::Client, OpenError> {
     let connect_err = |reason: String| OpenError::Connect { urls: urls.to_string(), reason };
     let servers = urls
         .split(',')
         .map(|url| url.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| connect_err(e.to_string()))?;
-    // Reconnects to another node of the cluster when the one it speaks to dies.
-    let client = async_nats::ConnectOptions::new()
+    async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(servers)
         .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    let js = jetstream::new(client);
+        .map_err(|e| connect_err(e.to_string()))
+}
+
+async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>), OpenError> {
+    let js = jetstream::new(client(urls).await?);
     // The cluster elects its JetStream leaders a moment after it starts, or after a node dies:
     // the stream is opened and read again until that is over.
     let deadline = Instant::now() + OPEN_RETRY_FOR;
@@ -253,7 +286,7 @@ async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64,
 /// Every record of the stream up to `last`, in order, through an ordered consumer.
 async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> Result<Vec<Record>, OpenError> {
     let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
-    let mut history = Vec::with_capacity(last as usize);
+    let mut history = Vec::new();
     if last == 0 {
         return Ok(history);
     }
@@ -268,12 +301,12 @@ async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> 
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| stream_err(format!("reading it: {e}")))?;
         let sequence = message.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
-        let record = Record::from_bytes(&message.payload).map_err(|e| OpenError::Corrupt {
+        let records = unpack(&message.payload).map_err(|reason| OpenError::Corrupt {
             stream: spec.stream.clone(),
             sequence,
-            reason: e.to_string(),
+            reason,
         })?;
-        history.push(record);
+        history.extend(records);
         if sequence >= last {
             break;
         }
@@ -303,40 +336,26 @@ impl Writer {
         }
     }
 
-    /// Publishes a batch's records pipelined, then runs its completions in order as their
-    /// acknowledgements come; a record not acknowledged is published again, in order, until
-    /// [`RETRY_FOR`] has passed.
+    /// Packs a batch's records into messages, publishes them pipelined, and runs the
+    /// completions in order as each message's acknowledgement comes; a message not
+    /// acknowledged is published again, in order, until [`RETRY_FOR`] has passed.
     async fn commit(&mut self, batch: Vec<Entry>, shared: &Shared) -> Result<(), StorageFailure> {
-        let mut entries = batch.into_iter().peekable();
-        while entries.peek().is_some() {
-            // Up to BATCH_RECORDS_MAX records in flight at once.
-            let mut chunk = Vec::new();
-            let mut records = 0;
-            while let Some(entry) = entries.next_if(|_| records < BATCH_RECORDS_MAX) {
-                records += usize::from(matches!(entry, Entry::Record(..)));
-                chunk.push(entry);
+        let (ready, mut messages) = pack(batch);
+        // Barriers with no record before them in the batch: everything earlier is durable.
+        ready.into_iter().for_each(|then| then());
+        while !messages.is_empty() {
+            let rest = messages.split_off(messages.len().min(MESSAGES_IN_FLIGHT_MAX));
+            let mut acks = Vec::with_capacity(messages.len());
+            for (i, message) in messages.iter().enumerate() {
+                acks.push(self.publish(message.payload.clone(), self.last + i as u64).await);
             }
-            let mut acks = Vec::with_capacity(records);
-            let mut position = self.last;
-            for entry in &chunk {
-                if let Entry::Record(bytes, _) = entry {
-                    acks.push(self.publish(bytes.clone(), position).await);
-                    position += 1;
-                }
+            for (message, first) in messages.into_iter().zip(acks) {
+                self.settle(first, message.payload).await?;
+                message.completions.into_iter().for_each(|then| then());
+                *shared.acknowledged.lock() += message.records;
+                shared.settled.notify_all();
             }
-            let mut acks = acks.into_iter();
-            for entry in chunk {
-                match entry {
-                    Entry::Barrier(then) => then(),
-                    Entry::Record(bytes, then) => {
-                        let first = acks.next().expect("one acknowledgement per record");
-                        self.settle(first, bytes).await?;
-                        then();
-                        *shared.acknowledged.lock() += 1;
-                        shared.settled.notify_all();
-                    }
-                }
-            }
+            messages = rest;
         }
         Ok(())
     }
@@ -395,10 +414,137 @@ impl Writer {
     }
 }
 
+/// Records packed into one JetStream message, and the completions that run once it is
+/// acknowledged (theirs, and the barriers among them).
+struct Message {
+    payload: Bytes,
+    records: u64,
+    completions: Vec<Completion>,
+}
+
+/// The format of a message: this byte, then each record as its length (u32, little endian)
+/// and its bytes.
+const MESSAGE_FORMAT: u8 = 1;
+
+/// Packs a batch into messages of at most [`MESSAGE_BYTES_MAX`] (a record larger than that
+/// travels alone); returns the barriers that come before any record, and the messages.
+fn pack(batch: Vec<Entry>) -> (Vec<Completion>, Vec<Message>) {
+    let (mut ready, mut messages) = (Vec::new(), Vec::<Message>::new());
+    let mut payload = vec![MESSAGE_FORMAT];
+    let mut current: Option<Message> = None;
+    for entry in batch {
+        match entry {
+            Entry::Barrier(then) => match current.as_mut().or(messages.last_mut()) {
+                Some(message) => message.completions.push(then),
+                None => ready.push(then),
+            },
+            Entry::Record(bytes, then) => {
+                if payload.len() > 1 && payload.len() + 4 + bytes.len() > MESSAGE_BYTES_MAX {
+                    let mut done = current.take().expect("a message holds the payload's records");
+                    done.payload = Bytes::from(std::mem::replace(&mut payload, vec![MESSAGE_FORMAT]));
+                    messages.push(done);
+                }
+                payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                payload.extend_from_slice(&bytes);
+                let message = current.get_or_insert_with(|| Message {
+                    payload: Bytes::new(),
+                    records: 0,
+                    completions: Vec::new(),
+                });
+                message.records += 1;
+                message.completions.push(then);
+            }
+        }
+    }
+    if let Some(mut last) = current {
+        last.payload = Bytes::from(payload);
+        messages.push(last);
+    }
+    (ready, messages)
+}
+
+/// The records a message holds.
+fn unpack(payload: &[u8]) -> Result<Vec<Record>, String> {
+    let Some((&MESSAGE_FORMAT, mut rest)) = payload.split_first() else {
+        return Err(format!("not a message of format {MESSAGE_FORMAT}"));
+    };
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(4).ok_or("a record's length is cut")?;
+        let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+        let (bytes, tail) = tail.split_at_checked(len).ok_or("a record is cut")?;
+        records.push(Record::from_bytes(bytes).map_err(|e| e.to_string())?);
+        rest = tail;
+    }
+    Ok(records)
+}
+
 /// A random 32-bit number from the standard library's hasher seed (no extra crate for it).
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hongbao::PacketId;
+    use std::sync::atomic::AtomicUsize;
+
+    fn record(i: u64) -> Bytes {
+        Bytes::from(Record::SoldOut { packet: PacketId(i) }.to_bytes())
+    }
+
+    /// Completions log their name, so their order can be checked.
+    fn completion(log: &Arc<Mutex<Vec<String>>>, name: String) -> Completion {
+        let log = Arc::clone(log);
+        Box::new(move || log.lock().push(name))
+    }
+
+    #[test]
+    fn a_batch_packs_into_messages_in_order_with_its_barriers() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut batch = vec![Entry::Barrier(completion(&log, "b0".into()))];
+        for i in 0..3 {
+            batch.push(Entry::Record(record(i), completion(&log, format!("r{i}"))));
+        }
+        batch.push(Entry::Barrier(completion(&log, "b1".into())));
+        let (ready, messages) = pack(batch);
+        assert_eq!((ready.len(), messages.len(), messages[0].records), (1, 1, 3));
+        ready.into_iter().for_each(|then| then());
+        for m in messages {
+            let records = unpack(&m.payload).unwrap();
+            assert_eq!(records, (0..3).map(|i| Record::SoldOut { packet: PacketId(i) }).collect::<Vec<_>>());
+            m.completions.into_iter().for_each(|then| then());
+        }
+        assert_eq!(*log.lock(), ["b0", "r0", "r1", "r2", "b1"]);
+    }
+
+    #[test]
+    fn messages_stay_under_their_size_and_a_cut_one_is_refused() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let n = 40_000u64;
+        let batch = (0..n)
+            .map(|i| {
+                let count = Arc::clone(&count);
+                Entry::Record(record(i), Box::new(move || drop(count.fetch_add(1, Ordering::Relaxed))) as Completion)
+            })
+            .collect();
+        let (_, messages) = pack(batch);
+        assert!(messages.len() > 1, "{} records fit one message", n);
+        let mut all = Vec::new();
+        for m in &messages {
+            assert!(m.payload.len() <= MESSAGE_BYTES_MAX, "{}", m.payload.len());
+            let records = unpack(&m.payload).unwrap();
+            assert_eq!(records.len() as u64, m.records);
+            all.extend(records);
+        }
+        assert_eq!(all.len() as u64, n);
+        assert_eq!(all[12_345], Record::SoldOut { packet: PacketId(12_345) });
+        let whole = &messages[0].payload;
+        assert!(unpack(&whole[..whole.len() - 1]).is_err());
+        assert!(unpack(&[9, 0, 0]).is_err(), "another format");
+    }
 }

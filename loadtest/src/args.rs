@@ -135,6 +135,16 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
 
+    /// Run the embedded engine on a journal replicated by the NATS JetStream cluster at URLS
+    /// (`nats://HOST:PORT`, comma-separated): a stream of the run's own with --nats-replicas
+    /// replicas, deleted when the run ends
+    #[arg(long, value_name = "URLS", conflicts_with = "journal")]
+    pub journal_nats: Option<String>,
+
+    /// With --journal-nats: replicas of the run's stream (3 on a cluster of three)
+    #[arg(long, default_value_t = 3)]
+    pub nats_replicas: usize,
+
     /// With --journal: `sync` (acknowledged means fsynced) or `buffered` (written to the OS,
     /// fsynced every --sync-interval-ms)
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
@@ -306,6 +316,17 @@ impl Args {
             return Err("--duration-secs applies to --scenario mixed, and to storm, hot and recall with --rate (a \
                         burst runs --rounds; the other scenarios run a fixed amount of work)"
                 .into());
+        }
+        if let Some(urls) = &self.journal_nats {
+            if urls.split(',').any(|u| !u.trim().starts_with("nats://")) {
+                return Err(format!("--journal-nats takes nats://HOST:PORT URLs, comma-separated, not {urls:?}"));
+            }
+            if !(1..=5).contains(&self.nats_replicas) {
+                return Err("--nats-replicas must be between 1 and 5 (JetStream's limit)".into());
+            }
+            if self.target.iter().any(|t| t != "embedded") {
+                return Err("--journal-nats is the embedded engine's journal: --target embedded only".into());
+            }
         }
         if self.journal.is_none() && self.durability == DurabilityArg::Buffered {
             return Err("--durability buffered applies to --journal DIR; without it the journal is in memory".into());

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hongbao::{Config, Durability, Engine, FileJournalConfig, Limits};
+use hongbao_cluster::{StreamJournal, StreamSpec};
 
 use crate::args::{Args, DurabilityArg, Scenario};
 use crate::report::Report;
@@ -154,6 +155,12 @@ async fn run(args: &Args, target: &str) -> Result<Report, String> {
         report.target = format!("embedded ({:?} file journal)", args.durability).to_lowercase();
         report.journal_bytes = Some(dir_bytes(dir)?);
     }
+    if let (Some(urls), true) = (&args.journal_nats, embedded) {
+        report.target = format!("embedded (NATS stream journal, R{})", args.nats_replicas);
+        for spec in STREAMS.lock().drain(..) {
+            StreamJournal::delete_stream(urls, &spec).map_err(|e| e.to_string())?;
+        }
+    }
     if let Some(params) = report.params.as_object_mut() {
         for (key, value) in common_params(args, embedded) {
             params.entry(key).or_insert(value);
@@ -175,9 +182,10 @@ fn common_params(args: &Args, embedded: bool) -> serde_json::Map<String, serde_j
     m.insert("seed".into(), json!(args.seed));
     if embedded {
         m.insert("arbiters".into(), json!(args.arbiters()));
-        let journal = match &args.journal {
-            Some(dir) => format!("{} ({:?})", dir.display(), args.durability).to_lowercase(),
-            None => "in memory".into(),
+        let journal = match (&args.journal, &args.journal_nats) {
+            (Some(dir), _) => format!("{} ({:?})", dir.display(), args.durability).to_lowercase(),
+            (None, Some(urls)) => format!("NATS stream R{} at {urls}", args.nats_replicas),
+            (None, None) => "in memory".into(),
         };
         m.insert("journal".into(), json!(journal));
     }
@@ -199,11 +207,23 @@ pub fn limits(args: &Args) -> Limits {
     }
 }
 
-/// The embedded engine's configuration: threads, shards and the journal the flags ask for.
-pub fn embedded_config(args: &Args, limits: Limits) -> Config {
+/// The embedded engine's configuration: threads, shards and the journal the flags ask for (a
+/// NATS stream is opened here, and remembered to be deleted when the run ends).
+pub fn embedded_config(args: &Args, limits: Limits) -> Result<Config, String> {
     let mut config = Config::default().with_limits(limits).with_seed(args.seed);
     config.arbiters = args.arbiters();
     config.wallet_shards = args.wallet_shards.unwrap_or(config.arbiters * 2);
+    if let Some(urls) = &args.journal_nats {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let spec = StreamSpec {
+            stream: format!("HB_LOADTEST_{tag}"),
+            subject: format!("hongbao.loadtest.{tag}"),
+            replicas: args.nats_replicas,
+        };
+        let (journal, history) = StreamJournal::open(urls, &spec).map_err(|e| e.to_string())?;
+        STREAMS.lock().push(spec);
+        return Ok(config.with_journal_history(journal, Arc::new(history)));
+    }
     if let Some(dir) = &args.journal {
         let durability = match args.durability {
             DurabilityArg::Sync => Durability::Sync,
@@ -214,14 +234,17 @@ pub fn embedded_config(args: &Args, limits: Limits) -> Config {
         journal.keep_segments = args.keep_segments;
         config.journal_dir = Some(journal);
     }
-    config
+    Ok(config)
 }
+
+/// The NATS streams this run made, deleted when it ends.
+static STREAMS: parking_lot::Mutex<Vec<StreamSpec>> = parking_lot::Mutex::new(Vec::new());
 
 /// Runs a scenario that loads a target through [`Target`].
 async fn run_on(args: &Args, target: &str) -> Result<Report, String> {
     let limits = limits(args);
     let target = if target == "embedded" {
-        Target::Embedded(Engine::start(embedded_config(args, limits)).map_err(|e| e.to_string())?)
+        Target::Embedded(Engine::start(embedded_config(args, limits)?).map_err(|e| e.to_string())?)
     } else if ["http://", "ws://", "relay://"].iter().any(|scheme| target.starts_with(scheme)) {
         Target::Server(Box::new(
             ServerTarget::connect(target, args.key.as_deref(), args.connections, args.timeout()).await?,

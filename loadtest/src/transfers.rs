@@ -30,7 +30,7 @@ const AMOUNT_FEN_MAX: u64 = 10_000;
 
 pub async fn run(args: &Args) -> Result<Report, String> {
     let clock = ManualClock::default();
-    let config = crate::embedded_config(args, crate::limits(args)).with_clock(Arc::new(clock.clone()));
+    let config = crate::embedded_config(args, crate::limits(args))?.with_clock(Arc::new(clock.clone()));
     let engine = Engine::start(config).map_err(|e| e.to_string())?;
     let users = args.members;
     for u in 1..=users {

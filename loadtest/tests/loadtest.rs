@@ -673,3 +673,38 @@ fn a_met_rate_makes_exactly_the_slots_of_its_duration() {
     assert!(c50 <= 2 * u50 + 100, "corrected p50 {c50} µs against uncorrected {u50} µs: {j}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The storm on a journal replicated by a three-node NATS JetStream cluster on loopback
+/// (skipped, saying so, without `nats-server`).
+#[test]
+fn a_storm_on_a_journal_replicated_by_nats() {
+    let _serial = one_at_a_time();
+    let cluster = match hongbao_cluster::NatsCluster::start(3) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let urls = cluster.urls();
+    let out = loadtest(&[
+        "--groups",
+        "3",
+        "--members",
+        "100",
+        "--shares",
+        "20",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--journal-nats",
+        &urls,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("target embedded (NATS stream journal, R3)"), "{stdout}");
+    assert!(stdout.contains("audit         balanced"), "{stdout}");
+    let refused = loadtest(&["--journal-nats", "redis://127.0.0.1:1"]);
+    assert_eq!(refused.status.code(), Some(2));
+}
