@@ -529,7 +529,12 @@ mod tests {
         let batch = (0..n)
             .map(|i| {
                 let count = Arc::clone(&count);
-                Entry::Record(record(i), Box::new(move || drop(count.fetch_add(1, Ordering::Relaxed))) as Completion)
+                Entry::Record(
+                    record(i),
+                    Box::new(move || {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }) as Completion,
+                )
             })
             .collect();
         let (_, messages) = pack(batch);
