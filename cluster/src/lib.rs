@@ -5,14 +5,22 @@
 //! - [`stream_journal`]: a partition's journal as a JetStream stream, replicated, with one
 //!   writer enforced by the stream (a deposed owner's appends fail), group commit as pipelined
 //!   publishes, and retries made safe by deduplication.
+//! - [`lease`]: a partition's ownership as a lease in a JetStream key-value bucket
+//!   (revision-checked renewals, a TTL).
+//! - [`node`]: a node's hold on a partition: wait for the lease, rebuild from the stream, serve,
+//!   renew, and stop serving the moment the lease is lost.
 //! - [`nats`]: a JetStream cluster of `nats-server` processes on loopback, for the tests and
 //!   the demo.
 //!
 //! The library (`hongbao`) knows nothing of NATS: it takes any [`hongbao::Journal`], and its
 //! earlier records as a [`hongbao::History`] to replay at start.
 
+pub mod lease;
 pub mod nats;
+pub mod node;
 pub mod stream_journal;
 
+pub use lease::{Lease, LeaseError, LeaseSpec};
 pub use nats::{ClusterError, NatsCluster};
+pub use node::{Owner, PartitionSpec, TakeError};
 pub use stream_journal::{OpenError, StreamJournal, StreamSpec, RETRY_FOR};

@@ -231,7 +231,7 @@ struct Writer {
 
 /// A client of the cluster at `urls` (comma-separated); it reconnects to another node when the
 /// one it speaks to dies.
-async fn client(urls: &str) -> Result<async_nats::Client, OpenError> {
+pub(crate) async fn client(urls: &str) -> Result<async_nats::Client, OpenError> {
     let connect_err = |reason: String| OpenError::Connect { urls: urls.to_string(), reason };
     let servers = urls
         .split(',')
