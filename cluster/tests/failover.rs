@@ -4,17 +4,14 @@
 //! deposit; when an owner finds its lease taken it stops serving. Skipped, saying so, without
 //! `nats-server`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hongbao::{Amount, Config, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, Split, UserId};
+use common::*;
+use hongbao::{Amount, Config, Engine, OpId, UserId};
 use hongbao_cluster::{LeaseSpec, NatsCluster, Owner, PartitionSpec, StreamSpec};
-
-/// One test at a time: each starts a cluster of three servers on a machine of two cores.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
 
 /// The lease's TTL in these tests: short, so a failover takes a few seconds.
 const TTL: Duration = Duration::from_secs(2);
@@ -32,45 +29,16 @@ fn config() -> Config {
     Config { arbiters: 2, wallet_shards: 2, ..Config::default() }.with_seed(4)
 }
 
-const SENDER: UserId = UserId(1);
-
-fn members() -> Vec<UserId> {
-    (100..140).map(UserId).collect()
-}
-
 /// A packet of 20 shares in a group of 40, grabbed by everyone at once; the wins.
 async fn round(engine: &Engine, packet: u64) -> HashMap<UserId, u64> {
-    let group = GroupId(packet);
-    let mut roster = members();
-    roster.push(SENDER);
-    engine.set_members(group, roster).await.unwrap();
-    engine.deposit(OpId(packet), SENDER, Amount::fen(2_000)).await.unwrap();
-    let split = Split::lucky(Amount::fen(2_000), 20);
-    engine
-        .send_packet(NewPacket { id: PacketId(packet), sender: SENDER, group, split, greeting: String::new() })
-        .await
-        .unwrap();
-    let grabs = members().into_iter().map(|u| async move { (u, engine.grab(PacketId(packet), u).await) });
-    let mut won = HashMap::new();
-    for (user, result) in futures::future::join_all(grabs).await {
-        match result {
-            Ok(g) => {
-                won.insert(user, g.amount.as_fen());
-            }
-            Err(GrabError::SoldOut) => {}
-            Err(e) => panic!("{user}: {e}"),
-        }
-    }
-    won
+    open_packet(engine, packet, 40, 2_000, 20).await;
+    storm(engine, packet, 40).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_a_dead_owners_partition_with_everything_acknowledged() {
     let _serial = one_at_a_time().await;
-    let cluster = match NatsCluster::start(3) {
-        Ok(cluster) => cluster,
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(cluster) = cluster() else { return };
     let owner = Owner::take(&spec(&cluster, "p0", "a"), config()).await.unwrap();
     let mut won: HashMap<UserId, u64> = HashMap::new();
     for packet in 1..=3 {
@@ -106,10 +74,7 @@ async fn a_standby_takes_over_a_dead_owners_partition_with_everything_acknowledg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_that_lost_its_lease_stops_serving() {
     let _serial = one_at_a_time().await;
-    let cluster = match NatsCluster::start(3) {
-        Ok(cluster) => cluster,
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(cluster) = cluster() else { return };
     let first = Owner::take(&spec(&cluster, "p1", "a"), config()).await.unwrap();
     first.engine.deposit(OpId(1), UserId(5), Amount::fen(10)).await.unwrap();
     let mut lost = first.lost();

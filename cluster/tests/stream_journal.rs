@@ -3,31 +3,16 @@
 //! and the death of one NATS node loses nothing acknowledged. Skipped, saying so, where
 //! `nats-server` is not installed (`.ci/run` installs it).
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::*;
 use hongbao::{
-    Amount, Config, Engine, Failure, GrabError, GroupId, Health, NewPacket, OpId, PacketId, Split, StorageFailure,
-    UserId, WalletError,
+    Amount, Config, Engine, Failure, GrabError, Health, OpId, PacketId, StorageFailure, UserId, WalletError,
 };
-use hongbao_cluster::{NatsCluster, StreamJournal, StreamSpec};
-
-/// One test at a time: each starts a cluster of three servers, and three clusters electing
-/// leaders at once on two cores would test the machine, not the journal.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
-
-fn cluster() -> Option<NatsCluster> {
-    match NatsCluster::start(3) {
-        Ok(cluster) => Some(cluster),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
+use hongbao_cluster::{StreamJournal, StreamSpec};
 
 fn spec(name: &str) -> StreamSpec {
     StreamSpec { stream: name.to_uppercase(), subject: format!("hb.{name}"), replicas: 3 }
@@ -44,51 +29,14 @@ fn engine_on(urls: &str, spec: &StreamSpec) -> Engine {
     .expect("the engine starts from the stream")
 }
 
-const SENDER: UserId = UserId(1);
-
-fn members(n: u64) -> Vec<UserId> {
-    (100..100 + n).map(UserId).collect()
-}
-
-async fn open_packet(engine: &Engine, group: GroupId, packet: u64, shares: u32) {
-    let mut roster = members(50);
-    roster.push(SENDER);
-    engine.set_members(group, roster).await.unwrap();
-    engine.deposit(OpId(packet), SENDER, Amount::fen(10_000)).await.unwrap();
-    let spec = NewPacket {
-        id: PacketId(packet),
-        sender: SENDER,
-        group,
-        split: Split::lucky(Amount::fen(10_000), shares),
-        greeting: String::new(),
-    };
-    engine.send_packet(spec).await.unwrap();
-}
-
-/// Every member grabs at once; the wins acknowledged.
-async fn storm(engine: &Engine, packet: u64) -> HashMap<UserId, u64> {
-    let grabs = members(50).into_iter().map(|user| async move { (user, engine.grab(PacketId(packet), user).await) });
-    let mut won = HashMap::new();
-    for (user, result) in futures::future::join_all(grabs).await {
-        match result {
-            Ok(grab) => {
-                won.insert(user, grab.amount.as_fen());
-            }
-            Err(GrabError::SoldOut) => {}
-            Err(e) => panic!("{user}: {e}"),
-        }
-    }
-    won
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_acknowledged_is_in_the_stream_after_a_restart() {
     let _serial = one_at_a_time().await;
     let Some(cluster) = cluster() else { return };
     let spec = spec("restart");
     let engine = engine_on(&cluster.urls(), &spec);
-    open_packet(&engine, GroupId(1), 1, 20).await;
-    let won = storm(&engine, 1).await;
+    open_packet(&engine, 1, 50, 10_000, 20).await;
+    let won = storm(&engine, 1, 50).await;
     assert_eq!(won.len(), 20);
     engine.shutdown().await;
     drop(engine);
@@ -140,8 +88,8 @@ async fn a_nats_node_dies_and_nothing_acknowledged_is_lost() {
     let engine = engine_on(&cluster.urls(), &spec);
     let mut won = HashMap::new();
     for packet in 1..=6u64 {
-        open_packet(&engine, GroupId(packet), packet, 25).await;
-        let grabs = storm(&engine, packet);
+        open_packet(&engine, packet, 50, 10_000, 25).await;
+        let grabs = storm(&engine, packet, 50);
         let round = if packet == 3 {
             // Mid-storm: the grabs are in flight when the node dies.
             let kill = async {
