@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hongbao::{Config, Engine, Limits, OpKind, OpQuery, OrgId, Timestamp, UserId};
+use hongbao_cluster::Owner;
 use hongbao_server::auth::{self, Claims};
 use hongbao_server::{demo, telemetry, ServeArgs, Settings};
 
@@ -180,14 +181,36 @@ fn serve(args: &ServeArgs) -> ExitCode {
     if settings.arbiters > 0 {
         config.arbiters = settings.arbiters;
     }
-    if !settings.memory {
-        config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
-    }
-    let engine = match Engine::start(config) {
-        Ok(engine) => engine,
-        Err(e) => {
-            eprintln!("hongbao serve: the engine did not start: {e}");
-            return ExitCode::FAILURE;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let (engine, owner) = match &settings.cluster {
+        Some(urls) => {
+            let spec = cluster::partition(urls, &settings);
+            println!("node {} waits for the lease of partition {}", spec.node, spec.lease.key);
+            match runtime.block_on(Owner::take(&spec, config)) {
+                Ok(owner) => {
+                    println!(
+                        "node {} serves partition {} (rebuilt in {:?})",
+                        spec.node, spec.lease.key, owner.rebuilt_in
+                    );
+                    (owner.engine.clone(), Some(owner))
+                }
+                Err(e) => {
+                    eprintln!("hongbao serve: the partition could not be taken: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => {
+            if !settings.memory {
+                config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
+            }
+            match Engine::start(config) {
+                Ok(engine) => (engine, None),
+                Err(e) => {
+                    eprintln!("hongbao serve: the engine did not start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     let running = match hongbao_server::start(settings, engine.clone(), public.as_bytes()) {
@@ -197,7 +220,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async move {
         let base = format!("http://{}", running.addr);
         if let Some(private) = demo_key {
@@ -213,12 +235,26 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
         println!("listening on {base}");
         tracing::info!(addr = %running.addr, "listening");
-        wait_for_signal().await;
+        let lost = cluster::lease_lost(owner.as_ref());
+        let status = tokio::select! {
+            () = wait_for_signal() => ExitCode::SUCCESS,
+            () = lost => {
+                // The engine stopped serving when the lease went; the process stops too, so a
+                // supervisor starts it again as a standby.
+                eprintln!("hongbao serve: this node lost the partition's lease; stopping");
+                ExitCode::FAILURE
+            }
+        };
         tracing::info!("stopping: closing sockets, draining requests, flushing the journal");
-        match running.shutdown().await {
+        let stopped = running.shutdown().await;
+        if let Some(owner) = owner {
+            // The lease is given up, so a standby takes the partition at once.
+            owner.stop().await;
+        }
+        match stopped {
             Ok(()) => {
                 tracing::info!("stopped");
-                ExitCode::SUCCESS
+                status
             }
             Err(e) => {
                 eprintln!("hongbao serve: {e}");
@@ -226,6 +262,43 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// `hongbao serve --cluster`: the one partition this version serves, and its lease.
+mod cluster {
+    use std::time::Duration;
+
+    use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec, StreamSpec};
+    use hongbao_server::Settings;
+
+    /// The partition's stream and lease on the cluster at `urls`.
+    pub fn partition(urls: &str, settings: &Settings) -> PartitionSpec {
+        let node =
+            if settings.node.is_empty() { format!("node-{}", std::process::id()) } else { settings.node.clone() };
+        let replicas = settings.nats_replicas;
+        PartitionSpec {
+            urls: urls.to_string(),
+            node,
+            stream: StreamSpec { stream: "HONGBAO_P0".into(), subject: "hongbao.p0".into(), replicas },
+            lease: LeaseSpec {
+                bucket: "hongbao_leases".into(),
+                key: "p0".into(),
+                ttl: Duration::from_secs(settings.lease_ttl_secs),
+                replicas,
+            },
+        }
+    }
+
+    /// Completes when `owner`'s lease is lost; never without one.
+    pub async fn lease_lost(owner: Option<&Owner>) {
+        match owner {
+            Some(owner) => {
+                let mut lost = owner.lost();
+                let _ = lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

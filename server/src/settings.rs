@@ -28,6 +28,17 @@ pub struct Settings {
     pub workers: usize,
     /// The engine's packet-actor threads (0: the engine's default, one per core).
     pub arbiters: usize,
+    /// A NATS JetStream cluster (client URLs, comma-separated): the journal is a stream
+    /// replicated there instead of `journal`, and this node serves only while it holds the
+    /// partition's lease (a standby waits for it).
+    pub cluster: Option<String>,
+    /// This node's name in the lease (empty: `node-<pid>`).
+    pub node: String,
+    /// How long a lease outlives its last renewal: the longest a dead owner's partition waits
+    /// for another node.
+    pub lease_ttl_secs: u64,
+    /// Replicas of the partition's stream and of the lease bucket (3 on a cluster of three).
+    pub nats_replicas: usize,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
     /// Log filter, as `RUST_LOG` takes it.
@@ -97,6 +108,10 @@ impl Default for Settings {
             public_key: None,
             workers: 0,
             arbiters: 0,
+            cluster: None,
+            node: String::new(),
+            lease_ttl_secs: 5,
+            nats_replicas: 3,
             log_json: false,
             log_level: "info".into(),
             step_up_fen: 20_000,
@@ -163,6 +178,23 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_ARBITERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arbiters: Option<usize>,
+    /// Journal on the NATS JetStream cluster at these URLs (nats://HOST:PORT, comma-separated)
+    /// and serve only while holding the partition's lease
+    #[arg(long, env = "HONGBAO_CLUSTER", value_name = "URLS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// This node's name in the lease [default: node-<pid>]
+    #[arg(long, env = "HONGBAO_NODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Seconds a lease outlives its last renewal [default: 5]
+    #[arg(long, env = "HONGBAO_LEASE_TTL_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_secs: Option<u64>,
+    /// Replicas of the stream and the lease bucket [default: 3]
+    #[arg(long, env = "HONGBAO_NATS_REPLICAS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_replicas: Option<usize>,
     /// Log JSON lines
     #[arg(long, env = "HONGBAO_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -336,6 +368,20 @@ impl Settings {
             ("ws_replay_len", self.ws_replay_len),
             ("claims_page_max", self.claims_page_max),
         ];
+        if let Some(urls) = &self.cluster {
+            if urls.split(',').any(|u| !u.trim().starts_with("nats://")) {
+                return Err(invalid(
+                    None,
+                    format!("cluster takes nats://HOST:PORT URLs, comma-separated, not {urls:?}"),
+                ));
+            }
+            if self.memory {
+                return Err(invalid(None, "cluster and memory exclude each other: the cluster is the journal"));
+            }
+        }
+        if !(1..=3600).contains(&self.lease_ttl_secs) || !(1..=5).contains(&self.nats_replicas) {
+            return Err(invalid(None, "lease_ttl_secs must be 1 to 3600 and nats_replicas 1 to 5"));
+        }
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(invalid(None, format!("{name} must be at least 1"))),
             None if self.ws_auth_secs == 0 || self.ws_ping_secs == 0 => {

@@ -1,0 +1,140 @@
+//! `hongbao serve --cluster`: two nodes on a three-node NATS JetStream cluster on loopback.
+//! The first serves the partition while the second waits for its lease; the first is killed
+//! (`SIGKILL`) after a storm, and the second takes the partition over, rebuilds it from the
+//! replicated stream and serves every acknowledged grab. Skipped, saying so, without
+//! `nats-server` (`.ci/run` installs it).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hongbao::UserId;
+use hongbao_cluster::NatsCluster;
+use hongbao_server::auth::{mint, Claims};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hongbao");
+
+/// A `hongbao serve --cluster` process and the lines it prints.
+struct Node {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Node {
+    fn start(dir: &std::path::Path, urls: &str, name: &str) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--public-key"])
+            .arg(dir.join("hongbao-host.pub"))
+            .args(["--cluster", urls, "--node", name, "--lease-ttl-secs", "2", "--no-rate-limits"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Node { child, lines }
+    }
+
+    /// Where it listens, once it serves (it prints it then).
+    fn serving(&self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if let Some(base) = line.strip_prefix("listening on ") {
+                return Some(base.to_owned());
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledged_grab() {
+    let cluster = match NatsCluster::start(3) {
+        Ok(cluster) => cluster,
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    let dir = std::env::temp_dir().join(format!("hongbao-cluster-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keygen = Command::new(BIN).args(["keygen", "--dir"]).arg(&dir).output().unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let private = std::fs::read_to_string(dir.join("hongbao-host.key")).unwrap();
+
+    let mut first = Node::start(&dir, &cluster.urls(), "a");
+    let base = first.serving(Duration::from_secs(60)).expect("the first node serves");
+    let standby = Node::start(&dir, &cluster.urls(), "b");
+    assert_eq!(standby.serving(Duration::from_secs(3)), None, "the standby waits while the lease is renewed");
+
+    let http = reqwest::Client::new();
+    let host = mint(private.as_bytes(), &Claims::host(600)).unwrap();
+    let call = |method: reqwest::Method, url: String, token: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let res = http.request(method, url).bearer_auth(token).header("X-Device-Id", "d").json(&body).send().await;
+            let res = res.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let members: Vec<u64> = (2..=61).collect();
+    let roster: Vec<u64> = std::iter::once(1).chain(members.iter().copied()).collect();
+    let (s, _) =
+        call(reqwest::Method::PUT, format!("{base}/v1/groups/7/members"), host.clone(), json!({ "members": roster }))
+            .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        reqwest::Method::POST,
+        format!("{base}/v1/wallets/1/deposit"),
+        host.clone(),
+        json!({ "op": 1, "amount": "30" }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let sender = mint(private.as_bytes(), &Claims::member(UserId(1), "d", &["pwd"], 600)).unwrap();
+    let packet = json!({ "id": 9, "group": 7, "split": { "kind": "lucky", "total": "30.00", "shares": 30 } });
+    let (s, body) = call(reqwest::Method::POST, format!("{base}/v1/packets"), sender, packet).await;
+    assert_eq!(s, 200, "{body}");
+    let grabs = members.iter().map(|&m| {
+        let token = mint(private.as_bytes(), &Claims::member(UserId(m), "d", &["pwd"], 600)).unwrap();
+        let url = format!("{base}/v1/packets/9/grab");
+        let call = call.clone();
+        async move { (m, call(reqwest::Method::POST, url, token, Value::Null).await) }
+    });
+    let mut won = Vec::new();
+    for (m, (status, body)) in futures::future::join_all(grabs).await {
+        if status == 200 {
+            won.push((m, body["amount"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert_eq!(won.len(), 30);
+
+    // The owner is killed; the standby's lease wait ends when the dead one's runs out.
+    let killed = Instant::now();
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let base = standby.serving(Duration::from_secs(60)).expect("the standby takes the partition over");
+    eprintln!("failover: {:?} from SIGKILL to the standby listening (lease TTL 2 s)", killed.elapsed());
+    for (m, amount) in won {
+        let (s, wallet) = call(reqwest::Method::GET, format!("{base}/v1/wallets/{m}"), host.clone(), Value::Null).await;
+        assert_eq!(s, 200, "{wallet}");
+        assert_eq!(wallet["balance"], amount, "member {m}");
+    }
+    let (s, audit) = call(reqwest::Method::GET, format!("{base}/v1/audit"), host.clone(), Value::Null).await;
+    assert_eq!((s, audit["balanced"].as_bool()), (200, Some(true)), "{audit}");
+    drop(standby);
+    let _ = std::fs::remove_dir_all(&dir);
+}
