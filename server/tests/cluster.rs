@@ -111,7 +111,7 @@ async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledg
     let grabs = members.iter().map(|&m| {
         let token = mint(private.as_bytes(), &Claims::member(UserId(m), "d", &["pwd"], 600)).unwrap();
         let url = format!("{base}/v1/packets/9/grab");
-        let call = call.clone();
+
         async move { (m, call(reqwest::Method::POST, url, token, Value::Null).await) }
     });
     let mut won = Vec::new();
