@@ -111,7 +111,9 @@ pub mod fuzzing;
 #[cfg(test)]
 mod sim;
 
-pub use audit::{audit_journal, audit_journal_with_progress, operation_log, Audit, JournalAudit};
+pub use audit::{
+    audit_history, audit_journal, audit_journal_with_progress, operation_log, Audit, HistoryAudit, JournalAudit,
+};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
 pub use engine::{Engine, Gauges};

@@ -145,27 +145,42 @@ impl StreamJournal {
         Ok((Arc::new(StreamJournal { shared, writer: Mutex::new(Some(thread)) }), history))
     }
 
+    /// Every record of a journal's stream, read without writing anything (the stream must
+    /// exist): what `hongbao audit --cluster` replays. Blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// If NATS cannot be reached, the stream is missing or cannot be read, or it holds a
+    /// message that is not a record.
+    pub fn read(urls: &str, spec: &StreamSpec) -> Result<Vec<Record>, OpenError> {
+        on_own_runtime(urls, {
+            let (urls, spec) = (urls.to_string(), spec.clone());
+            async move {
+                let js = jetstream::new(client(&urls).await?);
+                let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
+                let mut stream = js.get_stream(&spec.stream).await.map_err(|e| stream_err(e.to_string()))?;
+                let last = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?.state.last_sequence;
+                read_history(&stream, &spec, last).await
+            }
+        })
+    }
+
     /// Deletes a journal's stream (a load test's, when it ends). Blocks the calling thread.
     ///
     /// # Errors
     ///
     /// If NATS cannot be reached or refuses.
     pub fn delete_stream(urls: &str, spec: &StreamSpec) -> Result<(), OpenError> {
-        let (urls, spec) = (urls.to_string(), spec.clone());
-        let on_thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| OpenError::Connect { urls: urls.clone(), reason: e.to_string() })?;
-            runtime.block_on(async {
+        on_own_runtime(urls, {
+            let (urls, spec) = (urls.to_string(), spec.clone());
+            async move {
                 let js = jetstream::new(client(&urls).await?);
                 js.delete_stream(&spec.stream)
                     .await
                     .map(drop)
                     .map_err(|e| OpenError::Stream { stream: spec.stream.clone(), reason: format!("deleting it: {e}") })
-            })
-        });
-        on_thread.join().unwrap_or_else(|_| Err(OpenError::Connect { urls: String::new(), reason: "panicked".into() }))
+            }
+        })
     }
 
     fn push(&self, entry: Entry) {
@@ -227,6 +242,20 @@ struct Writer {
     /// This writer's epoch, in every message id, so no other writer's message is taken for a
     /// copy of one of ours.
     epoch: u64,
+}
+
+/// Runs `work` on a runtime of its own, on a thread of its own, and waits for it: callable
+/// from anywhere, an async context included.
+fn on_own_runtime<T: Send + 'static>(
+    urls: &str,
+    work: impl std::future::Future<Output = Result<T, OpenError>> + Send + 'static,
+) -> Result<T, OpenError> {
+    let failed = |reason: String| OpenError::Connect { urls: urls.to_string(), reason };
+    let on_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        runtime.map_err(|e| e.to_string()).map(|runtime| runtime.block_on(work))
+    });
+    on_thread.join().map_err(|_| failed("the thread panicked".into()))?.map_err(failed)?
 }
 
 /// A client of the cluster at `urls` (comma-separated); it reconnects to another node when the

@@ -76,7 +76,12 @@ enum Command {
     /// Verify a journal directory: checksums, hash chain, replay, conservation, every packet
     Audit {
         /// The journal directory
-        dir: PathBuf,
+        #[arg(required_unless_present = "cluster")]
+        dir: Option<PathBuf>,
+        /// Audit the journal on this NATS JetStream cluster instead (nats://HOST:PORT,
+        /// comma-separated): the partition's stream, replayed and checked the same way
+        #[arg(long, value_name = "URLS", conflicts_with = "dir")]
+        cluster: Option<String>,
         /// Print the result as one JSON document
         #[arg(long)]
         json: bool,
@@ -126,7 +131,12 @@ fn main() -> ExitCode {
             };
             token(&key, &claims)
         }
-        Command::Audit { dir, json, share_fen_max } => operator::run_audit(&dir, json, share_fen_max),
+        Command::Audit { cluster: Some(urls), json, share_fen_max, .. } => {
+            operator::run_cluster_audit(&urls, &cluster::stream(3), json, share_fen_max)
+        }
+        Command::Audit { dir, cluster: None, json, share_fen_max } => {
+            operator::run_audit(&dir.expect("clap requires it without --cluster"), json, share_fen_max)
+        }
         Command::Open { dir } => operator::open(&dir),
         Command::Log { dir, org, since, until, actor, kind, json } => {
             let query = OpQuery {
@@ -279,7 +289,7 @@ mod cluster {
         PartitionSpec {
             urls: urls.to_string(),
             node,
-            stream: StreamSpec { stream: "HONGBAO_P0".into(), subject: "hongbao.p0".into(), replicas },
+            stream: stream(replicas),
             lease: LeaseSpec {
                 bucket: "hongbao_leases".into(),
                 key: "p0".into(),
@@ -287,6 +297,11 @@ mod cluster {
                 replicas,
             },
         }
+    }
+
+    /// The partition's stream.
+    pub fn stream(replicas: usize) -> StreamSpec {
+        StreamSpec { stream: "HONGBAO_P0".into(), subject: "hongbao.p0".into(), replicas }
     }
 
     /// Completes when `owner`'s lease is lost; never without one.

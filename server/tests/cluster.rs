@@ -135,6 +135,14 @@ async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledg
     }
     let (s, audit) = call(reqwest::Method::GET, format!("{base}/v1/audit"), host.clone(), Value::Null).await;
     assert_eq!((s, audit["balanced"].as_bool()), (200, Some(true)), "{audit}");
+    // The cluster audit replays the replicated stream itself, read-only.
+    let audit = Command::new(BIN).args(["audit", "--json", "--cluster", &cluster.urls()]).output().unwrap();
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(audit.status.success(), "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    // The deposit, the send and the 30 claims at least.
+    assert!(report["records"].as_u64().unwrap() >= 32, "{report}");
+    assert_eq!(report["totals_fen"]["deposits"], 3_000, "{report}");
     drop(standby);
     let _ = std::fs::remove_dir_all(&dir);
 }
