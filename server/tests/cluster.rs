@@ -63,8 +63,15 @@ impl Drop for Node {
     }
 }
 
+/// One test at a time: each runs a NATS cluster of three and hongbao nodes on two cores.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledged_grab() {
+    let _serial = one_at_a_time().await;
     let cluster = match NatsCluster::start(3) {
         Ok(cluster) => cluster,
         Err(e) => return eprintln!("skipped: {e}"),
@@ -145,4 +152,39 @@ async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledg
     assert_eq!(report["totals_fen"]["deposits"], 3_000, "{report}");
     drop(standby);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `scripts/cluster.sh` starts three NATS servers and three nodes, one of which serves, and
+/// stops them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_starts_and_stops_everything() {
+    let _serial = one_at_a_time().await;
+    if !NatsCluster::available() {
+        return eprintln!("skipped: nats-server is not installed");
+    }
+    let dir = std::env::temp_dir().join(format!("hongbao-cluster-script-{}", std::process::id()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster.sh");
+    let run = |what: &str| {
+        Command::new("bash")
+            .arg(script)
+            .arg(what)
+            .env("HONGBAO_BIN", BIN)
+            .env("HONGBAO_CLUSTER_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    let started = run("start");
+    let text = String::from_utf8_lossy(&started.stdout).into_owned();
+    assert!(started.status.success(), "{text}{}", String::from_utf8_lossy(&started.stderr));
+    for name in ["nats0", "nats1", "nats2", "node0", "node1", "node2"] {
+        assert!(text.contains(&format!("{name}  running")), "{name}: {text}");
+    }
+    let base =
+        text.lines().find_map(|l| l.split("listening on ").nth(1)).unwrap_or_else(|| panic!("{text}")).to_owned();
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert!(ready.status().is_success(), "{ready:?}");
+    let cleaned = run("clean");
+    assert!(cleaned.status.success(), "{}", String::from_utf8_lossy(&cleaned.stderr));
+    assert!(!dir.exists());
+    assert!(reqwest::get(format!("{base}/readyz")).await.is_err(), "the serving node stopped");
 }
