@@ -13,9 +13,13 @@
 //! # Fencing
 //!
 //! The journal has one writer, and the stream enforces it: every publish carries the sequence
-//! the writer expects the stream to end at (`Nats-Expected-Last-Sequence`). A writer that
+//! the writer expects the journal's subject to end at (`Nats-Expected-Last-Subject-Sequence`;
+//! the subject is the stream's only one, so its sequences are the stream's). A writer that
 //! another has overtaken (a deposed owner) gets "wrong last sequence" and stops with
-//! [`StorageFailure::Deposed`]: none of its unacknowledged records is in the stream.
+//! [`StorageFailure::Deposed`]: none of its unacknowledged records is in the stream. The
+//! per-subject header is used because its 0 is defined as "no message yet" (the clients'
+//! "expect no message"), so an empty journal is fenced by definition, not by a server
+//! version's reading of a 0.
 //!
 //! # Retries
 //!
@@ -395,7 +399,7 @@ impl Writer {
         bytes: Bytes,
         after: u64,
     ) -> Result<jetstream::context::PublishAckFuture, PublishErrorKind> {
-        let message = PublishMessage::build().payload(bytes).expected_last_sequence(after).message_id(format!(
+        let message = PublishMessage::build().payload(bytes).expected_last_subject_sequence(after).message_id(format!(
             "{:x}-{}",
             self.epoch,
             after + 1
