@@ -89,3 +89,28 @@ async fn an_owner_that_lost_its_lease_stops_serving() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A graceful stop gives the lease up: the standby takes the partition without waiting for
+/// the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_the_partition_over_at_once() {
+    let _serial = one_at_a_time().await;
+    let Some(cluster) = cluster() else { return };
+    let ttl = Duration::from_secs(30);
+    let mut first_spec = spec(&cluster, "p2", "a");
+    first_spec.lease.ttl = ttl;
+    let owner = Owner::take(&first_spec, config()).await.unwrap();
+    let won = round(&owner.engine, 1).await;
+    let mut standby_spec = spec(&cluster, "p2", "b");
+    standby_spec.lease.ttl = ttl;
+    let standby = tokio::spawn(async move { Owner::take(&standby_spec, config()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    owner.stop().await;
+    let next = standby.await.unwrap().unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(10), "took {:?} with a lease of {ttl:?}", stopped.elapsed());
+    for (user, fen) in won {
+        assert_eq!(next.engine.balance(user).await.unwrap().as_fen(), fen);
+    }
+    next.stop().await;
+}
