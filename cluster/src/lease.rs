@@ -99,10 +99,23 @@ impl Lease {
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(LeaseError::Lost { key: self.spec.key.clone() })
+                // A renewal of ours may have landed without its answer: the entry is still this
+                // node's then, at a later revision.
+                match self.store.entry(&self.spec.key).await {
+                    Ok(Some(entry)) if entry.value == self.node.as_bytes() && entry.revision > self.revision => {
+                        self.revision = entry.revision;
+                        Ok(())
+                    }
+                    _ => Err(LeaseError::Lost { key: self.spec.key.clone() }),
+                }
             }
             Err(e) => Err(LeaseError::Nats { key: self.spec.key.clone(), reason: e.to_string() }),
         }
+    }
+
+    /// How long the lease outlives its last renewal.
+    pub fn ttl(&self) -> Duration {
+        self.spec.ttl
     }
 
     /// How often to renew: a third of the TTL, so two renewals may fail before it runs out.

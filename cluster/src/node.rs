@@ -1,12 +1,20 @@
 //! A node's hold on a partition: wait for the partition's lease, rebuild the partition from its
 //! stream, serve it with an engine, and keep renewing the lease; stop serving the moment the
-//! lease is lost.
+//! lease may have run out.
+//!
+//! The lease is renewed from the moment it is taken, rebuilding included. The node trusts it
+//! until a local deadline: the moment its last successful renewal was *sent*, plus the TTL,
+//! less a sixth of it for clocks and delays. A renewal that cannot answer before that deadline
+//! counts as lost. When the lease is lost, the journal is halted at once (nothing more is
+//! published) and the engine stops; when the journal fails (deposed, or NATS unreachable for
+//! too long), the lease is given up so another node can take over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use hongbao::{Config, Engine};
+use hongbao::{Config, Engine, Journal};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::lease::{Lease, LeaseError, LeaseSpec};
@@ -34,6 +42,8 @@ pub enum TakeError {
     Journal(#[from] OpenError),
     #[error("the partition's engine did not start: {0}")]
     Engine(String),
+    #[error("the lease ran out while the partition was being rebuilt")]
+    LostWhileRebuilding,
 }
 
 /// A partition this node serves.
@@ -47,50 +57,59 @@ pub struct Owner {
     keeper: tokio::task::JoinHandle<Option<Lease>>,
 }
 
+/// The journal the keeper halts when the lease goes, once there is one.
+type JournalSlot = Arc<Mutex<Option<Arc<StreamJournal>>>>;
+
 impl Owner {
     /// Waits until this node holds the partition's lease (trying every tenth of its TTL),
-    /// rebuilds the partition from its stream and starts its engine on `config`, then keeps
-    /// renewing the lease in a task of the current runtime.
+    /// rebuilds the partition from its stream and starts its engine on `config`, renewing the
+    /// lease all along in a task of the current runtime.
     ///
     /// # Errors
     ///
-    /// If NATS cannot be reached, the lease's bucket or the stream cannot be read, or the
-    /// engine refuses what the stream holds.
+    /// If NATS cannot be reached, the lease's bucket or the stream cannot be read, the engine
+    /// refuses what the stream holds, or the lease ran out meanwhile. The lease is given up
+    /// then.
     pub async fn take(spec: &PartitionSpec, config: Config) -> Result<Owner, TakeError> {
         let js = jetstream::new(crate::stream_journal::client(&spec.urls).await.map_err(|e| match e {
             OpenError::Connect { urls, reason } => TakeError::Connect { urls, reason },
             other => TakeError::Journal(other),
         })?);
-        // NATS errors are tried again for a while: the cluster may be electing its leaders.
-        let mut failing_since: Option<Instant> = None;
-        let lease = loop {
-            match Lease::try_acquire(&js, &spec.lease, &spec.node).await {
-                Ok(Some(lease)) => break lease,
-                Ok(None) => failing_since = None,
-                Err(e) if failing_since.get_or_insert_with(Instant::now).elapsed() < OPEN_RETRY_FOR => {
-                    tracing::debug!("{e}; again");
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tokio::time::sleep(spec.lease.ttl / 10).await;
-        };
-        let started = Instant::now();
-        let stream = spec.stream.clone();
-        let urls = spec.urls.clone();
-        // Opening reads the whole stream and blocks: off the runtime's threads.
-        let (journal, history) = tokio::task::spawn_blocking(move || StreamJournal::open(&urls, &stream))
-            .await
-            .map_err(|e| TakeError::Engine(e.to_string()))??;
-        let engine = Engine::start(config.with_journal_history(journal, Arc::new(history)))
-            .map_err(|e| TakeError::Engine(e.to_string()))?;
-        let rebuilt_in = started.elapsed();
+        let (lease, valid_until) = acquire(&js, spec).await?;
+        let slot: JournalSlot = Arc::default();
         let (lost_tx, lost) = watch::channel(false);
         let (stop, stopping) = watch::channel(false);
-        let keeper = tokio::spawn(keep(lease, engine.clone(), lost_tx, stopping));
-        Ok(Owner { engine, rebuilt_in, lost, stop, keeper })
+        let keeper = tokio::spawn(keep(lease, valid_until, Arc::clone(&slot), lost_tx, stopping));
+        let started = Instant::now();
+        match rebuild(spec, config, &slot).await {
+            Ok(engine) if !*lost.borrow() => {
+                // The engine stops serving the moment the lease is lost.
+                let (watched, mut lost_watch) = (engine.clone(), lost.clone());
+                tokio::spawn(async move {
+                    if lost_watch.wait_for(|lost| *lost).await.is_ok() {
+                        watched.shutdown().await;
+                    }
+                });
+                Ok(Owner { engine, rebuilt_in: started.elapsed(), lost, stop, keeper })
+            }
+            outcome => {
+                let error = match outcome {
+                    Ok(engine) => {
+                        engine.shutdown().await;
+                        TakeError::LostWhileRebuilding
+                    }
+                    Err(e) => e,
+                };
+                let _ = stop.send(true);
+                if let Ok(Some(lease)) = keeper.await {
+                    lease.release().await;
+                }
+                Err(error)
+            }
+        }
     }
 
-    /// Turns true when the lease is lost: the engine has stopped serving by then.
+    /// Turns true when the lease is lost: the journal is halted and the engine stopping by then.
     pub fn lost(&self) -> watch::Receiver<bool> {
         self.lost.clone()
     }
@@ -114,31 +133,86 @@ impl Owner {
     }
 }
 
-/// Renews the lease every third of its TTL; when it is lost (or cannot be renewed before it
-/// runs out), the engine stops serving at once and `lost` turns true.
+/// Waits for the lease; NATS errors are tried again for a while (the cluster may be electing
+/// its leaders). Returns it with the local deadline it is trusted until.
+async fn acquire(js: &jetstream::Context, spec: &PartitionSpec) -> Result<(Lease, Instant), TakeError> {
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let sent = Instant::now();
+        match Lease::try_acquire(js, &spec.lease, &spec.node).await {
+            Ok(Some(lease)) => return Ok((lease, trusted_until(sent, spec.lease.ttl))),
+            Ok(None) => failing_since = None,
+            Err(e) if failing_since.get_or_insert_with(Instant::now).elapsed() < OPEN_RETRY_FOR => {
+                tracing::debug!("{e}; again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(spec.lease.ttl / 10).await;
+    }
+}
+
+/// Opens the partition's journal (reading the whole stream, and fencing it) and starts the
+/// engine on it; the journal goes into `slot` as soon as it is open.
+async fn rebuild(spec: &PartitionSpec, config: Config, slot: &JournalSlot) -> Result<Engine, TakeError> {
+    let (stream, urls) = (spec.stream.clone(), spec.urls.clone());
+    // Opening reads the whole stream and blocks: off the runtime's threads.
+    let (journal, history) = tokio::task::spawn_blocking(move || StreamJournal::open(&urls, &stream))
+        .await
+        .map_err(|e| TakeError::Engine(e.to_string()))??;
+    *slot.lock() = Some(Arc::clone(&journal));
+    let started = Engine::start(config.with_journal_history(journal.clone(), Arc::new(history)));
+    started.map_err(|e| {
+        journal.close();
+        TakeError::Engine(e.to_string())
+    })
+}
+
+/// How long a lease whose renewal was sent at `sent` is trusted here.
+fn trusted_until(sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl - ttl / 6
+}
+
+/// Renews the lease every third of its TTL. When it is lost, or cannot be renewed before the
+/// local deadline, the journal is halted and `lost` turns true; when the journal has failed,
+/// the lease is given up.
 async fn keep(
     mut lease: Lease,
-    engine: Engine,
+    mut valid_until: Instant,
+    journal: JournalSlot,
     lost: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Lease> {
-    let mut renewed = Instant::now();
+    let ttl = lease.ttl();
     loop {
         tokio::select! {
             () = tokio::time::sleep(lease.renew_every()) => {}
             _ = stop.changed() => return Some(lease),
         }
-        match lease.renew().await {
-            Ok(()) => renewed = Instant::now(),
-            Err(LeaseError::Nats { reason, .. }) if renewed.elapsed() < lease.renew_every() * 2 => {
-                tracing::warn!("renewing the lease {}: {reason}; again", lease.key());
-            }
-            Err(e) => {
-                tracing::warn!("{e}: this node stops serving the partition");
-                engine.shutdown().await;
-                let _ = lost.send(true);
-                return None;
-            }
+        let failed = journal.lock().as_ref().and_then(|j| j.failure());
+        if let Some(failure) = failed {
+            tracing::warn!("the journal failed ({failure:?}): this node gives the lease {} up", lease.key());
+            let _ = lost.send(true);
+            lease.release().await;
+            return None;
+        }
+        let sent = Instant::now();
+        let left = valid_until.saturating_duration_since(sent);
+        match tokio::time::timeout(left, lease.renew()).await {
+            Ok(Ok(())) => valid_until = trusted_until(sent, ttl),
+            Ok(Err(e @ LeaseError::Lost { .. })) => return give_up(&journal, &lost, &e.to_string()),
+            Ok(Err(e)) if Instant::now() < valid_until => tracing::warn!("renewing: {e}; again"),
+            Ok(Err(e)) => return give_up(&journal, &lost, &e.to_string()),
+            Err(_) => return give_up(&journal, &lost, "no renewal answered before the lease could run out"),
         }
     }
+}
+
+/// The lease is gone: the journal publishes nothing more, and the engine is told to stop.
+fn give_up(journal: &JournalSlot, lost: &watch::Sender<bool>, why: &str) -> Option<Lease> {
+    tracing::warn!("{why}: this node stops serving the partition");
+    if let Some(journal) = journal.lock().as_ref() {
+        journal.halt();
+    }
+    let _ = lost.send(true);
+    None
 }

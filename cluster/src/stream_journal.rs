@@ -50,9 +50,6 @@ pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
 /// `max_payload`, 1 MiB by default).
 const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 
-/// Messages published before their acknowledgements are awaited.
-const MESSAGES_IN_FLIGHT_MAX: usize = 64;
-
 /// Where a partition's journal lives.
 #[derive(Clone, Debug)]
 pub struct StreamSpec {
@@ -187,19 +184,47 @@ impl StreamJournal {
         })
     }
 
+    /// Stops the journal at once, as when this node's lease ran out: nothing more is
+    /// published, and what was appended and not yet acknowledged has an unknown outcome.
+    pub fn halt(&self) {
+        self.shared.fail(StorageFailure::OutcomeUnknown);
+    }
+
     fn push(&self, entry: Entry) {
+        let mut queue = self.shared.queue.lock();
+        // Checked under the queue's lock, which the writer holds when it fails: an entry is
+        // either queued before the failure (and dropped with the queue) or refused here.
         if self.shared.closing.load(Ordering::Acquire) || self.shared.failure.lock().is_some() {
             // A stopped journal drops completions: see `Journal::failure`.
             return;
         }
-        self.shared.queue.lock().push(entry);
+        if matches!(entry, Entry::Record(..)) {
+            self.shared.appended.fetch_add(1, Ordering::AcqRel);
+        }
+        queue.push(entry);
+        drop(queue);
         self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    /// Records the journal's failure (the first one stands) and drops what is queued.
+    fn fail(&self, failure: StorageFailure) {
+        let mut queue = self.queue.lock();
+        self.failure.lock().get_or_insert(failure);
+        queue.clear();
+        drop(queue);
+        self.settled.notify_all();
+        self.wake.notify_one();
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.lock().is_some()
     }
 }
 
 impl Journal for StreamJournal {
     fn append(&self, record: Record, then: Completion) {
-        self.shared.appended.fetch_add(1, Ordering::AcqRel);
         self.push(Entry::Record(Bytes::from(record.to_bytes()), then));
     }
 
@@ -240,6 +265,7 @@ impl Drop for StreamJournal {
 /// records).
 struct Writer {
     js: jetstream::Context,
+    stream: String,
     subject: String,
     /// The stream's last sequence, as this writer made it.
     last: u64,
@@ -279,7 +305,7 @@ pub(crate) async fn client(urls: &str) -> Result<async_nats::Client, OpenError> 
 }
 
 async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>), OpenError> {
-    let js = jetstream::new(client(urls).await?);
+    let mut js = jetstream::new(client(urls).await?);
     // The cluster elects its JetStream leaders a moment after it starts, or after a node dies:
     // the stream is opened and read again until that is over.
     let deadline = Instant::now() + OPEN_RETRY_FOR;
@@ -287,7 +313,17 @@ async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>),
         match open_stream(&js, spec).await {
             Ok((last, history)) => {
                 let epoch = u64::from(std::process::id()) << 32 ^ u64::from(rand_u32());
-                return Ok((Writer { js, subject: spec.subject.clone(), last, epoch }, history));
+                let mut writer = Writer { js, stream: spec.stream.clone(), subject: spec.subject.clone(), last, epoch };
+                // The fence: a message of no records right after what was read. Once it is in,
+                // a writer still appending from before is refused; if one got in first, its
+                // records are read again with the stream.
+                match writer.fence().await {
+                    Ok(()) => return Ok((writer, history)),
+                    Err(reason) if Instant::now() < deadline => tracing::debug!("fencing: {reason}; reading again"),
+                    Err(reason) => return Err(OpenError::Stream { stream: spec.stream.clone(), reason }),
+                }
+                js = writer.js;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e @ OpenError::Corrupt { .. }) => return Err(e),
             Err(e) if Instant::now() >= deadline => return Err(e),
@@ -311,7 +347,17 @@ async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64,
     };
     let mut stream =
         js.get_or_create_stream(config).await.map_err(|e| stream_err(format!("creating or finding it: {e}")))?;
-    let last = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?.state.last_sequence;
+    let info = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?;
+    // Sequences are counted on the stream, fences on the subject: they agree only when the
+    // subject is the stream's only one.
+    if info.config.subjects != [spec.subject.clone()] {
+        return Err(OpenError::Corrupt {
+            stream: spec.stream.clone(),
+            sequence: 0,
+            reason: format!("it holds subjects {:?}, not only {}", info.config.subjects, spec.subject),
+        });
+    }
+    let last = info.state.last_sequence;
     let history = read_history(&stream, spec, last).await?;
     Ok((last, history))
 }
@@ -350,6 +396,9 @@ async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> 
 impl Writer {
     async fn run(mut self, shared: &Shared) {
         loop {
+            if shared.failed() {
+                return;
+            }
             let batch = std::mem::take(&mut *shared.queue.lock());
             if batch.is_empty() {
                 if shared.closing.load(Ordering::Acquire) {
@@ -359,38 +408,74 @@ impl Writer {
                 continue;
             }
             if let Err(failure) = self.commit(batch, shared).await {
-                *shared.failure.lock() = Some(failure);
-                shared.settled.notify_all();
-                // Completions appended from now on are dropped by `push`; those queued meanwhile
-                // here.
-                shared.queue.lock().clear();
+                shared.fail(failure);
                 return;
             }
         }
     }
 
-    /// Packs a batch's records into messages, publishes them pipelined, and runs the
-    /// completions in order as each message's acknowledgement comes; a message not
-    /// acknowledged is published again, in order, until [`RETRY_FOR`] has passed.
+    /// Packs a batch's records into messages and publishes them one after the other, each once
+    /// the one before is acknowledged, running the completions in order as the
+    /// acknowledgements come; a message not acknowledged is published again until
+    /// [`RETRY_FOR`] has passed. (Publishing the next message before the last one is
+    /// acknowledged would let it land behind another writer's message when the last one is
+    /// refused: a chain of expected sequences only fences the message whose predecessor is
+    /// known.)
     async fn commit(&mut self, batch: Vec<Entry>, shared: &Shared) -> Result<(), StorageFailure> {
-        let (ready, mut messages) = pack(batch);
+        let (ready, messages) = pack(batch);
         // Barriers with no record before them in the batch: everything earlier is durable.
         ready.into_iter().for_each(|then| then());
-        while !messages.is_empty() {
-            let rest = messages.split_off(messages.len().min(MESSAGES_IN_FLIGHT_MAX));
-            let mut acks = Vec::with_capacity(messages.len());
-            for (i, message) in messages.iter().enumerate() {
-                acks.push(self.publish(message.payload.clone(), self.last + i as u64).await);
+        for message in messages {
+            if shared.failed() {
+                // Halted: nothing more is published.
+                return Err(StorageFailure::OutcomeUnknown);
             }
-            for (message, first) in messages.into_iter().zip(acks) {
-                self.settle(first, message.payload).await?;
-                message.completions.into_iter().for_each(|then| then());
-                *shared.acknowledged.lock() += message.records;
-                shared.settled.notify_all();
-            }
-            messages = rest;
+            let first = self.publish(message.payload.clone(), self.last).await;
+            self.settle(first, message.payload).await?;
+            message.completions.into_iter().for_each(|then| then());
+            *shared.acknowledged.lock() += message.records;
+            shared.settled.notify_all();
         }
         Ok(())
+    }
+
+    /// What a refused retry proves. Another writer's message is where this one's should be;
+    /// `Deposed` (none of this writer's unacknowledged messages is in the stream) is claimed
+    /// only once the stream after the last acknowledged message is read and none of them is
+    /// there. If one is, or the stream cannot be read, the outcome is unknown.
+    async fn deposed(&self) -> StorageFailure {
+        let ours = format!("{:x}-", self.epoch);
+        let Ok(stream) = self.js.get_stream(&self.stream).await else { return StorageFailure::OutcomeUnknown };
+        let mut sequence = self.last + 1;
+        loop {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    let id = message.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()).unwrap_or_default();
+                    if id.starts_with(&ours) {
+                        return StorageFailure::OutcomeUnknown;
+                    }
+                    sequence += 1;
+                }
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    return StorageFailure::Deposed
+                }
+                Err(_) => return StorageFailure::OutcomeUnknown,
+            }
+        }
+    }
+
+    /// Appends an empty message right after the last one read: it fences off any writer that
+    /// appended from an earlier view of the stream.
+    async fn fence(&mut self) -> Result<(), String> {
+        let ack = self.publish(Bytes::from_static(&[MESSAGE_FORMAT]), self.last).await;
+        match ack.map_err(|kind| format!("{kind:?}"))?.await {
+            Ok(ack) if ack.sequence == self.last + 1 => {
+                self.last += 1;
+                Ok(())
+            }
+            Ok(ack) => Err(format!("the fence landed at {}, not {}", ack.sequence, self.last + 1)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Sends one publish aimed at the position after `after`.
@@ -431,7 +516,7 @@ impl Writer {
                 // Published again right behind its predecessor, now acknowledged: another writer
                 // appended at this position. This one is deposed, and the log proves that none
                 // of its unacknowledged records is in it.
-                Err(PublishErrorKind::WrongLastSequence) if retried => return Err(StorageFailure::Deposed),
+                Err(PublishErrorKind::WrongLastSequence) if retried => return Err(self.deposed().await),
                 // A first publish may have been refused only because a predecessor had not
                 // landed yet: published again below.
                 Err(PublishErrorKind::WrongLastSequence) => {}

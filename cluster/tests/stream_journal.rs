@@ -119,23 +119,23 @@ async fn a_nats_node_dies_and_nothing_acknowledged_is_lost() {
     engine.shutdown().await;
 }
 
-/// Two writers open an empty journal: the first to append wins, and the second is deposed at
-/// its first append (an empty stream is fenced too).
+/// Two writers open an empty journal: opening fences, so the later one is the owner and the
+/// earlier one is deposed at its first append, which is nowhere in the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_owners_of_an_empty_journal_cannot_both_append() {
+async fn the_later_of_two_owners_of_an_empty_journal_fences_the_earlier() {
     let _serial = one_at_a_time().await;
     let Some(cluster) = cluster() else { return };
     let spec = spec("empty");
     let first = engine_on(&cluster.urls(), &spec);
     let second = engine_on(&cluster.urls(), &spec);
-    first.deposit(OpId(1), UserId(7), Amount::fen(100)).await.unwrap();
-    let refused = second.deposit(OpId(2), UserId(8), Amount::fen(5)).await;
+    let refused = first.deposit(OpId(1), UserId(7), Amount::fen(100)).await;
     assert!(matches!(refused, Err(WalletError::Unavailable)), "{refused:?}");
-    assert_eq!(second.health(), Health::Failed { failure: Failure::Storage(StorageFailure::Deposed) });
-    first.shutdown().await;
+    assert_eq!(first.health(), Health::Failed { failure: Failure::Storage(StorageFailure::Deposed) });
+    second.deposit(OpId(2), UserId(8), Amount::fen(5)).await.unwrap();
+    second.shutdown().await;
     drop((first, second));
     let third = engine_on(&cluster.urls(), &spec);
-    assert_eq!(third.balance(UserId(7)).await.unwrap().as_fen(), 100);
-    assert_eq!(third.balance(UserId(8)).await.unwrap().as_fen(), 0, "the deposed writer's deposit is nowhere");
+    assert_eq!(third.balance(UserId(7)).await.unwrap().as_fen(), 0, "the deposed writer's deposit is nowhere");
+    assert_eq!(third.balance(UserId(8)).await.unwrap().as_fen(), 5);
     third.shutdown().await;
 }
