@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! - [`stream_journal`]: a partition's journal as a JetStream stream, replicated, with one
-//!   writer enforced by the stream (a deposed owner's appends fail), group commit as pipelined
-//!   publishes, and retries made safe by deduplication.
+//!   writer enforced by the stream (opening fences it; a deposed owner's appends fail), group
+//!   commit as batched publishes, and retries made safe by deduplication.
 //! - [`lease`]: a partition's ownership as a lease in a JetStream key-value bucket
 //!   (revision-checked renewals, a TTL).
 //! - [`node`]: a node's hold on a partition: wait for the lease, rebuild from the stream, serve,

@@ -5,8 +5,8 @@
 //!
 //! The engine appends and moves on; a writer thread of the journal's own takes everything
 //! appended so far as one batch, packs its records into messages of up to 256 KiB and
-//! publishes them in order, pipelined (group commit becomes batched publishes: one
-//! acknowledgement for many records). A record's completion runs once JetStream has
+//! publishes them in order, each once the one before is acknowledged (group commit becomes
+//! batched publishes: one acknowledgement for many records). A record's completion runs once JetStream has
 //! acknowledged its message, which for a stream of three replicas means a quorum of two stored
 //! it; completions run in append order, barriers among them.
 //!
