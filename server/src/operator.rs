@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use hongbao::{audit_journal_with_progress, Amount, JournalError, OpQuery, OrgId};
+use hongbao::{audit_journal_with_progress, Amount, Audit, JournalError, OpQuery, OrgId};
 use serde_json::json;
 
 /// `hongbao audit DIR`: verify, print, and exit 0 when all holds.
@@ -14,11 +14,7 @@ pub fn run_audit(dir: &std::path::Path, json: bool, share_fen_max: u64) -> ExitC
     } else {
         print_human(&report);
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    exit(ok)
 }
 
 /// `hongbao audit --cluster`: the partition's stream read from the cluster (nothing written),
@@ -30,10 +26,6 @@ pub fn run_cluster_audit(urls: &str, stream: &hongbao_cluster::StreamSpec, json:
     let (ok, doc) = match report {
         Ok(r) => {
             let a = &r.audit;
-            let mut problems = a.violations.clone();
-            if !a.is_conserved() {
-                problems.push("not conserved: wallets + escrow + pending != deposits - withdrawals".to_string());
-            }
             let doc = json!({
                 "ok": a.is_balanced(),
                 "cluster": urls,
@@ -41,14 +33,8 @@ pub fn run_cluster_audit(urls: &str, stream: &hongbao_cluster::StreamSpec, json:
                 "records": r.records,
                 "packets": { "open": r.packets_open, "closed": r.packets_closed },
                 "transfers": { "pending": r.transfers_pending },
-                "totals_fen": {
-                    "wallets": a.wallets.as_fen(),
-                    "escrow": a.escrow.as_fen(),
-                    "pending": a.pending.as_fen(),
-                    "deposits": a.deposits.as_fen(),
-                    "withdrawals": a.withdrawals.as_fen(),
-                },
-                "problems": problems,
+                "totals_fen": totals_fen(a),
+                "problems": problems(a),
             });
             (a.is_balanced(), doc)
         }
@@ -59,29 +45,16 @@ pub fn run_cluster_audit(urls: &str, stream: &hongbao_cluster::StreamSpec, json:
     } else if let Some(e) = doc.get("error") {
         println!("FAILED: {}", e.as_str().unwrap_or("?"));
     } else {
-        let t = &doc["totals_fen"];
-        let fen = |v: &serde_json::Value| Amount::fen(v.as_u64().unwrap_or(0)).to_string();
         println!("stream       {} on {urls}", stream.stream);
         println!("records      {}", doc["records"]);
         println!("packets      {} open, {} closed", doc["packets"]["open"], doc["packets"]["closed"]);
-        println!(
-            "money        wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
-            fen(&t["wallets"]),
-            fen(&t["escrow"]),
-            fen(&t["pending"]),
-            fen(&t["deposits"]),
-            fen(&t["withdrawals"])
-        );
+        print_money(&doc["totals_fen"]);
         match doc["problems"].as_array().filter(|p| !p.is_empty()) {
             None => println!("verdict      ok: replay, conservation, every packet and every lucky share hold"),
             Some(problems) => problems.iter().for_each(|p| println!("PROBLEM      {}", p.as_str().unwrap_or("?"))),
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    exit(ok)
 }
 
 pub fn log(dir: &std::path::Path, org: OrgId, query: &OpQuery, json: bool) -> ExitCode {
@@ -195,13 +168,6 @@ fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value)
         Err(e) => return (false, json!({ "ok": false, "dir": dir, "error": e.to_string() })),
     };
     let a = &report.audit;
-    let mut problems = a.violations.clone();
-    if !a.is_conserved() {
-        problems.push(format!(
-            "not conserved: wallets {} + escrow {} + pending {} != deposits {} - withdrawals {}",
-            a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
-        ));
-    }
     let json = json!({
         "ok": report.is_ok(),
         "dir": dir,
@@ -217,20 +183,58 @@ fn audit(dir: &std::path::Path, share_fen_max: u64) -> (bool, serde_json::Value)
             "cancelled": report.packets_cancelled,
         },
         "transfers": { "pending": report.transfers_pending, "settled": report.transfers_settled },
-        "totals_fen": {
-            "wallets": a.wallets.as_fen(),
-            "escrow": a.escrow.as_fen(),
-            "pending": a.pending.as_fen(),
-            "deposits": a.deposits.as_fen(),
-            "withdrawals": a.withdrawals.as_fen(),
-        },
-        "problems": problems,
+        "totals_fen": totals_fen(a),
+        "problems": problems(a),
     });
     (report.is_ok(), json)
 }
 
-fn print_human(report: &serde_json::Value) {
+/// What broke: the audit's violations, and conservation if it fails.
+fn problems(a: &Audit) -> Vec<String> {
+    let mut problems = a.violations.clone();
+    if !a.is_conserved() {
+        problems.push(format!(
+            "not conserved: wallets {} + escrow {} + pending {} != deposits {} - withdrawals {}",
+            a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
+        ));
+    }
+    problems
+}
+
+/// The two sides of the conservation equation, in fen.
+fn totals_fen(a: &Audit) -> serde_json::Value {
+    json!({
+        "wallets": a.wallets.as_fen(),
+        "escrow": a.escrow.as_fen(),
+        "pending": a.pending.as_fen(),
+        "deposits": a.deposits.as_fen(),
+        "withdrawals": a.withdrawals.as_fen(),
+    })
+}
+
+/// The money line of a report's `totals_fen`.
+fn print_money(t: &serde_json::Value) {
     let fen = |v: &serde_json::Value| Amount::fen(v.as_u64().unwrap_or(0)).to_string();
+    println!(
+        "money        wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
+        fen(&t["wallets"]),
+        fen(&t["escrow"]),
+        fen(&t["pending"]),
+        fen(&t["deposits"]),
+        fen(&t["withdrawals"])
+    );
+}
+
+/// Exit 0 when the audit passed.
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_human(report: &serde_json::Value) {
     if let Some(bad) = report.get("first_bad_record") {
         println!(
             "FAILED: first bad record is record {} in {} at byte {}: {}",
@@ -257,15 +261,7 @@ fn print_human(report: &serde_json::Value) {
     );
     let tr = &report["transfers"];
     println!("transfers    {} pending, {} settled", tr["pending"], tr["settled"]);
-    let t = &report["totals_fen"];
-    println!(
-        "money        wallets {} + escrow {} + pending {} = deposits {} - withdrawals {}",
-        fen(&t["wallets"]),
-        fen(&t["escrow"]),
-        fen(&t["pending"]),
-        fen(&t["deposits"]),
-        fen(&t["withdrawals"])
-    );
+    print_money(&report["totals_fen"]);
     let problems = report["problems"].as_array().cloned().unwrap_or_default();
     if problems.is_empty() {
         println!(
