@@ -27,6 +27,17 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Runs the load tool with `args` and `--json` into `dir`, asserts it passed, and returns what
+/// it printed and its report.
+fn run_json(dir: &Path, args: &[&str]) -> (String, String, serde_json::Value) {
+    let json = dir.join("report.json");
+    let out = loadtest(&[args, &["--json", json.to_str().unwrap()]].concat());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    (stdout, stderr, read_json(&json))
+}
+
 #[test]
 fn small_storm_passes_and_writes_its_files() {
     let _serial = one_at_a_time();
@@ -194,27 +205,14 @@ fn same_storm_against_redis_side_by_side() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The retire scenario runs end to end and reports its memory figures (the growth bound itself
-/// is judged on a release build: see BENCHMARKS.md); it refuses a Redis target.
+/// Every transfer settles once, by a request or by its deadline; the deadlines are timed; a
+/// Redis target is refused.
 #[test]
 fn transfers_scenario_settles_every_transfer_and_times_the_deadlines() {
     let _serial = one_at_a_time();
     let dir = scratch("transfers");
-    let json = dir.join("r.json");
-    let out = loadtest(&[
-        "--scenario",
-        "transfers",
-        "--transfers",
-        "2000",
-        "--members",
-        "50",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, _, j) = run_json(&dir, &["--scenario", "transfers", "--transfers", "2000", "--members", "50"]);
     assert!(stdout.contains("transfers sent/s") && stdout.contains("deadlines "), "{stdout}");
-    let j = read_json(&json);
     assert_eq!(j["replies"]["transfer_sent"], 2_000, "{j}");
     assert_eq!(j["ok"], true, "{j}");
     let moved: u64 = ["accepted", "declined", "recalled"].iter().map(|k| j["replies"][k].as_u64().unwrap_or(0)).sum();
@@ -250,6 +248,8 @@ fn fairness_scenario_reports_both_rules_by_position() {
     assert!(dm[9]["best_luck"].as_f64().unwrap() > dm[4]["best_luck"].as_f64().unwrap() + 0.02, "{j}");
 }
 
+/// The retire scenario runs end to end and reports its memory figures (the growth bound itself
+/// is judged on a release build: see BENCHMARKS.md); it refuses a Redis target.
 #[test]
 fn retire_scenario_reports_its_memory() {
     let _serial = one_at_a_time();
@@ -415,23 +415,8 @@ fn every_target_is_reached_before_any_runs() {
 fn open_loop_at_a_low_rate_measures_the_target_not_the_timer() {
     let _serial = one_at_a_time();
     let dir = scratch("low-rate");
-    let json = dir.join("r.json");
-    let out = loadtest(&[
-        "--scenario",
-        "hot",
-        "--members",
-        "1000",
-        "--rounds",
-        "1",
-        "--warmup",
-        "0",
-        "--rate",
-        "1000",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j = read_json(&json);
+    let args = ["--scenario", "hot", "--members", "1000", "--rounds", "1", "--warmup", "0", "--rate", "1000"];
+    let (_, _, j) = run_json(&dir, &args);
     let (corrected, uncorrected) = (&j["latency_us"]["corrected"], &j["latency_us"]["uncorrected"]);
     let (c50, u50) = (corrected["p50"].as_u64().unwrap(), uncorrected["p50"].as_u64().unwrap());
     assert!(c50 <= 2 * u50 + 100, "corrected p50 {c50} µs against uncorrected {u50} µs: {j}");
@@ -540,8 +525,7 @@ fn a_refusal_carries_the_targets_reason() {
 fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
     let _serial = one_at_a_time();
     let dir = scratch("echo");
-    let json = dir.join("r.json");
-    let out = loadtest(&[
+    let args = [
         "--scenario",
         "mixed",
         "--groups",
@@ -552,11 +536,8 @@ fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
         "3",
         "--progress-every-secs",
         "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    ];
+    let (stdout, stderr, j) = run_json(&dir, &args);
     let echo = stdout.lines().find(|l| l.starts_with("parameters")).unwrap_or_else(|| panic!("{stdout}"));
     for part in ["connections 64", "duration_secs 3", "journal in memory", "targets embedded", "threads ", "arbiters "]
     {
@@ -566,7 +547,7 @@ fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
     let columns: Vec<&str> = header.split_whitespace().skip(2).collect();
     assert_eq!(columns, ["mean", "stdev", "min", "p50", "p90", "p95", "p99", "p99.9", "p99.99", "max"], "{header}");
     assert!(stdout.contains("  corrected ") && stdout.contains("  uncorrected "), "{stdout}");
-    let j = read_json(&json);
+
     for field in ["mean", "stdev", "min", "p95"] {
         assert!(j["latency_us"]["corrected"][field].is_number(), "{field}: {j}");
     }
@@ -587,8 +568,7 @@ fn the_report_echoes_its_parameters_and_progress_is_shown_without_a_terminal() {
 fn recall_scenario_races_the_admin_against_the_grabs() {
     let _serial = one_at_a_time();
     let dir = scratch("recall");
-    let json = dir.join("r.json");
-    let out = loadtest(&[
+    let args = [
         "--scenario",
         "recall",
         "--groups",
@@ -601,12 +581,8 @@ fn recall_scenario_races_the_admin_against_the_grabs() {
         "5",
         "--warmup",
         "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j = read_json(&json);
+    ];
+    let (_, _, j) = run_json(&dir, &args);
     assert_eq!(j["ok"], true, "{j}");
     let count = |kind: &str| j["replies"][kind].as_u64().unwrap_or(0);
     // The grabs, apart from the recalls.
@@ -634,12 +610,7 @@ fn recall_scenario_races_the_admin_against_the_grabs() {
 fn a_met_rate_makes_exactly_the_slots_of_its_duration() {
     let _serial = one_at_a_time();
     let dir = scratch("slots");
-    let json = dir.join("r.json");
-    let run = |args: &[&str]| {
-        let out = loadtest(&[args, &["--json", json.to_str().unwrap()]].concat());
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        read_json(&json)
-    };
+    let run = |args: &[&str]| run_json(&dir, args).2;
     // 100 slots a second for 2 s, over rounds of 30 grabs.
     let j = run(&["--scenario", "hot", "--members", "30", "--warmup", "1", "--rate", "100", "--duration-secs", "2"]);
     assert_eq!((j["requests"].as_u64(), j["schedule"]["dropped"].as_u64()), (Some(200), Some(0)), "{j}");
