@@ -235,7 +235,7 @@ impl Journal for StreamJournal {
     fn flush(&self) {
         let target = self.shared.appended.load(Ordering::Acquire);
         let mut acknowledged = self.shared.acknowledged.lock();
-        while *acknowledged < target && self.shared.failure.lock().is_none() {
+        while *acknowledged < target && !self.shared.failed() {
             self.shared.settled.wait_for(&mut acknowledged, Duration::from_millis(100));
         }
     }
