@@ -431,7 +431,12 @@ impl Writer {
                 return Err(StorageFailure::OutcomeUnknown);
             }
             let first = self.publish(message.payload.clone(), self.last).await;
-            self.settle(first, message.payload).await?;
+            if let Err(failure) = self.settle(first, message.payload).await {
+                // The failure is known before the message's completions are dropped: a caller
+                // whose reply is lost then asks the journal what became of it, and must be told.
+                shared.fail(failure);
+                return Err(failure);
+            }
             message.completions.into_iter().for_each(|then| then());
             *shared.acknowledged.lock() += message.records;
             shared.settled.notify_all();
