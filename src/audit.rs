@@ -3,8 +3,9 @@
 //! `hongbao audit` command prints).
 //!
 //! Conservation is one function, [`Audit::is_balanced`]:
-//! `wallets + escrow + pending = deposits - withdrawals`, computed in `u128` so that no sum
-//! can overflow.
+//! `wallets + escrow + pending + remitted = deposits - withdrawals + received`, computed in
+//! `u128` so that no sum can overflow (`remitted` and `received` are the money sent to and
+//! received from other partitions, zero in an unpartitioned engine).
 
 use std::path::{Path, PathBuf};
 
@@ -12,12 +13,14 @@ use crate::clock::Timestamp;
 use crate::journal::{format, reader, JournalError, Progress};
 use crate::money::Amount;
 use crate::packet::check_view;
+use crate::partition::Flow;
 use crate::replay::Replica;
+use std::collections::BTreeMap;
 
 /// Both sides of the conservation equation, and every invariant violation found.
 ///
 /// At a quiescent point (no request in flight),
-/// `wallets + escrow + pending == deposits - withdrawals`.
+/// `wallets + escrow + pending + remitted == deposits - withdrawals + received`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -32,6 +35,15 @@ pub struct Audit {
     pub deposits: Amount,
     /// Sum of withdrawals.
     pub withdrawals: Amount,
+    /// Sum of the remittances sent to other partitions (shares won here by members whose
+    /// wallets are elsewhere).
+    pub remitted: Amount,
+    /// Sum of the remittances received from other partitions and applied here.
+    pub received: Amount,
+    /// Remittances sent, by receiving partition.
+    pub sent_to: Vec<crate::partition::Flow>,
+    /// Remittances received, by sending partition.
+    pub received_from: Vec<crate::partition::Flow>,
     /// Packets open or cooling off (not sold out, expired or cancelled).
     pub packets_live: usize,
     /// Packets closed: sold out, expired or cancelled.
@@ -52,6 +64,8 @@ pub(crate) struct Sums {
     pub pending: u128,
     pub deposits: u128,
     pub withdrawals: u128,
+    pub remitted: u128,
+    pub received: u128,
 }
 
 impl Audit {
@@ -69,6 +83,10 @@ impl Audit {
             pending: fen(sums.pending, "pending"),
             deposits: fen(sums.deposits, "deposits"),
             withdrawals: fen(sums.withdrawals, "withdrawals"),
+            remitted: fen(sums.remitted, "remitted"),
+            received: fen(sums.received, "received"),
+            sent_to: Vec::new(),
+            received_from: Vec::new(),
             packets_live,
             packets_closed,
             transfers_pending: 0,
@@ -84,17 +102,23 @@ impl Audit {
         self
     }
 
+    /// This audit with the flows between its partition and the others.
+    pub(crate) fn with_flows(mut self, (sent_to, received_from): (Vec<Flow>, Vec<Flow>)) -> Audit {
+        self.sent_to = sent_to;
+        self.received_from = received_from;
+        self
+    }
+
     /// Whether money is conserved and no invariant is broken.
     pub fn is_balanced(&self) -> bool {
         self.is_conserved() && self.violations.is_empty()
     }
 
-    /// Whether `wallets + escrow + pending == deposits - withdrawals`.
+    /// Whether `wallets + escrow + pending + remitted == deposits - withdrawals + received`.
     pub fn is_conserved(&self) -> bool {
-        let held =
-            u128::from(self.wallets.as_fen()) + u128::from(self.escrow.as_fen()) + u128::from(self.pending.as_fen());
-        let net = i128::from(self.deposits.as_fen()) - i128::from(self.withdrawals.as_fen());
-        held as i128 == net
+        let fen = |amounts: &[Amount]| amounts.iter().map(|a| i128::from(a.as_fen())).sum::<i128>();
+        fen(&[self.wallets, self.escrow, self.pending, self.remitted])
+            == fen(&[self.deposits, self.received]) - fen(&[self.withdrawals])
     }
 }
 
@@ -232,14 +256,19 @@ pub struct HistoryAudit {
 
 /// Replays `history` through the engine's own rules, as [`audit_journal`] replays a journal
 /// directory (every lucky claim checked against the share its seed draws, `share_fen_max` the
-/// cap), then checks conservation and every packet's invariants.
+/// cap), then checks conservation and every packet's invariants. The history is `partition`'s:
+/// its shares won by members whose wallets are elsewhere count as remitted.
 ///
 /// # Errors
 ///
 /// The first record that contradicts the ones before it, counted from 1, or why the history
 /// could not be read.
-pub fn audit_history(history: &dyn crate::History, share_fen_max: u64) -> Result<HistoryAudit, String> {
-    let mut replica = Replica::new(share_fen_max);
+pub fn audit_history(
+    history: &dyn crate::History,
+    partition: crate::Partition,
+    share_fen_max: u64,
+) -> Result<HistoryAudit, String> {
+    let mut replica = Replica::new(share_fen_max).with_partition(partition);
     let mut records = 0u64;
     history.replay(&mut |record| {
         records += 1;
@@ -259,18 +288,114 @@ pub fn audit_history(history: &dyn crate::History, share_fen_max: u64) -> Result
 pub(crate) fn replica_audit(replica: &Replica) -> Audit {
     let (wallets, escrow, pending) = replica.held();
     let totals = replica.ledger.totals();
+    let (remitted, received) = replica.remittances.totals();
     let sums = Sums {
         wallets,
         escrow,
         pending,
         deposits: u128::from(totals.deposited),
         withdrawals: u128::from(totals.withdrawn),
+        remitted,
+        received,
     };
     let violations = replica.packets.values().filter_map(|p| check_view(&p.view()).err()).collect();
     let c = replica.packet_counts();
     let (pending, settled) = replica.transfer_counts();
     let closed = c.sold_out + c.expired + c.cancelled + c.recalled;
-    Audit::new(sums, c.open + c.cooling_off, closed, violations).with_transfers(pending, settled)
+    Audit::new(sums, c.open + c.cooling_off, closed, violations)
+        .with_transfers(pending, settled)
+        .with_flows(replica.remittances.flows())
+}
+
+/// Conservation over a cluster: every partition's audit, and the remittances between them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct ClusterAudit {
+    /// Partitions audited.
+    pub partitions: usize,
+    /// Sum of wallet balances.
+    pub wallets: Amount,
+    /// Sum of open packets' escrow.
+    pub escrow: Amount,
+    /// Sum of money held on its way inside partitions (pending transfers, packets cooling off).
+    pub pending: Amount,
+    /// Remittances sent and not yet applied by their receiver.
+    pub in_flight: Amount,
+    /// How many.
+    pub in_flight_count: u64,
+    /// Sum of deposits.
+    pub deposits: Amount,
+    /// Sum of withdrawals.
+    pub withdrawals: Amount,
+    /// Every broken invariant, described (each partition's, prefixed by its index).
+    pub violations: Vec<String>,
+}
+
+impl ClusterAudit {
+    /// The audit of a whole cluster from each partition's audit, by index. A partition that is
+    /// not conserved, or a pair of partitions where more arrived than left, is a violation.
+    pub fn of(audits: &[(u32, Audit)]) -> ClusterAudit {
+        let mut violations = Vec::new();
+        let (mut wallets, mut escrow, mut pending, mut deposits, mut withdrawals) = (0u128, 0u128, 0u128, 0u128, 0u128);
+        let mut sent: BTreeMap<(u32, u32), Flow> = BTreeMap::new();
+        let mut received: BTreeMap<(u32, u32), Flow> = BTreeMap::new();
+        for (index, audit) in audits {
+            violations.extend(audit.violations.iter().map(|v| format!("partition {index}: {v}")));
+            if !audit.is_conserved() {
+                violations.push(format!("partition {index} is not conserved"));
+            }
+            wallets += u128::from(audit.wallets.as_fen());
+            escrow += u128::from(audit.escrow.as_fen());
+            pending += u128::from(audit.pending.as_fen());
+            deposits += u128::from(audit.deposits.as_fen());
+            withdrawals += u128::from(audit.withdrawals.as_fen());
+            sent.extend(audit.sent_to.iter().map(|f| ((*index, f.peer), *f)));
+            received.extend(audit.received_from.iter().map(|f| ((f.peer, *index), *f)));
+        }
+        let (mut in_flight, mut in_flight_count) = (0u128, 0u64);
+        for (&(from, to), out) in &sent {
+            let back = received.get(&(from, to)).copied().unwrap_or_default();
+            match (out.count.checked_sub(back.count), out.amount.checked_sub(back.amount)) {
+                (Some(count), Some(amount)) => {
+                    in_flight_count += count;
+                    in_flight += u128::from(amount.as_fen());
+                }
+                _ => violations.push(format!("partition {to} received more from {from} than it sent")),
+            }
+        }
+        for (from, to) in received.keys().filter(|pair| !sent.contains_key(pair)) {
+            violations.push(format!("partition {to} received from {from}, which sent it nothing"));
+        }
+        let mut fen = |sum: u128, what: &str| {
+            u64::try_from(sum).map(Amount::fen).unwrap_or_else(|_| {
+                violations.push(format!("{what} overflows u64 fen"));
+                Amount::ZERO
+            })
+        };
+        ClusterAudit {
+            partitions: audits.len(),
+            wallets: fen(wallets, "wallets"),
+            escrow: fen(escrow, "escrow"),
+            pending: fen(pending, "pending"),
+            in_flight: fen(in_flight, "in flight"),
+            in_flight_count,
+            deposits: fen(deposits, "deposits"),
+            withdrawals: fen(withdrawals, "withdrawals"),
+            violations,
+        }
+    }
+
+    /// Whether `wallets + escrow + pending + in flight == deposits − withdrawals` over the
+    /// cluster and nothing is broken.
+    pub fn is_balanced(&self) -> bool {
+        let held = [self.wallets, self.escrow, self.pending, self.in_flight]
+            .iter()
+            .map(|a| u128::from(a.as_fen()))
+            .sum::<u128>();
+        let net = i128::from(self.deposits.as_fen()) - i128::from(self.withdrawals.as_fen());
+        self.violations.is_empty() && held as i128 == net
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +404,7 @@ mod tests {
 
     #[test]
     fn conservation_holds_only_when_both_sides_agree() {
-        let sums = Sums { wallets: 70, escrow: 20, pending: 10, deposits: 150, withdrawals: 50 };
+        let sums = Sums { wallets: 70, escrow: 20, pending: 10, deposits: 150, withdrawals: 50, ..Sums::default() };
         assert!(Audit::new(sums, 0, 0, vec![]).is_balanced());
         assert!(!Audit::new(Sums { escrow: 21, ..sums }, 0, 0, vec![]).is_balanced());
         assert!(!Audit::new(sums, 0, 0, vec!["broken".into()]).is_balanced());

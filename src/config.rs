@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::journal::{Durability, FileJournalConfig, History, Journal, MemoryJournal};
 use crate::limits::Limits;
+use crate::partition::Partition;
 
 /// An engine's configuration. `Config::default()` is the embedded default: system clock,
 /// in-memory journal, one arbiter per core, product limits.
@@ -41,6 +42,10 @@ pub struct Config {
     /// Seeds every packet's lucky draw from this and the packet id, for reproducible runs.
     /// `None` (the default) draws each packet's seed from the operating system.
     pub seed: Option<u64>,
+    /// Which partition of a cluster this engine serves (default: the whole, unpartitioned).
+    /// Shares won here by members whose wallets are in another partition leave as
+    /// [`crate::Remittance`]s.
+    pub partition: Partition,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             journal_dir: None,
             history: None,
             seed: None,
+            partition: Partition::whole(),
         }
     }
 }
@@ -93,6 +99,12 @@ impl Config {
         self
     }
 
+    /// This configuration serving `partition` of a cluster.
+    pub fn with_partition(mut self, partition: Partition) -> Config {
+        self.partition = partition;
+        self
+    }
+
     /// This configuration with a fixed seed for every packet's lucky draw.
     pub fn with_seed(mut self, seed: u64) -> Config {
         self.seed = Some(seed);
@@ -108,6 +120,7 @@ impl fmt::Debug for Config {
             .field("wallet_shards", &self.wallet_shards)
             .field("clock", &self.clock)
             .field("journal_dir", &self.journal_dir)
+            .field("partition", &self.partition)
             .field("seed", &self.seed)
             .finish_non_exhaustive()
     }

@@ -37,6 +37,7 @@ use crate::oplog::{OpPage, OpQuery};
 use crate::org::{OrgBook, OrgView};
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
 use crate::packet_actor::{self, AdminRecall, Cancel, Decide, Grab, Grabbed, Inspect, Query};
+use crate::partition::{Partition, Remittance, RemittanceError, REMITTANCES_PER_CALL_MAX};
 use crate::parts::{settle_send, Inner, Lifetime, Retired};
 use crate::placement;
 use crate::record::{ApprovalId, CoolingOff, Guardian, NewOrg, NewPacket, NewTransfer, PacketSent, Policy};
@@ -95,6 +96,21 @@ impl std::fmt::Debug for Engine {
             .field("wallet_shards", &self.inner.wallets.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Checks that a send of `sender` whose id (or receiver) `placed` puts in a partition stays in
+/// `partition`: `Err((placed, sender's))` if it would cross. A sender elsewhere is left to
+/// their wallet's refusal (`Elsewhere`).
+fn keep_in_partition(
+    partition: Partition,
+    sender: UserId,
+    placed: impl Fn(Partition) -> u32,
+) -> Result<(), (u32, u32)> {
+    let (placed, from) = (placed(partition), partition.of_user(sender));
+    if from == partition.index() && placed != from {
+        return Err((placed, from));
+    }
+    Ok(())
 }
 
 /// What an engine holds at one moment, for gauges ([`Engine::gauges`]).
@@ -290,6 +306,8 @@ impl Engine {
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
         let limits = &inner.limits;
+        keep_in_partition(inner.outbox.partition(), spec.sender, |p| p.of_packet(spec.id))
+            .map_err(|(placed, sender)| SendError::CrossPartition { placed, sender })?;
         // A retry is answered from the packet it retries, before anything that may have changed
         // since its first send (the roster, the limits) is checked again: it was sent.
         if let Some(route) = inner.routes.get(spec.id) {
@@ -391,8 +409,8 @@ impl Engine {
             let (reply, rx) = oneshot::channel();
             match runtime::tell(&live.addr, Query(reply)) {
                 Ok(()) => {}
-                Err(Refused::Full) => return Err(EngineError::Busy),
                 Err(Refused::Closed) => continue,
+                Err(refused) => return Err(refused.into()),
             }
             if let Ok(view) = rx.await {
                 return Ok(view);
@@ -477,6 +495,13 @@ impl Engine {
     /// ```
     pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
+        let partition = inner.outbox.partition();
+        for placed in
+            [|p: Partition, s: &NewTransfer| p.of_transfer(s.id), |p: Partition, s: &NewTransfer| p.of_user(s.to)]
+        {
+            keep_in_partition(partition, spec.from, |p| placed(p, &spec))
+                .map_err(|(placed, sender)| TransferError::CrossPartition { placed, sender })?;
+        }
         // The org's rules for this sender now; the shard uses them only for a new transfer (a
         // retry is answered from the transfer it retries, whatever changed since).
         let org = match spec.org {
@@ -676,8 +701,9 @@ impl Engine {
             let (reply, rx) = oneshot::channel();
             match runtime::tell(&live.addr, message(reply)) {
                 Ok(()) => {}
-                Err(Refused::Full) => return Err(busy),
                 Err(Refused::Closed) => continue,
+                // Full: a packet's mailbox is never in another partition.
+                Err(_) => return Err(busy),
             }
             match rx.await {
                 Ok(result) => return result,
@@ -909,7 +935,70 @@ impl Engine {
             sums.deposits += u128::from(t.deposited);
             sums.withdrawals += u128::from(t.withdrawn);
         }
-        Ok(Audit::new(sums, live, closed, violations).with_transfers(held.pending, held.settled))
+        (sums.remitted, sums.received) = inner.outbox.totals();
+        let audit = Audit::new(sums, live, closed, violations).with_transfers(held.pending, held.settled);
+        Ok(audit.with_flows(inner.outbox.flows()))
+    }
+
+    /// The partition of a cluster this engine serves ([`Config::with_partition`]).
+    pub fn partition(&self) -> Partition {
+        self.inner.outbox.partition()
+    }
+
+    /// Up to `max` remittances to partition `to` that are durable here and not yet
+    /// acknowledged, oldest first: what a relay carries to `to` and hands to its
+    /// [`Engine::receive`]. They stay until [`Engine::acknowledge`]; after a restart, every
+    /// remittance not acknowledged before is here again, with its number.
+    pub fn outbox(&self, to: u32, max: usize) -> Vec<Remittance> {
+        self.inner.outbox.pending(to, max)
+    }
+
+    /// Partition `to` has applied every remittance from here up to number `through`: they
+    /// leave the outbox.
+    pub fn acknowledge(&self, to: u32, through: u64) {
+        self.inner.outbox.acknowledge(to, through);
+    }
+
+    /// Applies remittances from other partitions: each credits its wallet here once, in the
+    /// order of its sender's numbers; a number applied before is a repeat and changes nothing.
+    /// Returns once every fresh one is durable and credited.
+    ///
+    /// # Errors
+    ///
+    /// `Misrouted` (not for this partition, or for a wallet it does not hold), `Gap` (a number
+    /// skipped), `TooMany` (more than [`REMITTANCES_PER_CALL_MAX`]): nothing changes then.
+    /// `ShuttingDown`, `Unavailable`, `OutcomeUnknown` (send them again once it runs).
+    pub async fn receive(&self, batch: &[Remittance]) -> Result<(), RemittanceError> {
+        let inner = self.inner()?;
+        if batch.len() > REMITTANCES_PER_CALL_MAX {
+            return Err(RemittanceError::TooMany { count: batch.len(), max: REMITTANCES_PER_CALL_MAX });
+        }
+        let wallets = Arc::clone(&inner.wallets);
+        inner.outbox.receive(&*inner.journal, batch, move |credit| wallets.credit(credit))?;
+        let (tx, rx) = oneshot::channel();
+        crate::journal::reply_after_barrier(&*inner.journal, tx, ());
+        rx.await.map_err(|_| RemittanceError::from(inner.lost()))
+    }
+
+    /// The highest number of the remittances from partition `from` durable and credited here:
+    /// a relay starts after it.
+    pub fn received_from(&self, from: u32) -> u64 {
+        self.inner.outbox.received_from(from)
+    }
+
+    /// Resolves once `remittance` is durable and credited here ([`Grabbed::remitted`]): a
+    /// balance read after it sees the share, so a grabber whose wallet is in this partition
+    /// reads their own writes. It waits as long as the remittance takes to arrive: bound it
+    /// with a timeout.
+    ///
+    /// # Errors
+    ///
+    /// `Misrouted` if it is not for this partition; `ShuttingDown`, `Unavailable`.
+    pub async fn await_remittance(&self, remittance: &Remittance) -> Result<(), RemittanceError> {
+        let inner = self.inner()?;
+        inner.outbox.check_destination(remittance)?;
+        inner.outbox.applied(remittance.from, remittance.seq).await;
+        Ok(())
     }
 
     /// Stops the engine gracefully: new requests are refused with `ShuttingDown`, requests

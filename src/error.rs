@@ -149,6 +149,23 @@ pub enum SendError {
     /// A mailbox on the way is full, or a send with the same id is in progress: try again.
     #[error("busy; try again")]
     Busy,
+    /// The packet's id places it in another partition than its sender's wallet: this version
+    /// keeps a send in one partition, so choose an id in the sender's partition
+    /// ([`crate::Partition::of_packet`]).
+    #[error("the packet is placed in partition {placed}, its sender's wallet in partition {sender}; choose an id in the sender's")]
+    CrossPartition {
+        /// Where the id places the packet.
+        placed: u32,
+        /// The sender's partition.
+        sender: u32,
+    },
+    /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
+    /// its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -195,6 +212,13 @@ pub enum WalletError {
     /// The wallet's mailbox is full: try again shortly.
     #[error("the wallet is busy; try again")]
     Busy,
+    /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
+    /// its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -322,6 +346,22 @@ pub enum TransferError {
     /// A mailbox on the way is full, or a transfer with the same id is being sent: try again.
     #[error("busy; try again")]
     Busy,
+    /// The transfer's id, or its receiver's wallet, is in another partition than the sender's
+    /// wallet (`placed`): this version settles a transfer inside one partition.
+    #[error("the transfer or its receiver is in partition {placed}, the sender in {sender}; a transfer stays in one partition")]
+    CrossPartition {
+        /// The other partition.
+        placed: u32,
+        /// The sender's partition.
+        sender: u32,
+    },
+    /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
+    /// its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -552,6 +592,13 @@ pub enum ApprovalError {
     /// A mailbox on the way is full: try again shortly.
     #[error("busy; try again")]
     Busy,
+    /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
+    /// its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -631,6 +678,13 @@ pub enum EngineError {
     /// A mailbox on the way is full: try again shortly.
     #[error("busy; try again")]
     Busy,
+    /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
+    /// its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

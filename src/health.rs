@@ -18,6 +18,7 @@ use crate::error::{
     ApprovalError, CancelError, EngineError, GrabError, OrgError, RecallError, SendError, TransferError, WalletError,
 };
 use crate::journal::StorageFailure;
+use crate::partition::RemittanceError;
 
 /// What an engine is doing, for a health check (a server's readiness probe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +118,8 @@ from_stopped!(
     CancelError,
     OrgError,
     RecallError,
-    ApprovalError
+    ApprovalError,
+    RemittanceError
 );
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! |---|---|
 //! | `engine` | the [`Engine`] handle: checks what needs no state, routes requests, start and shutdown |
 //! | `parts` | the engine's parts together: start order, health, retirement sweeps, settling sends |
+//! | `outbox` | remittances between partitions: numbered in journal order, held until acknowledged, applied once |
+//! | `partition` | which partition holds a packet, a wallet or a transfer; [`Remittance`]s and their refusals |
 //! | `config` | [`Config`]: limits, threads, clock, journal, seed |
 //! | `routes` | the routing table: packet id → opening / dormant / live actor / closed view, the open count |
 //! | `runtime` | the actix system and arbiters, start and stop order, bounded sends (`Busy`) |
@@ -88,8 +90,10 @@ mod limits;
 mod money;
 mod oplog;
 mod org;
+mod outbox;
 mod packet;
 mod packet_actor;
+mod partition;
 mod parts;
 mod placement;
 mod record;
@@ -112,7 +116,8 @@ pub mod fuzzing;
 mod sim;
 
 pub use audit::{
-    audit_history, audit_journal, audit_journal_with_progress, operation_log, Audit, HistoryAudit, JournalAudit,
+    audit_history, audit_journal, audit_journal_with_progress, operation_log, Audit, ClusterAudit, HistoryAudit,
+    JournalAudit,
 };
 pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use config::Config;
@@ -134,6 +139,9 @@ pub use oplog::{OpKind, OpPage, OpQuery, OperationEntry};
 pub use org::OrgView;
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
+pub use partition::{
+    Flow, InvalidPartition, Partition, Remittance, RemittanceError, PARTITIONS_MAX, REMITTANCES_PER_CALL_MAX,
+};
 pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{

@@ -41,9 +41,12 @@ use crate::error::{ApprovalError, CancelError, GrabError, RecallError};
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
+use crate::ledger::Credit;
 use crate::money::{Amount, IdSet, PacketId, UserId};
 use crate::org::Orgs;
+use crate::outbox::Outbox;
 use crate::packet::{Expiry, Opening, PacketState, PacketStatus, PacketView};
+use crate::partition::Remittance;
 use crate::record::Record;
 use crate::roster::{self, Rosters};
 use crate::timer::{Due, Schedule, Timer};
@@ -65,6 +68,10 @@ pub struct Grabbed {
     pub shares_left: u32,
     /// Escrow left after this one.
     pub remaining: Amount,
+    /// When the winner's wallet is in another partition: the remittance carrying the share
+    /// there. Await it in that partition ([`crate::Engine::await_remittance`]) before reading
+    /// the winner's balance, to see the share.
+    pub remitted: Option<Remittance>,
 }
 
 /// What every packet actor shares: the narrow set of engine parts it uses.
@@ -76,6 +83,8 @@ pub(crate) struct PacketCtx {
     pub rosters: Arc<Rosters>,
     /// Orgs, for the checks of an admin recall.
     pub orgs: Arc<Orgs>,
+    /// Where shares won by members whose wallets are in another partition leave.
+    pub outbox: Arc<Outbox>,
     /// Where a deadline goes back when the clock stepped back under it.
     pub timer: Addr<Timer>,
     /// Blown if a handler panics.
@@ -340,40 +349,43 @@ impl PacketActor {
         // One record per grab, also for the last share: a packet sells out by its last claim
         // (replay derives it), so the grab's answer never depends on a second record that a
         // failure could cut off after the first was made durable.
-        self.ctx.journal.append(
-            record,
-            Box::new(move || {
-                // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent
-                // after the reply is handled after the credit.
-                ctx.wallets.credit(crate::ledger::Credit { user: grabbed.user, amount: grabbed.amount });
-                ctx.events.publish(|| Event::Grabbed {
-                    packet: grabbed.packet,
-                    group,
-                    user: grabbed.user,
-                    amount: grabbed.amount,
-                    position: grabbed.position,
-                    shares_left: grabbed.shares_left,
-                });
-                if let Some(best) = sold_out {
-                    let packet = grabbed.packet;
-                    ctx.events.publish(|| Event::SoldOut {
-                        packet,
-                        group,
-                        best_luck: best.user,
-                        best_amount: best.amount,
-                    });
-                }
-                if let Some(view) = closed {
-                    // Nothing is left to grab or refund: the closed view replaces the route once
-                    // the last claim is durable (so a retirement can only follow it), before the
-                    // last grabber hears back; then the actor stops, after answering what was
-                    // queued behind the last grab.
-                    (ctx.on_close)(Closing::View(view));
-                    me.do_send(Stop);
-                }
-                let _ = reply.send(Ok(grabbed));
-            }),
-        );
+        let credit = Credit { user: grabbed.user, amount: grabbed.amount };
+        let durable = move |remitted: Option<Remittance>| {
+            // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent after
+            // the reply is handled after the credit. A wallet in another partition gets the
+            // share as a remittance, which the reply names.
+            if remitted.is_none() {
+                ctx.wallets.credit(credit);
+            }
+            let grabbed = Grabbed { remitted, ..grabbed };
+            ctx.events.publish(|| Event::Grabbed {
+                packet: grabbed.packet,
+                group,
+                user: grabbed.user,
+                amount: grabbed.amount,
+                position: grabbed.position,
+                shares_left: grabbed.shares_left,
+            });
+            if let Some(best) = sold_out {
+                let packet = grabbed.packet;
+                ctx.events.publish(|| Event::SoldOut { packet, group, best_luck: best.user, best_amount: best.amount });
+            }
+            if let Some(view) = closed {
+                // Nothing is left to grab or refund: the closed view replaces the route once
+                // the last claim is durable (so a retirement can only follow it), before the
+                // last grabber hears back; then the actor stops, after answering what was
+                // queued behind the last grab.
+                (ctx.on_close)(Closing::View(view));
+                me.do_send(Stop);
+            }
+            let _ = reply.send(Ok(grabbed));
+        };
+        if self.ctx.outbox.partition().holds_user(grabbed.user) {
+            self.ctx.journal.append(record, Box::new(move || durable(None)));
+        } else {
+            let outbox = Arc::clone(&self.ctx.outbox);
+            outbox.append_claim(&*self.ctx.journal, record, credit, move |r| durable(Some(r)));
+        }
     }
 }
 
@@ -413,6 +425,7 @@ impl PacketActor {
             position: self.state.claims().len() as u32,
             shares_left: self.state.shares_left(),
             remaining: self.state.escrow(),
+            remitted: None,
         };
         self.record_claim(record, grabbed, m.reply, actx.address());
     }

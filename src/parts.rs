@@ -20,6 +20,7 @@ use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
 use crate::oplog::{LiveLog, LoggedJournal};
 use crate::org::Orgs;
+use crate::outbox::Outbox;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{ApprovalId, Record, RETIRED_IDS_MAX};
@@ -58,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) transfer_ctx: Arc<TransferCtx>,
     pub(crate) orgs: Arc<Orgs>,
     pub(crate) oplog: Arc<LiveLog>,
+    /// What this partition sent to and received from the others.
+    pub(crate) outbox: Arc<Outbox>,
     pub(crate) running: AtomicBool,
     /// Blown when an actor panics.
     pub(crate) fuse: Arc<Fuse>,
@@ -77,9 +80,15 @@ impl Inner {
         if config.arbiters == 0 || config.wallet_shards == 0 {
             return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
         }
+        if !config.partition.is_whole() && config.journal_dir.is_some() {
+            // Its snapshots do not carry the remittance counts yet: a partition journals to a
+            // replicated log (or memory), and rebuilds from all of it.
+            return Err(StartError::InvalidConfig("a partition of a cluster cannot use the file journal".into()));
+        }
         let (journal, replica) = open_journal(&config)?;
-        let Config { limits, clock, seed, arbiters, wallet_shards, .. } = config;
-        let mut replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max));
+        let Config { limits, clock, seed, arbiters, wallet_shards, partition, .. } = config;
+        let mut replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max).with_partition(partition));
+        let outbox = Arc::new(Outbox::new(std::mem::take(&mut replica.remittances)));
         replica.ledger.stamp_unknown_times(clock.now());
         // The operation log is folded from every record made durable from here on, in journal
         // order, through the journal every part uses.
@@ -101,7 +110,7 @@ impl Inner {
         let timer = runtime
             .start_actors(1, limits.wallet_mailbox_capacity, |_| Timer::new(Arc::clone(&clock), Arc::clone(&fuse)))?;
         let timer = timer[0].clone();
-        let wallets = Arc::new(Wallets::new(shards, ops));
+        let wallets = Arc::new(Wallets::new(partition, shards, ops));
         let loaded: Vec<TransferState> = std::mem::take(&mut replica.transfers).into_values().collect();
         let deadlines: Vec<(Timestamp, Due)> =
             loaded.iter().filter_map(|t| Some((t.next_deadline()?, Due::Transfer(t.id())))).collect();
@@ -134,6 +143,7 @@ impl Inner {
                 wallets: Arc::clone(&wallets),
                 rosters: Arc::clone(&rosters),
                 orgs: Arc::clone(&orgs),
+                outbox: Arc::clone(&outbox),
                 timer: timer.clone(),
                 fuse: Arc::clone(&fuse),
                 mailbox_capacity: limits.packet_mailbox_capacity,
@@ -172,6 +182,7 @@ impl Inner {
             transfer_ctx,
             orgs,
             oplog,
+            outbox,
             running,
             fuse,
             retiring,
@@ -294,7 +305,9 @@ impl Drop for Lifetime {
 /// Opens the journal the configuration names: the file journal's recovery first, so a journal
 /// that cannot be read refuses the start before any thread starts.
 fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
-    let empty = Replica::new(config.limits.share_fen_max).with_log_retention(config.limits.op_log_retention_secs);
+    let empty = Replica::new(config.limits.share_fen_max)
+        .with_log_retention(config.limits.op_log_retention_secs)
+        .with_partition(config.partition);
     let (journal, state): (Arc<dyn Journal>, Replica) = match (&config.journal_dir, &config.history) {
         (Some(dir), _) => {
             let (file, recovered) = FileJournal::open(dir, empty)?;

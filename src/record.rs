@@ -53,6 +53,8 @@ const PACKET_RECALLED: u8 = 25;
 const APPROVED: u8 = 26;
 const REJECTED: u8 = 27;
 const GUARDIAN_SET: u8 = 28;
+/// A remittance from another partition, applied here (format version 3).
+const RECEIVED: u8 = 29;
 
 const SUBJECT_PACKET: u8 = 1;
 const SUBJECT_TRANSFER: u8 = 2;
@@ -594,6 +596,9 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// A remittance from another partition was applied: a share won there by a member whose
+    /// wallet is here. Applied once: a repeat of its number changes nothing.
+    Received(crate::partition::Remittance),
     /// Closed packets, settled transfers and operation ids past their retention were dropped:
     /// from memory and from later snapshots. A retired packet or transfer id is unknown from
     /// then on, and a retired operation id may be used again.
@@ -874,6 +879,12 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(EXPIRED);
             put_u64s(out, &[packet.0, refund.as_fen(), at.0]);
         }
+        Record::Received(r) => {
+            out.push(RECEIVED);
+            out.extend_from_slice(&r.from.to_le_bytes());
+            out.extend_from_slice(&r.to.to_le_bytes());
+            put_u64s(out, &[r.seq, r.user.0, r.amount.as_fen()]);
+        }
     }
 }
 
@@ -1101,6 +1112,13 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         EXPIRED => {
             Record::Expired { packet: PacketId(r.u64()?), refund: Amount::fen(r.u64()?), at: Timestamp(r.u64()?) }
         }
+        RECEIVED => Record::Received(crate::partition::Remittance {
+            from: r.u32()?,
+            to: r.u32()?,
+            seq: r.u64()?,
+            user: UserId(r.u64()?),
+            amount: Amount::fen(r.u64()?),
+        }),
         tag => return Err(DecodeError::UnknownTag(tag)),
     })
 }
@@ -1157,6 +1175,13 @@ pub(crate) mod tests {
             sent(45, Split::shuffled(Amount::yuan(3), 7), "", 5),
             sent(43, Split::Fixed { each: Amount::fen(88), shares: 3 }, "", 1),
             sent(44, Split::Exclusive { to: UserId(3), amount: Amount::fen(9) }, "给你", 2),
+            Record::Received(crate::partition::Remittance {
+                from: 3,
+                to: 1,
+                seq: 17,
+                user: UserId(5),
+                amount: Amount::fen(66),
+            }),
             Record::Claim {
                 packet: PacketId(42),
                 user: UserId(9),

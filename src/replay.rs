@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
 use crate::journal::{Fold, Restore};
-use crate::ledger::{DayUse, Ledger, OpDone};
+use crate::ledger::{Credit, DayUse, Ledger, OpDone};
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::oplog::OpLog;
 use crate::org::OrgBook;
+use crate::outbox::Remittances;
 use crate::packet::{ClaimView, PacketState, PacketStatus};
+use crate::partition::Partition;
 use crate::record::{self, put_u64s, ApprovalId, CoolingOff, DecodeError, Guardian, Reader, Record, TransferOutcome};
 use crate::roster::{self, RosterBook};
 use crate::split;
@@ -42,6 +44,8 @@ pub(crate) struct Replica {
     pub oplog: OpLog,
     /// The per-share cap of packets whose record does not carry theirs (format version 1).
     pub share_fen_max: u64,
+    /// What this partition sent to and received from the others.
+    pub remittances: Remittances,
     /// Records applied.
     pub records: u64,
 }
@@ -57,7 +61,24 @@ impl Replica {
             orgs: OrgBook::default(),
             oplog: OpLog::new(crate::limits::Limits::default().op_log_retention_secs),
             share_fen_max,
+            remittances: Remittances::new(Partition::whole()),
             records: 0,
+        }
+    }
+
+    /// This replica of `partition`'s journal: credits of wallets elsewhere are remitted.
+    pub(crate) fn with_partition(mut self, partition: Partition) -> Replica {
+        self.remittances = Remittances::new(partition);
+        self
+    }
+
+    /// Lands a credit: in its wallet if this partition holds it, else as a remittance.
+    fn credit(&mut self, credit: Credit) -> Result<(), String> {
+        if self.remittances.partition.holds_user(credit.user) {
+            self.ledger.try_credit(credit)
+        } else {
+            self.remittances.replayed(credit);
+            Ok(())
         }
     }
 
@@ -97,7 +118,7 @@ impl Replica {
             | Record::Rejected { subject: ApprovalId::Packet(packet), .. } => {
                 let state = self.packets.get_mut(packet).ok_or_else(|| format!("record of unknown packet {packet}"))?;
                 if let Some(credit) = state.apply(record)? {
-                    self.ledger.try_credit(credit)?;
+                    self.credit(credit)?;
                 }
             }
             Record::TransferSent(sent) => {
@@ -115,7 +136,15 @@ impl Replica {
                 let state =
                     self.transfers.get_mut(transfer).ok_or_else(|| format!("record of unknown transfer {transfer}"))?;
                 if let Some(credit) = state.apply(record)? {
+                    self.credit(credit)?;
+                }
+            }
+            Record::Received(remittance) => {
+                let credit = Credit { user: remittance.user, amount: remittance.amount };
+                // Checked first: a refused remittance changes nothing.
+                if self.remittances.check(remittance).map_err(|e| e.to_string())? {
                     self.ledger.try_credit(credit)?;
+                    self.remittances.receive(remittance).map_err(|e| e.to_string())?;
                 }
             }
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {

@@ -27,6 +27,8 @@ pub(crate) enum Refused {
     Full,
     /// The actor has stopped.
     Closed,
+    /// The wallet is in this other partition.
+    Elsewhere(u32),
 }
 
 impl From<Refused> for EngineError {
@@ -34,6 +36,7 @@ impl From<Refused> for EngineError {
         match r {
             Refused::Full => EngineError::Busy,
             Refused::Closed => EngineError::ShuttingDown,
+            Refused::Elsewhere(partition) => EngineError::Elsewhere { partition },
         }
     }
 }
@@ -43,6 +46,7 @@ impl From<Refused> for WalletError {
         match r {
             Refused::Full => WalletError::Busy,
             Refused::Closed => WalletError::ShuttingDown,
+            Refused::Elsewhere(partition) => WalletError::Elsewhere { partition },
         }
     }
 }
@@ -52,6 +56,7 @@ impl From<Refused> for SendRefused {
         match r {
             Refused::Full => SendRefused::Busy,
             Refused::Closed => SendRefused::ShuttingDown,
+            Refused::Elsewhere(partition) => SendRefused::Elsewhere { partition },
         }
     }
 }
@@ -61,6 +66,7 @@ impl From<Refused> for crate::error::TransferError {
         match r {
             Refused::Full => crate::error::TransferError::Busy,
             Refused::Closed => crate::error::TransferError::ShuttingDown,
+            Refused::Elsewhere(partition) => crate::error::TransferError::Elsewhere { partition },
         }
     }
 }
@@ -70,6 +76,7 @@ impl From<Refused> for crate::error::ApprovalError {
         match r {
             Refused::Full => crate::error::ApprovalError::Busy,
             Refused::Closed => crate::error::ApprovalError::ShuttingDown,
+            Refused::Elsewhere(partition) => crate::error::ApprovalError::Elsewhere { partition },
         }
     }
 }

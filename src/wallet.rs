@@ -37,6 +37,7 @@ use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, OrgRules, Outgoing, Totals, Usage};
 use crate::money::{Amount, OpId, UserId};
+use crate::partition::Partition;
 use crate::placement::bucket;
 use crate::record::{CoolingOff, NewTransfer, PacketSent, Record, TransferSent};
 use crate::runtime::{self, Refused};
@@ -466,15 +467,21 @@ impl Handler<Flush> for WalletShard {
 
 /// The handle to every wallet shard.
 pub(crate) struct Wallets {
+    /// The partition whose wallets these are: a request for another's is refused.
+    partition: Partition,
     shards: Box<[Addr<WalletShard>]>,
     owners: Arc<OpOwners>,
 }
 
 impl Wallets {
     /// The handle to `shards`, whose ledgers already applied the operations in `ops`.
-    pub(crate) fn new(shards: Box<[Addr<WalletShard>]>, ops: impl IntoIterator<Item = (OpId, UserId)>) -> Wallets {
+    pub(crate) fn new(
+        partition: Partition,
+        shards: Box<[Addr<WalletShard>]>,
+        ops: impl IntoIterator<Item = (OpId, UserId)>,
+    ) -> Wallets {
         let owners = ops.into_iter().map(|(op, user)| (op, OpOwner { user, in_flight: 0, applied: true })).collect();
-        Wallets { shards, owners: Arc::new(OpOwners(owners)) }
+        Wallets { partition, shards, owners: Arc::new(OpOwners(owners)) }
     }
 
     /// Which shard holds `user`'s wallet, of `shards`.
@@ -511,6 +518,9 @@ impl Wallets {
         now: Timestamp,
         reply: Reply,
     ) -> Result<(), WalletError> {
+        if !self.partition.holds_user(user) {
+            return Err(WalletError::Elsewhere { partition: self.partition.of_user(user) });
+        }
         self.owners.claim(op, user)?;
         let owners = Arc::clone(&self.owners);
         self.tell(user, Move { op, user, amount, deposit, now, owners, reply }).map_err(|refused| {
@@ -525,6 +535,9 @@ impl Wallets {
         WalletShard: Handler<M>,
         M: Message<Result = ()> + Send + 'static,
     {
+        if !self.partition.holds_user(user) {
+            return Err(Refused::Elsewhere(self.partition.of_user(user)));
+        }
         runtime::tell(self.shard(user), msg)
     }
 

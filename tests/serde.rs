@@ -123,8 +123,11 @@ fn packets_and_grabs_round_trip() {
         position: 1,
         shares_left: 0,
         remaining: Amount::ZERO,
+        remitted: Some(hongbao::Remittance { from: 1, to: 2, seq: 3, user: UserId(2), amount: Amount::fen(3) }),
     };
     round_trip(&grabbed);
+    round_trip(&hongbao::RemittanceError::Gap { from: 1, to: 2, seq: 5, expected: 4 });
+    round_trip(&hongbao::SendError::CrossPartition { placed: 1, sender: 0 });
 }
 
 #[test]

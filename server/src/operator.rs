@@ -22,7 +22,7 @@ pub fn run_audit(dir: &std::path::Path, json: bool, share_fen_max: u64) -> ExitC
 pub fn run_cluster_audit(urls: &str, stream: &hongbao_cluster::StreamSpec, json: bool, share_fen_max: u64) -> ExitCode {
     let report = hongbao_cluster::StreamJournal::read(urls, stream)
         .map_err(|e| e.to_string())
-        .and_then(|records| hongbao::audit_history(&records, share_fen_max));
+        .and_then(|records| hongbao::audit_history(&records, hongbao::Partition::whole(), share_fen_max));
     let (ok, doc) = match report {
         Ok(r) => {
             let a = &r.audit;

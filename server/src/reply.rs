@@ -152,6 +152,8 @@ pub fn status_of(kind: &str) -> StatusCode {
         "busy" | "unavailable" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
         // Storage failed after the request was taken: it may or may not have happened.
         "outcome_unknown" => StatusCode::INTERNAL_SERVER_ERROR,
+        // Another partition's owner serves it.
+        "elsewhere" => StatusCode::MISDIRECTED_REQUEST,
         "unknown_packet" | "unknown_transfer" | "unknown_org" | "unknown" => StatusCode::NOT_FOUND,
         // The packet is gone for grabbing.
         "sold_out" | "expired" | "cancelled" | "recalled" | "rejected" => StatusCode::GONE,
@@ -197,7 +199,8 @@ pub fn status_of(kind: &str) -> StatusCode {
         | "invalid_guardian"
         | "cooling_off_too_long"
         | "too_many_members"
-        | "too_many_groups" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "too_many_groups"
+        | "cross_partition" => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

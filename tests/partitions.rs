@@ -1,0 +1,282 @@
+//! Partitions in one process: three engines, each serving one partition of three, with a relay
+//! between them as a test would write it. A grab is decided in the packet's partition; a share
+//! won by a member whose wallet is elsewhere travels as a remittance, numbered in the sending
+//! journal's order, applied once by the receiver; the cluster conserves money with the
+//! remittances in flight counted; a restarted partition numbers every remittance as before.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use hongbao::{
+    split::Split, Amount, ClusterAudit, Config, Engine, GroupId, Journal, ManualClock, MemoryJournal, NewPacket,
+    NewTransfer, OpId, PacketId, Partition, Remittance, RemittanceError, SendError, TransferError, TransferId, UserId,
+    WalletError,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const PARTITIONS: u32 = 3;
+const MEMBERS: u64 = 120;
+const GROUP: GroupId = GroupId(1);
+
+struct Cluster {
+    engines: Vec<Engine>,
+    journals: Vec<Arc<MemoryJournal>>,
+    clock: ManualClock,
+}
+
+fn partition(index: u32) -> Partition {
+    Partition::new(index, PARTITIONS).unwrap()
+}
+
+fn config(index: u32, clock: &ManualClock, journal: Arc<dyn Journal>) -> Config {
+    Config { arbiters: 2, wallet_shards: 2, ..Config::default() }
+        .with_clock(Arc::new(clock.clone()))
+        .with_seed(11)
+        .with_journal(journal)
+        .with_partition(partition(index))
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let clock = ManualClock::default();
+        let journals: Vec<Arc<MemoryJournal>> = (0..PARTITIONS).map(|_| Arc::new(MemoryJournal::recording())).collect();
+        let engines = (0..PARTITIONS)
+            .map(|i| Engine::start(config(i, &clock, journals[i as usize].clone())).unwrap())
+            .collect::<Vec<_>>();
+        let members: Vec<UserId> = (1..=MEMBERS).map(UserId).collect();
+        for engine in &engines {
+            // Rosters are in every partition: a grab anywhere checks them where it is decided.
+            engine.set_members(GROUP, members.clone()).await.unwrap();
+        }
+        let cluster = Cluster { engines, journals, clock };
+        for &user in &members {
+            cluster.wallet(user).deposit(OpId(user.0), user, Amount::yuan(100)).await.unwrap();
+        }
+        cluster
+    }
+
+    fn wallet(&self, user: UserId) -> &Engine {
+        &self.engines[partition(0).of_user(user) as usize]
+    }
+
+    fn packets(&self, packet: PacketId) -> &Engine {
+        &self.engines[partition(0).of_packet(packet) as usize]
+    }
+
+    /// Carries every durable remittance from each partition to its receiver, `max` at a time,
+    /// and acknowledges what the receiver applied.
+    async fn relay(&self, max: usize) -> usize {
+        let mut carried = 0;
+        for from in &self.engines {
+            for to in &self.engines {
+                let (f, t) = (from.partition().index(), to.partition().index());
+                if f == t {
+                    continue;
+                }
+                loop {
+                    let batch = from.outbox(t, max);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    to.receive(&batch).await.unwrap();
+                    carried += batch.len();
+                    from.acknowledge(t, to.received_from(f));
+                }
+            }
+        }
+        carried
+    }
+
+    async fn audit(&self) -> ClusterAudit {
+        let mut audits = Vec::new();
+        for engine in &self.engines {
+            audits.push((engine.partition().index(), engine.audit().await.unwrap()));
+        }
+        ClusterAudit::of(&audits)
+    }
+}
+
+/// The first id from `from` that places a packet in `index`.
+fn packet_in(index: u32, from: u64) -> PacketId {
+    (from..).map(PacketId).find(|&p| partition(0).of_packet(p) == index).unwrap()
+}
+
+fn sender_in(index: u32) -> UserId {
+    (1..=MEMBERS).map(UserId).find(|&u| partition(0).of_user(u) == index).unwrap()
+}
+
+fn lucky(id: PacketId, sender: UserId, shares: u32) -> NewPacket {
+    NewPacket { id, sender, group: GROUP, split: Split::lucky(Amount::yuan(50), shares), greeting: String::new() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_won_across_partitions_arrive_once_and_the_cluster_conserves_money() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let cluster = Cluster::start().await;
+    // A packet in each partition, from a sender whose wallet is there.
+    let packets: Vec<PacketId> = (0..PARTITIONS).map(|i| packet_in(i, 1000 * u64::from(i + 1))).collect();
+    for (i, &packet) in packets.iter().enumerate() {
+        cluster.packets(packet).send_packet(lucky(packet, sender_in(i as u32), 100)).await.unwrap();
+    }
+    // Every member grabs every packet at once, in a seeded order.
+    let mut grabs: Vec<(PacketId, UserId)> =
+        packets.iter().flat_map(|&p| (1..=MEMBERS).map(move |u| (p, UserId(u)))).collect();
+    for i in (1..grabs.len()).rev() {
+        grabs.swap(i, rng.random_range(0..=i));
+    }
+    let results = join_all(grabs.iter().map(|&(p, u)| cluster.packets(p).grab(p, u))).await;
+    let won: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
+    assert_eq!(won.len(), 300, "seed {seed}");
+    for g in &won {
+        let elsewhere = partition(0).of_user(g.user) != partition(0).of_packet(g.packet);
+        assert_eq!(g.remitted.is_some(), elsewhere, "seed {seed}: {g:?}");
+        if let Some(r) = g.remitted {
+            assert_eq!((r.user, r.amount, r.to), (g.user, g.amount, partition(0).of_user(g.user)));
+        }
+    }
+    // Before the relay: the shares won elsewhere are in flight, and counted.
+    let travelling: u64 = won.iter().filter(|g| g.remitted.is_some()).map(|g| g.amount.as_fen()).sum();
+    let before = cluster.audit().await;
+    assert!(before.is_balanced(), "seed {seed}: {before:?}");
+    assert_eq!(before.in_flight, Amount::fen(travelling), "seed {seed}");
+    assert_eq!(before.in_flight_count, won.iter().filter(|g| g.remitted.is_some()).count() as u64);
+
+    // A grabber waiting for their share in their own partition sees it once it arrives.
+    let g = *won.iter().find(|g| g.remitted.is_some()).unwrap();
+    let home = cluster.wallet(g.user).clone();
+    let waiting = tokio::spawn(async move {
+        home.await_remittance(&g.remitted.unwrap()).await.unwrap();
+        home.balance(g.user).await.unwrap()
+    });
+    // Small batches: the relay runs many rounds.
+    assert_eq!(cluster.relay(7).await as u64, before.in_flight_count);
+    let expected: HashMap<UserId, u64> = won.iter().fold(HashMap::new(), |mut m, g| {
+        *m.entry(g.user).or_insert(Amount::yuan(100).as_fen()) += g.amount.as_fen();
+        m
+    });
+    assert_eq!(waiting.await.unwrap().as_fen(), expected[&g.user] - spent(g.user));
+    let after = cluster.audit().await;
+    assert!(after.is_balanced(), "seed {seed}: {after:?}");
+    assert_eq!((after.in_flight, after.in_flight_count), (Amount::ZERO, 0));
+    assert_eq!(after.escrow, Amount::ZERO, "every share was taken");
+    for u in (1..=MEMBERS).map(UserId) {
+        let balance = cluster.wallet(u).balance(u).await.unwrap().as_fen();
+        let deposit = Amount::yuan(100).as_fen();
+        assert_eq!(balance, expected.get(&u).copied().unwrap_or(deposit) - spent(u), "seed {seed}: user {u}");
+    }
+    // Nothing is left to carry, and carrying everything again changes nothing.
+    assert_eq!(cluster.relay(100).await, 0);
+    for (i, engine) in cluster.engines.iter().enumerate() {
+        let peer = (i as u32 + 1) % PARTITIONS;
+        let theirs = cluster.engines[peer as usize].received_from(i as u32);
+        assert_eq!(engine.outbox(peer, 10), vec![], "acknowledged remittances left the outbox");
+        let replayed: Vec<Remittance> = replay_outbox(&cluster, i as u32, peer).await;
+        assert_eq!(replayed.len() as u64, theirs);
+        cluster.engines[peer as usize].receive(&replayed).await.unwrap();
+    }
+    assert_eq!(cluster.audit().await, after, "repeats changed nothing");
+}
+
+/// What a new owner of partition `index` (replaying its journal) holds for `to`: every
+/// remittance, as none was acknowledged to it.
+async fn replay_outbox(cluster: &Cluster, index: u32, to: u32) -> Vec<Remittance> {
+    let records = cluster.journals[index as usize].records();
+    let config = config(index, &cluster.clock, Arc::new(MemoryJournal::new()));
+    let engine = Engine::start(config.with_journal_history(Arc::new(MemoryJournal::new()), Arc::new(records))).unwrap();
+    let outbox = engine.outbox(to, usize::MAX);
+    engine.shutdown().await;
+    outbox
+}
+
+/// What each sender put into their packet (the senders are the first member of each
+/// partition).
+fn spent(user: UserId) -> u64 {
+    if (0..PARTITIONS).any(|i| sender_in(i) == user) {
+        Amount::yuan(50).as_fen()
+    } else {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_partition_numbers_its_remittances_as_before() {
+    let cluster = Cluster::start().await;
+    // Two packets on different arbiters of partition 0, grabbed at once: their claims
+    // interleave in the journal, and the numbers must follow it.
+    let packets = [packet_in(0, 1), packet_in(0, 5000)];
+    for &p in &packets {
+        cluster.engines[0].send_packet(lucky(p, sender_in(0), 60)).await.unwrap();
+    }
+    let grabs = packets.iter().flat_map(|&p| (1..=MEMBERS).map(move |u| (p, UserId(u))));
+    join_all(grabs.map(|(p, u)| cluster.engines[0].grab(p, u))).await;
+    for to in 1..PARTITIONS {
+        let live = cluster.engines[0].outbox(to, usize::MAX);
+        assert!(live.len() > 10, "{} remittances to {to}", live.len());
+        assert_eq!(live.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=live.len() as u64).collect::<Vec<_>>());
+        assert_eq!(replay_outbox(&cluster, 0, to).await, live);
+    }
+    // Half delivered before the restart: the new owner's outbox still holds the rest under
+    // the same numbers, and the receiver takes the overlap as repeats.
+    let to = 1;
+    let live = cluster.engines[0].outbox(to, usize::MAX);
+    cluster.engines[1].receive(&live[..live.len() / 2]).await.unwrap();
+    let before = cluster.engines[1].audit().await.unwrap();
+    cluster.engines[1].receive(&live[..live.len() / 2]).await.unwrap();
+    assert_eq!(cluster.engines[1].audit().await.unwrap(), before);
+    cluster.engines[1].receive(&replay_outbox(&cluster, 0, to).await).await.unwrap();
+    assert_eq!(cluster.engines[1].received_from(0), live.len() as u64);
+    cluster.engines[0].acknowledge(to, cluster.engines[1].received_from(0));
+    assert!(cluster.engines[0].outbox(to, 1).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misrouted_remittances_and_gaps_change_nothing() {
+    let cluster = Cluster::start().await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    let home_of_1 = sender_in(1);
+    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5) };
+    let before = p1.audit().await.unwrap();
+    assert!(matches!(
+        p1.receive(&[r(1, home_of_1), r(3, home_of_1)]).await,
+        Err(RemittanceError::Gap { expected: 2, .. })
+    ));
+    assert!(matches!(p1.receive(&[r(1, sender_in(2))]).await, Err(RemittanceError::Misrouted { .. })));
+    assert!(matches!(p0.receive(&[r(1, home_of_1)]).await, Err(RemittanceError::Misrouted { .. })));
+    assert!(matches!(
+        p1.receive(&[Remittance { from: 1, ..r(1, home_of_1) }]).await,
+        Err(RemittanceError::Misrouted { .. })
+    ));
+    assert_eq!(p1.audit().await.unwrap(), before, "a refused batch changes nothing");
+    assert_eq!(p1.received_from(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_wallets_elsewhere_are_refused_with_their_partition() {
+    let cluster = Cluster::start().await;
+    let p0 = &cluster.engines[0];
+    let (elsewhere, home) = (sender_in(2), sender_in(0));
+    assert_eq!(p0.deposit(OpId(9_999), elsewhere, Amount::fen(1)).await, Err(WalletError::Elsewhere { partition: 2 }));
+    assert!(matches!(p0.balance(elsewhere).await, Err(hongbao::EngineError::Elsewhere { partition: 2 })));
+    let foreign_sender = lucky(packet_in(0, 1), elsewhere, 3);
+    assert_eq!(p0.send_packet(foreign_sender).await, Err(SendError::Elsewhere { partition: 2 }));
+    let foreign_packet = lucky(packet_in(1, 1), home, 3);
+    assert_eq!(p0.send_packet(foreign_packet).await, Err(SendError::CrossPartition { placed: 1, sender: 0 }));
+    let id = (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == 0).unwrap();
+    let transfer = NewTransfer {
+        id,
+        from: home,
+        to: sender_in(1),
+        amount: Amount::fen(10),
+        arrival: hongbao::Arrival::Instant,
+        note: String::new(),
+        org: None,
+    };
+    assert_eq!(p0.transfer(transfer).await, Err(TransferError::CrossPartition { placed: 1, sender: 0 }));
+    let audit = cluster.audit().await;
+    assert!(audit.is_balanced(), "{audit:?}");
+    assert_eq!(audit.deposits, Amount::yuan(100 * MEMBERS), "nothing was taken");
+}
