@@ -370,7 +370,8 @@ impl Engine {
     }
 
     /// Grabs a share of `packet` for `user`. The share is in the user's wallet when this
-    /// returns. A repeat grab by the same user returns `AlreadyGrabbed` with the first share.
+    /// returns; when that wallet is in another partition, it is on its way there as
+    /// [`Grabbed::remitted`]. A repeat grab by the same user returns `AlreadyGrabbed` with the first share.
     ///
     /// # Errors
     ///

@@ -60,7 +60,7 @@ pub struct Grabbed {
     pub packet: PacketId,
     /// The winner.
     pub user: UserId,
-    /// The share, already in the winner's wallet.
+    /// The share, already in the winner's wallet (or, with `remitted`, on its way there).
     pub amount: Amount,
     /// 1 for the first share taken.
     pub position: u32,
