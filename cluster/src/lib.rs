@@ -9,6 +9,8 @@
 //!   (revision-checked renewals, a TTL).
 //! - [`node`]: a node's hold on a partition: wait for the lease, rebuild from the stream, serve,
 //!   renew, and stop serving the moment the lease is lost.
+//! - [`relay`]: remittances between partitions through an inbox stream: each partition's
+//!   outbox published in order, each inbox read into its engine, applied once there.
 //! - [`nats`]: a JetStream cluster of `nats-server` processes on loopback, for the tests and
 //!   the demo.
 //!
@@ -18,9 +20,11 @@
 pub mod lease;
 pub mod nats;
 pub mod node;
+pub mod relay;
 pub mod stream_journal;
 
 pub use lease::{Lease, LeaseError, LeaseSpec};
 pub use nats::{ClusterError, NatsCluster};
 pub use node::{Owner, PartitionSpec, TakeError};
+pub use relay::{InboxSpec, Relay};
 pub use stream_journal::{OpenError, StreamJournal, StreamSpec, RETRY_FOR};

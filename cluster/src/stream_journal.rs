@@ -586,8 +586,19 @@ fn pack(batch: Vec<Entry>) -> (Vec<Completion>, Vec<Message>) {
     (ready, messages)
 }
 
+/// `records` as one message of this format (for the remittances of the inbox, which are
+/// records too).
+pub(crate) fn pack_records(records: impl IntoIterator<Item = Record>) -> Bytes {
+    let mut payload = vec![MESSAGE_FORMAT];
+    for bytes in records.into_iter().map(|r| r.to_bytes()) {
+        payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&bytes);
+    }
+    Bytes::from(payload)
+}
+
 /// The records a message holds.
-fn unpack(payload: &[u8]) -> Result<Vec<Record>, String> {
+pub(crate) fn unpack(payload: &[u8]) -> Result<Vec<Record>, String> {
     let Some((&MESSAGE_FORMAT, mut rest)) = payload.split_first() else {
         return Err(format!("not a message of format {MESSAGE_FORMAT}"));
     };
