@@ -82,6 +82,11 @@ enum Command {
         /// comma-separated): the partition's stream, replayed and checked the same way
         #[arg(long, value_name = "URLS", conflicts_with = "dir")]
         cluster: Option<String>,
+        /// How many partitions the cluster has (with --cluster): each one's stream is audited,
+        /// then conservation over all of them with the remittances in flight counted
+        #[arg(long, default_value_t = 1, requires = "cluster",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(hongbao::PARTITIONS_MAX)))]
+        partitions: u32,
         /// Print the result as one JSON document
         #[arg(long)]
         json: bool,
@@ -131,10 +136,11 @@ fn main() -> ExitCode {
             };
             token(&key, &claims)
         }
-        Command::Audit { cluster: Some(urls), json, share_fen_max, .. } => {
-            operator::run_cluster_audit(&urls, &cluster::stream(3), json, share_fen_max)
+        Command::Audit { cluster: Some(urls), partitions, json, share_fen_max, .. } => {
+            let streams: Vec<_> = (0..partitions).map(|i| cluster::stream(i, 3)).collect();
+            operator::run_cluster_audit(&urls, &streams, json, share_fen_max)
         }
-        Command::Audit { dir, cluster: None, json, share_fen_max } => {
+        Command::Audit { dir, cluster: None, json, share_fen_max, .. } => {
             operator::run_audit(&dir.expect("clap requires it without --cluster"), json, share_fen_max)
         }
         Command::Open { dir } => operator::open(&dir),
@@ -289,7 +295,7 @@ mod cluster {
         PartitionSpec {
             urls: urls.to_string(),
             node,
-            stream: stream(replicas),
+            stream: stream(0, replicas),
             lease: LeaseSpec {
                 bucket: "hongbao_leases".into(),
                 key: "p0".into(),
@@ -299,9 +305,9 @@ mod cluster {
         }
     }
 
-    /// The partition's stream.
-    pub fn stream(replicas: usize) -> StreamSpec {
-        StreamSpec { stream: "HONGBAO_P0".into(), subject: "hongbao.p0".into(), replicas }
+    /// Partition `index`'s stream.
+    pub fn stream(index: u32, replicas: usize) -> StreamSpec {
+        StreamSpec { stream: format!("HONGBAO_P{index}"), subject: format!("hongbao.p{index}"), replicas }
     }
 
     /// Completes when `owner`'s lease is lost; never without one.

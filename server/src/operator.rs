@@ -17,42 +17,94 @@ pub fn run_audit(dir: &std::path::Path, json: bool, share_fen_max: u64) -> ExitC
     exit(ok)
 }
 
-/// `hongbao audit --cluster`: the partition's stream read from the cluster (nothing written),
-/// replayed through the engine's rules, conservation and every packet checked.
-pub fn run_cluster_audit(urls: &str, stream: &hongbao_cluster::StreamSpec, json: bool, share_fen_max: u64) -> ExitCode {
-    let report = hongbao_cluster::StreamJournal::read(urls, stream)
-        .map_err(|e| e.to_string())
-        .and_then(|records| hongbao::audit_history(&records, hongbao::Partition::whole(), share_fen_max));
-    let (ok, doc) = match report {
-        Ok(r) => {
-            let a = &r.audit;
-            let doc = json!({
-                "ok": a.is_balanced(),
-                "cluster": urls,
-                "stream": stream.stream,
-                "records": r.records,
-                "packets": { "open": r.packets_open, "closed": r.packets_closed },
-                "transfers": { "pending": r.transfers_pending },
-                "totals_fen": totals_fen(a),
-                "problems": problems(a),
-            });
-            (a.is_balanced(), doc)
-        }
-        Err(e) => (false, json!({ "ok": false, "cluster": urls, "stream": stream.stream, "error": e })),
-    };
+/// `hongbao audit --cluster`: every partition's stream read from the cluster (nothing
+/// written), replayed through the engine's rules, conservation and every packet checked in
+/// each; then conservation over the whole cluster, with the remittances between partitions
+/// still in flight counted. `streams` are the partitions' streams, by index.
+pub fn run_cluster_audit(
+    urls: &str,
+    streams: &[hongbao_cluster::StreamSpec],
+    json: bool,
+    share_fen_max: u64,
+) -> ExitCode {
+    let count = streams.len() as u32;
+    let mut parts = Vec::new();
+    let mut audits = Vec::new();
+    for (index, stream) in (0u32..).zip(streams) {
+        let partition = hongbao::Partition::new(index, count).expect("the command checks the partition count");
+        let report = hongbao_cluster::StreamJournal::read(urls, stream)
+            .map_err(|e| e.to_string())
+            .and_then(|records| hongbao::audit_history(&records, partition, share_fen_max));
+        parts.push(match report {
+            Ok(r) => {
+                let a = &r.audit;
+                audits.push((index, a.clone()));
+                json!({
+                    "partition": index,
+                    "stream": stream.stream,
+                    "ok": a.is_balanced(),
+                    "records": r.records,
+                    "packets": { "open": r.packets_open, "closed": r.packets_closed },
+                    "transfers": { "pending": r.transfers_pending },
+                    "totals_fen": totals_fen(a),
+                    "problems": problems(a),
+                })
+            }
+            Err(e) => json!({ "partition": index, "stream": stream.stream, "ok": false, "error": e }),
+        });
+    }
+    let all_read = audits.len() == streams.len();
+    let whole = hongbao::ClusterAudit::of(&audits);
+    let ok = all_read && whole.is_balanced();
+    let doc = json!({
+        "ok": ok,
+        "cluster": urls,
+        "partitions": parts,
+        "totals_fen": {
+            "wallets": whole.wallets.as_fen(),
+            "escrow": whole.escrow.as_fen(),
+            "pending": whole.pending.as_fen(),
+            "in_flight": whole.in_flight.as_fen(),
+            "deposits": whole.deposits.as_fen(),
+            "withdrawals": whole.withdrawals.as_fen(),
+        },
+        "in_flight_remittances": whole.in_flight_count,
+        "problems": whole.violations,
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&doc).expect("a JSON value serializes"));
-    } else if let Some(e) = doc.get("error") {
-        println!("FAILED: {}", e.as_str().unwrap_or("?"));
-    } else {
-        println!("stream       {} on {urls}", stream.stream);
-        println!("records      {}", doc["records"]);
-        println!("packets      {} open, {} closed", doc["packets"]["open"], doc["packets"]["closed"]);
-        print_money(&doc["totals_fen"]);
-        match doc["problems"].as_array().filter(|p| !p.is_empty()) {
-            None => println!("verdict      ok: replay, conservation, every packet and every lucky share hold"),
-            Some(problems) => problems.iter().for_each(|p| println!("PROBLEM      {}", p.as_str().unwrap_or("?"))),
+        return exit(ok);
+    }
+    for part in &parts {
+        match part.get("error") {
+            Some(e) => println!("FAILED       partition {}: {}", part["partition"], e.as_str().unwrap_or("?")),
+            None => {
+                println!(
+                    "partition    {} ({} on {urls}): {} records",
+                    part["partition"], part["stream"], part["records"]
+                );
+                println!("packets      {} open, {} closed", part["packets"]["open"], part["packets"]["closed"]);
+                print_money(&part["totals_fen"]);
+            }
         }
+    }
+    if count > 1 {
+        let t = &doc["totals_fen"];
+        let fen = |v: &serde_json::Value| Amount::fen(v.as_u64().unwrap_or(0)).to_string();
+        println!(
+            "cluster      wallets {} + escrow {} + pending {} + in flight {} ({} remittances) = deposits {} - withdrawals {}",
+            fen(&t["wallets"]),
+            fen(&t["escrow"]),
+            fen(&t["pending"]),
+            fen(&t["in_flight"]),
+            whole.in_flight_count,
+            fen(&t["deposits"]),
+            fen(&t["withdrawals"])
+        );
+    }
+    match whole.violations.is_empty() && all_read {
+        true => println!("verdict      ok: replay, conservation, every packet and every lucky share hold"),
+        false => whole.violations.iter().for_each(|p| println!("PROBLEM      {p}")),
     }
     exit(ok)
 }
@@ -194,8 +246,8 @@ fn problems(a: &Audit) -> Vec<String> {
     let mut problems = a.violations.clone();
     if !a.is_conserved() {
         problems.push(format!(
-            "not conserved: wallets {} + escrow {} + pending {} != deposits {} - withdrawals {}",
-            a.wallets, a.escrow, a.pending, a.deposits, a.withdrawals
+            "not conserved: wallets {} + escrow {} + pending {} + remitted {} != deposits {} - withdrawals {} + received {}",
+            a.wallets, a.escrow, a.pending, a.remitted, a.deposits, a.withdrawals, a.received
         ));
     }
     problems
@@ -209,6 +261,8 @@ fn totals_fen(a: &Audit) -> serde_json::Value {
         "pending": a.pending.as_fen(),
         "deposits": a.deposits.as_fen(),
         "withdrawals": a.withdrawals.as_fen(),
+        "remitted": a.remitted.as_fen(),
+        "received": a.received.as_fen(),
     })
 }
 
@@ -223,6 +277,10 @@ fn print_money(t: &serde_json::Value) {
         fen(&t["deposits"]),
         fen(&t["withdrawals"])
     );
+    let (out, back) = (t["remitted"].as_u64().unwrap_or(0), t["received"].as_u64().unwrap_or(0));
+    if out > 0 || back > 0 {
+        println!("remittances  sent {} to other partitions, received {}", Amount::fen(out), Amount::fen(back));
+    }
 }
 
 /// Exit 0 when the audit passed.

@@ -69,13 +69,15 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// A NATS cluster of three, or `None` (saying so) without `nats-server`.
+fn nats() -> Option<NatsCluster> {
+    NatsCluster::start(3).map_err(|e| eprintln!("skipped: {e}")).ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledged_grab() {
     let _serial = one_at_a_time().await;
-    let cluster = match NatsCluster::start(3) {
-        Ok(cluster) => cluster,
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(cluster) = nats() else { return };
     let dir = std::env::temp_dir().join(format!("hongbao-cluster-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let keygen = Command::new(BIN).args(["keygen", "--dir"]).arg(&dir).output().unwrap();
@@ -148,7 +150,7 @@ async fn a_killed_nodes_partition_is_served_by_the_standby_with_every_acknowledg
     assert!(audit.status.success(), "{report}");
     assert_eq!(report["ok"], true, "{report}");
     // The deposit, the send and the 30 claims at least.
-    assert!(report["records"].as_u64().unwrap() >= 32, "{report}");
+    assert!(report["partitions"][0]["records"].as_u64().unwrap() >= 32, "{report}");
     assert_eq!(report["totals_fen"]["deposits"], 3_000, "{report}");
     drop(standby);
     let _ = std::fs::remove_dir_all(&dir);
@@ -187,4 +189,68 @@ async fn the_cluster_script_starts_and_stops_everything() {
     assert!(cleaned.status.success(), "{}", String::from_utf8_lossy(&cleaned.stderr));
     assert!(!dir.exists());
     assert!(reqwest::get(format!("{base}/readyz")).await.is_err(), "the serving node stopped");
+}
+
+/// `hongbao audit --cluster --partitions N` audits every partition's stream, and the cluster
+/// as a whole with the shares won across partitions still in flight counted: here two
+/// partitions run with no relay, so every share won in partition 0 by a member whose wallet is
+/// in partition 1 is still on its way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_audit_counts_the_remittances_in_flight() {
+    use hongbao::{Amount, Config, GroupId, NewPacket, OpId, PacketId, Partition, Split};
+    use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec, StreamSpec};
+
+    let _serial = one_at_a_time().await;
+    let Some(cluster) = nats() else { return };
+    let part = |i: u32| Partition::new(i, 2).unwrap();
+    let mut owners = Vec::new();
+    for i in 0..2 {
+        let spec = PartitionSpec {
+            urls: cluster.urls(),
+            node: "a".into(),
+            stream: StreamSpec { stream: format!("HONGBAO_P{i}"), subject: format!("hongbao.p{i}"), replicas: 3 },
+            lease: LeaseSpec {
+                bucket: "hongbao_leases".into(),
+                key: format!("p{i}"),
+                ttl: Duration::from_secs(2),
+                replicas: 3,
+            },
+        };
+        let config = Config { arbiters: 1, wallet_shards: 1, ..Config::default() }.with_partition(part(i));
+        owners.push(Owner::take(&spec, config).await.unwrap());
+    }
+    let members: Vec<UserId> = (1..=40).map(UserId).collect();
+    for owner in &owners {
+        owner.engine.set_members(GroupId(1), members.clone()).await.unwrap();
+    }
+    let sender = *members.iter().find(|&&u| part(0).of_user(u) == 0).unwrap();
+    let packet = (1..).map(PacketId).find(|&p| part(0).of_packet(p) == 0).unwrap();
+    let p0 = &owners[0].engine;
+    p0.deposit(OpId(1), sender, Amount::fen(4_000)).await.unwrap();
+    let split = Split::lucky(Amount::fen(4_000), 40);
+    p0.send_packet(NewPacket { id: packet, sender, group: GroupId(1), split, greeting: String::new() }).await.unwrap();
+    let (mut count, mut fen) = (0, 0);
+    for &u in &members {
+        if let Some(r) = p0.grab(packet, u).await.unwrap().remitted {
+            (count, fen) = (count + 1, fen + r.amount.as_fen());
+        }
+    }
+    assert!(count > 0, "shares crossed");
+    for owner in owners {
+        owner.stop().await;
+    }
+    let audit = Command::new(BIN)
+        .args(["audit", "--json", "--cluster", &cluster.urls(), "--partitions", "2"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert!(audit.status.success(), "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["in_flight_remittances"], count, "{report}");
+    assert_eq!(report["totals_fen"]["in_flight"], fen, "{report}");
+    assert_eq!(report["partitions"][0]["totals_fen"]["remitted"], fen, "{report}");
+    assert_eq!(report["partitions"].as_array().unwrap().len(), 2, "{report}");
+    // A cluster has at least one partition.
+    let one = Command::new(BIN).args(["audit", "--json", "--cluster", &cluster.urls(), "--partitions", "0"]).output();
+    assert!(!one.unwrap().status.success(), "zero partitions is refused");
 }
