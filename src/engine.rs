@@ -496,13 +496,8 @@ impl Engine {
     /// ```
     pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
-        let partition = inner.outbox.partition();
-        for placed in
-            [|p: Partition, s: &NewTransfer| p.of_transfer(s.id), |p: Partition, s: &NewTransfer| p.of_user(s.to)]
-        {
-            keep_in_partition(partition, spec.from, |p| placed(p, &spec))
-                .map_err(|(placed, sender)| TransferError::CrossPartition { placed, sender })?;
-        }
+        keep_in_partition(inner.outbox.partition(), spec.from, |p| p.of_transfer(spec.id))
+            .map_err(|(placed, sender)| TransferError::CrossPartition { placed, sender })?;
         // The org's rules for this sender now; the shard uses them only for a new transfer (a
         // retry is answered from the transfer it retries, whatever changed since).
         let org = match spec.org {

@@ -346,9 +346,9 @@ pub enum TransferError {
     /// A mailbox on the way is full, or a transfer with the same id is being sent: try again.
     #[error("busy; try again")]
     Busy,
-    /// The transfer's id, or its receiver's wallet, is in another partition than the sender's
-    /// wallet (`placed`): this version settles a transfer inside one partition.
-    #[error("the transfer or its receiver is in partition {placed}, the sender in {sender}; a transfer stays in one partition")]
+    /// The transfer's id places it in another partition (`placed`) than its sender's wallet:
+    /// this version keeps a transfer in its sender's partition (its receiver may be anywhere).
+    #[error("the transfer is placed in partition {placed}, its sender in {sender}; choose an id in the sender's")]
     CrossPartition {
         /// The other partition.
         placed: u32,

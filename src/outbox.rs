@@ -2,7 +2,7 @@
 //!
 //! The remittances from one partition to another are numbered 1, 2, 3, … in the order of the
 //! sending partition's journal: the number is taken under the same lock as the claim's append
-//! ([`Outbox::append_claim`]), and replay numbers the claims it meets in the same order, so a
+//! ([`Outbox::append_crediting`]), and replay numbers the claims it meets in the same order, so a
 //! restarted or new owner of the partition gives every remittance the number it had. The
 //! receiving partition records each one it applies ([`Record::Received`]) and keeps, per
 //! sender, the highest number applied: a number at or below it is a repeat and changes
@@ -51,7 +51,7 @@ impl Remittances {
         Remittance { from: self.partition.index(), to, seq: flow.count, user: credit.user, amount: credit.amount }
     }
 
-    /// Replay's half of [`Outbox::append_claim`]: a durable credit of a wallet elsewhere,
+    /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
     /// waiting for its receiver's acknowledgement.
     pub(crate) fn replayed(&mut self, credit: Credit) {
         let remittance = self.number(credit);
@@ -129,22 +129,36 @@ impl Outbox {
         self.partition
     }
 
-    /// Appends `record`, a claim crediting `credit` to a wallet elsewhere: numbers its
-    /// remittance under the same lock as the append, so numbers follow the journal's order.
-    /// Once durable, the remittance waits for acknowledgement and `then` runs with it.
-    pub(crate) fn append_claim(
+    /// Appends `record`, whose effect credits `credit` (a share won, a refund, a transfer
+    /// settled), and runs `then` once it is durable. A wallet here is credited by `land` first
+    /// (before anyone hears of the record); a wallet elsewhere gets a remittance instead,
+    /// numbered under the same lock as the append, so numbers follow the journal's order, and
+    /// `then` hears of it.
+    pub(crate) fn append_crediting(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         record: Record,
-        credit: Credit,
-        then: impl FnOnce(Remittance) + Send + 'static,
+        credit: Option<Credit>,
+        land: impl FnOnce(Credit) + Send + 'static,
+        then: impl FnOnce(Option<Remittance>) + Send + 'static,
     ) {
+        let Some(credit) = credit.filter(|c| !self.partition.holds_user(c.user)) else {
+            return journal.append(
+                record,
+                Box::new(move || {
+                    if let Some(credit) = credit {
+                        land(credit);
+                    }
+                    then(None);
+                }),
+            );
+        };
         let mut state = self.state.lock();
         let remittance = state.number(credit);
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
             me.held.lock().entry(remittance.to).or_default().push_back(remittance);
-            then(remittance);
+            then(Some(remittance));
         });
         journal.append(record, durable);
     }

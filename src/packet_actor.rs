@@ -94,6 +94,17 @@ pub(crate) struct PacketCtx {
     pub on_close: Box<dyn Fn(Closing) + Send + Sync>,
 }
 
+impl PacketCtx {
+    /// Appends `record`, which credits `credit`, through the outbox (see
+    /// `Outbox::append_crediting`): the wallet here is credited once it is durable, before
+    /// `then`; a wallet elsewhere gets a remittance, which `then` hears of.
+    fn append_crediting(&self, record: Record, credit: Credit, then: impl FnOnce(Option<Remittance>) + Send + 'static) {
+        let wallets = Arc::clone(&self.wallets);
+        let land = move |credit| wallets.credit(credit);
+        self.outbox.append_crediting(&*self.journal, record, Some(credit), land, then);
+    }
+}
+
 /// What a packet tells the routes as it closes.
 pub(crate) enum Closing {
     /// It no longer counts as open.
@@ -257,15 +268,11 @@ impl PacketActor {
             let record = Record::Expired { packet, refund, at: now };
             let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
             let ctx = Arc::clone(&self.ctx);
-            self.ctx.journal.append(
-                record,
-                Box::new(move || {
-                    // The credit leaves for the wallet before anyone hears of the refund.
-                    ctx.wallets.credit(credit);
-                    ctx.events.publish(|| Event::Expired { packet, group, sender, refunded: refund });
-                    answer();
-                }),
-            );
+            // The credit leaves for the wallet before anyone hears of the refund.
+            self.ctx.append_crediting(record, credit, move |_| {
+                ctx.events.publish(|| Event::Expired { packet, group, sender, refunded: refund });
+                answer();
+            });
         } else {
             self.ctx.journal.barrier(Box::new(answer));
         }
@@ -312,17 +319,13 @@ impl PacketActor {
     ) {
         let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
         let ctx = Arc::clone(&self.ctx);
-        self.ctx.journal.append(
-            record,
-            Box::new(move || {
-                // The credit leaves for the wallet before anyone hears of the refund.
-                ctx.wallets.credit(credit);
-                ctx.events.publish(|| event(credit.user, credit.amount));
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(credit.amount));
-                }
-            }),
-        );
+        // The credit leaves for the wallet before anyone hears of the refund.
+        self.ctx.append_crediting(record, credit, move |_| {
+            ctx.events.publish(|| event(credit.user, credit.amount));
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(credit.amount));
+            }
+        });
         self.close(actx, true);
     }
 
@@ -350,13 +353,10 @@ impl PacketActor {
         // (replay derives it), so the grab's answer never depends on a second record that a
         // failure could cut off after the first was made durable.
         let credit = Credit { user: grabbed.user, amount: grabbed.amount };
-        let durable = move |remitted: Option<Remittance>| {
-            // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent after
-            // the reply is handled after the credit. A wallet in another partition gets the
-            // share as a remittance, which the reply names.
-            if remitted.is_none() {
-                ctx.wallets.credit(credit);
-            }
+        // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent after the
+        // reply is handled after the credit. A wallet in another partition gets the share as a
+        // remittance, which the reply names.
+        self.ctx.append_crediting(record, credit, move |remitted: Option<Remittance>| {
             let grabbed = Grabbed { remitted, ..grabbed };
             ctx.events.publish(|| Event::Grabbed {
                 packet: grabbed.packet,
@@ -379,13 +379,7 @@ impl PacketActor {
                 me.do_send(Stop);
             }
             let _ = reply.send(Ok(grabbed));
-        };
-        if self.ctx.outbox.partition().holds_user(grabbed.user) {
-            self.ctx.journal.append(record, Box::new(move || durable(None)));
-        } else {
-            let outbox = Arc::clone(&self.ctx.outbox);
-            outbox.append_claim(&*self.ctx.journal, record, credit, move |r| durable(Some(r)));
-        }
+        });
     }
 }
 

@@ -126,6 +126,7 @@ impl Inner {
             pending: AtomicUsize::new(deadlines.len()),
             pending_max: limits.pending_transfers_max,
             limits: limits.clone(),
+            outbox: Arc::clone(&outbox),
         });
         let mut parts: Vec<Vec<TransferState>> = (0..wallet_shards).map(|_| Vec::new()).collect();
         loaded.into_iter().for_each(|t| parts[Transfers::place(t.id(), wallet_shards)].push(t));

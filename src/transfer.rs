@@ -61,6 +61,11 @@ pub struct TransferView {
     /// When it settled; it is kept (answering repeats and queries) for
     /// `settled_transfer_retention_secs` from then.
     pub settled_at: Option<Timestamp>,
+    /// On the answer to an accept whose receiver's wallet is in another partition: the
+    /// remittance carrying the amount there. Await it in that partition
+    /// ([`crate::Engine::await_remittance`]) before reading the receiver's balance.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub remitted: Option<crate::partition::Remittance>,
 }
 
 /// What a party asks of a transfer.
@@ -352,6 +357,7 @@ impl TransferState {
             accept_until: *accept_until,
             approval: self.sent.approval,
             settled_at: self.settled_at,
+            remitted: None,
         }
     }
 

@@ -38,8 +38,11 @@ use crate::error::TransferError;
 use crate::events::{Event, EventHub};
 use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
+use crate::ledger::Credit;
 use crate::money::Amount;
 use crate::money::{IdMap, TransferId};
+use crate::outbox::Outbox;
+use crate::partition::Remittance;
 use crate::placement::bucket;
 use crate::record::{ApprovalId, NewTransfer, Record, TransferSent, TransferStatus};
 use crate::runtime::{self, Refused};
@@ -64,6 +67,24 @@ pub(crate) struct TransferCtx {
     pub orgs: Arc<crate::org::Orgs>,
     /// The bounds a new transfer is checked against, and its windows.
     pub limits: crate::limits::Limits,
+    /// Where money for a wallet in another partition leaves.
+    pub outbox: Arc<Outbox>,
+}
+
+impl TransferCtx {
+    /// Appends `record`, which may credit `credit`, through the outbox (see
+    /// `Outbox::append_crediting`): a wallet here is credited once it is durable, before
+    /// `then`; a wallet elsewhere gets a remittance, which `then` hears of.
+    fn append_crediting(
+        &self,
+        record: Record,
+        credit: Option<Credit>,
+        then: impl FnOnce(Option<Remittance>) + std::marker::Send + 'static,
+    ) {
+        let wallets = Arc::clone(&self.wallets);
+        let land = move |credit| wallets.credit(credit);
+        self.outbox.append_crediting(&*self.journal, record, credit, land, then);
+    }
 }
 
 /// A transfer to send.
@@ -250,15 +271,7 @@ impl TransferShard {
                 self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
             }
             let ctx = Arc::clone(&self.ctx);
-            self.ctx.journal.append(
-                record,
-                Box::new(move || {
-                    if let Some(credit) = credit {
-                        ctx.wallets.credit(credit);
-                    }
-                    ctx.events.publish(|| due_event(&view));
-                }),
-            );
+            self.ctx.append_crediting(record, credit, move |_| ctx.events.publish(|| due_event(&view)));
         }
         // The timer holds the next deadline (or this one again, if the clock stepped back
         // under it) until its action is recorded.
@@ -282,15 +295,12 @@ impl TransferShard {
         self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
         let view = t.view(now);
         let (ctx, reply) = (Arc::clone(&self.ctx), m.reply);
-        self.ctx.journal.append(
-            record,
-            Box::new(move || {
-                // Credit before reply: a balance read after the answer sees the money.
-                ctx.wallets.credit(credit);
-                ctx.events.publish(|| due_event(&view));
-                let _ = reply.send(Ok(view));
-            }),
-        );
+        // Credit before reply: a balance read after the answer sees the money (a receiver
+        // whose wallet is in another partition awaits the remittance the answer names).
+        self.ctx.append_crediting(record, Some(credit), move |remitted| {
+            ctx.events.publish(|| due_event(&view));
+            let _ = reply.send(Ok(TransferView { remitted, ..view }));
+        });
     }
 }
 
@@ -394,27 +404,23 @@ impl TransferShard {
             self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(m.id) });
         }
         let (view, ctx, reply, by) = (t.view(now), Arc::clone(&self.ctx), m.reply, m.by);
-        self.ctx.journal.append(
-            record.clone(),
-            Box::new(move || {
-                let subject = ApprovalId::Transfer(view.id);
-                match (credit, record) {
-                    (Some(credit), Record::Rejected { reason, .. }) => {
-                        ctx.wallets.credit(credit);
-                        let (sender, refunded) = (view.from, credit.amount);
-                        ctx.events.publish(|| Event::Rejected { subject, sender, by: Some(by), reason, refunded });
-                        let _ = reply.send(Ok(refunded));
-                    }
-                    _ => {
-                        ctx.events.publish(|| Event::Approved { subject, sender: view.from, by });
-                        if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
-                            ctx.events.publish(|| due_event(&view));
-                        }
-                        let _ = reply.send(Ok(Amount::ZERO));
-                    }
+        self.ctx.append_crediting(record.clone(), credit, move |_| {
+            let subject = ApprovalId::Transfer(view.id);
+            match (credit, record) {
+                (Some(credit), Record::Rejected { reason, .. }) => {
+                    let (sender, refunded) = (view.from, credit.amount);
+                    ctx.events.publish(|| Event::Rejected { subject, sender, by: Some(by), reason, refunded });
+                    let _ = reply.send(Ok(refunded));
                 }
-            }),
-        );
+                _ => {
+                    ctx.events.publish(|| Event::Approved { subject, sender: view.from, by });
+                    if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
+                        ctx.events.publish(|| due_event(&view));
+                    }
+                    let _ = reply.send(Ok(Amount::ZERO));
+                }
+            }
+        });
     }
 }
 

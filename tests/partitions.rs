@@ -270,18 +270,56 @@ async fn requests_for_wallets_elsewhere_are_refused_with_their_partition() {
     assert_eq!(p0.send_packet(foreign_sender).await, Err(SendError::Elsewhere { partition: 2 }));
     let foreign_packet = lucky(packet_in(1, 1), home, 3);
     assert_eq!(p0.send_packet(foreign_packet).await, Err(SendError::CrossPartition { placed: 1, sender: 0 }));
-    let id = (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == 0).unwrap();
-    let transfer = NewTransfer {
-        id,
-        from: home,
-        to: sender_in(1),
-        amount: Amount::fen(10),
-        arrival: hongbao::Arrival::Instant,
-        note: String::new(),
-        org: None,
-    };
-    assert_eq!(p0.transfer(transfer).await, Err(TransferError::CrossPartition { placed: 1, sender: 0 }));
+    let transfer_in = |i| (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == i).unwrap();
+    let transfer = |id| NewTransfer { id, amount: Amount::fen(10), ..spec_of(home, sender_in(1)) };
+    let placed_elsewhere = transfer(transfer_in(1));
+    assert_eq!(p0.transfer(placed_elsewhere).await, Err(TransferError::CrossPartition { placed: 1, sender: 0 }));
     let audit = cluster.audit().await;
     assert!(audit.is_balanced(), "{audit:?}");
     assert_eq!(audit.deposits, Amount::yuan(100 * MEMBERS), "nothing was taken");
+    assert_eq!(audit.wallets, audit.deposits, "nothing moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_wallet_elsewhere_is_accepted_where_it_was_sent_and_lands_once() {
+    let cluster = Cluster::start().await;
+    let (from, to) = (sender_in(0), sender_in(1));
+    let id = (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == 0).unwrap();
+    let spec = NewTransfer { id, amount: Amount::yuan(30), note: "房租".into(), ..spec_of(from, to) };
+    let p0 = &cluster.engines[0];
+    p0.transfer(spec).await.unwrap();
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(70));
+    // The receiver accepts it in the transfer's partition; the money leaves for theirs.
+    let accepted = p0.accept_transfer(id, to).await.unwrap();
+    let remitted = accepted.remitted.expect("the receiver's wallet is elsewhere");
+    assert_eq!((remitted.to, remitted.user, remitted.amount), (1, to, Amount::yuan(30)));
+    let in_flight = cluster.audit().await;
+    assert!(in_flight.is_balanced(), "{in_flight:?}");
+    assert_eq!(in_flight.in_flight, Amount::yuan(30));
+    // A repeat of the accept changes nothing and carries nothing more.
+    assert!(p0.accept_transfer(id, to).await.is_err());
+    assert_eq!(cluster.relay(10).await, 1);
+    cluster.engines[1].await_remittance(&remitted).await.unwrap();
+    assert_eq!(cluster.engines[1].balance(to).await.unwrap(), Amount::yuan(130));
+    let settled = cluster.audit().await;
+    assert!(settled.is_balanced(), "{settled:?}");
+    assert_eq!((settled.in_flight, settled.pending), (Amount::ZERO, Amount::ZERO));
+    // A declined one goes back to its sender at home: nothing crosses.
+    let back = (id.0 + 1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == 0).unwrap();
+    p0.transfer(NewTransfer { id: back, amount: Amount::yuan(5), ..spec_of(from, to) }).await.unwrap();
+    assert_eq!(p0.decline_transfer(back, to).await.unwrap().remitted, None);
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(70));
+    assert_eq!(cluster.relay(10).await, 0);
+}
+
+fn spec_of(from: UserId, to: UserId) -> NewTransfer {
+    NewTransfer {
+        id: TransferId(0),
+        from,
+        to,
+        amount: Amount::ZERO,
+        arrival: hongbao::Arrival::Instant,
+        note: String::new(),
+        org: None,
+    }
 }
