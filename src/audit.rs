@@ -274,6 +274,9 @@ pub fn audit_history(
         records += 1;
         replica.apply_record(record).map_err(|e| format!("record {records}: {e}"))
     })?;
+    if let Some(why) = replica.partition_mismatch() {
+        return Err(why);
+    }
     let c = replica.packet_counts();
     Ok(HistoryAudit {
         records,
@@ -357,6 +360,10 @@ impl ClusterAudit {
         for (&(from, to), out) in &sent {
             let back = received.get(&(from, to)).copied().unwrap_or_default();
             match (out.count.checked_sub(back.count), out.amount.checked_sub(back.amount)) {
+                // The same numbers must carry the same money: none in flight, none owed.
+                (Some(0), Some(amount)) if !amount.is_zero() => {
+                    violations.push(format!("partition {to} applied the remittances from {from} with other amounts"))
+                }
                 (Some(count), Some(amount)) => {
                     in_flight_count += count;
                     in_flight += u128::from(amount.as_fen());

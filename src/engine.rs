@@ -962,7 +962,8 @@ impl Engine {
     /// # Errors
     ///
     /// `Misrouted` (not for this partition, or for a wallet it does not hold), `Gap` (a number
-    /// skipped), `TooMany` (more than [`REMITTANCES_PER_CALL_MAX`]): nothing changes then.
+    /// skipped), `InvalidAmount` (zero, or above every share and transfer cap), `TooMany`
+    /// (more than [`REMITTANCES_PER_CALL_MAX`]): nothing changes then.
     /// `ShuttingDown`, `Unavailable`, `OutcomeUnknown` (send them again once it runs).
     pub async fn receive(&self, batch: &[Remittance]) -> Result<(), RemittanceError> {
         let inner = self.inner()?;
@@ -970,10 +971,17 @@ impl Engine {
             return Err(RemittanceError::TooMany { count: batch.len(), max: REMITTANCES_PER_CALL_MAX });
         }
         let wallets = Arc::clone(&inner.wallets);
-        inner.outbox.receive(&*inner.journal, batch, move |credit| wallets.credit(credit))?;
+        let amount_max = Amount::fen(inner.limits.share_fen_max.max(inner.limits.transfer_fen_max));
+        inner.outbox.receive(&*inner.journal, batch, amount_max, move |credit| wallets.credit(credit))?;
         let (tx, rx) = oneshot::channel();
         crate::journal::reply_after_barrier(&*inner.journal, tx, ());
-        rx.await.map_err(|_| RemittanceError::from(inner.lost()))
+        // A failure may have come after some of the batch was durable and credited: whatever
+        // the journal proved of the rest, the batch's outcome is unknown (sending it again is
+        // safe: repeats change nothing).
+        rx.await.map_err(|_| match RemittanceError::from(inner.lost()) {
+            RemittanceError::ShuttingDown => RemittanceError::ShuttingDown,
+            _ => RemittanceError::OutcomeUnknown,
+        })
     }
 
     /// The highest number of the remittances from partition `from` durable and credited here:
@@ -991,10 +999,15 @@ impl Engine {
     ///
     /// `Misrouted` if it is not for this partition; `ShuttingDown`, `Unavailable`.
     pub async fn await_remittance(&self, remittance: &Remittance) -> Result<(), RemittanceError> {
-        let inner = self.inner()?;
-        inner.outbox.check_destination(remittance)?;
-        inner.outbox.applied(remittance.from, remittance.seq).await;
-        Ok(())
+        self.inner()?.outbox.check_destination(remittance)?;
+        // Looked at again now and then: an engine that stops meanwhile answers why.
+        let every = std::time::Duration::from_millis(100);
+        loop {
+            let inner = self.inner()?;
+            if tokio::time::timeout(every, inner.outbox.applied(remittance.from, remittance.seq)).await.is_ok() {
+                return Ok(());
+            }
+        }
     }
 
     /// Stops the engine gracefully: new requests are refused with `ShuttingDown`, requests

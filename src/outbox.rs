@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::journal::{Completion, Journal};
 use crate::ledger::Credit;
-use crate::partition::{check, Flow, Partition, Remittance, RemittanceError};
+use crate::partition::{check, Flow, Partition, Remittance, RemittanceError, REMITTANCES_HELD_MAX};
 use crate::record::Record;
 
 /// What a partition sent to and received from the others, as its journal tells: part of the
@@ -46,16 +46,26 @@ impl Remittances {
         let to = self.partition.of_user(credit.user);
         let flow = self.sent.entry(to).or_insert(Flow { peer: to, ..Flow::default() });
         flow.count += 1;
-        // A remittance is a share of escrowed deposits: no sum of them passes the deposits.
-        flow.amount = flow.amount.checked_add(credit.amount).expect("remittances come from escrowed deposits");
+        // A sum in fen that passes u64 (1.8 × 10^17 yuan) is out of reach of any real traffic.
+        flow.amount = flow.amount.checked_add(credit.amount).expect("the sum of remittances fits u64 fen");
         Remittance { from: self.partition.index(), to, seq: flow.count, user: credit.user, amount: credit.amount }
     }
 
     /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
-    /// waiting for its receiver's acknowledgement.
+    /// waiting for its receiver's acknowledgement. Only the last [`REMITTANCES_HELD_MAX`] per
+    /// receiver are kept: the live outbox never let more than that wait.
     pub(crate) fn replayed(&mut self, credit: Credit) {
         let remittance = self.number(credit);
-        self.unacknowledged.entry(remittance.to).or_default().push_back(remittance);
+        let queue = self.unacknowledged.entry(remittance.to).or_default();
+        queue.push_back(remittance);
+        if queue.len() as u64 > REMITTANCES_HELD_MAX {
+            queue.pop_front();
+        }
+    }
+
+    /// Remittances numbered to `to` so far.
+    fn sent_to(&self, to: u32) -> u64 {
+        self.sent.get(&to).map_or(0, |f| f.count)
     }
 
     /// Whether `remittance` is fresh here (the next from its sender), a repeat, or refused.
@@ -74,8 +84,7 @@ impl Remittances {
             return Ok(false);
         }
         let flow = self.received.entry(r.from).or_insert(Flow { peer: r.from, ..Flow::default() });
-        // What arrives was sent from escrowed deposits: no sum of it passes them.
-        let amount = flow.amount.checked_add(r.amount).expect("remittances come from escrowed deposits");
+        let amount = flow.amount.checked_add(r.amount).ok_or(RemittanceError::InvalidAmount { amount: r.amount })?;
         *flow = Flow { peer: r.from, count: r.seq, amount };
         Ok(true)
     }
@@ -110,6 +119,9 @@ pub(crate) struct Outbox {
     /// Durable remittances waiting for acknowledgement, by receiver (locked apart from the
     /// counts: an in-memory journal makes a claim durable inside its append).
     held: Mutex<BTreeMap<u32, VecDeque<Remittance>>>,
+    /// The highest number each receiver acknowledged (after a restart: the last one before
+    /// those held).
+    acknowledged: Mutex<BTreeMap<u32, u64>>,
     /// The highest number from each sender whose remittance is durable here and credited.
     applied: Mutex<BTreeMap<u32, u64>>,
     /// Rung when a remittance is durable here, for those awaiting one.
@@ -118,11 +130,17 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     pub(crate) fn new(mut state: Remittances) -> Outbox {
-        let held = Mutex::new(std::mem::take(&mut state.unacknowledged));
+        let held = std::mem::take(&mut state.unacknowledged);
+        let acknowledged = state
+            .sent
+            .keys()
+            .map(|&to| (to, held.get(&to).and_then(|q| q.front()).map_or(state.sent_to(to), |r| r.seq - 1)))
+            .collect();
+        let (held, acknowledged) = (Mutex::new(held), Mutex::new(acknowledged));
         let partition = state.partition;
         let applied = Mutex::new(state.received.iter().map(|(&from, flow)| (from, flow.count)).collect());
         let rung = tokio::sync::watch::channel(0).0;
-        Outbox { partition, state: Mutex::new(state), held, applied, rung }
+        Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung }
     }
 
     pub(crate) fn partition(&self) -> Partition {
@@ -163,6 +181,18 @@ impl Outbox {
         journal.append(record, durable);
     }
 
+    /// Whether money for `user` may be credited now: their wallet is here, or fewer than
+    /// [`REMITTANCES_HELD_MAX`] remittances to their partition wait for acknowledgement.
+    pub(crate) fn has_room(&self, user: crate::money::UserId) -> bool {
+        if self.partition.holds_user(user) {
+            return true;
+        }
+        let to = self.partition.of_user(user);
+        let sent = self.state.lock().sent_to(to);
+        let acknowledged = self.acknowledged.lock().get(&to).copied().unwrap_or(0);
+        sent.saturating_sub(acknowledged) < REMITTANCES_HELD_MAX
+    }
+
     /// Up to `max` durable remittances to `to` not yet acknowledged, oldest first.
     pub(crate) fn pending(&self, to: u32, max: usize) -> Vec<Remittance> {
         self.held.lock().get(&to).map(|q| q.iter().take(max).copied().collect()).unwrap_or_default()
@@ -170,6 +200,10 @@ impl Outbox {
 
     /// The receiver `to` applied every remittance up to `through`: they leave the outbox.
     pub(crate) fn acknowledge(&self, to: u32, through: u64) {
+        let mut acknowledged = self.acknowledged.lock();
+        let last = acknowledged.entry(to).or_insert(0);
+        *last = (*last).max(through);
+        drop(acknowledged);
         if let Some(queue) = self.held.lock().get_mut(&to) {
             while queue.front().is_some_and(|r| r.seq <= through) {
                 queue.pop_front();
@@ -183,16 +217,21 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// The first misrouted remittance or gap; nothing changes then.
+    /// The first misrouted remittance, gap, or amount of zero or above `amount_max` (no share
+    /// or transfer is larger); nothing changes then.
     pub(crate) fn receive(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         batch: &[Remittance],
+        amount_max: crate::money::Amount,
         credit: impl Fn(Credit) + Clone + Send + 'static,
     ) -> Result<(), RemittanceError> {
         let mut state = self.state.lock();
         let mut applied: BTreeMap<u32, u64> = BTreeMap::new();
         for r in batch {
+            if r.amount.is_zero() || r.amount > amount_max {
+                return Err(RemittanceError::InvalidAmount { amount: r.amount });
+            }
             let last = *applied.entry(r.from).or_insert_with(|| state.received_from(r.from));
             if check(self.partition, r, last)? {
                 applied.insert(r.from, r.seq);
@@ -268,5 +307,22 @@ mod tests {
         assert!(matches!(sender.check(&out[0]), Err(RemittanceError::Misrouted { .. })));
         let wrong_user = Remittance { user: user_in(a, 0), ..out[2] };
         assert!(matches!(receiver.check(&wrong_user), Err(RemittanceError::Misrouted { .. })));
+    }
+
+    #[test]
+    fn a_restart_holds_the_last_remittances_and_the_bound_holds_the_outbox() {
+        let a = Partition::new(0, 2).unwrap();
+        let mut replayed = Remittances::new(a);
+        let user = user_in(a, 1);
+        (0..REMITTANCES_HELD_MAX + 5).for_each(|_| replayed.replayed(Credit { user, amount: Amount::fen(1) }));
+        let outbox = Outbox::new(replayed);
+        // The oldest five are taken as acknowledged: the live outbox never let more wait.
+        assert_eq!(outbox.pending(1, 1)[0].seq, 6);
+        assert_eq!(outbox.pending(1, usize::MAX).len() as u64, REMITTANCES_HELD_MAX);
+        assert!(!outbox.has_room(user), "a full outbox refuses more");
+        assert!(outbox.has_room(user_in(a, 0)), "a wallet here needs no room");
+        outbox.acknowledge(1, 6);
+        assert!(outbox.has_room(user));
+        assert_eq!(outbox.pending(1, 1)[0].seq, 7);
     }
 }

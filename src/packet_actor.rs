@@ -411,6 +411,12 @@ impl PacketActor {
             Ok(record) => record,
             Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
         };
+        if !self.ctx.outbox.has_room(m.user) {
+            // Too much waits for the grabber's partition: the relay is behind. Nothing was
+            // applied; the grab may be tried again.
+            let _ = m.reply.send(Err(GrabError::Busy));
+            return;
+        }
         let credit = self.state.apply(&record).expect("decided against this state").expect("a claim credits");
         let grabbed = Grabbed {
             packet: self.state.id(),

@@ -15,6 +15,12 @@ use crate::money::{Amount, PacketId, TransferId, UserId};
 /// The most partitions a cluster may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 
+/// The most remittances from one partition to another that may be numbered and not yet
+/// acknowledged: a grab or an accept whose money would pass it is refused with `Busy` until
+/// the relay catches up. Part of the format: a restarted partition holds the last this many
+/// remittances to each receiver, which therefore include every one not acknowledged.
+pub const REMITTANCES_HELD_MAX: u64 = 100_000;
+
 /// The most remittances one [`crate::Engine::receive`] takes.
 pub const REMITTANCES_PER_CALL_MAX: usize = 10_000;
 
@@ -179,6 +185,12 @@ pub enum RemittanceError {
         seq: u64,
         /// The number expected next.
         expected: u64,
+    },
+    /// An amount no remittance can carry: zero, or more than any share or transfer.
+    #[error("a remittance of {amount} cannot be: no share or transfer is zero or that large")]
+    InvalidAmount {
+        /// The amount.
+        amount: Amount,
     },
     /// More remittances in one call than [`REMITTANCES_PER_CALL_MAX`].
     #[error("{count} remittances in one call; the limit is {max}")]

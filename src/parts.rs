@@ -95,6 +95,12 @@ impl Inner {
         let oplog = std::mem::take(&mut replica.oplog).with_retention(limits.op_log_retention_secs);
         let oplog = Arc::new(LiveLog::new(oplog));
         let journal: Arc<dyn Journal> = Arc::new(LoggedJournal { inner: journal, log: Arc::clone(&oplog) });
+        if !partition.is_whole() && replica.records == 0 {
+            // A partition's journal names its partition first, so that no engine configured
+            // with another count can replay it.
+            let named = Record::Partitioned { index: partition.index(), count: partition.count() };
+            journal.append(named, Box::new(|| {}));
+        }
         let runtime = Runtime::start(arbiters)?;
         let events = Arc::new(EventHub::new(limits.event_buffer_len, limits.subscribers_max));
         let fuse = Arc::new(Fuse::default());
@@ -327,6 +333,9 @@ fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), 
         }
         (None, None) => return Ok((Arc::clone(&config.journal), None)),
     };
+    if let Some(why) = state.partition_mismatch() {
+        return Err(StartError::Recovery(why));
+    }
     let audit = audit::replica_audit(&state);
     if !audit.is_balanced() {
         let mut problems = audit.violations.clone();

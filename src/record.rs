@@ -55,6 +55,8 @@ const REJECTED: u8 = 27;
 const GUARDIAN_SET: u8 = 28;
 /// A remittance from another partition, applied here (format version 3).
 const RECEIVED: u8 = 29;
+/// The partition a journal belongs to, its first record (format version 3).
+const PARTITIONED: u8 = 30;
 
 const SUBJECT_PACKET: u8 = 1;
 const SUBJECT_TRANSFER: u8 = 2;
@@ -596,6 +598,15 @@ pub enum Record {
         /// When.
         at: Timestamp,
     },
+    /// The journal belongs to partition `index` of `count`: the first record of a partition's
+    /// journal. An engine configured otherwise refuses to start on it (placement depends on
+    /// the count, so replaying under another one would credit wallets where they are not).
+    Partitioned {
+        /// The partition.
+        index: u32,
+        /// Of how many.
+        count: u32,
+    },
     /// A remittance from another partition was applied: a share won there by a member whose
     /// wallet is here. Applied once: a repeat of its number changes nothing.
     Received(crate::partition::Remittance),
@@ -879,6 +890,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(EXPIRED);
             put_u64s(out, &[packet.0, refund.as_fen(), at.0]);
         }
+        Record::Partitioned { index, count } => {
+            out.push(PARTITIONED);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
         Record::Received(r) => {
             out.push(RECEIVED);
             out.extend_from_slice(&r.from.to_le_bytes());
@@ -1112,6 +1128,7 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         EXPIRED => {
             Record::Expired { packet: PacketId(r.u64()?), refund: Amount::fen(r.u64()?), at: Timestamp(r.u64()?) }
         }
+        PARTITIONED => Record::Partitioned { index: r.u32()?, count: r.u32()? },
         RECEIVED => Record::Received(crate::partition::Remittance {
             from: r.u32()?,
             to: r.u32()?,
@@ -1175,6 +1192,7 @@ pub(crate) mod tests {
             sent(45, Split::shuffled(Amount::yuan(3), 7), "", 5),
             sent(43, Split::Fixed { each: Amount::fen(88), shares: 3 }, "", 1),
             sent(44, Split::Exclusive { to: UserId(3), amount: Amount::fen(9) }, "给你", 2),
+            Record::Partitioned { index: 2, count: 64 },
             Record::Received(crate::partition::Remittance {
                 from: 3,
                 to: 1,

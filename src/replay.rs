@@ -46,6 +46,8 @@ pub(crate) struct Replica {
     pub share_fen_max: u64,
     /// What this partition sent to and received from the others.
     pub remittances: Remittances,
+    /// Whether the journal named its partition (its first record).
+    pub partition_named: bool,
     /// Records applied.
     pub records: u64,
 }
@@ -62,6 +64,7 @@ impl Replica {
             oplog: OpLog::new(crate::limits::Limits::default().op_log_retention_secs),
             share_fen_max,
             remittances: Remittances::new(Partition::whole()),
+            partition_named: false,
             records: 0,
         }
     }
@@ -70,6 +73,20 @@ impl Replica {
     pub(crate) fn with_partition(mut self, partition: Partition) -> Replica {
         self.remittances = Remittances::new(partition);
         self
+    }
+
+    /// Why this replica cannot be its partition's state: records of an unpartitioned journal
+    /// replayed as one partition of several.
+    pub(crate) fn partition_mismatch(&self) -> Option<String> {
+        let partition = self.remittances.partition;
+        (!partition.is_whole() && self.records > 0 && !self.partition_named).then(|| {
+            format!(
+                "the journal does not name its partition: it was written by an unpartitioned engine and cannot be \
+                 partition {} of {}",
+                partition.index(),
+                partition.count()
+            )
+        })
     }
 
     /// Lands a credit: in its wallet if this partition holds it, else as a remittance.
@@ -138,6 +155,20 @@ impl Replica {
                 if let Some(credit) = state.apply(record)? {
                     self.credit(credit)?;
                 }
+            }
+            Record::Partitioned { index, count } => {
+                let (mine, records) = (self.remittances.partition, self.records);
+                if (mine.index(), mine.count()) != (*index, *count) {
+                    return Err(format!(
+                        "the journal is partition {index} of {count}; the engine serves partition {} of {}",
+                        mine.index(),
+                        mine.count()
+                    ));
+                }
+                if records > 0 {
+                    return Err("the partition is named after other records".into());
+                }
+                self.partition_named = true;
             }
             Record::Received(remittance) => {
                 let credit = Credit { user: remittance.user, amount: remittance.amount };

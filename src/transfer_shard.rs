@@ -284,6 +284,13 @@ impl TransferShard {
         let now = self.ctx.clock.now();
         self.run_due(m.id, now, false);
         let decided = self.known(m.id).and_then(|t| t.decide(m.action, m.by, now));
+        let receiver = self.known(m.id).map(|t| t.view(now).to);
+        if matches!((m.action, receiver), (Action::Accept, Ok(to)) if decided.is_ok() && !self.ctx.outbox.has_room(to))
+        {
+            // Too much waits for the receiver's partition: the relay is behind.
+            let _ = m.reply.send(Err(TransferError::Busy));
+            return;
+        }
         let record = match decided {
             Ok(record) => record,
             // The state may hold records not yet durable (a deadline just applied): the

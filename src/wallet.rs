@@ -547,6 +547,9 @@ impl Wallets {
         WalletShard: Handler<M>,
         M: Message<Result = ()> + Send + 'static,
     {
+        if !self.partition.holds_user(user) {
+            return Err((Refused::Elsewhere(self.partition.of_user(user)), msg));
+        }
         runtime::try_tell(self.shard(user), msg)
     }
 

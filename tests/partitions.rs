@@ -323,3 +323,33 @@ fn spec_of(from: UserId, to: UserId) -> NewTransfer {
         org: None,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_replays_only_as_the_partition_it_names() {
+    let cluster = Cluster::start().await;
+    let records = cluster.journals[1].records();
+    assert_eq!(records[0], hongbao::Record::Partitioned { index: 1, count: PARTITIONS });
+    let start = |partition: Partition, history: Vec<hongbao::Record>| {
+        let config = Config::default().with_partition(partition);
+        Engine::start(config.with_journal_history(Arc::new(MemoryJournal::new()), Arc::new(history)))
+    };
+    // Under another count, or as another partition, or unpartitioned: refused, naming why.
+    for other in [Partition::new(1, 4).unwrap(), partition(2), Partition::whole()] {
+        match start(other, records.clone()) {
+            Err(hongbao::StartError::Recovery(why)) => assert!(why.contains("partition 1 of 3"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A journal written unpartitioned cannot become a partition of several.
+    let whole = Arc::new(MemoryJournal::recording());
+    let engine = Engine::start(Config::default().with_journal(whole.clone())).unwrap();
+    engine.deposit(OpId(1), UserId(1), Amount::fen(5)).await.unwrap();
+    engine.shutdown().await;
+    match start(partition(0), whole.records()) {
+        Err(hongbao::StartError::Recovery(why)) => assert!(why.contains("unpartitioned"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let same = start(partition(1), records).unwrap();
+    assert!(same.audit().await.unwrap().is_balanced());
+    same.shutdown().await;
+}

@@ -175,34 +175,33 @@ async fn way_out(js: jetstream::Context, spec: InboxSpec, engine: Engine, mut st
     let me = partition.index();
     let peers: Vec<u32> = (0..partition.count()).filter(|&to| to != me).collect();
     while !*stop.borrow() {
-        let mut carried = false;
+        let (mut carried, mut failed) = (false, false);
         for &to in &peers {
             let batch = engine.outbox(to, BATCH_MAX);
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
             let id = format!("{me}-{to}-{}-{}", first.seq, last.seq);
             let payload = pack_records(batch.iter().map(|r| Record::Received(*r)));
             let message = PublishMessage::build().payload(payload).message_id(id);
-            // Published again until acknowledged: a copy that landed twice is dropped by its id,
-            // and one that slipped past the window is a repeat the receiver skips.
-            loop {
-                let ack = match js.send_publish(spec.subject(to, me), message.clone()).await {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                match ack {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!("remittances {me}→{to} up to {}: {e}; again", last.seq);
-                        if sleep_or_stop(Duration::from_millis(100), &mut stop).await {
-                            return;
-                        }
-                    }
+            // Not acknowledged: the batch stays in the outbox and goes again next round, after
+            // the other receivers had their turn (a copy that landed twice is dropped by its
+            // id, and one that slipped past the window is a repeat the receiver skips).
+            let ack = match js.send_publish(spec.subject(to, me), message).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match ack {
+                Ok(()) => {
+                    engine.acknowledge(to, last.seq);
+                    carried = true;
+                }
+                Err(e) => {
+                    tracing::warn!("remittances {me}→{to} up to {}: {e}; again", last.seq);
+                    failed = true;
                 }
             }
-            engine.acknowledge(to, last.seq);
-            carried = true;
         }
-        if !carried && sleep_or_stop(IDLE, &mut stop).await {
+        let rest = if failed { Duration::from_millis(100) } else { IDLE };
+        if (failed || !carried) && sleep_or_stop(rest, &mut stop).await {
             return;
         }
     }
@@ -256,13 +255,15 @@ async fn way_in(stream: stream::Stream, spec: InboxSpec, engine: Engine, mut sto
                 }
                 None => continue 'connect,
             };
-            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            // Without its sequence a message is applied but never a purge's bound (a purge below
+            // 0 would empty the subject, later messages included).
+            let sequence = message.info().map(|i| i.stream_sequence).ok();
             let batch = match remittances(&message.payload) {
                 Ok(batch) => batch,
                 Err(reason) => {
                     // Nothing else writes these subjects: a message that is not a batch of
                     // remittances is a fault to look at, not money to guess.
-                    tracing::error!("inbox {} message {sequence}: {reason}; skipped", spec.stream);
+                    tracing::error!("inbox {} message {sequence:?}: {reason}; skipped", spec.stream);
                     continue;
                 }
             };
@@ -273,7 +274,7 @@ async fn way_in(stream: stream::Stream, spec: InboxSpec, engine: Engine, mut sto
                     // Stuck rather than wrong: a gap would mean a message is missing, and
                     // skipping it would lose money; it is logged until someone looks.
                     Err(e) => {
-                        tracing::error!("inbox {} message {sequence}: {e}; again", spec.stream);
+                        tracing::error!("inbox {} message {sequence:?}: {e}; again", spec.stream);
                         if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
                             return;
                         }
@@ -281,7 +282,7 @@ async fn way_in(stream: stream::Stream, spec: InboxSpec, engine: Engine, mut sto
                 }
             }
             applied += 1;
-            if applied.is_multiple_of(PURGE_EVERY) {
+            if let Some(sequence) = sequence.filter(|_| applied.is_multiple_of(PURGE_EVERY)) {
                 // Everything before this message on its subject is applied; it stays, as the
                 // place its sender goes on from.
                 let subject = message.subject.to_string();

@@ -83,7 +83,8 @@ enum Command {
         #[arg(long, value_name = "URLS", conflicts_with = "dir")]
         cluster: Option<String>,
         /// How many partitions the cluster has (with --cluster): each one's stream is audited,
-        /// then conservation over all of them with the remittances in flight counted
+        /// then conservation over all of them with the remittances in flight counted (the
+        /// streams are read one after another: audit a quiet cluster)
         #[arg(long, default_value_t = 1, requires = "cluster",
               value_parser = clap::value_parser!(u32).range(1..=i64::from(hongbao::PARTITIONS_MAX)))]
         partitions: u32,
