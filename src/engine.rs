@@ -397,6 +397,7 @@ impl Engine {
     /// `UnknownPacket`, `Busy`, `ShuttingDown`.
     pub async fn packet(&self, packet: PacketId) -> Result<PacketView, EngineError> {
         let inner = self.inner()?;
+        inner.holds_packet(packet)?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.get(packet) {
                 None | Some(Route::Opening) => return Err(EngineError::UnknownPacket),
@@ -429,6 +430,7 @@ impl Engine {
     /// `Irrevocable` for any packet that exists, `UnknownPacket`, `ShuttingDown`.
     pub async fn recall(&self, packet: PacketId) -> Result<Amount, EngineError> {
         let inner = self.inner()?;
+        inner.holds_packet(packet)?;
         match inner.routes.get(packet) {
             None | Some(Route::Opening) => Err(EngineError::UnknownPacket),
             Some(_) => Err(EngineError::Irrevocable { packet }),
@@ -680,10 +682,11 @@ impl Engine {
     ) -> Result<T, E>
     where
         T: std::marker::Send + 'static,
-        E: From<Stopped> + std::marker::Send + 'static,
+        E: From<Stopped> + From<Refused> + std::marker::Send + 'static,
         M: actix::Message<Result = ()> + std::marker::Send + 'static,
         packet_actor::PacketActor: actix::Handler<M>,
     {
+        inner.holds_packet(packet)?;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let live = match inner.routes.wake(packet) {
                 None | Some(Route::Opening) => return Err(unknown),

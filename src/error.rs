@@ -59,6 +59,12 @@ pub enum GrabError {
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
+    /// The packet is in another partition of the cluster: ask its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -401,6 +407,12 @@ pub enum CancelError {
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
+    /// The packet is in another partition of the cluster: ask its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -537,6 +549,12 @@ pub enum RecallError {
     /// The packet's mailbox is full: try again shortly.
     #[error("the packet is busy; try again")]
     Busy,
+    /// The packet is in another partition of the cluster: ask its owner.
+    #[error("held by partition {partition}; ask its owner")]
+    Elsewhere {
+        /// The partition that holds it.
+        partition: u32,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

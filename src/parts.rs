@@ -27,7 +27,7 @@ use crate::record::{ApprovalId, Record, RETIRED_IDS_MAX};
 use crate::replay::Replica;
 use crate::roster::Rosters;
 use crate::routes::{PacketMeta, Routes};
-use crate::runtime::Runtime;
+use crate::runtime::{Refused, Runtime};
 use crate::timer::{Attach, AttachSweep, Due, Schedule, Timer};
 use crate::transfer::TransferState;
 use crate::transfer_shard::{TransferCtx, TransferShard, Transfers};
@@ -72,6 +72,15 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// `Elsewhere` for a packet another partition holds.
+    pub(crate) fn holds_packet(&self, packet: PacketId) -> Result<(), Refused> {
+        let partition = self.outbox.partition();
+        match partition.holds_packet(packet) {
+            true => Ok(()),
+            false => Err(Refused::Elsewhere(partition.of_packet(packet))),
+        }
+    }
+
     /// Starts the engine's parts: recovery first (a journal that cannot be read refuses the
     /// start before any thread starts), then the actor threads, the wallet shards, the timer
     /// and the routes, loaded with what the journal recorded.
@@ -140,7 +149,7 @@ impl Inner {
         let transfer_shards = runtime.start_actors(wallet_shards, limits.wallet_mailbox_capacity, |_| {
             TransferShard::new(Arc::clone(&transfer_ctx), parts.next().expect("one part per shard"))
         })?;
-        let transfers = Arc::new(Transfers::new(transfer_shards));
+        let transfers = Arc::new(Transfers::new(partition, transfer_shards));
         let rosters = Arc::new(Rosters::new(replica.rosters, limits.members_per_group_max, limits.groups_max));
         let routes =
             Routes::new(limits.open_packets_max, runtime.arbiters().into(), timer.clone(), |on_close| PacketCtx {

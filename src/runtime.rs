@@ -27,59 +27,36 @@ pub(crate) enum Refused {
     Full,
     /// The actor has stopped.
     Closed,
-    /// The wallet is in this other partition.
+    /// The wallet, packet or transfer is in this other partition.
     Elsewhere(u32),
 }
 
-impl From<Refused> for EngineError {
-    fn from(r: Refused) -> EngineError {
-        match r {
-            Refused::Full => EngineError::Busy,
-            Refused::Closed => EngineError::ShuttingDown,
-            Refused::Elsewhere(partition) => EngineError::Elsewhere { partition },
+/// How each error type says a mailbox refused: `Busy`, `ShuttingDown`, `Elsewhere`.
+macro_rules! from_refused {
+    ($($error:ty),*) => {$(
+        impl From<Refused> for $error {
+            fn from(r: Refused) -> $error {
+                type E = $error;
+                match r {
+                    Refused::Full => E::Busy,
+                    Refused::Closed => E::ShuttingDown,
+                    Refused::Elsewhere(partition) => E::Elsewhere { partition },
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl From<Refused> for WalletError {
-    fn from(r: Refused) -> WalletError {
-        match r {
-            Refused::Full => WalletError::Busy,
-            Refused::Closed => WalletError::ShuttingDown,
-            Refused::Elsewhere(partition) => WalletError::Elsewhere { partition },
-        }
-    }
-}
-
-impl From<Refused> for SendRefused {
-    fn from(r: Refused) -> SendRefused {
-        match r {
-            Refused::Full => SendRefused::Busy,
-            Refused::Closed => SendRefused::ShuttingDown,
-            Refused::Elsewhere(partition) => SendRefused::Elsewhere { partition },
-        }
-    }
-}
-
-impl From<Refused> for crate::error::TransferError {
-    fn from(r: Refused) -> crate::error::TransferError {
-        match r {
-            Refused::Full => crate::error::TransferError::Busy,
-            Refused::Closed => crate::error::TransferError::ShuttingDown,
-            Refused::Elsewhere(partition) => crate::error::TransferError::Elsewhere { partition },
-        }
-    }
-}
-
-impl From<Refused> for crate::error::ApprovalError {
-    fn from(r: Refused) -> crate::error::ApprovalError {
-        match r {
-            Refused::Full => crate::error::ApprovalError::Busy,
-            Refused::Closed => crate::error::ApprovalError::ShuttingDown,
-            Refused::Elsewhere(partition) => crate::error::ApprovalError::Elsewhere { partition },
-        }
-    }
-}
+from_refused!(
+    EngineError,
+    WalletError,
+    SendRefused,
+    crate::error::TransferError,
+    crate::error::ApprovalError,
+    crate::error::GrabError,
+    crate::error::CancelError,
+    crate::error::RecallError
+);
 
 /// Sends `msg` to `addr` unless its mailbox is full.
 pub(crate) fn tell<A, M>(addr: &Addr<A>, msg: M) -> Result<(), Refused>

@@ -589,12 +589,14 @@ impl Handler<Flush> for TransferShard {
 
 /// The handle to every transfer shard.
 pub(crate) struct Transfers {
+    /// The partition whose transfers these are: a request for another's is refused.
+    partition: crate::partition::Partition,
     shards: Box<[Addr<TransferShard>]>,
 }
 
 impl Transfers {
-    pub(crate) fn new(shards: Box<[Addr<TransferShard>]>) -> Transfers {
-        Transfers { shards }
+    pub(crate) fn new(partition: crate::partition::Partition, shards: Box<[Addr<TransferShard>]>) -> Transfers {
+        Transfers { partition, shards }
     }
 
     /// Which shard holds transfer `id`, of `shards`.
@@ -612,6 +614,9 @@ impl Transfers {
         TransferShard: Handler<M>,
         M: Message<Result = ()> + std::marker::Send + 'static,
     {
+        if !self.partition.holds_transfer(id) {
+            return Err(Refused::Elsewhere(self.partition.of_transfer(id)));
+        }
         runtime::tell(self.shard(id), msg)
     }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use hongbao::{
-    split::Split, Amount, ClusterAudit, Config, Engine, GroupId, Journal, ManualClock, MemoryJournal, NewPacket,
-    NewTransfer, OpId, PacketId, Partition, Remittance, RemittanceError, SendError, TransferError, TransferId, UserId,
-    WalletError,
+    split::Split, Amount, ClusterAudit, Config, Engine, GrabError, GroupId, Journal, ManualClock, MemoryJournal,
+    NewPacket, NewTransfer, OpId, PacketId, Partition, Remittance, RemittanceError, SendError, TransferError,
+    TransferId, UserId, WalletError,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -274,6 +274,17 @@ async fn requests_for_wallets_elsewhere_are_refused_with_their_partition() {
     let transfer = |id| NewTransfer { id, amount: Amount::fen(10), ..spec_of(home, sender_in(1)) };
     let placed_elsewhere = transfer(transfer_in(1));
     assert_eq!(p0.transfer(placed_elsewhere).await, Err(TransferError::CrossPartition { placed: 1, sender: 0 }));
+    // Requests by a packet's or a transfer's id name the partition that holds it.
+    let (theirs, their_transfer) = (packet_in(2, 1), transfer_in(2));
+    assert_eq!(p0.grab(theirs, home).await, Err(GrabError::Elsewhere { partition: 2 }));
+    assert_eq!(p0.packet(theirs).await, Err(hongbao::EngineError::Elsewhere { partition: 2 }));
+    assert_eq!(p0.cancel_packet(theirs, home).await, Err(hongbao::CancelError::Elsewhere { partition: 2 }));
+    let recalled = p0.admin_recall(theirs, home, String::new()).await;
+    assert_eq!(recalled, Err(hongbao::RecallError::Elsewhere { partition: 2 }));
+    assert_eq!(p0.transfer_view(their_transfer).await, Err(TransferError::Elsewhere { partition: 2 }));
+    assert_eq!(p0.accept_transfer(their_transfer, home).await, Err(TransferError::Elsewhere { partition: 2 }));
+    let approval = p0.approve(hongbao::ApprovalId::Packet(theirs), home).await;
+    assert_eq!(approval, Err(hongbao::ApprovalError::Elsewhere { partition: 2 }));
     let audit = cluster.audit().await;
     assert!(audit.is_balanced(), "{audit:?}");
     assert_eq!(audit.deposits, Amount::yuan(100 * MEMBERS), "nothing was taken");
