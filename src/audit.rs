@@ -35,8 +35,8 @@ pub struct Audit {
     pub deposits: Amount,
     /// Sum of withdrawals.
     pub withdrawals: Amount,
-    /// Sum of the remittances sent to other partitions (shares won here by members whose
-    /// wallets are elsewhere).
+    /// Sum of the remittances sent to other partitions (shares won and transfers accepted
+    /// here by members whose wallets are elsewhere).
     pub remitted: Amount,
     /// Sum of the remittances received from other partitions and applied here.
     pub received: Amount,
@@ -257,7 +257,7 @@ pub struct HistoryAudit {
 /// Replays `history` through the engine's own rules, as [`audit_journal`] replays a journal
 /// directory (every lucky claim checked against the share its seed draws, `share_fen_max` the
 /// cap), then checks conservation and every packet's invariants. The history is `partition`'s:
-/// its shares won by members whose wallets are elsewhere count as remitted.
+/// what it credited to wallets elsewhere counts as remitted.
 ///
 /// # Errors
 ///

@@ -43,8 +43,10 @@ pub struct Config {
     /// `None` (the default) draws each packet's seed from the operating system.
     pub seed: Option<u64>,
     /// Which partition of a cluster this engine serves (default: the whole, unpartitioned).
-    /// Shares won here by members whose wallets are in another partition leave as
-    /// [`crate::Remittance`]s.
+    /// Money credited here to members whose wallets are in another partition leaves as
+    /// [`crate::Remittance`]s. A partition journals to `journal` (a replicated log, with its
+    /// `history`) or memory: the file journal (`journal_dir`) is refused, as its snapshots do
+    /// not carry the remittances yet.
     pub partition: Partition,
 }
 

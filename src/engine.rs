@@ -526,7 +526,8 @@ impl Engine {
     }
 
     /// The receiver accepts an arrived transfer: the money is in their wallet when this
-    /// returns. Returns the settled view.
+    /// returns (or, when that wallet is in another partition, on its way there as the
+    /// view's `remitted`). Returns the settled view.
     ///
     /// # Errors
     ///
@@ -952,8 +953,10 @@ impl Engine {
         self.inner.outbox.pending(to, max)
     }
 
-    /// Partition `to` has applied every remittance from here up to number `through`: they
-    /// leave the outbox.
+    /// The remittances from here to partition `to` up to number `through` are safe beyond this
+    /// partition — applied by `to` ([`Engine::received_from`] there), or stored durably on
+    /// their way (as the NATS relay's inbox stream does) — and leave the outbox. Not
+    /// journaled: after a restart, the relay acknowledges again what it carried before.
     pub fn acknowledge(&self, to: u32, through: u64) {
         self.inner.outbox.acknowledge(to, through);
     }

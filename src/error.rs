@@ -56,7 +56,9 @@ pub enum GrabError {
     /// The packet's approval was refused or never came; nothing was ever grabbable.
     #[error("the packet was not approved")]
     Rejected,
-    /// The packet's mailbox is full: try again shortly.
+    /// The packet's mailbox is full, or (in a partition of a cluster) too many remittances
+    /// wait for the grabber's partition because the relay is behind: try again shortly.
+    /// Nothing changed.
     #[error("the packet is busy; try again")]
     Busy,
     /// The packet is in another partition of the cluster: ask its owner.

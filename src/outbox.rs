@@ -7,7 +7,8 @@
 //! receiving partition records each one it applies ([`Record::Received`]) and keeps, per
 //! sender, the highest number applied: a number at or below it is a repeat and changes
 //! nothing, the next one is applied, and one past it is refused as a gap. A remittance leaves
-//! the outbox only when the receiver has acknowledged it.
+//! the outbox only when it is acknowledged: safe beyond this partition (applied by the
+//! receiver, or stored durably on its way).
 //!
 //! Each partition counts what it sent and received, per peer: its own equation is
 //! `wallets + escrow + pending + sent = deposits − withdrawals + received`, and over the
@@ -34,6 +35,9 @@ pub(crate) struct Remittances {
     received: BTreeMap<u32, Flow>,
     /// Sent, durable, and not yet acknowledged by the receiver, by receiver.
     unacknowledged: BTreeMap<u32, VecDeque<Remittance>>,
+    /// Live only: credits decided (their room in the outbox taken) and not yet numbered, by
+    /// receiver.
+    reserved: BTreeMap<u32, u64>,
 }
 
 impl Remittances {
@@ -173,6 +177,9 @@ impl Outbox {
         };
         let mut state = self.state.lock();
         let remittance = state.number(credit);
+        if let Some(reserved) = state.reserved.get_mut(&remittance.to) {
+            *reserved = reserved.saturating_sub(1);
+        }
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
             me.held.lock().entry(remittance.to).or_default().push_back(remittance);
@@ -181,16 +188,24 @@ impl Outbox {
         journal.append(record, durable);
     }
 
-    /// Whether money for `user` may be credited now: their wallet is here, or fewer than
-    /// [`REMITTANCES_HELD_MAX`] remittances to their partition wait for acknowledgement.
-    pub(crate) fn has_room(&self, user: crate::money::UserId) -> bool {
+    /// Takes room for one credit of `user`, about to be decided and appended through
+    /// [`Outbox::append_crediting`] by the caller (at once, in the same handler): always for a
+    /// wallet here; for a wallet elsewhere, only while fewer than [`REMITTANCES_HELD_MAX`]
+    /// remittances to its partition are numbered, or about to be, and not acknowledged. The
+    /// check and the taking are one step, so no two callers can pass the bound together.
+    pub(crate) fn reserve(&self, user: crate::money::UserId) -> bool {
         if self.partition.holds_user(user) {
             return true;
         }
         let to = self.partition.of_user(user);
-        let sent = self.state.lock().sent_to(to);
+        let mut state = self.state.lock();
         let acknowledged = self.acknowledged.lock().get(&to).copied().unwrap_or(0);
-        sent.saturating_sub(acknowledged) < REMITTANCES_HELD_MAX
+        let reserved = state.reserved.get(&to).copied().unwrap_or(0);
+        if (state.sent_to(to) + reserved).saturating_sub(acknowledged) >= REMITTANCES_HELD_MAX {
+            return false;
+        }
+        *state.reserved.entry(to).or_insert(0) += 1;
+        true
     }
 
     /// Up to `max` durable remittances to `to` not yet acknowledged, oldest first.
@@ -227,14 +242,17 @@ impl Outbox {
         credit: impl Fn(Credit) + Clone + Send + 'static,
     ) -> Result<(), RemittanceError> {
         let mut state = self.state.lock();
-        let mut applied: BTreeMap<u32, u64> = BTreeMap::new();
+        // Everything is checked before anything is appended: numbers, amounts, their sums.
+        let mut applied: BTreeMap<u32, (u64, crate::money::Amount)> = BTreeMap::new();
         for r in batch {
+            let invalid = RemittanceError::InvalidAmount { amount: r.amount };
             if r.amount.is_zero() || r.amount > amount_max {
-                return Err(RemittanceError::InvalidAmount { amount: r.amount });
+                return Err(invalid);
             }
-            let last = *applied.entry(r.from).or_insert_with(|| state.received_from(r.from));
+            let received = state.received.get(&r.from).map(|f| f.amount).unwrap_or_default();
+            let (last, sum) = *applied.entry(r.from).or_insert_with(|| (state.received_from(r.from), received));
             if check(self.partition, r, last)? {
-                applied.insert(r.from, r.seq);
+                applied.insert(r.from, (r.seq, sum.checked_add(r.amount).ok_or(invalid)?));
             }
         }
         for r in batch {
@@ -319,10 +337,12 @@ mod tests {
         // The oldest five are taken as acknowledged: the live outbox never let more wait.
         assert_eq!(outbox.pending(1, 1)[0].seq, 6);
         assert_eq!(outbox.pending(1, usize::MAX).len() as u64, REMITTANCES_HELD_MAX);
-        assert!(!outbox.has_room(user), "a full outbox refuses more");
-        assert!(outbox.has_room(user_in(a, 0)), "a wallet here needs no room");
-        outbox.acknowledge(1, 6);
-        assert!(outbox.has_room(user));
-        assert_eq!(outbox.pending(1, 1)[0].seq, 7);
+        assert!(!outbox.reserve(user), "a full outbox refuses more");
+        assert!(outbox.reserve(user_in(a, 0)), "a wallet here needs no room");
+        outbox.acknowledge(1, 7);
+        // Two places, taken one at a time: the third caller meets the bound.
+        assert!(outbox.reserve(user) && outbox.reserve(user));
+        assert!(!outbox.reserve(user), "reserved room counts");
+        assert_eq!(outbox.pending(1, 1)[0].seq, 8);
     }
 }

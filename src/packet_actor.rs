@@ -411,7 +411,7 @@ impl PacketActor {
             Ok(record) => record,
             Err(e) => return reply_after_barrier(&*self.ctx.journal, m.reply, Err(e)),
         };
-        if !self.ctx.outbox.has_room(m.user) {
+        if !self.ctx.outbox.reserve(m.user) {
             // Too much waits for the grabber's partition: the relay is behind. Nothing was
             // applied; the grab may be tried again.
             let _ = m.reply.send(Err(GrabError::Busy));

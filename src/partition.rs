@@ -4,9 +4,9 @@
 //!
 //! A packet belongs to the partition of its id, a wallet to the partition of its user id, a
 //! transfer to the partition of its id ([`Partition::of_packet`] and friends: one stable hash,
-//! part of the format). A grab is decided in the packet's partition; when the grabber's wallet
-//! is elsewhere, the share leaves as a remittance to the grabber's partition instead of being
-//! credited where it was won.
+//! part of the format). A grab is decided in the packet's partition, a transfer's acceptance in
+//! the transfer's; when the wallet to credit is elsewhere, the money leaves as a remittance to
+//! the wallet's partition instead of being credited where it was decided.
 
 use thiserror::Error;
 
@@ -136,8 +136,8 @@ pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool,
     }
 }
 
-/// Money on its way from one partition to a wallet in another: a share won in the packet's
-/// partition by a member whose wallet is elsewhere.
+/// Money on its way from one partition to a wallet in another: a share won, or a transfer
+/// accepted, by a member whose wallet is elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Remittance {

@@ -607,8 +607,8 @@ pub enum Record {
         /// Of how many.
         count: u32,
     },
-    /// A remittance from another partition was applied: a share won there by a member whose
-    /// wallet is here. Applied once: a repeat of its number changes nothing.
+    /// A remittance from another partition was applied: a share won or a transfer accepted
+    /// there by a member whose wallet is here. Applied once: a repeat of its number changes nothing.
     Received(crate::partition::Remittance),
     /// Closed packets, settled transfers and operation ids past their retention were dropped:
     /// from memory and from later snapshots. A retired packet or transfer id is unknown from

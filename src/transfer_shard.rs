@@ -285,8 +285,7 @@ impl TransferShard {
         self.run_due(m.id, now, false);
         let decided = self.known(m.id).and_then(|t| t.decide(m.action, m.by, now));
         let receiver = self.known(m.id).map(|t| t.view(now).to);
-        if matches!((m.action, receiver), (Action::Accept, Ok(to)) if decided.is_ok() && !self.ctx.outbox.has_room(to))
-        {
+        if matches!((m.action, receiver), (Action::Accept, Ok(to)) if decided.is_ok() && !self.ctx.outbox.reserve(to)) {
             // Too much waits for the receiver's partition: the relay is behind.
             let _ = m.reply.send(Err(TransferError::Busy));
             return;

@@ -1,5 +1,6 @@
-//! Remittances between partitions over NATS: a share won in one partition by a member whose
-//! wallet is in another travels through an inbox stream, replicated like the journals.
+//! Remittances between partitions over NATS: a share won, or a transfer accepted, in one
+//! partition by a member whose wallet is in another travels through an inbox stream,
+//! replicated like the journals.
 //!
 //! # The way out
 //!
