@@ -54,19 +54,44 @@ impl NatsCluster {
         if !NatsCluster::available() {
             return Err(ClusterError::NotInstalled);
         }
+        // A port chosen free can be taken by another process before its node binds it: that
+        // node exits, and the cluster is started again on other ports.
+        let mut attempt = 1;
+        loop {
+            match NatsCluster::start_once(nodes) {
+                Err(ClusterError::NotReady(why)) if attempt < 3 => {
+                    tracing::warn!("a NATS cluster did not start ({why}); again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn start_once(nodes: usize) -> Result<NatsCluster, ClusterError> {
         let dir = std::env::temp_dir().join(format!("hongbao-nats-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
+        let ports = free_ports(2 * nodes)?;
         let nodes = (0..nodes)
-            .map(|i| {
-                Ok(Node { name: format!("n{i}"), client_port: free_port()?, route_port: free_port()?, child: None })
+            .map(|i| Node {
+                name: format!("n{i}"),
+                client_port: ports[2 * i],
+                route_port: ports[2 * i + 1],
+                child: None,
             })
-            .collect::<Result<Vec<_>, ClusterError>>()?;
+            .collect();
         let mut cluster = NatsCluster { nodes, dir };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
         for i in 0..cluster.nodes.len() {
             cluster.wait_listening(i)?;
+        }
+        // A node that could not bind its ports exits: every one must still run once all listen.
+        for node in &mut cluster.nodes {
+            if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
+                return Err(ClusterError::NotReady(format!("nats-server {} exited: {status}", node.name)));
+            }
         }
         Ok(cluster)
     }
@@ -150,9 +175,13 @@ impl Drop for NatsCluster {
 }
 
 /// A loopback port nothing listens on now.
-fn free_port() -> Result<u16, ClusterError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(ClusterError::Spawn)?;
-    Ok(listener.local_addr().map_err(ClusterError::Spawn)?.port())
+/// `n` ports free on loopback, all distinct: every one is held until all are chosen (ports
+/// taken one at a time could repeat, and a node whose port another node took would die while
+/// the other answers in its place).
+fn free_ports(n: usize) -> Result<Vec<u16>, ClusterError> {
+    let listeners =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").map_err(ClusterError::Spawn)).collect::<Result<Vec<_>, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr().map_err(ClusterError::Spawn)?.port())).collect()
 }
 
 /// Distinct per call in this process, for directory names.

@@ -69,9 +69,17 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// A NATS cluster of three, or `None` (saying so) without `nats-server`.
+/// A NATS cluster of three, or `None` (saying so) without `nats-server`. A cluster that is
+/// installed but does not start fails the test.
 fn nats() -> Option<NatsCluster> {
-    NatsCluster::start(3).map_err(|e| eprintln!("skipped: {e}")).ok()
+    match NatsCluster::start(3) {
+        Ok(cluster) => Some(cluster),
+        Err(e @ hongbao_cluster::ClusterError::NotInstalled) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("the NATS cluster did not start: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use hongbao::{Amount, Engine, GrabError, GroupId, NewPacket, OpId, PacketId, Split, UserId};
-use hongbao_cluster::NatsCluster;
+use hongbao_cluster::{ClusterError, NatsCluster};
 
 /// One test at a time: each starts a cluster of three servers, and clusters electing leaders
 /// at once on two cores would test the machine, not the code.
@@ -15,14 +15,16 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// A three-node cluster, or `None` (saying so) without `nats-server`.
+/// A three-node cluster, or `None` (saying so) without `nats-server`. A cluster that is
+/// installed but does not start fails the test.
 pub fn cluster() -> Option<NatsCluster> {
     match NatsCluster::start(3) {
         Ok(cluster) => Some(cluster),
-        Err(e) => {
+        Err(e @ ClusterError::NotInstalled) => {
             eprintln!("skipped: {e}");
             None
         }
+        Err(e) => panic!("the NATS cluster did not start: {e}"),
     }
 }
 
