@@ -284,8 +284,12 @@ impl TransferShard {
         let now = self.ctx.clock.now();
         self.run_due(m.id, now, false);
         let decided = self.known(m.id).and_then(|t| t.decide(m.action, m.by, now));
-        let receiver = self.known(m.id).map(|t| t.view(now).to);
-        if matches!((m.action, receiver), (Action::Accept, Ok(to)) if decided.is_ok() && !self.ctx.outbox.reserve(to)) {
+        // Only an accepted transfer credits its receiver, who may be in another partition.
+        let receiver = match (m.action, &decided) {
+            (Action::Accept, Ok(_)) => self.known(m.id).ok().map(|t| t.spec().to),
+            _ => None,
+        };
+        if receiver.is_some_and(|to| !self.ctx.outbox.reserve(to)) {
             // Too much waits for the receiver's partition: the relay is behind.
             let _ = m.reply.send(Err(TransferError::Busy));
             return;

@@ -224,17 +224,12 @@ async fn way_in(stream: stream::Stream, spec: InboxSpec, engine: Engine, mut sto
     let mut applied = 0u64;
     'connect: loop {
         let consumer = OrderedConfig { filter_subject: filter.clone(), ..Default::default() };
-        let mut messages = match stream.create_consumer(consumer).await {
-            Ok(consumer) => match consumer.messages().await {
-                Ok(messages) => messages,
-                Err(e) => {
-                    tracing::warn!("reading {filter}: {e}; again");
-                    if sleep_or_stop(Duration::from_millis(250), &mut stop).await {
-                        return;
-                    }
-                    continue 'connect;
-                }
-            },
+        let opened = match stream.create_consumer(consumer).await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut messages = match opened {
+            Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!("reading {filter}: {e}; again");
                 if sleep_or_stop(Duration::from_millis(250), &mut stop).await {
