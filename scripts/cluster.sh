@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A hongbao cluster on this machine, on loopback: three NATS JetStream servers (Debian's
-# nats-server) replicating the partition's journal R3, and three `hongbao serve --cluster`
-# nodes; one holds the partition's lease and serves, the others wait to take over.
+# nats-server) replicating each partition's journal R3, and three `hongbao serve --cluster`
+# nodes sharing the partitions (HONGBAO_PARTITIONS, default 3) out by their leases. Any node
+# answers any request, forwarding it to the node serving its partition.
 #
-#   scripts/cluster.sh start     build, start everything, print which node serves
-#   scripts/cluster.sh status    which processes run, and which node serves
+#   scripts/cluster.sh start     build, start everything, print which node serves what
+#   scripts/cluster.sh status    which processes run, and which partitions each node serves
 #   scripts/cluster.sh stop      stop everything (state stays in ./cluster-demo)
 #   scripts/cluster.sh clean     stop, and remove ./cluster-demo
 #
@@ -36,12 +37,12 @@ start() {
   for i in 0 1 2; do
     running "$state/node$i.pid" && continue
     "$bin" serve --listen "127.0.0.1:$((18081 + i))" --public-key "$state/hongbao-host.pub" \
-      --cluster "$urls" --node "node$i" >"$state/node$i.log" 2>&1 &
+      --cluster "$urls" --node "node$i" --partitions "${HONGBAO_PARTITIONS:-3}" >"$state/node$i.log" 2>&1 &
     echo $! >"$state/node$i.pid"
   done
-  # The first node to take the lease rebuilds the partition and listens.
+  # Every node listens at once, then takes the partitions it can.
   for _ in $(seq 1 300); do
-    if grep -l "^listening on" "$state"/node*.log >/dev/null 2>&1; then break; fi
+    if [ "$(grep -l "serves partitions \[[0-9]" "$state"/node*.log 2>/dev/null | wc -l)" -ge 3 ]; then break; fi
     sleep 0.1
   done
   status
@@ -56,8 +57,9 @@ status() {
   for log in "$state"/node*.log; do
     [ -e "$log" ] || continue
     name=$(basename "$log" .log)
-    if running "$state/$name.pid" && grep -q "^listening on" "$log"; then
-      echo "serving: $name, $(grep "^listening on" "$log" | tail -1)"
+    if running "$state/$name.pid" && grep -q " listening on " "$log"; then
+      url=$(grep -o " listening on [^ ]*" "$log" | tail -1 | cut -d' ' -f4)
+      echo "$name at $url: $(grep -o "serves partitions .*" "$log" | tail -1)"
     fi
   done
 }

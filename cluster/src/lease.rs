@@ -60,24 +60,7 @@ impl Lease {
         node: &str,
     ) -> Result<Option<Lease>, LeaseError> {
         let err = |reason: String| LeaseError::Nats { key: spec.key.clone(), reason };
-        // The bucket's stream, made as the client's `create_key_value` makes it but without its
-        // account query, which Debian's nats-server 2.9 answers in a form the client no longer
-        // reads. The duplicate window may not exceed the entries' age.
-        let bucket = stream::Config {
-            name: format!("KV_{}", spec.bucket),
-            subjects: vec![format!("$KV.{}.>", spec.bucket)],
-            max_messages_per_subject: 1,
-            max_age: spec.ttl,
-            duplicate_window: spec.ttl,
-            num_replicas: spec.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        js.get_or_create_stream(bucket).await.map_err(|e| err(format!("creating the bucket: {e}")))?;
-        let store = js.get_key_value(&spec.bucket).await.map_err(|e| err(format!("opening the bucket: {e}")))?;
+        let store = open_bucket(js, &spec.bucket, Some(spec.ttl), spec.replicas).await.map_err(err)?;
         match store.create(&spec.key, Bytes::from(node.to_string())).await {
             Ok(revision) => Ok(Some(Lease { store, spec: spec.clone(), node: node.to_string(), revision })),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -132,4 +115,34 @@ impl Lease {
     pub fn key(&self) -> &str {
         &self.spec.key
     }
+}
+
+/// Opens the key-value bucket `name` (making it if missing), whose entries expire `max_age`
+/// after they were last written (never when `None`), replicated `replicas` times.
+///
+/// The bucket's stream is made as the client's `create_key_value` makes it but without its
+/// account query, which Debian's nats-server 2.9 answers in a form the client no longer reads.
+/// The duplicate window may not exceed the entries' age.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Option<Duration>,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let mut bucket = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Some(age) = max_age {
+        (bucket.max_age, bucket.duplicate_window) = (age, age);
+    }
+    js.get_or_create_stream(bucket).await.map_err(|e| format!("creating the bucket {name}: {e}"))?;
+    js.get_key_value(name).await.map_err(|e| format!("opening the bucket {name}: {e}"))
 }

@@ -9,6 +9,8 @@
 //!   (revision-checked renewals, a TTL).
 //! - [`node`]: a node's hold on a partition: wait for the lease, rebuild from the stream, serve,
 //!   renew, and stop serving the moment the lease is lost.
+//! - [`fleet`]: a node of a cluster: it takes whichever partitions it can (each with its lease,
+//!   stream and relay), knows who serves the others, and carries every partition's events.
 //! - [`relay`]: remittances between partitions through an inbox stream: each partition's
 //!   outbox published in order, each inbox read into its engine, applied once there.
 //! - [`nats`]: a JetStream cluster of `nats-server` processes on loopback, for the tests and
@@ -17,12 +19,14 @@
 //! The library (`hongbao`) knows nothing of NATS: it takes any [`hongbao::Journal`], and its
 //! earlier records as a [`hongbao::History`] to replay at start.
 
+pub mod fleet;
 pub mod lease;
 pub mod nats;
 pub mod node;
 pub mod relay;
 pub mod stream_journal;
 
+pub use fleet::{ClusterEvents, Directory, Fleet, FleetError, FleetSpec};
 pub use lease::{Lease, LeaseError, LeaseSpec};
 pub use nats::{ClusterError, NatsCluster};
 pub use node::{Owner, PartitionSpec, TakeError};

@@ -76,6 +76,35 @@ impl Owner {
             other => TakeError::Journal(other),
         })?);
         let (lease, valid_until) = acquire(&js, spec).await?;
+        Owner::serve(spec, config, lease, valid_until).await
+    }
+
+    /// Takes the partition if its lease is free now (through `js`, a client of the cluster),
+    /// as [`Owner::take`] does once it has the lease; `None` if another node holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Owner::take`].
+    pub async fn try_take(
+        js: &jetstream::Context,
+        spec: &PartitionSpec,
+        config: Config,
+    ) -> Result<Option<Owner>, TakeError> {
+        let sent = Instant::now();
+        match Lease::try_acquire(js, &spec.lease, &spec.node).await? {
+            Some(lease) => Owner::serve(spec, config, lease, trusted_until(sent, spec.lease.ttl)).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Rebuilds the partition whose `lease` this node holds and serves it, renewing the lease
+    /// all along.
+    async fn serve(
+        spec: &PartitionSpec,
+        config: Config,
+        lease: Lease,
+        valid_until: Instant,
+    ) -> Result<Owner, TakeError> {
         let slot: JournalSlot = Arc::default();
         let (lost_tx, lost) = watch::channel(false);
         let (stop, stopping) = watch::channel(false);

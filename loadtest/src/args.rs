@@ -34,7 +34,9 @@ pub struct Args {
     /// Redis + Lua design), or a running `hongbao serve` over HTTP/1.1 (`http://HOST:PORT`),
     /// its members' own WebSockets (`ws://HOST:PORT`) or the chat host's relay sockets, each
     /// carrying many members' grabs with their tokens (`relay://HOST:PORT`, --connections of
-    /// them); server targets need --key. Give several, comma-separated, to
+    /// them); server targets need --key. A cluster's nodes are joined by `+`
+    /// (`http://HOST:PORT+HOST:PORT+HOST:PORT`): each member talks to one of them. Give
+    /// several targets, comma-separated, to
     /// run the same scenario against each in turn and compare them side by side
     /// (`--target embedded,redis://127.0.0.1:6379,http://127.0.0.1:8080`)
     #[arg(long, value_delimiter = ',', default_value = "embedded")]

@@ -7,6 +7,11 @@
 //! are offset by a random base per run, so runs against one server never collide. Over
 //! WebSocket each grabbing member has a socket of their own, watching no group (the figure is
 //! the grab path, not the fan-out), opened at their first grab.
+//!
+//! A cluster's nodes are given joined by `+` (`http://HOST:PORT+HOST:PORT`): each member talks
+//! to one node (by user id), which forwards to the node serving what they ask for; the host's
+//! setup goes through the first. On a cluster of several partitions (its `/readyz` says how
+//! many) each packet's id is placed in its sender's partition, as the server requires.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use hongbao::{Amount, GroupId, PacketId, UserId};
+use hongbao::{Amount, GroupId, PacketId, Partition, UserId};
 use hongbao_server::auth::{mint, Claims};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -70,7 +75,12 @@ struct RelayError {
 pub struct ServerTarget {
     /// As given: `http://…` or `ws://…`.
     pub url: String,
-    base: String,
+    /// The nodes: a member talks to `bases[user % len]`, the host to the first.
+    bases: Vec<String>,
+    /// The cluster's placement, when it has several partitions.
+    placement: Option<Partition>,
+    /// Each packet's id on the server, once sent (see `packet`).
+    packet_ids: Mutex<HashMap<u64, u64>>,
     surface: Surface,
     http: reqwest::Client,
     key: String,
@@ -113,23 +123,40 @@ impl ServerTarget {
             .timeout(timeout)
             .build()
             .map_err(|e| e.to_string())?;
-        let base = format!("http://{}", rest.trim_end_matches('/'));
-        let ready = http.get(format!("{base}/readyz")).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
-        if !ready.status().is_success() {
-            return Err(format!("{base}/readyz answers {}", ready.status()));
+        let bases: Vec<String> = rest.split('+').map(|node| format!("http://{}", node.trim_end_matches('/'))).collect();
+        let mut partitions = None;
+        for base in &bases {
+            let ready =
+                http.get(format!("{base}/readyz")).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+            if !ready.status().is_success() {
+                return Err(format!("{base}/readyz answers {}", ready.status()));
+            }
+            let ready: Value = ready.json().await.map_err(|e| format!("{base}/readyz: {e}"))?;
+            let count = u32::try_from(ready["of"].as_u64().unwrap_or(1)).unwrap_or(u32::MAX);
+            if *partitions.get_or_insert(count) != count {
+                return Err(format!("{url}: the nodes disagree on the cluster's partitions"));
+            }
+            let audit =
+                http.get(format!("{base}/v1/audit")).bearer_auth(&host).send().await.map_err(|e| e.to_string())?;
+            if !audit.status().is_success() {
+                return Err(format!(
+                    "{base} refuses this key's host token ({}): is --key the pair of its --public-key?",
+                    audit.status()
+                ));
+            }
         }
-        let audit = http.get(format!("{base}/v1/audit")).bearer_auth(&host).send().await.map_err(|e| e.to_string())?;
-        if !audit.status().is_success() {
-            return Err(format!(
-                "{base} refuses this key's host token ({}): is --key the pair of its --public-key?",
-                audit.status()
-            ));
-        }
+        let placement = match partitions.unwrap_or(1) {
+            1 => None,
+            count => Some(Partition::new(0, count).map_err(|e| format!("{url}: {e}"))?),
+        };
         let offset = (u64::from(rand::random::<u32>()) + 1) << 24;
-        let relays = if surface == Surface::Relay { open_relays(&base, &host, connections).await? } else { Vec::new() };
+        let relays =
+            if surface == Surface::Relay { open_relays(&bases, &host, connections).await? } else { Vec::new() };
         Ok(ServerTarget {
             url: url.to_owned(),
-            base,
+            bases,
+            placement,
+            packet_ids: Mutex::new(HashMap::new()),
             surface,
             http,
             key,
@@ -163,7 +190,7 @@ impl ServerTarget {
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
         let _connection = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base(who)));
         req = match who {
             Some(user) => req.bearer_auth(&*self.token(user)?).header("X-Device-Id", device(user)),
             None => req.bearer_auth(&self.host),
@@ -181,8 +208,29 @@ impl ServerTarget {
         group.0 + self.offset
     }
 
+    /// The node `user` talks to (the host: the first).
+    fn base(&self, user: Option<UserId>) -> &str {
+        &self.bases[user.map_or(0, |u| u.0 as usize % self.bases.len())]
+    }
+
+    /// A packet's id on the server: offset, and on a cluster of several partitions the first
+    /// id from its own range placed in its sender's partition (chosen at its send).
     pub fn packet(&self, packet: PacketId) -> u64 {
-        packet.0 + self.offset
+        self.packet_ids.lock().get(&packet.0).copied().unwrap_or(packet.0 + self.offset)
+    }
+
+    /// The id `packet`, sent by `sender` (offset), takes on the server.
+    fn place_packet(&self, packet: PacketId, sender: UserId) -> Result<u64, String> {
+        let Some(placement) = self.placement else { return Ok(packet.0 + self.offset) };
+        // Each packet scans a range of its own, 64 draws per partition long: a range with no
+        // id in the sender's partition has a chance of about e^-64.
+        let span = 64 * u64::from(placement.count());
+        let from = self.offset + packet.0 * span;
+        let id = (from..from + span)
+            .find(|&id| placement.of_packet(PacketId(id)) == placement.of_user(sender))
+            .ok_or_else(|| format!("no id for packet {} in its sender's partition", packet.0))?;
+        self.packet_ids.lock().insert(packet.0, id);
+        Ok(id)
     }
 
     /// Users are offset too, so that each run starts from empty wallets.
@@ -212,8 +260,13 @@ impl ServerTarget {
 
     pub async fn send(&self, send: &LuckySend) -> Answer {
         let split = json!({ "kind": "lucky", "total": Amount::fen(send.fen), "shares": send.shares });
-        let body = json!({ "id": self.packet(send.packet), "group": self.group(send.group), "split": split, "greeting": "恭喜发财" });
-        match self.call(reqwest::Method::POST, Some(self.user(send.sender)), "/v1/packets", Some(body)).await {
+        let sender = self.user(send.sender);
+        let id = match self.place_packet(send.packet, sender) {
+            Ok(id) => id,
+            Err(e) => return refusal(Err(e), "send_refused"),
+        };
+        let body = json!({ "id": id, "group": self.group(send.group), "split": split, "greeting": "恭喜发财" });
+        match self.call(reqwest::Method::POST, Some(sender), "/v1/packets", Some(body)).await {
             Ok((200, _)) => Answer::ok("sent"),
             other => refusal(other, "send_refused"),
         }
@@ -336,7 +389,7 @@ impl ServerTarget {
     }
 
     async fn open_socket(&self, user: UserId) -> Result<Socket, String> {
-        let url = format!("ws://{}/ws", self.base.trim_start_matches("http://"));
+        let url = format!("ws://{}/ws", self.base(Some(user)).trim_start_matches("http://"));
         let (mut ws, _) =
             tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
         let auth = json!({ "op": "auth", "token": &*self.token(user)?, "device": device(user), "groups": [] });
@@ -393,12 +446,12 @@ impl ServerTarget {
     }
 }
 
-/// `connections` relay sockets, authenticated with the host's token, each with a writer and a
-/// reader task.
-async fn open_relays(base: &str, host: &str, connections: usize) -> Result<Vec<Relay>, String> {
-    let url = format!("ws://{}/ws", base.trim_start_matches("http://"));
+/// `connections` relay sockets, spread over the nodes at `bases`, authenticated with the host's
+/// token, each with a writer and a reader task.
+async fn open_relays(bases: &[String], host: &str, connections: usize) -> Result<Vec<Relay>, String> {
     let mut relays = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
+    for n in 0..connections.max(1) {
+        let url = format!("ws://{}/ws", bases[n % bases.len()].trim_start_matches("http://"));
         let (mut ws, _) =
             tokio_tungstenite::connect_async(&url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
         ws.send(Message::text(json!({ "op": "auth", "token": host }).to_string())).await.map_err(|e| e.to_string())?;

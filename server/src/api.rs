@@ -13,21 +13,22 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use hongbao::{
     Amount, ApprovalError, ApprovalId, Approver, Arrival, CancelError, CoolingOff, Engine, GrabError, Grabbed, GroupId,
     Guardian, NewOrg, NewPacket, NewTransfer, OpId, OpKind, OpQuery, OrgId, PacketId, PacketStatus, PacketView, Policy,
-    RecallError, Split, Timestamp, TransferError, TransferId, TransferStatus, UserId,
+    RecallError, Remittance, Split, Timestamp, TransferError, TransferId, TransferStatus, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::abuse::{self, Action};
 use crate::auth::{self, AuthError, Member, Principal, Verifier};
+use crate::cluster::Partitions;
 use crate::hub::Hub;
 use crate::reply::{at, ok, ApiError};
 use crate::settings::Settings;
 
 /// What every handler shares.
 pub struct Ctx {
-    /// The engine.
-    pub engine: Engine,
+    /// Which engine answers: the one engine, or a partition of a cluster.
+    pub partitions: Partitions,
     /// The settings the server runs with.
     pub settings: Settings,
     /// Checks tokens.
@@ -104,7 +105,7 @@ impl Ctx {
                 ApiError::forbidden(format!("the token carries no admin claim for org {}", org.0)).with("org", org.0)
             );
         }
-        if !self.engine.org(org).await.map_err(fail)?.admins.contains(&member.user) {
+        if !self.partitions.any()?.org(org).await.map_err(fail)?.admins.contains(&member.user) {
             return Err(fail(hongbao::OrgError::NotAdmin { user: member.user }));
         }
         Ok(member)
@@ -112,7 +113,8 @@ impl Ctx {
 
     /// Whether `member` may act for `org` (claim and engine list), without refusing.
     async fn is_admin(&self, member: &Member, org: OrgId) -> bool {
-        member.administers(org) && self.engine.org(org).await.is_ok_and(|o| o.admins.contains(&member.user))
+        let Ok(engine) = self.partitions.any() else { return false };
+        member.administers(org) && engine.org(org).await.is_ok_and(|o| o.admins.contains(&member.user))
     }
 
     /// A send of `amount` needs a recent strong authentication when it is above the step-up
@@ -191,12 +193,13 @@ impl Ctx {
     }
 
     fn limit(&self, req: &HttpRequest, action: Action, user: UserId) -> Result<(), ApiError> {
-        self.limits.check(action, user, client_ip(req))
+        self.limits.check(action, user, self.client_ip(req))
     }
-}
 
-fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+    /// The client's address: the peer's, or the one the node that forwarded the request names.
+    pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+        self.partitions.client_ip(req)
+    }
 }
 
 /// Every route of the API, under `/v1`.
@@ -234,7 +237,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(at("/v1/orgs/{org}/policy").route(web::put().to(set_policy)))
         .service(at("/v1/orgs/{org}/groups").route(web::post().to(attach_group)))
         .service(at("/v1/orgs/{org}/log").route(web::get().to(operation_log)))
-        .service(at("/v1/packets/{packet}/recall").route(web::post().to(admin_recall)));
+        .service(at("/v1/packets/{packet}/recall").route(web::post().to(admin_recall)))
+        // The nodes of a cluster, for each other.
+        .service(at(crate::cluster::AWAIT_PATH).route(web::post().to(await_remittance)))
+        .service(at(crate::cluster::GRAB_PATH).route(web::post().to(node_grab)));
 }
 
 // ---- the host ----
@@ -248,7 +254,8 @@ struct Money {
 
 async fn wallet(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>) -> Reply {
     ctx.host(&req)?;
-    wallet_of(&ctx.engine, UserId(*user)).await
+    let user = UserId(*user);
+    wallet_of(&ctx.partitions.of_user(user)?, user).await
 }
 
 async fn wallet_of(engine: &Engine, user: UserId) -> Reply {
@@ -260,14 +267,14 @@ async fn wallet_of(engine: &Engine, user: UserId) -> Reply {
 async fn deposit(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>, body: web::Json<Money>) -> Reply {
     ctx.host(&req)?;
     let user = UserId(*user);
-    let balance = ctx.engine.deposit(body.op, user, body.amount).await.map_err(fail)?;
+    let balance = ctx.partitions.of_user(user)?.deposit(body.op, user, body.amount).await.map_err(fail)?;
     Ok(ok(json!({ "user": user, "op": body.op, "balance": balance })))
 }
 
 async fn withdraw(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>, body: web::Json<Money>) -> Reply {
     ctx.host(&req)?;
     let user = UserId(*user);
-    let balance = ctx.engine.withdraw(body.op, user, body.amount).await.map_err(fail)?;
+    let balance = ctx.partitions.of_user(user)?.withdraw(body.op, user, body.amount).await.map_err(fail)?;
     Ok(ok(json!({ "user": user, "op": body.op, "balance": balance })))
 }
 
@@ -280,15 +287,31 @@ struct Roster {
 async fn set_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
     ctx.host(&req)?;
     let group = GroupId(*group);
-    ctx.engine.set_members(group, body.into_inner().members).await.map_err(fail)?;
-    roster_reply(&ctx.engine, group).await
+    let members = body.into_inner().members;
+    ctx.partitions
+        .everywhere(&req, |engine| {
+            let members = members.clone();
+            async move {
+                engine.set_members(group, members).await.map_err(fail)?;
+                roster_reply(&engine, group).await
+            }
+        })
+        .await
 }
 
 async fn add_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
     ctx.host(&req)?;
     let group = GroupId(*group);
-    ctx.engine.add_members(group, body.into_inner().members).await.map_err(fail)?;
-    roster_reply(&ctx.engine, group).await
+    let members = body.into_inner().members;
+    ctx.partitions
+        .everywhere(&req, |engine| {
+            let members = members.clone();
+            async move {
+                engine.add_members(group, members).await.map_err(fail)?;
+                roster_reply(&engine, group).await
+            }
+        })
+        .await
 }
 
 async fn remove_members(
@@ -299,8 +322,16 @@ async fn remove_members(
 ) -> Reply {
     ctx.host(&req)?;
     let group = GroupId(*group);
-    ctx.engine.remove_members(group, body.into_inner().members).await.map_err(fail)?;
-    roster_reply(&ctx.engine, group).await
+    let members = body.into_inner().members;
+    ctx.partitions
+        .everywhere(&req, |engine| {
+            let members = members.clone();
+            async move {
+                engine.remove_members(group, members).await.map_err(fail)?;
+                roster_reply(&engine, group).await
+            }
+        })
+        .await
 }
 
 /// After a roster change: the roster, or (if reading it back is refused) the change alone,
@@ -318,12 +349,13 @@ async fn roster(engine: &Engine, group: GroupId) -> Reply {
 /// The host, or a member of the group.
 async fn members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>) -> Reply {
     let group = GroupId(*group);
+    let engine = ctx.partitions.any()?;
     if let Principal::Member(member) = ctx.principal(&req)? {
-        if !ctx.engine.is_member(group, member.user) {
+        if !engine.is_member(group, member.user) {
             return Err(ApiError::forbidden(format!("not a member of group {}", group.0)));
         }
     }
-    roster(&ctx.engine, group).await
+    roster(&engine, group).await
 }
 
 #[derive(Deserialize)]
@@ -337,15 +369,41 @@ struct CreateOrg {
 async fn create_org(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<CreateOrg>) -> Reply {
     ctx.host(&req)?;
     let CreateOrg { id, spec } = body.into_inner();
-    Ok(ok(ctx.engine.create_org(id, spec).await.map_err(fail)?))
+    ctx.partitions
+        .everywhere(&req, |engine| {
+            let spec = spec.clone();
+            async move { Ok(ok(engine.create_org(id, spec).await.map_err(fail)?)) }
+        })
+        .await
 }
 
-/// Conservation and the engine's invariants, now (the host's view of the whole engine).
+/// Conservation and the engine's invariants, now (the host's view of the whole engine). On a
+/// cluster: every partition's audit, read at once, and conservation over them with the
+/// remittances in flight counted (a share applied by its receiver after its sender was read
+/// shows as "more arrived than left": ask a quiet cluster).
 async fn audit(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
     ctx.host(&req)?;
-    let audit = ctx.engine.audit().await.map_err(fail)?;
-    let mut body = serde_json::to_value(&audit).unwrap_or_default();
-    body["balanced"] = json!(audit.is_balanced());
+    let parts = &ctx.partitions;
+    if let Some(index) = parts.leg(&req).or((parts.count() == 1).then_some(0)) {
+        let audit = parts.at(index)?.audit().await.map_err(fail)?;
+        let mut body = serde_json::to_value(&audit).unwrap_or_default();
+        body["balanced"] = json!(audit.is_balanced());
+        return Ok(ok(body));
+    }
+    let req = &req;
+    let each = (0..parts.count()).map(|index| async move {
+        let audit = match parts.at(index) {
+            Ok(engine) => engine.audit().await.map_err(fail)?,
+            Err(_) => serde_json::from_value::<hongbao::Audit>(parts.ask(index, req).await?)
+                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "internal", format!("partition {index}: {e}")))?,
+        };
+        Ok::<_, ApiError>((index, audit))
+    });
+    let audits = futures::future::try_join_all(each).await?;
+    let cluster = hongbao::ClusterAudit::of(&audits);
+    let mut body = serde_json::to_value(&cluster).unwrap_or_default();
+    body["balanced"] = json!(cluster.is_balanced());
+    body["each"] = serde_json::to_value(audits.iter().map(|(_, a)| a).collect::<Vec<_>>()).unwrap_or_default();
     Ok(ok(body))
 }
 
@@ -353,28 +411,31 @@ async fn audit(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
 
 async fn me(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
     let member = ctx.member(&req)?;
-    wallet_of(&ctx.engine, member.user).await
+    wallet_of(&ctx.partitions.of_user(member.user)?, member.user).await
 }
 
 async fn set_cooling_off(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<CoolingOff>) -> Reply {
     let member = ctx.member(&req)?;
+    let engine = ctx.partitions.of_user(member.user)?;
     ctx.step_up_always(&member)?;
-    ctx.engine.set_cooling_off(member.user, *body).await.map_err(fail)?;
+    engine.set_cooling_off(member.user, *body).await.map_err(fail)?;
     Ok(ok(json!({ "user": member.user, "cooling_off": *body })))
 }
 
 async fn set_guardian(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Guardian>) -> Reply {
     let member = ctx.member(&req)?;
+    let engine = ctx.partitions.of_user(member.user)?;
     ctx.step_up_always(&member)?;
-    ctx.engine.set_guardian(member.user, *body).await.map_err(fail)?;
+    engine.set_guardian(member.user, *body).await.map_err(fail)?;
     Ok(ok(json!({ "user": member.user, "guardian": *body })))
 }
 
 /// The guardian releases the user (only they may).
 async fn remove_guardian(ctx: web::Data<Ctx>, req: HttpRequest, user: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
+    let engine = ctx.partitions.of_user(UserId(*user))?;
     ctx.step_up_always(&member)?;
-    ctx.engine.remove_guardian(UserId(*user), member.user).await.map_err(fail)?;
+    engine.remove_guardian(UserId(*user), member.user).await.map_err(fail)?;
     Ok(ok(json!({ "user": UserId(*user), "guardian": Value::Null })))
 }
 
@@ -391,11 +452,12 @@ struct SendPacket {
 async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendPacket>) -> Reply {
     let member = ctx.member(&req)?;
     let SendPacket { id, group, split, greeting } = body.into_inner();
+    let engine = ctx.partitions.of_user(member.user)?;
     ctx.limit(&req, Action::Send, member.user)?;
     let (send, total) = (Send::Packet(id), split.total());
     let reserved = ctx.step_up(&member, send, total)?;
     let spec = NewPacket { id, sender: member.user, group, split, greeting };
-    match ctx.engine.send_packet(spec).await {
+    match engine.send_packet(spec).await {
         Ok(view) => Ok(ok(without_seed(&view))),
         Err(e) => {
             let error = fail(e);
@@ -420,11 +482,12 @@ struct ClaimsPage {
 /// A packet, for its group's members, its sender and the host, with one page of its claims.
 async fn packet(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>, page: web::Query<ClaimsPage>) -> Reply {
     let principal = ctx.principal(&req)?;
-    let view = ctx.engine.packet(PacketId(*id)).await.map_err(fail)?;
+    let engine = ctx.partitions.of_packet(PacketId(*id))?;
+    let view = engine.packet(PacketId(*id)).await.map_err(fail)?;
     if let Principal::Member(member) = &principal {
         let approver = view.approval.map(|a| a.approver);
         let sees = view.sender == member.user
-            || ctx.engine.is_member(view.group, member.user)
+            || engine.is_member(view.group, member.user)
             || may_approve(&ctx, member, approver).await
             || admin_of_group(&ctx, member, view.group).await;
         if !sees {
@@ -469,10 +532,16 @@ pub struct GrabReply {
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<Amount>,
     already: bool,
+    /// On a cluster, a share won for a wallet another partition holds that was not seen
+    /// there in time ([`crate::cluster::CREDIT_WAIT`]): the remittance carrying it, which
+    /// arrives. Absent when the share is in the wallet as the answer is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remitted: Option<Remittance>,
 }
 
-/// A grab's result as its reply.
-pub fn grab_reply(packet: PacketId, result: Result<Grabbed, GrabError>) -> Result<GrabReply, ApiError> {
+/// A grab's result as its reply; `credited` says whether a share that left for another
+/// partition was seen in its wallet.
+pub fn grab_reply(packet: PacketId, result: Result<Grabbed, GrabError>, credited: bool) -> Result<GrabReply, ApiError> {
     match result {
         Ok(won) => Ok(GrabReply {
             packet,
@@ -481,27 +550,37 @@ pub fn grab_reply(packet: PacketId, result: Result<Grabbed, GrabError>) -> Resul
             shares_left: Some(won.shares_left),
             remaining: Some(won.remaining),
             already: false,
+            remitted: won.remitted.filter(|_| !credited),
         }),
-        Err(GrabError::AlreadyGrabbed { amount, position }) => {
-            Ok(GrabReply { packet, amount, position, shares_left: None, remaining: None, already: true })
-        }
+        Err(GrabError::AlreadyGrabbed { amount, position }) => Ok(GrabReply {
+            packet,
+            amount,
+            position,
+            shares_left: None,
+            remaining: None,
+            already: true,
+            remitted: None,
+        }),
         Err(e) => Err(fail(e)),
     }
 }
 
 async fn grab(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
+    let packet = PacketId(*id);
+    let engine = ctx.partitions.of_packet(packet)?;
     ctx.limit(&req, Action::Grab, member.user)?;
-    let (packet, started) = (PacketId(*id), std::time::Instant::now());
-    let result = ctx.engine.grab(packet, member.user).await;
+    let started = std::time::Instant::now();
+    let result = engine.grab(packet, member.user).await;
     crate::telemetry::grab_latency(started.elapsed());
-    Ok(ok(grab_reply(packet, result)?))
+    let credited = ctx.partitions.credited(&result).await;
+    Ok(ok(grab_reply(packet, result, credited)?))
 }
 
 async fn cancel(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
     let packet = PacketId(*id);
-    match ctx.engine.cancel_packet(packet, member.user).await {
+    match ctx.partitions.of_packet(packet)?.cancel_packet(packet, member.user).await {
         Ok(refunded) => Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": false }))),
         Err(CancelError::AlreadyCancelled { refunded }) => {
             Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": true })))
@@ -529,8 +608,9 @@ async fn may_approve(ctx: &Ctx, member: &Member, approver: Option<Approver>) -> 
 /// Whether `member` administers an org `group` is attached to (among the orgs of their
 /// claims).
 async fn admin_of_group(ctx: &Ctx, member: &Member, group: GroupId) -> bool {
+    let Ok(engine) = ctx.partitions.any() else { return false };
     for &org in &member.admin_of {
-        if let Ok(view) = ctx.engine.org(org).await {
+        if let Ok(view) = engine.org(org).await {
             if view.groups.contains(&group) && view.admins.contains(&member.user) {
                 return true;
             }
@@ -560,16 +640,20 @@ async fn approver_of(engine: &Engine, subject: ApprovalId) -> Result<Option<Appr
 
 async fn decide(ctx: &Ctx, req: &HttpRequest, subject: ApprovalId, reject: Option<String>) -> Reply {
     let member = ctx.member(req)?;
-    if let Some(Approver::OrgAdmins(org)) = approver_of(&ctx.engine, subject).await? {
+    let engine = match subject {
+        ApprovalId::Packet(id) => ctx.partitions.of_packet(id)?,
+        ApprovalId::Transfer(id) => ctx.partitions.of_transfer(id)?,
+    };
+    if let Some(Approver::OrgAdmins(org)) = approver_of(&engine, subject).await? {
         ctx.admin(req, org).await?;
     }
     let (result, already) = match reject {
-        None => match ctx.engine.approve(subject, member.user).await {
+        None => match engine.approve(subject, member.user).await {
             Ok(()) => (json!({ "approved": true }), false),
             Err(ApprovalError::AlreadyApproved) => (json!({ "approved": true }), true),
             Err(e) => return Err(fail(e)),
         },
-        Some(reason) => match ctx.engine.reject(subject, member.user, reason).await {
+        Some(reason) => match engine.reject(subject, member.user, reason).await {
             Ok(refunded) => (json!({ "rejected": true, "refunded": refunded }), false),
             Err(ApprovalError::AlreadyRejected) => (json!({ "rejected": true }), true),
             Err(e) => return Err(fail(e)),
@@ -620,11 +704,12 @@ fn instant() -> Arrival {
 async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<SendTransfer>) -> Reply {
     let member = ctx.member(&req)?;
     let SendTransfer { id, to, amount, arrival, note, org } = body.into_inner();
+    let engine = ctx.partitions.of_user(member.user)?;
     ctx.limit(&req, Action::Transfer, member.user)?;
     let send = Send::Transfer(id);
     let reserved = ctx.step_up(&member, send, Some(amount))?;
     let spec = NewTransfer { id, from: member.user, to, amount, arrival, note, org };
-    match ctx.engine.transfer(spec).await {
+    match engine.transfer(spec).await {
         Ok(view) => Ok(ok(view)),
         Err(e) => {
             let error = fail(e);
@@ -639,7 +724,7 @@ async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Se
 /// A transfer, for its two parties and its approver.
 async fn transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
-    let view = ctx.engine.transfer_view(TransferId(*id)).await.map_err(fail)?;
+    let view = ctx.partitions.of_transfer(TransferId(*id))?.transfer_view(TransferId(*id)).await.map_err(fail)?;
     let approver = view.approval.map(|a| a.approver);
     if view.from != member.user && view.to != member.user && !may_approve(&ctx, &member, approver).await {
         return Err(ApiError::forbidden("only the transfer's parties and its approver may see it"));
@@ -650,17 +735,18 @@ async fn transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> 
 /// A party's move on a transfer; a retry of a move that settled it returns the transfer.
 async fn act(ctx: &Ctx, req: &HttpRequest, id: u64, done: TransferStatus) -> Reply {
     let member = ctx.member(req)?;
-    ctx.limit(req, Action::Transfer, member.user)?;
     let (id, by) = (TransferId(id), member.user);
+    let engine = ctx.partitions.of_transfer(id)?;
+    ctx.limit(req, Action::Transfer, member.user)?;
     let result = match done {
-        TransferStatus::Recalled => ctx.engine.recall_transfer(id, by).await,
-        TransferStatus::Accepted => ctx.engine.accept_transfer(id, by).await,
-        _ => ctx.engine.decline_transfer(id, by).await,
+        TransferStatus::Recalled => engine.recall_transfer(id, by).await,
+        TransferStatus::Accepted => engine.accept_transfer(id, by).await,
+        _ => engine.decline_transfer(id, by).await,
     };
     let (view, already) = match result {
         Ok(view) => (view, false),
         Err(TransferError::AlreadySettled { status } | TransferError::TooLate { status }) if status == done => {
-            let view = ctx.engine.transfer_view(id).await.map_err(fail)?;
+            let view = engine.transfer_view(id).await.map_err(fail)?;
             // Only a party's retry: someone else hears the usual refusal.
             let party = if done == TransferStatus::Recalled { view.from } else { view.to };
             if party != by {
@@ -692,13 +778,19 @@ async fn decline_transfer(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u
 async fn org(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>) -> Reply {
     let org = OrgId(*org);
     ctx.admin(&req, org).await?;
-    Ok(ok(ctx.engine.org(org).await.map_err(fail)?))
+    Ok(ok(ctx.partitions.any()?.org(org).await.map_err(fail)?))
 }
 
 async fn set_policy(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Policy>) -> Reply {
     let org = OrgId(*org);
-    let admin = ctx.admin(&req, org).await?;
-    Ok(ok(ctx.engine.set_policy(org, admin.user, body.into_inner()).await.map_err(fail)?))
+    let by = ctx.admin(&req, org).await?.user;
+    let policy = body.into_inner();
+    ctx.partitions
+        .everywhere(&req, |engine| {
+            let policy = policy.clone();
+            async move { Ok(ok(engine.set_policy(org, by, policy).await.map_err(fail)?)) }
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -710,7 +802,10 @@ struct Attach {
 async fn attach_group(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, body: web::Json<Attach>) -> Reply {
     let org = OrgId(*org);
     let admin = ctx.admin(&req, org).await?;
-    Ok(ok(ctx.engine.attach_group(org, body.group, admin.user).await.map_err(fail)?))
+    let (group, by) = (body.group, admin.user);
+    ctx.partitions
+        .everywhere(&req, |engine| async move { Ok(ok(engine.attach_group(org, group, by).await.map_err(fail)?)) })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -723,6 +818,8 @@ struct LogQuery {
     after: Option<u64>,
     #[serde(default)]
     limit: usize,
+    /// On a cluster: the partition whose log to read.
+    partition: Option<u32>,
 }
 
 async fn operation_log(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64>, q: web::Query<LogQuery>) -> Reply {
@@ -737,7 +834,17 @@ async fn operation_log(ctx: web::Data<Ctx>, req: HttpRequest, org: web::Path<u64
         after: q.after,
         limit: q.limit,
     };
-    Ok(ok(ctx.engine.operations(org, query).await.map_err(fail)?))
+    let engine = match (q.partition, ctx.partitions.count()) {
+        (_, 1) => ctx.partitions.at(0)?,
+        (Some(index), count) if index < count => ctx.partitions.at(index)?,
+        (_, count) => {
+            return Err(ApiError::invalid(format!(
+                "each of the cluster's {count} partitions keeps its own log: name one with ?partition=0…{}",
+                count - 1
+            )))
+        }
+    };
+    Ok(ok(engine.operations(org, query).await.map_err(fail)?))
 }
 
 #[derive(Deserialize)]
@@ -757,17 +864,18 @@ async fn admin_recall(
     body: web::Json<AdminRecall>,
 ) -> Reply {
     let AdminRecall { org, reason } = body.into_inner();
-    let admin = ctx.admin(&req, org).await?;
     let packet = PacketId(*id);
-    let view = ctx.engine.packet(packet).await.map_err(fail)?;
-    let groups = ctx.engine.org(org).await.map_err(fail)?.groups;
+    let engine = ctx.partitions.of_packet(packet)?;
+    let admin = ctx.admin(&req, org).await?;
+    let view = engine.packet(packet).await.map_err(fail)?;
+    let groups = engine.org(org).await.map_err(fail)?.groups;
     if !groups.contains(&view.group) {
         return Err(fail(RecallError::NotOrgPacket));
     }
-    match ctx.engine.admin_recall(packet, admin.user, reason).await {
+    match engine.admin_recall(packet, admin.user, reason).await {
         Ok(refunded) => Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": false }))),
         // A retry: the packet was recalled, and its refund is in its view.
-        Err(RecallError::AlreadyClosed) => match ctx.engine.packet(packet).await.map_err(fail)?.status {
+        Err(RecallError::AlreadyClosed) => match engine.packet(packet).await.map_err(fail)?.status {
             PacketStatus::Recalled { refunded } => {
                 Ok(ok(json!({ "packet": packet, "refunded": refunded, "already": true })))
             }
@@ -775,4 +883,34 @@ async fn admin_recall(
         },
         Err(e) => Err(fail(e)),
     }
+}
+
+// ---- the nodes of a cluster ----
+
+/// Another node waits (up to [`crate::cluster::CREDIT_WAIT`]) until a share it remitted is in
+/// its wallet here, to answer its grab with the share credited.
+async fn await_remittance(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Remittance>) -> Reply {
+    if !ctx.partitions.forwarded(&req) {
+        return Err(ApiError::forbidden("this route is for the nodes of the cluster"));
+    }
+    let remittance = body.into_inner();
+    let engine = ctx.partitions.at(remittance.to)?;
+    match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.await_remittance(&remittance)).await {
+        Ok(Ok(())) => Ok(ok(json!({ "credited": true }))),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the share has not arrived yet")),
+    }
+}
+
+/// Another node's grab for a member it authenticated (a grab on its socket): the engine's
+/// result and whether the share is in its wallet, as they are.
+async fn node_grab(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<crate::cluster::NodeGrab>) -> Reply {
+    if !ctx.partitions.forwarded(&req) {
+        return Err(ApiError::forbidden("this route is for the nodes of the cluster"));
+    }
+    let crate::cluster::NodeGrab { packet, user } = body.into_inner();
+    let engine = ctx.partitions.of_packet(packet)?;
+    let result = engine.grab(packet, user).await;
+    let credited = ctx.partitions.credited(&result).await;
+    Ok(ok(crate::cluster::GrabDone { result, credited }))
 }

@@ -1,4 +1,5 @@
-//! The event fan-out: one subscription to the engine, pushed to every member's WebSocket.
+//! The event fan-out: one stream of events (the engine's, or every partition's on a cluster),
+//! pushed to every member's WebSocket.
 //!
 //! One task owns everything here (the connections, their groups, the recent events), so a
 //! member joining sees each event exactly once: the task replays what they missed and adds
@@ -15,10 +16,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use hongbao::{Engine, Event, EventsError, GroupId, UserId};
+use hongbao::{Event, EventsError, GroupId, UserId};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cluster::Partitions;
+
+/// The events the hub pushes.
+pub type Events = BoxStream<'static, Result<Event, EventsError>>;
 
 /// A connection's id in the hub.
 pub type ConnId = u64;
@@ -69,18 +76,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts the hub's task on the current runtime, fed by `engine`'s events.
-    pub fn start(
-        engine: Engine,
-        replay_len: usize,
-        per_user_max: usize,
-        epoch: u64,
-    ) -> Result<Hub, hongbao::EngineError> {
-        let events = engine.subscribe()?;
+    /// Starts the hub's task on the current runtime, fed by `events`; rosters are read from
+    /// `partitions`.
+    pub fn start(events: Events, partitions: Partitions, replay_len: usize, per_user_max: usize, epoch: u64) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let clients = Arc::new(AtomicUsize::new(0));
         let state = State {
-            engine,
+            partitions,
             epoch,
             seq: 0,
             recent: VecDeque::with_capacity(replay_len.min(4096)),
@@ -94,7 +96,7 @@ impl Hub {
             per_user_max,
         };
         tokio::spawn(state.run(events, rx));
-        Ok(Hub { tx, clients, epoch, closing: Arc::new(watch::Sender::new(None)) })
+        Hub { tx, clients, epoch, closing: Arc::new(watch::Sender::new(None)) }
     }
 
     /// Adds a connection; the hub first pushes a `hello` (and what it missed since `since`).
@@ -162,7 +164,7 @@ impl Sent {
 }
 
 struct State {
-    engine: Engine,
+    partitions: Partitions,
     epoch: u64,
     seq: u64,
     recent: VecDeque<Sent>,
@@ -179,7 +181,7 @@ struct State {
 }
 
 impl State {
-    async fn run(mut self, mut events: hongbao::Subscription, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut events: Events, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
             tokio::select! {
                 biased;
@@ -275,7 +277,7 @@ impl State {
     /// Whether `sent` is for `conn`: a party, or watching its group and in its roster.
     fn concerns(&self, conn: &Conn, sent: &Sent, party_checked: bool) -> bool {
         (!party_checked && sent.parties.contains(&conn.user))
-            || sent.group.is_some_and(|g| conn.groups.contains(&g) && self.engine.is_member(g, conn.user))
+            || sent.group.is_some_and(|g| conn.groups.contains(&g) && self.partitions.is_member(g, conn.user))
     }
 
     fn publish(&mut self, event: Event) {

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `service` | the app put together: bounds, operations routes, start, graceful stop |
 //! | `api` | the REST routes, each behind the token it deserves |
+//! | `cluster` | which engine answers: the one engine, or a partition here or forwarded to its node |
 //! | `ws` | a member's WebSocket: auth, events, grabs |
 //! | `hub` | one engine subscription fanned out to the sockets, with a replay window |
 //! | `auth` | tokens (JWT, EdDSA): verifying, minting, keys |
@@ -18,6 +19,7 @@
 pub mod abuse;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod demo;
 pub mod hub;
 pub mod page;

@@ -21,7 +21,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hongbao::{Config, Engine, Limits, OpKind, OpQuery, OrgId, Timestamp, UserId};
-use hongbao_cluster::Owner;
 use hongbao_server::auth::{self, Claims};
 use hongbao_server::{demo, telemetry, ServeArgs, Settings};
 
@@ -198,36 +197,22 @@ fn serve(args: &ServeArgs) -> ExitCode {
     if settings.arbiters > 0 {
         config.arbiters = settings.arbiters;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let (engine, owner) = match &settings.cluster {
-        Some(urls) => {
-            let spec = cluster::partition(urls, &settings);
-            println!("node {} waits for the lease of partition {}", spec.node, spec.lease.key);
-            match runtime.block_on(Owner::take(&spec, config)) {
-                Ok(owner) => {
-                    println!(
-                        "node {} serves partition {} (rebuilt in {:?})",
-                        spec.node, spec.lease.key, owner.rebuilt_in
-                    );
-                    (owner.engine.clone(), Some(owner))
-                }
-                Err(e) => {
-                    eprintln!("hongbao serve: the partition could not be taken: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+    if let Some(urls) = settings.cluster.clone() {
+        if demo_key.is_some() {
+            eprintln!("hongbao serve: --demo runs one engine of its own; drop --cluster");
+            return ExitCode::from(USAGE);
         }
-        None => {
-            if !settings.memory {
-                config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
-            }
-            match Engine::start(config) {
-                Ok(engine) => (engine, None),
-                Err(e) => {
-                    eprintln!("hongbao serve: the engine did not start: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+        return cluster::serve(&urls, settings, config, &public);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    if !settings.memory {
+        config.journal_dir = Some(hongbao_server::service::journal_config(&settings.journal));
+    }
+    let engine = match Engine::start(config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("hongbao serve: the engine did not start: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let running = match hongbao_server::start(settings, engine.clone(), public.as_bytes()) {
@@ -252,74 +237,119 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
         println!("listening on {base}");
         tracing::info!(addr = %running.addr, "listening");
-        let lost = cluster::lease_lost(owner.as_ref());
-        let status = tokio::select! {
-            () = wait_for_signal() => ExitCode::SUCCESS,
-            () = lost => {
-                // The engine stopped serving when the lease went; the process stops too, so a
-                // supervisor starts it again as a standby.
-                eprintln!("hongbao serve: this node lost the partition's lease; stopping");
-                ExitCode::FAILURE
-            }
-        };
-        tracing::info!("stopping: closing sockets, draining requests, flushing the journal");
-        let stopped = running.shutdown().await;
-        if let Some(owner) = owner {
-            // The lease is given up, so a standby takes the partition at once.
-            owner.stop().await;
-        }
-        match stopped {
-            Ok(()) => {
-                tracing::info!("stopped");
-                status
-            }
-            Err(e) => {
-                eprintln!("hongbao serve: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        wait_for_signal().await;
+        stopped(running.shutdown().await)
     })
 }
 
-/// `hongbao serve --cluster`: the one partition this version serves, and its lease.
+/// The end of a graceful stop.
+fn stopped(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hongbao serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hongbao serve --cluster`: one node of a cluster.
 mod cluster {
+    use std::process::ExitCode;
     use std::time::Duration;
 
-    use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec, StreamSpec};
+    use hongbao::Config;
+    use hongbao_cluster::{Fleet, FleetSpec, StreamSpec};
+    use hongbao_server::cluster::Partitions;
+    use hongbao_server::service::Backend;
     use hongbao_server::Settings;
 
-    /// The partition's stream and lease on the cluster at `urls`.
-    pub fn partition(urls: &str, settings: &Settings) -> PartitionSpec {
+    /// How long a node waits for another node's answer to a request it forwarded.
+    const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Joins the cluster at `urls`, listens at once (forwarding what other nodes serve), and
+    /// serves each partition whose lease it takes, until SIGTERM or SIGINT.
+    pub fn serve(urls: &str, settings: Settings, config: Config, public: &str) -> ExitCode {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
         let node =
             if settings.node.is_empty() { format!("node-{}", std::process::id()) } else { settings.node.clone() };
-        let replicas = settings.nats_replicas;
-        PartitionSpec {
-            urls: urls.to_string(),
-            node,
-            stream: stream(0, replicas),
-            lease: LeaseSpec {
-                bucket: "hongbao_leases".into(),
-                key: "p0".into(),
-                ttl: Duration::from_secs(settings.lease_ttl_secs),
-                replicas,
-            },
-        }
+        let spec = FleetSpec {
+            urls: urls.to_owned(),
+            node: node.clone(),
+            partitions: settings.partitions,
+            lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            replicas: settings.nats_replicas,
+        };
+        let joined = runtime.block_on(async {
+            let fleet = Fleet::join(spec).await?;
+            let events = fleet.events().await?;
+            Ok::<_, hongbao_cluster::FleetError>((fleet, events))
+        });
+        let (mut fleet, events) = match joined {
+            Ok(joined) => joined,
+            Err(e) => {
+                eprintln!("hongbao serve: cannot join the cluster: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let partitions = Partitions::cluster(
+            settings.partitions,
+            fleet.serving(),
+            fleet.directory(),
+            fleet.secret().to_owned(),
+            FORWARD_TIMEOUT,
+        );
+        let advertise = settings.advertise.clone();
+        let running = match hongbao_server::service::start_with(
+            settings,
+            Backend::Cluster(partitions, events),
+            public.as_bytes(),
+        ) {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!("hongbao serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let base = format!("http://{}", running.addr);
+        let address = if advertise.is_empty() { base.clone() } else { advertise };
+        runtime.block_on(async move {
+            if let Err(e) = fleet.hold(&address, &config) {
+                eprintln!("hongbao serve: {e}");
+                let _ = running.shutdown().await;
+                fleet.stop().await;
+                return ExitCode::from(super::USAGE);
+            }
+            println!("node {node} listening on {base} (reached at {address}); it serves the partitions it takes");
+            let mut serving = fleet.serving();
+            let announce = async {
+                loop {
+                    let held: Vec<u32> = serving.borrow_and_update().keys().copied().collect();
+                    println!("node {node} serves partitions {held:?}");
+                    if serving.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = super::wait_for_signal() => {}
+                () = announce => {}
+            }
+            tracing::info!("stopping: closing sockets, draining requests, giving the partitions up");
+            let result = running.shutdown().await;
+            // Each partition's engine flushes, and its lease is given up for another node.
+            fleet.stop().await;
+            super::stopped(result)
+        })
     }
 
     /// Partition `index`'s stream.
     pub fn stream(index: u32, replicas: usize) -> StreamSpec {
-        StreamSpec { stream: format!("HONGBAO_P{index}"), subject: format!("hongbao.p{index}"), replicas }
-    }
-
-    /// Completes when `owner`'s lease is lost; never without one.
-    pub async fn lease_lost(owner: Option<&Owner>) {
-        match owner {
-            Some(owner) => {
-                let mut lost = owner.lost();
-                let _ = lost.wait_for(|lost| *lost).await;
-            }
-            None => std::future::pending().await,
-        }
+        hongbao_cluster::fleet::stream(index, replicas)
     }
 }
 

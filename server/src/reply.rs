@@ -87,6 +87,12 @@ impl ApiError {
         reply.with("limit", what)
     }
 
+    /// This error, saying when to try again.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// This error with one more field.
     pub fn with(mut self, field: &str, value: impl Into<Value>) -> ApiError {
         self.body.insert(field.into(), value.into());
@@ -136,6 +142,13 @@ impl ResponseError for ApiError {
         }
         let mut response = reply.json(&self.body);
         response.extensions_mut().insert(ReplyKind(self.kind().to_owned()));
+        if self.kind() == "elsewhere" {
+            // Another node serves that partition: the request goes there (`cluster`).
+            if let Some(index) = self.body.get("partition").and_then(Value::as_u64).and_then(|i| u32::try_from(i).ok())
+            {
+                response.extensions_mut().insert(crate::cluster::Forward(index));
+            }
+        }
         response
     }
 }

@@ -10,11 +10,13 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures::FutureExt;
+use futures::StreamExt;
 use hongbao::{Engine, Health};
 use serde_json::json;
 
 use crate::api::{self, Ctx};
 use crate::auth::Verifier;
+use crate::cluster::{Forwarding, Partitions};
 use crate::hub::Hub;
 use crate::reply::{at, ApiError, ReplyKind, RouteLabel};
 use crate::settings::Settings;
@@ -30,12 +32,21 @@ pub fn journal_config(dir: &std::path::Path) -> hongbao::FileJournalConfig {
 /// Why sockets close at a graceful stop.
 pub const SHUTTING_DOWN: &str = "the server is shutting down";
 
+/// What a server serves.
+pub enum Backend {
+    /// One engine, holding everything.
+    Engine(Engine),
+    /// A node of a cluster: the partitions it serves (the others are forwarded), and every
+    /// partition's events for the sockets.
+    Cluster(Partitions, hongbao_cluster::ClusterEvents),
+}
+
 /// A server running on its own thread.
 pub struct Running {
     /// Where it listens (the port chosen when `listen` asked for port 0).
     pub addr: SocketAddr,
-    /// The engine it serves.
-    pub engine: Engine,
+    /// The engine it serves (`None` on a node of a cluster, whose partitions come and go).
+    pub engine: Option<Engine>,
     handle: ServerHandle,
     hub: Hub,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -48,26 +59,41 @@ pub struct Running {
 /// The key is not an Ed25519 public key, the address cannot be bound, or the engine refuses a
 /// subscriber.
 pub fn start(settings: Settings, engine: Engine, public_pem: &[u8]) -> std::io::Result<Running> {
+    start_with(settings, Backend::Engine(engine), public_pem)
+}
+
+/// Starts serving `backend` with `settings`, checking tokens against `public_pem`.
+///
+/// # Errors
+///
+/// As [`start`].
+pub fn start_with(settings: Settings, backend: Backend, public_pem: &[u8]) -> std::io::Result<Running> {
     let verifier = Verifier::with_cache(public_pem, settings.token_leeway_secs, settings.token_cache_len)
         .map_err(std::io::Error::other)?;
     telemetry::handle();
     let (tx, rx) = std::sync::mpsc::channel();
-    let thread_engine = engine.clone();
+    let engine = match &backend {
+        Backend::Engine(engine) => Some(engine.clone()),
+        Backend::Cluster(..) => None,
+    };
     let thread = std::thread::Builder::new().name("hongbao-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let epoch =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let hub = match Hub::start(thread_engine.clone(), settings.ws_replay_len, settings.ws_per_user_max, epoch) {
-                Ok(hub) => hub,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string())));
-                    return Ok(());
-                }
+            let (partitions, events) = match backend {
+                Backend::Engine(engine) => match engine.subscribe() {
+                    Ok(events) => (Partitions::Whole(engine), events.boxed()),
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+                        return Ok(());
+                    }
+                },
+                Backend::Cluster(partitions, events) => (partitions, events.boxed()),
             };
+            let hub = Hub::start(events, partitions.clone(), settings.ws_replay_len, settings.ws_per_user_max, epoch);
             let limits = abuse::Limits::new(&settings);
             let unstepped = dashmap::DashMap::new();
-            let ctx =
-                web::Data::new(Ctx { engine: thread_engine, settings, verifier, limits, hub: hub.clone(), unstepped });
+            let ctx = web::Data::new(Ctx { partitions, settings, verifier, limits, hub: hub.clone(), unstepped });
             let sweep = Arc::clone(&ctx.clone().into_inner());
             actix_web::rt::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -95,6 +121,7 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
     let s = ctx.settings.clone();
     let body_max = s.body_bytes_max;
     let mut server = HttpServer::new(move || {
+        let forwarding = Forwarding { partitions: ctx.partitions.clone(), body_max };
         App::new()
             .app_data(ctx.clone())
             .app_data(web::JsonConfig::default().limit(body_max).error_handler(json_error))
@@ -131,6 +158,8 @@ fn build(ctx: web::Data<Ctx>) -> std::io::Result<(SocketAddr, actix_web::dev::Se
             .service(at("/metrics").route(web::get().to(metrics)))
             .configure(page::routes)
             .default_service(web::to(not_found))
+            // Outermost but one: a request answered `elsewhere` goes to its partition's node.
+            .wrap(forwarding)
     })
     .max_connections(s.connections_max)
     // A connection whose response has ended (a closed socket among them) gets this long to
@@ -153,7 +182,9 @@ impl Running {
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.hub.close_all(SHUTTING_DOWN).await;
         self.handle.stop(true).await;
-        self.engine.shutdown().await;
+        if let Some(engine) = &self.engine {
+            engine.shutdown().await;
+        }
         match self.thread.take().map(std::thread::JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(std::io::Error::other("the server thread panicked")),
@@ -193,16 +224,26 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "alive" }))
 }
 
-/// The engine serves and its journal is healthy; otherwise 503 saying why.
+/// The engine serves and its journal is healthy; otherwise 503 saying why. A node of a cluster:
+/// every partition it serves does, it serves at least one, and every other one has an owner.
 async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
-    match ctx.engine.health() {
-        Health::Serving => HttpResponse::Ok().json(json!({ "status": "ready" })),
-        health => {
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready", "health": format!("{health:?}") }))
+    let not_ready =
+        |why: String| HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready", "health": why }));
+    if let Err(why) = ctx.partitions.ready() {
+        return not_ready(why);
+    }
+    for (index, engine) in ctx.partitions.local() {
+        match engine.health() {
+            Health::Serving => {}
+            health if ctx.partitions.count() == 1 => return not_ready(format!("{health:?}")),
+            health => return not_ready(format!("partition {index}: {health:?}")),
         }
     }
+    let partitions: Vec<u32> = ctx.partitions.local().iter().map(|(i, _)| *i).collect();
+    HttpResponse::Ok().json(json!({ "status": "ready", "partitions": partitions, "of": ctx.partitions.count() }))
 }
 
 async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(telemetry::render(&ctx.engine))
+    let engines: Vec<Engine> = ctx.partitions.local().into_iter().map(|(_, engine)| engine).collect();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(telemetry::render(&engines))
 }

@@ -28,10 +28,16 @@ pub struct Settings {
     pub workers: usize,
     /// The engine's packet-actor threads (0: the engine's default, one per core).
     pub arbiters: usize,
-    /// A NATS JetStream cluster (client URLs, comma-separated): the journal is a stream
-    /// replicated there instead of `journal`, and this node serves only while it holds the
-    /// partition's lease (a standby waits for it).
+    /// A NATS JetStream cluster (client URLs, comma-separated): this node is one of the
+    /// cluster's, serving the partitions whose leases it holds (each journaled on a stream
+    /// replicated there, instead of `journal`) and forwarding requests for the others.
     pub cluster: Option<String>,
+    /// How many partitions the cluster has: the same on every node, and for the cluster's
+    /// whole life (placement depends on it).
+    pub partitions: u32,
+    /// Where the other nodes reach this one (`http://HOST:PORT`; empty: the address it listens
+    /// on).
+    pub advertise: String,
     /// This node's name in the lease (empty: `node-<pid>`).
     pub node: String,
     /// How long a lease outlives its last renewal: the longest a dead owner's partition waits
@@ -109,6 +115,8 @@ impl Default for Settings {
             workers: 0,
             arbiters: 0,
             cluster: None,
+            partitions: 1,
+            advertise: String::new(),
             node: String::new(),
             lease_ttl_secs: 5,
             nats_replicas: 3,
@@ -178,11 +186,19 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_ARBITERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arbiters: Option<usize>,
-    /// Journal on the NATS JetStream cluster at these URLs (nats://HOST:PORT, comma-separated)
-    /// and serve only while holding the partition's lease
+    /// Join the NATS JetStream cluster at these URLs (nats://HOST:PORT, comma-separated): serve
+    /// the partitions whose leases this node holds, journaled there, and forward the rest
     #[arg(long, env = "HONGBAO_CLUSTER", value_name = "URLS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The cluster's partitions: the same on every node, for the cluster's life [default: 1]
+    #[arg(long, env = "HONGBAO_PARTITIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// Where the other nodes reach this one (http://HOST:PORT) [default: the listen address]
+    #[arg(long, env = "HONGBAO_ADVERTISE", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
     /// This node's name in the lease [default: node-<pid>]
     #[arg(long, env = "HONGBAO_NODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -378,6 +394,12 @@ impl Settings {
             if self.memory {
                 return Err(invalid(None, "cluster and memory exclude each other: the cluster is the journal"));
             }
+        }
+        if !(1..=hongbao::PARTITIONS_MAX).contains(&self.partitions) {
+            return Err(invalid(None, format!("partitions must be 1 to {}", hongbao::PARTITIONS_MAX)));
+        }
+        if !self.advertise.is_empty() && !self.advertise.starts_with("http://") {
+            return Err(invalid(None, format!("advertise takes http://HOST:PORT, not {:?}", self.advertise)));
         }
         if !(1..=3600).contains(&self.lease_ttl_secs) || !(1..=5).contains(&self.nats_replicas) {
             return Err(invalid(None, "lease_ttl_secs must be 1 to 3600 and nats_replicas 1 to 5"));

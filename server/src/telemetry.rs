@@ -40,11 +40,16 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// The text `/metrics` serves: the gauges read now, then everything recorded.
-pub fn render(engine: &Engine) -> String {
-    let gauges = engine.gauges();
-    metrics::gauge!("hongbao_open_packets").set(gauges.open_packets as f64);
-    metrics::gauge!("hongbao_pending_transfers").set(gauges.pending_transfers as f64);
+/// The text `/metrics` serves: the gauges of `engines` (the partitions served here) read now,
+/// then everything recorded.
+pub fn render(engines: &[Engine]) -> String {
+    let (open, pending) = engines
+        .iter()
+        .map(Engine::gauges)
+        .fold((0, 0), |(open, pending), g| (open + g.open_packets, pending + g.pending_transfers));
+    metrics::gauge!("hongbao_open_packets").set(open as f64);
+    metrics::gauge!("hongbao_pending_transfers").set(pending as f64);
+    metrics::gauge!("hongbao_partitions_served").set(engines.len() as f64);
     let handle = handle();
     handle.run_upkeep();
     handle.render()

@@ -71,7 +71,9 @@ struct Since {
     seq: u64,
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Value, PacketId, Result<hongbao::Grabbed, GrabError>)>>>;
+/// A grab in flight: its request id, its packet, its result and whether a share that left for
+/// another partition was seen in its wallet.
+type Pending = Pin<Box<dyn Future<Output = (Value, PacketId, Result<hongbao::Grabbed, GrabError>, bool)>>>;
 
 /// `GET /ws`: upgrades, then runs the member's session on this worker.
 pub async fn upgrade(
@@ -151,7 +153,7 @@ async fn authenticate(
         }
         Err(e) => return refuse(session, ApiError::unauthorized(&e)).await,
     };
-    if let Some(group) = groups.iter().find(|g| !ctx.engine.is_member(**g, member.user)) {
+    if let Some(group) = groups.iter().find(|g| !ctx.partitions.is_member(**g, member.user)) {
         let error = ApiError::forbidden(format!("not a member of group {}", group.0)).with("group", group.0);
         return refuse(session, error).await;
     }
@@ -205,7 +207,7 @@ async fn serve(
                 // The hub let go of this socket: it said why first.
                 None => break kicked_reason(&kicked),
             },
-            Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
+            Some((id, packet, result, credited)) = pending.next(), if !pending.is_empty() => reply(id, packet, result, credited),
             _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, within).await {
                 Ok(()) => continue,
                 Err(reason) => break reason,
@@ -243,7 +245,7 @@ fn handle(
         Err(e) => error(Value::Null, ApiError::invalid(format!("not a request: {e}"))),
         Ok(Request::Auth { .. }) => error(Value::Null, ApiError::invalid("already authenticated")),
         Ok(Request::Watch { group }) => {
-            if !ctx.engine.is_member(group, member.user) {
+            if !ctx.partitions.is_member(group, member.user) {
                 return error(
                     json!({ "watch": group }),
                     ApiError::forbidden(format!("not a member of group {}", group.0)),
@@ -288,7 +290,7 @@ async fn relay(
     loop {
         let out = tokio::select! {
             _ = kicked.changed() => return kicked_reason(&kicked),
-            Some((id, packet, result)) = pending.next(), if !pending.is_empty() => reply(id, packet, result),
+            Some((id, packet, result, credited)) = pending.next(), if !pending.is_empty() => reply(id, packet, result, credited),
             _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, ping_every).await {
                 Ok(()) => continue,
                 Err(reason) => return reason,
@@ -345,12 +347,13 @@ fn start_grab(
         return Err(ApiError::engine(&GrabError::Busy));
     }
     ctx.limits.check(Action::Grab, user, ip)?;
-    let (engine, id) = (ctx.engine.clone(), id.clone());
+    let (id, partitions) = (id.clone(), ctx.partitions.clone());
     pending.push(Box::pin(async move {
+        // Here, or on the node serving the packet's partition.
         let started = std::time::Instant::now();
-        let result = engine.grab(packet, user).await;
+        let (result, credited) = partitions.grab(packet, user).await;
         crate::telemetry::grab_latency(started.elapsed());
-        (id, packet, result)
+        (id, packet, result, credited)
     }));
     Ok(())
 }
@@ -446,8 +449,8 @@ struct ReplyFrame<'a> {
     error: Option<Value>,
 }
 
-fn reply(id: Value, packet: PacketId, result: Result<hongbao::Grabbed, GrabError>) -> String {
-    let frame = match grab_reply(packet, result) {
+fn reply(id: Value, packet: PacketId, result: Result<hongbao::Grabbed, GrabError>, credited: bool) -> String {
+    let frame = match grab_reply(packet, result, credited) {
         Ok(body) => {
             serde_json::to_string(&ReplyFrame { kind: "reply", id: &id, ok: true, grab: Some(&body), error: None })
         }

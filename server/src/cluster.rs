@@ -1,0 +1,529 @@
+//! Which engine answers a request: the one engine of a single server, or, on a cluster, the
+//! partition that holds what the request names — served here, or forwarded to the node that
+//! serves it.
+//!
+//! # Forwarding
+//!
+//! Any node accepts any request. A handler asks [`Partitions`] for the engine of the wallet,
+//! packet or transfer the request names; when another node serves that partition the answer
+//! is an `elsewhere` refusal, and the [`Forwarding`] middleware sends the same request (method,
+//! path, body, the member's token) to that node and answers with its reply. The request
+//! carries the cluster's secret, so the serving node trusts the client address it names (for
+//! rate limits) and never forwards it again: a partition that moved meanwhile answers
+//! `elsewhere`, and this node asks again (up to three times, as the leases are seen to move).
+//!
+//! A request whose forwarded answer never came back may have happened: it answers
+//! `outcome_unknown`, and a retry (the same ids) returns its first outcome.
+//!
+//! # What every partition holds
+//!
+//! Rosters and orgs are kept by every partition. A change of them is applied to each partition
+//! (here, or forwarded as one leg naming its partition); the reply is partition 0's when every
+//! leg succeeded, else the first refusal. A read of them is answered by any partition served
+//! here.
+
+use std::future::{ready, Future, Ready};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::{header, StatusCode};
+use actix_web::web::Bytes;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use futures::future::LocalBoxFuture;
+use futures::StreamExt;
+use hongbao::{Engine, GrabError, Grabbed, PacketId, Partition, Remittance, TransferId, UserId};
+use hongbao_cluster::Directory;
+use tokio::sync::watch;
+
+use crate::reply::ApiError;
+
+/// Carries the cluster's secret: the request was forwarded by a node of the cluster.
+pub const FORWARDED_HEADER: &str = "x-hongbao-forwarded";
+/// The address of the client a forwarded request came from.
+pub const CLIENT_HEADER: &str = "x-hongbao-client";
+/// On a forwarded request: apply it to this partition only (a leg of a change every partition
+/// makes).
+pub const PARTITION_HEADER: &str = "x-hongbao-partition";
+
+/// The route a node asks another to wait on for a share it remitted there.
+pub const AWAIT_PATH: &str = "/v1/cluster/remittances/await";
+
+/// How long a grab's answer waits for a share won for a wallet another partition holds to be
+/// seen there (read-your-writes); past it the answer names the remittance, which arrives.
+pub const CREDIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How many times a forward is tried when the partition moves under it.
+const FORWARD_TRIES: u32 = 3;
+
+/// A response to forward to the node serving this partition.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward(pub u32);
+
+/// The body of a request, kept so it can be forwarded.
+#[derive(Clone, Debug)]
+struct RawBody(Bytes);
+
+/// Where requests go.
+#[derive(Clone)]
+pub enum Partitions {
+    /// One engine holds everything.
+    Whole(Engine),
+    /// One node of a cluster.
+    Cluster(Arc<Node>),
+}
+
+/// A node of a cluster, as the server sees it.
+pub struct Node {
+    partition: Partition,
+    serving: watch::Receiver<std::collections::BTreeMap<u32, Engine>>,
+    directory: Directory,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl Partitions {
+    /// A node of a cluster of `count` partitions: those in `serving` are answered here, the
+    /// others forwarded to the node `directory` names.
+    ///
+    /// # Panics
+    ///
+    /// If `count` is not a valid partition count.
+    pub fn cluster(
+        count: u32,
+        serving: watch::Receiver<std::collections::BTreeMap<u32, Engine>>,
+        directory: Directory,
+        secret: String,
+        timeout: Duration,
+    ) -> Partitions {
+        let http = reqwest::Client::builder().timeout(timeout).tcp_nodelay(true).build().expect("an HTTP client");
+        let partition = Partition::new(0, count).expect("a valid partition count");
+        Partitions::Cluster(Arc::new(Node { partition, serving, directory, secret, http }))
+    }
+
+    /// How many partitions there are (1 for a single engine).
+    pub fn count(&self) -> u32 {
+        match self {
+            Partitions::Whole(_) => 1,
+            Partitions::Cluster(node) => node.partition.count(),
+        }
+    }
+
+    /// Partition `index`'s engine if it is served here; else `elsewhere`, to be forwarded.
+    pub fn at(&self, index: u32) -> Result<Engine, ApiError> {
+        match self {
+            Partitions::Whole(engine) => Ok(engine.clone()),
+            Partitions::Cluster(node) => node.serving.borrow().get(&index).cloned().ok_or_else(|| elsewhere(index)),
+        }
+    }
+
+    /// The engine of `user`'s wallet.
+    pub fn of_user(&self, user: UserId) -> Result<Engine, ApiError> {
+        self.at(self.place(|p| p.of_user(user)))
+    }
+
+    /// The engine of a packet.
+    pub fn of_packet(&self, packet: PacketId) -> Result<Engine, ApiError> {
+        self.at(self.place(|p| p.of_packet(packet)))
+    }
+
+    /// The engine of a transfer.
+    pub fn of_transfer(&self, transfer: TransferId) -> Result<Engine, ApiError> {
+        self.at(self.place(|p| p.of_transfer(transfer)))
+    }
+
+    fn place(&self, of: impl Fn(Partition) -> u32) -> u32 {
+        match self {
+            Partitions::Whole(_) => 0,
+            Partitions::Cluster(node) => of(node.partition),
+        }
+    }
+
+    /// An engine to read what every partition holds (rosters, orgs): one served here, else
+    /// partition 0's owner is asked.
+    pub fn any(&self) -> Result<Engine, ApiError> {
+        match self {
+            Partitions::Whole(engine) => Ok(engine.clone()),
+            Partitions::Cluster(node) => node.serving.borrow().values().next().cloned().ok_or_else(|| elsewhere(0)),
+        }
+    }
+
+    /// `user`'s grab of `packet`, here or on the node serving it (for a socket's grab; an
+    /// HTTP grab is forwarded whole): the engine's result, and whether a share that left for
+    /// another partition was seen in its wallet.
+    pub async fn grab(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
+        match (self.of_packet(packet), self) {
+            (Ok(engine), _) => {
+                let result = engine.grab(packet, user).await;
+                let credited = self.credited(&result).await;
+                (result, credited)
+            }
+            (Err(_), Partitions::Cluster(node)) => node.grab(self.place(|p| p.of_packet(packet)), packet, user).await,
+            (Err(_), Partitions::Whole(_)) => unreachable!("a whole engine holds every packet"),
+        }
+    }
+
+    /// Waits (up to [`CREDIT_WAIT`]) until a share won for a wallet in another partition is
+    /// in that wallet, here or on the node serving it: the grab's answer then promises that a
+    /// balance read sees it. True when it is, or never left.
+    pub async fn credited(&self, grabbed: &Result<Grabbed, GrabError>) -> bool {
+        let Ok(Grabbed { remitted: Some(remittance), .. }) = grabbed else { return true };
+        match (self.at(remittance.to), self) {
+            (Ok(engine), _) => tokio::time::timeout(CREDIT_WAIT, engine.await_remittance(remittance))
+                .await
+                .is_ok_and(|credited| credited.is_ok()),
+            (Err(_), Partitions::Cluster(node)) => node.await_remote(remittance).await,
+            (Err(_), Partitions::Whole(_)) => true,
+        }
+    }
+
+    /// Whether `user` is in `group`'s roster, by an engine served here (`false` if none is).
+    pub fn is_member(&self, group: hongbao::GroupId, user: UserId) -> bool {
+        self.any().is_ok_and(|engine| engine.is_member(group, user))
+    }
+
+    /// The engines served here, by partition.
+    pub fn local(&self) -> Vec<(u32, Engine)> {
+        match self {
+            Partitions::Whole(engine) => vec![(0, engine.clone())],
+            Partitions::Cluster(node) => node.serving.borrow().iter().map(|(i, e)| (*i, e.clone())).collect(),
+        }
+    }
+
+    /// Ready to serve: a single engine is; a node of a cluster serves at least one partition
+    /// and knows who serves every other one. `Err` says what is missing.
+    pub fn ready(&self) -> Result<(), String> {
+        let Partitions::Cluster(node) = self else { return Ok(()) };
+        let serving = node.serving.borrow();
+        if serving.is_empty() {
+            return Err("this node serves no partition (yet)".into());
+        }
+        let count = node.partition.count();
+        match (0..count).find(|i| !serving.contains_key(i) && node.directory.owner(*i).is_none()) {
+            Some(orphan) => Err(format!("partition {orphan} has no owner now")),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `req` was forwarded by a node of this cluster.
+    pub fn forwarded(&self, req: &HttpRequest) -> bool {
+        let Partitions::Cluster(node) = self else { return false };
+        let given = req.headers().get(FORWARDED_HEADER).map_or(&b""[..], |v| v.as_bytes());
+        constant_time_eq(given, node.secret.as_bytes())
+    }
+
+    /// The client's address: the peer's, or the one a node of the cluster forwarded for.
+    pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+        if self.forwarded(req) {
+            return req.headers().get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        }
+        req.peer_addr().map(|a| a.ip())
+    }
+
+    /// The partition a forwarded leg names, if `req` is one.
+    pub fn leg(&self, req: &HttpRequest) -> Option<u32> {
+        if !self.forwarded(req) {
+            return None;
+        }
+        req.headers().get(PARTITION_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    }
+
+    /// Applies `op` to every partition — here for those served here, forwarded as a leg to
+    /// the others — and answers partition 0's reply, or the first refusal. A leg forwarded
+    /// here applies it to its partition only.
+    pub async fn everywhere<F, Fut>(&self, req: &HttpRequest, op: F) -> Result<HttpResponse, ApiError>
+    where
+        F: Fn(Engine) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        let node = match self {
+            Partitions::Whole(engine) => return op(engine.clone()).await,
+            Partitions::Cluster(node) => node,
+        };
+        if let Some(index) = self.leg(req) {
+            return op(self.at(index)?).await;
+        }
+        let legs = (0..node.partition.count()).map(|index| {
+            let local = self.at(index).ok();
+            let op = &op;
+            async move {
+                match local {
+                    Some(engine) => op(engine).await.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e)),
+                    None => node.forward(index, req, true).await,
+                }
+            }
+        });
+        let mut replies = futures::future::join_all(legs).await.into_iter();
+        let first = replies.next().expect("at least one partition");
+        Ok(replies.find(|r| !r.status().is_success()).filter(|_| first.status().is_success()).unwrap_or(first))
+    }
+
+    /// Asks partition `index` (here, or its owner) with `req` as a leg, and reads its JSON
+    /// reply: for reads that gather every partition (the audit).
+    pub async fn ask(&self, index: u32, req: &HttpRequest) -> Result<serde_json::Value, ApiError> {
+        let Partitions::Cluster(node) = self else { return Err(ApiError::invalid("not a cluster")) };
+        let reply = node.forward(index, req, true).await;
+        let status = reply.status();
+        let body = actix_web::body::to_bytes(reply.into_body()).await.unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if status.is_success() {
+            Ok(json)
+        } else {
+            let kind = json["error"].as_str().unwrap_or("internal").to_owned();
+            let message = json["message"].as_str().unwrap_or("").to_owned();
+            Err(ApiError::new(status, &kind, format!("partition {index}: {message}")).with("partition", index))
+        }
+    }
+}
+
+impl Node {
+    /// Asks the node serving `remittance`'s receiver to wait until it is applied there.
+    async fn await_remote(&self, remittance: &Remittance) -> bool {
+        let Some(address) = self.directory.owner(remittance.to) else { return false };
+        let asked = self
+            .http
+            .post(format!("{address}{AWAIT_PATH}"))
+            .header(FORWARDED_HEADER, &self.secret)
+            .json(remittance)
+            .timeout(CREDIT_WAIT)
+            .send()
+            .await;
+        asked.is_ok_and(|reply| reply.status().is_success())
+    }
+
+    /// Sends `req` (with its kept body) to the node serving partition `index`, and answers its
+    /// reply; `leg` names the partition so the node applies it there only.
+    async fn forward(&self, index: u32, req: &HttpRequest, leg: bool) -> HttpResponse {
+        let body = req.extensions().get::<RawBody>().map_or_else(Bytes::new, |b| b.0.clone());
+        let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
+        let client = req.peer_addr().map(|a| a.ip().to_string());
+        // actix speaks `http` 0.2 and reqwest 1.x: the method and headers go over as text.
+        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let sent = self
+            .send(index, |address| {
+                let mut out = self.http.request(method.clone(), format!("{address}{path}")).body(body.clone());
+                for name in ["authorization", "content-type", crate::auth::DEVICE_HEADER] {
+                    if let Some(value) = req.headers().get(name) {
+                        out = out.header(name, value.as_bytes());
+                    }
+                }
+                if let Some(client) = &client {
+                    out = out.header(CLIENT_HEADER, client);
+                }
+                if leg {
+                    out = out.header(PARTITION_HEADER, index.to_string());
+                }
+                out
+            })
+            .await;
+        let refusal = match sent {
+            Sent::Reply(reply) => return relay_reply(reply).await,
+            Sent::NoOwner => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("partition {index} has no owner now (one is taking it over); nothing changed: retry"),
+            )
+            .with("partition", index)
+            .retry_after(1),
+            Sent::NoAnswer => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "outcome_unknown",
+                format!(
+                    "partition {index} was asked and did not answer; it may have happened: retry (the same request \
+                     returns its first outcome)"
+                ),
+            ),
+        };
+        actix_web::ResponseError::error_response(&refusal)
+    }
+
+    /// Sends a request `build` makes for an address to the node serving partition `index`,
+    /// carrying the cluster's secret; again (up to [`FORWARD_TRIES`] times) while no node
+    /// serves it, the node cannot be reached, or it answers that it no longer serves it.
+    async fn send(&self, index: u32, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Sent {
+        for attempt in 0..FORWARD_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let served_here = self.serving.borrow().contains_key(&index);
+            let Some(address) = self.directory.owner(index).filter(|_| !served_here) else { continue };
+            match build(&address).header(FORWARDED_HEADER, &self.secret).send().await {
+                Ok(reply) if reply.status() == reqwest::StatusCode::MISDIRECTED_REQUEST => {
+                    // It no longer serves the partition: ask again whoever does now.
+                    self.directory.forget(index, &address);
+                }
+                Ok(reply) => return Sent::Reply(reply),
+                Err(e) if e.is_connect() => {
+                    // Nothing reached it: it is gone, or going.
+                    self.directory.forget(index, &address);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = index, %address, "a request sent to another node got no answer: {e}");
+                    return Sent::NoAnswer;
+                }
+            }
+        }
+        Sent::NoOwner
+    }
+
+    /// A grab of a packet another node serves, by a member this node authenticated: the
+    /// engine's result there, and whether the share was seen in its wallet.
+    async fn grab(&self, index: u32, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
+        let asked = NodeGrab { packet, user };
+        let sent = self.send(index, |address| self.http.post(format!("{address}{GRAB_PATH}")).json(&asked)).await;
+        match sent {
+            Sent::Reply(reply) if reply.status().is_success() => match reply.json::<GrabDone>().await {
+                Ok(done) => (done.result, done.credited),
+                Err(_) => (Err(GrabError::OutcomeUnknown), false),
+            },
+            // A refusal of the route itself (never an engine's: those travel in `result`).
+            Sent::Reply(reply) => {
+                tracing::warn!(partition = index, status = %reply.status(), "a grab sent to another node was refused");
+                (Err(GrabError::Unavailable), false)
+            }
+            Sent::NoOwner => (Err(GrabError::Unavailable), false),
+            Sent::NoAnswer => (Err(GrabError::OutcomeUnknown), false),
+        }
+    }
+}
+
+/// What became of a request sent to another node.
+enum Sent {
+    /// Its answer.
+    Reply(reqwest::Response),
+    /// No node served the partition: it was not sent, nothing changed.
+    NoOwner,
+    /// It was sent and no answer came: it may have happened.
+    NoAnswer,
+}
+
+/// The route a node asks another to grab on for a member it authenticated (a socket's grab).
+pub const GRAB_PATH: &str = "/v1/cluster/grab";
+
+/// A grab asked of another node.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct NodeGrab {
+    pub packet: PacketId,
+    pub user: UserId,
+}
+
+/// Its outcome: the engine's result, and whether a share that left for another partition was
+/// seen in its wallet.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct GrabDone {
+    pub result: Result<Grabbed, GrabError>,
+    pub credited: bool,
+}
+
+/// The reply of another node, as this node's.
+async fn relay_reply(reply: reqwest::Response) -> HttpResponse {
+    let status = StatusCode::from_u16(reply.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = HttpResponse::build(status);
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = reply.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            out.insert_header((name, value.to_owned()));
+        }
+    }
+    match reply.bytes().await {
+        Ok(body) => out.body(body),
+        Err(e) => actix_web::ResponseError::error_response(&ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "outcome_unknown",
+            format!("the partition's owner answered and its reply was cut off ({e}); it may have happened: retry"),
+        )),
+    }
+}
+
+/// The refusal that sends a request to partition `index`'s node.
+pub fn elsewhere(index: u32) -> ApiError {
+    ApiError::new(StatusCode::MISDIRECTED_REQUEST, "elsewhere", format!("partition {index} is served by another node"))
+        .with("partition", index)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The middleware that keeps each request's body (up to `body_max`) and forwards a request
+/// answered `elsewhere` to the partition's node (see the module's documentation).
+pub struct Forwarding {
+    pub partitions: Partitions,
+    pub body_max: usize,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Forwarding
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Transform = ForwardingService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ForwardingService {
+            service: Rc::new(service),
+            partitions: self.partitions.clone(),
+            body_max: self.body_max,
+        }))
+    }
+}
+
+pub struct ForwardingService<S> {
+    service: Rc<S>,
+    partitions: Partitions,
+    body_max: usize,
+}
+
+impl<S, B> Service<ServiceRequest> for ForwardingService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let Partitions::Cluster(node) = self.partitions.clone() else {
+            return Box::pin(async move { service.call(req).await.map(ServiceResponse::map_into_boxed_body) });
+        };
+        let (forwarded, body_max) = (self.partitions.forwarded(req.request()), self.body_max);
+        Box::pin(async move {
+            if forwarded || req.path() == "/ws" {
+                return service.call(req).await.map(ServiceResponse::map_into_boxed_body);
+            }
+            let mut payload = req.take_payload();
+            let mut body = actix_web::web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                body.extend_from_slice(&chunk?);
+                if body.len() > body_max {
+                    let error = ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the body exceeds {body_max} bytes"),
+                    );
+                    return Ok(req.error_response(error.with("limit", body_max)));
+                }
+            }
+            let body = body.freeze();
+            req.extensions_mut().insert(RawBody(body.clone()));
+            req.set_payload(Payload::from(body));
+            let res = service.call(req).await?;
+            let Some(Forward(index)) = res.response().extensions().get::<Forward>().copied() else {
+                return Ok(res.map_into_boxed_body());
+            };
+            let (request, _) = res.into_parts();
+            let reply = node.forward(index, &request, false).await;
+            Ok(ServiceResponse::new(request, reply))
+        })
+    }
+}
