@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # A hongbao cluster on this machine, on loopback: three NATS JetStream servers (Debian's
-# nats-server) replicating each partition's journal R3, and three `hongbao serve --cluster`
-# nodes sharing the partitions (HONGBAO_PARTITIONS, default 3) out by their leases. Any node
-# answers any request, forwarding it to the node serving its partition.
+# nats-server) replicating each partition's journal R3, and `hongbao serve --cluster` nodes
+# (HONGBAO_NODES, default 3) sharing the partitions (HONGBAO_PARTITIONS, default 3) out by their
+# leases. Any node answers any request, forwarding it to the node serving its partition.
 #
 #   scripts/cluster.sh start     build, start everything, print which node serves what
 #   scripts/cluster.sh status    which processes run, and which partitions each node serves
 #   scripts/cluster.sh stop      stop everything (state stays in ./cluster-demo)
 #   scripts/cluster.sh clean     stop, and remove ./cluster-demo
 #
-# Ports: NATS clients 14222-14224 (routes 16222-16224), hongbao nodes 18081-18083. Tokens are
+# Ports: NATS clients 14222-14224 (routes 16222-16224), hongbao nodes 18081, 18082… Tokens are
 # signed with ./cluster-demo/hongbao-host.key (`hongbao token --key … --host`).
 # HONGBAO_BIN names a hongbao binary to use instead of building one (the tests do);
 # HONGBAO_CLUSTER_DIR a state directory instead of ./cluster-demo.
@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${HONGBAO_CLUSTER_DIR:-cluster-demo}
 bin=${HONGBAO_BIN:-target/release/hongbao}
+nodes=${HONGBAO_NODES:-3}
 urls="nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224"
 routes="nats://127.0.0.1:16222,nats://127.0.0.1:16223,nats://127.0.0.1:16224"
 
@@ -34,7 +35,7 @@ start() {
       --routes "$routes" >"$state/nats$i.log" 2>&1 &
     echo $! >"$state/nats$i.pid"
   done
-  for i in 0 1 2; do
+  for i in $(seq 0 $((nodes - 1))); do
     running "$state/node$i.pid" && continue
     "$bin" serve --listen "127.0.0.1:$((18081 + i))" --public-key "$state/hongbao-host.pub" \
       --cluster "$urls" --node "node$i" --partitions "${HONGBAO_PARTITIONS:-3}" >"$state/node$i.log" 2>&1 &
@@ -42,7 +43,7 @@ start() {
   done
   # Every node listens at once, then takes the partitions it can.
   for _ in $(seq 1 300); do
-    if [ "$(grep -l "serves partitions \[[0-9]" "$state"/node*.log 2>/dev/null | wc -l)" -ge 3 ]; then break; fi
+    if [ "$(grep -l "serves partitions \[[0-9]" "$state"/node*.log 2>/dev/null | wc -l)" -ge "$nodes" ]; then break; fi
     sleep 0.1
   done
   status

@@ -3,14 +3,15 @@
 //!
 //! # Spreading the partitions
 //!
-//! Every node announces itself in the lease bucket (`n.{name}`, renewed like a lease), so each
-//! knows how many nodes are alive, and its fair share: the partitions divided by the nodes,
-//! rounded up. A node tries for a free partition every tenth of the lease's TTL while it holds
-//! (or is taking) fewer than its share, and only every whole TTL otherwise, so nodes started
-//! together share the partitions out, a dead node's partitions go to the nodes below their
-//! share first, and a partition nobody's share covers is still taken. A node above its share
-//! (one joined) hands one partition over gracefully at most every other TTL: it stops serving
-//! it and gives its lease up, and a node below its share takes it.
+//! Every node announces itself in the lease bucket (`n.{name}`, holding its address, renewed
+//! like a lease), so each knows which nodes are alive, and its fair share: the partitions
+//! divided by the nodes, rounded up. A node tries for a free partition every tenth of the
+//! lease's TTL while it holds (or is taking) fewer than its share, and only every whole TTL
+//! otherwise, so nodes started together share the partitions out, a dead node's partitions go
+//! to the nodes below their share first, and a partition nobody's share covers is still taken.
+//! A node serving two partitions more than the node serving fewest (one joined late) hands one
+//! over gracefully, at most every other TTL: it stops serving it and gives its lease up, and a
+//! node below its share takes it.
 //!
 //! # The directory
 //!
@@ -118,11 +119,11 @@ pub enum FleetError {
 /// A partition's owner: its address, and when a write of its lease was last seen.
 type Seen = Option<(String, Instant)>;
 
-/// Who serves which partition, as the leases say, and which nodes are alive.
+/// Who serves which partition, as the leases say, and which nodes are alive (their addresses).
 #[derive(Clone)]
 pub struct Directory {
     owners: Arc<RwLock<Vec<Seen>>>,
-    nodes: Arc<RwLock<BTreeMap<String, Instant>>>,
+    nodes: Arc<RwLock<BTreeMap<String, (String, Instant)>>>,
     ttl: Duration,
 }
 
@@ -133,7 +134,20 @@ impl Directory {
 
     /// The nodes whose announcement was seen within the lease's TTL.
     pub fn nodes(&self) -> usize {
-        self.nodes.read().values().filter(|seen| seen.elapsed() < self.ttl).count()
+        self.nodes.read().values().filter(|(_, seen)| seen.elapsed() < self.ttl).count()
+    }
+
+    /// How many partitions the live node serving fewest serves, among those other than the one
+    /// at `address` (`None` if there is no other).
+    fn fewest_served_by_others(&self, address: &str) -> Option<usize> {
+        let owners = self.owners.read();
+        let served = |node: &str| {
+            owners.iter().flatten().filter(|(held, seen)| held == node && seen.elapsed() < self.ttl).count()
+        };
+        let nodes = self.nodes.read();
+        let others =
+            nodes.values().filter(|(node, seen)| seen.elapsed() < self.ttl && !node.is_empty() && node != address);
+        others.map(|(node, _)| served(node)).min()
     }
 
     /// The address of the node serving partition `index`, if a write of its lease was seen
@@ -158,7 +172,10 @@ impl Directory {
         if let Some(node) = entry.key.strip_prefix(NODE_PREFIX) {
             let mut nodes = self.nodes.write();
             match entry.operation {
-                kv::Operation::Put => nodes.insert(node.to_owned(), Instant::now()),
+                kv::Operation::Put => {
+                    let address = String::from_utf8_lossy(&entry.value).into_owned();
+                    nodes.insert(node.to_owned(), (address, Instant::now()))
+                }
                 kv::Operation::Delete | kv::Operation::Purge => nodes.remove(node),
             };
             return;
@@ -191,6 +208,10 @@ pub struct Fleet {
     claimed: Arc<AtomicU32>,
     /// When this node last handed a partition over.
     handed_over: Arc<parking_lot::Mutex<Option<Instant>>>,
+    /// Where the other nodes reach this one, once it holds partitions (announced).
+    address: Arc<parking_lot::Mutex<String>>,
+    /// The connection the partitions' events are published on.
+    events: async_nats::Client,
 }
 
 impl Fleet {
@@ -215,17 +236,13 @@ impl Fleet {
                 hongbao::PARTITIONS_MAX
             )));
         }
-        let connect = |e: OpenError| match e {
-            OpenError::Connect { urls, reason } => FleetError::Connect { urls, reason },
-            other => FleetError::Buckets(other.to_string()),
-        };
-        let client = client(&spec.urls).await.map_err(connect)?;
+        let client = client_of(&spec.urls).await?;
         let js = jetstream::new(client.clone());
         // A cluster just started may still be electing its leaders: tried again for a while.
         let deadline = Instant::now() + crate::stream_journal::OPEN_RETRY_FOR;
         let (secret, leases) = loop {
             let opened = async {
-                let secret = shared_secret(&js, spec.replicas).await?;
+                let secret = shared_secret(&js, spec.replicas, spec.partitions).await?;
                 let leases = open_bucket(&js, LEASES, Some(spec.lease_ttl), spec.replicas).await;
                 Ok::<_, FleetError>((secret, leases.map_err(FleetError::Buckets)?))
             };
@@ -242,8 +259,12 @@ impl Fleet {
         let (stop, stopping) = watch::channel(false);
         let (serving_tx, serving) = watch::channel(BTreeMap::new());
         let serving_tx = Arc::new(serving_tx);
-        let announce =
-            announce(leases.clone(), format!("{NODE_PREFIX}{}", spec.node), spec.lease_ttl, stopping.clone());
+        let address: Arc<parking_lot::Mutex<String>> = Arc::default();
+        let key = format!("{NODE_PREFIX}{}", spec.node);
+        let announce = announce(leases.clone(), key, Arc::clone(&address), spec.lease_ttl, stopping.clone());
+        // Events go out on a connection of their own: a storm's events must not queue ahead of
+        // the leases' renewals.
+        let events = client_of(&spec.urls).await?;
         let tasks = vec![tokio::spawn(watch_leases(leases, directory.clone(), stopping)), tokio::spawn(announce)];
         Ok(Fleet {
             spec,
@@ -257,6 +278,8 @@ impl Fleet {
             tasks,
             claimed: Arc::default(),
             handed_over: Arc::default(),
+            address,
+            events,
         })
     }
 
@@ -271,11 +294,13 @@ impl Fleet {
         if !address.starts_with("http://") || address.contains(char::is_whitespace) {
             return Err(FleetError::Invalid(format!("a node's address is http://HOST:PORT, not {address:?}")));
         }
+        address.clone_into(&mut self.address.lock());
         for index in 0..self.spec.partitions {
             let partition = Partition::new(index, self.spec.partitions).expect("checked at join");
             let hold = Hold {
                 js: self.js.clone(),
-                client: self.client.clone(),
+                client: self.events.clone(),
+                address: address.to_owned(),
                 spec: self.spec.partition(index, address),
                 config: config.clone().with_partition(partition),
                 inbox: InboxSpec::new(self.spec.replicas),
@@ -388,6 +413,7 @@ struct Hold {
     claimed: Arc<AtomicU32>,
     handed_over: Arc<parking_lot::Mutex<Option<Instant>>>,
     partitions: u32,
+    address: String,
 }
 
 impl Hold {
@@ -439,14 +465,16 @@ impl Hold {
         self.partitions.div_ceil(u32::try_from(self.directory.nodes().max(1)).unwrap_or(u32::MAX))
     }
 
-    /// Whether this partition should be handed over now: the node serves more than its share,
-    /// and handed none over in the last two TTLs (decided for one partition at a time).
+    /// Whether this partition should be handed over now: the node serves two partitions more
+    /// than the live node serving fewest, and handed none over in the last two TTLs (decided
+    /// for one partition at a time).
     fn hand_over(&self) -> bool {
         let mut last = self.handed_over.lock();
         let rested = last.is_none_or(|at| at.elapsed() >= self.spec.lease.ttl * 2);
         // What it serves, not what it is trying for too (a try counts in `claimed` a moment).
-        let served = u32::try_from(self.serving.borrow().len()).unwrap_or(u32::MAX);
-        if rested && served > self.share() {
+        let served = self.serving.borrow().len();
+        let fewest = self.directory.fewest_served_by_others(&self.address);
+        if rested && fewest.is_some_and(|fewest| served >= fewest + 2) {
             *last = Some(Instant::now());
             return true;
         }
@@ -462,6 +490,8 @@ impl Hold {
             Err(e) => {
                 tracing::warn!("partition {index}: its relay did not start ({e}); giving it up");
                 owner.stop().await;
+                // Not at once again: the rebuild it would take reads the whole stream.
+                tokio::time::sleep(self.spec.lease.ttl).await;
                 return false;
             }
         };
@@ -494,6 +524,14 @@ impl Hold {
         events.abort();
         stopping
     }
+}
+
+/// A client of the cluster at `urls`.
+async fn client_of(urls: &str) -> Result<async_nats::Client, FleetError> {
+    client(urls).await.map_err(|e| match e {
+        OpenError::Connect { urls, reason } => FleetError::Connect { urls, reason },
+        other => FleetError::Buckets(other.to_string()),
+    })
 }
 
 /// Publishes partition `index`'s events until its engine stops.
@@ -544,11 +582,18 @@ async fn watch_leases(leases: kv::Store, directory: Directory, mut stop: watch::
     }
 }
 
-/// Announces this node (`key`) in the lease bucket every third of the TTL, until it stops; then
-/// withdraws it.
-async fn announce(leases: kv::Store, key: String, ttl: Duration, mut stop: watch::Receiver<bool>) {
+/// Announces this node (`key`, with its `address` once it has one) in the lease bucket every
+/// third of the TTL, until it stops; then withdraws it.
+async fn announce(
+    leases: kv::Store,
+    key: String,
+    address: Arc<parking_lot::Mutex<String>>,
+    ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        if let Err(e) = leases.put(&key, Bytes::new()).await {
+        let value = Bytes::from(address.lock().clone());
+        if let Err(e) = leases.put(&key, value).await {
             tracing::warn!("announcing {key}: {e}");
         }
         tokio::select! {
@@ -561,9 +606,24 @@ async fn announce(leases: kv::Store, key: String, ttl: Duration, mut stop: watch
     }
 }
 
-/// The cluster's secret: made by the first node to look for it.
-async fn shared_secret(js: &jetstream::Context, replicas: usize) -> Result<String, FleetError> {
+/// The cluster's secret: made by the first node to look for it; and a check that this node
+/// counts the partitions as the first one did (placement depends on the count).
+async fn shared_secret(js: &jetstream::Context, replicas: usize, partitions: u32) -> Result<String, FleetError> {
     let store = open_bucket(js, SHARED, None, replicas).await.map_err(FleetError::Buckets)?;
+    let count = Bytes::from(partitions.to_string());
+    match store.create("partitions", count.clone()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let held = store.get("partitions").await.map_err(|e| FleetError::Buckets(e.to_string()))?;
+            if held.as_ref() != Some(&count) {
+                let held = held.map(|h| String::from_utf8_lossy(&h).into_owned()).unwrap_or_default();
+                return Err(FleetError::Invalid(format!(
+                    "this cluster has {held} partitions, not {partitions}: every node must say the same"
+                )));
+            }
+        }
+        Err(e) => return Err(FleetError::Buckets(e.to_string())),
+    }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| FleetError::Buckets(format!("no randomness for a secret: {e}")))?;
     let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -239,8 +239,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(at("/v1/orgs/{org}/log").route(web::get().to(operation_log)))
         .service(at("/v1/packets/{packet}/recall").route(web::post().to(admin_recall)))
         // The nodes of a cluster, for each other.
-        .service(at(crate::cluster::AWAIT_PATH).route(web::post().to(await_remittance)))
-        .service(at(crate::cluster::GRAB_PATH).route(web::post().to(node_grab)));
+        .service(at(crate::cluster::AWAIT_PATH).route(web::post().to(await_remittance)));
 }
 
 // ---- the host ----
@@ -568,12 +567,12 @@ pub fn grab_reply(packet: PacketId, result: Result<Grabbed, GrabError>, credited
 async fn grab(ctx: web::Data<Ctx>, req: HttpRequest, id: web::Path<u64>) -> Reply {
     let member = ctx.member(&req)?;
     let packet = PacketId(*id);
-    let engine = ctx.partitions.of_packet(packet)?;
     ctx.limit(&req, Action::Grab, member.user)?;
+    // Here, or over the link to the node serving the packet (not forwarded whole: a link
+    // carries many grabs at once).
     let started = std::time::Instant::now();
-    let result = engine.grab(packet, member.user).await;
+    let (result, credited) = ctx.partitions.grab(packet, member.user).await;
     crate::telemetry::grab_latency(started.elapsed());
-    let credited = ctx.partitions.credited(&result).await;
     Ok(ok(grab_reply(packet, result, credited)?))
 }
 
@@ -900,17 +899,4 @@ async fn await_remittance(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json
         Ok(Err(e)) => Err(fail(e)),
         Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the share has not arrived yet")),
     }
-}
-
-/// Another node's grab for a member it authenticated (a grab on its socket): the engine's
-/// result and whether the share is in its wallet, as they are.
-async fn node_grab(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<crate::cluster::NodeGrab>) -> Reply {
-    if !ctx.partitions.forwarded(&req) {
-        return Err(ApiError::forbidden("this route is for the nodes of the cluster"));
-    }
-    let crate::cluster::NodeGrab { packet, user } = body.into_inner();
-    let engine = ctx.partitions.of_packet(packet)?;
-    let result = engine.grab(packet, user).await;
-    let credited = ctx.partitions.credited(&result).await;
-    Ok(ok(crate::cluster::GrabDone { result, credited }))
 }

@@ -56,6 +56,20 @@ pub const AWAIT_PATH: &str = "/v1/cluster/remittances/await";
 /// seen there (read-your-writes); past it the answer names the remittance, which arrives.
 pub const CREDIT_WAIT: Duration = Duration::from_secs(5);
 
+/// Requests this node has in flight to the others at most, of each of two kinds: requests
+/// forwarded (and socket grabs), and waits for a share's credit. Each holds a connection
+/// (HTTP/1.1), kept alive for the next. More wait for one to finish; what waits is bounded by
+/// what the server takes in (its connections and each socket's grabs in flight). The two kinds
+/// have bounds of their own because a forwarded grab's handler waits for a credit: sharing one
+/// bound, two nodes forwarding to each other could each hold every permit the other's
+/// handlers need.
+pub const FORWARDS_IN_FLIGHT_MAX: usize = 256;
+
+/// Grabs this node has in flight over its links to the others at most (sockets' grabs of
+/// packets other nodes serve). More wait; the node serving them answers `Busy` past its own
+/// bound (`ws_relay_inflight_max` per link).
+pub const LINKED_MAX: usize = 4096;
+
 /// How many times a forward is tried when the partition moves under it.
 const FORWARD_TRIES: u32 = 3;
 
@@ -83,6 +97,14 @@ pub struct Node {
     directory: Directory,
     secret: String,
     http: reqwest::Client,
+    forwards: tokio::sync::Semaphore,
+    awaits: tokio::sync::Semaphore,
+    /// The links to the other nodes, by address.
+    links: parking_lot::Mutex<std::collections::HashMap<String, Arc<Link>>>,
+    /// Grabs in flight over the links at most.
+    linked: tokio::sync::Semaphore,
+    /// How long a grab over a link waits for its answer.
+    timeout: Duration,
 }
 
 impl Partitions {
@@ -99,9 +121,33 @@ impl Partitions {
         secret: String,
         timeout: Duration,
     ) -> Partitions {
-        let http = reqwest::Client::builder().timeout(timeout).tcp_nodelay(true).build().expect("an HTTP client");
+        // Straight to the other nodes (never through a proxy the environment names: requests
+        // carry the cluster's secret), and idle connections let go before the other side's
+        // keep-alive (5 s) closes them under a request.
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(FORWARDS_IN_FLIGHT_MAX)
+            .build()
+            .expect("an HTTP client");
+        let (forwards, awaits) =
+            (tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX), tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX));
         let partition = Partition::new(0, count).expect("a valid partition count");
-        Partitions::Cluster(Arc::new(Node { partition, serving, directory, secret, http }))
+        let (links, linked) = (parking_lot::Mutex::default(), tokio::sync::Semaphore::new(LINKED_MAX));
+        Partitions::Cluster(Arc::new(Node {
+            partition,
+            serving,
+            directory,
+            secret,
+            http,
+            forwards,
+            awaits,
+            links,
+            linked,
+            timeout,
+        }))
     }
 
     /// How many partitions there are (1 for a single engine).
@@ -155,15 +201,30 @@ impl Partitions {
     /// HTTP grab is forwarded whole): the engine's result, and whether a share that left for
     /// another partition was seen in its wallet.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        match (self.of_packet(packet), self) {
-            (Ok(engine), _) => {
-                let result = engine.grab(packet, user).await;
-                let credited = self.credited(&result).await;
-                (result, credited)
+        match self {
+            Partitions::Cluster(node) if self.of_packet(packet).is_err() => {
+                node.grab(self.place(|p| p.of_packet(packet)), packet, user).await
             }
-            (Err(_), Partitions::Cluster(node)) => node.grab(self.place(|p| p.of_packet(packet)), packet, user).await,
-            (Err(_), Partitions::Whole(_)) => unreachable!("a whole engine holds every packet"),
+            _ => self.grab_here(packet, user).await,
         }
+    }
+
+    /// `user`'s grab of `packet` in the partition served here (`Elsewhere` if it is not): the
+    /// engine's result, and whether a share that left for another partition was seen in its
+    /// wallet.
+    pub async fn grab_here(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
+        let engine = match self.of_packet(packet) {
+            Ok(engine) => engine,
+            Err(_) => return (Err(GrabError::Elsewhere { partition: self.place(|p| p.of_packet(packet)) }), false),
+        };
+        let result = engine.grab(packet, user).await;
+        let credited = self.credited(&result).await;
+        (result, credited)
+    }
+
+    /// Whether `secret` is this cluster's.
+    pub fn is_secret(&self, secret: &str) -> bool {
+        matches!(self, Partitions::Cluster(node) if constant_time_eq(secret.as_bytes(), node.secret.as_bytes()))
     }
 
     /// Waits (up to [`CREDIT_WAIT`]) until a share won for a wallet in another partition is
@@ -193,26 +254,29 @@ impl Partitions {
         }
     }
 
-    /// Ready to serve: a single engine is; a node of a cluster serves at least one partition
-    /// and knows who serves every other one. `Err` says what is missing.
+    /// Ready to serve: a single engine is; a node of a cluster once it serves a partition
+    /// (it reads rosters from one, for its sockets). A partition nobody serves for a moment
+    /// (another node died) does not make this node unready: what it serves is fine, and a
+    /// request for that partition answers `unavailable` until one takes it.
     pub fn ready(&self) -> Result<(), String> {
         let Partitions::Cluster(node) = self else { return Ok(()) };
-        let serving = node.serving.borrow();
-        if serving.is_empty() {
+        if node.serving.borrow().is_empty() {
             return Err("this node serves no partition (yet)".into());
         }
-        let count = node.partition.count();
-        match (0..count).find(|i| !serving.contains_key(i) && node.directory.owner(*i).is_none()) {
-            Some(orphan) => Err(format!("partition {orphan} has no owner now")),
-            None => Ok(()),
-        }
+        Ok(())
+    }
+
+    /// The partitions nobody serves now, as far as this node knows.
+    pub fn orphans(&self) -> Vec<u32> {
+        let Partitions::Cluster(node) = self else { return Vec::new() };
+        let serving = node.serving.borrow();
+        (0..node.partition.count()).filter(|i| !serving.contains_key(i) && node.directory.owner(*i).is_none()).collect()
     }
 
     /// Whether `req` was forwarded by a node of this cluster.
     pub fn forwarded(&self, req: &HttpRequest) -> bool {
-        let Partitions::Cluster(node) = self else { return false };
         let given = req.headers().get(FORWARDED_HEADER).map_or(&b""[..], |v| v.as_bytes());
-        constant_time_eq(given, node.secret.as_bytes())
+        std::str::from_utf8(given).is_ok_and(|given| self.is_secret(given))
     }
 
     /// The client's address: the peer's, or the one a node of the cluster forwarded for.
@@ -232,8 +296,16 @@ impl Partitions {
     }
 
     /// Applies `op` to every partition — here for those served here, forwarded as a leg to
-    /// the others — and answers partition 0's reply, or the first refusal. A leg forwarded
-    /// here applies it to its partition only.
+    /// the others. Partition 0 decides first: its refusal is the answer, and nothing changed
+    /// anywhere. Then the others, at once; when all of them applied it, the answer is
+    /// partition 0's. When some did not, the answer is `outcome_unknown` naming them: the
+    /// change is in some partitions only, and the same request again (these changes are
+    /// idempotent) completes it. A leg forwarded here applies it to its partition only.
+    ///
+    /// Partition 0 orders conflicting changes (two orgs taking one group: one is refused
+    /// there, before any other partition sees it). Two different rosters set at once for one
+    /// group through two nodes may reach the other partitions in either order: a host writes a
+    /// group's roster from one place.
     pub async fn everywhere<F, Fut>(&self, req: &HttpRequest, op: F) -> Result<HttpResponse, ApiError>
     where
         F: Fn(Engine) -> Fut,
@@ -246,19 +318,31 @@ impl Partitions {
         if let Some(index) = self.leg(req) {
             return op(self.at(index)?).await;
         }
-        let legs = (0..node.partition.count()).map(|index| {
-            let local = self.at(index).ok();
-            let op = &op;
+        let leg = |index: u32| {
+            let (local, op) = (self.at(index).ok(), &op);
             async move {
                 match local {
                     Some(engine) => op(engine).await.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e)),
                     None => node.forward(index, req, true).await,
                 }
             }
-        });
-        let mut replies = futures::future::join_all(legs).await.into_iter();
-        let first = replies.next().expect("at least one partition");
-        Ok(replies.find(|r| !r.status().is_success()).filter(|_| first.status().is_success()).unwrap_or(first))
+        };
+        let first = leg(0).await;
+        if !first.status().is_success() {
+            return Ok(first);
+        }
+        let rest = futures::future::join_all((1..node.partition.count()).map(leg)).await;
+        let missing: Vec<u32> =
+            (1..).zip(&rest).filter(|(_, reply)| !reply.status().is_success()).map(|(index, _)| index).collect();
+        if missing.is_empty() {
+            return Ok(first);
+        }
+        let message = format!(
+            "applied in partition 0 and every other but {missing:?}, which did not answer it: send the same change \
+             again to complete it"
+        );
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown", message)
+            .with("partitions_missing", missing))
     }
 
     /// Asks partition `index` (here, or its owner) with `req` as a leg, and reads its JSON
@@ -282,16 +366,9 @@ impl Partitions {
 impl Node {
     /// Asks the node serving `remittance`'s receiver to wait until it is applied there.
     async fn await_remote(&self, remittance: &Remittance) -> bool {
-        let Some(address) = self.directory.owner(remittance.to) else { return false };
-        let asked = self
-            .http
-            .post(format!("{address}{AWAIT_PATH}"))
-            .header(FORWARDED_HEADER, &self.secret)
-            .json(remittance)
-            .timeout(CREDIT_WAIT)
-            .send()
-            .await;
-        asked.is_ok_and(|reply| reply.status().is_success())
+        let wait =
+            |address: &str| self.http.post(format!("{address}{AWAIT_PATH}")).json(remittance).timeout(CREDIT_WAIT);
+        matches!(self.send(&self.awaits, remittance.to, wait).await, Sent::Reply(reply) if reply.status().is_success())
     }
 
     /// Sends `req` (with its kept body) to the node serving partition `index`, and answers its
@@ -303,7 +380,7 @@ impl Node {
         // actix speaks `http` 0.2 and reqwest 1.x: the method and headers go over as text.
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
         let sent = self
-            .send(index, |address| {
+            .send(&self.forwards, index, |address| {
                 let mut out = self.http.request(method.clone(), format!("{address}{path}")).body(body.clone());
                 for name in ["authorization", "content-type", crate::auth::DEVICE_HEADER] {
                     if let Some(value) = req.headers().get(name) {
@@ -343,7 +420,13 @@ impl Node {
     /// Sends a request `build` makes for an address to the node serving partition `index`,
     /// carrying the cluster's secret; again (up to [`FORWARD_TRIES`] times) while no node
     /// serves it, the node cannot be reached, or it answers that it no longer serves it.
-    async fn send(&self, index: u32, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Sent {
+    async fn send(
+        &self,
+        bound: &tokio::sync::Semaphore,
+        index: u32,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Sent {
+        let Ok(_connection) = bound.acquire().await else { return Sent::NoOwner };
         for attempt in 0..FORWARD_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -369,24 +452,119 @@ impl Node {
         Sent::NoOwner
     }
 
-    /// A grab of a packet another node serves, by a member this node authenticated: the
-    /// engine's result there, and whether the share was seen in its wallet.
+    /// A grab of a packet another node serves, by a member this node authenticated (a socket's
+    /// grab): sent over the link to that node, with many others in flight. The engine's
+    /// result there, and whether the share was seen in its wallet.
     async fn grab(&self, index: u32, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        let asked = NodeGrab { packet, user };
-        let sent = self.send(index, |address| self.http.post(format!("{address}{GRAB_PATH}")).json(&asked)).await;
-        match sent {
-            Sent::Reply(reply) if reply.status().is_success() => match reply.json::<GrabDone>().await {
-                Ok(done) => (done.result, done.credited),
-                Err(_) => (Err(GrabError::OutcomeUnknown), false),
-            },
-            // A refusal of the route itself (never an engine's: those travel in `result`).
-            Sent::Reply(reply) => {
-                tracing::warn!(partition = index, status = %reply.status(), "a grab sent to another node was refused");
-                (Err(GrabError::Unavailable), false)
+        let Ok(_permit) = self.linked.acquire().await else { return (Err(GrabError::Unavailable), false) };
+        for attempt in 0..FORWARD_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            Sent::NoOwner => (Err(GrabError::Unavailable), false),
-            Sent::NoAnswer => (Err(GrabError::OutcomeUnknown), false),
+            let Some(address) = self.directory.owner(index) else { continue };
+            let link = match self.link(&address).await {
+                Ok(link) => link,
+                Err(e) => {
+                    // Nothing was sent.
+                    tracing::debug!(partition = index, %address, "no link: {e}");
+                    self.directory.forget(index, &address);
+                    continue;
+                }
+            };
+            let Some(answer) = link.grab(packet, user) else { continue };
+            match tokio::time::timeout(self.timeout, answer).await {
+                Ok(Ok(LinkReply { result: Err(GrabError::Elsewhere { .. }), .. })) => {
+                    // It no longer serves the partition: ask again whoever does now.
+                    self.directory.forget(index, &address);
+                }
+                Ok(Ok(reply)) => return (reply.result, reply.credited),
+                // Sent, and the link died or no answer came in time: it may have happened.
+                Ok(Err(_)) | Err(_) => return (Err(GrabError::OutcomeUnknown), false),
+            }
         }
+        (Err(GrabError::Unavailable), false)
+    }
+
+    /// The link to the node at `address`, opened if there is none alive.
+    async fn link(&self, address: &str) -> Result<Arc<Link>, String> {
+        if let Some(link) = self.links.lock().get(address).filter(|link| link.alive()) {
+            return Ok(Arc::clone(link));
+        }
+        let link = Arc::new(Link::open(address, &self.secret).await?);
+        self.links.lock().insert(address.to_owned(), Arc::clone(&link));
+        Ok(link)
+    }
+}
+
+/// A link to another node: one WebSocket carrying this node's grabs of packets it serves, many
+/// at once, each answered by its id.
+struct Link {
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The grabs sent and not answered yet, by id; `None` once the link closed.
+    waiting: Arc<parking_lot::Mutex<Option<Waiting>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Whoever waits for each grab sent over a link.
+type Waiting = std::collections::HashMap<u64, tokio::sync::oneshot::Sender<LinkReply>>;
+
+impl Link {
+    /// Opens the link: a socket to `address`'s `/ws`, introduced with the cluster's secret;
+    /// a writer and a reader task on the current runtime.
+    async fn open(address: &str, secret: &str) -> Result<Link, String> {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://{}/ws", address.trim_start_matches("http://"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| e.to_string())?;
+        let hello = serde_json::json!({ "op": "node", "secret": secret }).to_string();
+        ws.send(Message::text(hello)).await.map_err(|e| e.to_string())?;
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"node\":true") => {}
+            other => return Err(format!("the link was refused: {other:?}")),
+        }
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let waiting = Arc::new(parking_lot::Mutex::new(Some(Waiting::new())));
+        tokio::spawn(async move {
+            while let Some(text) = outgoing.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let replies = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else { continue };
+                let Ok(reply) = serde_json::from_str::<LinkReply>(&text) else { continue };
+                let waiter = replies.lock().as_mut().and_then(|waiting| waiting.remove(&reply.id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply);
+                }
+            }
+            // Closed: whoever still waits hears so (their grab may have happened), and the
+            // link takes no more.
+            replies.lock().take();
+        });
+        Ok(Link { out, waiting, next: std::sync::atomic::AtomicU64::new(1) })
+    }
+
+    fn alive(&self) -> bool {
+        self.waiting.lock().is_some() && !self.out.is_closed()
+    }
+
+    /// Sends a grab; its reply comes on the receiver. `None` if the link is closed (nothing
+    /// was sent).
+    fn grab(&self, packet: PacketId, user: UserId) -> Option<tokio::sync::oneshot::Receiver<LinkReply>> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().as_mut()?.insert(id, tx);
+        let frame = serde_json::to_string(&LinkGrab { id, packet, user }).ok()?;
+        if self.out.send(frame).is_err() {
+            self.waiting.lock().as_mut().map(|waiting| waiting.remove(&id));
+            return None;
+        }
+        Some(rx)
     }
 }
 
@@ -400,22 +578,28 @@ enum Sent {
     NoAnswer,
 }
 
-/// The route a node asks another to grab on for a member it authenticated (a socket's grab).
-pub const GRAB_PATH: &str = "/v1/cluster/grab";
-
-/// A grab asked of another node.
+/// A grab sent over a link to the node serving its packet.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub struct NodeGrab {
+pub struct LinkGrab {
+    pub id: u64,
     pub packet: PacketId,
     pub user: UserId,
 }
 
-/// Its outcome: the engine's result, and whether a share that left for another partition was
+/// Its answer: the engine's result, and whether a share that left for another partition was
 /// seen in its wallet.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub struct GrabDone {
+pub struct LinkReply {
+    pub id: u64,
     pub result: Result<Grabbed, GrabError>,
     pub credited: bool,
+}
+
+impl LinkReply {
+    /// The frame answering grab `id`.
+    pub fn to(id: u64, result: Result<Grabbed, GrabError>, credited: bool) -> String {
+        serde_json::to_string(&LinkReply { id, result, credited }).unwrap_or_default()
+    }
 }
 
 /// The reply of another node, as this node's.
@@ -498,7 +682,7 @@ where
         };
         let (forwarded, body_max) = (self.partitions.forwarded(req.request()), self.body_max);
         Box::pin(async move {
-            if forwarded || req.path() == "/ws" {
+            if req.path() == "/ws" {
                 return service.call(req).await.map(ServiceResponse::map_into_boxed_body);
             }
             let mut payload = req.take_payload();
@@ -518,7 +702,9 @@ where
             req.extensions_mut().insert(RawBody(body.clone()));
             req.set_payload(Payload::from(body));
             let res = service.call(req).await?;
-            let Some(Forward(index)) = res.response().extensions().get::<Forward>().copied() else {
+            // A request forwarded here is never forwarded again: its node asks again.
+            let forward = res.response().extensions().get::<Forward>().copied().filter(|_| !forwarded);
+            let Some(Forward(index)) = forward else {
                 return Ok(res.map_into_boxed_body());
             };
             let (request, _) = res.into_parts();

@@ -275,8 +275,15 @@ mod cluster {
     pub fn serve(urls: &str, settings: Settings, config: Config, public: &str) -> ExitCode {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-        let node =
-            if settings.node.is_empty() { format!("node-{}", std::process::id()) } else { settings.node.clone() };
+        let node = if settings.node.is_empty() { default_name() } else { settings.node.clone() };
+        if settings.advertise.is_empty() && settings.listen.ip().is_unspecified() {
+            eprintln!(
+                "hongbao serve: listening on {} says nothing about where the other nodes reach this one: give \
+                 --advertise http://HOST:PORT",
+                settings.listen
+            );
+            return ExitCode::from(super::USAGE);
+        }
         let spec = FleetSpec {
             urls: urls.to_owned(),
             node: node.clone(),
@@ -339,12 +346,21 @@ mod cluster {
                 () = super::wait_for_signal() => {}
                 () = announce => {}
             }
-            tracing::info!("stopping: closing sockets, draining requests, giving the partitions up");
-            let result = running.shutdown().await;
-            // Each partition's engine flushes, and its lease is given up for another node.
+            tracing::info!("stopping: giving the partitions up, closing sockets, draining requests");
+            // Each partition's engine flushes and its lease is given up, so another node takes
+            // it at once; meanwhile requests here are forwarded to it.
             fleet.stop().await;
-            super::stopped(result)
+            super::stopped(running.shutdown().await)
         })
+    }
+
+    /// A name no other node has: `node-` and random hex (process ids repeat across
+    /// containers).
+    fn default_name() -> String {
+        let mut bytes = [0u8; 6];
+        let _ = getrandom::fill(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("node-{hex}")
     }
 
     /// Partition `index`'s stream.

@@ -225,7 +225,8 @@ async fn healthz() -> HttpResponse {
 }
 
 /// The engine serves and its journal is healthy; otherwise 503 saying why. A node of a cluster:
-/// every partition it serves does, it serves at least one, and every other one has an owner.
+/// it serves at least one partition and every one it serves is healthy; the answer lists them,
+/// and the partitions nobody serves now (`orphans`).
 async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
     let not_ready =
         |why: String| HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready", "health": why }));
@@ -240,7 +241,8 @@ async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
         }
     }
     let partitions: Vec<u32> = ctx.partitions.local().iter().map(|(i, _)| *i).collect();
-    HttpResponse::Ok().json(json!({ "status": "ready", "partitions": partitions, "of": ctx.partitions.count() }))
+    let (of, orphans) = (ctx.partitions.count(), ctx.partitions.orphans());
+    HttpResponse::Ok().json(json!({ "status": "ready", "partitions": partitions, "of": of, "orphans": orphans }))
 }
 
 async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {

@@ -38,7 +38,7 @@ pub struct Settings {
     /// Where the other nodes reach this one (`http://HOST:PORT`; empty: the address it listens
     /// on).
     pub advertise: String,
-    /// This node's name in the lease (empty: `node-<pid>`).
+    /// This node's name in the leases (empty: `node-` and random hex).
     pub node: String,
     /// How long a lease outlives its last renewal: the longest a dead owner's partition waits
     /// for another node.
@@ -199,7 +199,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// This node's name in the lease [default: node-<pid>]
+    /// This node's name in the leases: letters, digits, '-' and '_' [default: node-<random>]
     #[arg(long, env = "HONGBAO_NODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

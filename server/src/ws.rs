@@ -60,6 +60,10 @@ enum Request {
     Watch {
         group: GroupId,
     },
+    /// Another node of the cluster opens a link, with the cluster's secret.
+    Node {
+        secret: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -113,6 +117,8 @@ enum Caller {
     Member(Arc<Member>, Vec<GroupId>, Option<(u64, u64)>),
     /// The chat host, relaying its members' grabs.
     Host,
+    /// Another node of the cluster, sending the grabs of members it authenticated.
+    Node,
 }
 
 async fn run(ctx: Arc<Ctx>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream, ip: Option<IpAddr>) {
@@ -122,6 +128,7 @@ async fn run(ctx: Arc<Ctx>, mut session: Session, mut stream: actix_ws::Aggregat
             serve(&ctx, &mut session, &mut stream, member, groups, since, ip).await
         }
         Ok(Caller::Host) => relay(&ctx, &mut session, &mut stream).await,
+        Ok(Caller::Node) => node_link(&ctx, &mut session, &mut stream).await,
         Err(reason) => reason,
     };
     crate::telemetry::ws_connected(-1);
@@ -142,7 +149,15 @@ async fn authenticate(
         Ok(Some(Err(_))) => return Err(close(CloseCode::Size, "message too large or malformed")),
         Ok(_) => return Err(close(CloseCode::Policy, "the first message must be auth")),
     };
-    let Ok(Request::Auth { token, device, groups, since }) = serde_json::from_str::<Request>(&first) else {
+    let request = serde_json::from_str::<Request>(&first);
+    if let Ok(Request::Node { secret }) = &request {
+        if !ctx.partitions.is_secret(secret) {
+            return Err(close(CloseCode::Policy, "not a node of this cluster"));
+        }
+        let _ = session.text(json!({ "type": "hello", "node": true }).to_string()).await;
+        return Ok(Caller::Node);
+    }
+    let Ok(Request::Auth { token, device, groups, since }) = request else {
         return Err(close(CloseCode::Policy, "the first message must be {\"op\":\"auth\",…}"));
     };
     let member = match ctx.verifier.verify(&token, device.as_deref()) {
@@ -243,7 +258,9 @@ fn handle(
     };
     match serde_json::from_str::<Request>(text) {
         Err(e) => error(Value::Null, ApiError::invalid(format!("not a request: {e}"))),
-        Ok(Request::Auth { .. }) => error(Value::Null, ApiError::invalid("already authenticated")),
+        Ok(Request::Auth { .. } | Request::Node { .. }) => {
+            error(Value::Null, ApiError::invalid("already authenticated"))
+        }
         Ok(Request::Watch { group }) => {
             if !ctx.partitions.is_member(group, member.user) {
                 return error(
@@ -300,6 +317,59 @@ async fn relay(
                     Some(out) => out,
                     None => continue,
                 },
+                Ok(None) => continue,
+                Err(reason) => return reason,
+            },
+        };
+        if let Err(reason) = send(session, Out::Text(out), &mut kicked, ping_every).await {
+            return reason;
+        }
+    }
+}
+
+/// A link from another node of the cluster: grabs of packets this node serves, for members the
+/// other node authenticated, many in flight at once (up to `ws_relay_inflight_max`, then
+/// `Busy`). Each is answered with the engine's result and whether the share is in its wallet
+/// (`cluster::LinkReply`); a packet this node does not serve answers `Elsewhere`, and the
+/// other node asks again whoever serves it now. It hears no events.
+async fn node_link(
+    ctx: &Ctx,
+    session: &mut Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+) -> Option<CloseReason> {
+    type Done = Pin<Box<dyn Future<Output = String>>>;
+    let mut kicked = ctx.hub.closing();
+    if kicked.borrow().is_some() {
+        return kicked_reason(&kicked);
+    }
+    let mut pending: FuturesUnordered<Done> = FuturesUnordered::new();
+    let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut silent_pings = 0u32;
+    loop {
+        let out = tokio::select! {
+            _ = kicked.changed() => return kicked_reason(&kicked),
+            Some(out) = pending.next(), if !pending.is_empty() => out,
+            _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, ping_every).await {
+                Ok(()) => continue,
+                Err(reason) => return reason,
+            },
+            message = stream.next() => match receive(session, message, &mut silent_pings, &mut kicked, ping_every).await {
+                Ok(Some(text)) => {
+                    let Ok(grab) = serde_json::from_str::<crate::cluster::LinkGrab>(&text) else {
+                        return close(CloseCode::Invalid, "a node link carries grabs");
+                    };
+                    if pending.len() >= ctx.settings.ws_relay_inflight_max {
+                        crate::cluster::LinkReply::to(grab.id, Err(GrabError::Busy), false)
+                    } else {
+                        let partitions = ctx.partitions.clone();
+                        pending.push(Box::pin(async move {
+                            let (result, credited) = partitions.grab_here(grab.packet, grab.user).await;
+                            crate::cluster::LinkReply::to(grab.id, result, credited)
+                        }));
+                        continue;
+                    }
+                }
                 Ok(None) => continue,
                 Err(reason) => return reason,
             },

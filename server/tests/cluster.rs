@@ -221,7 +221,7 @@ async fn two_nodes_serve_three_partitions_and_one_killed_mid_storm_loses_nothing
     let bases = vec![a.listening(Duration::from_secs(60)), b.listening(Duration::from_secs(60))];
     // Each node serves at least one partition and knows who serves the others.
     for base in &bases {
-        ready(base, Duration::from_secs(60), |_| true).await;
+        ready(base, Duration::from_secs(60), |body| body["orphans"] == json!([])).await;
     }
     let (a_base, b_base) = (&bases[0], &bases[1]);
 
