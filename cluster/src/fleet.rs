@@ -116,6 +116,13 @@ pub enum FleetError {
     Buckets(String),
 }
 
+/// When this node last handed a partition over, and how many times in a row.
+#[derive(Default)]
+struct HandedOver {
+    at: Option<Instant>,
+    times: u32,
+}
+
 /// A partition's owner: its address, and when a write of its lease was last seen.
 type Seen = Option<(String, Instant)>;
 
@@ -202,12 +209,16 @@ pub struct Fleet {
     directory: Directory,
     secret: String,
     client: async_nats::Client,
+    /// Stops the watch of the leases and the announcement.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops the partitions' holds.
+    release: watch::Sender<bool>,
+    holds: Vec<JoinHandle<()>>,
     /// The partitions this node serves or is taking.
     claimed: Arc<AtomicU32>,
     /// When this node last handed a partition over.
-    handed_over: Arc<parking_lot::Mutex<Option<Instant>>>,
+    handed_over: Arc<parking_lot::Mutex<HandedOver>>,
     /// Where the other nodes reach this one, once it holds partitions (announced).
     address: Arc<parking_lot::Mutex<String>>,
     /// The connection the partitions' events are published on.
@@ -280,6 +291,8 @@ impl Fleet {
             handed_over: Arc::default(),
             address,
             events,
+            release: watch::channel(false).0,
+            holds: Vec::new(),
         })
     }
 
@@ -305,13 +318,13 @@ impl Fleet {
                 config: config.clone().with_partition(partition),
                 inbox: InboxSpec::new(self.spec.replicas),
                 serving: Arc::clone(&self.serving_tx),
-                stop: self.stop.subscribe(),
+                stop: self.release.subscribe(),
                 directory: self.directory.clone(),
                 claimed: Arc::clone(&self.claimed),
                 handed_over: Arc::clone(&self.handed_over),
                 partitions: self.spec.partitions,
             };
-            self.tasks.push(tokio::spawn(hold.run()));
+            self.holds.push(tokio::spawn(hold.run()));
         }
         Ok(())
     }
@@ -361,9 +374,20 @@ impl Fleet {
         Ok(ClusterEvents { subscriber, dropped, _client: client })
     }
 
-    /// Stops every partition this node serves (each engine flushed, each lease given up so
-    /// another node takes it at once) and leaves the cluster.
-    pub async fn stop(self) {
+    /// Stops serving: every partition this node serves is stopped (its engine flushed, its
+    /// lease given up so another node takes it at once), and none is taken again. The node
+    /// still knows who serves what (to forward the requests it drains meanwhile).
+    pub async fn release(&mut self) {
+        let _ = self.release.send(true);
+        for hold in self.holds.drain(..) {
+            let _ = hold.await;
+        }
+        let _ = self.events.flush().await;
+    }
+
+    /// Releases every partition ([`Fleet::release`]) and leaves the cluster.
+    pub async fn stop(mut self) {
+        self.release().await;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -411,7 +435,7 @@ struct Hold {
     stop: watch::Receiver<bool>,
     directory: Directory,
     claimed: Arc<AtomicU32>,
-    handed_over: Arc<parking_lot::Mutex<Option<Instant>>>,
+    handed_over: Arc<parking_lot::Mutex<HandedOver>>,
     partitions: u32,
     address: String,
 }
@@ -466,19 +490,27 @@ impl Hold {
     }
 
     /// Whether this partition should be handed over now: the node serves two partitions more
-    /// than the live node serving fewest, and handed none over in the last two TTLs (decided
-    /// for one partition at a time).
+    /// than the live node serving fewest, and has rested since its last hand-over (decided for
+    /// one partition at a time). The rest doubles with each hand-over while the spread stays
+    /// (a node that announces itself and never manages to serve must not make the others hand
+    /// partitions back and forth), from two TTLs up to 64, and starts again once it is even.
     fn hand_over(&self) -> bool {
         let mut last = self.handed_over.lock();
-        let rested = last.is_none_or(|at| at.elapsed() >= self.spec.lease.ttl * 2);
         // What it serves, not what it is trying for too (a try counts in `claimed` a moment).
         let served = self.serving.borrow().len();
         let fewest = self.directory.fewest_served_by_others(&self.address);
-        if rested && fewest.is_some_and(|fewest| served >= fewest + 2) {
-            *last = Some(Instant::now());
-            return true;
+        let uneven = fewest.is_some_and(|fewest| served >= fewest + 2);
+        if !uneven {
+            *last = HandedOver::default();
+            return false;
         }
-        false
+        let ttl = self.spec.lease.ttl;
+        let rest = ttl * 2u32.saturating_pow(last.times.min(5) + 1);
+        if last.at.is_some_and(|at| at.elapsed() < rest) {
+            return false;
+        }
+        *last = HandedOver { at: Some(Instant::now()), times: last.times + 1 };
+        true
     }
 
     /// Serves a partition taken; true when the node stops, false when the lease was lost or

@@ -65,8 +65,8 @@ pub const CREDIT_WAIT: Duration = Duration::from_secs(5);
 /// handlers need.
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 256;
 
-/// Grabs this node has in flight over its links to the others at most (sockets' grabs of
-/// packets other nodes serve). More wait; the node serving them answers `Busy` past its own
+/// Grabs this node has in flight over its links to the others at most (grabs of packets other
+/// nodes serve). More are answered `Busy` at once, as are those past the serving node's own
 /// bound (`ws_relay_inflight_max` per link).
 pub const LINKED_MAX: usize = 4096;
 
@@ -101,6 +101,8 @@ pub struct Node {
     awaits: tokio::sync::Semaphore,
     /// The links to the other nodes, by address.
     links: parking_lot::Mutex<std::collections::HashMap<String, Arc<Link>>>,
+    /// Held while a link opens.
+    opening: tokio::sync::Mutex<()>,
     /// Grabs in flight over the links at most.
     linked: tokio::sync::Semaphore,
     /// How long a grab over a link waits for its answer.
@@ -145,6 +147,7 @@ impl Partitions {
             forwards,
             awaits,
             links,
+            opening: tokio::sync::Mutex::new(()),
             linked,
             timeout,
         }))
@@ -201,12 +204,14 @@ impl Partitions {
     /// HTTP grab is forwarded whole): the engine's result, and whether a share that left for
     /// another partition was seen in its wallet.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        match self {
-            Partitions::Cluster(node) if self.of_packet(packet).is_err() => {
-                node.grab(self.place(|p| p.of_packet(packet)), packet, user).await
+        if let Partitions::Cluster(node) = self {
+            if self.of_packet(packet).is_err() {
+                if let Some(done) = node.grab(self.place(|p| p.of_packet(packet)), packet, user).await {
+                    return done;
+                }
             }
-            _ => self.grab_here(packet, user).await,
         }
+        self.grab_here(packet, user).await
     }
 
     /// `user`'s grab of `packet` in the partition served here (`Elsewhere` if it is not): the
@@ -332,17 +337,26 @@ impl Partitions {
             return Ok(first);
         }
         let rest = futures::future::join_all((1..node.partition.count()).map(leg)).await;
-        let missing: Vec<u32> =
-            (1..).zip(&rest).filter(|(_, reply)| !reply.status().is_success()).map(|(index, _)| index).collect();
+        let mut missing = Vec::new();
+        let mut why = serde_json::Map::new();
+        for (index, reply) in (1u32..).zip(rest) {
+            if !reply.status().is_success() {
+                let body = actix_web::body::to_bytes(reply.into_body()).await.unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let kind = body["error"].as_str().unwrap_or("internal");
+                why.insert(index.to_string(), serde_json::Value::from(kind));
+                missing.push(index);
+            }
+        }
         if missing.is_empty() {
             return Ok(first);
         }
         let message = format!(
-            "applied in partition 0 and every other but {missing:?}, which did not answer it: send the same change \
-             again to complete it"
+            "applied in partition 0 and every other but {missing:?}, which did not take it (see `refusals`): once \
+             they can, send the same change again to complete it"
         );
-        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown", message)
-            .with("partitions_missing", missing))
+        let reply = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown", message);
+        Err(reply.with("partitions_missing", missing).with("refusals", why))
     }
 
     /// Asks partition `index` (here, or its owner) with `req` as a leg, and reads its JSON
@@ -452,43 +466,58 @@ impl Node {
         Sent::NoOwner
     }
 
-    /// A grab of a packet another node serves, by a member this node authenticated (a socket's
-    /// grab): sent over the link to that node, with many others in flight. The engine's
-    /// result there, and whether the share was seen in its wallet.
-    async fn grab(&self, index: u32, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        let Ok(_permit) = self.linked.acquire().await else { return (Err(GrabError::Unavailable), false) };
+    /// A grab of a packet another node serves, by a member this node authenticated: sent over
+    /// the link to that node, with many others in flight. The engine's result there, and
+    /// whether the share was seen in its wallet; `None` if the partition is served here now.
+    async fn grab(&self, index: u32, packet: PacketId, user: UserId) -> Option<(Result<Grabbed, GrabError>, bool)> {
+        // Past the bound the answer is `Busy` at once: nothing waits without bound.
+        let Ok(_permit) = self.linked.try_acquire() else { return Some((Err(GrabError::Busy), false)) };
         for attempt in 0..FORWARD_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            if self.serving.borrow().contains_key(&index) {
+                return None;
             }
             let Some(address) = self.directory.owner(index) else { continue };
             let link = match self.link(&address).await {
                 Ok(link) => link,
                 Err(e) => {
-                    // Nothing was sent.
+                    // Nothing was sent; the lease says who serves it, so ask again.
                     tracing::debug!(partition = index, %address, "no link: {e}");
-                    self.directory.forget(index, &address);
                     continue;
                 }
             };
-            let Some(answer) = link.grab(packet, user) else { continue };
+            let Some((id, answer)) = link.grab(packet, user) else { continue };
             match tokio::time::timeout(self.timeout, answer).await {
                 Ok(Ok(LinkReply { result: Err(GrabError::Elsewhere { .. }), .. })) => {
                     // It no longer serves the partition: ask again whoever does now.
                     self.directory.forget(index, &address);
                 }
-                Ok(Ok(reply)) => return (reply.result, reply.credited),
+                Ok(Ok(reply)) => return Some((reply.result, reply.credited)),
                 // Sent, and the link died or no answer came in time: it may have happened.
-                Ok(Err(_)) | Err(_) => return (Err(GrabError::OutcomeUnknown), false),
+                Ok(Err(_)) => return Some((Err(GrabError::OutcomeUnknown), false)),
+                Err(_) => {
+                    link.forget(id);
+                    return Some((Err(GrabError::OutcomeUnknown), false));
+                }
             }
         }
-        (Err(GrabError::Unavailable), false)
+        Some((Err(GrabError::Unavailable), false))
     }
 
-    /// The link to the node at `address`, opened if there is none alive.
+    /// The link to the node at `address`, opened if there is none alive (one opening at a
+    /// time, so a burst opens one link, not one per grab).
     async fn link(&self, address: &str) -> Result<Arc<Link>, String> {
-        if let Some(link) = self.links.lock().get(address).filter(|link| link.alive()) {
-            return Ok(Arc::clone(link));
+        let alive = |links: &std::collections::HashMap<String, Arc<Link>>| {
+            links.get(address).filter(|link| link.alive()).map(Arc::clone)
+        };
+        if let Some(link) = alive(&self.links.lock()) {
+            return Ok(link);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(link) = alive(&self.links.lock()) {
+            return Ok(link);
         }
         let link = Arc::new(Link::open(address, &self.secret).await?);
         self.links.lock().insert(address.to_owned(), Arc::clone(&link));
@@ -496,10 +525,16 @@ impl Node {
     }
 }
 
+/// How long opening a link may take.
+const LINK_OPEN_WITHIN: Duration = Duration::from_secs(5);
+
+/// How often a link pings the other node; a link that hears nothing for three of these closes.
+const LINK_PING: Duration = Duration::from_secs(10);
+
 /// A link to another node: one WebSocket carrying this node's grabs of packets it serves, many
-/// at once, each answered by its id.
+/// at once, each answered by its id. When every handle to it is gone, it closes.
 struct Link {
-    out: tokio::sync::mpsc::UnboundedSender<String>,
+    out: tokio::sync::mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
     /// The grabs sent and not answered yet, by id; `None` once the link closed.
     waiting: Arc<parking_lot::Mutex<Option<Waiting>>>,
     next: std::sync::atomic::AtomicU64,
@@ -510,40 +545,63 @@ type Waiting = std::collections::HashMap<u64, tokio::sync::oneshot::Sender<LinkR
 
 impl Link {
     /// Opens the link: a socket to `address`'s `/ws`, introduced with the cluster's secret;
-    /// a writer and a reader task on the current runtime.
+    /// a writer (which also pings) and a reader task on the current runtime.
     async fn open(address: &str, secret: &str) -> Result<Link, String> {
         use futures::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         let url = format!("ws://{}/ws", address.trim_start_matches("http://"));
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| e.to_string())?;
-        let hello = serde_json::json!({ "op": "node", "secret": secret }).to_string();
-        ws.send(Message::text(hello)).await.map_err(|e| e.to_string())?;
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.contains("\"node\":true") => {}
-            other => return Err(format!("the link was refused: {other:?}")),
-        }
+        let opening = async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| e.to_string())?;
+            let hello = serde_json::json!({ "op": "node", "secret": secret }).to_string();
+            ws.send(Message::text(hello)).await.map_err(|e| e.to_string())?;
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"node\":true") => Ok(ws),
+                other => Err(format!("the link was refused: {other:?}")),
+            }
+        };
+        let ws = tokio::time::timeout(LINK_OPEN_WITHIN, opening)
+            .await
+            .map_err(|_| format!("{url} did not open within {LINK_OPEN_WITHIN:?}"))??;
         let (mut sink, mut stream) = ws.split();
-        let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (out, mut outgoing) = tokio::sync::mpsc::channel::<Message>(LINKED_MAX);
         let waiting = Arc::new(parking_lot::Mutex::new(Some(Waiting::new())));
         tokio::spawn(async move {
-            while let Some(text) = outgoing.recv().await {
-                if sink.send(Message::text(text)).await.is_err() {
+            let mut ping = tokio::time::interval(LINK_PING);
+            loop {
+                let message = tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Default::default()),
+                };
+                if sink.send(message).await.is_err() {
                     return;
                 }
             }
+            let _ = sink.send(Message::Close(None)).await;
         });
         let replies = Arc::clone(&waiting);
         tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
-                let Message::Text(text) = message else { continue };
-                let Ok(reply) = serde_json::from_str::<LinkReply>(&text) else { continue };
-                let waiter = replies.lock().as_mut().and_then(|waiting| waiting.remove(&reply.id));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(reply);
+            loop {
+                match tokio::time::timeout(LINK_PING * 3, stream.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<LinkReply>(&text) {
+                        Ok(reply) => {
+                            let waiter = replies.lock().as_mut().and_then(|waiting| waiting.remove(&reply.id));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(reply);
+                            }
+                        }
+                        // Its waiter times out: outcome unknown.
+                        Err(e) => tracing::warn!("a reply on a link does not read: {e}"),
+                    },
+                    Ok(Some(Ok(_))) => {}
+                    // Closed, failed, or silent too long.
+                    _ => break,
                 }
             }
-            // Closed: whoever still waits hears so (their grab may have happened), and the
-            // link takes no more.
+            // Whoever still waits hears so (their grab may have happened); the link takes no
+            // more.
             replies.lock().take();
         });
         Ok(Link { out, waiting, next: std::sync::atomic::AtomicU64::new(1) })
@@ -553,18 +611,25 @@ impl Link {
         self.waiting.lock().is_some() && !self.out.is_closed()
     }
 
-    /// Sends a grab; its reply comes on the receiver. `None` if the link is closed (nothing
-    /// was sent).
-    fn grab(&self, packet: PacketId, user: UserId) -> Option<tokio::sync::oneshot::Receiver<LinkReply>> {
+    /// Sends a grab; its id, and the receiver its reply comes on. `None` if the link is closed
+    /// or full (nothing was sent).
+    fn grab(&self, packet: PacketId, user: UserId) -> Option<(u64, tokio::sync::oneshot::Receiver<LinkReply>)> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let frame = serde_json::to_string(&LinkGrab { id, packet, user }).ok()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting.lock().as_mut()?.insert(id, tx);
-        let frame = serde_json::to_string(&LinkGrab { id, packet, user }).ok()?;
-        if self.out.send(frame).is_err() {
-            self.waiting.lock().as_mut().map(|waiting| waiting.remove(&id));
+        if self.out.try_send(tokio_tungstenite::tungstenite::Message::text(frame)).is_err() {
+            self.forget(id);
             return None;
         }
-        Some(rx)
+        Some((id, rx))
+    }
+
+    /// Stops waiting for grab `id`'s reply.
+    fn forget(&self, id: u64) {
+        if let Some(waiting) = self.waiting.lock().as_mut() {
+            waiting.remove(&id);
+        }
     }
 }
 

@@ -348,9 +348,11 @@ mod cluster {
             }
             tracing::info!("stopping: giving the partitions up, closing sockets, draining requests");
             // Each partition's engine flushes and its lease is given up, so another node takes
-            // it at once; meanwhile requests here are forwarded to it.
+            // it at once; the requests drained meanwhile are forwarded to it.
+            fleet.release().await;
+            let stopped = running.shutdown().await;
             fleet.stop().await;
-            super::stopped(running.shutdown().await)
+            super::stopped(stopped)
         })
     }
 

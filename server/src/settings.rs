@@ -398,8 +398,11 @@ impl Settings {
         if !(1..=hongbao::PARTITIONS_MAX).contains(&self.partitions) {
             return Err(invalid(None, format!("partitions must be 1 to {}", hongbao::PARTITIONS_MAX)));
         }
-        if !self.advertise.is_empty() && !self.advertise.starts_with("http://") {
-            return Err(invalid(None, format!("advertise takes http://HOST:PORT, not {:?}", self.advertise)));
+        if !self.advertise.is_empty() {
+            let host_port = self.advertise.strip_prefix("http://").unwrap_or_default();
+            if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
+                return Err(invalid(None, format!("advertise takes http://HOST:PORT, not {:?}", self.advertise)));
+            }
         }
         if !(1..=3600).contains(&self.lease_ttl_secs) || !(1..=5).contains(&self.nats_replicas) {
             return Err(invalid(None, "lease_ttl_secs must be 1 to 3600 and nats_replicas 1 to 5"));
