@@ -158,10 +158,18 @@ impl StreamJournal {
             let (urls, spec) = (urls.to_string(), spec.clone());
             async move {
                 let js = jetstream::new(client(&urls).await?);
-                let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
-                let mut stream = js.get_stream(&spec.stream).await.map_err(|e| stream_err(e.to_string()))?;
-                let last = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?.state.last_sequence;
-                read_history(&stream, &spec, last).await
+                // A NATS server down, or a leader being elected, answers nothing for a while:
+                // read again, from the start, until it does.
+                let deadline = Instant::now() + OPEN_RETRY_FOR;
+                loop {
+                    match read_once(&js, &spec).await {
+                        Err((e, true)) if Instant::now() < deadline => {
+                            tracing::debug!("{e}; reading again");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        outcome => return outcome.map_err(|(e, _)| e),
+                    }
+                }
             }
         })
     }
@@ -363,6 +371,22 @@ async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64,
 }
 
 /// Every record of the stream up to `last`, in order, through an ordered consumer.
+/// One read of a whole journal; an error says whether reading again may succeed (a missing
+/// stream or a corrupt record will not).
+async fn read_once(js: &jetstream::Context, spec: &StreamSpec) -> Result<Vec<Record>, (OpenError, bool)> {
+    let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
+    let mut stream = js.get_stream(&spec.stream).await.map_err(|e| {
+        let missing = matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        (stream_err(e.to_string()), !missing)
+    })?;
+    let last = stream.info().await.map_err(|e| (stream_err(format!("its state: {e}")), true))?.state.last_sequence;
+    read_history(&stream, spec, last).await.map_err(|e| {
+        let again = !matches!(e, OpenError::Corrupt { .. });
+        (e, again)
+    })
+}
+
 async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> Result<Vec<Record>, OpenError> {
     let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
     let mut history = Vec::new();
