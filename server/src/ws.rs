@@ -75,9 +75,8 @@ struct Since {
     seq: u64,
 }
 
-/// A grab in flight: its request id, its packet, its result and whether a share that left for
-/// another partition was seen in its wallet.
-type Pending = Pin<Box<dyn Future<Output = (Value, PacketId, Result<hongbao::Grabbed, GrabError>, bool)>>>;
+/// A grab in flight: its reply frame, once it completes.
+type Pending = Pin<Box<dyn Future<Output = String>>>;
 
 /// `GET /ws`: upgrades, then runs the member's session on this worker.
 pub async fn upgrade(
@@ -222,7 +221,7 @@ async fn serve(
                 // The hub let go of this socket: it said why first.
                 None => break kicked_reason(&kicked),
             },
-            Some((id, packet, result, credited)) = pending.next(), if !pending.is_empty() => reply(id, packet, result, credited),
+            Some(out) = pending.next(), if !pending.is_empty() => out,
             _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, within).await {
                 Ok(()) => continue,
                 Err(reason) => break reason,
@@ -295,8 +294,20 @@ async fn relay(
     session: &mut Session,
     stream: &mut actix_ws::AggregatedMessageStream,
 ) -> Option<CloseReason> {
+    multiplex(ctx, session, stream, |text, pending| Ok(relay_grab(ctx, text, pending))).await
+}
+
+/// A socket that carries many requests at once and hears no events (the host's relay, a node
+/// link): each message is handed to `on_text`, which answers at once (`Some`) or starts a
+/// request among `pending`, whose frame is sent when it completes.
+async fn multiplex(
+    ctx: &Ctx,
+    session: &mut Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+    mut on_text: impl FnMut(&str, &mut FuturesUnordered<Pending>) -> Result<Option<String>, Option<CloseReason>>,
+) -> Option<CloseReason> {
     let mut kicked = ctx.hub.closing();
-    // A relay that authenticated once the stop had begun closes at once.
+    // A socket that authenticated once the stop had begun closes at once.
     if kicked.borrow().is_some() {
         return kicked_reason(&kicked);
     }
@@ -307,15 +318,16 @@ async fn relay(
     loop {
         let out = tokio::select! {
             _ = kicked.changed() => return kicked_reason(&kicked),
-            Some((id, packet, result, credited)) = pending.next(), if !pending.is_empty() => reply(id, packet, result, credited),
+            Some(out) = pending.next(), if !pending.is_empty() => out,
             _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, ping_every).await {
                 Ok(()) => continue,
                 Err(reason) => return reason,
             },
             message = stream.next() => match receive(session, message, &mut silent_pings, &mut kicked, ping_every).await {
-                Ok(Some(text)) => match relay_grab(ctx, &text, &mut pending) {
-                    Some(out) => out,
-                    None => continue,
+                Ok(Some(text)) => match on_text(&text, &mut pending) {
+                    Ok(Some(out)) => out,
+                    Ok(None) => continue,
+                    Err(reason) => return reason,
                 },
                 Ok(None) => continue,
                 Err(reason) => return reason,
@@ -337,47 +349,21 @@ async fn node_link(
     session: &mut Session,
     stream: &mut actix_ws::AggregatedMessageStream,
 ) -> Option<CloseReason> {
-    type Done = Pin<Box<dyn Future<Output = String>>>;
-    let mut kicked = ctx.hub.closing();
-    if kicked.borrow().is_some() {
-        return kicked_reason(&kicked);
-    }
-    let mut pending: FuturesUnordered<Done> = FuturesUnordered::new();
-    let ping_every = Duration::from_secs(ctx.settings.ws_ping_secs);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut silent_pings = 0u32;
-    loop {
-        let out = tokio::select! {
-            _ = kicked.changed() => return kicked_reason(&kicked),
-            Some(out) = pending.next(), if !pending.is_empty() => out,
-            _ = ping.tick() => match keep_alive(session, &mut silent_pings, &mut kicked, ping_every).await {
-                Ok(()) => continue,
-                Err(reason) => return reason,
-            },
-            message = stream.next() => match receive(session, message, &mut silent_pings, &mut kicked, ping_every).await {
-                Ok(Some(text)) => {
-                    let Ok(grab) = serde_json::from_str::<crate::cluster::LinkGrab>(&text) else {
-                        return close(CloseCode::Invalid, "a node link carries grabs");
-                    };
-                    if pending.len() >= ctx.settings.ws_relay_inflight_max {
-                        crate::cluster::LinkReply::to(grab.id, Err(GrabError::Busy), false)
-                    } else {
-                        let partitions = ctx.partitions.clone();
-                        pending.push(Box::pin(async move {
-                            let (result, credited) = partitions.grab_here(grab.packet, grab.user).await;
-                            crate::cluster::LinkReply::to(grab.id, result, credited)
-                        }));
-                        continue;
-                    }
-                }
-                Ok(None) => continue,
-                Err(reason) => return reason,
-            },
+    multiplex(ctx, session, stream, |text, pending| {
+        let Ok(grab) = serde_json::from_str::<crate::cluster::LinkGrab>(text) else {
+            return Err(close(CloseCode::Invalid, "a node link carries grabs"));
         };
-        if let Err(reason) = send(session, Out::Text(out), &mut kicked, ping_every).await {
-            return reason;
+        if pending.len() >= ctx.settings.ws_relay_inflight_max {
+            return Ok(Some(crate::cluster::LinkReply::to(grab.id, Err(GrabError::Busy), false)));
         }
-    }
+        let partitions = ctx.partitions.clone();
+        pending.push(Box::pin(async move {
+            let (result, credited) = partitions.grab_here(grab.packet, grab.user).await;
+            crate::cluster::LinkReply::to(grab.id, result, credited)
+        }));
+        Ok(None)
+    })
+    .await
 }
 
 /// One relayed grab: its member's token checked, then started.
@@ -423,7 +409,7 @@ fn start_grab(
         let started = std::time::Instant::now();
         let (result, credited) = partitions.grab(packet, user).await;
         crate::telemetry::grab_latency(started.elapsed());
-        (id, packet, result, credited)
+        reply(id, packet, result, credited)
     }));
     Ok(())
 }
