@@ -284,33 +284,11 @@ struct Roster {
 }
 
 async fn set_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
-    ctx.host(&req)?;
-    let group = GroupId(*group);
-    let members = body.into_inner().members;
-    ctx.partitions
-        .everywhere(&req, |engine| {
-            let members = members.clone();
-            async move {
-                engine.set_members(group, members).await.map_err(fail)?;
-                roster_reply(&engine, group).await
-            }
-        })
-        .await
+    change_roster(&ctx, &req, GroupId(*group), body.into_inner(), RosterChange::Set).await
 }
 
 async fn add_members(ctx: web::Data<Ctx>, req: HttpRequest, group: web::Path<u64>, body: web::Json<Roster>) -> Reply {
-    ctx.host(&req)?;
-    let group = GroupId(*group);
-    let members = body.into_inner().members;
-    ctx.partitions
-        .everywhere(&req, |engine| {
-            let members = members.clone();
-            async move {
-                engine.add_members(group, members).await.map_err(fail)?;
-                roster_reply(&engine, group).await
-            }
-        })
-        .await
+    change_roster(&ctx, &req, GroupId(*group), body.into_inner(), RosterChange::Add).await
 }
 
 async fn remove_members(
@@ -319,14 +297,29 @@ async fn remove_members(
     group: web::Path<u64>,
     body: web::Json<Roster>,
 ) -> Reply {
-    ctx.host(&req)?;
-    let group = GroupId(*group);
-    let members = body.into_inner().members;
+    change_roster(&ctx, &req, GroupId(*group), body.into_inner(), RosterChange::Remove).await
+}
+
+#[derive(Clone, Copy)]
+enum RosterChange {
+    Set,
+    Add,
+    Remove,
+}
+
+/// The host changes a roster, in every partition.
+async fn change_roster(ctx: &Ctx, req: &HttpRequest, group: GroupId, roster: Roster, change: RosterChange) -> Reply {
+    ctx.host(req)?;
     ctx.partitions
-        .everywhere(&req, |engine| {
-            let members = members.clone();
+        .everywhere(req, |engine| {
+            let members = roster.members.clone();
             async move {
-                engine.remove_members(group, members).await.map_err(fail)?;
+                match change {
+                    RosterChange::Set => engine.set_members(group, members).await,
+                    RosterChange::Add => engine.add_members(group, members).await,
+                    RosterChange::Remove => engine.remove_members(group, members).await,
+                }
+                .map_err(fail)?;
                 roster_reply(&engine, group).await
             }
         })

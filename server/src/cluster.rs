@@ -204,24 +204,31 @@ impl Partitions {
     /// HTTP grab is forwarded whole): the engine's result, and whether a share that left for
     /// another partition was seen in its wallet.
     pub async fn grab(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        if let Partitions::Cluster(node) = self {
-            if self.of_packet(packet).is_err() {
-                if let Some(done) = node.grab(self.place(|p| p.of_packet(packet)), packet, user).await {
-                    return done;
+        match (self.of_packet(packet), self) {
+            (Ok(engine), _) => self.grab_on(&engine, packet, user).await,
+            (Err(_), Partitions::Cluster(node)) => {
+                match node.grab(self.place(|p| p.of_packet(packet)), packet, user).await {
+                    Some(done) => done,
+                    // Taken over by this node meanwhile.
+                    None => self.grab_here(packet, user).await,
                 }
             }
+            (Err(_), Partitions::Whole(_)) => unreachable!("a whole engine holds every packet"),
         }
-        self.grab_here(packet, user).await
     }
 
     /// `user`'s grab of `packet` in the partition served here (`Elsewhere` if it is not): the
     /// engine's result, and whether a share that left for another partition was seen in its
     /// wallet.
     pub async fn grab_here(&self, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
-        let engine = match self.of_packet(packet) {
-            Ok(engine) => engine,
-            Err(_) => return (Err(GrabError::Elsewhere { partition: self.place(|p| p.of_packet(packet)) }), false),
-        };
+        match self.of_packet(packet) {
+            Ok(engine) => self.grab_on(&engine, packet, user).await,
+            Err(_) => (Err(GrabError::Elsewhere { partition: self.place(|p| p.of_packet(packet)) }), false),
+        }
+    }
+
+    /// A grab on `engine`, the packet's, and whether its share is in its wallet.
+    async fn grab_on(&self, engine: &Engine, packet: PacketId, user: UserId) -> (Result<Grabbed, GrabError>, bool) {
         let result = engine.grab(packet, user).await;
         let credited = self.credited(&result).await;
         (result, credited)
