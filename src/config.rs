@@ -7,6 +7,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::journal::{Durability, FileJournalConfig, History, Journal, MemoryJournal};
 use crate::limits::Limits;
 use crate::partition::Partition;
+use crate::replay::Folded;
 
 /// An engine's configuration. `Config::default()` is the embedded default: system clock,
 /// in-memory journal, one arbiter per core, product limits.
@@ -39,14 +40,17 @@ pub struct Config {
     /// What `journal` already holds, replayed at start (a replicated journal's earlier
     /// records); unused with `journal_dir`.
     pub history: Option<Arc<dyn History>>,
+    /// What `journal` already holds, folded (a snapshot and the records after it): the engine
+    /// starts from it, then replays `history` if any; unused with `journal_dir`.
+    pub start: Option<Arc<Folded>>,
     /// Seeds every packet's lucky draw from this and the packet id, for reproducible runs.
     /// `None` (the default) draws each packet's seed from the operating system.
     pub seed: Option<u64>,
     /// Which partition of a cluster this engine serves (default: the whole, unpartitioned).
     /// Money credited here to members whose wallets are in another partition leaves as
     /// [`crate::Remittance`]s. A partition journals to `journal` (a replicated log, with its
-    /// `history`) or memory: the file journal (`journal_dir`) is refused, as its snapshots do
-    /// not carry the remittances yet.
+    /// `history` or `start`) or memory: the file journal (`journal_dir`) is refused, as a
+    /// partition's journal is its cluster's replicated log.
     pub partition: Partition,
 }
 
@@ -61,6 +65,7 @@ impl Default for Config {
             journal: Arc::new(MemoryJournal::new()),
             journal_dir: None,
             history: None,
+            start: None,
             seed: None,
             partition: Partition::whole(),
         }
@@ -73,6 +78,15 @@ impl Config {
     pub fn with_journal_history(mut self, journal: Arc<dyn Journal>, history: Arc<dyn History>) -> Config {
         self.journal = journal;
         self.history = Some(history);
+        self
+    }
+
+    /// This configuration recording to `journal`, starting from `state`: what its log already
+    /// holds, folded (a snapshot and the records after it), which the engine checks and loads
+    /// as it recovers from a file journal.
+    pub fn with_journal_state(mut self, journal: Arc<dyn Journal>, state: Folded) -> Config {
+        self.journal = journal;
+        self.start = Some(Arc::new(state));
         self
     }
 

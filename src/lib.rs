@@ -148,6 +148,7 @@ pub use record::{
     Approval, ApprovalId, Approver, Arrival, CoolingOff, DecodeError, Guardian, NewOrg, NewPacket, NewTransfer,
     PacketSent, Policy, RecallPolicy, TransferOutcome, TransferSent, TransferStatus,
 };
+pub use replay::{Folded, LogMark};
 pub use split::{Draw, InvalidSplit, Split};
 pub use transfer::TransferView;
 

@@ -21,8 +21,9 @@ use parking_lot::Mutex;
 
 use crate::journal::{Completion, Journal};
 use crate::ledger::Credit;
+use crate::money::{Amount, UserId};
 use crate::partition::{check, Flow, Partition, Remittance, RemittanceError, REMITTANCES_HELD_MAX};
-use crate::record::Record;
+use crate::record::{put_u64s, DecodeError, Reader, Record};
 
 /// What a partition sent to and received from the others, as its journal tells: part of the
 /// state, folded the same way live and on replay.
@@ -111,6 +112,49 @@ impl Remittances {
     pub(crate) fn flows(&self) -> (Vec<Flow>, Vec<Flow>) {
         (self.sent.values().copied().collect(), self.received.values().copied().collect())
     }
+
+    /// Appends the snapshot encoding (version 4): the partition, the flows out and in, and
+    /// the remittances not yet acknowledged. (Reservations are live only.)
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let p = self.partition;
+        put_u64s(out, &[u64::from(p.index()), u64::from(p.count())]);
+        for flows in [&self.sent, &self.received] {
+            put_u64s(out, &[flows.len() as u64]);
+            flows.values().for_each(|f| put_u64s(out, &[u64::from(f.peer), f.count, f.amount.as_fen()]));
+        }
+        let held: Vec<&Remittance> = self.unacknowledged.values().flatten().collect();
+        put_u64s(out, &[held.len() as u64]);
+        held.iter().for_each(|r| put_u64s(out, &[r.seq, u64::from(r.to), r.user.0, r.amount.as_fen()]));
+    }
+
+    /// Reads what [`Remittances::encode`] wrote, into the remittances of `self.partition`.
+    ///
+    /// # Errors
+    ///
+    /// If the bytes are damaged or describe another partition.
+    pub(crate) fn decode(&self, r: &mut Reader<'_>) -> Result<Remittances, DecodeError> {
+        let (index, count) = (r.u64()?, r.u64()?);
+        let me = self.partition;
+        if (index, count) != (u64::from(me.index()), u64::from(me.count())) {
+            return Err(DecodeError::Damaged("a snapshot of another partition"));
+        }
+        let mut decoded = Remittances::new(me);
+        for flows in [&mut decoded.sent, &mut decoded.received] {
+            for _ in 0..r.count(24)? {
+                let peer = u32::try_from(r.u64()?).map_err(|_| DecodeError::Damaged("a snapshot's peer"))?;
+                let (count, amount) = (r.u64()?, Amount::fen(r.u64()?));
+                flows.insert(peer, Flow { peer, count, amount });
+            }
+        }
+        for _ in 0..r.count(32)? {
+            let (seq, to) = (r.u64()?, r.u64()?);
+            let to = u32::try_from(to).map_err(|_| DecodeError::Damaged("a snapshot's remittance"))?;
+            let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
+            let remittance = Remittance { from: me.index(), to, seq, user, amount };
+            decoded.unacknowledged.entry(to).or_default().push_back(remittance);
+        }
+        Ok(decoded)
+    }
 }
 
 /// The live side of [`Remittances`]: claims crediting a wallet elsewhere are appended through
@@ -193,7 +237,7 @@ impl Outbox {
     /// wallet here; for a wallet elsewhere, only while fewer than [`REMITTANCES_HELD_MAX`]
     /// remittances to its partition are numbered, or about to be, and not acknowledged. The
     /// check and the taking are one step, so no two callers can pass the bound together.
-    pub(crate) fn reserve(&self, user: crate::money::UserId) -> bool {
+    pub(crate) fn reserve(&self, user: UserId) -> bool {
         if self.partition.holds_user(user) {
             return true;
         }
@@ -238,12 +282,12 @@ impl Outbox {
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         batch: &[Remittance],
-        amount_max: crate::money::Amount,
+        amount_max: Amount,
         credit: impl Fn(Credit) + Clone + Send + 'static,
     ) -> Result<(), RemittanceError> {
         let mut state = self.state.lock();
         // Everything is checked before anything is appended: numbers, amounts, their sums.
-        let mut applied: BTreeMap<u32, (u64, crate::money::Amount)> = BTreeMap::new();
+        let mut applied: BTreeMap<u32, (u64, Amount)> = BTreeMap::new();
         for r in batch {
             let invalid = RemittanceError::InvalidAmount { amount: r.amount };
             if r.amount.is_zero() || r.amount > amount_max {
@@ -301,7 +345,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::{Amount, UserId};
 
     fn user_in(p: Partition, index: u32) -> UserId {
         (0..).map(UserId).find(|&u| p.of_user(u) == index).unwrap()

@@ -24,7 +24,7 @@ use crate::outbox::Outbox;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{ApprovalId, Record, RETIRED_IDS_MAX};
-use crate::replay::Replica;
+use crate::replay::{Folded, Replica};
 use crate::roster::Rosters;
 use crate::routes::{PacketMeta, Routes};
 use crate::runtime::{Refused, Runtime};
@@ -90,11 +90,13 @@ impl Inner {
             return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
         }
         if !config.partition.is_whole() && config.journal_dir.is_some() {
-            // Its snapshots do not carry the remittance counts yet: a partition journals to a
-            // replicated log (or memory), and rebuilds from all of it.
+            // A partition journals to its cluster's replicated log (or memory).
             return Err(StartError::InvalidConfig("a partition of a cluster cannot use the file journal".into()));
         }
-        let (journal, replica) = open_journal(&config)?;
+        let mut config = config;
+        // Taken out of the configuration, so the state is moved into the engine, not copied.
+        let start = config.start.take();
+        let (journal, replica) = open_journal(&config, start)?;
         let Config { limits, clock, seed, arbiters, wallet_shards, partition, .. } = config;
         let mut replica = replica.unwrap_or_else(|| Replica::new(limits.share_fen_max).with_partition(partition));
         let outbox = Arc::new(Outbox::new(std::mem::take(&mut replica.remittances)));
@@ -320,27 +322,35 @@ impl Drop for Lifetime {
 
 /// Opens the journal the configuration names: the file journal's recovery first, so a journal
 /// that cannot be read refuses the start before any thread starts.
-fn open_journal(config: &Config) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
-    let empty = Replica::new(config.limits.share_fen_max)
-        .with_log_retention(config.limits.op_log_retention_secs)
-        .with_partition(config.partition);
-    let (journal, state): (Arc<dyn Journal>, Replica) = match (&config.journal_dir, &config.history) {
-        (Some(dir), _) => {
+fn open_journal(
+    config: &Config,
+    start: Option<Arc<Folded>>,
+) -> Result<(Arc<dyn Journal>, Option<Replica>), StartError> {
+    let empty = Folded::empty(config).replica;
+    let (journal, state): (Arc<dyn Journal>, Replica) = match (&config.journal_dir, &config.history, start) {
+        (Some(dir), _, _) => {
             let (file, recovered) = FileJournal::open(dir, empty)?;
             (Arc::new(file), recovered.state)
         }
-        (None, Some(history)) => {
-            let mut state = empty;
-            let mut at = 0u64;
-            history
-                .replay(&mut |record| {
+        (None, None, None) => return Ok((Arc::clone(&config.journal), None)),
+        (None, history, start) => {
+            let mut state = match start {
+                Some(start) => Arc::unwrap_or_clone(start).replica,
+                None => empty,
+            };
+            if state.remittances.partition != config.partition {
+                return Err(StartError::Recovery("the state to start from is of another partition".into()));
+            }
+            let mut at = state.records;
+            if let Some(history) = history {
+                let mut each = |record: &Record| {
                     at += 1;
                     state.apply_record(record).map_err(|e| format!("record {at}: {e}"))
-                })
-                .map_err(StartError::Recovery)?;
+                };
+                history.replay(&mut each).map_err(StartError::Recovery)?;
+            }
             (Arc::clone(&config.journal), state)
         }
-        (None, None) => return Ok((Arc::clone(&config.journal), None)),
     };
     if let Some(why) = state.partition_mismatch() {
         return Err(StartError::Recovery(why));

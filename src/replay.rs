@@ -6,10 +6,12 @@
 //! (`PacketState::apply`), the rosters (`roster::apply`) — so replay and the running engine
 //! cannot disagree. A record that contradicts the state before it is refused, naming itself.
 //!
-//! The snapshot encoding of a replica is here too (the body of `HBSNAP03`; versions 1 and 2 are
+//! The snapshot encoding of a replica is here too (the body of `HBSNAP04`; versions 1 to 3 are
 //! read): sums, balances, operations, rosters, each packet as its send record, its claims, its
 //! refund, when it closed and when it opened; then each user's latest day of sends, the
-//! cooling-off settings, and each transfer as its send record, its arrival and its settlement.
+//! cooling-off settings, each transfer as its send record, its arrival and its settlement, the
+//! operation log; then (version 4) whether the journal named its partition, and the partition's
+//! remittances: its flows out and in, and those not yet acknowledged.
 
 use std::collections::BTreeMap;
 
@@ -329,6 +331,8 @@ impl Fold for Replica {
             put_u64s(out, &settled);
         }
         self.oplog.encode(out);
+        put_u64s(out, &[u64::from(self.partition_named)]);
+        self.remittances.encode(out);
     }
 }
 
@@ -437,6 +441,12 @@ impl Restore for Replica {
         if v3 {
             decode_v3_tail(&mut r, &mut replica)?;
         }
+        if version >= 4 {
+            replica.partition_named = r.u64()? == 1;
+            replica.remittances = self.remittances.decode(&mut r)?;
+        } else if !self.remittances.partition.is_whole() {
+            return Err(DecodeError::Damaged("a snapshot from before partitions cannot be a partition's"));
+        }
         r.finish()?;
         Ok(replica)
     }
@@ -480,6 +490,67 @@ fn decode_v3_tail(r: &mut Reader<'_>, replica: &mut Replica) -> Result<(), Decod
     }
     replica.oplog = OpLog::decode(r, replica.oplog.retention_secs())?;
     Ok(())
+}
+
+/// The state a partition's log folds into: what a replicated journal keeps beside its log, to
+/// snapshot it, and what an engine starts from ([`crate::Config::with_journal_state`]) instead
+/// of replaying the whole log. Built from a snapshot plus the records after it, or from
+/// nothing, with a configuration's partition and settings.
+#[derive(Clone, Debug)]
+pub struct Folded {
+    pub(crate) replica: Replica,
+}
+
+/// Where a snapshot ends in its log, in the log's own terms: its position (a stream sequence,
+/// say), and a hash of what is there, so that a snapshot is never taken for one of another
+/// log that reached the same position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogMark {
+    pub position: u64,
+    pub hash: [u8; 32],
+}
+
+impl Folded {
+    /// The state before any record, with `config`'s partition and settings.
+    pub fn empty(config: &crate::Config) -> Folded {
+        let replica = Replica::new(config.limits.share_fen_max)
+            .with_log_retention(config.limits.op_log_retention_secs)
+            .with_partition(config.partition);
+        Folded { replica }
+    }
+
+    /// Applies the next record of the log.
+    ///
+    /// # Errors
+    ///
+    /// A description if the record contradicts the state; the state is then unchanged.
+    pub fn apply(&mut self, record: &Record) -> Result<(), String> {
+        self.replica.apply_record(record)
+    }
+
+    /// Records folded in, a snapshot's included.
+    pub fn records(&self) -> u64 {
+        self.replica.records
+    }
+
+    /// A snapshot of this state ending at `mark`: the format of the file journal's snapshots,
+    /// sealed with a hash.
+    pub fn snapshot(&self, mark: &LogMark) -> Vec<u8> {
+        crate::journal::snapshot::encode(mark.position, &mark.hash, &self.replica)
+    }
+
+    /// The state a snapshot holds, read with `config`'s partition and settings, and where it
+    /// ends.
+    ///
+    /// # Errors
+    ///
+    /// If the bytes are not a whole snapshot, or one of another partition.
+    pub fn restore(config: &crate::Config, bytes: &[u8]) -> Result<(Folded, LogMark), DecodeError> {
+        let empty = Folded::empty(config).replica;
+        let snapshot = crate::journal::snapshot::decode(&empty, bytes)?;
+        let mark = LogMark { position: snapshot.seq, hash: snapshot.last_hash };
+        Ok((Folded { replica: snapshot.state }, mark))
+    }
 }
 
 #[cfg(test)]
@@ -535,7 +606,7 @@ mod tests {
         assert_eq!(wallets + escrow + pending, 5_000 - u128::from(shares[0]));
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
-        let back = Replica::new(CAP).decode(3, &bytes).unwrap();
+        let back = Replica::new(CAP).decode(4, &bytes).unwrap();
         assert_eq!(back.ledger, r.ledger);
         assert_eq!(back.rosters, r.rosters);
         assert_eq!(back.records, r.records);

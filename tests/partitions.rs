@@ -364,3 +364,53 @@ async fn a_journal_replays_only_as_the_partition_it_names() {
     assert!(same.audit().await.unwrap().is_balanced());
     same.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_plus_the_records_after_it_is_the_whole_journal_remittances_included() {
+    let cluster = Cluster::start().await;
+    // Shares won across partitions, half of them carried: every partition has flows out and
+    // in, and remittances not yet acknowledged.
+    for i in 0..PARTITIONS {
+        let packet = packet_in(i, 7000 * u64::from(i + 1));
+        cluster.packets(packet).send_packet(lucky(packet, sender_in(i), 60)).await.unwrap();
+        let grabs = (1..=MEMBERS).map(UserId).map(|u| cluster.packets(packet).grab(packet, u));
+        assert_eq!(join_all(grabs).await.into_iter().filter(Result::is_ok).count(), 60);
+        if i == 0 {
+            cluster.relay(1000).await;
+        }
+    }
+    let mark = |position: u64| hongbao::LogMark { position, hash: [7; 32] };
+    for index in 0..PARTITIONS {
+        let records = cluster.journals[index as usize].records();
+        let config = config(index, &cluster.clock, Arc::new(MemoryJournal::new()));
+        let fold = |records: &[hongbao::Record], mut state: hongbao::Folded| {
+            records.iter().for_each(|r| state.apply(r).unwrap());
+            state
+        };
+        let whole = fold(&records, hongbao::Folded::empty(&config));
+        for cut in [0, 1, records.len() / 3, records.len() - 1, records.len()] {
+            let before = fold(&records[..cut], hongbao::Folded::empty(&config));
+            let (restored, at) = hongbao::Folded::restore(&config, &before.snapshot(&mark(cut as u64))).unwrap();
+            assert_eq!(at, mark(cut as u64));
+            let after = fold(&records[cut..], restored);
+            assert_eq!(after.records(), records.len() as u64, "partition {index}, cut at {cut}");
+            assert_eq!(after.snapshot(&mark(0)), whole.snapshot(&mark(0)), "partition {index}, cut at {cut}");
+        }
+        // An engine started from the state holds what one replaying every record holds:
+        // balances, and the remittances it must send again.
+        let (state, _) = hongbao::Folded::restore(&config, &whole.snapshot(&mark(0))).unwrap();
+        let engine = Engine::start(config.clone().with_journal_state(Arc::new(MemoryJournal::new()), state)).unwrap();
+        for to in (0..PARTITIONS).filter(|&to| to != index) {
+            assert_eq!(engine.outbox(to, usize::MAX), replay_outbox(&cluster, index, to).await, "{index} to {to}");
+        }
+        for u in (1..=MEMBERS).map(UserId).filter(|&u| partition(index).holds_user(u)) {
+            assert_eq!(engine.balance(u).await.unwrap(), cluster.engines[index as usize].balance(u).await.unwrap());
+        }
+        assert_eq!(engine.audit().await.unwrap(), cluster.engines[index as usize].audit().await.unwrap());
+        engine.shutdown().await;
+        // A snapshot is only ever its own partition's.
+        let other = hongbao::Config::default().with_partition(partition((index + 1) % PARTITIONS));
+        assert!(hongbao::Folded::restore(&other, &whole.snapshot(&mark(0))).is_err());
+        assert!(Engine::start(other.with_journal_state(Arc::new(MemoryJournal::new()), whole)).is_err());
+    }
+}

@@ -64,9 +64,10 @@ const NODE_PREFIX: &str = "n.";
 /// The subjects' prefix of the partitions' events.
 const EVENTS: &str = "hongbao.events";
 
-/// Partition `index`'s stream.
-pub fn stream(index: u32, replicas: usize) -> StreamSpec {
-    StreamSpec { stream: format!("HONGBAO_P{index}"), subject: format!("hongbao.p{index}"), replicas }
+/// Partition `index`'s stream, its journal snapshotted every `snapshot_every_records`.
+pub fn stream(index: u32, replicas: usize, snapshot_every_records: Option<u64>) -> StreamSpec {
+    let (stream, subject) = (format!("HONGBAO_P{index}"), format!("hongbao.p{index}"));
+    StreamSpec { stream, subject, replicas, snapshot_every_records }
 }
 
 /// Partition `index`'s key in the lease bucket.
@@ -87,6 +88,8 @@ pub struct FleetSpec {
     pub lease_ttl: Duration,
     /// Replicas of the streams and buckets (3 on a cluster of three).
     pub replicas: usize,
+    /// Snapshot each partition every this many records (`None`: never).
+    pub snapshot_every_records: Option<u64>,
 }
 
 impl FleetSpec {
@@ -94,7 +97,7 @@ impl FleetSpec {
         PartitionSpec {
             urls: self.urls.clone(),
             node: format!("{} {address}", self.node),
-            stream: stream(index, self.replicas),
+            stream: stream(index, self.replicas, self.snapshot_every_records),
             lease: LeaseSpec {
                 bucket: LEASES.into(),
                 key: lease_key(index),
@@ -522,13 +525,14 @@ impl Hold {
             Err(e) => {
                 tracing::warn!("partition {index}: its relay did not start ({e}); giving it up");
                 owner.stop().await;
-                // Not at once again: the rebuild it would take reads the whole stream.
+                // Not at once again: the rebuild it would take reads the stream after the latest snapshot.
                 tokio::time::sleep(self.spec.lease.ttl).await;
                 return false;
             }
         };
         let events = tokio::spawn(publish_events(self.client.clone(), index, owner.engine.clone()));
-        tracing::info!(partition = index, rebuilt_in = ?owner.rebuilt_in, "serving");
+        let (snapshot, records) = owner.rebuilt_from;
+        tracing::info!(partition = index, rebuilt_in = ?owner.rebuilt_in, ?snapshot, records, "serving");
         self.serving.send_modify(|serving| {
             serving.insert(index, owner.engine.clone());
         });

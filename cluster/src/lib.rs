@@ -13,17 +13,20 @@
 //!   stream and relay), knows who serves the others, and carries every partition's events.
 //! - [`relay`]: remittances between partitions through an inbox stream: each partition's
 //!   outbox published in order, each inbox read into its engine, applied once there.
+//! - [`snapshots`]: each partition's latest snapshot in JetStream's object store, so a new
+//!   owner reads it and the records after it instead of its whole stream.
 //! - [`nats`]: a JetStream cluster of `nats-server` processes on loopback, for the tests and
 //!   the demo.
 //!
-//! The library (`hongbao`) knows nothing of NATS: it takes any [`hongbao::Journal`], and its
-//! earlier records as a [`hongbao::History`] to replay at start.
+//! The library (`hongbao`) knows nothing of NATS: it takes any [`hongbao::Journal`], and what
+//! the journal already holds as a [`hongbao::Folded`] state to start from.
 
 pub mod fleet;
 pub mod lease;
 pub mod nats;
 pub mod node;
 pub mod relay;
+pub mod snapshots;
 pub mod stream_journal;
 
 pub use fleet::{ClusterEvents, Directory, Fleet, FleetError, FleetSpec};
@@ -31,4 +34,4 @@ pub use lease::{Lease, LeaseError, LeaseSpec};
 pub use nats::{ClusterError, NatsCluster};
 pub use node::{Owner, PartitionSpec, TakeError};
 pub use relay::{InboxSpec, Relay};
-pub use stream_journal::{OpenError, StreamJournal, StreamSpec, RETRY_FOR};
+pub use stream_journal::{OpenError, Recovered, StreamJournal, StreamSpec, RETRY_FOR};

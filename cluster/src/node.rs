@@ -52,6 +52,10 @@ pub struct Owner {
     pub engine: Engine,
     /// How long taking it took once the lease was free: rebuilding from the stream included.
     pub rebuilt_in: Duration,
+    /// The stream sequence of the snapshot it was rebuilt from (`None`: from the first record),
+    /// and the records read after it.
+    pub rebuilt_from: (Option<u64>, u64),
+    journal: Arc<StreamJournal>,
     lost: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     keeper: tokio::task::JoinHandle<Option<Lease>>,
@@ -111,7 +115,7 @@ impl Owner {
         let keeper = tokio::spawn(keep(lease, valid_until, Arc::clone(&slot), lost_tx, stopping));
         let started = Instant::now();
         match rebuild(spec, config, &slot).await {
-            Ok(engine) if !*lost.borrow() => {
+            Ok((engine, rebuilt_from, journal)) if !*lost.borrow() => {
                 // The engine stops serving the moment the lease is lost.
                 let (watched, mut lost_watch) = (engine.clone(), lost.clone());
                 tokio::spawn(async move {
@@ -119,11 +123,11 @@ impl Owner {
                         watched.shutdown().await;
                     }
                 });
-                Ok(Owner { engine, rebuilt_in: started.elapsed(), lost, stop, keeper })
+                Ok(Owner { engine, rebuilt_in: started.elapsed(), rebuilt_from, journal, lost, stop, keeper })
             }
             outcome => {
                 let error = match outcome {
-                    Ok(engine) => {
+                    Ok((engine, ..)) => {
                         engine.shutdown().await;
                         TakeError::LostWhileRebuilding
                     }
@@ -143,10 +147,13 @@ impl Owner {
         self.lost.clone()
     }
 
-    /// Stops serving gracefully: the engine shuts down (its journal flushed), then the lease
-    /// is given up so another node can take the partition at once.
+    /// Stops serving gracefully: the engine shuts down and its journal closes (flushed, and
+    /// its last snapshot stored), then the lease is given up so another node can take the
+    /// partition at once, reading nothing but that snapshot.
     pub async fn stop(self) {
         self.engine.shutdown().await;
+        let journal = Arc::clone(&self.journal);
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         let _ = self.stop.send(true);
         if let Ok(Some(lease)) = self.keeper.await {
             lease.release().await;
@@ -180,17 +187,24 @@ async fn acquire(js: &jetstream::Context, spec: &PartitionSpec) -> Result<(Lease
     }
 }
 
-/// Opens the partition's journal (reading the whole stream, and fencing it) and starts the
-/// engine on it; the journal goes into `slot` as soon as it is open.
-async fn rebuild(spec: &PartitionSpec, config: Config, slot: &JournalSlot) -> Result<Engine, TakeError> {
-    let (stream, urls) = (spec.stream.clone(), spec.urls.clone());
-    // Opening reads the whole stream and blocks: off the runtime's threads.
-    let (journal, history) = tokio::task::spawn_blocking(move || StreamJournal::open(&urls, &stream))
+/// Opens the partition's journal (reading its latest snapshot and the stream after it, and
+/// fencing it) and starts the engine on it; the journal goes into `slot` as soon as it is
+/// open.
+async fn rebuild(
+    spec: &PartitionSpec,
+    config: Config,
+    slot: &JournalSlot,
+) -> Result<(Engine, (Option<u64>, u64), Arc<StreamJournal>), TakeError> {
+    let (stream, urls, opening) = (spec.stream.clone(), spec.urls.clone(), config.clone());
+    // Opening reads the latest snapshot and the stream after it, and blocks: off the
+    // runtime's threads.
+    let (journal, recovered) = tokio::task::spawn_blocking(move || StreamJournal::open(&urls, &stream, &opening))
         .await
         .map_err(|e| TakeError::Engine(e.to_string()))??;
     *slot.lock() = Some(Arc::clone(&journal));
-    let started = Engine::start(config.with_journal_history(journal.clone(), Arc::new(history)));
-    started.map_err(|e| {
+    let from = (recovered.snapshot, recovered.records_read);
+    let started = Engine::start(config.with_journal_state(journal.clone(), recovered.state));
+    started.map(|engine| (engine, from, journal.clone())).map_err(|e| {
         journal.close();
         TakeError::Engine(e.to_string())
     })

@@ -28,6 +28,12 @@
 //! lost connection (a node killed, a leader being elected) the writer publishes again from the
 //! first record not acknowledged, and a copy that had landed is acknowledged as the duplicate
 //! it is. Only after [`RETRY_FOR`] does it give up, with [`StorageFailure::OutcomeUnknown`].
+//!
+//! # Snapshots
+//!
+//! With snapshots on, the writer hands each acknowledged message's records, with the message's
+//! mark, to a snapshotter ([`crate::snapshots`]); opening reads the latest snapshot and only the
+//! messages after it ([`Recovered`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,8 +42,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
 use bytes::Bytes;
 use futures::StreamExt;
-use hongbao::{Completion, Journal, Record, StorageFailure};
+use hongbao::{Completion, Config, Folded, Journal, LogMark, Record, StorageFailure};
 use parking_lot::{Condvar, Mutex};
+
+use crate::snapshots;
 
 /// How long the writer keeps publishing a record again before the outcome is unknown: longer
 /// than a JetStream leader election after a node dies.
@@ -45,6 +53,9 @@ pub const RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// How long opening a journal keeps trying while the cluster elects its leaders.
 pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// How a message that holds no records in this format is described.
+const NOT_A_MESSAGE: &str = "not a message of records";
 
 /// The most record bytes packed into one message (NATS refuses messages over its
 /// `max_payload`, 1 MiB by default).
@@ -59,6 +70,32 @@ pub struct StreamSpec {
     pub subject: String,
     /// Replicas of the stream: 3 on a cluster of three, so any one node may die.
     pub replicas: usize,
+    /// Store a snapshot of the partition in the object store every this many records, and
+    /// when the journal closes cleanly (`None`: never; a new owner then reads the whole
+    /// stream). A task beside the writer keeps a copy of the state to snapshot from, folded
+    /// from each acknowledged message: it costs the state's memory once more, the time to
+    /// apply each record again, and, per snapshot, the time to encode the whole state (see
+    /// [`crate::snapshots`]).
+    pub snapshot_every_records: Option<u64>,
+}
+
+impl StreamSpec {
+    /// How often a partition's journal snapshots by default: a new owner reads at most about
+    /// this many records after the latest snapshot.
+    pub const SNAPSHOT_EVERY_RECORDS: u64 = 1_000_000;
+}
+
+/// What opening a journal found in its stream.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The partition's state: the latest snapshot (if the stream can continue from it) and
+    /// every record after it, for the engine to start from.
+    pub state: Folded,
+    /// The stream sequence of the last message the snapshot it started from covers; `None`:
+    /// it started from nothing and read the whole stream.
+    pub snapshot: Option<u64>,
+    /// The records read from the stream (those after the snapshot).
+    pub records_read: u64,
 }
 
 /// Why a journal could not be opened.
@@ -68,13 +105,15 @@ pub enum OpenError {
     Connect { urls: String, reason: String },
     #[error("JetStream stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
-    #[error("record {sequence} of stream {stream} is not a record: {reason}")]
+    #[error("message {sequence} of stream {stream} is corrupt: {reason}")]
     Corrupt { stream: String, sequence: u64, reason: String },
 }
 
 /// A journal on a JetStream stream. See the module documentation.
 pub struct StreamJournal {
     shared: Arc<Shared>,
+    /// Whether the writer keeps a copy of the state (snapshots are on).
+    shadowing: bool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -90,22 +129,26 @@ struct Shared {
 }
 
 enum Entry {
-    Record(Bytes, Completion),
+    /// A record, encoded, and itself when the writer keeps a copy of the state.
+    Record(Bytes, Option<Record>, Completion),
     Barrier(Completion),
 }
 
 impl StreamJournal {
-    /// Connects to the cluster at `urls`, creates the stream if it is missing, reads every
-    /// record of the journal's subject (the history the engine replays) and starts the writer,
-    /// which appends after them. Blocks the calling thread meanwhile, as `Engine::start` does.
+    /// Connects to the cluster at `urls`, creates the stream if it is missing, rebuilds the
+    /// partition's state (`config`'s) from its latest snapshot and the records after it (or
+    /// from every record), and starts the writer, which appends after them. Start the engine
+    /// on the journal and `Recovered::state` ([`Config::with_journal_state`]). Blocks the
+    /// calling thread meanwhile, as `Engine::start` does.
     ///
     /// # Errors
     ///
     /// If NATS cannot be reached, the stream cannot be made or read, or it holds a message
-    /// that is not a record.
-    pub fn open(urls: &str, spec: &StreamSpec) -> Result<(Arc<StreamJournal>, Vec<Record>), OpenError> {
+    /// that is not a record or a record that contradicts those before it.
+    pub fn open(urls: &str, spec: &StreamSpec, config: &Config) -> Result<(Arc<StreamJournal>, Recovered), OpenError> {
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-        let (urls, spec) = (urls.to_string(), spec.clone());
+        let (urls, spec, config) = (urls.to_string(), spec.clone(), config.clone());
+        let shadowing = spec.snapshot_every_records.is_some();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -128,9 +171,9 @@ impl StreamJournal {
                     }
                 };
                 runtime.block_on(async move {
-                    match connect(&urls, &spec).await {
-                        Ok((writer, history)) => {
-                            let _ = opened_tx.send(Ok(history));
+                    match connect(&urls, &spec, &config).await {
+                        Ok((writer, recovered)) => {
+                            let _ = opened_tx.send(Ok(recovered));
                             writer.run(&writer_shared).await;
                         }
                         Err(e) => {
@@ -140,10 +183,11 @@ impl StreamJournal {
                 });
             })
             .map_err(|e| OpenError::Connect { urls: String::new(), reason: e.to_string() })?;
-        let history = opened_rx
+        let recovered = opened_rx
             .recv()
             .map_err(|_| OpenError::Connect { urls: String::new(), reason: "the writer thread stopped".into() })??;
-        Ok((Arc::new(StreamJournal { shared, writer: Mutex::new(Some(thread)) }), history))
+        let journal = StreamJournal { shared, shadowing, writer: Mutex::new(Some(thread)) };
+        Ok((Arc::new(journal), recovered))
     }
 
     /// Every record of a journal's stream, read without writing anything (the stream must
@@ -174,7 +218,8 @@ impl StreamJournal {
         })
     }
 
-    /// Deletes a journal's stream (a load test's, when it ends). Blocks the calling thread.
+    /// Deletes a journal's stream (a load test's, when it ends), and its snapshot. Blocks the
+    /// calling thread.
     ///
     /// # Errors
     ///
@@ -184,6 +229,7 @@ impl StreamJournal {
             let (urls, spec) = (urls.to_string(), spec.clone());
             async move {
                 let js = jetstream::new(client(&urls).await?);
+                snapshots::delete(&js, &spec.stream).await;
                 js.delete_stream(&spec.stream)
                     .await
                     .map(drop)
@@ -233,7 +279,8 @@ impl Shared {
 
 impl Journal for StreamJournal {
     fn append(&self, record: Record, then: Completion) {
-        self.push(Entry::Record(Bytes::from(record.to_bytes()), then));
+        let bytes = Bytes::from(record.to_bytes());
+        self.push(Entry::Record(bytes, self.shadowing.then_some(record), then));
     }
 
     fn barrier(&self, then: Completion) {
@@ -280,6 +327,10 @@ struct Writer {
     /// This writer's epoch, in every message id, so no other writer's message is taken for a
     /// copy of one of ours.
     epoch: u64,
+    /// The snapshotter it feeds each acknowledged message (when snapshots are on), and the
+    /// mark of the last one.
+    feed: Option<snapshots::Feed>,
+    mark: LogMark,
 }
 
 /// Runs `work` on a runtime of its own, on a thread of its own, and waits for it: callable
@@ -312,21 +363,31 @@ pub(crate) async fn client(urls: &str) -> Result<async_nats::Client, OpenError> 
         .map_err(|e| connect_err(e.to_string()))
 }
 
-async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>), OpenError> {
+async fn connect(urls: &str, spec: &StreamSpec, config: &Config) -> Result<(Writer, Recovered), OpenError> {
     let mut js = jetstream::new(client(urls).await?);
     // The cluster elects its JetStream leaders a moment after it starts, or after a node dies:
     // the stream is opened and read again until that is over.
     let deadline = Instant::now() + OPEN_RETRY_FOR;
     loop {
-        match open_stream(&js, spec).await {
-            Ok((last, history)) => {
+        match open_stream(&js, spec, config).await {
+            Ok((last, recovered)) => {
                 let epoch = u64::from(std::process::id()) << 32 ^ u64::from(rand_u32());
-                let mut writer = Writer { js, stream: spec.stream.clone(), subject: spec.subject.clone(), last, epoch };
+                let (stream, subject) = (spec.stream.clone(), spec.subject.clone());
+                // Replaced by the fence's, below, before anything is fed.
+                let mark = LogMark { position: last, hash: [0; 32] };
+                let mut writer = Writer { js, stream, subject, last, epoch, feed: None, mark };
                 // The fence: a message of no records right after what was read. Once it is in,
                 // a writer still appending from before is refused; if one got in first, its
                 // records are read again with the stream.
                 match writer.fence().await {
-                    Ok(()) => return Ok((writer, history)),
+                    Ok(()) => {
+                        if let Some(every) = spec.snapshot_every_records {
+                            let (js, name, replicas) = (writer.js.clone(), spec.stream.clone(), spec.replicas);
+                            let plan = snapshots::Plan { js, name, replicas, every: every.max(1) };
+                            writer.feed = Some(snapshots::Feed::start(recovered.state.clone(), writer.mark, plan));
+                        }
+                        return Ok((writer, recovered));
+                    }
                     Err(reason) if Instant::now() < deadline => tracing::debug!("fencing: {reason}; reading again"),
                     Err(reason) => return Err(OpenError::Stream { stream: spec.stream.clone(), reason }),
                 }
@@ -343,10 +404,15 @@ async fn connect(urls: &str, spec: &StreamSpec) -> Result<(Writer, Vec<Record>),
     }
 }
 
-/// Creates the stream if it is missing and reads its records: where it ends, and them.
-async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64, Vec<Record>), OpenError> {
+/// Creates the stream if it is missing and rebuilds the partition from it: where it ends, and
+/// the state (from the latest snapshot the stream can continue, and the records after it).
+async fn open_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+    config: &Config,
+) -> Result<(u64, Recovered), OpenError> {
     let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
-    let config = stream::Config {
+    let wanted = stream::Config {
         name: spec.stream.clone(),
         subjects: vec![spec.subject.clone()],
         num_replicas: spec.replicas,
@@ -354,7 +420,7 @@ async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64,
         ..Default::default()
     };
     let mut stream =
-        js.get_or_create_stream(config).await.map_err(|e| stream_err(format!("creating or finding it: {e}")))?;
+        js.get_or_create_stream(wanted).await.map_err(|e| stream_err(format!("creating or finding it: {e}")))?;
     let info = stream.info().await.map_err(|e| stream_err(format!("its state: {e}")))?;
     // Sequences are counted on the stream, fences on the subject: they agree only when the
     // subject is the stream's only one.
@@ -366,8 +432,42 @@ async fn open_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(u64,
         });
     }
     let last = info.state.last_sequence;
-    let history = read_history(&stream, spec, last).await?;
-    Ok((last, history))
+    if let Some((state, mark)) = snapshots::latest(js, &stream, &spec.stream, last, config).await {
+        match fold(&stream, spec, state, mark.position + 1, last).await {
+            // A snapshot the stream's later records contradict is no start: read it all.
+            Err(OpenError::Corrupt { sequence, reason, .. }) if !reason.starts_with(NOT_A_MESSAGE) => {
+                tracing::warn!(stream = spec.stream, "the latest snapshot is passed over: record {sequence} contradicts it ({reason}); reading the whole stream");
+            }
+            folded => {
+                return folded.map(|(state, records_read)| {
+                    (last, Recovered { state, snapshot: Some(mark.position), records_read })
+                })
+            }
+        }
+    }
+    let (state, records_read) = fold(&stream, spec, Folded::empty(config), 1, last).await?;
+    Ok((last, Recovered { state, snapshot: None, records_read }))
+}
+
+/// `state` with the records of messages `from..=last` applied, and how many there were.
+async fn fold(
+    stream: &stream::Stream,
+    spec: &StreamSpec,
+    mut state: Folded,
+    from: u64,
+    last: u64,
+) -> Result<(Folded, u64), OpenError> {
+    let mut read = 0;
+    read_history(stream, spec, from, last, &mut |sequence, record| {
+        read += 1;
+        state.apply(&record).map_err(|reason| corrupt(spec, sequence, reason))
+    })
+    .await?;
+    Ok((state, read))
+}
+
+fn corrupt(spec: &StreamSpec, sequence: u64, reason: String) -> OpenError {
+    OpenError::Corrupt { stream: spec.stream.clone(), sequence, reason }
 }
 
 /// Every record of the stream up to `last`, in order, through an ordered consumer.
@@ -381,21 +481,35 @@ async fn read_once(js: &jetstream::Context, spec: &StreamSpec) -> Result<Vec<Rec
         (stream_err(e.to_string()), !missing)
     })?;
     let last = stream.info().await.map_err(|e| (stream_err(format!("its state: {e}")), true))?.state.last_sequence;
-    read_history(&stream, spec, last).await.map_err(|e| {
+    let mut history = Vec::new();
+    let mut each = |_, record| {
+        history.push(record);
+        Ok(())
+    };
+    read_history(&stream, spec, 1, last, &mut each).await.map_err(|e| {
         let again = !matches!(e, OpenError::Corrupt { .. });
         (e, again)
-    })
+    })?;
+    Ok(history)
 }
 
-async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> Result<Vec<Record>, OpenError> {
+/// Calls `each` with every record of the stream's messages `from..=last`, in order, and the
+/// sequence of its message, through an ordered consumer; stops at the first error.
+async fn read_history(
+    stream: &stream::Stream,
+    spec: &StreamSpec,
+    from: u64,
+    last: u64,
+    each: &mut (dyn FnMut(u64, Record) -> Result<(), OpenError> + Send),
+) -> Result<(), OpenError> {
     let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
-    let mut history = Vec::new();
-    if last == 0 {
-        return Ok(history);
+    if last < from {
+        return Ok(());
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: spec.subject.clone(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
             ..Default::default()
         })
         .await
@@ -404,17 +518,14 @@ async fn read_history(stream: &stream::Stream, spec: &StreamSpec, last: u64) -> 
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| stream_err(format!("reading it: {e}")))?;
         let sequence = message.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
-        let records = unpack(&message.payload).map_err(|reason| OpenError::Corrupt {
-            stream: spec.stream.clone(),
-            sequence,
-            reason,
-        })?;
-        history.extend(records);
+        let records =
+            unpack(&message.payload).map_err(|reason| corrupt(spec, sequence, format!("{NOT_A_MESSAGE}: {reason}")))?;
+        records.into_iter().try_for_each(|record| each(sequence, record))?;
         if sequence >= last {
             break;
         }
     }
-    Ok(history)
+    Ok(())
 }
 
 impl Writer {
@@ -426,6 +537,10 @@ impl Writer {
             let batch = std::mem::take(&mut *shared.queue.lock());
             if batch.is_empty() {
                 if shared.closing.load(Ordering::Acquire) {
+                    // Closed cleanly: the next owner starts from everything written.
+                    if let Some(feed) = self.feed.take() {
+                        feed.close().await;
+                    }
                     return;
                 }
                 shared.wake.notified().await;
@@ -462,6 +577,11 @@ impl Writer {
                 return Err(failure);
             }
             message.completions.into_iter().for_each(|then| then());
+            if let Some(feed) = &self.feed {
+                if !feed.landed(message.folded, self.mark).await {
+                    self.feed = None;
+                }
+            }
             *shared.acknowledged.lock() += message.records;
             shared.settled.notify_all();
         }
@@ -479,8 +599,7 @@ impl Writer {
         loop {
             match stream.get_raw_message(sequence).await {
                 Ok(message) => {
-                    let id = message.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()).unwrap_or_default();
-                    if id.starts_with(&ours) {
+                    if message_id(&message.headers).starts_with(&ours) {
                         return StorageFailure::OutcomeUnknown;
                     }
                     sequence += 1;
@@ -496,10 +615,11 @@ impl Writer {
     /// Appends an empty message right after the last one read: it fences off any writer that
     /// appended from an earlier view of the stream.
     async fn fence(&mut self) -> Result<(), String> {
-        let ack = self.publish(Bytes::from_static(&[MESSAGE_FORMAT]), self.last).await;
+        let fence = Bytes::from_static(&[MESSAGE_FORMAT]);
+        let ack = self.publish(fence.clone(), self.last).await;
         match ack.map_err(|kind| format!("{kind:?}"))?.await {
             Ok(ack) if ack.sequence == self.last + 1 => {
-                self.last += 1;
+                self.landed(&fence);
                 Ok(())
             }
             Ok(ack) => Err(format!("the fence landed at {}, not {}", ack.sequence, self.last + 1)),
@@ -513,12 +633,22 @@ impl Writer {
         bytes: Bytes,
         after: u64,
     ) -> Result<jetstream::context::PublishAckFuture, PublishErrorKind> {
-        let message = PublishMessage::build().payload(bytes).expected_last_subject_sequence(after).message_id(format!(
-            "{:x}-{}",
-            self.epoch,
-            after + 1
-        ));
+        let message =
+            PublishMessage::build().payload(bytes).expected_last_subject_sequence(after).message_id(self.id(after + 1));
         self.js.send_publish(self.subject.clone(), message).await.map_err(|e| e.kind())
+    }
+
+    /// The id of this writer's message at `position`.
+    fn id(&self, position: u64) -> String {
+        format!("{:x}-{position}", self.epoch)
+    }
+
+    /// This writer's message `payload` was acknowledged right after the last one: the stream
+    /// ends there now, and a snapshot from here on ends at it (marked with what this writer
+    /// knows it published, never with what the stream holds later).
+    fn landed(&mut self, payload: &[u8]) {
+        self.last += 1;
+        self.mark = snapshots::mark_of(self.last, &self.id(self.last), payload);
     }
 
     /// Waits for the record aimed at `self.last + 1` to be acknowledged there, publishing it
@@ -537,7 +667,7 @@ impl Writer {
             };
             match outcome {
                 Ok(ack) if ack.sequence == self.last + 1 => {
-                    self.last += 1;
+                    self.landed(&bytes);
                     return Ok(());
                 }
                 // Acknowledged somewhere else: the stream is not what this writer believes.
@@ -561,11 +691,19 @@ impl Writer {
     }
 }
 
+/// A stored message's id (`Nats-Msg-Id`), or nothing. (Looked up by the client's own name
+/// for it: the header's name spelt as a string is another key.)
+pub(crate) fn message_id(headers: &async_nats::HeaderMap) -> String {
+    headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_string()).unwrap_or_default()
+}
+
 /// Records packed into one JetStream message, and the completions that run once it is
 /// acknowledged (theirs, and the barriers among them).
 struct Message {
     payload: Bytes,
     records: u64,
+    /// Its records, for the writer's copy of the state (when it keeps one).
+    folded: Vec<Record>,
     completions: Vec<Completion>,
 }
 
@@ -585,7 +723,7 @@ fn pack(batch: Vec<Entry>) -> (Vec<Completion>, Vec<Message>) {
                 Some(message) => message.completions.push(then),
                 None => ready.push(then),
             },
-            Entry::Record(bytes, then) => {
+            Entry::Record(bytes, record, then) => {
                 if payload.len() > 1 && payload.len() + 4 + bytes.len() > MESSAGE_BYTES_MAX {
                     let mut done = current.take().expect("a message holds the payload's records");
                     done.payload = Bytes::from(std::mem::replace(&mut payload, vec![MESSAGE_FORMAT]));
@@ -596,9 +734,11 @@ fn pack(batch: Vec<Entry>) -> (Vec<Completion>, Vec<Message>) {
                 let message = current.get_or_insert_with(|| Message {
                     payload: Bytes::new(),
                     records: 0,
+                    folded: Vec::new(),
                     completions: Vec::new(),
                 });
                 message.records += 1;
+                message.folded.extend(record);
                 message.completions.push(then);
             }
         }
@@ -651,8 +791,10 @@ mod tests {
     use hongbao::PacketId;
     use std::sync::atomic::AtomicUsize;
 
-    fn record(i: u64) -> Bytes {
-        Bytes::from(Record::SoldOut { packet: PacketId(i) }.to_bytes())
+    /// A record appended: its bytes and itself.
+    fn entry(i: u64, then: Completion) -> Entry {
+        let record = Record::SoldOut { packet: PacketId(i) };
+        Entry::Record(Bytes::from(record.to_bytes()), Some(record), then)
     }
 
     /// Completions log their name, so their order can be checked.
@@ -661,12 +803,57 @@ mod tests {
         Box::new(move || log.lock().push(name))
     }
 
+    /// A writer refused at its next position reads the stream after its last acknowledged
+    /// message: a message of its own there (one whose acknowledgement was lost) leaves the
+    /// outcome unknown; only other writers' messages prove it deposed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_writer_is_deposed_only_when_none_of_its_messages_landed() {
+        let cluster = match crate::nats::NatsCluster::start(3) {
+            Ok(cluster) => cluster,
+            Err(e @ crate::nats::ClusterError::NotInstalled) => return eprintln!("skipped: {e}"),
+            Err(e) => panic!("the NATS cluster did not start: {e}"),
+        };
+        let spec = StreamSpec {
+            stream: "DEPOSED".into(),
+            subject: "hb.deposed".into(),
+            replicas: 3,
+            snapshot_every_records: None,
+        };
+        let js = jetstream::new(client(&cluster.urls()).await.unwrap());
+        // The cluster elects its leaders a moment after it starts.
+        let deadline = Instant::now() + OPEN_RETRY_FOR;
+        let last = loop {
+            match open_stream(&js, &spec, &Config::default()).await {
+                Ok((last, _)) => break last,
+                Err(e) if Instant::now() < deadline => tracing::debug!("{e}; again"),
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let writer = |epoch| Writer {
+            js: js.clone(),
+            stream: spec.stream.clone(),
+            subject: spec.subject.clone(),
+            last,
+            epoch,
+            feed: None,
+            mark: LogMark { position: last, hash: [0; 32] },
+        };
+        let (ours, theirs) = (writer(0xabc), writer(0xdef));
+        let payload = Bytes::from_static(&[MESSAGE_FORMAT]);
+        theirs.publish(payload.clone(), last).await.unwrap().await.unwrap();
+        assert_eq!(ours.deposed().await, StorageFailure::Deposed);
+        // Ours lands behind theirs, as a retry's copy would, and its acknowledgement is lost.
+        ours.publish(payload, last + 1).await.unwrap().await.unwrap();
+        assert_eq!(ours.deposed().await, StorageFailure::OutcomeUnknown);
+    }
+
     #[test]
     fn a_batch_packs_into_messages_in_order_with_its_barriers() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut batch = vec![Entry::Barrier(completion(&log, "b0".into()))];
         for i in 0..3 {
-            batch.push(Entry::Record(record(i), completion(&log, format!("r{i}"))));
+            batch.push(entry(i, completion(&log, format!("r{i}"))));
         }
         batch.push(Entry::Barrier(completion(&log, "b1".into())));
         let (ready, messages) = pack(batch);
@@ -687,11 +874,11 @@ mod tests {
         let batch = (0..n)
             .map(|i| {
                 let count = Arc::clone(&count);
-                Entry::Record(
-                    record(i),
+                entry(
+                    i,
                     Box::new(move || {
                         count.fetch_add(1, Ordering::Relaxed);
-                    }) as Completion,
+                    }),
                 )
             })
             .collect();
@@ -702,6 +889,7 @@ mod tests {
             assert!(m.payload.len() <= MESSAGE_BYTES_MAX, "{}", m.payload.len());
             let records = unpack(&m.payload).unwrap();
             assert_eq!(records.len() as u64, m.records);
+            assert_eq!(records, m.folded);
             all.extend(records);
         }
         assert_eq!(all.len() as u64, n);

@@ -20,7 +20,12 @@ fn spec(cluster: &NatsCluster, partition: &str, node: &str) -> PartitionSpec {
     PartitionSpec {
         urls: cluster.urls(),
         node: node.into(),
-        stream: StreamSpec { stream: format!("P_{partition}"), subject: format!("hb.p.{partition}"), replicas: 3 },
+        stream: StreamSpec {
+            stream: format!("P_{partition}"),
+            subject: format!("hb.p.{partition}"),
+            replicas: 3,
+            snapshot_every_records: Some(25),
+        },
         lease: LeaseSpec { bucket: "leases".into(), key: partition.into(), ttl: TTL, replicas: 3 },
     }
 }
@@ -58,7 +63,14 @@ async fn a_standby_takes_over_a_dead_owners_partition_with_everything_acknowledg
     let next = standby.await.unwrap().unwrap();
     let failover = died.elapsed();
     assert!(failover < TTL * 5, "took {failover:?}");
-    eprintln!("failover in {failover:?} (lease TTL {TTL:?}; rebuilt in {:?})", next.rebuilt_in);
+    let (snapshot, read) = next.rebuilt_from;
+    eprintln!(
+        "failover in {failover:?} (lease TTL {TTL:?}; rebuilt in {:?}, {read} records after {snapshot:?})",
+        next.rebuilt_in
+    );
+    // The owner snapshotted every 25 records while it served (3 rounds of 23 records): the
+    // standby read only the records after the latest snapshot.
+    assert!(snapshot.is_some() && read < 3 * 23, "rebuilt from {snapshot:?} and {read} records");
 
     for (user, fen) in &won {
         assert_eq!(next.engine.balance(*user).await.unwrap().as_fen(), *fen, "{user}");
@@ -95,8 +107,8 @@ async fn an_owner_that_lost_its_lease_stops_serving() {
     first.stop().await;
 }
 
-/// A graceful stop gives the lease up: the standby takes the partition without waiting for
-/// the TTL.
+/// A graceful stop stores a last snapshot and gives the lease up: the standby takes the
+/// partition without waiting for the TTL, and reads nothing but that snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_the_partition_over_at_once() {
     let _serial = one_at_a_time().await;
@@ -114,6 +126,7 @@ async fn a_graceful_stop_hands_the_partition_over_at_once() {
     owner.stop().await;
     let next = standby.await.unwrap().unwrap();
     assert!(stopped.elapsed() < Duration::from_secs(10), "took {:?} with a lease of {ttl:?}", stopped.elapsed());
+    assert!(matches!(next.rebuilt_from, (Some(_), 0)), "rebuilt from {:?}", next.rebuilt_from);
     for (user, fen) in won {
         assert_eq!(next.engine.balance(user).await.unwrap().as_fen(), fen);
     }

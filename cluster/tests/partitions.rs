@@ -32,7 +32,12 @@ fn spec(cluster: &NatsCluster, i: u32, node: &str) -> PartitionSpec {
     PartitionSpec {
         urls: cluster.urls(),
         node: node.into(),
-        stream: StreamSpec { stream: format!("PARTS_{i}"), subject: format!("parts.p{i}"), replicas: 3 },
+        stream: StreamSpec {
+            stream: format!("PARTS_{i}"),
+            subject: format!("parts.p{i}"),
+            replicas: 3,
+            snapshot_every_records: Some(25),
+        },
         lease: LeaseSpec { bucket: "part_leases".into(), key: format!("p{i}"), ttl: TTL, replicas: 3 },
     }
 }

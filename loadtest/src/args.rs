@@ -156,7 +156,8 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub sync_interval_ms: u64,
 
-    /// With --journal: write a snapshot every this many records (0: only at shutdown)
+    /// With --journal or --journal-nats: write a snapshot every this many records (0: only at
+    /// shutdown)
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_records: u64,
 
@@ -219,6 +220,11 @@ pub enum Scenario {
 }
 
 impl Args {
+    /// Records between snapshots of the journal (`u64::MAX`: only at shutdown).
+    pub fn snapshot_every(&self) -> u64 {
+        Some(self.snapshot_every_records).filter(|&n| n > 0).unwrap_or(u64::MAX)
+    }
+
     /// The embedded engine's arbiter threads.
     pub fn arbiters(&self) -> usize {
         self.arbiters.unwrap_or_else(|| (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1))

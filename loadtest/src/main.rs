@@ -219,10 +219,11 @@ pub fn embedded_config(args: &Args, limits: Limits) -> Result<Config, String> {
             stream: format!("HB_LOADTEST_{tag}"),
             subject: format!("hongbao.loadtest.{tag}"),
             replicas: args.nats_replicas,
+            snapshot_every_records: Some(args.snapshot_every()),
         };
-        let (journal, history) = StreamJournal::open(urls, &spec).map_err(|e| e.to_string())?;
+        let (journal, recovered) = StreamJournal::open(urls, &spec, &config).map_err(|e| e.to_string())?;
         STREAMS.lock().push(spec);
-        return Ok(config.with_journal_history(journal, Arc::new(history)));
+        return Ok(config.with_journal_state(journal, recovered.state));
     }
     if let Some(dir) = &args.journal {
         let durability = match args.durability {
@@ -230,7 +231,7 @@ pub fn embedded_config(args: &Args, limits: Limits) -> Result<Config, String> {
             DurabilityArg::Buffered => Durability::Buffered { interval_ms: args.sync_interval_ms },
         };
         let mut journal = FileJournalConfig::new(dir, durability);
-        journal.snapshot_every_records = Some(args.snapshot_every_records).filter(|&n| n > 0).or(Some(u64::MAX));
+        journal.snapshot_every_records = Some(args.snapshot_every());
         journal.keep_segments = args.keep_segments;
         config.journal_dir = Some(journal);
     }

@@ -137,7 +137,7 @@ fn main() -> ExitCode {
             token(&key, &claims)
         }
         Command::Audit { cluster: Some(urls), partitions, json, share_fen_max, .. } => {
-            let streams: Vec<_> = (0..partitions).map(|i| cluster::stream(i, 3)).collect();
+            let streams: Vec<_> = (0..partitions).map(|i| cluster::stream(i, 3, None)).collect();
             operator::run_cluster_audit(&urls, &streams, json, share_fen_max)
         }
         Command::Audit { dir, cluster: None, json, share_fen_max, .. } => {
@@ -290,6 +290,7 @@ mod cluster {
             partitions: settings.partitions,
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
             replicas: settings.nats_replicas,
+            snapshot_every_records: Some(settings.snapshot_every_records).filter(|&n| n > 0),
         };
         let joined = runtime.block_on(async {
             let fleet = Fleet::join(spec).await?;
@@ -366,8 +367,8 @@ mod cluster {
     }
 
     /// Partition `index`'s stream.
-    pub fn stream(index: u32, replicas: usize) -> StreamSpec {
-        hongbao_cluster::fleet::stream(index, replicas)
+    pub fn stream(index: u32, replicas: usize, snapshot_every_records: Option<u64>) -> StreamSpec {
+        hongbao_cluster::fleet::stream(index, replicas, snapshot_every_records)
     }
 }
 

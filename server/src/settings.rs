@@ -45,6 +45,9 @@ pub struct Settings {
     pub lease_ttl_secs: u64,
     /// Replicas of the partition's stream and of the lease bucket (3 on a cluster of three).
     pub nats_replicas: usize,
+    /// Store a snapshot of each partition this node serves every this many records, and when
+    /// it lets the partition go (0: never; a new owner then reads the whole stream).
+    pub snapshot_every_records: u64,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
     /// Log filter, as `RUST_LOG` takes it.
@@ -120,6 +123,7 @@ impl Default for Settings {
             node: String::new(),
             lease_ttl_secs: 5,
             nats_replicas: 3,
+            snapshot_every_records: hongbao_cluster::StreamSpec::SNAPSHOT_EVERY_RECORDS,
             log_json: false,
             log_level: "info".into(),
             step_up_fen: 20_000,
@@ -211,6 +215,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HONGBAO_NATS_REPLICAS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_replicas: Option<usize>,
+    /// Snapshot each partition every this many records; 0: never [default: 1000000]
+    #[arg(long, env = "HONGBAO_SNAPSHOT_EVERY_RECORDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_every_records: Option<u64>,
     /// Log JSON lines
     #[arg(long, env = "HONGBAO_LOG_JSON", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]

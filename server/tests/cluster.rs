@@ -571,7 +571,7 @@ async fn the_cluster_script_starts_and_stops_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_audit_counts_the_remittances_in_flight() {
     use hongbao::{Amount, Config, GroupId, NewPacket, OpId, PacketId, Partition, Split};
-    use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec, StreamSpec};
+    use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec};
 
     let _serial = one_at_a_time().await;
     let Some(cluster) = nats() else { return };
@@ -581,7 +581,7 @@ async fn the_cluster_audit_counts_the_remittances_in_flight() {
         let spec = PartitionSpec {
             urls: cluster.urls(),
             node: "a".into(),
-            stream: StreamSpec { stream: format!("HONGBAO_P{i}"), subject: format!("hongbao.p{i}"), replicas: 3 },
+            stream: hongbao_cluster::fleet::stream(i, 3, Some(20)),
             lease: LeaseSpec {
                 bucket: "hongbao_leases".into(),
                 key: format!("p{i}"),

@@ -1,9 +1,9 @@
 //! Snapshots, so a restart replays a snapshot plus the records after it instead of the whole
 //! history.
 //!
-//! A snapshot file covers the records before position N. It holds the magic `HBSNAP03` (this
-//! build also reads `HBSNAP01`, whose sends do not record their cap, and `HBSNAP02`, from
-//! before cooling-off, daily caps and transfers), N,
+//! A snapshot file covers the records before position N. It holds the magic `HBSNAP04` (this
+//! build also reads `HBSNAP01`, whose sends do not record their cap, `HBSNAP02`, from before
+//! cooling-off, daily caps and transfers, and `HBSNAP03`, from before partitions), N,
 //! the hash of the last frame it covers (the chain continues: the next frame's `prev` must
 //! equal it), the state's own encoding ([`Fold::encode`]), and a BLAKE3 hash of all of that.
 //! It is written to a temporary file, synced and renamed, so a crash leaves either the old
@@ -17,10 +17,10 @@ use super::format::{self, Kind};
 use super::{Fold, Restore};
 use crate::record::{put_u64s, DecodeError, Reader};
 
-/// The magic this build writes: version 3, with cooling-off, daily caps and transfers.
-const MAGIC: &[u8; 8] = b"HBSNAP03";
+/// The magic this build writes: version 4, with a partition's remittances.
+const MAGIC: &[u8; 8] = b"HBSNAP04";
 /// The magics this build reads, oldest first (the index is the version less one).
-const MAGICS: [&[u8; 8]; 3] = [b"HBSNAP01", b"HBSNAP02", MAGIC];
+const MAGICS: [&[u8; 8]; 4] = [b"HBSNAP01", b"HBSNAP02", b"HBSNAP03", MAGIC];
 
 /// A loaded snapshot.
 #[derive(Debug)]

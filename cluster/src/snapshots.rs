@@ -1,0 +1,253 @@
+//! A partition's snapshots in JetStream's object store, so that a new owner reads the latest
+//! snapshot and only the records after it instead of its whole stream.
+//!
+//! Each partition's latest snapshot is one object of the bucket [`BUCKET`], named after its
+//! stream. It is the library's snapshot format ([`Folded::snapshot`], sealed with a hash) and
+//! ends at a [`LogMark`]: the stream sequence of the last message it covers, and a hash of that
+//! message's id and payload. An owner trusts a snapshot only if the stream still holds that very
+//! message there (a stream deleted and made again reaches the same sequences with other
+//! messages); otherwise it reads the whole stream, as it does when there is no snapshot.
+//!
+//! A journal's snapshotter ([`Feed`]), a task beside its writer, keeps a copy of the state
+//! folded from the messages JetStream acknowledged to the writer (off the writer's thread), and
+//! marks each snapshot with the last of them: the id and payload the writer published, not what
+//! the stream holds later. It stores a snapshot every so many records, one at a time in the
+//! background, and a last one when the journal closes cleanly (a node handing a partition over
+//! closes its journal before it gives the lease up); a writer that fails or is halted stores
+//! none. A snapshot therefore describes a prefix of the stream it
+//! was written from: a deposed owner's late snapshot is older, never wrong, and one written
+//! after its stream was deleted and made again names a message the new stream does not hold,
+//! so it is passed over. The stream keeps every message (the cluster audit checks every
+//! partition's whole chain). A snapshot whose state the later records contradict is passed
+//! over too, so a bad snapshot costs a whole read, never the partition.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, object_store, stream};
+use hongbao::{Config, Folded, LogMark, Record};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// The object store bucket of every partition's latest snapshot.
+pub const BUCKET: &str = "hongbao_snapshots";
+
+/// The bucket, made (with `replicas` replicas) if it is missing.
+pub(crate) async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<object_store::ObjectStore, String> {
+    if let Ok(store) = js.get_object_store(BUCKET).await {
+        return Ok(store);
+    }
+    let config = object_store::Config { bucket: BUCKET.to_string(), num_replicas: replicas, ..Default::default() };
+    js.create_object_store(config).await.map_err(|e| format!("the snapshot bucket {BUCKET}: {e}"))
+}
+
+/// The mark of the message at `position` whose id is `id` and whose payload is `payload`.
+pub(crate) fn mark_of(position: u64, id: &str, payload: &[u8]) -> LogMark {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(id.len() as u64).to_le_bytes());
+    hasher.update(id.as_bytes());
+    hasher.update(payload);
+    LogMark { position, hash: *hasher.finalize().as_bytes() }
+}
+
+/// The mark of the message the stream holds at `sequence`.
+async fn mark_at(stream: &stream::Stream, sequence: u64) -> Result<LogMark, String> {
+    let message = stream.get_raw_message(sequence).await.map_err(|e| format!("message {sequence}: {e}"))?;
+    let id = crate::stream_journal::message_id(&message.headers);
+    Ok(mark_of(sequence, &id, &message.payload))
+}
+
+/// The longest a new owner spends reading the latest snapshot before it reads the whole
+/// stream instead.
+const READ_FOR: Duration = Duration::from_secs(30);
+
+/// The latest snapshot of the partition whose stream is `stream` (`name`), if there is one
+/// that this stream can continue from; read with `config`'s partition and settings. A
+/// snapshot that cannot be read or does not fit the stream is passed over with a warning.
+pub(crate) async fn latest(
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    name: &str,
+    last: u64,
+    config: &Config,
+) -> Option<(Folded, LogMark)> {
+    let passed_over = |why: String| -> Option<(Folded, LogMark)> {
+        tracing::warn!(stream = name, "the latest snapshot is passed over: {why}; reading the whole stream");
+        None
+    };
+    let Ok(store) = js.get_object_store(BUCKET).await else { return None };
+    let object = match store.get(name).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return None,
+        Err(e) => return passed_over(format!("it cannot be read: {e}")),
+    };
+    // In a task of its own, within a bound: a read whose chunks a newer snapshot replaced
+    // meanwhile would wait for them for ever, and the client panics on some errors.
+    let read = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let mut object = object;
+        object.read_to_end(&mut bytes).await.map(|_| bytes)
+    });
+    let bytes = match tokio::time::timeout(READ_FOR, read).await {
+        Ok(Ok(Ok(bytes))) => bytes,
+        Ok(Ok(Err(e))) => return passed_over(format!("it cannot be read: {e}")),
+        Ok(Err(e)) => return passed_over(format!("reading it failed: {e}")),
+        Err(_) => return passed_over(format!("it was not read within {READ_FOR:?}")),
+    };
+    let (state, mark) = match Folded::restore(config, &bytes) {
+        Ok(restored) => restored,
+        Err(e) => return passed_over(e.to_string()),
+    };
+    if mark.position > last {
+        return passed_over(format!("it ends at message {} of a stream of {last}", mark.position));
+    }
+    match mark_at(stream, mark.position).await {
+        Ok(there) if there == mark => Some((state, mark)),
+        Ok(_) => passed_over(format!("message {} is not the one it ends at", mark.position)),
+        Err(e) => passed_over(e),
+    }
+}
+
+/// Stores `bytes` as the latest snapshot of the partition whose stream is `name`.
+pub(crate) async fn put(store: &object_store::ObjectStore, name: &str, bytes: Vec<u8>) -> Result<(), String> {
+    store.put(name, &mut bytes.as_slice()).await.map(drop).map_err(|e| format!("storing the snapshot of {name}: {e}"))
+}
+
+/// Deletes the snapshot of the partition whose stream is `name`, if any.
+pub(crate) async fn delete(js: &jetstream::Context, name: &str) {
+    if let Ok(store) = js.get_object_store(BUCKET).await {
+        let _ = store.delete(name).await;
+    }
+}
+
+/// What a journal's writer tells its snapshotter.
+enum Fed {
+    /// A message was acknowledged: its records, and its mark.
+    Landed(Vec<Record>, LogMark),
+    /// The journal closes cleanly: store a last snapshot of everything, then stop.
+    Close,
+}
+
+/// How a journal's writer feeds its snapshotter: a task beside it that keeps the partition's
+/// state, folded from the acknowledged messages off the writer's thread, and stores a snapshot
+/// every so many records and when the journal closes.
+pub(crate) struct Feed {
+    tx: mpsc::Sender<Fed>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Where a snapshotter stores, and how often.
+pub(crate) struct Plan {
+    pub js: jetstream::Context,
+    /// The stream's name: the object's.
+    pub name: String,
+    pub replicas: usize,
+    pub every: u64,
+}
+
+/// Messages acknowledged and not yet folded, at most: past that, the writer waits for the
+/// snapshotter (a snapshot being encoded), rather than queue without bound.
+const FED_MAX: usize = 256;
+
+/// The longest a closing journal waits for its last snapshot to be stored.
+const CLOSE_FOR: Duration = Duration::from_secs(10);
+
+impl Feed {
+    /// Starts the snapshotter of a journal whose stream holds `state` up to `mark`, on the
+    /// current runtime (the writer's).
+    pub(crate) fn start(state: Folded, mark: LogMark, plan: Plan) -> Feed {
+        let (tx, rx) = mpsc::channel(FED_MAX);
+        Feed { tx, task: tokio::spawn(snapshotter(state, mark, plan, rx)) }
+    }
+
+    /// Hands over an acknowledged message's records (waiting while the snapshotter is
+    /// `FED_MAX` messages behind). False when the snapshotter stopped (its state diverged).
+    pub(crate) async fn landed(&self, records: Vec<Record>, mark: LogMark) -> bool {
+        self.tx.send(Fed::Landed(records, mark)).await.is_ok()
+    }
+
+    /// The journal closed cleanly: a last snapshot of everything, stored within [`CLOSE_FOR`].
+    pub(crate) async fn close(self) {
+        if self.tx.send(Fed::Close).await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_FOR, self.task).await;
+        }
+    }
+}
+
+/// The snapshotter: folds what it is fed and stores snapshots, one at a time, in the
+/// background; stops without a snapshot when the writer stops without closing (failed, halted
+/// or deposed: what it was fed is still a true prefix, but nothing more is owed).
+async fn snapshotter(mut state: Folded, mut mark: LogMark, plan: Plan, mut rx: mpsc::Receiver<Fed>) {
+    let (mut attempted, mut stored) = (state.records(), state.records());
+    let mut storing: Option<tokio::task::JoinHandle<Option<u64>>> = None;
+    while let Some(fed) = rx.recv().await {
+        let closing = matches!(fed, Fed::Close);
+        if let Fed::Landed(records, at) = fed {
+            // Folding and encoding take the time of the state's size: off the runtime's thread.
+            let folded = tokio::task::spawn_blocking(move || {
+                let diverged = records.iter().find_map(|record| state.apply(record).err());
+                (state, diverged)
+            });
+            let Ok((folded, diverged)) = folded.await else { return };
+            if let Some(e) = diverged {
+                return tracing::error!(
+                    stream = plan.name,
+                    "the journal's copy of the state diverged ({e}); snapshots stop"
+                );
+            }
+            (state, mark) = (folded, at);
+        }
+        if let Some(done) = storing.take_if(|task| closing || task.is_finished()) {
+            if let Ok(Some(records)) = done.await {
+                stored = stored.max(records);
+            }
+        }
+        let records = state.records();
+        let due = match closing {
+            true => records > stored,
+            false => storing.is_none() && records - attempted >= plan.every,
+        };
+        if due {
+            attempted = records;
+            let encoded = tokio::task::spawn_blocking(move || {
+                let bytes = state.snapshot(&mark);
+                (state, bytes)
+            });
+            let Ok((kept, bytes)) = encoded.await else { return };
+            state = kept;
+            storing =
+                Some(tokio::spawn(store(plan.js.clone(), plan.name.clone(), plan.replicas, bytes, mark, records)));
+        }
+        if closing {
+            if let Some(last) = storing {
+                let _ = last.await;
+            }
+            return;
+        }
+    }
+}
+
+/// Stores a snapshot of `records` records ending at `mark`: the records, if it was stored.
+async fn store(
+    js: jetstream::Context,
+    name: String,
+    replicas: usize,
+    bytes: Vec<u8>,
+    mark: LogMark,
+    records: u64,
+) -> Option<u64> {
+    let stored = match bucket(&js, replicas).await {
+        Ok(store) => put(&store, &name, bytes).await,
+        Err(e) => Err(e),
+    };
+    let at = mark.position;
+    match stored {
+        Ok(()) => {
+            tracing::debug!(stream = name, "snapshot stored at message {at}");
+            Some(records)
+        }
+        Err(e) => {
+            tracing::warn!(stream = name, "no snapshot at message {at}: {e}");
+            None
+        }
+    }
+}
