@@ -89,6 +89,12 @@ impl Inner {
         if config.arbiters == 0 || config.wallet_shards == 0 {
             return Err(StartError::InvalidConfig("arbiters and wallet_shards must be at least 1".into()));
         }
+        if config.journal_dir.is_some() && (config.start.is_some() || config.history.is_some()) {
+            // The file journal recovers from its own directory: another start would be ignored.
+            return Err(StartError::InvalidConfig(
+                "a file journal recovers from its directory, not from a given state or history".into(),
+            ));
+        }
         if !config.partition.is_whole() && config.journal_dir.is_some() {
             // A partition journals to its cluster's replicated log (or memory).
             return Err(StartError::InvalidConfig("a partition of a cluster cannot use the file journal".into()));

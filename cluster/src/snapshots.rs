@@ -1,8 +1,8 @@
 //! A partition's snapshots in JetStream's object store, so that a new owner reads the latest
 //! snapshot and only the records after it instead of its whole stream.
 //!
-//! Each partition's latest snapshot is one object of the bucket [`BUCKET`], named after its
-//! stream. It is the library's snapshot format ([`Folded::snapshot`], sealed with a hash) and
+//! Each partition's latest snapshot is one object, named after its stream, of a bucket of its
+//! own ([`bucket_of`]). It is the library's snapshot format ([`Folded::snapshot`], sealed with a hash) and
 //! ends at a [`LogMark`]: the stream sequence of the last message it covers, and a hash of that
 //! message's id and payload. An owner trusts a snapshot only if the stream still holds that very
 //! message there (a stream deleted and made again reaches the same sequences with other
@@ -24,20 +24,31 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store, stream};
+use futures::StreamExt;
 use hongbao::{Config, Folded, LogMark, Record};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-/// The object store bucket of every partition's latest snapshot.
-pub const BUCKET: &str = "hongbao_snapshots";
+/// The object store bucket of the snapshots of the partition whose stream is `stream`: one
+/// bucket per partition, so that clearing what an interrupted store left behind in it never
+/// touches another partition's store in progress.
+pub fn bucket_of(stream: &str) -> String {
+    format!("hongbao_snapshots_{stream}")
+}
 
-/// The bucket, made (with `replicas` replicas) if it is missing.
-pub(crate) async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<object_store::ObjectStore, String> {
-    if let Ok(store) = js.get_object_store(BUCKET).await {
+/// The snapshots' bucket of the partition whose stream is `stream`, made (with `replicas`
+/// replicas) if it is missing.
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+) -> Result<object_store::ObjectStore, String> {
+    let name = bucket_of(stream);
+    if let Ok(store) = js.get_object_store(&name).await {
         return Ok(store);
     }
-    let config = object_store::Config { bucket: BUCKET.to_string(), num_replicas: replicas, ..Default::default() };
-    js.create_object_store(config).await.map_err(|e| format!("the snapshot bucket {BUCKET}: {e}"))
+    let config = object_store::Config { bucket: name.clone(), num_replicas: replicas, ..Default::default() };
+    js.create_object_store(config).await.map_err(|e| format!("the snapshot bucket {name}: {e}"))
 }
 
 /// The mark of the message at `position` whose id is `id` and whose payload is `payload`.
@@ -74,7 +85,7 @@ pub(crate) async fn latest(
         tracing::warn!(stream = name, "the latest snapshot is passed over: {why}; reading the whole stream");
         None
     };
-    let Ok(store) = js.get_object_store(BUCKET).await else { return None };
+    let Ok(store) = js.get_object_store(bucket_of(name)).await else { return None };
     let object = match store.get(name).await {
         Ok(object) => object,
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return None,
@@ -82,16 +93,19 @@ pub(crate) async fn latest(
     };
     // In a task of its own, within a bound: a read whose chunks a newer snapshot replaced
     // meanwhile would wait for them for ever, and the client panics on some errors.
-    let read = tokio::spawn(async move {
+    let mut read = tokio::spawn(async move {
         let mut bytes = Vec::new();
         let mut object = object;
         object.read_to_end(&mut bytes).await.map(|_| bytes)
     });
-    let bytes = match tokio::time::timeout(READ_FOR, read).await {
+    let bytes = match tokio::time::timeout(READ_FOR, &mut read).await {
         Ok(Ok(Ok(bytes))) => bytes,
         Ok(Ok(Err(e))) => return passed_over(format!("it cannot be read: {e}")),
         Ok(Err(e)) => return passed_over(format!("reading it failed: {e}")),
-        Err(_) => return passed_over(format!("it was not read within {READ_FOR:?}")),
+        Err(_) => {
+            read.abort();
+            return passed_over(format!("it was not read within {READ_FOR:?}"));
+        }
     };
     let (state, mark) = match Folded::restore(config, &bytes) {
         Ok(restored) => restored,
@@ -107,16 +121,37 @@ pub(crate) async fn latest(
     }
 }
 
-/// Stores `bytes` as the latest snapshot of the partition whose stream is `name`.
-pub(crate) async fn put(store: &object_store::ObjectStore, name: &str, bytes: Vec<u8>) -> Result<(), String> {
-    store.put(name, &mut bytes.as_slice()).await.map(drop).map_err(|e| format!("storing the snapshot of {name}: {e}"))
+/// Stores `bytes` as the latest snapshot of the partition whose stream is `name`, then
+/// clears the chunks no snapshot points at any more: those of a store interrupted before it
+/// was complete (a halted journal, a close that ran out of time), or of a deposed owner's
+/// store that lost the race. (The object store clears only the chunks of the snapshot it
+/// replaces.)
+pub(crate) async fn put(js: &jetstream::Context, name: &str, replicas: usize, bytes: Vec<u8>) -> Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("storing the snapshot of {name}: {e}");
+    let store = bucket(js, name, replicas).await?;
+    let stored = store.put(name, &mut bytes.as_slice()).await.map_err(|e| failed(&e))?;
+    let bucket = bucket_of(name);
+    let chunks = js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| failed(&e))?;
+    let mut subjects = chunks.info_with_subjects(format!("$O.{bucket}.C.>")).await.map_err(|e| failed(&e))?;
+    let current = format!("$O.{bucket}.C.{}", stored.nuid);
+    let mut orphans = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| failed(&e))?;
+        if subject != current {
+            orphans.push(subject);
+        }
+    }
+    for subject in orphans {
+        if let Err(e) = chunks.purge().filter(subject.as_str()).await {
+            tracing::warn!(stream = name, "chunks of an interrupted snapshot at {subject} stay: {e}");
+        }
+    }
+    Ok(())
 }
 
-/// Deletes the snapshot of the partition whose stream is `name`, if any.
+/// Deletes the snapshots of the partition whose stream is `name`, if any.
 pub(crate) async fn delete(js: &jetstream::Context, name: &str) {
-    if let Ok(store) = js.get_object_store(BUCKET).await {
-        let _ = store.delete(name).await;
-    }
+    let _ = js.delete_object_store(bucket_of(name)).await;
 }
 
 /// What a journal's writer tells its snapshotter.
@@ -148,15 +183,19 @@ pub(crate) struct Plan {
 /// snapshotter (a snapshot being encoded), rather than queue without bound.
 const FED_MAX: usize = 256;
 
+/// How long a snapshot that cannot be stored is tried again.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// The longest a closing journal waits for its last snapshot to be stored.
 const CLOSE_FOR: Duration = Duration::from_secs(10);
 
 impl Feed {
     /// Starts the snapshotter of a journal whose stream holds `state` up to `mark`, on the
-    /// current runtime (the writer's).
-    pub(crate) fn start(state: Folded, mark: LogMark, plan: Plan) -> Feed {
+    /// current runtime (the writer's);
+    /// `covered` of its records are in the latest snapshot stored (0: none is).
+    pub(crate) fn start(state: Folded, covered: u64, mark: LogMark, plan: Plan) -> Feed {
         let (tx, rx) = mpsc::channel(FED_MAX);
-        Feed { tx, task: tokio::spawn(snapshotter(state, mark, plan, rx)) }
+        Feed { tx, task: tokio::spawn(snapshotter(state, covered, mark, plan, rx)) }
     }
 
     /// Hands over an acknowledged message's records (waiting while the snapshotter is
@@ -167,22 +206,33 @@ impl Feed {
 
     /// The journal closed cleanly: a last snapshot of everything, stored within [`CLOSE_FOR`].
     pub(crate) async fn close(self) {
-        if self.tx.send(Fed::Close).await.is_ok() {
-            let _ = tokio::time::timeout(CLOSE_FOR, self.task).await;
-        }
+        let closed = async {
+            if self.tx.send(Fed::Close).await.is_ok() {
+                let _ = self.task.await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_FOR, closed).await;
     }
 }
 
 /// The snapshotter: folds what it is fed and stores snapshots, one at a time, in the
 /// background; stops without a snapshot when the writer stops without closing (failed, halted
 /// or deposed: what it was fed is still a true prefix, but nothing more is owed).
-async fn snapshotter(mut state: Folded, mut mark: LogMark, plan: Plan, mut rx: mpsc::Receiver<Fed>) {
-    let (mut attempted, mut stored) = (state.records(), state.records());
+///
+/// A periodic snapshot is encoded from a copy of the state, in the background, so folding goes
+/// on meanwhile (and the writer does not wait for an encoding); a failed store is tried again
+/// one interval later, not at once (each try encodes the whole state).
+async fn snapshotter(mut state: Folded, covered: u64, mut mark: LogMark, plan: Plan, mut rx: mpsc::Receiver<Fed>) {
+    // The bucket is made now, so that no snapshot waits for it.
+    let (js, name, replicas) = (plan.js.clone(), plan.name.clone(), plan.replicas);
+    tokio::spawn(async move { bucket(&js, &name, replicas).await.map_err(|e| tracing::warn!("{e}")) });
+    let (mut attempted, mut stored) = (covered, covered);
     let mut storing: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     while let Some(fed) = rx.recv().await {
         let closing = matches!(fed, Fed::Close);
         if let Fed::Landed(records, at) = fed {
-            // Folding and encoding take the time of the state's size: off the runtime's thread.
+            // Folding takes the time of the records, copying and encoding that of the state:
+            // off the runtime's thread.
             let folded = tokio::task::spawn_blocking(move || {
                 let diverged = records.iter().find_map(|record| state.apply(record).err());
                 (state, diverged)
@@ -202,31 +252,35 @@ async fn snapshotter(mut state: Folded, mut mark: LogMark, plan: Plan, mut rx: m
             }
         }
         let records = state.records();
-        let due = match closing {
-            true => records > stored,
-            false => storing.is_none() && records - attempted >= plan.every,
-        };
-        if due {
-            attempted = records;
-            let encoded = tokio::task::spawn_blocking(move || {
-                let bytes = state.snapshot(&mark);
-                (state, bytes)
-            });
-            let Ok((kept, bytes)) = encoded.await else { return };
-            state = kept;
-            storing =
-                Some(tokio::spawn(store(plan.js.clone(), plan.name.clone(), plan.replicas, bytes, mark, records)));
-        }
         if closing {
-            if let Some(last) = storing {
-                let _ = last.await;
+            if records > stored {
+                let (js, name) = (plan.js.clone(), plan.name.clone());
+                if let Ok(bytes) = tokio::task::spawn_blocking(move || state.snapshot(&mark)).await {
+                    store(js, name, plan.replicas, bytes, mark, records).await;
+                }
             }
             return;
+        }
+        if storing.is_none() && records - attempted >= plan.every {
+            attempted = records;
+            let copied = tokio::task::spawn_blocking(move || {
+                let copy = state.clone();
+                (state, copy)
+            });
+            let Ok((kept, copy)) = copied.await else { return };
+            state = kept;
+            let (js, name, replicas) = (plan.js.clone(), plan.name.clone(), plan.replicas);
+            storing = Some(tokio::spawn(async move {
+                let bytes = tokio::task::spawn_blocking(move || copy.snapshot(&mark)).await.ok()?;
+                store(js, name, replicas, bytes, mark, records).await
+            }));
         }
     }
 }
 
 /// Stores a snapshot of `records` records ending at `mark`: the records, if it was stored.
+/// A store that fails is tried again for [`STORE_RETRY_FOR`] (a bucket just made, or a
+/// server just dead, answers nothing while its leader is elected).
 async fn store(
     js: jetstream::Context,
     name: String,
@@ -235,19 +289,21 @@ async fn store(
     mark: LogMark,
     records: u64,
 ) -> Option<u64> {
-    let stored = match bucket(&js, replicas).await {
-        Ok(store) => put(&store, &name, bytes).await,
-        Err(e) => Err(e),
-    };
-    let at = mark.position;
-    match stored {
-        Ok(()) => {
-            tracing::debug!(stream = name, "snapshot stored at message {at}");
-            Some(records)
-        }
-        Err(e) => {
-            tracing::warn!(stream = name, "no snapshot at message {at}: {e}");
-            None
+    let (at, deadline) = (mark.position, tokio::time::Instant::now() + STORE_RETRY_FOR);
+    loop {
+        match put(&js, &name, replicas, bytes.clone()).await {
+            Ok(()) => {
+                tracing::debug!(stream = name, "snapshot stored at message {at}");
+                return Some(records);
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(stream = name, "no snapshot at message {at} yet: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                tracing::warn!(stream = name, "no snapshot at message {at}: {e}");
+                return None;
+            }
         }
     }
 }

@@ -54,9 +54,6 @@ pub const RETRY_FOR: Duration = Duration::from_secs(20);
 /// How long opening a journal keeps trying while the cluster elects its leaders.
 pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// How a message that holds no records in this format is described.
-const NOT_A_MESSAGE: &str = "not a message of records";
-
 /// The most record bytes packed into one message (NATS refuses messages over its
 /// `max_payload`, 1 MiB by default).
 const MESSAGE_BYTES_MAX: usize = 256 * 1024;
@@ -105,8 +102,10 @@ pub enum OpenError {
     Connect { urls: String, reason: String },
     #[error("JetStream stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
-    #[error("message {sequence} of stream {stream} is corrupt: {reason}")]
+    #[error("stream {stream} is corrupt at message {sequence}: {reason}")]
     Corrupt { stream: String, sequence: u64, reason: String },
+    #[error("a record of message {sequence} of stream {stream} contradicts the records before it: {reason}")]
+    Contradicts { stream: String, sequence: u64, reason: String },
 }
 
 /// A journal on a JetStream stream. See the module documentation.
@@ -384,7 +383,10 @@ async fn connect(urls: &str, spec: &StreamSpec, config: &Config) -> Result<(Writ
                         if let Some(every) = spec.snapshot_every_records {
                             let (js, name, replicas) = (writer.js.clone(), spec.stream.clone(), spec.replicas);
                             let plan = snapshots::Plan { js, name, replicas, every: every.max(1) };
-                            writer.feed = Some(snapshots::Feed::start(recovered.state.clone(), writer.mark, plan));
+                            // The records the latest snapshot holds (0 when none was read).
+                            let covered = recovered.state.records() - recovered.records_read;
+                            let state = recovered.state.clone();
+                            writer.feed = Some(snapshots::Feed::start(state, covered, writer.mark, plan));
                         }
                         return Ok((writer, recovered));
                     }
@@ -394,7 +396,7 @@ async fn connect(urls: &str, spec: &StreamSpec, config: &Config) -> Result<(Writ
                 js = writer.js;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e @ OpenError::Corrupt { .. }) => return Err(e),
+            Err(e @ (OpenError::Corrupt { .. } | OpenError::Contradicts { .. })) => return Err(e),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(e) => {
                 tracing::debug!("{e}; again");
@@ -435,7 +437,7 @@ async fn open_stream(
     if let Some((state, mark)) = snapshots::latest(js, &stream, &spec.stream, last, config).await {
         match fold(&stream, spec, state, mark.position + 1, last).await {
             // A snapshot the stream's later records contradict is no start: read it all.
-            Err(OpenError::Corrupt { sequence, reason, .. }) if !reason.starts_with(NOT_A_MESSAGE) => {
+            Err(OpenError::Contradicts { sequence, reason, .. }) => {
                 tracing::warn!(stream = spec.stream, "the latest snapshot is passed over: record {sequence} contradicts it ({reason}); reading the whole stream");
             }
             folded => {
@@ -460,7 +462,7 @@ async fn fold(
     let mut read = 0;
     read_history(stream, spec, from, last, &mut |sequence, record| {
         read += 1;
-        state.apply(&record).map_err(|reason| corrupt(spec, sequence, reason))
+        state.apply(&record).map_err(|reason| OpenError::Contradicts { stream: spec.stream.clone(), sequence, reason })
     })
     .await?;
     Ok((state, read))
@@ -518,8 +520,7 @@ async fn read_history(
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| stream_err(format!("reading it: {e}")))?;
         let sequence = message.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
-        let records =
-            unpack(&message.payload).map_err(|reason| corrupt(spec, sequence, format!("{NOT_A_MESSAGE}: {reason}")))?;
+        let records = unpack(&message.payload).map_err(|reason| corrupt(spec, sequence, reason))?;
         records.into_iter().try_for_each(|record| each(sequence, record))?;
         if sequence >= last {
             break;

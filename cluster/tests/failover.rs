@@ -51,6 +51,8 @@ async fn a_standby_takes_over_a_dead_owners_partition_with_everything_acknowledg
             *won.entry(user).or_default() += fen;
         }
     }
+    // The owner snapshots every 25 records: one is stored by now, or soon.
+    snapshot_stored(&cluster.urls(), "P_p0").await;
     // The standby waits for the lease while the owner renews it.
     let standby_spec = spec(&cluster, "p0", "b");
     let standby = tokio::spawn(async move { Owner::take(&standby_spec, config()).await });
@@ -116,8 +118,12 @@ async fn a_graceful_stop_hands_the_partition_over_at_once() {
     let ttl = Duration::from_secs(30);
     let mut first_spec = spec(&cluster, "p2", "a");
     first_spec.lease.ttl = ttl;
+    first_spec.stream.snapshot_every_records = Some(10);
     let owner = Owner::take(&first_spec, config()).await.unwrap();
     let won = round(&owner.engine, 1).await;
+    // A periodic snapshot is stored first, so the bucket is ready for the last one (a fresh
+    // cluster's first store can take several seconds).
+    snapshot_stored(&cluster.urls(), "P_p2").await;
     let mut standby_spec = spec(&cluster, "p2", "b");
     standby_spec.lease.ttl = ttl;
     let standby = tokio::spawn(async move { Owner::take(&standby_spec, config()).await });

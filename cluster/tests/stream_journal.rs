@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use common::*;
 use hongbao::{
@@ -156,17 +155,6 @@ async fn balances_of(engine: &Engine, users: impl IntoIterator<Item = UserId>) -
     balances
 }
 
-/// The latest snapshot of `spec`'s partition, as stored.
-async fn stored_snapshot(urls: &str, spec: &StreamSpec) -> Option<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let js = async_nats::jetstream::new(async_nats::connect(urls.split(',').next().unwrap()).await.unwrap());
-    let mut object =
-        js.get_object_store(hongbao_cluster::snapshots::BUCKET).await.ok()?.get(&spec.stream).await.ok()?;
-    let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await.unwrap();
-    Some(bytes)
-}
-
 /// A journal snapshots its state every so many records and when it closes; a new owner starts
 /// from the latest snapshot and reads only the records after it, and holds what the engine
 /// acknowledged. This holds whether the first owner closed cleanly or was overtaken while
@@ -186,12 +174,8 @@ async fn a_new_owner_starts_from_the_latest_snapshot_and_the_records_after_it() 
         assert_eq!(storm(&first, packet, 50).await.len(), 20);
     }
     // Three packets make about 3 × (roster, deposit, send, 20 claims) records: a periodic
-    // snapshot is stored by now, or soon (the writer stores it in the background).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stored_snapshot(&urls, &spec).await.is_none() {
-        assert!(Instant::now() < deadline, "no periodic snapshot was stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // snapshot is stored by now, or soon (the snapshotter stores it in the background).
+    snapshot_stored(&urls, &spec.stream).await;
     open_packet(&first, 4, 50, 10_000, 5).await;
     assert_eq!(storm(&first, 4, 50).await.len(), 5);
     let acknowledged = balances_of(&first, users()).await;
@@ -206,18 +190,24 @@ async fn a_new_owner_starts_from_the_latest_snapshot_and_the_records_after_it() 
     assert!(second.audit().await.unwrap().is_balanced());
     let refused = first.deposit(OpId(99), UserId(7), Amount::fen(100)).await;
     assert!(matches!(refused, Err(WalletError::Unavailable)), "the first owner is fenced: {refused:?}");
-    second.deposit(OpId(100), UserId(8), Amount::fen(5)).await.unwrap();
+    // Closed cleanly without a record of its own: the last snapshot still covers what it read
+    // after the periodic one, so the next owner reads nothing.
     second.shutdown().await;
     drop((first, second));
 
-    // Closed cleanly: the last snapshot covers everything, so the next owner reads nothing.
     let (third, snapshot, read) = rebuilt_on(&urls, &spec);
     assert!(snapshot.is_some_and(|next| next > at), "{snapshot:?}");
     assert_eq!(read, 0);
     assert_eq!(balances_of(&third, users()).await, acknowledged);
-    assert_eq!(third.balance(UserId(8)).await.unwrap().as_fen(), 5);
     assert_eq!(third.balance(UserId(7)).await.unwrap().as_fen(), 0, "the fenced deposit is nowhere");
+    third.deposit(OpId(100), UserId(8), Amount::fen(5)).await.unwrap();
     third.shutdown().await;
+    drop(third);
+
+    let (fourth, _, read) = rebuilt_on(&urls, &spec);
+    assert_eq!(read, 0);
+    assert_eq!(fourth.balance(UserId(8)).await.unwrap().as_fen(), 5);
+    fourth.shutdown().await;
 }
 
 /// A snapshot that is damaged, or that ends at a message the stream does not hold (its stream
@@ -227,16 +217,17 @@ async fn a_snapshot_that_does_not_fit_the_stream_is_passed_over() {
     let _serial = one_at_a_time().await;
     let Some(cluster) = cluster() else { return };
     let urls = cluster.urls();
-    let spec = StreamSpec { snapshot_every_records: Some(1_000), ..spec("stale") };
+    let spec = StreamSpec { snapshot_every_records: Some(5), ..spec("stale") };
     let engine = engine_on(&urls, &spec);
     open_packet(&engine, 1, 30, 10_000, 10).await;
     let won = storm(&engine, 1, 30).await;
+    snapshot_stored(&urls, &spec.stream).await;
     engine.shutdown().await;
     drop(engine);
-    let good = stored_snapshot(&urls, &spec).await.expect("closing stored a snapshot");
+    let good = stored_snapshot(&urls, &spec.stream).await.expect("a snapshot was stored");
 
     let js = async_nats::jetstream::new(async_nats::connect(urls.split(',').next().unwrap()).await.unwrap());
-    let store = js.get_object_store(hongbao_cluster::snapshots::BUCKET).await.unwrap();
+    let store = js.get_object_store(hongbao_cluster::snapshots::bucket_of(&spec.stream)).await.unwrap();
     let mut damaged = good.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 1;

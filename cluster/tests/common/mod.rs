@@ -65,3 +65,27 @@ pub async fn storm(engine: &Engine, packet: u64, n: u64) -> HashMap<UserId, u64>
     }
     won
 }
+
+/// The latest snapshot stored of the partition whose stream is `stream`, if any.
+pub async fn stored_snapshot(urls: &str, stream: &str) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let js = async_nats::jetstream::new(async_nats::connect(urls.split(',').next().unwrap()).await.unwrap());
+    let store = js.get_object_store(hongbao_cluster::snapshots::bucket_of(stream)).await.ok()?;
+    let mut object = store.get(stream).await.ok()?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.ok()?;
+    Some(bytes)
+}
+
+/// Waits until a snapshot of the partition whose stream is `stream` is stored: the first
+/// store into a bucket a fresh cluster just made can take several seconds.
+pub async fn snapshot_stored(urls: &str, stream: &str) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(bytes) = stored_snapshot(urls, stream).await {
+            return bytes;
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot of {stream} was stored");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
