@@ -36,19 +36,76 @@ pub fn bucket_of(stream: &str) -> String {
     format!("hongbao_snapshots_{stream}")
 }
 
-/// The snapshots' bucket of the partition whose stream is `stream`, made (with `replicas`
-/// replicas) if it is missing.
-pub(crate) async fn bucket(
-    js: &jetstream::Context,
-    stream: &str,
-    replicas: usize,
-) -> Result<object_store::ObjectStore, String> {
-    let name = bucket_of(stream);
-    if let Ok(store) = js.get_object_store(&name).await {
-        return Ok(store);
+/// Where a partition's snapshots are stored.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub js: jetstream::Context,
+    /// The partition's stream's name: the object's, and its bucket's ([`bucket_of`]).
+    pub name: String,
+    /// Replicas of the bucket, if it is made.
+    pub replicas: usize,
+}
+
+impl Target {
+    /// The bucket, made if it is missing.
+    async fn bucket(&self) -> Result<object_store::ObjectStore, String> {
+        let name = bucket_of(&self.name);
+        if let Ok(store) = self.js.get_object_store(&name).await {
+            return Ok(store);
+        }
+        let config = object_store::Config { bucket: name.clone(), num_replicas: self.replicas, ..Default::default() };
+        self.js.create_object_store(config).await.map_err(|e| format!("the snapshot bucket {name}: {e}"))
     }
-    let config = object_store::Config { bucket: name.clone(), num_replicas: replicas, ..Default::default() };
-    js.create_object_store(config).await.map_err(|e| format!("the snapshot bucket {name}: {e}"))
+
+    /// Stores `bytes` as the partition's latest snapshot, then clears the chunks no snapshot
+    /// points at any more: those of a store interrupted before it was complete (a halted
+    /// journal, a close that ran out of time), or of a deposed owner's store that lost the
+    /// race. (The object store clears only the chunks of the snapshot it replaces.)
+    async fn put(&self, mut bytes: &[u8]) -> Result<(), String> {
+        let name = &self.name;
+        let failed = |e: &dyn std::fmt::Display| format!("storing the snapshot of {name}: {e}");
+        let stored = self.bucket().await?.put(name.as_str(), &mut bytes).await.map_err(|e| failed(&e))?;
+        let bucket = bucket_of(name);
+        let chunks = self.js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| failed(&e))?;
+        let mut subjects = chunks.info_with_subjects(format!("$O.{bucket}.C.>")).await.map_err(|e| failed(&e))?;
+        let current = format!("$O.{bucket}.C.{}", stored.nuid);
+        let mut orphans = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| failed(&e))?;
+            if subject != current {
+                orphans.push(subject);
+            }
+        }
+        for subject in orphans {
+            if let Err(e) = chunks.purge().filter(subject.as_str()).await {
+                tracing::warn!(stream = name, "chunks of an interrupted snapshot at {subject} stay: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a snapshot of `records` records ending at `mark`: the records, if it was
+    /// stored. A store that fails is tried again for [`STORE_RETRY_FOR`] (a bucket just made,
+    /// or a server just dead, answers nothing while its leader is elected).
+    async fn store(self, bytes: Vec<u8>, mark: LogMark, records: u64) -> Option<u64> {
+        let (name, at, deadline) = (&self.name, mark.position, tokio::time::Instant::now() + STORE_RETRY_FOR);
+        loop {
+            match self.put(&bytes).await {
+                Ok(()) => {
+                    tracing::debug!(stream = name, "snapshot stored at message {at}");
+                    return Some(records);
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(stream = name, "no snapshot at message {at} yet: {e}; again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(stream = name, "no snapshot at message {at}: {e}");
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// The mark of the message at `position` whose id is `id` and whose payload is `payload`.
@@ -121,34 +178,6 @@ pub(crate) async fn latest(
     }
 }
 
-/// Stores `bytes` as the latest snapshot of the partition whose stream is `name`, then
-/// clears the chunks no snapshot points at any more: those of a store interrupted before it
-/// was complete (a halted journal, a close that ran out of time), or of a deposed owner's
-/// store that lost the race. (The object store clears only the chunks of the snapshot it
-/// replaces.)
-pub(crate) async fn put(js: &jetstream::Context, name: &str, replicas: usize, bytes: Vec<u8>) -> Result<(), String> {
-    let failed = |e: &dyn std::fmt::Display| format!("storing the snapshot of {name}: {e}");
-    let store = bucket(js, name, replicas).await?;
-    let stored = store.put(name, &mut bytes.as_slice()).await.map_err(|e| failed(&e))?;
-    let bucket = bucket_of(name);
-    let chunks = js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| failed(&e))?;
-    let mut subjects = chunks.info_with_subjects(format!("$O.{bucket}.C.>")).await.map_err(|e| failed(&e))?;
-    let current = format!("$O.{bucket}.C.{}", stored.nuid);
-    let mut orphans = Vec::new();
-    while let Some(subject) = subjects.next().await {
-        let (subject, _) = subject.map_err(|e| failed(&e))?;
-        if subject != current {
-            orphans.push(subject);
-        }
-    }
-    for subject in orphans {
-        if let Err(e) = chunks.purge().filter(subject.as_str()).await {
-            tracing::warn!(stream = name, "chunks of an interrupted snapshot at {subject} stay: {e}");
-        }
-    }
-    Ok(())
-}
-
 /// Deletes the snapshots of the partition whose stream is `name`, if any.
 pub(crate) async fn delete(js: &jetstream::Context, name: &str) {
     let _ = js.delete_object_store(bucket_of(name)).await;
@@ -172,10 +201,7 @@ pub(crate) struct Feed {
 
 /// Where a snapshotter stores, and how often.
 pub(crate) struct Plan {
-    pub js: jetstream::Context,
-    /// The stream's name: the object's.
-    pub name: String,
-    pub replicas: usize,
+    pub target: Target,
     pub every: u64,
 }
 
@@ -191,8 +217,8 @@ const CLOSE_FOR: Duration = Duration::from_secs(10);
 
 impl Feed {
     /// Starts the snapshotter of a journal whose stream holds `state` up to `mark`, on the
-    /// current runtime (the writer's);
-    /// `covered` of its records are in the latest snapshot stored (0: none is).
+    /// current runtime (the writer's); `covered` of its records are in the latest snapshot
+    /// stored (0: none is).
     pub(crate) fn start(state: Folded, covered: u64, mark: LogMark, plan: Plan) -> Feed {
         let (tx, rx) = mpsc::channel(FED_MAX);
         Feed { tx, task: tokio::spawn(snapshotter(state, covered, mark, plan, rx)) }
@@ -224,8 +250,8 @@ impl Feed {
 /// one interval later, not at once (each try encodes the whole state).
 async fn snapshotter(mut state: Folded, covered: u64, mut mark: LogMark, plan: Plan, mut rx: mpsc::Receiver<Fed>) {
     // The bucket is made now, so that no snapshot waits for it.
-    let (js, name, replicas) = (plan.js.clone(), plan.name.clone(), plan.replicas);
-    tokio::spawn(async move { bucket(&js, &name, replicas).await.map_err(|e| tracing::warn!("{e}")) });
+    let target = plan.target.clone();
+    tokio::spawn(async move { target.bucket().await.map_err(|e| tracing::warn!("{e}")) });
     let (mut attempted, mut stored) = (covered, covered);
     let mut storing: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     while let Some(fed) = rx.recv().await {
@@ -240,7 +266,7 @@ async fn snapshotter(mut state: Folded, covered: u64, mut mark: LogMark, plan: P
             let Ok((folded, diverged)) = folded.await else { return };
             if let Some(e) = diverged {
                 return tracing::error!(
-                    stream = plan.name,
+                    stream = plan.target.name,
                     "the journal's copy of the state diverged ({e}); snapshots stop"
                 );
             }
@@ -254,9 +280,8 @@ async fn snapshotter(mut state: Folded, covered: u64, mut mark: LogMark, plan: P
         let records = state.records();
         if closing {
             if records > stored {
-                let (js, name) = (plan.js.clone(), plan.name.clone());
                 if let Ok(bytes) = tokio::task::spawn_blocking(move || state.snapshot(&mark)).await {
-                    store(js, name, plan.replicas, bytes, mark, records).await;
+                    plan.target.store(bytes, mark, records).await;
                 }
             }
             return;
@@ -269,41 +294,11 @@ async fn snapshotter(mut state: Folded, covered: u64, mut mark: LogMark, plan: P
             });
             let Ok((kept, copy)) = copied.await else { return };
             state = kept;
-            let (js, name, replicas) = (plan.js.clone(), plan.name.clone(), plan.replicas);
+            let target = plan.target.clone();
             storing = Some(tokio::spawn(async move {
                 let bytes = tokio::task::spawn_blocking(move || copy.snapshot(&mark)).await.ok()?;
-                store(js, name, replicas, bytes, mark, records).await
+                target.store(bytes, mark, records).await
             }));
-        }
-    }
-}
-
-/// Stores a snapshot of `records` records ending at `mark`: the records, if it was stored.
-/// A store that fails is tried again for [`STORE_RETRY_FOR`] (a bucket just made, or a
-/// server just dead, answers nothing while its leader is elected).
-async fn store(
-    js: jetstream::Context,
-    name: String,
-    replicas: usize,
-    bytes: Vec<u8>,
-    mark: LogMark,
-    records: u64,
-) -> Option<u64> {
-    let (at, deadline) = (mark.position, tokio::time::Instant::now() + STORE_RETRY_FOR);
-    loop {
-        match put(&js, &name, replicas, bytes.clone()).await {
-            Ok(()) => {
-                tracing::debug!(stream = name, "snapshot stored at message {at}");
-                return Some(records);
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(stream = name, "no snapshot at message {at} yet: {e}; again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                tracing::warn!(stream = name, "no snapshot at message {at}: {e}");
-                return None;
-            }
         }
     }
 }

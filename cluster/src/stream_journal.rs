@@ -382,7 +382,8 @@ async fn connect(urls: &str, spec: &StreamSpec, config: &Config) -> Result<(Writ
                     Ok(()) => {
                         if let Some(every) = spec.snapshot_every_records {
                             let (js, name, replicas) = (writer.js.clone(), spec.stream.clone(), spec.replicas);
-                            let plan = snapshots::Plan { js, name, replicas, every: every.max(1) };
+                            let target = snapshots::Target { js, name, replicas };
+                            let plan = snapshots::Plan { target, every: every.max(1) };
                             // The records the latest snapshot holds (0 when none was read).
                             let covered = recovered.state.records() - recovered.records_read;
                             let state = recovered.state.clone();
