@@ -35,12 +35,16 @@ use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
 use crate::oplog::{OpPage, OpQuery};
 use crate::org::{OrgBook, OrgView};
+use crate::outbox::{Dispatch, DispatchRoom, Landing};
+use crate::packet::PacketState;
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
 use crate::packet_actor::{self, AdminRecall, Cancel, Decide, Grab, Grabbed, Inspect, Query};
-use crate::partition::{Partition, Remittance, RemittanceError, REMITTANCES_PER_CALL_MAX};
-use crate::parts::{settle_send, Inner, Lifetime, Retired};
+use crate::partition::{Partition, RemittanceError, REMITTANCES_PER_CALL_MAX};
+use crate::parts::{open_sent, settle_send, Inner, Lifetime, Retired};
 use crate::placement;
-use crate::record::{ApprovalId, CoolingOff, Guardian, NewOrg, NewPacket, NewTransfer, PacketSent, Policy};
+use crate::record::{
+    ApprovalId, CoolingOff, Guardian, NewOrg, NewPacket, NewTransfer, PacketSent, Policy, Remittance, ReturnReason,
+};
 use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
@@ -101,6 +105,47 @@ impl std::fmt::Debug for Engine {
 /// Checks that a send of `sender` whose id (or receiver) `placed` puts in a partition stays in
 /// `partition`: `Err((placed, sender's))` if it would cross. A sender elsewhere is left to
 /// their wallet's refusal (`Elsewhere`).
+/// The checks of a new send that do not depend on its sender's wallet.
+fn check_send(inner: &Inner, spec: &NewPacket) -> Result<(), SendError> {
+    let limits = &inner.limits;
+    if spec.greeting.len() > limits.greeting_bytes_max {
+        return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
+    }
+    split::validate(&spec.split, limits).map_err(|reason| SendError::InvalidSplit { reason })?;
+    if !inner.rosters.is_member(spec.group, spec.sender) {
+        return Err(SendError::NotMember { user: spec.sender });
+    }
+    if let split::Split::Exclusive { to, .. } = spec.split {
+        if !inner.rosters.is_member(spec.group, to) {
+            return Err(SendError::NotMember { user: to });
+        }
+    }
+    Ok(())
+}
+
+/// A new send as it would open now, and its expiry after opening. The sender's shard moves the
+/// opening (and the expiry after it) if their cooling-off holds it.
+fn packet_sent(inner: &Inner, spec: NewPacket) -> (PacketSent, u64) {
+    let (limits, now) = (&inner.limits, inner.clock.now());
+    let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, spec.id));
+    let (expiry_secs, day) = (limits.expiry_secs, now.day(limits.day_utc_offset_secs));
+    let (opens_at, expires_at, share_fen_max) = (now, now.plus_secs(expiry_secs), limits.share_fen_max);
+    (PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day, approval: None }, expiry_secs)
+}
+
+/// The answer to a send whose id was sent from here to another partition: the view it opened
+/// with if it is the same send (a retry), `IdConflict` if not, `Busy` while the first is still
+/// being debited.
+fn redispatch(dispatch: Dispatch, spec: &NewPacket) -> Result<PacketView, SendError> {
+    match dispatch {
+        Dispatch::Debiting => Err(SendError::Busy),
+        Dispatch::Remitted(Remittance { packet: Some(sent), .. }) if sent.spec == *spec => {
+            Ok(PacketState::open(*sent).view())
+        }
+        Dispatch::Remitted(_) => Err(SendError::IdConflict { packet: spec.id }),
+    }
+}
+
 fn keep_in_partition(
     partition: Partition,
     sender: UserId,
@@ -298,6 +343,11 @@ impl Engine {
     /// opening). Sending the same packet again (same id, same fields) returns its current view
     /// and debits nothing.
     ///
+    /// In a partition of a cluster, a packet whose id places it in another partition than its
+    /// sender's wallet is debited here and travels there as a remittance
+    /// ([`Engine::remitted_packet`]) that opens it ([`Engine::arrival`]); the answer is then the
+    /// view it opens with, and a retry gets the same.
+    ///
     /// # Errors
     ///
     /// `InvalidSplit`, `GreetingTooLong`, `NotMember` (sender, or exclusive recipient),
@@ -305,49 +355,106 @@ impl Engine {
     /// fields), `TooManyOpenPackets`, `Busy`, `ShuttingDown`. Nothing is debited on an error.
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
-        let limits = &inner.limits;
-        keep_in_partition(inner.outbox.partition(), spec.sender, |p| p.of_packet(spec.id))
-            .map_err(|(placed, sender)| SendError::CrossPartition { placed, sender })?;
+        let partition = inner.outbox.partition();
+        if !partition.holds_packet(spec.id) && partition.holds_user(spec.sender) {
+            return self.send_elsewhere(spec).await;
+        }
         // A retry is answered from the packet it retries, before anything that may have changed
         // since its first send (the roster, the limits) is checked again: it was sent.
         if let Some(route) = inner.routes.get(spec.id) {
             return self.resend(route, spec).await;
         }
-        if spec.greeting.len() > limits.greeting_bytes_max {
-            return Err(SendError::GreetingTooLong { bytes: spec.greeting.len(), max: limits.greeting_bytes_max });
-        }
-        split::validate(&spec.split, limits).map_err(|reason| SendError::InvalidSplit { reason })?;
-        if !inner.rosters.is_member(spec.group, spec.sender) {
-            return Err(SendError::NotMember { user: spec.sender });
-        }
-        if let split::Split::Exclusive { to, .. } = spec.split {
-            if !inner.rosters.is_member(spec.group, to) {
-                return Err(SendError::NotMember { user: to });
-            }
-        }
+        check_send(inner, &spec)?;
         match inner.routes.reserve(spec.id) {
             Reservation::Reserved => {}
-            Reservation::Full => return Err(SendError::TooManyOpenPackets { max: limits.open_packets_max }),
+            Reservation::Full => return Err(SendError::TooManyOpenPackets { max: inner.limits.open_packets_max }),
             // Taken since the lookup above: a send of the same id raced this one.
             Reservation::Taken(route) => return self.resend(route, spec).await,
         }
-        let (id, sender, now) = (spec.id, spec.sender, inner.clock.now());
-        let seed = inner.seed.map_or_else(rand::random, |seed| placement::packet_seed(seed, id));
-        let (expiry_secs, day) = (limits.expiry_secs, now.day(limits.day_utc_offset_secs));
-        // The sender's shard moves the opening (and the expiry after it) if their cooling-off
-        // holds this send.
-        let (opens_at, expires_at, share_fen_max) = (now, now.plus_secs(expiry_secs), limits.share_fen_max);
-        let sent = PacketSent { spec, seed, sent_at: now, expires_at, share_fen_max, opens_at, day, approval: None };
+        let (id, sender) = (spec.id, spec.sender);
+        let (sent, expiry_secs) = packet_sent(inner, spec);
         let (reply, rx) = oneshot::channel();
         let settle = settle_send(inner, id, reply);
         let org = inner.orgs.rules_of(sent.spec.group);
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, settle }) {
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, remit: None, settle }) {
             inner.routes.abandon(id);
             return Err(refused.into());
         }
         // From here the send completes even if this future is dropped: the shard debits and
         // the packet opens without the caller.
         rx.await.map_err(|_| SendError::from(inner.lost()))?
+    }
+
+    /// A send whose packet opens in another partition: the sender's wallet is debited here, in
+    /// the same record that numbers the remittance carrying the packet there.
+    async fn send_elsewhere(&self, spec: NewPacket) -> Result<PacketView, SendError> {
+        let inner = self.inner()?;
+        if let Some(dispatch) = inner.outbox.dispatch(spec.id) {
+            return redispatch(dispatch, &spec);
+        }
+        check_send(inner, &spec)?;
+        match inner.outbox.reserve_dispatch(spec.id) {
+            DispatchRoom::Reserved => {}
+            // The remittances to its partition wait for the relay: it catches up.
+            DispatchRoom::Full => return Err(SendError::Busy),
+            DispatchRoom::Taken(dispatch) => return redispatch(dispatch, &spec),
+        }
+        let (id, sender) = (spec.id, spec.sender);
+        let (sent, expiry_secs) = packet_sent(inner, spec);
+        let (reply, rx) = oneshot::channel();
+        let outbox = Arc::clone(&inner.outbox);
+        let settle: crate::wallet::Settle = Box::new(move |result| {
+            if result.is_err() {
+                outbox.abandon_dispatch(id);
+            }
+            let _ = reply.send(result.map(|sent| PacketState::open(sent).view()));
+        });
+        let org = inner.orgs.rules_of(sent.spec.group);
+        let remit = Some(Arc::clone(&inner.outbox));
+        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, remit, settle }) {
+            inner.outbox.abandon_dispatch(id);
+            return Err(refused.into());
+        }
+        rx.await.map_err(|_| SendError::from(inner.lost()))?
+    }
+
+    /// The remittance that carries `packet` from here to the partition of its id, once its
+    /// send is durable here (and until it is retired): that partition opens the packet when it
+    /// applies it ([`Engine::arrival`]).
+    pub fn remitted_packet(&self, packet: PacketId) -> Option<Remittance> {
+        match self.inner.outbox.dispatch(packet)? {
+            Dispatch::Remitted(remittance) => Some(remittance),
+            Dispatch::Debiting => None,
+        }
+    }
+
+    /// What became of a packet's remittance here ([`Engine::remitted_packet`] of its sender's
+    /// partition), once it is applied: the packet's view if it opened, else why not (its total
+    /// went back to its sender). It waits as long as the remittance takes to arrive: bound it
+    /// with a timeout.
+    ///
+    /// # Errors
+    ///
+    /// `IdConflict` (another packet has its id), `TooManyOpenPackets` (it did not open, and
+    /// its id is free), `Elsewhere` if `remittance` carries no packet for this partition,
+    /// `Busy`, `ShuttingDown`.
+    pub async fn arrival(&self, remittance: &Remittance) -> Result<PacketView, SendError> {
+        let inner = self.inner()?;
+        let partition = inner.outbox.partition();
+        let Some(sent) = remittance.packet.as_deref().filter(|_| remittance.to == partition.index()) else {
+            return Err(SendError::Elsewhere { partition: remittance.to });
+        };
+        self.await_remittance(remittance).await.map_err(|e| match e {
+            RemittanceError::ShuttingDown => SendError::ShuttingDown,
+            RemittanceError::Misrouted { .. } => SendError::Elsewhere { partition: remittance.to },
+            _ => SendError::from(inner.lost()),
+        })?;
+        let id = sent.spec.id;
+        match inner.routes.get(id) {
+            // A packet that went back leaves its id free, unless another has it.
+            None | Some(Route::Opening) => Err(SendError::TooManyOpenPackets { max: inner.limits.open_packets_max }),
+            Some(route) => self.resend(route, sent.spec.clone()).await,
+        }
     }
 
     /// The answer to a send whose id is taken: the packet's view if it is the same send (a
@@ -976,9 +1083,21 @@ impl Engine {
         if batch.len() > REMITTANCES_PER_CALL_MAX {
             return Err(RemittanceError::TooMany { count: batch.len(), max: REMITTANCES_PER_CALL_MAX });
         }
-        let wallets = Arc::clone(&inner.wallets);
+        let (wallets, routes, events) =
+            (Arc::clone(&inner.wallets), Arc::clone(&inner.routes), Arc::clone(&inner.events));
         let amount_max = Amount::fen(inner.limits.share_fen_max.max(inner.limits.transfer_fen_max));
-        inner.outbox.receive(&*inner.journal, batch, amount_max, move |credit| wallets.credit(credit))?;
+        let land = move |landing| match landing {
+            Landing::Credit(credit) => wallets.credit(credit),
+            Landing::Opened(sent) => drop(open_sent(&routes, &events, sent)),
+        };
+        // A packet from another partition opens here if its id is free and there is room; if
+        // not, its total goes back.
+        let room = |sent: &PacketSent| match inner.routes.reserve(sent.spec.id) {
+            Reservation::Reserved => None,
+            Reservation::Taken(_) => Some(ReturnReason::IdTaken),
+            Reservation::Full => Some(ReturnReason::TooManyOpenPackets),
+        };
+        inner.outbox.receive(&*inner.journal, batch, amount_max, land, room)?;
         let (tx, rx) = oneshot::channel();
         crate::journal::reply_after_barrier(&*inner.journal, tx, ());
         // A failure may have come after some of the batch was durable and credited: whatever

@@ -157,16 +157,6 @@ pub enum SendError {
     /// A mailbox on the way is full, or a send with the same id is in progress: try again.
     #[error("busy; try again")]
     Busy,
-    /// The packet's id places it in another partition than its sender's wallet: this version
-    /// keeps a send in one partition, so choose an id in the sender's partition
-    /// ([`crate::Partition::of_packet`]).
-    #[error("the packet is placed in partition {placed}, its sender's wallet in partition {sender}; choose an id in the sender's")]
-    CrossPartition {
-        /// Where the id places the packet.
-        placed: u32,
-        /// The sender's partition.
-        sender: u32,
-    },
     /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
     /// its owner.
     #[error("held by partition {partition}; ask its owner")]

@@ -346,7 +346,7 @@ impl Ledger {
                 }
                 return Ok(Amount::ZERO);
             }
-            Record::PacketSent(ref sent) => {
+            Record::PacketSent(ref sent) | Record::PacketRemitted(ref sent) => {
                 let (user, id) = (sent.spec.sender, sent.spec.id);
                 let total = sent.spec.split.total().ok_or(format!("packet {id}: total overflows"))?;
                 let out = Outgoing { user, amount: total, packet: true, day: sent.day };

@@ -139,14 +139,12 @@ pub use oplog::{OpKind, OpPage, OpQuery, OperationEntry};
 pub use org::OrgView;
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
-pub use partition::{
-    Flow, InvalidPartition, Partition, Remittance, RemittanceError, PARTITIONS_MAX, REMITTANCES_PER_CALL_MAX,
-};
+pub use partition::{Flow, InvalidPartition, Partition, RemittanceError, PARTITIONS_MAX, REMITTANCES_PER_CALL_MAX};
 pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{
     Approval, ApprovalId, Approver, Arrival, CoolingOff, DecodeError, Guardian, NewOrg, NewPacket, NewTransfer,
-    PacketSent, Policy, RecallPolicy, TransferOutcome, TransferSent, TransferStatus,
+    PacketSent, Policy, RecallPolicy, Remittance, ReturnReason, TransferOutcome, TransferSent, TransferStatus,
 };
 pub use replay::{Folded, LogMark};
 pub use split::{Draw, InvalidSplit, Split};

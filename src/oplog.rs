@@ -267,6 +267,17 @@ impl OpLog {
     /// Turns a record into the entries it makes, if it concerns an org. The one derivation of
     /// the log, live and on replay.
     pub(crate) fn observe(&mut self, record: &Record) {
+        // A packet is logged where it opens: here for one sent here, or arrived from its
+        // sender's partition.
+        if let Some(sent) = record.opened_packet() {
+            let (id, group, sender) = (sent.spec.id, sent.spec.group, sent.spec.sender);
+            if let Some(&org) = self.group_org.get(&group) {
+                let total = sent.spec.split.total().unwrap_or(Amount::ZERO);
+                self.packets.insert(id, OrgPacket { org, group, sender, total });
+                self.on_packet(id, sent.sent_at, Some(sender), OpKind::PacketSent, sent.spec.split.total());
+            }
+            return;
+        }
         match record {
             Record::OrgCreated { org, spec, at } => {
                 let actor = spec.admins.iter().copied().min().unwrap_or(UserId(0));
@@ -277,14 +288,6 @@ impl OpLog {
                 self.group_org.insert(*group, *org);
                 let detail = Detail { group: Some(*group), ..Detail::default() };
                 self.push(*org, *at, *by, OpKind::GroupAttached, detail);
-            }
-            Record::PacketSent(sent) => {
-                let (id, group, sender) = (sent.spec.id, sent.spec.group, sent.spec.sender);
-                if let Some(&org) = self.group_org.get(&group) {
-                    let total = sent.spec.split.total().unwrap_or(Amount::ZERO);
-                    self.packets.insert(id, OrgPacket { org, group, sender, total });
-                    self.on_packet(id, sent.sent_at, Some(sender), OpKind::PacketSent, sent.spec.split.total());
-                }
             }
             Record::Claim { packet, user, amount, at, .. } => {
                 self.on_packet(*packet, *at, Some(*user), OpKind::Claimed, Some(*amount))
@@ -515,7 +518,7 @@ impl LiveLog {
             return false;
         }
         match (record.packet(), record.transfer()) {
-            (Some(packet), _) if !matches!(record, Record::PacketSent(_)) => self.followed.contains_key(&packet),
+            (Some(packet), _) if record.opened_packet().is_none() => self.followed.contains_key(&packet),
             (_, Some(_)) if matches!(record, Record::TransferSent(sent) if sent.spec.org.is_none()) => false,
             (_, Some(transfer)) if !matches!(record, Record::TransferSent(_)) => {
                 self.followed_transfers.contains_key(&transfer)
@@ -527,10 +530,10 @@ impl LiveLog {
     fn observe(&self, record: &Record) {
         let mut log = self.log.lock();
         log.observe(record);
+        if let Some(sent) = record.opened_packet().filter(|sent| log.packets.contains_key(&sent.spec.id)) {
+            self.followed.insert(sent.spec.id, ());
+        }
         match record {
-            Record::PacketSent(sent) if log.packets.contains_key(&sent.spec.id) => {
-                self.followed.insert(sent.spec.id, ());
-            }
             Record::TransferSent(sent) if log.transfers.contains_key(&sent.spec.id) => {
                 self.followed_transfers.insert(sent.spec.id, ());
             }

@@ -15,14 +15,16 @@
 //! cluster the sent and received sums cancel except for the remittances still in flight,
 //! which [`crate::ClusterAudit`] counts per pair.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use parking_lot::Mutex;
 
+use crate::clock::Timestamp;
 use crate::journal::{Completion, Journal};
 use crate::ledger::Credit;
-use crate::money::{Amount, UserId};
-use crate::partition::{check, Flow, Partition, Remittance, RemittanceError, REMITTANCES_HELD_MAX};
+use crate::money::{Amount, PacketId, UserId};
+use crate::partition::{check, Flow, Partition, RemittanceError, REMITTANCES_HELD_MAX};
+use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason};
 use crate::record::{put_u64s, DecodeError, Reader, Record};
 
 /// What a partition sent to and received from the others, as its journal tells: part of the
@@ -39,6 +41,9 @@ pub(crate) struct Remittances {
     /// Live only: credits decided (their room in the outbox taken) and not yet numbered, by
     /// receiver.
     reserved: BTreeMap<u32, u64>,
+    /// Packets sent from here to open elsewhere, with the remittance that carries each: a
+    /// retry of the send is answered from it. Kept until retired, like closed packets.
+    dispatched: BTreeMap<PacketId, Remittance>,
 }
 
 impl Remittances {
@@ -46,25 +51,80 @@ impl Remittances {
         Remittances { partition, ..Remittances::default() }
     }
 
-    /// Numbers the next remittance of `credit` (a wallet elsewhere) and counts it as sent.
-    fn number(&mut self, credit: Credit) -> Remittance {
-        let to = self.partition.of_user(credit.user);
+    /// Numbers the next remittance to `to` and counts it as sent: of `credit` (a wallet
+    /// elsewhere), or of a packet (`credit` is then its sender and total).
+    fn number(&mut self, to: u32, credit: Credit, packet: Option<&PacketSent>) -> Remittance {
         let flow = self.sent.entry(to).or_insert(Flow { peer: to, ..Flow::default() });
         flow.count += 1;
         // A sum in fen that passes u64 (1.8 × 10^17 yuan) is out of reach of any real traffic.
         flow.amount = flow.amount.checked_add(credit.amount).expect("the sum of remittances fits u64 fen");
-        Remittance { from: self.partition.index(), to, seq: flow.count, user: credit.user, amount: credit.amount }
+        let (from, seq, packet) = (self.partition.index(), flow.count, packet.map(|p| Box::new(p.clone())));
+        Remittance { from, to, seq, user: credit.user, amount: credit.amount, packet }
+    }
+
+    /// Numbers the remittance of `credit`, to its wallet's partition.
+    fn number_credit(&mut self, credit: Credit) -> Remittance {
+        self.number(self.partition.of_user(credit.user), credit, None)
+    }
+
+    /// Numbers the remittance that carries `sent` to its packet's partition.
+    fn number_packet(&mut self, sent: &PacketSent) -> Result<Remittance, String> {
+        let (id, total) = (sent.spec.id, sent.spec.split.total());
+        let amount = total.ok_or(format!("packet {id}: total overflows"))?;
+        let to = self.partition.of_packet(id);
+        if to == self.partition.index() {
+            return Err(format!("packet {id} remitted to its own partition"));
+        }
+        Ok(self.number(to, Credit { user: sent.spec.sender, amount }, Some(sent)))
     }
 
     /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
-    /// waiting for its receiver's acknowledgement. Only the last [`REMITTANCES_HELD_MAX`] per
-    /// receiver are kept: the live outbox never let more than that wait.
+    /// waiting for its receiver's acknowledgement.
     pub(crate) fn replayed(&mut self, credit: Credit) {
-        let remittance = self.number(credit);
+        let remittance = self.number_credit(credit);
+        self.hold(remittance);
+    }
+
+    /// Replay's half of [`Outbox::append_remitting`]: a packet sent from here, on its way to
+    /// the partition of its id.
+    ///
+    /// # Errors
+    ///
+    /// If the packet is placed here, or was sent from here already.
+    pub(crate) fn replayed_packet(&mut self, sent: &PacketSent) -> Result<(), String> {
+        if self.dispatched.contains_key(&sent.spec.id) {
+            return Err(format!("packet {} remitted twice", sent.spec.id));
+        }
+        let remittance = self.number_packet(sent)?;
+        self.dispatched.insert(sent.spec.id, remittance.clone());
+        self.hold(remittance);
+        Ok(())
+    }
+
+    /// Holds a durable remittance until it is acknowledged. Only the last
+    /// [`REMITTANCES_HELD_MAX`] per receiver are kept: the live outbox never let more wait.
+    fn hold(&mut self, remittance: Remittance) {
         let queue = self.unacknowledged.entry(remittance.to).or_default();
         queue.push_back(remittance);
         if queue.len() as u64 > REMITTANCES_HELD_MAX {
             queue.pop_front();
+        }
+    }
+
+    /// Whether `packet` was sent from here to open elsewhere (and is not retired).
+    pub(crate) fn dispatched(&self, packet: PacketId) -> bool {
+        self.dispatched.contains_key(&packet)
+    }
+
+    /// Forgets retired packets sent from here.
+    pub(crate) fn retire(&mut self, packets: &[PacketId]) {
+        packets.iter().for_each(|id| drop(self.dispatched.remove(id)));
+    }
+
+    /// Gives back one place reserved for a remittance to `to` (numbered or abandoned).
+    fn unreserve(&mut self, to: u32) {
+        if let Some(reserved) = self.reserved.get_mut(&to) {
+            *reserved = reserved.saturating_sub(1);
         }
     }
 
@@ -113,8 +173,9 @@ impl Remittances {
         (self.sent.values().copied().collect(), self.received.values().copied().collect())
     }
 
-    /// Appends the snapshot encoding (version 4): the partition, the flows out and in, and
-    /// the remittances not yet acknowledged. (Reservations are live only.)
+    /// Appends the snapshot encoding (version 4): the partition, the flows out and in, the
+    /// remittances not yet acknowledged and the packets sent from here to open elsewhere (each
+    /// remittance in its record's encoding). Reservations are live only.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let p = self.partition;
         put_u64s(out, &[u64::from(p.index()), u64::from(p.count())]);
@@ -122,9 +183,12 @@ impl Remittances {
             put_u64s(out, &[flows.len() as u64]);
             flows.values().for_each(|f| put_u64s(out, &[u64::from(f.peer), f.count, f.amount.as_fen()]));
         }
-        let held: Vec<&Remittance> = self.unacknowledged.values().flatten().collect();
-        put_u64s(out, &[held.len() as u64]);
-        held.iter().for_each(|r| put_u64s(out, &[r.seq, u64::from(r.to), r.user.0, r.amount.as_fen()]));
+        for remittances in
+            [self.unacknowledged.values().flatten().collect::<Vec<_>>(), self.dispatched.values().collect()]
+        {
+            put_u64s(out, &[remittances.len() as u64]);
+            remittances.into_iter().for_each(|r| encode_prefixed(&Record::Received(r.clone()), out));
+        }
     }
 
     /// Reads what [`Remittances::encode`] wrote, into the remittances of `self.partition`.
@@ -146,15 +210,50 @@ impl Remittances {
                 flows.insert(peer, Flow { peer, count, amount });
             }
         }
-        for _ in 0..r.count(32)? {
-            let (seq, to) = (r.u64()?, r.u64()?);
-            let to = u32::try_from(to).map_err(|_| DecodeError::Damaged("a snapshot's remittance"))?;
-            let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
-            let remittance = Remittance { from: me.index(), to, seq, user, amount };
-            decoded.unacknowledged.entry(to).or_default().push_back(remittance);
+        let remittance = |r: &mut Reader<'_>| match decode_prefixed(r)? {
+            Record::Received(remittance) if remittance.from == me.index() => Ok(remittance),
+            _ => Err(DecodeError::Damaged("a snapshot's remittance")),
+        };
+        for _ in 0..r.count(8)? {
+            let remittance = remittance(r)?;
+            decoded.unacknowledged.entry(remittance.to).or_default().push_back(remittance);
+        }
+        for _ in 0..r.count(8)? {
+            let remittance = remittance(r)?;
+            let id =
+                remittance.packet.as_ref().ok_or(DecodeError::Damaged("a snapshot's packet sent elsewhere"))?.spec.id;
+            decoded.dispatched.insert(id, remittance);
         }
         Ok(decoded)
     }
+}
+
+/// A packet sent from here to open in another partition, as a retry of its send finds it.
+#[derive(Clone, Debug)]
+pub(crate) enum Dispatch {
+    /// Its sender's debit is being decided.
+    Debiting,
+    /// Debited, durably: the remittance that carries it.
+    Remitted(Remittance),
+}
+
+/// What taking room for a packet sent from here found.
+pub(crate) enum DispatchRoom {
+    /// Room is taken for it: debit, then [`Outbox::append_remitting`] or
+    /// [`Outbox::abandon_dispatch`].
+    Reserved,
+    /// The id was sent from here already (or is being sent).
+    Taken(Dispatch),
+    /// [`REMITTANCES_HELD_MAX`] remittances to its partition wait for acknowledgement.
+    Full,
+}
+
+/// What lands once a received remittance is durable here.
+pub(crate) enum Landing {
+    /// A credit of a wallet here.
+    Credit(Credit),
+    /// A packet whose id is here, its route reserved: it opens.
+    Opened(PacketSent),
 }
 
 /// The live side of [`Remittances`]: claims crediting a wallet elsewhere are appended through
@@ -174,6 +273,8 @@ pub(crate) struct Outbox {
     applied: Mutex<BTreeMap<u32, u64>>,
     /// Rung when a remittance is durable here, for those awaiting one.
     rung: tokio::sync::watch::Sender<u64>,
+    /// Packets sent from here to open elsewhere, and those being debited.
+    dispatched: Mutex<HashMap<PacketId, Dispatch>>,
 }
 
 impl Outbox {
@@ -188,7 +289,9 @@ impl Outbox {
         let partition = state.partition;
         let applied = Mutex::new(state.received.iter().map(|(&from, flow)| (from, flow.count)).collect());
         let rung = tokio::sync::watch::channel(0).0;
-        Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung }
+        let dispatched = std::mem::take(&mut state.dispatched).into_iter().map(|(id, r)| (id, Dispatch::Remitted(r)));
+        let dispatched = Mutex::new(dispatched.collect());
+        Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung, dispatched }
     }
 
     pub(crate) fn partition(&self) -> Partition {
@@ -220,16 +323,88 @@ impl Outbox {
             );
         };
         let mut state = self.state.lock();
-        let remittance = state.number(credit);
-        if let Some(reserved) = state.reserved.get_mut(&remittance.to) {
-            *reserved = reserved.saturating_sub(1);
-        }
+        let remittance = state.number_credit(credit);
+        state.unreserve(remittance.to);
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
-            me.held.lock().entry(remittance.to).or_default().push_back(remittance);
+            me.held.lock().entry(remittance.to).or_default().push_back(remittance.clone());
             then(Some(remittance));
         });
         journal.append(record, durable);
+    }
+
+    /// Takes room for a packet sent from here whose id places it in another partition: the
+    /// id must be new here, and the remittances to its partition below the bound (as for
+    /// [`Outbox::reserve`]).
+    pub(crate) fn reserve_dispatch(&self, packet: PacketId) -> DispatchRoom {
+        let mut dispatched = self.dispatched.lock();
+        if let Some(dispatch) = dispatched.get(&packet) {
+            return DispatchRoom::Taken(dispatch.clone());
+        }
+        if !self.reserve_to(self.partition.of_packet(packet)) {
+            return DispatchRoom::Full;
+        }
+        dispatched.insert(packet, Dispatch::Debiting);
+        DispatchRoom::Reserved
+    }
+
+    /// Gives back the room of a packet whose send was refused.
+    pub(crate) fn abandon_dispatch(&self, packet: PacketId) {
+        let mut dispatched = self.dispatched.lock();
+        if matches!(dispatched.get(&packet), Some(Dispatch::Debiting)) {
+            dispatched.remove(&packet);
+            self.state.lock().unreserve(self.partition.of_packet(packet));
+        }
+    }
+
+    /// Appends `record` (the [`Record::PacketRemitted`] of `sent`, its room reserved), numbering
+    /// the remittance that carries the packet under the same lock, and runs `then` with it once
+    /// it is durable.
+    pub(crate) fn append_remitting(
+        self: &std::sync::Arc<Outbox>,
+        journal: &dyn Journal,
+        record: Record,
+        sent: &PacketSent,
+        then: impl FnOnce(Remittance) + Send + 'static,
+    ) {
+        let mut state = self.state.lock();
+        let remittance = state.number_packet(sent).expect("a packet placed elsewhere, its total checked");
+        state.unreserve(remittance.to);
+        let me = std::sync::Arc::clone(self);
+        let durable: Completion = Box::new(move || {
+            me.held.lock().entry(remittance.to).or_default().push_back(remittance.clone());
+            let id = remittance.packet.as_ref().expect("a packet's remittance").spec.id;
+            me.dispatched.lock().insert(id, Dispatch::Remitted(remittance.clone()));
+            then(remittance);
+        });
+        journal.append(record, durable);
+    }
+
+    /// Where a packet sent from here to open elsewhere stands, if it was.
+    pub(crate) fn dispatch(&self, packet: PacketId) -> Option<Dispatch> {
+        self.dispatched.lock().get(&packet).cloned()
+    }
+
+    /// Up to `max` packets sent from here that closed, wherever they opened, before `cutoff`
+    /// at the latest (their expiry, after the longest approval), due to be retired.
+    pub(crate) fn dispatched_before(&self, cutoff: Timestamp, max: usize) -> Vec<PacketId> {
+        let closed = |d: &Dispatch| match d {
+            Dispatch::Remitted(Remittance { packet: Some(sent), .. }) => {
+                let approved_last = sent.approval.map(|a| crate::packet::expiry_after_approval(sent, a.until));
+                approved_last.unwrap_or(sent.expires_at).max(sent.expires_at) < cutoff
+            }
+            _ => false,
+        };
+        self.dispatched.lock().iter().filter(|(_, d)| closed(d)).map(|(&id, _)| id).take(max).collect()
+    }
+
+    /// Forgets retired packets sent from here.
+    pub(crate) fn retire_dispatched(&self, packets: &[PacketId]) {
+        let mut dispatched = self.dispatched.lock();
+        packets.iter().for_each(|id| drop(dispatched.remove(id)));
+        if dispatched.len() * 4 < dispatched.capacity() {
+            dispatched.shrink_to_fit();
+        }
     }
 
     /// Takes room for one credit of `user`, about to be decided and appended through
@@ -238,10 +413,12 @@ impl Outbox {
     /// remittances to its partition are numbered, or about to be, and not acknowledged. The
     /// check and the taking are one step, so no two callers can pass the bound together.
     pub(crate) fn reserve(&self, user: UserId) -> bool {
-        if self.partition.holds_user(user) {
-            return true;
-        }
-        let to = self.partition.of_user(user);
+        self.partition.holds_user(user) || self.reserve_to(self.partition.of_user(user))
+    }
+
+    /// Takes room for one remittance to `to`, if fewer than [`REMITTANCES_HELD_MAX`] are
+    /// numbered, or about to be, and not acknowledged.
+    fn reserve_to(&self, to: u32) -> bool {
         let mut state = self.state.lock();
         let acknowledged = self.acknowledged.lock().get(&to).copied().unwrap_or(0);
         let reserved = state.reserved.get(&to).copied().unwrap_or(0);
@@ -254,7 +431,7 @@ impl Outbox {
 
     /// Up to `max` durable remittances to `to` not yet acknowledged, oldest first.
     pub(crate) fn pending(&self, to: u32, max: usize) -> Vec<Remittance> {
-        self.held.lock().get(&to).map(|q| q.iter().take(max).copied().collect()).unwrap_or_default()
+        self.held.lock().get(&to).map(|q| q.iter().take(max).cloned().collect()).unwrap_or_default()
     }
 
     /// The receiver `to` applied every remittance up to `through`: they leave the outbox.
@@ -271,26 +448,34 @@ impl Outbox {
     }
 
     /// Decides a batch of received remittances (all of it, or nothing if one is misrouted or
-    /// leaves a gap), counts the fresh ones and appends a [`Record::Received`] for each, in
-    /// order. Once one is durable, `credit` lands its share and it counts as applied.
+    /// leaves a gap), counts the fresh ones and appends a record for each, in order: a
+    /// [`Record::Received`] for a credit, or for a packet `room` found room for (its route
+    /// reserved), and a [`Record::Returned`] for one it did not, whose total goes back to its
+    /// sender as a remittance of its own. Once one is durable, `land` lands it (a credit, an
+    /// opening) and it counts as applied.
     ///
     /// # Errors
     ///
-    /// The first misrouted remittance, gap, or amount of zero or above `amount_max` (no share
-    /// or transfer is larger); nothing changes then.
+    /// The first misrouted remittance, gap, credit of zero or above `amount_max` (no share or
+    /// transfer is larger), or packet its own cap cannot draw; nothing changes then.
     pub(crate) fn receive(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         batch: &[Remittance],
         amount_max: Amount,
-        credit: impl Fn(Credit) + Clone + Send + 'static,
+        land: impl Fn(Landing) + Clone + Send + 'static,
+        room: impl Fn(&PacketSent) -> Option<ReturnReason>,
     ) -> Result<(), RemittanceError> {
         let mut state = self.state.lock();
         // Everything is checked before anything is appended: numbers, amounts, their sums.
         let mut applied: BTreeMap<u32, (u64, Amount)> = BTreeMap::new();
         for r in batch {
             let invalid = RemittanceError::InvalidAmount { amount: r.amount };
-            if r.amount.is_zero() || r.amount > amount_max {
+            let valid = match &r.packet {
+                Some(sent) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
+                None => !r.amount.is_zero() && r.amount <= amount_max,
+            };
+            if !valid {
                 return Err(invalid);
             }
             let received = state.received.get(&r.from).map(|f| f.amount).unwrap_or_default();
@@ -300,15 +485,38 @@ impl Outbox {
             }
         }
         for r in batch {
-            if state.receive(r)? {
-                let (me, credit, r) = (std::sync::Arc::clone(self), credit.clone(), *r);
-                let durable: Completion = Box::new(move || {
-                    credit(Credit { user: r.user, amount: r.amount });
-                    me.applied.lock().insert(r.from, r.seq);
-                    me.rung.send_modify(|n| *n += 1);
-                });
-                journal.append(Record::Received(r), durable);
+            if !state.receive(r)? {
+                continue;
             }
+            let (me, land, (from, seq)) = (std::sync::Arc::clone(self), land.clone(), (r.from, r.seq));
+            let count = move |me: &Outbox| {
+                me.applied.lock().insert(from, seq);
+                me.rung.send_modify(|n| *n += 1);
+            };
+            let landing = match &r.packet {
+                None => Ok(Landing::Credit(Credit { user: r.user, amount: r.amount })),
+                Some(sent) => room(sent).map_or_else(|| Ok(Landing::Opened((**sent).clone())), Err),
+            };
+            let (record, durable): (Record, Completion) = match landing {
+                Ok(landing) => (
+                    Record::Received(r.clone()),
+                    Box::new(move || {
+                        land(landing);
+                        count(&me);
+                    }),
+                ),
+                Err(reason) => {
+                    let back = state.number_credit(Credit { user: r.user, amount: r.amount });
+                    (
+                        Record::Returned { remittance: r.clone(), reason },
+                        Box::new(move || {
+                            me.held.lock().entry(back.to).or_default().push_back(back);
+                            count(&me);
+                        }),
+                    )
+                }
+            };
+            journal.append(record, durable);
         }
         Ok(())
     }
@@ -356,7 +564,7 @@ mod tests {
         let mut sender = Remittances::new(a);
         let user = user_in(a, 1);
         (1..=3).for_each(|n| sender.replayed(Credit { user, amount: Amount::fen(n) }));
-        let out: Vec<Remittance> = sender.unacknowledged[&1].iter().copied().collect();
+        let out: Vec<Remittance> = sender.unacknowledged[&1].iter().cloned().collect();
         assert_eq!(out.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
         let mut receiver = Remittances::new(b);
         assert!(matches!(receiver.check(&out[1]), Err(RemittanceError::Gap { expected: 1, .. })));
@@ -366,7 +574,7 @@ mod tests {
         assert_eq!(receiver.received_from(0), 2);
         assert_eq!(receiver.totals(), (0, 3));
         assert!(matches!(sender.check(&out[0]), Err(RemittanceError::Misrouted { .. })));
-        let wrong_user = Remittance { user: user_in(a, 0), ..out[2] };
+        let wrong_user = Remittance { user: user_in(a, 0), ..out[2].clone() };
         assert!(matches!(receiver.check(&wrong_user), Err(RemittanceError::Misrouted { .. })));
     }
 

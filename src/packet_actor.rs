@@ -46,14 +46,14 @@ use crate::money::{Amount, IdSet, PacketId, UserId};
 use crate::org::Orgs;
 use crate::outbox::Outbox;
 use crate::packet::{Expiry, Opening, PacketState, PacketStatus, PacketView};
-use crate::partition::Remittance;
 use crate::record::Record;
+use crate::record::Remittance;
 use crate::roster::{self, Rosters};
 use crate::timer::{Due, Schedule, Timer};
 use crate::wallet::Wallets;
 
 /// A share won.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Grabbed {
     /// The packet.

@@ -11,6 +11,7 @@
 use thiserror::Error;
 
 use crate::money::{Amount, PacketId, TransferId, UserId};
+use crate::record::Remittance;
 
 /// The most partitions a cluster may have.
 pub const PARTITIONS_MAX: u32 = 4096;
@@ -125,7 +126,14 @@ fn place(id: u64, count: u32) -> u32 {
 /// Whether `r` is fresh in partition `me` (the next after `applied` from its sender), a repeat,
 /// or refused.
 pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool, RemittanceError> {
-    if r.to != me.index || r.from == me.index || r.from >= me.count || !me.holds_user(r.user) || r.seq == 0 {
+    // A packet's remittance lands where its id places it, and carries its sender and total.
+    let lands_here = match &r.packet {
+        Some(sent) => {
+            me.holds_packet(sent.spec.id) && sent.spec.sender == r.user && sent.spec.split.total() == Some(r.amount)
+        }
+        None => me.holds_user(r.user),
+    };
+    if r.to != me.index || r.from == me.index || r.from >= me.count || !lands_here || r.seq == 0 {
         let (from, to, seq, user, partition) = (r.from, r.to, r.seq, r.user, me.index);
         return Err(RemittanceError::Misrouted { from, to, seq, user, partition });
     }
@@ -134,23 +142,6 @@ pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool,
         seq if seq == applied + 1 => Ok(true),
         seq => Err(RemittanceError::Gap { from: r.from, to: r.to, seq, expected: applied + 1 }),
     }
-}
-
-/// Money on its way from one partition to a wallet in another: a share won, or a transfer
-/// accepted, by a member whose wallet is elsewhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct Remittance {
-    /// The sending partition.
-    pub from: u32,
-    /// The receiving partition (the wallet's).
-    pub to: u32,
-    /// Its number among the remittances from `from` to `to`, from 1, in `from`'s journal order.
-    pub seq: u64,
-    /// Whose wallet it credits.
-    pub user: UserId,
-    /// How much.
-    pub amount: Amount,
 }
 
 /// Why a partition refused remittances.

@@ -23,7 +23,7 @@ use crate::org::Orgs;
 use crate::outbox::Outbox;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
-use crate::record::{ApprovalId, Record, RETIRED_IDS_MAX};
+use crate::record::{ApprovalId, PacketSent, Record, RETIRED_IDS_MAX};
 use crate::replay::{Folded, Replica};
 use crate::roster::Rosters;
 use crate::routes::{PacketMeta, Routes};
@@ -276,7 +276,9 @@ impl Inner {
         let transfers_cutoff = Timestamp(
             now.as_millis().saturating_sub(self.limits.settled_transfer_retention_secs.saturating_mul(1_000)),
         );
-        let packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
+        let mut packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
+        // Packets sent from here to open elsewhere are kept for retries as long as a packet.
+        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len()));
         let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
         let transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
         let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
@@ -295,6 +297,7 @@ impl Inner {
             }),
         );
         self.routes.retire(&packets);
+        self.outbox.retire_dispatched(&packets);
         let record = Arc::new(record);
         self.wallets.retire(&record);
         self.transfers.retire(&record);
@@ -384,25 +387,7 @@ pub(crate) fn settle_send(
     let (routes, events) = (Arc::clone(&inner.routes), Arc::clone(&inner.events));
     Box::new(move |result| {
         let answer = match result {
-            Ok(sent) => {
-                let view = PacketState::open(sent.clone()).view();
-                // Published before the route exists, so it is the packet's first event: the
-                // group's `PacketSent`, or the sender's `PacketCooling` (the group hears
-                // `PacketOpened` when it opens).
-                if let (PacketStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent.approval) {
-                    // The approver hears; the group hears `PacketOpened` once it is approved.
-                    let (subject, sender, amount) = (ApprovalId::Packet(view.id), view.sender, view.total);
-                    let approver = approval.approver;
-                    events.publish(|| Event::AwaitingApproval { subject, sender, approver, amount, until });
-                } else if let PacketStatus::CoolingOff { until } = view.status {
-                    let (packet, sender, group, total) = (view.id, view.sender, view.group, view.total);
-                    events.publish(|| Event::PacketCooling { packet, sender, group, total, until });
-                } else {
-                    events.publish(|| Event::sent(&view));
-                }
-                routes.open(PacketMeta { sent, opened_at: None, claims: Vec::new() }, true);
-                Ok(view)
-            }
+            Ok(sent) => Ok(open_sent(&routes, &events, sent)),
             Err(e) => {
                 routes.abandon(id);
                 Err(e)
@@ -410,4 +395,26 @@ pub(crate) fn settle_send(
         };
         let _ = reply.send(answer);
     })
+}
+
+/// Opens a packet whose escrow is durable here (its route reserved): the packet's first event
+/// is published and it opens, dormant. Returns its view.
+pub(crate) fn open_sent(routes: &Routes, events: &EventHub, sent: PacketSent) -> PacketView {
+    let view = PacketState::open(sent.clone()).view();
+    // Published before the route exists, so it is the packet's first event: the group's
+    // `PacketSent`, or the sender's `PacketCooling` (the group hears `PacketOpened` when it
+    // opens).
+    if let (PacketStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent.approval) {
+        // The approver hears; the group hears `PacketOpened` once it is approved.
+        let (subject, sender, amount) = (ApprovalId::Packet(view.id), view.sender, view.total);
+        let approver = approval.approver;
+        events.publish(|| Event::AwaitingApproval { subject, sender, approver, amount, until });
+    } else if let PacketStatus::CoolingOff { until } = view.status {
+        let (packet, sender, group, total) = (view.id, view.sender, view.group, view.total);
+        events.publish(|| Event::PacketCooling { packet, sender, group, total, until });
+    } else {
+        events.publish(|| Event::sent(&view));
+    }
+    routes.open(PacketMeta { sent, opened_at: None, claims: Vec::new() }, true);
+    view
 }

@@ -57,6 +57,13 @@ const GUARDIAN_SET: u8 = 28;
 const RECEIVED: u8 = 29;
 /// The partition a journal belongs to, its first record (format version 3).
 const PARTITIONED: u8 = 30;
+/// A send debited here whose packet opens in another partition; a remittance that carries a
+/// packet to open; one that could not open and went back to its sender.
+const PACKET_REMITTED: u8 = 31;
+const RECEIVED_PACKET: u8 = 32;
+const RETURNED: u8 = 33;
+const RETURN_ID_TAKEN: u8 = 1;
+const RETURN_FULL: u8 = 2;
 
 const SUBJECT_PACKET: u8 = 1;
 const SUBJECT_TRANSFER: u8 = 2;
@@ -102,7 +109,8 @@ pub struct NewPacket {
 /// draw, the per-share cap it was sent under) and its deadline. This is the payload of
 /// [`Record::PacketSent`], and the part of every packet state that never changes: a journal
 /// replays each packet as it was sent, whatever the engine's configuration is later.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PacketSent {
     /// What the sender asked for.
     pub spec: NewPacket,
@@ -122,6 +130,47 @@ pub struct PacketSent {
     pub day: u64,
     /// If it waits for a second person's approval: who, and until when.
     pub approval: Option<Approval>,
+}
+
+/// Money on its way from one partition to another: a share won or a transfer accepted by a
+/// member whose wallet is elsewhere (a credit of `user`), or a packet sent by a member whose
+/// wallet is elsewhere than the packet (`packet`: its total, from its sender, to open where its
+/// id places it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Remittance {
+    /// The sending partition.
+    pub from: u32,
+    /// The receiving partition (the wallet's, or the packet's).
+    pub to: u32,
+    /// Its number among the remittances from `from` to `to`, from 1, in `from`'s journal order.
+    pub seq: u64,
+    /// Whose wallet it credits; for a packet, its sender.
+    pub user: UserId,
+    /// How much; for a packet, its total.
+    pub amount: Amount,
+    /// The packet it opens, if it carries one: then it credits no wallet.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub packet: Option<Box<PacketSent>>,
+}
+
+impl Remittance {
+    /// The remittance that carries `sent` to the partition of its id.
+    pub(crate) fn of_packet(from: u32, to: u32, seq: u64, sent: PacketSent) -> Option<Remittance> {
+        let (user, amount) = (sent.spec.sender, sent.spec.split.total()?);
+        Some(Remittance { from, to, seq, user, amount, packet: Some(Box::new(sent)) })
+    }
+}
+
+/// Why a packet that arrived from its sender's partition did not open, and its total went back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum ReturnReason {
+    /// Its id was taken by another packet.
+    IdTaken,
+    /// The partition had `open_packets_max` packets open.
+    TooManyOpenPackets,
 }
 
 /// Who may approve a send that waits for a second person (rule 23): never its sender.
@@ -608,8 +657,21 @@ pub enum Record {
         count: u32,
     },
     /// A remittance from another partition was applied: a share won or a transfer accepted
-    /// there by a member whose wallet is here. Applied once: a repeat of its number changes nothing.
-    Received(crate::partition::Remittance),
+    /// there by a member whose wallet is here (credited), or a packet sent there whose id is
+    /// here (opened, its total in escrow). Applied once: a repeat of its number changes nothing.
+    Received(Remittance),
+    /// A packet was sent here by a member whose wallet is here, and its id places it in another
+    /// partition: its total left the sender's wallet, and goes there as a numbered remittance
+    /// that opens it.
+    PacketRemitted(PacketSent),
+    /// A remittance carrying a packet was applied but the packet could not open here: its total
+    /// goes back to its sender as a remittance of its own.
+    Returned {
+        /// What arrived.
+        remittance: Remittance,
+        /// Why it did not open.
+        reason: ReturnReason,
+    },
     /// Closed packets, settled transfers and operation ids past their retention were dropped:
     /// from memory and from later snapshots. A retired packet or transfer id is unknown from
     /// then on, and a retired operation id may be used again.
@@ -644,7 +706,9 @@ impl Record {
     /// The packet a record is about, if any.
     pub fn packet(&self) -> Option<PacketId> {
         match self {
-            Record::PacketSent(sent) => Some(sent.spec.id),
+            Record::PacketSent(sent) | Record::PacketRemitted(sent) => Some(sent.spec.id),
+            Record::Received(Remittance { packet: Some(sent), .. })
+            | Record::Returned { remittance: Remittance { packet: Some(sent), .. }, .. } => Some(sent.spec.id),
             Record::Claim { packet, .. }
             | Record::SoldOut { packet }
             | Record::Expired { packet, .. }
@@ -653,6 +717,16 @@ impl Record {
             | Record::PacketRecalled { packet, .. } => Some(*packet),
             Record::Approved { subject: ApprovalId::Packet(packet), .. }
             | Record::Rejected { subject: ApprovalId::Packet(packet), .. } => Some(*packet),
+            _ => None,
+        }
+    }
+
+    /// The packet a record opens in the journal's partition, if any: one sent here, or one
+    /// that arrived from its sender's partition.
+    pub fn opened_packet(&self) -> Option<&PacketSent> {
+        match self {
+            Record::PacketSent(sent) => Some(sent),
+            Record::Received(Remittance { packet: Some(sent), .. }) => Some(sent),
             _ => None,
         }
     }
@@ -688,6 +762,46 @@ pub enum DecodeError {
     /// A checksum or magic that does not match.
     #[error("{0}")]
     Damaged(&'static str),
+}
+
+/// A remittance's numbers, then its packet (a remittance that carries one has its sender and
+/// total as its user and amount) or its wallet and amount.
+fn put_remittance(out: &mut Vec<u8>, r: &Remittance) {
+    out.extend_from_slice(&r.from.to_le_bytes());
+    out.extend_from_slice(&r.to.to_le_bytes());
+    match &r.packet {
+        Some(sent) => {
+            put_u64s(out, &[r.seq]);
+            put_packet_sent(out, sent);
+        }
+        None => put_u64s(out, &[r.seq, r.user.0, r.amount.as_fen()]),
+    }
+}
+
+/// A packet as sent (the body of [`PACKET_SENT_OPENS`]).
+fn put_packet_sent(out: &mut Vec<u8>, sent: &PacketSent) {
+    let PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval } = sent;
+    put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
+    put_u64s(out, &[opens_at.0, *day]);
+    put_approval(out, approval);
+    match spec.split {
+        Split::Lucky { total, shares, draw } => {
+            out.push(match draw {
+                Draw::Shuffled => SPLIT_LUCKY_SHUFFLED,
+                _ => SPLIT_LUCKY,
+            });
+            put_u64s(out, &[total.as_fen(), u64::from(shares)]);
+        }
+        Split::Fixed { each, shares } => {
+            out.push(SPLIT_FIXED);
+            put_u64s(out, &[each.as_fen(), u64::from(shares)]);
+        }
+        Split::Exclusive { to, amount } => {
+            out.push(SPLIT_EXCLUSIVE);
+            put_u64s(out, &[to.0, amount.as_fen()]);
+        }
+    }
+    put_text(out, &spec.greeting);
 }
 
 /// Appends each value as 8 little-endian bytes.
@@ -852,29 +966,13 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[group.0]);
             put_ids(out, members);
         }
-        Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval }) => {
+        Record::PacketSent(sent) => {
             out.push(PACKET_SENT_OPENS);
-            put_u64s(out, &[spec.id.0, spec.sender.0, spec.group.0, *seed, sent_at.0, expires_at.0, *share_fen_max]);
-            put_u64s(out, &[opens_at.0, *day]);
-            put_approval(out, approval);
-            match spec.split {
-                Split::Lucky { total, shares, draw } => {
-                    out.push(match draw {
-                        Draw::Shuffled => SPLIT_LUCKY_SHUFFLED,
-                        _ => SPLIT_LUCKY,
-                    });
-                    put_u64s(out, &[total.as_fen(), u64::from(shares)]);
-                }
-                Split::Fixed { each, shares } => {
-                    out.push(SPLIT_FIXED);
-                    put_u64s(out, &[each.as_fen(), u64::from(shares)]);
-                }
-                Split::Exclusive { to, amount } => {
-                    out.push(SPLIT_EXCLUSIVE);
-                    put_u64s(out, &[to.0, amount.as_fen()]);
-                }
-            }
-            put_text(out, &spec.greeting);
+            put_packet_sent(out, sent);
+        }
+        Record::PacketRemitted(sent) => {
+            out.push(PACKET_REMITTED);
+            put_packet_sent(out, sent);
         }
         Record::Claim { packet, user, amount, position, at } => {
             out.push(CLAIM);
@@ -896,10 +994,16 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&count.to_le_bytes());
         }
         Record::Received(r) => {
-            out.push(RECEIVED);
-            out.extend_from_slice(&r.from.to_le_bytes());
-            out.extend_from_slice(&r.to.to_le_bytes());
-            put_u64s(out, &[r.seq, r.user.0, r.amount.as_fen()]);
+            out.push(if r.packet.is_some() { RECEIVED_PACKET } else { RECEIVED });
+            put_remittance(out, r);
+        }
+        Record::Returned { remittance, reason } => {
+            out.push(RETURNED);
+            out.push(match reason {
+                ReturnReason::IdTaken => RETURN_ID_TAKEN,
+                ReturnReason::TooManyOpenPackets => RETURN_FULL,
+            });
+            put_remittance(out, remittance);
         }
     }
 }
@@ -958,6 +1062,40 @@ impl<'a> Reader<'a> {
             tag => return Err(DecodeError::UnknownTag(tag)),
         };
         Ok(Some(Approval { approver, until: Timestamp(self.u64()?) }))
+    }
+
+    /// A packet as sent, in the layout of record `tag` (older ones recorded less).
+    fn packet_sent(&mut self, tag: u8) -> Result<PacketSent, DecodeError> {
+        let (id, sender, group) = (PacketId(self.u64()?), UserId(self.u64()?), GroupId(self.u64()?));
+        let (seed, sent_at, expires_at) = (self.u64()?, Timestamp(self.u64()?), Timestamp(self.u64()?));
+        let share_fen_max = if tag == PACKET_SENT { 0 } else { self.u64()? };
+        // Sends before cooling-off opened at once and did not record their day.
+        let (opens_at, day, approval) = match tag {
+            PACKET_SENT_OPENS => (Timestamp(self.u64()?), self.u64()?, self.approval()?),
+            _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS), None),
+        };
+        let split = match self.u8()? {
+            SPLIT_LUCKY => Split::lucky(Amount::fen(self.u64()?), self.u64()? as u32),
+            SPLIT_LUCKY_SHUFFLED => Split::shuffled(Amount::fen(self.u64()?), self.u64()? as u32),
+            SPLIT_FIXED => Split::Fixed { each: Amount::fen(self.u64()?), shares: self.u64()? as u32 },
+            SPLIT_EXCLUSIVE => Split::Exclusive { to: UserId(self.u64()?), amount: Amount::fen(self.u64()?) },
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        };
+        let greeting = self.text()?;
+        let spec = NewPacket { id, sender, group, split, greeting };
+        Ok(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval })
+    }
+
+    /// What [`put_remittance`] wrote; `packet` if it carries one.
+    fn remittance(&mut self, packet: bool) -> Result<Remittance, DecodeError> {
+        let (from, to, seq) = (self.u32()?, self.u32()?, self.u64()?);
+        if packet {
+            let sent = self.packet_sent(PACKET_SENT_OPENS)?;
+            return Remittance::of_packet(from, to, seq, sent)
+                .ok_or(DecodeError::Damaged("a packet whose total overflows"));
+        }
+        let (user, amount) = (UserId(self.u64()?), Amount::fen(self.u64()?));
+        Ok(Remittance { from, to, seq, user, amount, packet: None })
     }
 
     fn subject(&mut self) -> Result<ApprovalId, DecodeError> {
@@ -1097,26 +1235,8 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         ROSTER => Record::Roster { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_ADDED => Record::MembersAdded { group: GroupId(r.u64()?), members: r.ids()? },
         MEMBERS_REMOVED => Record::MembersRemoved { group: GroupId(r.u64()?), members: r.ids()? },
-        tag @ (PACKET_SENT | PACKET_SENT_CAPPED | PACKET_SENT_OPENS) => {
-            let (id, sender, group) = (PacketId(r.u64()?), UserId(r.u64()?), GroupId(r.u64()?));
-            let (seed, sent_at, expires_at) = (r.u64()?, Timestamp(r.u64()?), Timestamp(r.u64()?));
-            let share_fen_max = if tag == PACKET_SENT { 0 } else { r.u64()? };
-            // Sends before cooling-off opened at once and did not record their day.
-            let (opens_at, day, approval) = match tag {
-                PACKET_SENT_OPENS => (Timestamp(r.u64()?), r.u64()?, r.approval()?),
-                _ => (sent_at, sent_at.day(LEGACY_DAY_OFFSET_SECS), None),
-            };
-            let split = match r.u8()? {
-                SPLIT_LUCKY => Split::lucky(Amount::fen(r.u64()?), r.u64()? as u32),
-                SPLIT_LUCKY_SHUFFLED => Split::shuffled(Amount::fen(r.u64()?), r.u64()? as u32),
-                SPLIT_FIXED => Split::Fixed { each: Amount::fen(r.u64()?), shares: r.u64()? as u32 },
-                SPLIT_EXCLUSIVE => Split::Exclusive { to: UserId(r.u64()?), amount: Amount::fen(r.u64()?) },
-                tag => return Err(DecodeError::UnknownTag(tag)),
-            };
-            let greeting = r.text()?;
-            let spec = NewPacket { id, sender, group, split, greeting };
-            Record::PacketSent(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval })
-        }
+        tag @ (PACKET_SENT | PACKET_SENT_CAPPED | PACKET_SENT_OPENS) => Record::PacketSent(r.packet_sent(tag)?),
+        PACKET_REMITTED => Record::PacketRemitted(r.packet_sent(PACKET_SENT_OPENS)?),
         CLAIM => Record::Claim {
             packet: PacketId(r.u64()?),
             user: UserId(r.u64()?),
@@ -1129,13 +1249,16 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             Record::Expired { packet: PacketId(r.u64()?), refund: Amount::fen(r.u64()?), at: Timestamp(r.u64()?) }
         }
         PARTITIONED => Record::Partitioned { index: r.u32()?, count: r.u32()? },
-        RECEIVED => Record::Received(crate::partition::Remittance {
-            from: r.u32()?,
-            to: r.u32()?,
-            seq: r.u64()?,
-            user: UserId(r.u64()?),
-            amount: Amount::fen(r.u64()?),
-        }),
+        tag @ (RECEIVED | RECEIVED_PACKET) => Record::Received(r.remittance(tag == RECEIVED_PACKET)?),
+        RETURNED => {
+            let reason = match r.u8()? {
+                RETURN_ID_TAKEN => ReturnReason::IdTaken,
+                RETURN_FULL => ReturnReason::TooManyOpenPackets,
+                tag => return Err(DecodeError::UnknownTag(tag)),
+            };
+            let remittance = r.remittance(true)?;
+            Record::Returned { remittance, reason }
+        }
         tag => return Err(DecodeError::UnknownTag(tag)),
     })
 }
@@ -1178,6 +1301,17 @@ pub(crate) mod tests {
         })
     }
 
+    /// A packet sent under today's format, cooling off and waiting for approval.
+    fn remitted(id: u64) -> PacketSent {
+        let Record::PacketSent(mut sent) = sent(id, Split::Fixed { each: Amount::fen(7), shares: 2 }, "远方", 3)
+        else {
+            unreachable!("`sent` makes a `PacketSent`")
+        };
+        sent.opens_at = Timestamp(600);
+        sent.approval = Some(Approval { approver: Approver::Guardian(UserId(8)), until: Timestamp(900) });
+        sent
+    }
+
     pub(crate) fn samples() -> Vec<Record> {
         vec![
             Record::Deposit { op: OpId(1), user: UserId(2), amount: Amount::fen(3), at: Timestamp(4) },
@@ -1193,13 +1327,24 @@ pub(crate) mod tests {
             sent(43, Split::Fixed { each: Amount::fen(88), shares: 3 }, "", 1),
             sent(44, Split::Exclusive { to: UserId(3), amount: Amount::fen(9) }, "给你", 2),
             Record::Partitioned { index: 2, count: 64 },
-            Record::Received(crate::partition::Remittance {
+            Record::Received(Remittance {
                 from: 3,
                 to: 1,
                 seq: 17,
                 user: UserId(5),
                 amount: Amount::fen(66),
+                packet: None,
             }),
+            Record::PacketRemitted(remitted(46)),
+            Record::Received(Remittance::of_packet(2, 0, 9, remitted(47)).unwrap()),
+            Record::Returned {
+                remittance: Remittance::of_packet(2, 0, 10, remitted(48)).unwrap(),
+                reason: ReturnReason::IdTaken,
+            },
+            Record::Returned {
+                remittance: Remittance::of_packet(1, 0, 1, remitted(49)).unwrap(),
+                reason: ReturnReason::TooManyOpenPackets,
+            },
             Record::Claim {
                 packet: PacketId(42),
                 user: UserId(9),

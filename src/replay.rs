@@ -24,7 +24,9 @@ use crate::org::OrgBook;
 use crate::outbox::Remittances;
 use crate::packet::{ClaimView, PacketState, PacketStatus};
 use crate::partition::Partition;
-use crate::record::{self, put_u64s, ApprovalId, CoolingOff, DecodeError, Guardian, Reader, Record, TransferOutcome};
+use crate::record::{
+    self, put_u64s, ApprovalId, CoolingOff, DecodeError, Guardian, PacketSent, Reader, Record, TransferOutcome,
+};
 use crate::roster::{self, RosterBook};
 use crate::split;
 use crate::transfer::TransferState;
@@ -172,12 +174,29 @@ impl Replica {
                 }
                 self.partition_named = true;
             }
+            Record::PacketRemitted(sent) => {
+                let id = sent.spec.id;
+                if self.remittances.dispatched(id) || self.remittances.partition.holds_packet(id) {
+                    return Err(format!("packet {id} remitted twice, or to its own partition"));
+                }
+                self.ledger.apply(record)?;
+                self.remittances.replayed_packet(sent)?;
+            }
             Record::Received(remittance) => {
-                let credit = Credit { user: remittance.user, amount: remittance.amount };
                 // Checked first: a refused remittance changes nothing.
                 if self.remittances.check(remittance).map_err(|e| e.to_string())? {
-                    self.ledger.try_credit(credit)?;
+                    match &remittance.packet {
+                        Some(sent) => self.open_arrived(sent)?,
+                        None => self.ledger.try_credit(Credit { user: remittance.user, amount: remittance.amount })?,
+                    }
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
+                }
+            }
+            Record::Returned { remittance, .. } => {
+                if self.remittances.check(remittance).map_err(|e| e.to_string())? {
+                    self.remittances.receive(remittance).map_err(|e| e.to_string())?;
+                    // Back to its sender, whose wallet is where it came from.
+                    self.credit(Credit { user: remittance.user, amount: remittance.amount })?;
                 }
             }
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {
@@ -187,8 +206,11 @@ impl Replica {
                 self.orgs.apply(record)?;
             }
             Record::Retired { packets, transfers, .. } => {
-                if let Some(id) = packets.iter().find(|id| self.packets.get(id).is_none_or(|p| !p.status().is_closed()))
-                {
+                let open_or_unknown = |id: &&PacketId| match self.packets.get(id) {
+                    Some(p) => !p.status().is_closed(),
+                    None => !self.remittances.dispatched(**id),
+                };
+                if let Some(id) = packets.iter().find(open_or_unknown) {
                     return Err(format!("packet {id} retired while open or unknown"));
                 }
                 if let Some(id) =
@@ -199,6 +221,7 @@ impl Replica {
                 packets.iter().for_each(|id| {
                     self.packets.remove(id);
                 });
+                self.remittances.retire(packets);
                 transfers.iter().for_each(|id| {
                     self.transfers.remove(id);
                 });
@@ -211,6 +234,18 @@ impl Replica {
         // Applied: the record is part of the history, and of the log if it concerns an org.
         self.oplog.observe(record);
         self.records += 1;
+        Ok(())
+    }
+
+    /// Opens a packet that arrived from its sender's partition, its total in escrow here.
+    fn open_arrived(&mut self, sent: &PacketSent) -> Result<(), String> {
+        let id = sent.spec.id;
+        if self.packets.contains_key(&id) {
+            return Err(format!("packet {id} arrived while its id was taken"));
+        }
+        split::check_servable(&sent.spec.split, sent.share_fen_max)
+            .map_err(|e| format!("packet {id} cannot be drawn: {e}"))?;
+        self.packets.insert(id, PacketState::open(sent.clone()));
         Ok(())
     }
 

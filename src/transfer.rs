@@ -65,7 +65,7 @@ pub struct TransferView {
     /// remittance carrying the amount there. Await it in that partition
     /// ([`crate::Engine::await_remittance`]) before reading the receiver's balance.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub remitted: Option<crate::partition::Remittance>,
+    pub remitted: Option<crate::record::Remittance>,
 }
 
 /// What a party asks of a transfer.

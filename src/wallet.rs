@@ -37,6 +37,7 @@ use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::ledger::{Credit as CreditMove, DailyCaps, Decision, Ledger, OrgRules, Outgoing, Totals, Usage};
 use crate::money::{Amount, OpId, UserId};
+use crate::outbox::Outbox;
 use crate::partition::Partition;
 use crate::placement::bucket;
 use crate::record::{CoolingOff, NewTransfer, PacketSent, Record, TransferSent};
@@ -129,6 +130,9 @@ pub(crate) struct Escrow {
     pub expiry_secs: u64,
     /// The rules of the org whose group the packet is sent in, if any.
     pub org: Option<OrgRules>,
+    /// For a packet whose id places it in another partition: the outbox that numbers the
+    /// remittance carrying it there (its room reserved).
+    pub remit: Option<Arc<Outbox>>,
     pub settle: Settle,
 }
 
@@ -307,7 +311,7 @@ impl Handler<Escrow> for WalletShard {
 
 impl WalletShard {
     fn escrow(&mut self, m: Escrow) {
-        let Escrow { mut sent, expiry_secs, org, settle } = m;
+        let Escrow { mut sent, expiry_secs, org, remit, settle } = m;
         let total = sent.spec.split.total().expect("validated before escrow");
         let out = Outgoing { user: sent.spec.sender, amount: total, packet: true, day: sent.day };
         match self.ledger.decide_send(out, self.caps, org, sent.sent_at, self.approval_secs) {
@@ -320,11 +324,17 @@ impl WalletShard {
             }
             Err(refusal) => return settle(Err(SendError::from(refusal))),
         }
-        let record = Record::PacketSent(sent.clone());
+        let Some(outbox) = remit else {
+            let record = Record::PacketSent(sent.clone());
+            self.ledger.apply(&record).expect("decided against this ledger");
+            // The packet opens only once its escrow is durable, so a grab can never reach a
+            // packet whose money could vanish.
+            return self.journal.append(record, Box::new(move || settle(Ok(sent))));
+        };
+        // Its total leaves as a remittance that opens it in its own partition.
+        let record = Record::PacketRemitted(sent.clone());
         self.ledger.apply(&record).expect("decided against this ledger");
-        // The packet opens only once its escrow is durable, so a grab can never reach a
-        // packet whose money could vanish.
-        self.journal.append(record, Box::new(move || settle(Ok(sent))));
+        outbox.append_remitting(&*self.journal, record, &sent.clone(), move |_| settle(Ok(sent)));
     }
 }
 

@@ -31,7 +31,7 @@ async fn one_packet_tells_its_story_in_order() {
     let c = engine.grab(PacketId(2), UserId(FIRST_MEMBER)).await.unwrap();
     clock.advance(Duration::from_secs(86_400));
     engine.run_due().await.unwrap();
-    let best = if b.amount > a.amount { b } else { a };
+    let best = if b.amount > a.amount { b.clone() } else { a.clone() };
     let got = drain(&mut events);
     let expected = [
         Event::Deposited { op: OpId(1), user: SENDER, amount: Amount::yuan(3), balance: Amount::yuan(3) },

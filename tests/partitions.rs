@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use hongbao::{
-    split::Split, Amount, ClusterAudit, Config, Engine, GrabError, GroupId, Journal, ManualClock, MemoryJournal,
-    NewPacket, NewTransfer, OpId, PacketId, Partition, Remittance, RemittanceError, SendError, TransferError,
-    TransferId, UserId, WalletError,
+    split::Split, Amount, ClusterAudit, Config, Engine, GrabError, GroupId, Journal, Limits, ManualClock,
+    MemoryJournal, NewPacket, NewTransfer, OpId, PacketId, Partition, Remittance, RemittanceError, SendError,
+    TransferError, TransferId, UserId, WalletError,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,7 +32,12 @@ fn partition(index: u32) -> Partition {
 }
 
 fn config(index: u32, clock: &ManualClock, journal: Arc<dyn Journal>) -> Config {
+    config_with(index, clock, journal, Limits::default())
+}
+
+fn config_with(index: u32, clock: &ManualClock, journal: Arc<dyn Journal>, limits: Limits) -> Config {
     Config { arbiters: 2, wallet_shards: 2, ..Config::default() }
+        .with_limits(limits)
         .with_clock(Arc::new(clock.clone()))
         .with_seed(11)
         .with_journal(journal)
@@ -40,10 +46,14 @@ fn config(index: u32, clock: &ManualClock, journal: Arc<dyn Journal>) -> Config 
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(Limits::default()).await
+    }
+
+    async fn start_with(limits: Limits) -> Cluster {
         let clock = ManualClock::default();
         let journals: Vec<Arc<MemoryJournal>> = (0..PARTITIONS).map(|_| Arc::new(MemoryJournal::recording())).collect();
         let engines = (0..PARTITIONS)
-            .map(|i| Engine::start(config(i, &clock, journals[i as usize].clone())).unwrap())
+            .map(|i| Engine::start(config_with(i, &clock, journals[i as usize].clone(), limits.clone())).unwrap())
             .collect::<Vec<_>>();
         let members: Vec<UserId> = (1..=MEMBERS).map(UserId).collect();
         for engine in &engines {
@@ -75,18 +85,26 @@ impl Cluster {
                 if f == t {
                     continue;
                 }
-                loop {
-                    let batch = from.outbox(t, max);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    to.receive(&batch).await.unwrap();
-                    carried += batch.len();
-                    from.acknowledge(t, to.received_from(f));
-                }
+                carried += self.carry(f, t, max).await;
             }
         }
         carried
+    }
+
+    /// Carries every durable remittance from partition `from` to `to` (one way), `max` at a
+    /// time, and acknowledges what the receiver applied.
+    async fn carry(&self, from: u32, to: u32, max: usize) -> usize {
+        let (sender, receiver) = (&self.engines[from as usize], &self.engines[to as usize]);
+        let mut carried = 0;
+        loop {
+            let batch = sender.outbox(to, max);
+            if batch.is_empty() {
+                return carried;
+            }
+            receiver.receive(&batch).await.unwrap();
+            carried += batch.len();
+            sender.acknowledge(to, receiver.received_from(from));
+        }
     }
 
     async fn audit(&self) -> ClusterAudit {
@@ -134,7 +152,7 @@ async fn shares_won_across_partitions_arrive_once_and_the_cluster_conserves_mone
     for g in &won {
         let elsewhere = partition(0).of_user(g.user) != partition(0).of_packet(g.packet);
         assert_eq!(g.remitted.is_some(), elsewhere, "seed {seed}: {g:?}");
-        if let Some(r) = g.remitted {
+        if let Some(r) = &g.remitted {
             assert_eq!((r.user, r.amount, r.to), (g.user, g.amount, partition(0).of_user(g.user)));
         }
     }
@@ -148,8 +166,8 @@ async fn shares_won_across_partitions_arrive_once_and_the_cluster_conserves_mone
     // A grabber waiting in their own partition for the shares they won elsewhere sees every
     // one of them once they arrive (the shares won at home were credited before their grab
     // returned).
-    let g = *won.iter().find(|g| g.remitted.is_some()).unwrap();
-    let tokens: Vec<Remittance> = won.iter().filter(|w| w.user == g.user).filter_map(|w| w.remitted).collect();
+    let g = won.iter().find(|g| g.remitted.is_some()).unwrap().clone();
+    let tokens: Vec<Remittance> = won.iter().filter(|w| w.user == g.user).filter_map(|w| w.remitted.clone()).collect();
     let home = cluster.wallet(g.user).clone();
     let waiting = tokio::spawn(async move {
         for token in &tokens {
@@ -243,7 +261,7 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
     let cluster = Cluster::start().await;
     let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
     let home_of_1 = sender_in(1);
-    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5) };
+    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5), packet: None };
     let before = p1.audit().await.unwrap();
     assert!(matches!(
         p1.receive(&[r(1, home_of_1), r(3, home_of_1)]).await,
@@ -268,8 +286,6 @@ async fn requests_for_wallets_elsewhere_are_refused_with_their_partition() {
     assert!(matches!(p0.balance(elsewhere).await, Err(hongbao::EngineError::Elsewhere { partition: 2 })));
     let foreign_sender = lucky(packet_in(0, 1), elsewhere, 3);
     assert_eq!(p0.send_packet(foreign_sender).await, Err(SendError::Elsewhere { partition: 2 }));
-    let foreign_packet = lucky(packet_in(1, 1), home, 3);
-    assert_eq!(p0.send_packet(foreign_packet).await, Err(SendError::CrossPartition { placed: 1, sender: 0 }));
     let transfer_in = |i| (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == i).unwrap();
     let transfer = |id| NewTransfer { id, amount: Amount::fen(10), ..spec_of(home, sender_in(1)) };
     let placed_elsewhere = transfer(transfer_in(1));
@@ -379,6 +395,15 @@ async fn a_snapshot_plus_the_records_after_it_is_the_whole_journal_remittances_i
             cluster.relay(1000).await;
         }
     }
+    // Packets sent from partition 1 to open elsewhere: one carried and opened in partition 0,
+    // one still on its way to partition 2.
+    let (carried, travelling) = (packet_in(0, 90_000), packet_in(2, 90_000));
+    let mut senders = (1..=MEMBERS).map(UserId).filter(|&u| partition(1).holds_user(u) && spent(u) == 0);
+    let (first, second) = (senders.next().unwrap(), senders.next().unwrap());
+    cluster.engines[1].send_packet(lucky(carried, first, 5)).await.unwrap();
+    cluster.relay(1000).await;
+    cluster.engines[1].send_packet(lucky(travelling, second, 5)).await.unwrap();
+    assert!(cluster.engines[0].packet(carried).await.is_ok());
     let mark = |position: u64| hongbao::LogMark { position, hash: [7; 32] };
     for index in 0..PARTITIONS {
         let records = cluster.journals[index as usize].records();
@@ -407,10 +432,155 @@ async fn a_snapshot_plus_the_records_after_it_is_the_whole_journal_remittances_i
             assert_eq!(engine.balance(u).await.unwrap(), cluster.engines[index as usize].balance(u).await.unwrap());
         }
         assert_eq!(engine.audit().await.unwrap(), cluster.engines[index as usize].audit().await.unwrap());
+        for packet in [carried, travelling] {
+            assert_eq!(engine.remitted_packet(packet), cluster.engines[index as usize].remitted_packet(packet));
+            assert_eq!(engine.packet(packet).await, cluster.engines[index as usize].packet(packet).await);
+        }
         engine.shutdown().await;
         // A snapshot is only ever its own partition's.
         let other = hongbao::Config::default().with_partition(partition((index + 1) % PARTITIONS));
         assert!(hongbao::Folded::restore(&other, &whole.snapshot(&mark(0))).is_err());
         assert!(Engine::start(other.with_journal_state(Arc::new(MemoryJournal::new()), whole)).is_err());
     }
+}
+
+/// The engine replaying partition `index`'s journal so far, as a new owner would.
+fn replayed(cluster: &Cluster, index: u32) -> Engine {
+    let records = cluster.journals[index as usize].records();
+    let config = config(index, &cluster.clock, Arc::new(MemoryJournal::new()));
+    Engine::start(config.with_journal_history(Arc::new(MemoryJournal::new()), Arc::new(records))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_sent_from_another_partition_opens_in_its_own_and_its_remainder_goes_home() {
+    let cluster = Cluster::start().await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    let (sender, id) = (sender_in(0), packet_in(1, 1));
+    let spec = lucky(id, sender, 10);
+    // Debited at home at once; the packet travels to its own partition.
+    let sent = p0.send_packet(spec.clone()).await.unwrap();
+    assert_eq!((sent.id, sent.remaining, sent.shares_left), (id, Amount::yuan(50), 10));
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50));
+    // A retry is the same send: the same view, nothing more debited; another send of the id
+    // conflicts.
+    assert_eq!(p0.send_packet(spec.clone()).await.unwrap(), sent);
+    let other = NewPacket { greeting: "另一个".into(), ..spec.clone() };
+    assert_eq!(p0.send_packet(other).await, Err(SendError::IdConflict { packet: id }));
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50));
+    let remittance = p0.remitted_packet(id).expect("its send is durable");
+    assert_eq!((remittance.to, remittance.user, remittance.amount), (1, sender, Amount::yuan(50)));
+    assert_eq!(remittance.packet.as_deref().map(|p| &p.spec), Some(&spec));
+    // In flight, the packet's total is counted once.
+    let travelling = cluster.audit().await;
+    assert!(travelling.is_balanced(), "{travelling:?}");
+    assert_eq!(
+        (travelling.in_flight, travelling.in_flight_count, travelling.escrow),
+        (Amount::yuan(50), 1, Amount::ZERO)
+    );
+    assert_eq!(p1.grab(id, UserId(1)).await, Err(GrabError::UnknownPacket), "not open before it arrives");
+    // Once carried it opens where its id places it, and is grabbed there.
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p1.arrival(&remittance).await.unwrap(), sent);
+    let grabbers: Vec<UserId> = (1..=4).map(UserId).collect();
+    for &u in &grabbers {
+        p1.grab(id, u).await.unwrap();
+    }
+    let open = cluster.audit().await;
+    assert!(open.is_balanced(), "{open:?}");
+    // At expiry the remainder goes back to the sender's partition, as a remittance of its own.
+    cluster.clock.advance(Duration::from_secs(86_400));
+    p1.run_due().await.unwrap();
+    let expired = p1.packet(id).await.unwrap();
+    let claimed: u64 = expired.claims.iter().map(|c| c.amount.as_fen()).sum();
+    assert_eq!(expired.claims.len(), grabbers.len(), "{expired:?}");
+    let refund = Amount::fen(Amount::yuan(50).as_fen() - claimed);
+    cluster.relay(10).await;
+    cluster.relay(10).await;
+    let won: u64 = expired.claims.iter().filter(|c| c.user == sender).map(|c| c.amount.as_fen()).sum();
+    let home = Amount::yuan(50).as_fen() + refund.as_fen() + won;
+    assert_eq!(p0.balance(sender).await.unwrap().as_fen(), home);
+    let settled = cluster.audit().await;
+    assert!(settled.is_balanced(), "{settled:?}");
+    assert_eq!((settled.in_flight, settled.escrow), (Amount::ZERO, Amount::ZERO));
+    // A new owner of either partition holds the same: the sender's partition still knows the
+    // send (a retry debits nothing), the packet's holds the packet as it closed.
+    let (home_again, theirs_again) = (replayed(&cluster, 0), replayed(&cluster, 1));
+    assert_eq!(home_again.send_packet(spec).await.unwrap(), sent);
+    assert_eq!(home_again.balance(sender).await.unwrap().as_fen(), home);
+    assert_eq!(home_again.audit().await.unwrap(), p0.audit().await.unwrap());
+    assert_eq!(theirs_again.packet(id).await.unwrap(), expired);
+    assert_eq!(theirs_again.audit().await.unwrap(), p1.audit().await.unwrap());
+    home_again.shutdown().await;
+    theirs_again.shutdown().await;
+    // Past the retention of a closed packet, both partitions forget it (memory is bounded),
+    // and a new owner replays the retirement.
+    cluster.clock.advance(Duration::from_secs(Limits::default().closed_retention_secs + 1));
+    // (The engines' own sweeps may have run on the clock's move: one more finds the rest.)
+    p0.retire_due().await.unwrap();
+    p1.retire_due().await.unwrap();
+    assert_eq!((p0.remitted_packet(id), p1.packet(id).await), (None, Err(hongbao::EngineError::UnknownPacket)));
+    let home_again = replayed(&cluster, 0);
+    assert_eq!(home_again.remitted_packet(id), None);
+    assert_eq!(home_again.audit().await.unwrap(), p0.audit().await.unwrap());
+    home_again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_whose_id_is_taken_in_its_partition_goes_back_to_its_sender() {
+    let cluster = Cluster::start().await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    let id = packet_in(1, 1);
+    // The id is taken in its partition by a member whose wallet is there; a member elsewhere
+    // sends another packet under it, which its own partition cannot know.
+    p1.send_packet(lucky(id, sender_in(1), 5)).await.unwrap();
+    let (sender, spec) = (sender_in(0), NewPacket { greeting: "撞号".into(), ..lucky(id, sender_in(0), 5) });
+    p0.send_packet(spec).await.unwrap();
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50));
+    let remittance = p0.remitted_packet(id).unwrap();
+    let before = p1.packet(id).await.unwrap();
+    // Carried one way only, so the return can be seen on its way.
+    assert_eq!(p0.outbox(1, 10), std::slice::from_ref(&remittance));
+    assert_eq!(cluster.carry(0, 1, 10).await, 1);
+    assert_eq!(p1.arrival(&remittance).await, Err(SendError::IdConflict { packet: id }));
+    assert_eq!(p1.packet(id).await.unwrap(), before, "the packet that had the id is untouched");
+    let returning = cluster.audit().await;
+    assert!(returning.is_balanced(), "{returning:?}");
+    assert_eq!(returning.in_flight, Amount::yuan(50), "the total is on its way back");
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    let back = cluster.audit().await;
+    assert!(back.is_balanced(), "{back:?}");
+    assert_eq!((back.in_flight, back.escrow), (Amount::ZERO, Amount::yuan(50)));
+    // Replayed, the return is what was recorded, not decided again.
+    let again = replayed(&cluster, 1);
+    assert_eq!(again.audit().await.unwrap(), p1.audit().await.unwrap());
+    // It holds the return again (acknowledgements are not journaled): a repeat for the sender's
+    // partition.
+    let held = again.outbox(0, 10);
+    assert_eq!(held.iter().map(|r| (r.user, r.amount)).collect::<Vec<_>>(), [(sender, Amount::yuan(50))]);
+    p0.receive(&held).await.unwrap();
+    assert_eq!(cluster.audit().await, back);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_that_finds_its_partition_full_goes_back_and_its_id_stays_free() {
+    let cluster = Cluster::start_with(Limits { open_packets_max: 1, ..Limits::default() }).await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    // Partition 1 has as many packets open as it may.
+    p1.send_packet(lucky(packet_in(1, 1), sender_in(1), 5)).await.unwrap();
+    let (sender, id) = (sender_in(0), packet_in(1, 500));
+    p0.send_packet(lucky(id, sender, 5)).await.unwrap();
+    let remittance = p0.remitted_packet(id).unwrap();
+    assert_eq!(cluster.carry(0, 1, 10).await, 1);
+    assert_eq!(p1.arrival(&remittance).await, Err(SendError::TooManyOpenPackets { max: 1 }));
+    assert_eq!(p1.packet(id).await, Err(hongbao::EngineError::UnknownPacket));
+    // Its total went back; the sender's partition still answers a retry with what it sent.
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    assert!(p0.send_packet(lucky(id, sender, 5)).await.is_ok());
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100), "a retry debits nothing");
+    let audit = cluster.audit().await;
+    assert!(audit.is_balanced(), "{audit:?}");
+    assert_eq!((audit.in_flight, audit.escrow), (Amount::ZERO, Amount::yuan(50)));
 }

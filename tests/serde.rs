@@ -123,11 +123,53 @@ fn packets_and_grabs_round_trip() {
         position: 1,
         shares_left: 0,
         remaining: Amount::ZERO,
-        remitted: Some(hongbao::Remittance { from: 1, to: 2, seq: 3, user: UserId(2), amount: Amount::fen(3) }),
+        remitted: Some(hongbao::Remittance {
+            from: 1,
+            to: 2,
+            seq: 3,
+            user: UserId(2),
+            amount: Amount::fen(3),
+            packet: None,
+        }),
     };
     round_trip(&grabbed);
     round_trip(&hongbao::RemittanceError::Gap { from: 1, to: 2, seq: 5, expected: 4 });
-    round_trip(&hongbao::SendError::CrossPartition { placed: 1, sender: 0 });
+    round_trip(&hongbao::TransferError::CrossPartition { placed: 1, sender: 0 });
+    // A remittance that carries a packet to open where its id places it: the whole send, its
+    // sender and total as its user and amount; one that carries none says nothing of it.
+    let spec = hongbao::NewPacket {
+        id: hongbao::PacketId(9),
+        sender: UserId(2),
+        group: hongbao::GroupId(1),
+        split: hongbao::Split::lucky(Amount::fen(300), 3),
+        greeting: "远方".into(),
+    };
+    let (sent_at, opens_at, expires_at) = (Timestamp(1), Timestamp(1), Timestamp(86_400_001));
+    let sent = hongbao::PacketSent {
+        spec,
+        seed: 7,
+        sent_at,
+        expires_at,
+        share_fen_max: 20_000,
+        opens_at,
+        day: 0,
+        approval: None,
+    };
+    let carrying = hongbao::Remittance {
+        from: 0,
+        to: 1,
+        seq: 4,
+        user: UserId(2),
+        amount: Amount::fen(300),
+        packet: Some(Box::new(sent)),
+    };
+    let json = round_trip(&carrying);
+    assert_eq!(
+        (json["packet"]["spec"]["greeting"].as_str(), json["amount"].as_str()),
+        (Some("远方"), Some("3.00")),
+        "{json}"
+    );
+    assert!(round_trip(&hongbao::Remittance { packet: None, ..carrying }).get("packet").is_none());
 }
 
 #[test]

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::stream_journal::{client, pack_records, unpack, OpenError, OPEN_RETRY_FOR};
 
-/// The most remittances one message carries (about 37 bytes each).
+/// The most remittances one message carries (a credit is about 37 bytes; a packet more).
 const BATCH_MAX: usize = 2_000;
 
 /// How long the way out rests when no outbox has anything: the delay a share won elsewhere
@@ -179,9 +179,11 @@ async fn way_out(js: jetstream::Context, spec: InboxSpec, engine: Engine, mut st
         let (mut carried, mut failed) = (false, false);
         for &to in &peers {
             let batch = engine.outbox(to, BATCH_MAX);
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
-            let id = format!("{me}-{to}-{}-{}", first.seq, last.seq);
-            let payload = pack_records(batch.iter().map(|r| Record::Received(*r)));
+            let Some(first) = batch.first().map(|r| r.seq) else { continue };
+            let (payload, count) = pack_records(batch.into_iter().map(Record::Received));
+            // Numbers follow each other in an outbox: the message ends at the count-th.
+            let last = first + count as u64 - 1;
+            let id = format!("{me}-{to}-{first}-{last}");
             let message = PublishMessage::build().payload(payload).message_id(id);
             // Not acknowledged: the batch stays in the outbox and goes again next round, after
             // the other receivers had their turn (a copy that landed twice is dropped by its
@@ -192,11 +194,11 @@ async fn way_out(js: jetstream::Context, spec: InboxSpec, engine: Engine, mut st
             };
             match ack {
                 Ok(()) => {
-                    engine.acknowledge(to, last.seq);
+                    engine.acknowledge(to, last);
                     carried = true;
                 }
                 Err(e) => {
-                    tracing::warn!("remittances {me}→{to} up to {}: {e}; again", last.seq);
+                    tracing::warn!("remittances {me}→{to} up to {last}: {e}; again");
                     failed = true;
                 }
             }

@@ -752,15 +752,21 @@ fn pack(batch: Vec<Entry>) -> (Vec<Completion>, Vec<Message>) {
     (ready, messages)
 }
 
-/// `records` as one message of this format (for the remittances of the inbox, which are
-/// records too).
-pub(crate) fn pack_records(records: impl IntoIterator<Item = Record>) -> Bytes {
-    let mut payload = vec![MESSAGE_FORMAT];
+/// The first of `records` as one message of this format, as many as fit
+/// [`MESSAGE_BYTES_MAX`] (at least one), and how many it holds: for the remittances of the
+/// inbox, which are records too (a packet carried with its greeting is much larger than a
+/// credit).
+pub(crate) fn pack_records(records: impl IntoIterator<Item = Record>) -> (Bytes, usize) {
+    let (mut payload, mut count) = (vec![MESSAGE_FORMAT], 0);
     for bytes in records.into_iter().map(|r| r.to_bytes()) {
+        if count > 0 && payload.len() + 4 + bytes.len() > MESSAGE_BYTES_MAX {
+            break;
+        }
         payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         payload.extend_from_slice(&bytes);
+        count += 1;
     }
-    Bytes::from(payload)
+    (Bytes::from(payload), count)
 }
 
 /// The records a message holds.

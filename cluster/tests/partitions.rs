@@ -84,7 +84,7 @@ async fn storm(engine: &Engine, packet: PacketId) -> Vec<Grabbed> {
 
 /// Waits until every share won elsewhere has landed in its wallet's partition.
 async fn landed(engines: &[Engine], won: &[Grabbed]) {
-    for r in won.iter().filter_map(|g| g.remitted) {
+    for r in won.iter().filter_map(|g| g.remitted.clone()) {
         let arrival = engines[r.to as usize].await_remittance(&r);
         tokio::time::timeout(Duration::from_secs(60), arrival).await.expect("a remittance arrives").unwrap();
     }

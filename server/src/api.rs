@@ -449,15 +449,45 @@ async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Send
     let (send, total) = (Send::Packet(id), split.total());
     let reserved = ctx.step_up(&member, send, total)?;
     let spec = NewPacket { id, sender: member.user, group, split, greeting };
-    match engine.send_packet(spec).await {
-        Ok(view) => Ok(ok(without_seed(&view))),
-        Err(e) => {
-            let error = fail(e);
-            if reserved {
-                ctx.release(&member, send, total, &error);
-            }
-            Err(error)
-        }
+    let answer = match engine.send_packet(spec).await {
+        Ok(view) => match engine.remitted_packet(view.id) {
+            Some(remittance) => opened_elsewhere(&ctx, &remittance, &view).await,
+            None => Ok(ok(without_seed(&view))),
+        },
+        Err(e) => Err(fail(e)),
+    };
+    if let (Err(error), true) = (&answer, reserved) {
+        ctx.release(&member, send, total, error);
+    }
+    answer
+}
+
+/// The answer to a send whose packet opens in another partition than its sender's wallet
+/// (debited already): once the packet's partition has it (waiting up to
+/// [`crate::cluster::CREDIT_WAIT`], here or on the node serving it), its view there, or why it
+/// did not open (its total is then on its way back). If it has not arrived by then, 202 with the
+/// view it opens with: it is on its way.
+async fn opened_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: &PacketView) -> Reply {
+    let arrived = match ctx.partitions.at(remittance.to) {
+        Ok(engine) => match arrival_here(&engine, remittance).await {
+            Err(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => None,
+            answer => return answer,
+        },
+        Err(_) => ctx.partitions.arrival(remittance).await,
+    };
+    match arrived {
+        Some(reply) if reply.status() != StatusCode::GATEWAY_TIMEOUT => Ok(reply),
+        _ => Ok(HttpResponse::Accepted().json(without_seed(sent))),
+    }
+}
+
+/// What became of a packet sent from another partition to this one, once it arrives (up to
+/// [`crate::cluster::CREDIT_WAIT`]; 504 `not_yet` past it).
+async fn arrival_here(engine: &Engine, remittance: &Remittance) -> Reply {
+    match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.arrival(remittance)).await {
+        Ok(Ok(view)) => Ok(ok(without_seed(&view))),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the packet has not arrived yet")),
     }
 }
 
@@ -887,6 +917,9 @@ async fn await_remittance(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json
     }
     let remittance = body.into_inner();
     let engine = ctx.partitions.at(remittance.to)?;
+    if remittance.packet.is_some() {
+        return arrival_here(&engine, &remittance).await;
+    }
     match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.await_remittance(&remittance)).await {
         Ok(Ok(())) => Ok(ok(json!({ "credited": true }))),
         Ok(Err(e)) => Err(fail(e)),

@@ -49,7 +49,8 @@ pub const CLIENT_HEADER: &str = "x-hongbao-client";
 /// makes).
 pub const PARTITION_HEADER: &str = "x-hongbao-partition";
 
-/// The route a node asks another to wait on for a share it remitted there.
+/// The route a node asks another to wait on for a share it remitted there, or for a packet it
+/// sent there to open.
 pub const AWAIT_PATH: &str = "/v1/cluster/remittances/await";
 
 /// How long a grab's answer waits for a share won for a wallet another partition holds to be
@@ -250,6 +251,19 @@ impl Partitions {
                 .is_ok_and(|credited| credited.is_ok()),
             (Err(_), Partitions::Cluster(node)) => node.await_remote(remittance).await,
             (Err(_), Partitions::Whole(_)) => true,
+        }
+    }
+
+    /// Asks the node serving the partition of a packet sent from here (`remittance` carries it)
+    /// to wait until it arrives, and answers that node's reply: the packet's view, or why it
+    /// went back. `None` if no node answered.
+    pub async fn arrival(&self, remittance: &Remittance) -> Option<HttpResponse> {
+        let Partitions::Cluster(node) = self else { return None };
+        let wait =
+            |address: &str| node.http.post(format!("{address}{AWAIT_PATH}")).json(remittance).timeout(CREDIT_WAIT);
+        match node.send(&node.awaits, remittance.to, wait).await {
+            Sent::Reply(reply) => Some(relay_reply(reply).await),
+            Sent::NoOwner | Sent::NoAnswer => None,
         }
     }
 
