@@ -274,17 +274,34 @@ pub fn audit_history(
         records += 1;
         replica.apply_record(record).map_err(|e| format!("record {records}: {e}"))
     })?;
+    history_audit(&replica)
+}
+
+/// What a replayed history holds, checked.
+fn history_audit(replica: &Replica) -> Result<HistoryAudit, String> {
     if let Some(why) = replica.partition_mismatch() {
         return Err(why);
     }
     let c = replica.packet_counts();
     Ok(HistoryAudit {
-        records,
+        records: replica.records,
         packets_open: c.open + c.cooling_off,
         packets_closed: c.sold_out + c.expired + c.cancelled + c.recalled,
         transfers_pending: replica.transfer_counts().0,
-        audit: replica_audit(&replica),
+        audit: replica_audit(replica),
     })
+}
+
+impl crate::Folded {
+    /// The audit of the records folded so far, as [`audit_history`] would make of them: an
+    /// auditor that reads a log in steps ([`ClusterAudit::behind`]) folds it once.
+    ///
+    /// # Errors
+    ///
+    /// If the records are a journal of no partition replayed as one.
+    pub fn audit(&self) -> Result<HistoryAudit, String> {
+        history_audit(&self.replica)
+    }
 }
 
 /// The audit of a replayed state.
@@ -391,6 +408,27 @@ impl ClusterAudit {
             withdrawals: fen(withdrawals, "withdrawals"),
             violations,
         }
+    }
+
+    /// The partitions read too early for `audits` to be a consistent cut: each sent some
+    /// partition fewer remittances than that partition says it applied from it (logs read one
+    /// after another while the cluster runs). Reading each of them further (every log only
+    /// grows) until none is named gives audits that [`ClusterAudit::of`] can judge without a
+    /// false alarm: every remittance a receiver applied is then among those its sender sent.
+    pub fn behind(audits: &[(u32, Audit)]) -> Vec<u32> {
+        let sent: BTreeMap<(u32, u32), u64> =
+            audits.iter().flat_map(|(from, a)| a.sent_to.iter().map(move |f| ((*from, f.peer), f.count))).collect();
+        let mut behind: Vec<u32> = audits
+            .iter()
+            .flat_map(|(to, a)| a.received_from.iter().map(move |f| (f.peer, *to, f.count)))
+            .filter(|&(from, to, count)| {
+                audits.iter().any(|(i, _)| *i == from) && sent.get(&(from, to)).copied().unwrap_or(0) < count
+            })
+            .map(|(from, _, _)| from)
+            .collect();
+        behind.sort_unstable();
+        behind.dedup();
+        behind
     }
 
     /// Whether `wallets + escrow + pending + in flight == deposits − withdrawals` over the

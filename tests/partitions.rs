@@ -584,3 +584,37 @@ async fn a_packet_that_finds_its_partition_full_goes_back_and_its_id_stays_free(
     assert!(audit.is_balanced(), "{audit:?}");
     assert_eq!((audit.in_flight, audit.escrow), (Amount::ZERO, Amount::yuan(50)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_of_logs_read_one_after_another_reads_the_early_ones_further() {
+    let cluster = Cluster::start().await;
+    // Shares won in partition 0 by members whose wallets are elsewhere, then carried: the
+    // receivers' logs apply remittances that partition 0's log numbered late in it.
+    let packet = packet_in(0, 1);
+    cluster.engines[0].send_packet(lucky(packet, sender_in(0), 60)).await.unwrap();
+    let config = |index| config(index, &cluster.clock, Arc::new(MemoryJournal::new()));
+    let early = cluster.journals[0].records().len();
+    join_all((1..=MEMBERS).map(UserId).map(|u| cluster.engines[0].grab(packet, u))).await;
+    assert!(cluster.relay(1000).await > 0);
+    // Partition 0's log read before the grabs, the others after: no consistent cut.
+    let records: Vec<Vec<hongbao::Record>> = (0..PARTITIONS).map(|i| cluster.journals[i as usize].records()).collect();
+    let mut folds: Vec<hongbao::Folded> = (0..PARTITIONS).map(|i| hongbao::Folded::empty(&config(i))).collect();
+    for (i, fold) in folds.iter_mut().enumerate() {
+        let read = if i == 0 { &records[0][..early] } else { &records[i][..] };
+        read.iter().for_each(|r| fold.apply(r).unwrap());
+    }
+    let audits = |folds: &[hongbao::Folded]| -> Vec<(u32, hongbao::Audit)> {
+        (0..PARTITIONS).zip(folds).map(|(i, f)| (i, f.audit().unwrap().audit)).collect()
+    };
+    let torn = ClusterAudit::of(&audits(&folds));
+    assert!(!torn.is_balanced(), "{torn:?}");
+    assert!(torn.violations.iter().any(|v| v.contains("received") && v.contains("from 0")), "{torn:?}");
+    assert_eq!(ClusterAudit::behind(&audits(&folds)), [0]);
+    // Read further, partition 0's log covers what the others applied: balanced, nothing
+    // named.
+    records[0][early..].iter().for_each(|r| folds[0].apply(r).unwrap());
+    assert_eq!(ClusterAudit::behind(&audits(&folds)), Vec::<u32>::new());
+    let whole = ClusterAudit::of(&audits(&folds));
+    assert!(whole.is_balanced(), "{whole:?}");
+    assert_eq!(whole, cluster.audit().await);
+}

@@ -197,15 +197,26 @@ impl StreamJournal {
     /// If NATS cannot be reached, the stream is missing or cannot be read, or it holds a
     /// message that is not a record.
     pub fn read(urls: &str, spec: &StreamSpec) -> Result<Vec<Record>, OpenError> {
+        StreamJournal::read_after(urls, spec, 0).map(|(records, _)| records)
+    }
+
+    /// The records of a journal's stream after its message `after` (0: all of them), read
+    /// without writing anything, and the sequence of the stream's last message then: where a
+    /// later read goes on from. Blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`StreamJournal::read`].
+    pub fn read_after(urls: &str, spec: &StreamSpec, after: u64) -> Result<(Vec<Record>, u64), OpenError> {
         on_own_runtime(urls, {
             let (urls, spec) = (urls.to_string(), spec.clone());
             async move {
                 let js = jetstream::new(client(&urls).await?);
                 // A NATS server down, or a leader being elected, answers nothing for a while:
-                // read again, from the start, until it does.
+                // read again, from the same place, until it does.
                 let deadline = Instant::now() + OPEN_RETRY_FOR;
                 loop {
-                    match read_once(&js, &spec).await {
+                    match read_once(&js, &spec, after).await {
                         Err((e, true)) if Instant::now() < deadline => {
                             tracing::debug!("{e}; reading again");
                             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -476,7 +487,11 @@ fn corrupt(spec: &StreamSpec, sequence: u64, reason: String) -> OpenError {
 /// Every record of the stream up to `last`, in order, through an ordered consumer.
 /// One read of a whole journal; an error says whether reading again may succeed (a missing
 /// stream or a corrupt record will not).
-async fn read_once(js: &jetstream::Context, spec: &StreamSpec) -> Result<Vec<Record>, (OpenError, bool)> {
+async fn read_once(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+    after: u64,
+) -> Result<(Vec<Record>, u64), (OpenError, bool)> {
     let stream_err = |reason: String| OpenError::Stream { stream: spec.stream.clone(), reason };
     let mut stream = js.get_stream(&spec.stream).await.map_err(|e| {
         let missing = matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
@@ -489,11 +504,11 @@ async fn read_once(js: &jetstream::Context, spec: &StreamSpec) -> Result<Vec<Rec
         history.push(record);
         Ok(())
     };
-    read_history(&stream, spec, 1, last, &mut each).await.map_err(|e| {
+    read_history(&stream, spec, after + 1, last, &mut each).await.map_err(|e| {
         let again = !matches!(e, OpenError::Corrupt { .. });
         (e, again)
     })?;
-    Ok(history)
+    Ok((history, last.max(after)))
 }
 
 /// Calls `each` with every record of the stream's messages `from..=last`, in order, and the

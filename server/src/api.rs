@@ -383,15 +383,26 @@ async fn audit(ctx: web::Data<Ctx>, req: HttpRequest) -> Reply {
         return Ok(ok(body));
     }
     let req = &req;
-    let each = (0..parts.count()).map(|index| async move {
+    let each = |index: u32| async move {
         let audit = match parts.at(index) {
             Ok(engine) => engine.audit().await.map_err(fail)?,
             Err(_) => serde_json::from_value::<hongbao::Audit>(parts.ask(index, req).await?)
                 .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "internal", format!("partition {index}: {e}")))?,
         };
         Ok::<_, ApiError>((index, audit))
-    });
-    let audits = futures::future::try_join_all(each).await?;
+    };
+    let mut audits = futures::future::try_join_all((0..parts.count()).map(each)).await?;
+    // Partitions are read at once, not at one instant: one read before a remittance it sent
+    // was applied elsewhere is read again, until the cut is consistent.
+    for _ in 0..crate::cluster::AUDIT_CATCH_UP_ROUNDS {
+        let behind = hongbao::ClusterAudit::behind(&audits);
+        if behind.is_empty() {
+            break;
+        }
+        for (index, audit) in futures::future::try_join_all(behind.into_iter().map(each)).await? {
+            audits[index as usize].1 = audit;
+        }
+    }
     let cluster = hongbao::ClusterAudit::of(&audits);
     let mut body = serde_json::to_value(&cluster).unwrap_or_default();
     body["balanced"] = json!(cluster.is_balanced());

@@ -53,6 +53,10 @@ pub const PARTITION_HEADER: &str = "x-hongbao-partition";
 /// sent there to open.
 pub const AWAIT_PATH: &str = "/v1/cluster/remittances/await";
 
+/// How many times an audit of the cluster reads again the partitions it read too early for a
+/// consistent cut ([`hongbao::ClusterAudit::behind`]).
+pub const AUDIT_CATCH_UP_ROUNDS: usize = 10;
+
 /// How long a grab's answer waits for a share won for a wallet another partition holds to be
 /// seen there (read-your-writes); past it the answer names the remittance, which arrives.
 pub const CREDIT_WAIT: Duration = Duration::from_secs(5);
