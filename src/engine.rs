@@ -102,9 +102,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Checks that a send of `sender` whose id (or receiver) `placed` puts in a partition stays in
-/// `partition`: `Err((placed, sender's))` if it would cross. A sender elsewhere is left to
-/// their wallet's refusal (`Elsewhere`).
 /// The checks of a new send that do not depend on its sender's wallet.
 fn check_send(inner: &Inner, spec: &NewPacket) -> Result<(), SendError> {
     let limits = &inner.limits;
@@ -146,6 +143,9 @@ fn redispatch(dispatch: Dispatch, spec: &NewPacket) -> Result<PacketView, SendEr
     }
 }
 
+/// Checks that a send of `sender` whose id (or receiver) `placed` puts in a partition stays in
+/// `partition`: `Err((placed, sender's))` if it would cross. A sender elsewhere is left to
+/// their wallet's refusal (`Elsewhere`).
 fn keep_in_partition(
     partition: Partition,
     sender: UserId,
@@ -356,7 +356,10 @@ impl Engine {
     pub async fn send_packet(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
         let partition = inner.outbox.partition();
-        if !partition.holds_packet(spec.id) && partition.holds_user(spec.sender) {
+        if !partition.holds_user(spec.sender) {
+            return Err(SendError::Elsewhere { partition: partition.of_user(spec.sender) });
+        }
+        if !partition.holds_packet(spec.id) {
             return self.send_elsewhere(spec).await;
         }
         // A retry is answered from the packet it retries, before anything that may have changed
@@ -449,11 +452,20 @@ impl Engine {
             RemittanceError::Misrouted { .. } => SendError::Elsewhere { partition: remittance.to },
             _ => SendError::from(inner.lost()),
         })?;
+        // Once applied, an arrived packet's route is open (or closed since): it is this very
+        // send (same draw, same moment) or another packet that had the id.
         let id = sent.spec.id;
+        let this = |other: &PacketSent| other == sent;
         match inner.routes.get(id) {
-            // A packet that went back leaves its id free, unless another has it.
-            None | Some(Route::Opening) => Err(SendError::TooManyOpenPackets { max: inner.limits.open_packets_max }),
-            Some(route) => self.resend(route, sent.spec.clone()).await,
+            // A packet that went back for want of room leaves its id free.
+            None => Err(SendError::TooManyOpenPackets { max: inner.limits.open_packets_max }),
+            Some(route) if route.open_meta().is_some_and(|m| this(&m.sent)) => {
+                self.resend(route, sent.spec.clone()).await
+            }
+            Some(Route::Closed(view)) if view.sent_at == sent.sent_at && view.seed == sent.seed => {
+                self.resend(Route::Closed(view), sent.spec.clone()).await
+            }
+            Some(_) => Err(SendError::IdConflict { packet: id }),
         }
     }
 
@@ -1062,10 +1074,14 @@ impl Engine {
 
     /// The remittances from here to partition `to` up to number `through` are safe beyond this
     /// partition — applied by `to` ([`Engine::received_from`] there), or stored durably on
-    /// their way (as the NATS relay's inbox stream does) — and leave the outbox. Not
-    /// journaled: after a restart, the relay acknowledges again what it carried before.
+    /// their way (as the NATS relay's inbox stream does) — and leave the outbox. Journaled
+    /// now and then ([`Record::Acknowledged`], see [`crate::ACKNOWLEDGED_RECORD_EVERY`]): a
+    /// restart offers again only those acknowledged since, which their receiver takes as
+    /// repeats.
     pub fn acknowledge(&self, to: u32, through: u64) {
-        self.inner.outbox.acknowledge(to, through);
+        if let Some(record) = self.inner.outbox.acknowledge(to, through) {
+            self.inner.journal.append(record, Box::new(|| {}));
+        }
     }
 
     /// Applies remittances from other partitions: each credits its wallet here once, in the
@@ -1085,7 +1101,10 @@ impl Engine {
         }
         let (wallets, routes, events) =
             (Arc::clone(&inner.wallets), Arc::clone(&inner.routes), Arc::clone(&inner.events));
-        let amount_max = Amount::fen(inner.limits.share_fen_max.max(inner.limits.transfer_fen_max));
+        // A share, a transfer, or a packet's refund or return: none is larger than these.
+        let limits = &inner.limits;
+        let amount_max =
+            Amount::fen(limits.share_fen_max.max(limits.transfer_fen_max).max(limits.packet_total_fen_max));
         let land = move |landing| match landing {
             Landing::Credit(credit) => wallets.credit(credit),
             Landing::Opened(sent) => drop(open_sent(&routes, &events, sent)),

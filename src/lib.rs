@@ -139,7 +139,10 @@ pub use oplog::{OpKind, OpPage, OpQuery, OperationEntry};
 pub use org::OrgView;
 pub use packet::{ClaimView, PacketStatus, PacketView};
 pub use packet_actor::Grabbed;
-pub use partition::{Flow, InvalidPartition, Partition, RemittanceError, PARTITIONS_MAX, REMITTANCES_PER_CALL_MAX};
+pub use partition::{
+    Flow, InvalidPartition, Partition, RemittanceError, ACKNOWLEDGED_RECORD_EVERY, PARTITIONS_MAX,
+    REMITTANCES_PER_CALL_MAX,
+};
 pub use parts::Retired;
 pub use placement::packet_seed;
 pub use record::{

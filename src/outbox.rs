@@ -23,7 +23,7 @@ use crate::clock::Timestamp;
 use crate::journal::{Completion, Journal};
 use crate::ledger::Credit;
 use crate::money::{Amount, PacketId, UserId};
-use crate::partition::{check, Flow, Partition, RemittanceError, REMITTANCES_HELD_MAX};
+use crate::partition::{check, Flow, Partition, RemittanceError, ACKNOWLEDGED_RECORD_EVERY, REMITTANCES_HELD_MAX};
 use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason};
 use crate::record::{put_u64s, DecodeError, Reader, Record};
 
@@ -101,14 +101,27 @@ impl Remittances {
         Ok(())
     }
 
-    /// Holds a durable remittance until it is acknowledged. Only the last
-    /// [`REMITTANCES_HELD_MAX`] per receiver are kept: the live outbox never let more wait.
+    /// Holds a durable remittance until it is acknowledged.
     fn hold(&mut self, remittance: Remittance) {
-        let queue = self.unacknowledged.entry(remittance.to).or_default();
-        queue.push_back(remittance);
-        if queue.len() as u64 > REMITTANCES_HELD_MAX {
-            queue.pop_front();
+        self.unacknowledged.entry(remittance.to).or_default().push_back(remittance);
+    }
+
+    /// Replay's half of [`Outbox::acknowledge`]: the remittances to `to` up to `through` were
+    /// acknowledged, and leave the outbox.
+    ///
+    /// # Errors
+    ///
+    /// If `through` passes the remittances numbered to `to`.
+    pub(crate) fn acknowledged(&mut self, to: u32, through: u64) -> Result<(), String> {
+        if through > self.sent_to(to) {
+            return Err(format!("remittances to {to} acknowledged up to {through}, past those sent"));
         }
+        if let Some(queue) = self.unacknowledged.get_mut(&to) {
+            while queue.front().is_some_and(|r| r.seq <= through) {
+                queue.pop_front();
+            }
+        }
+        Ok(())
     }
 
     /// Whether `packet` was sent from here to open elsewhere (and is not retired).
@@ -173,7 +186,7 @@ impl Remittances {
         (self.sent.values().copied().collect(), self.received.values().copied().collect())
     }
 
-    /// Appends the snapshot encoding (version 4): the partition, the flows out and in, the
+    /// Appends the snapshot encoding (version 5): the partition, the flows out and in, the
     /// remittances not yet acknowledged and the packets sent from here to open elsewhere (each
     /// remittance in its record's encoding). Reservations are live only.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
@@ -191,12 +204,13 @@ impl Remittances {
         }
     }
 
-    /// Reads what [`Remittances::encode`] wrote, into the remittances of `self.partition`.
+    /// Reads what [`Remittances::encode`] wrote (or version 4, whose remittances were numbers
+    /// and credits only), into the remittances of `self.partition`.
     ///
     /// # Errors
     ///
     /// If the bytes are damaged or describe another partition.
-    pub(crate) fn decode(&self, r: &mut Reader<'_>) -> Result<Remittances, DecodeError> {
+    pub(crate) fn decode(&self, r: &mut Reader<'_>, version: u8) -> Result<Remittances, DecodeError> {
         let (index, count) = (r.u64()?, r.u64()?);
         let me = self.partition;
         if (index, count) != (u64::from(me.index()), u64::from(me.count())) {
@@ -209,6 +223,16 @@ impl Remittances {
                 let (count, amount) = (r.u64()?, Amount::fen(r.u64()?));
                 flows.insert(peer, Flow { peer, count, amount });
             }
+        }
+        if version == 4 {
+            for _ in 0..r.count(32)? {
+                let (seq, to) = (r.u64()?, r.u64()?);
+                let to = u32::try_from(to).map_err(|_| DecodeError::Damaged("a snapshot's remittance"))?;
+                let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
+                let remittance = Remittance { from: me.index(), to, seq, user, amount, packet: None };
+                decoded.unacknowledged.entry(to).or_default().push_back(remittance);
+            }
+            return Ok(decoded);
         }
         let remittance = |r: &mut Reader<'_>| match decode_prefixed(r)? {
             Record::Received(remittance) if remittance.from == me.index() => Ok(remittance),
@@ -273,14 +297,17 @@ pub(crate) struct Outbox {
     applied: Mutex<BTreeMap<u32, u64>>,
     /// Rung when a remittance is durable here, for those awaiting one.
     rung: tokio::sync::watch::Sender<u64>,
-    /// Packets sent from here to open elsewhere, and those being debited.
+    /// Packets sent from here to open elsewhere, and those being debited. Never locked while
+    /// `state` is wanted (an append's completion takes it under `state`).
     dispatched: Mutex<HashMap<PacketId, Dispatch>>,
+    /// The highest acknowledgement to each receiver journaled.
+    journaled: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl Outbox {
     pub(crate) fn new(mut state: Remittances) -> Outbox {
         let held = std::mem::take(&mut state.unacknowledged);
-        let acknowledged = state
+        let acknowledged: BTreeMap<u32, u64> = state
             .sent
             .keys()
             .map(|&to| (to, held.get(&to).and_then(|q| q.front()).map_or(state.sent_to(to), |r| r.seq - 1)))
@@ -291,7 +318,8 @@ impl Outbox {
         let rung = tokio::sync::watch::channel(0).0;
         let dispatched = std::mem::take(&mut state.dispatched).into_iter().map(|(id, r)| (id, Dispatch::Remitted(r)));
         let dispatched = Mutex::new(dispatched.collect());
-        Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung, dispatched }
+        let journaled = Mutex::new(acknowledged.lock().clone());
+        Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung, dispatched, journaled }
     }
 
     pub(crate) fn partition(&self) -> Partition {
@@ -303,10 +331,14 @@ impl Outbox {
     /// (before anyone hears of the record); a wallet elsewhere gets a remittance instead,
     /// numbered under the same lock as the append, so numbers follow the journal's order, and
     /// `then` hears of it.
+    ///
+    /// `reserved` says whether the caller took room for the credit ([`Outbox::reserve`]: a
+    /// share, an accept); a refund or a return cannot be refused, and is numbered past the
+    /// bound if it must.
     pub(crate) fn append_crediting(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
-        record: Record,
+        (record, reserved): (Record, bool),
         credit: Option<Credit>,
         land: impl FnOnce(Credit) + Send + 'static,
         then: impl FnOnce(Option<Remittance>) + Send + 'static,
@@ -324,7 +356,9 @@ impl Outbox {
         };
         let mut state = self.state.lock();
         let remittance = state.number_credit(credit);
-        state.unreserve(remittance.to);
+        if reserved {
+            state.unreserve(remittance.to);
+        }
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
             me.held.lock().entry(remittance.to).or_default().push_back(remittance.clone());
@@ -337,22 +371,42 @@ impl Outbox {
     /// id must be new here, and the remittances to its partition below the bound (as for
     /// [`Outbox::reserve`]).
     pub(crate) fn reserve_dispatch(&self, packet: PacketId) -> DispatchRoom {
-        let mut dispatched = self.dispatched.lock();
-        if let Some(dispatch) = dispatched.get(&packet) {
-            return DispatchRoom::Taken(dispatch.clone());
+        if let Some(dispatch) = self.dispatch(packet) {
+            return DispatchRoom::Taken(dispatch);
         }
-        if !self.reserve_to(self.partition.of_packet(packet)) {
+        let to = self.partition.of_packet(packet);
+        // The room first (under `state`), the id after (under `dispatched`, alone): a send of
+        // the same id that won meanwhile gets the room back.
+        if !self.reserve_to(to) {
             return DispatchRoom::Full;
         }
-        dispatched.insert(packet, Dispatch::Debiting);
-        DispatchRoom::Reserved
+        let taken = {
+            let mut dispatched = self.dispatched.lock();
+            match dispatched.get(&packet) {
+                Some(dispatch) => Some(dispatch.clone()),
+                None => {
+                    dispatched.insert(packet, Dispatch::Debiting);
+                    None
+                }
+            }
+        };
+        match taken {
+            Some(dispatch) => {
+                self.state.lock().unreserve(to);
+                DispatchRoom::Taken(dispatch)
+            }
+            None => DispatchRoom::Reserved,
+        }
     }
 
     /// Gives back the room of a packet whose send was refused.
     pub(crate) fn abandon_dispatch(&self, packet: PacketId) {
-        let mut dispatched = self.dispatched.lock();
-        if matches!(dispatched.get(&packet), Some(Dispatch::Debiting)) {
-            dispatched.remove(&packet);
+        let abandoned = {
+            let mut dispatched = self.dispatched.lock();
+            let debiting = matches!(dispatched.get(&packet), Some(Dispatch::Debiting));
+            debiting && dispatched.remove(&packet).is_some()
+        };
+        if abandoned {
             self.state.lock().unreserve(self.partition.of_packet(packet));
         }
     }
@@ -434,17 +488,31 @@ impl Outbox {
         self.held.lock().get(&to).map(|q| q.iter().take(max).cloned().collect()).unwrap_or_default()
     }
 
-    /// The receiver `to` applied every remittance up to `through`: they leave the outbox.
-    pub(crate) fn acknowledge(&self, to: u32, through: u64) {
+    /// The receiver `to` applied every remittance up to `through` (at most those durable
+    /// here): they leave the outbox. Returns the acknowledgement to journal, when it passes
+    /// the last one journaled by [`ACKNOWLEDGED_RECORD_EVERY`] or empties the outbox to `to`.
+    pub(crate) fn acknowledge(&self, to: u32, through: u64) -> Option<Record> {
+        let mut held = self.held.lock();
         let mut acknowledged = self.acknowledged.lock();
         let last = acknowledged.entry(to).or_insert(0);
+        // Durable here: those held, and those acknowledged before.
+        let durable = held.get(&to).and_then(|q| q.back()).map_or(*last, |r| r.seq.max(*last));
+        let through = through.min(durable);
         *last = (*last).max(through);
         drop(acknowledged);
-        if let Some(queue) = self.held.lock().get_mut(&to) {
-            while queue.front().is_some_and(|r| r.seq <= through) {
-                queue.pop_front();
-            }
+        let queue = held.entry(to).or_default();
+        while queue.front().is_some_and(|r| r.seq <= through) {
+            queue.pop_front();
         }
+        let emptied = queue.is_empty();
+        drop(held);
+        let mut journaled = self.journaled.lock();
+        let last = journaled.entry(to).or_insert(0);
+        if through > *last && (emptied || through - *last >= ACKNOWLEDGED_RECORD_EVERY) {
+            *last = through;
+            return Some(Record::Acknowledged { to, through });
+        }
+        None
     }
 
     /// Decides a batch of received remittances (all of it, or nothing if one is misrouted or
@@ -579,21 +647,50 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_holds_the_last_remittances_and_the_bound_holds_the_outbox() {
+    fn a_version_4_snapshot_is_still_read() {
+        let a = Partition::new(0, 2).unwrap();
+        let user = user_in(a, 1);
+        // Partition 0 of 2; sent to 1: two remittances, 30 fen; received: none; held: #2 of
+        // 10 fen (numbers and credits only, as version 4 wrote them).
+        let mut bytes = Vec::new();
+        put_u64s(&mut bytes, &[0, 2, 1, 1, 2, 30, 0, 1, 2, 1, user.0, 10]);
+        let mut r = Reader::new(&bytes);
+        let decoded = Remittances::new(a).decode(&mut r, 4).unwrap();
+        r.finish().unwrap();
+        let held: Vec<Remittance> = decoded.unacknowledged[&1].iter().cloned().collect();
+        let expected = Remittance { from: 0, to: 1, seq: 2, user, amount: Amount::fen(10), packet: None };
+        assert_eq!((held, decoded.sent_to(1), decoded.dispatched.len()), (vec![expected], 2, 0));
+    }
+
+    #[test]
+    fn a_restart_holds_what_was_not_acknowledged_and_the_bound_holds_the_outbox() {
         let a = Partition::new(0, 2).unwrap();
         let mut replayed = Remittances::new(a);
         let user = user_in(a, 1);
+        // Past the bound (refunds are numbered past it): a restart holds every one its journal
+        // does not record as acknowledged.
         (0..REMITTANCES_HELD_MAX + 5).for_each(|_| replayed.replayed(Credit { user, amount: Amount::fen(1) }));
+        assert!(replayed.acknowledged(1, REMITTANCES_HELD_MAX + 6).is_err(), "past those sent");
+        replayed.acknowledged(1, 3).unwrap();
         let outbox = Outbox::new(replayed);
-        // The oldest five are taken as acknowledged: the live outbox never let more wait.
-        assert_eq!(outbox.pending(1, 1)[0].seq, 6);
-        assert_eq!(outbox.pending(1, usize::MAX).len() as u64, REMITTANCES_HELD_MAX);
+        assert_eq!(outbox.pending(1, 1)[0].seq, 4);
+        assert_eq!(outbox.pending(1, usize::MAX).len() as u64, REMITTANCES_HELD_MAX + 2);
         assert!(!outbox.reserve(user), "a full outbox refuses more");
         assert!(outbox.reserve(user_in(a, 0)), "a wallet here needs no room");
-        outbox.acknowledge(1, 7);
+        // A small step is not journaled; one that empties the outbox or passes the step is.
+        assert_eq!(outbox.acknowledge(1, 7), None);
         // Two places, taken one at a time: the third caller meets the bound.
         assert!(outbox.reserve(user) && outbox.reserve(user));
         assert!(!outbox.reserve(user), "reserved room counts");
         assert_eq!(outbox.pending(1, 1)[0].seq, 8);
+        let through = 3 + crate::partition::ACKNOWLEDGED_RECORD_EVERY;
+        assert_eq!(outbox.acknowledge(1, through), Some(Record::Acknowledged { to: 1, through }));
+        let all = REMITTANCES_HELD_MAX + 5;
+        assert_eq!(
+            outbox.acknowledge(1, u64::MAX),
+            Some(Record::Acknowledged { to: 1, through: all }),
+            "at most those sent"
+        );
+        assert!(outbox.pending(1, 1).is_empty());
     }
 }

@@ -97,8 +97,14 @@ pub(crate) struct PacketCtx {
 impl PacketCtx {
     /// Appends `record`, which credits `credit`, through the outbox (see
     /// `Outbox::append_crediting`): the wallet here is credited once it is durable, before
-    /// `then`; a wallet elsewhere gets a remittance, which `then` hears of.
-    fn append_crediting(&self, record: Record, credit: Credit, then: impl FnOnce(Option<Remittance>) + Send + 'static) {
+    /// `then`; a wallet elsewhere gets a remittance, which `then` hears of. `reserved`: a
+    /// share, whose room in the outbox the grab took; a refund took none.
+    fn append_crediting(
+        &self,
+        record: (Record, bool),
+        credit: Credit,
+        then: impl FnOnce(Option<Remittance>) + Send + 'static,
+    ) {
         let wallets = Arc::clone(&self.wallets);
         let land = move |credit| wallets.credit(credit);
         self.outbox.append_crediting(&*self.journal, record, Some(credit), land, then);
@@ -269,7 +275,7 @@ impl PacketActor {
             let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
             let ctx = Arc::clone(&self.ctx);
             // The credit leaves for the wallet before anyone hears of the refund.
-            self.ctx.append_crediting(record, credit, move |_| {
+            self.ctx.append_crediting((record, false), credit, move |_| {
                 ctx.events.publish(|| Event::Expired { packet, group, sender, refunded: refund });
                 answer();
             });
@@ -320,7 +326,7 @@ impl PacketActor {
         let credit = self.state.apply(&record).expect("decided against this state").expect("a refund credits");
         let ctx = Arc::clone(&self.ctx);
         // The credit leaves for the wallet before anyone hears of the refund.
-        self.ctx.append_crediting(record, credit, move |_| {
+        self.ctx.append_crediting((record, false), credit, move |_| {
             ctx.events.publish(|| event(credit.user, credit.amount));
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(credit.amount));
@@ -356,7 +362,7 @@ impl PacketActor {
         // Credit before reply: the wallet's mailbox is FIFO, so a balance read sent after the
         // reply is handled after the credit. A wallet in another partition gets the share as a
         // remittance, which the reply names.
-        self.ctx.append_crediting(record, credit, move |remitted: Option<Remittance>| {
+        self.ctx.append_crediting((record, true), credit, move |remitted: Option<Remittance>| {
             let grabbed = Grabbed { remitted, ..grabbed };
             ctx.events.publish(|| Event::Grabbed {
                 packet: grabbed.packet,

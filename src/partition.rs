@@ -17,10 +17,16 @@ use crate::record::Remittance;
 pub const PARTITIONS_MAX: u32 = 4096;
 
 /// The most remittances from one partition to another that may be numbered and not yet
-/// acknowledged: a grab or an accept whose money would pass it is refused with `Busy` until
-/// the relay catches up. Part of the format: a restarted partition holds the last this many
-/// remittances to each receiver, which therefore include every one not acknowledged.
+/// acknowledged: a grab, an accept or a send whose money would pass it is refused with `Busy`
+/// until the relay catches up. (Refunds and returns, which cannot be refused, are numbered
+/// past it; a restarted partition holds every remittance its journal does not record as
+/// acknowledged, so none is lost.)
 pub const REMITTANCES_HELD_MAX: u64 = 100_000;
+
+/// Acknowledgements are journaled ([`crate::Record::Acknowledged`]) when they pass the last
+/// one journaled by this many remittances, or empty the outbox to their receiver: a restarted
+/// partition offers again at most this many its receiver already applied (repeats there).
+pub const ACKNOWLEDGED_RECORD_EVERY: u64 = 256;
 
 /// The most remittances one [`crate::Engine::receive`] takes.
 pub const REMITTANCES_PER_CALL_MAX: usize = 10_000;
@@ -126,10 +132,14 @@ fn place(id: u64, count: u32) -> u32 {
 /// Whether `r` is fresh in partition `me` (the next after `applied` from its sender), a repeat,
 /// or refused.
 pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool, RemittanceError> {
-    // A packet's remittance lands where its id places it, and carries its sender and total.
+    // A packet's remittance lands where its id places it, from its sender's partition, and
+    // carries its sender and total.
     let lands_here = match &r.packet {
         Some(sent) => {
-            me.holds_packet(sent.spec.id) && sent.spec.sender == r.user && sent.spec.split.total() == Some(r.amount)
+            me.holds_packet(sent.spec.id)
+                && sent.spec.sender == r.user
+                && me.of_user(r.user) == r.from
+                && sent.spec.split.total() == Some(r.amount)
         }
         None => me.holds_user(r.user),
     };

@@ -62,6 +62,8 @@ const PARTITIONED: u8 = 30;
 const PACKET_REMITTED: u8 = 31;
 const RECEIVED_PACKET: u8 = 32;
 const RETURNED: u8 = 33;
+/// The remittances to a partition up to a number were acknowledged.
+const ACKNOWLEDGED: u8 = 34;
 const RETURN_ID_TAKEN: u8 = 1;
 const RETURN_FULL: u8 = 2;
 
@@ -664,6 +666,15 @@ pub enum Record {
     /// partition: its total left the sender's wallet, and goes there as a numbered remittance
     /// that opens it.
     PacketRemitted(PacketSent),
+    /// The remittances from here to partition `to` numbered up to `through` are safe beyond
+    /// this partition (applied there, or stored durably on their way): a restart need not
+    /// offer them again.
+    Acknowledged {
+        /// The receiving partition.
+        to: u32,
+        /// The highest number acknowledged.
+        through: u64,
+    },
     /// A remittance carrying a packet was applied but the packet could not open here: its total
     /// goes back to its sender as a remittance of its own.
     Returned {
@@ -997,6 +1008,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(if r.packet.is_some() { RECEIVED_PACKET } else { RECEIVED });
             put_remittance(out, r);
         }
+        Record::Acknowledged { to, through } => {
+            out.push(ACKNOWLEDGED);
+            out.extend_from_slice(&to.to_le_bytes());
+            put_u64s(out, &[*through]);
+        }
         Record::Returned { remittance, reason } => {
             out.push(RETURNED);
             out.push(match reason {
@@ -1250,6 +1266,7 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         }
         PARTITIONED => Record::Partitioned { index: r.u32()?, count: r.u32()? },
         tag @ (RECEIVED | RECEIVED_PACKET) => Record::Received(r.remittance(tag == RECEIVED_PACKET)?),
+        ACKNOWLEDGED => Record::Acknowledged { to: r.u32()?, through: r.u64()? },
         RETURNED => {
             let reason = match r.u8()? {
                 RETURN_ID_TAKEN => ReturnReason::IdTaken,
@@ -1336,6 +1353,7 @@ pub(crate) mod tests {
                 packet: None,
             }),
             Record::PacketRemitted(remitted(46)),
+            Record::Acknowledged { to: 3, through: 1_000 },
             Record::Received(Remittance::of_packet(2, 0, 9, remitted(47)).unwrap()),
             Record::Returned {
                 remittance: Remittance::of_packet(2, 0, 10, remitted(48)).unwrap(),

@@ -6,12 +6,13 @@
 //! (`PacketState::apply`), the rosters (`roster::apply`) — so replay and the running engine
 //! cannot disagree. A record that contradicts the state before it is refused, naming itself.
 //!
-//! The snapshot encoding of a replica is here too (the body of `HBSNAP04`; versions 1 to 3 are
+//! The snapshot encoding of a replica is here too (the body of `HBSNAP05`; versions 1 to 4 are
 //! read): sums, balances, operations, rosters, each packet as its send record, its claims, its
 //! refund, when it closed and when it opened; then each user's latest day of sends, the
 //! cooling-off settings, each transfer as its send record, its arrival and its settlement, the
 //! operation log; then (version 4) whether the journal named its partition, and the partition's
-//! remittances: its flows out and in, and those not yet acknowledged.
+//! remittances: its flows out and in, and those not yet acknowledged (version 5: as records,
+//! and the packets sent from here to open elsewhere).
 
 use std::collections::BTreeMap;
 
@@ -192,6 +193,7 @@ impl Replica {
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
                 }
             }
+            Record::Acknowledged { to, through } => self.remittances.acknowledged(*to, *through)?,
             Record::Returned { remittance, .. } => {
                 if self.remittances.check(remittance).map_err(|e| e.to_string())? {
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
@@ -478,7 +480,7 @@ impl Restore for Replica {
         }
         if version >= 4 {
             replica.partition_named = r.u64()? == 1;
-            replica.remittances = self.remittances.decode(&mut r)?;
+            replica.remittances = self.remittances.decode(&mut r, version)?;
         } else if !self.remittances.partition.is_whole() {
             return Err(DecodeError::Damaged("a snapshot from before partitions cannot be a partition's"));
         }
@@ -641,7 +643,7 @@ mod tests {
         assert_eq!(wallets + escrow + pending, 5_000 - u128::from(shares[0]));
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
-        let back = Replica::new(CAP).decode(4, &bytes).unwrap();
+        let back = Replica::new(CAP).decode(5, &bytes).unwrap();
         assert_eq!(back.ledger, r.ledger);
         assert_eq!(back.rosters, r.rosters);
         assert_eq!(back.records, r.records);

@@ -77,7 +77,7 @@ impl TransferCtx {
     /// `then`; a wallet elsewhere gets a remittance, which `then` hears of.
     fn append_crediting(
         &self,
-        record: Record,
+        record: (Record, bool),
         credit: Option<Credit>,
         then: impl FnOnce(Option<Remittance>) + std::marker::Send + 'static,
     ) {
@@ -271,7 +271,7 @@ impl TransferShard {
                 self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
             }
             let ctx = Arc::clone(&self.ctx);
-            self.ctx.append_crediting(record, credit, move |_| ctx.events.publish(|| due_event(&view)));
+            self.ctx.append_crediting((record, false), credit, move |_| ctx.events.publish(|| due_event(&view)));
         }
         // The timer holds the next deadline (or this one again, if the clock stepped back
         // under it) until its action is recorded.
@@ -307,7 +307,8 @@ impl TransferShard {
         let (ctx, reply) = (Arc::clone(&self.ctx), m.reply);
         // Credit before reply: a balance read after the answer sees the money (a receiver
         // whose wallet is in another partition awaits the remittance the answer names).
-        self.ctx.append_crediting(record, Some(credit), move |remitted| {
+        // Room was taken for an accept's credit of a receiver (`receiver`).
+        self.ctx.append_crediting((record, receiver.is_some()), Some(credit), move |remitted| {
             ctx.events.publish(|| due_event(&view));
             let _ = reply.send(Ok(TransferView { remitted, ..view }));
         });
@@ -414,7 +415,7 @@ impl TransferShard {
             self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(m.id) });
         }
         let (view, ctx, reply, by) = (t.view(now), Arc::clone(&self.ctx), m.reply, m.by);
-        self.ctx.append_crediting(record.clone(), credit, move |_| {
+        self.ctx.append_crediting((record.clone(), false), credit, move |_| {
             let subject = ApprovalId::Transfer(view.id);
             match (credit, record) {
                 (Some(credit), Record::Rejected { reason, .. }) => {

@@ -476,20 +476,28 @@ async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Send
 /// The answer to a send whose packet opens in another partition than its sender's wallet
 /// (debited already): once the packet's partition has it (waiting up to
 /// [`crate::cluster::CREDIT_WAIT`], here or on the node serving it), its view there, or why it
-/// did not open (its total is then on its way back). If it has not arrived by then, 202 with the
-/// view it opens with: it is on its way.
+/// did not open (its total is then on its way back). If it has not arrived by then, or its
+/// partition cannot say now (changing hands, shutting down), 202 with the view it opens with:
+/// it is on its way, and the send stands.
 async fn opened_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: &PacketView) -> Reply {
     let arrived = match ctx.partitions.at(remittance.to) {
-        Ok(engine) => match arrival_here(&engine, remittance).await {
-            Err(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => None,
-            answer => return answer,
+        Ok(engine) => arrival_here(&engine, remittance).await,
+        Err(_) => match ctx.partitions.arrival(remittance).await {
+            Some(answer) => answer.map(ok),
+            None => Err(not_yet()),
         },
-        Err(_) => ctx.partitions.arrival(remittance).await,
     };
     match arrived {
-        Some(reply) if reply.status() != StatusCode::GATEWAY_TIMEOUT => Ok(reply),
-        _ => Ok(HttpResponse::Accepted().json(without_seed(sent))),
+        // Only these say the packet did not open: anything else leaves the send standing.
+        Err(e) if !matches!(e.kind(), "id_conflict" | "too_many_open_packets") => {
+            Ok(HttpResponse::Accepted().json(without_seed(sent)))
+        }
+        answer => answer,
     }
+}
+
+fn not_yet() -> ApiError {
+    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the packet has not arrived yet")
 }
 
 /// What became of a packet sent from another partition to this one, once it arrives (up to
@@ -498,7 +506,7 @@ async fn arrival_here(engine: &Engine, remittance: &Remittance) -> Reply {
     match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.arrival(remittance)).await {
         Ok(Ok(view)) => Ok(ok(without_seed(&view))),
         Ok(Err(e)) => Err(fail(e)),
-        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the packet has not arrived yet")),
+        Err(_) => Err(not_yet()),
     }
 }
 

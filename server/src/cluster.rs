@@ -259,14 +259,14 @@ impl Partitions {
     }
 
     /// Asks the node serving the partition of a packet sent from here (`remittance` carries it)
-    /// to wait until it arrives, and answers that node's reply: the packet's view, or why it
-    /// went back. `None` if no node answered.
-    pub async fn arrival(&self, remittance: &Remittance) -> Option<HttpResponse> {
+    /// to wait until it arrives, and answers what that node says: the packet's view, or why
+    /// it went back. `None` if no node answered.
+    pub async fn arrival(&self, remittance: &Remittance) -> Option<Result<serde_json::Value, ApiError>> {
         let Partitions::Cluster(node) = self else { return None };
         let wait =
             |address: &str| node.http.post(format!("{address}{AWAIT_PATH}")).json(remittance).timeout(CREDIT_WAIT);
         match node.send(&node.awaits, remittance.to, wait).await {
-            Sent::Reply(reply) => Some(relay_reply(reply).await),
+            Sent::Reply(reply) => Some(json_of(relay_reply(reply).await, remittance.to).await),
             Sent::NoOwner | Sent::NoAnswer => None,
         }
     }
@@ -388,17 +388,21 @@ impl Partitions {
     /// reply: for reads that gather every partition (the audit).
     pub async fn ask(&self, index: u32, req: &HttpRequest) -> Result<serde_json::Value, ApiError> {
         let Partitions::Cluster(node) = self else { return Err(ApiError::invalid("not a cluster")) };
-        let reply = node.forward(index, req, true).await;
-        let status = reply.status();
-        let body = actix_web::body::to_bytes(reply.into_body()).await.unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        if status.is_success() {
-            Ok(json)
-        } else {
-            let kind = json["error"].as_str().unwrap_or("internal").to_owned();
-            let message = json["message"].as_str().unwrap_or("").to_owned();
-            Err(ApiError::new(status, &kind, format!("partition {index}: {message}")).with("partition", index))
-        }
+        json_of(node.forward(index, req, true).await, index).await
+    }
+}
+
+/// The JSON body of partition `index`'s reply, or the refusal it carries.
+async fn json_of(reply: HttpResponse, index: u32) -> Result<serde_json::Value, ApiError> {
+    let status = reply.status();
+    let body = actix_web::body::to_bytes(reply.into_body()).await.unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        Ok(json)
+    } else {
+        let kind = json["error"].as_str().unwrap_or("internal").to_owned();
+        let message = json["message"].as_str().unwrap_or("").to_owned();
+        Err(ApiError::new(status, &kind, format!("partition {index}: {message}")).with("partition", index))
     }
 }
 

@@ -280,6 +280,9 @@ async fn two_nodes_serve_three_partitions_and_one_killed_mid_storm_loses_nothing
                     json!({ "id": id, "group": GROUP, "split": { "kind": "lucky", "total": "30.00", "shares": 30 } });
                 let (s, body) = api.post(&bases[i % 2], "/v1/packets", Some(sender), packet).await;
                 assert_eq!((s, body["id"].as_u64(), body["shares_left"].as_u64()), (200, Some(id), Some(30)), "{body}");
+                // Open where it is placed once the answer came, asked through the other node.
+                let (s, body) = api.get(&bases[(i + 1) % 2], &format!("/v1/packets/{id}"), None).await;
+                assert_eq!((s, body["status"]["kind"].as_str()), (200, Some("open")), "{body}");
                 packets.push(id);
             }
             packets
