@@ -103,7 +103,7 @@ impl Remittances {
 
     /// Holds a durable remittance until it is acknowledged.
     fn hold(&mut self, remittance: Remittance) {
-        self.unacknowledged.entry(remittance.to).or_default().push_back(remittance);
+        queue_up(&mut self.unacknowledged, remittance);
     }
 
     /// Replay's half of [`Outbox::acknowledge`]: the remittances to `to` up to `through` were
@@ -117,9 +117,7 @@ impl Remittances {
             return Err(format!("remittances to {to} acknowledged up to {through}, past those sent"));
         }
         if let Some(queue) = self.unacknowledged.get_mut(&to) {
-            while queue.front().is_some_and(|r| r.seq <= through) {
-                queue.pop_front();
-            }
+            drop_through(queue, through);
         }
         Ok(())
     }
@@ -230,7 +228,7 @@ impl Remittances {
                 let to = u32::try_from(to).map_err(|_| DecodeError::Damaged("a snapshot's remittance"))?;
                 let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
                 let remittance = Remittance { from: me.index(), to, seq, user, amount, packet: None };
-                decoded.unacknowledged.entry(to).or_default().push_back(remittance);
+                queue_up(&mut decoded.unacknowledged, remittance);
             }
             return Ok(decoded);
         }
@@ -240,7 +238,7 @@ impl Remittances {
         };
         for _ in 0..r.count(8)? {
             let remittance = remittance(r)?;
-            decoded.unacknowledged.entry(remittance.to).or_default().push_back(remittance);
+            queue_up(&mut decoded.unacknowledged, remittance);
         }
         for _ in 0..r.count(8)? {
             let remittance = remittance(r)?;
@@ -249,6 +247,18 @@ impl Remittances {
             decoded.dispatched.insert(id, remittance);
         }
         Ok(decoded)
+    }
+}
+
+/// Queues a durable remittance to wait for its receiver's acknowledgement.
+fn queue_up(queues: &mut BTreeMap<u32, VecDeque<Remittance>>, remittance: Remittance) {
+    queues.entry(remittance.to).or_default().push_back(remittance);
+}
+
+/// Takes the remittances numbered up to `through` out of their queue.
+fn drop_through(queue: &mut VecDeque<Remittance>, through: u64) {
+    while queue.front().is_some_and(|r| r.seq <= through) {
+        queue.pop_front();
     }
 }
 
@@ -361,7 +371,7 @@ impl Outbox {
         }
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
-            me.held.lock().entry(remittance.to).or_default().push_back(remittance.clone());
+            queue_up(&mut me.held.lock(), remittance.clone());
             then(Some(remittance));
         });
         journal.append(record, durable);
@@ -426,7 +436,7 @@ impl Outbox {
         state.unreserve(remittance.to);
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
-            me.held.lock().entry(remittance.to).or_default().push_back(remittance.clone());
+            queue_up(&mut me.held.lock(), remittance.clone());
             let id = remittance.packet.as_ref().expect("a packet's remittance").spec.id;
             me.dispatched.lock().insert(id, Dispatch::Remitted(remittance.clone()));
             then(remittance);
@@ -501,9 +511,7 @@ impl Outbox {
         *last = (*last).max(through);
         drop(acknowledged);
         let queue = held.entry(to).or_default();
-        while queue.front().is_some_and(|r| r.seq <= through) {
-            queue.pop_front();
-        }
+        drop_through(queue, through);
         let emptied = queue.is_empty();
         drop(held);
         let mut journaled = self.journaled.lock();
@@ -578,7 +586,7 @@ impl Outbox {
                     (
                         Record::Returned { remittance: r.clone(), reason },
                         Box::new(move || {
-                            me.held.lock().entry(back.to).or_default().push_back(back);
+                            queue_up(&mut me.held.lock(), back);
                             count(&me);
                         }),
                     )

@@ -119,16 +119,10 @@ impl Replica {
     pub(crate) fn apply_record(&mut self, record: &Record) -> Result<(), String> {
         match record {
             Record::PacketSent(sent) => {
-                let id = sent.spec.id;
-                if self.packets.contains_key(&id) {
-                    return Err(format!("packet {id} sent twice"));
-                }
                 let sent = sent.clone().with_legacy_cap(self.share_fen_max);
-                // A record is input: one whose split its cap cannot serve is refused, never drawn.
-                split::check_servable(&sent.spec.split, sent.share_fen_max)
-                    .map_err(|e| format!("packet {id} cannot be drawn: {e}"))?;
+                self.openable(&sent)?;
                 self.ledger.apply(record)?;
-                self.packets.insert(id, PacketState::open(sent));
+                self.packets.insert(sent.spec.id, PacketState::open(sent));
             }
             Record::Claim { packet, .. }
             | Record::SoldOut { packet }
@@ -187,7 +181,11 @@ impl Replica {
                 // Checked first: a refused remittance changes nothing.
                 if self.remittances.check(remittance).map_err(|e| e.to_string())? {
                     match &remittance.packet {
-                        Some(sent) => self.open_arrived(sent)?,
+                        Some(sent) => {
+                            // Its total is in escrow here.
+                            self.openable(sent)?;
+                            self.packets.insert(sent.spec.id, PacketState::open((**sent).clone()));
+                        }
                         None => self.ledger.try_credit(Credit { user: remittance.user, amount: remittance.amount })?,
                     }
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
@@ -239,16 +237,16 @@ impl Replica {
         Ok(())
     }
 
-    /// Opens a packet that arrived from its sender's partition, its total in escrow here.
-    fn open_arrived(&mut self, sent: &PacketSent) -> Result<(), String> {
+    /// Whether a packet sent here, or arrived from its sender's partition, may open: its id is
+    /// free, and its cap can serve its split (a record is input: one it cannot serve is
+    /// refused, never drawn).
+    fn openable(&self, sent: &PacketSent) -> Result<(), String> {
         let id = sent.spec.id;
         if self.packets.contains_key(&id) {
-            return Err(format!("packet {id} arrived while its id was taken"));
+            return Err(format!("packet {id} sent twice"));
         }
         split::check_servable(&sent.spec.split, sent.share_fen_max)
-            .map_err(|e| format!("packet {id} cannot be drawn: {e}"))?;
-        self.packets.insert(id, PacketState::open(sent.clone()));
-        Ok(())
+            .map_err(|e| format!("packet {id} cannot be drawn: {e}"))
     }
 
     /// Sums of balances, of escrow (open packets) and of pending money (packets cooling off,
