@@ -374,17 +374,32 @@ impl Engine {
             // Taken since the lookup above: a send of the same id raced this one.
             Reservation::Taken(route) => return self.resend(route, spec).await,
         }
-        let (id, sender) = (spec.id, spec.sender);
+        let id = spec.id;
+        let settle = |reply| settle_send(inner, id, reply);
+        self.escrow(spec, None, settle, || inner.routes.abandon(id)).await
+    }
+
+    /// Has the sender's shard debit a new send (reserved by the caller, given back by
+    /// `abandon` if the shard's mailbox refuses it) and answers what `settle` makes of it.
+    /// From the shard on, the send completes even if this future is dropped: the shard debits
+    /// and the packet opens without the caller.
+    async fn escrow(
+        &self,
+        spec: NewPacket,
+        remit: Option<Arc<crate::outbox::Outbox>>,
+        settle: impl FnOnce(oneshot::Sender<Result<PacketView, SendError>>) -> crate::wallet::Settle,
+        abandon: impl FnOnce(),
+    ) -> Result<PacketView, SendError> {
+        let inner = self.inner()?;
+        let sender = spec.sender;
         let (sent, expiry_secs) = packet_sent(inner, spec);
         let (reply, rx) = oneshot::channel();
-        let settle = settle_send(inner, id, reply);
         let org = inner.orgs.rules_of(sent.spec.group);
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, remit: None, settle }) {
-            inner.routes.abandon(id);
+        let escrow = Escrow { sent, expiry_secs, org, remit, settle: settle(reply) };
+        if let Err(refused) = inner.wallets.tell(sender, escrow) {
+            abandon();
             return Err(refused.into());
         }
-        // From here the send completes even if this future is dropped: the shard debits and
-        // the packet opens without the caller.
         rx.await.map_err(|_| SendError::from(inner.lost()))?
     }
 
@@ -402,23 +417,17 @@ impl Engine {
             DispatchRoom::Full => return Err(SendError::Busy),
             DispatchRoom::Taken(dispatch) => return redispatch(dispatch, &spec),
         }
-        let (id, sender) = (spec.id, spec.sender);
-        let (sent, expiry_secs) = packet_sent(inner, spec);
-        let (reply, rx) = oneshot::channel();
-        let outbox = Arc::clone(&inner.outbox);
-        let settle: crate::wallet::Settle = Box::new(move |result| {
-            if result.is_err() {
-                outbox.abandon_dispatch(id);
-            }
-            let _ = reply.send(result.map(|sent| PacketState::open(sent).view()));
-        });
-        let org = inner.orgs.rules_of(sent.spec.group);
+        let (id, outbox) = (spec.id, Arc::clone(&inner.outbox));
+        let settle = |reply: oneshot::Sender<_>| -> crate::wallet::Settle {
+            Box::new(move |result| {
+                if result.is_err() {
+                    outbox.abandon_dispatch(id);
+                }
+                let _ = reply.send(result.map(|sent| PacketState::open(sent).view()));
+            })
+        };
         let remit = Some(Arc::clone(&inner.outbox));
-        if let Err(refused) = inner.wallets.tell(sender, Escrow { sent, expiry_secs, org, remit, settle }) {
-            inner.outbox.abandon_dispatch(id);
-            return Err(refused.into());
-        }
-        rx.await.map_err(|_| SendError::from(inner.lost()))?
+        self.escrow(spec, remit, settle, || inner.outbox.abandon_dispatch(id)).await
     }
 
     /// The remittance that carries `packet` from here to the partition of its id, once its
@@ -455,11 +464,10 @@ impl Engine {
         // Once applied, an arrived packet's route is open (or closed since): it is this very
         // send (same draw, same moment) or another packet that had the id.
         let id = sent.spec.id;
-        let this = |other: &PacketSent| other == sent;
         match inner.routes.get(id) {
             // A packet that went back for want of room leaves its id free.
             None => Err(SendError::TooManyOpenPackets { max: inner.limits.open_packets_max }),
-            Some(route) if route.open_meta().is_some_and(|m| this(&m.sent)) => {
+            Some(route) if route.open_meta().is_some_and(|m| m.sent == *sent) => {
                 self.resend(route, sent.spec.clone()).await
             }
             Some(Route::Closed(view)) if view.sent_at == sent.sent_at && view.seed == sent.seed => {

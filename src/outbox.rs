@@ -15,6 +15,7 @@
 //! cluster the sent and received sums cancel except for the remittances still in flight,
 //! which [`crate::ClusterAudit`] counts per pair.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use parking_lot::Mutex;
@@ -364,15 +365,29 @@ impl Outbox {
                 }),
             );
         };
+        self.append_numbered(journal, record, |state| state.number_credit(credit), reserved, move |_, r| then(Some(r)));
+    }
+
+    /// Appends `record`, numbering its remittance (`number`) under the same lock, so numbers
+    /// follow the journal's order; gives the room back if the caller `reserved` it; once it is
+    /// durable, holds the remittance and runs `then` with it.
+    fn append_numbered(
+        self: &std::sync::Arc<Outbox>,
+        journal: &dyn Journal,
+        record: Record,
+        number: impl FnOnce(&mut Remittances) -> Remittance,
+        reserved: bool,
+        then: impl FnOnce(&Outbox, Remittance) + Send + 'static,
+    ) {
         let mut state = self.state.lock();
-        let remittance = state.number_credit(credit);
+        let remittance = number(&mut state);
         if reserved {
             state.unreserve(remittance.to);
         }
         let me = std::sync::Arc::clone(self);
         let durable: Completion = Box::new(move || {
             queue_up(&mut me.held.lock(), remittance.clone());
-            then(Some(remittance));
+            then(&me, remittance);
         });
         journal.append(record, durable);
     }
@@ -390,14 +405,11 @@ impl Outbox {
         if !self.reserve_to(to) {
             return DispatchRoom::Full;
         }
-        let taken = {
-            let mut dispatched = self.dispatched.lock();
-            match dispatched.get(&packet) {
-                Some(dispatch) => Some(dispatch.clone()),
-                None => {
-                    dispatched.insert(packet, Dispatch::Debiting);
-                    None
-                }
+        let taken = match self.dispatched.lock().entry(packet) {
+            Entry::Occupied(e) => Some(e.get().clone()),
+            Entry::Vacant(e) => {
+                e.insert(Dispatch::Debiting);
+                None
             }
         };
         match taken {
@@ -411,37 +423,36 @@ impl Outbox {
 
     /// Gives back the room of a packet whose send was refused.
     pub(crate) fn abandon_dispatch(&self, packet: PacketId) {
-        let abandoned = {
-            let mut dispatched = self.dispatched.lock();
-            let debiting = matches!(dispatched.get(&packet), Some(Dispatch::Debiting));
-            debiting && dispatched.remove(&packet).is_some()
+        let abandoned = match self.dispatched.lock().entry(packet) {
+            Entry::Occupied(e) if matches!(e.get(), Dispatch::Debiting) => {
+                e.remove();
+                true
+            }
+            _ => false,
         };
         if abandoned {
             self.state.lock().unreserve(self.partition.of_packet(packet));
         }
     }
 
-    /// Appends `record` (the [`Record::PacketRemitted`] of `sent`, its room reserved), numbering
-    /// the remittance that carries the packet under the same lock, and runs `then` with it once
-    /// it is durable.
+    /// Appends `record`, a [`Record::PacketRemitted`] whose room is reserved, numbering the
+    /// remittance that carries the packet under the same lock, and runs `then` with it once it
+    /// is durable.
     pub(crate) fn append_remitting(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         record: Record,
-        sent: &PacketSent,
         then: impl FnOnce(Remittance) + Send + 'static,
     ) {
-        let mut state = self.state.lock();
-        let remittance = state.number_packet(sent).expect("a packet placed elsewhere, its total checked");
-        state.unreserve(remittance.to);
-        let me = std::sync::Arc::clone(self);
-        let durable: Completion = Box::new(move || {
-            queue_up(&mut me.held.lock(), remittance.clone());
-            let id = remittance.packet.as_ref().expect("a packet's remittance").spec.id;
+        let Record::PacketRemitted(sent) = &record else { unreachable!("only a packet's send is remitted") };
+        let (sent, id) = (sent.clone(), sent.spec.id);
+        let number = move |state: &mut Remittances| {
+            state.number_packet(&sent).expect("a packet placed elsewhere, its total checked")
+        };
+        self.append_numbered(journal, record, number, true, move |me, remittance| {
             me.dispatched.lock().insert(id, Dispatch::Remitted(remittance.clone()));
             then(remittance);
         });
-        journal.append(record, durable);
     }
 
     /// Where a packet sent from here to open elsewhere stands, if it was.

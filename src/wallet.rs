@@ -334,7 +334,7 @@ impl WalletShard {
         // Its total leaves as a remittance that opens it in its own partition.
         let record = Record::PacketRemitted(sent.clone());
         self.ledger.apply(&record).expect("decided against this ledger");
-        outbox.append_remitting(&*self.journal, record, &sent.clone(), move |_| settle(Ok(sent)));
+        outbox.append_remitting(&*self.journal, record, move |_| settle(Ok(sent)));
     }
 }
 

@@ -287,7 +287,9 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
     assert_eq!(p1.received_from(0), 0);
     // A packet comes from its sender's partition, to the partition of its id.
     let sent = |sender, id| {
-        let (at, expires_at) = (hongbao::Timestamp(0), hongbao::Timestamp(86_400_000));
+        // Sent now, so it opens and stays open (expiring a day later) while the test runs.
+        let at = hongbao::Clock::now(&cluster.clock);
+        let expires_at = at.plus_secs(86_400);
         let spec = lucky(id, sender, 5);
         hongbao::PacketSent {
             spec,
