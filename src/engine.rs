@@ -35,7 +35,7 @@ use crate::limits::Limits;
 use crate::money::{Amount, GroupId, OpId, OrgId, PacketId, TransferId, UserId};
 use crate::oplog::{OpPage, OpQuery};
 use crate::org::{OrgBook, OrgView};
-use crate::outbox::{Dispatch, DispatchRoom, Landing};
+use crate::outbox::{Dispatch, DispatchRoom, Landing, SendId};
 use crate::packet::PacketState;
 use crate::packet::{check_view, grab_refusal, PacketStatus, PacketView};
 use crate::packet_actor::{self, AdminRecall, Cancel, Decide, Grab, Grabbed, Inspect, Query};
@@ -49,8 +49,8 @@ use crate::roster::{self, Change};
 use crate::routes::{Reservation, Route};
 use crate::runtime::{self, Refused};
 use crate::split;
-use crate::transfer::{Action, TransferView};
-use crate::transfer_shard::{Act, Get, Send as SendTransfer};
+use crate::transfer::{Action, TransferState, TransferView};
+use crate::transfer_shard::{Act, ArrivalOf, Get, Send as SendTransfer};
 use crate::wallet::{Balance, Escrow, GetUsage, SetCoolingOff, SetGuardian};
 
 /// How often a request follows a route whose actor stopped under it (it closed at expiry)
@@ -143,19 +143,18 @@ fn redispatch(dispatch: Dispatch, spec: &NewPacket) -> Result<PacketView, SendEr
     }
 }
 
-/// Checks that a send of `sender` whose id (or receiver) `placed` puts in a partition stays in
-/// `partition`: `Err((placed, sender's))` if it would cross. A sender elsewhere is left to
-/// their wallet's refusal (`Elsewhere`).
-fn keep_in_partition(
-    partition: Partition,
-    sender: UserId,
-    placed: impl Fn(Partition) -> u32,
-) -> Result<(), (u32, u32)> {
-    let (placed, from) = (placed(partition), partition.of_user(sender));
-    if from == partition.index() && placed != from {
-        return Err((placed, from));
+/// The answer to a transfer whose id was sent from here to another partition: the view it was
+/// sent with if it is the same transfer (a retry), `IdConflict` if not, `Busy` while the first
+/// is still being debited.
+fn redispatch_transfer(dispatch: Dispatch, spec: &NewTransfer) -> Result<TransferView, TransferError> {
+    match dispatch {
+        Dispatch::Debiting => Err(TransferError::Busy),
+        Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) if sent.spec == *spec => {
+            let sent_at = sent.sent_at;
+            Ok(TransferState::open(*sent).view(sent_at))
+        }
+        Dispatch::Remitted(_) => Err(TransferError::IdConflict { transfer: spec.id }),
     }
-    Ok(())
 }
 
 /// What an engine holds at one moment, for gauges ([`Engine::gauges`]).
@@ -407,17 +406,18 @@ impl Engine {
     /// the same record that numbers the remittance carrying the packet there.
     async fn send_elsewhere(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
-        if let Some(dispatch) = inner.outbox.dispatch(spec.id) {
+        let id = SendId::Packet(spec.id);
+        if let Some(dispatch) = inner.outbox.dispatch(id) {
             return redispatch(dispatch, &spec);
         }
         check_send(inner, &spec)?;
-        match inner.outbox.reserve_dispatch(spec.id) {
+        match inner.outbox.reserve_dispatch(id) {
             DispatchRoom::Reserved => {}
             // The remittances to its partition wait for the relay: it catches up.
             DispatchRoom::Full => return Err(SendError::Busy),
             DispatchRoom::Taken(dispatch) => return redispatch(dispatch, &spec),
         }
-        let (id, outbox) = (spec.id, Arc::clone(&inner.outbox));
+        let outbox = Arc::clone(&inner.outbox);
         let settle = |reply: oneshot::Sender<_>| -> crate::wallet::Settle {
             Box::new(move |result| {
                 if result.is_err() {
@@ -434,10 +434,32 @@ impl Engine {
     /// send is durable here (and until it is retired): that partition opens the packet when it
     /// applies it ([`Engine::arrival`]).
     pub fn remitted_packet(&self, packet: PacketId) -> Option<Remittance> {
-        match self.inner.outbox.dispatch(packet)? {
+        self.remitted(SendId::Packet(packet))
+    }
+
+    /// The remittance that carries transfer `id` from here to the partition of its id, once
+    /// its send is durable here (and until it is retired): that partition holds the transfer
+    /// when it applies it ([`Engine::transfer_arrival`]).
+    pub fn remitted_transfer(&self, id: TransferId) -> Option<Remittance> {
+        self.remitted(SendId::Transfer(id))
+    }
+
+    fn remitted(&self, id: SendId) -> Option<Remittance> {
+        match self.inner.outbox.dispatch(id)? {
             Dispatch::Remitted(remittance) => Some(remittance),
             Dispatch::Debiting => None,
         }
+    }
+
+    /// Waits until `remittance`, which carries a packet or transfer, is applied here; `elsewhere`
+    /// if it is not for this partition.
+    async fn carried_here<E: From<Stopped>>(&self, remittance: &Remittance, elsewhere: E) -> Result<(), E> {
+        let inner = self.inner()?;
+        self.await_remittance(remittance).await.map_err(|e| match e {
+            RemittanceError::ShuttingDown => E::from(Stopped::ShuttingDown),
+            RemittanceError::Misrouted { .. } => elsewhere,
+            _ => E::from(inner.lost()),
+        })
     }
 
     /// What became of a packet's remittance here ([`Engine::remitted_packet`] of its sender's
@@ -456,11 +478,7 @@ impl Engine {
         let Some(sent) = remittance.packet.as_deref().filter(|_| remittance.to == partition.index()) else {
             return Err(SendError::Elsewhere { partition: remittance.to });
         };
-        self.await_remittance(remittance).await.map_err(|e| match e {
-            RemittanceError::ShuttingDown => SendError::ShuttingDown,
-            RemittanceError::Misrouted { .. } => SendError::Elsewhere { partition: remittance.to },
-            _ => SendError::from(inner.lost()),
-        })?;
+        self.carried_here(remittance, SendError::Elsewhere { partition: remittance.to }).await?;
         // Once applied, an arrived packet's route is open (or closed since): it is this very
         // send (same draw, same moment) or another packet that had the id.
         let id = sent.spec.id;
@@ -591,11 +609,17 @@ impl Engine {
     /// `transfer_accept_secs`. Sending the same transfer again (same id, same fields) returns
     /// its current view and debits nothing.
     ///
+    /// In a partition of a cluster, a transfer whose id places it in another partition than
+    /// its sender's wallet is debited here and travels there as a remittance
+    /// ([`Engine::remitted_transfer`]) that holds it there ([`Engine::transfer_arrival`]): the
+    /// answer, and a retry's, is then the view it was sent with.
+    ///
     /// # Errors
     ///
     /// `ZeroAmount`, `OverLimit` (over `transfer_fen_max`), `ToSelf`, `InvalidDelay`,
     /// `NoteTooLong`, `DailyLimit`, `InsufficientFunds`, `IdConflict` (same id, other
-    /// fields), `TooManyPending`, `Busy`, `ShuttingDown`. Nothing is debited on an error.
+    /// fields), `TooManyPending`, `Elsewhere` (the sender's wallet is in another partition),
+    /// `Busy`, `ShuttingDown`. Nothing is debited on an error.
     ///
     /// # Examples
     ///
@@ -625,20 +649,83 @@ impl Engine {
     /// ```
     pub async fn transfer(&self, spec: NewTransfer) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
-        keep_in_partition(inner.outbox.partition(), spec.from, |p| p.of_transfer(spec.id))
-            .map_err(|(placed, sender)| TransferError::CrossPartition { placed, sender })?;
+        let partition = inner.outbox.partition();
+        if !partition.holds_user(spec.from) {
+            return Err(TransferError::Elsewhere { partition: partition.of_user(spec.from) });
+        }
         // The org's rules for this sender now; the shard uses them only for a new transfer (a
         // retry is answered from the transfer it retries, whatever changed since).
         let org = match spec.org {
             Some(org) => inner.orgs.transfer_rules(org, |group| inner.rosters.is_member(group, spec.from)).map(Some),
             None => Ok(None),
         };
+        if !partition.holds_transfer(spec.id) {
+            return self.transfer_elsewhere(spec, org).await;
+        }
         // The transfer's shard answers a retry from the transfer it retries, and checks a new
         // one against the limits (`transfer::validate`).
         let (reply, rx) = oneshot::channel();
         inner.transfers.tell(spec.id, SendTransfer { spec, org, reply })?;
         // From here the transfer completes even if this future is dropped.
         rx.await.map_err(|_| TransferError::from(inner.lost()))?
+    }
+
+    /// A transfer held in another partition than its sender's wallet: the wallet is debited
+    /// here, in the same record that numbers the remittance carrying the transfer there.
+    async fn transfer_elsewhere(
+        &self,
+        spec: NewTransfer,
+        org: Result<Option<crate::ledger::OrgRules>, TransferError>,
+    ) -> Result<TransferView, TransferError> {
+        let inner = self.inner()?;
+        let id = SendId::Transfer(spec.id);
+        if let Some(dispatch) = inner.outbox.dispatch(id) {
+            return redispatch_transfer(dispatch, &spec);
+        }
+        crate::transfer::validate(&spec, &inner.limits)?;
+        let org = org?;
+        match inner.outbox.reserve_dispatch(id) {
+            DispatchRoom::Reserved => {}
+            // The remittances to its partition wait for the relay: it catches up.
+            DispatchRoom::Full => return Err(TransferError::Busy),
+            DispatchRoom::Taken(dispatch) => return redispatch_transfer(dispatch, &spec),
+        }
+        let (reply, rx) = oneshot::channel();
+        let outbox = Arc::clone(&inner.outbox);
+        let settle: crate::wallet::TransferSettle = Box::new(move |result| {
+            if result.is_err() {
+                outbox.abandon_dispatch(id);
+            }
+            let _ = reply.send(result.map(|sent| {
+                let sent_at = sent.sent_at;
+                TransferState::open(sent).view(sent_at)
+            }));
+        });
+        // From here the transfer completes even if this future is dropped.
+        inner.transfer_ctx.debit(spec, org, Some(Arc::clone(&inner.outbox)), settle);
+        rx.await.map_err(|_| TransferError::from(inner.lost()))?
+    }
+
+    /// What became of a transfer's remittance here ([`Engine::remitted_transfer`] of its
+    /// sender's partition), once it is applied: the transfer's view if it is held here, else
+    /// why not (its amount went back to its sender). It waits as long as the remittance takes
+    /// to arrive: bound it with a timeout.
+    ///
+    /// # Errors
+    ///
+    /// `IdConflict` (another transfer has its id), `TooManyPending` (it was not held, and its
+    /// id is free), `Elsewhere` if `remittance` carries no transfer for this partition, `Busy`,
+    /// `ShuttingDown`.
+    pub async fn transfer_arrival(&self, remittance: &Remittance) -> Result<TransferView, TransferError> {
+        let inner = self.inner()?;
+        let partition = inner.outbox.partition();
+        let Some(sent) = remittance.transfer.as_deref().filter(|_| remittance.to == partition.index()) else {
+            return Err(TransferError::Elsewhere { partition: remittance.to });
+        };
+        self.carried_here(remittance, TransferError::Elsewhere { partition: remittance.to }).await?;
+        let (reply, rx) = oneshot::channel();
+        inner.transfers.tell(sent.spec.id, ArrivalOf { sent: sent.clone(), reply })?;
+        rx.await.map_err(|_| TransferError::from(inner.lost().read()))?
     }
 
     /// The sender takes back a transfer that has not arrived (cooling off or in transit): the
@@ -1107,8 +1194,12 @@ impl Engine {
         if batch.len() > REMITTANCES_PER_CALL_MAX {
             return Err(RemittanceError::TooMany { count: batch.len(), max: REMITTANCES_PER_CALL_MAX });
         }
-        let (wallets, routes, events) =
-            (Arc::clone(&inner.wallets), Arc::clone(&inner.routes), Arc::clone(&inner.events));
+        let (wallets, routes, events, transfers) = (
+            Arc::clone(&inner.wallets),
+            Arc::clone(&inner.routes),
+            Arc::clone(&inner.events),
+            Arc::clone(&inner.transfers),
+        );
         // A share, a transfer, or a packet's refund or return: none is larger than these.
         let limits = &inner.limits;
         let amount_max =
@@ -1116,13 +1207,18 @@ impl Engine {
         let land = move |landing| match landing {
             Landing::Credit(credit) => wallets.credit(credit),
             Landing::Opened(sent) => drop(open_sent(&routes, &events, sent)),
+            Landing::Arrived(sent) => transfers.arrived(sent),
         };
-        // A packet from another partition opens here if its id is free and there is room; if
-        // not, its total goes back.
-        let room = |sent: &PacketSent| match inner.routes.reserve(sent.spec.id) {
-            Reservation::Reserved => None,
-            Reservation::Taken(_) => Some(ReturnReason::IdTaken),
-            Reservation::Full => Some(ReturnReason::TooManyOpenPackets),
+        // A packet or transfer from another partition is taken in here if its id is free and
+        // there is room; if not, its amount goes back.
+        let room = |r: &Remittance| match (&r.packet, &r.transfer) {
+            (Some(sent), _) => match inner.routes.reserve(sent.spec.id) {
+                Reservation::Reserved => None,
+                Reservation::Taken(_) => Some(ReturnReason::IdTaken),
+                Reservation::Full => Some(ReturnReason::TooManyOpenPackets),
+            },
+            (None, Some(sent)) => inner.transfer_ctx.reserve_arrival(sent.spec.id).err(),
+            (None, None) => None,
         };
         inner.outbox.receive(&*inner.journal, batch, amount_max, land, room)?;
         let (tx, rx) = oneshot::channel();

@@ -344,15 +344,6 @@ pub enum TransferError {
     /// A mailbox on the way is full, or a transfer with the same id is being sent: try again.
     #[error("busy; try again")]
     Busy,
-    /// The transfer's id places it in another partition (`placed`) than its sender's wallet:
-    /// this version keeps a transfer in its sender's partition (its receiver may be anywhere).
-    #[error("the transfer is placed in partition {placed}, its sender in {sender}; choose an id in the sender's")]
-    CrossPartition {
-        /// The other partition.
-        placed: u32,
-        /// The sender's partition.
-        sender: u32,
-    },
     /// The wallet (or the packet or transfer) is in another partition of the cluster: ask
     /// its owner.
     #[error("held by partition {partition}; ask its owner")]

@@ -352,7 +352,7 @@ impl Ledger {
                 let out = Outgoing { user, amount: total, packet: true, day: sent.day };
                 return self.debit_send(out, || format!("packet {id} escrows {total}"));
             }
-            Record::TransferSent(ref sent) => {
+            Record::TransferSent(ref sent) | Record::TransferRemitted(ref sent) => {
                 let (spec, day) = (&sent.spec, sent.day);
                 let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
                 return self.debit_send(out, || format!("transfer {} sends {}", spec.id, spec.amount));

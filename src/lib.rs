@@ -70,7 +70,7 @@
 //! | 17 a deadline racing a request has one outcome | the packet actor and the transfer shard serialize both, applying passed deadlines before any request |
 //! | 18 a deadline leaves the timer only when its action is recorded | `timer.rs`; the packet actor and the transfer shard schedule again what is not yet due |
 //! | 19 caps and policies derived from the journal | `Ledger::apply` folds days of use and cooling-off settings from records; snapshots carry them |
-//! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`) |
+//! | 20 caller ids, applied once | `Ledger::decide_deposit` / `decide_withdrawal` (`OpId`), `routes.rs` (`PacketId`), the transfer shard's `send` (`TransferId`), `Outbox::reserve_dispatch` (a packet or transfer sent to another partition) |
 //! | 21 only an org's admins change it | `OrgBook::decide_policy` / `decide_attach` (`org.rs`) |
 //! | 22 admin recall of an org packet's remainder, whitelisted senders only | `OrgBook::check_recall`, then `PacketState::decide_recall` and `apply(PacketRecalled)` in the packet's actor |
 //! | 23 sends above a threshold wait for a second person, never the sender | `Ledger::decide_send` (who approves: the guardian, else the org's admins); `PacketState::decide_approval` / `TransferState::decide_approval`; the deadline in `decide_approval_deadline` / `decide_due` |

@@ -278,6 +278,16 @@ impl OpLog {
             }
             return;
         }
+        // So is a transfer: where it is held.
+        if let Some(sent) = record.opened_transfer() {
+            if let Some(org) = sent.spec.org {
+                let (id, from, amount) = (sent.spec.id, sent.spec.from, sent.spec.amount);
+                self.transfers.insert(id, (org, from, amount));
+                let detail = Detail { transfer: Some(id), amount: Some(amount), ..Detail::default() };
+                self.push(org, sent.sent_at, from, OpKind::TransferSent, detail);
+            }
+            return;
+        }
         match record {
             Record::OrgCreated { org, spec, at } => {
                 let actor = spec.admins.iter().copied().min().unwrap_or(UserId(0));
@@ -326,14 +336,6 @@ impl OpLog {
                         transfer: None,
                     };
                     self.push(p.org, *at, by.unwrap_or(p.sender), OpKind::PacketRejected, detail);
-                }
-            }
-            Record::TransferSent(sent) => {
-                if let Some(org) = sent.spec.org {
-                    let (id, from, amount) = (sent.spec.id, sent.spec.from, sent.spec.amount);
-                    self.transfers.insert(id, (org, from, amount));
-                    let detail = Detail { transfer: Some(id), amount: Some(amount), ..Detail::default() };
-                    self.push(org, sent.sent_at, from, OpKind::TransferSent, detail);
                 }
             }
             Record::TransferSettled { transfer, outcome, at } => {

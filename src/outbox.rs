@@ -23,9 +23,9 @@ use parking_lot::Mutex;
 use crate::clock::Timestamp;
 use crate::journal::{Completion, Journal};
 use crate::ledger::Credit;
-use crate::money::{Amount, PacketId, UserId};
+use crate::money::{Amount, PacketId, TransferId, UserId};
 use crate::partition::{check, Flow, Partition, RemittanceError, ACKNOWLEDGED_RECORD_EVERY, REMITTANCES_HELD_MAX};
-use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason};
+use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason, TransferSent};
 use crate::record::{put_u64s, DecodeError, Reader, Record};
 
 /// What a partition sent to and received from the others, as its journal tells: part of the
@@ -42,9 +42,51 @@ pub(crate) struct Remittances {
     /// Live only: credits decided (their room in the outbox taken) and not yet numbered, by
     /// receiver.
     reserved: BTreeMap<u32, u64>,
-    /// Packets sent from here to open elsewhere, with the remittance that carries each: a
-    /// retry of the send is answered from it. Kept until retired, like closed packets.
-    dispatched: BTreeMap<PacketId, Remittance>,
+    /// Packets and transfers sent from here to be held elsewhere, with the remittance that
+    /// carries each: a retry of the send is answered from it. Kept until retired, like closed
+    /// packets and settled transfers.
+    dispatched: BTreeMap<SendId, Remittance>,
+}
+
+/// A packet or a transfer sent from one partition to be held in another: the key of the sends
+/// a partition dispatched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SendId {
+    Packet(PacketId),
+    Transfer(TransferId),
+}
+
+impl SendId {
+    /// The send a record remits, if it remits one.
+    pub(crate) fn remitted(record: &Record) -> Option<SendId> {
+        match record {
+            Record::PacketRemitted(sent) => Some(SendId::Packet(sent.spec.id)),
+            Record::TransferRemitted(sent) => Some(SendId::Transfer(sent.spec.id)),
+            _ => None,
+        }
+    }
+
+    /// The send a remittance carries, if it carries one.
+    pub(crate) fn carried(r: &Remittance) -> Option<SendId> {
+        match (&r.packet, &r.transfer) {
+            (Some(sent), _) => Some(SendId::Packet(sent.spec.id)),
+            (None, Some(sent)) => Some(SendId::Transfer(sent.spec.id)),
+            (None, None) => None,
+        }
+    }
+
+    /// Every one of `packets`, then of `transfers`.
+    pub(crate) fn all<'a>(packets: &'a [PacketId], transfers: &'a [TransferId]) -> impl Iterator<Item = SendId> + 'a {
+        packets.iter().map(|&p| SendId::Packet(p)).chain(transfers.iter().map(|&t| SendId::Transfer(t)))
+    }
+
+    /// The partition it is held in.
+    pub(crate) fn placed(self, partition: Partition) -> u32 {
+        match self {
+            SendId::Packet(id) => partition.of_packet(id),
+            SendId::Transfer(id) => partition.of_transfer(id),
+        }
+    }
 }
 
 impl Remittances {
@@ -53,30 +95,43 @@ impl Remittances {
     }
 
     /// Numbers the next remittance to `to` and counts it as sent: of `credit` (a wallet
-    /// elsewhere), or of a packet (`credit` is then its sender and total).
-    fn number(&mut self, to: u32, credit: Credit, packet: Option<&PacketSent>) -> Remittance {
+    /// elsewhere, or a send's sender and amount).
+    fn number(&mut self, to: u32, credit: Credit) -> Remittance {
         let flow = self.sent.entry(to).or_insert(Flow { peer: to, ..Flow::default() });
         flow.count += 1;
         // A sum in fen that passes u64 (1.8 × 10^17 yuan) is out of reach of any real traffic.
         flow.amount = flow.amount.checked_add(credit.amount).expect("the sum of remittances fits u64 fen");
-        let (from, seq, packet) = (self.partition.index(), flow.count, packet.map(|p| Box::new(p.clone())));
-        Remittance { from, to, seq, user: credit.user, amount: credit.amount, packet }
+        Remittance::credit(self.partition.index(), to, flow.count, credit.user, credit.amount)
     }
 
     /// Numbers the remittance of `credit`, to its wallet's partition.
     fn number_credit(&mut self, credit: Credit) -> Remittance {
-        self.number(self.partition.of_user(credit.user), credit, None)
+        self.number(self.partition.of_user(credit.user), credit)
     }
 
-    /// Numbers the remittance that carries `sent` to its packet's partition.
-    fn number_packet(&mut self, sent: &PacketSent) -> Result<Remittance, String> {
-        let (id, total) = (sent.spec.id, sent.spec.split.total());
-        let amount = total.ok_or(format!("packet {id}: total overflows"))?;
-        let to = self.partition.of_packet(id);
+    /// Numbers the remittance that carries the send `record` remits (a packet or a transfer)
+    /// to the partition of its id.
+    fn number_send(&mut self, record: &Record) -> Result<(SendId, Remittance), String> {
+        let id = SendId::remitted(record).ok_or("only a send is remitted")?;
+        let to = id.placed(self.partition);
         if to == self.partition.index() {
-            return Err(format!("packet {id} remitted to its own partition"));
+            return Err(format!("{id:?} remitted to its own partition"));
         }
-        Ok(self.number(to, Credit { user: sent.spec.sender, amount }, Some(sent)))
+        let remittance = match record {
+            Record::PacketRemitted(sent) => {
+                let amount = sent.spec.split.total().ok_or(format!("{id:?}: total overflows"))?;
+                let mut r = self.number(to, Credit { user: sent.spec.sender, amount });
+                r.packet = Some(Box::new(sent.clone()));
+                r
+            }
+            Record::TransferRemitted(sent) => {
+                let mut r = self.number(to, Credit { user: sent.spec.from, amount: sent.spec.amount });
+                r.transfer = Some(Box::new(sent.clone()));
+                r
+            }
+            _ => unreachable!("a remitted send"),
+        };
+        Ok((id, remittance))
     }
 
     /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
@@ -86,18 +141,18 @@ impl Remittances {
         self.hold(remittance);
     }
 
-    /// Replay's half of [`Outbox::append_remitting`]: a packet sent from here, on its way to
-    /// the partition of its id.
+    /// Replay's half of [`Outbox::append_remitting`]: a packet or transfer sent from here (the
+    /// send `record` remits), on its way to the partition of its id.
     ///
     /// # Errors
     ///
-    /// If the packet is placed here, or was sent from here already.
-    pub(crate) fn replayed_packet(&mut self, sent: &PacketSent) -> Result<(), String> {
-        if self.dispatched.contains_key(&sent.spec.id) {
-            return Err(format!("packet {} remitted twice", sent.spec.id));
+    /// If it is placed here, or was sent from here already.
+    pub(crate) fn replayed_send(&mut self, record: &Record) -> Result<(), String> {
+        if let Some(id) = SendId::remitted(record).filter(|id| self.dispatched.contains_key(id)) {
+            return Err(format!("{id:?} remitted twice"));
         }
-        let remittance = self.number_packet(sent)?;
-        self.dispatched.insert(sent.spec.id, remittance.clone());
+        let (id, remittance) = self.number_send(record)?;
+        self.dispatched.insert(id, remittance.clone());
         self.hold(remittance);
         Ok(())
     }
@@ -123,14 +178,15 @@ impl Remittances {
         Ok(())
     }
 
-    /// Whether `packet` was sent from here to open elsewhere (and is not retired).
-    pub(crate) fn dispatched(&self, packet: PacketId) -> bool {
-        self.dispatched.contains_key(&packet)
+    /// Whether a packet or transfer was sent from here to be held elsewhere (and is not
+    /// retired).
+    pub(crate) fn dispatched(&self, id: SendId) -> bool {
+        self.dispatched.contains_key(&id)
     }
 
-    /// Forgets retired packets sent from here.
-    pub(crate) fn retire(&mut self, packets: &[PacketId]) {
-        packets.iter().for_each(|id| drop(self.dispatched.remove(id)));
+    /// Forgets retired packets and transfers sent from here.
+    pub(crate) fn retire(&mut self, packets: &[PacketId], transfers: &[TransferId]) {
+        SendId::all(packets, transfers).for_each(|id| drop(self.dispatched.remove(&id)));
     }
 
     /// Gives back one place reserved for a remittance to `to` (numbered or abandoned).
@@ -186,8 +242,8 @@ impl Remittances {
     }
 
     /// Appends the snapshot encoding (version 5): the partition, the flows out and in, the
-    /// remittances not yet acknowledged and the packets sent from here to open elsewhere (each
-    /// remittance in its record's encoding). Reservations are live only.
+    /// remittances not yet acknowledged and the packets and transfers sent from here to be held
+    /// elsewhere (each remittance in its record's encoding). Reservations are live only.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let p = self.partition;
         put_u64s(out, &[u64::from(p.index()), u64::from(p.count())]);
@@ -228,7 +284,7 @@ impl Remittances {
                 let (seq, to) = (r.u64()?, r.u64()?);
                 let to = u32::try_from(to).map_err(|_| DecodeError::Damaged("a snapshot's remittance"))?;
                 let (user, amount) = (UserId(r.u64()?), Amount::fen(r.u64()?));
-                let remittance = Remittance { from: me.index(), to, seq, user, amount, packet: None };
+                let remittance = Remittance::credit(me.index(), to, seq, user, amount);
                 queue_up(&mut decoded.unacknowledged, remittance);
             }
             return Ok(decoded);
@@ -243,8 +299,7 @@ impl Remittances {
         }
         for _ in 0..r.count(8)? {
             let remittance = remittance(r)?;
-            let id =
-                remittance.packet.as_ref().ok_or(DecodeError::Damaged("a snapshot's packet sent elsewhere"))?.spec.id;
+            let id = SendId::carried(&remittance).ok_or(DecodeError::Damaged("a snapshot's send held elsewhere"))?;
             decoded.dispatched.insert(id, remittance);
         }
         Ok(decoded)
@@ -263,7 +318,8 @@ fn drop_through(queue: &mut VecDeque<Remittance>, through: u64) {
     }
 }
 
-/// A packet sent from here to open in another partition, as a retry of its send finds it.
+/// A packet or transfer sent from here to be held in another partition, as a retry of its
+/// send finds it.
 #[derive(Clone, Debug)]
 pub(crate) enum Dispatch {
     /// Its sender's debit is being decided.
@@ -289,6 +345,8 @@ pub(crate) enum Landing {
     Credit(Credit),
     /// A packet whose id is here, its route reserved: it opens.
     Opened(PacketSent),
+    /// A transfer whose id is here, its id and pending place reserved: it is held here.
+    Arrived(TransferSent),
 }
 
 /// The live side of [`Remittances`]: claims crediting a wallet elsewhere are appended through
@@ -308,9 +366,9 @@ pub(crate) struct Outbox {
     applied: Mutex<BTreeMap<u32, u64>>,
     /// Rung when a remittance is durable here, for those awaiting one.
     rung: tokio::sync::watch::Sender<u64>,
-    /// Packets sent from here to open elsewhere, and those being debited. Never locked while
-    /// `state` is wanted (an append's completion takes it under `state`).
-    dispatched: Mutex<HashMap<PacketId, Dispatch>>,
+    /// Packets and transfers sent from here to be held elsewhere, and those being debited.
+    /// Never locked while `state` is wanted (an append's completion takes it under `state`).
+    dispatched: Mutex<HashMap<SendId, Dispatch>>,
     /// The highest acknowledgement to each receiver journaled.
     journaled: Mutex<BTreeMap<u32, u64>>,
 }
@@ -392,20 +450,20 @@ impl Outbox {
         journal.append(record, durable);
     }
 
-    /// Takes room for a packet sent from here whose id places it in another partition: the
-    /// id must be new here, and the remittances to its partition below the bound (as for
-    /// [`Outbox::reserve`]).
-    pub(crate) fn reserve_dispatch(&self, packet: PacketId) -> DispatchRoom {
-        if let Some(dispatch) = self.dispatch(packet) {
+    /// Takes room for a packet or transfer sent from here whose id places it in another
+    /// partition: the id must be new here, and the remittances to its partition below the
+    /// bound (as for [`Outbox::reserve`]).
+    pub(crate) fn reserve_dispatch(&self, id: SendId) -> DispatchRoom {
+        if let Some(dispatch) = self.dispatch(id) {
             return DispatchRoom::Taken(dispatch);
         }
-        let to = self.partition.of_packet(packet);
+        let to = id.placed(self.partition);
         // The room first (under `state`), the id after (under `dispatched`, alone): a send of
         // the same id that won meanwhile gets the room back.
         if !self.reserve_to(to) {
             return DispatchRoom::Full;
         }
-        let taken = match self.dispatched.lock().entry(packet) {
+        let taken = match self.dispatched.lock().entry(id) {
             Entry::Occupied(e) => Some(e.get().clone()),
             Entry::Vacant(e) => {
                 e.insert(Dispatch::Debiting);
@@ -421,9 +479,9 @@ impl Outbox {
         }
     }
 
-    /// Gives back the room of a packet whose send was refused.
-    pub(crate) fn abandon_dispatch(&self, packet: PacketId) {
-        let abandoned = match self.dispatched.lock().entry(packet) {
+    /// Gives back the room of a packet or transfer whose send was refused.
+    pub(crate) fn abandon_dispatch(&self, id: SendId) {
+        let abandoned = match self.dispatched.lock().entry(id) {
             Entry::Occupied(e) if matches!(e.get(), Dispatch::Debiting) => {
                 e.remove();
                 true
@@ -431,23 +489,23 @@ impl Outbox {
             _ => false,
         };
         if abandoned {
-            self.state.lock().unreserve(self.partition.of_packet(packet));
+            self.state.lock().unreserve(id.placed(self.partition));
         }
     }
 
-    /// Appends `record`, a [`Record::PacketRemitted`] whose room is reserved, numbering the
-    /// remittance that carries the packet under the same lock, and runs `then` with it once it
-    /// is durable.
+    /// Appends `record`, a [`Record::PacketRemitted`] or [`Record::TransferRemitted`] whose
+    /// room is reserved, numbering the remittance that carries the send under the same lock,
+    /// and runs `then` with it once it is durable.
     pub(crate) fn append_remitting(
         self: &std::sync::Arc<Outbox>,
         journal: &dyn Journal,
         record: Record,
         then: impl FnOnce(Remittance) + Send + 'static,
     ) {
-        let Record::PacketRemitted(sent) = &record else { unreachable!("only a packet's send is remitted") };
-        let (sent, id) = (sent.clone(), sent.spec.id);
-        let number = move |state: &mut Remittances| {
-            state.number_packet(&sent).expect("a packet placed elsewhere, its total checked")
+        let id = SendId::remitted(&record).expect("only a send is remitted");
+        let number = {
+            let record = record.clone();
+            move |state: &mut Remittances| state.number_send(&record).expect("a send placed elsewhere, checked").1
         };
         self.append_numbered(journal, record, number, true, move |me, remittance| {
             me.dispatched.lock().insert(id, Dispatch::Remitted(remittance.clone()));
@@ -455,28 +513,36 @@ impl Outbox {
         });
     }
 
-    /// Where a packet sent from here to open elsewhere stands, if it was.
-    pub(crate) fn dispatch(&self, packet: PacketId) -> Option<Dispatch> {
-        self.dispatched.lock().get(&packet).cloned()
+    /// Where a packet or transfer sent from here to be held elsewhere stands, if it was.
+    pub(crate) fn dispatch(&self, id: SendId) -> Option<Dispatch> {
+        self.dispatched.lock().get(&id).cloned()
     }
 
-    /// Up to `max` packets sent from here that closed, wherever they opened, before `cutoff`
-    /// at the latest (their expiry, after the longest approval), due to be retired.
-    pub(crate) fn dispatched_before(&self, cutoff: Timestamp, max: usize) -> Vec<PacketId> {
+    /// Up to `max` packets (`Packet`) or transfers (`Transfer`) sent from here that closed,
+    /// wherever they went, before `cutoff` at the latest (a packet's expiry, a transfer's end
+    /// of acceptance, after the longest approval), due to be retired.
+    pub(crate) fn dispatched_before<T>(
+        &self,
+        cutoff: Timestamp,
+        max: usize,
+        kind: impl Fn(SendId) -> Option<T>,
+    ) -> Vec<T> {
         let closed = |d: &Dispatch| match d {
             Dispatch::Remitted(Remittance { packet: Some(sent), .. }) => {
                 let approved_last = sent.approval.map(|a| crate::packet::expiry_after_approval(sent, a.until));
                 approved_last.unwrap_or(sent.expires_at).max(sent.expires_at) < cutoff
             }
+            Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) => crate::transfer::settled_by(sent) < cutoff,
             _ => false,
         };
-        self.dispatched.lock().iter().filter(|(_, d)| closed(d)).map(|(&id, _)| id).take(max).collect()
+        let dispatched = self.dispatched.lock();
+        dispatched.iter().filter(|(_, d)| closed(d)).filter_map(|(&id, _)| kind(id)).take(max).collect()
     }
 
-    /// Forgets retired packets sent from here.
-    pub(crate) fn retire_dispatched(&self, packets: &[PacketId]) {
+    /// Forgets retired packets and transfers sent from here.
+    pub(crate) fn retire_dispatched(&self, packets: &[PacketId], transfers: &[TransferId]) {
         let mut dispatched = self.dispatched.lock();
-        packets.iter().for_each(|id| drop(dispatched.remove(id)));
+        SendId::all(packets, transfers).for_each(|id| drop(dispatched.remove(&id)));
         if dispatched.len() * 4 < dispatched.capacity() {
             dispatched.shrink_to_fit();
         }
@@ -536,10 +602,11 @@ impl Outbox {
 
     /// Decides a batch of received remittances (all of it, or nothing if one is misrouted or
     /// leaves a gap), counts the fresh ones and appends a record for each, in order: a
-    /// [`Record::Received`] for a credit, or for a packet `room` found room for (its route
-    /// reserved), and a [`Record::Returned`] for one it did not, whose total goes back to its
-    /// sender as a remittance of its own. Once one is durable, `land` lands it (a credit, an
-    /// opening) and it counts as applied.
+    /// [`Record::Received`] for a credit, or for a packet or transfer `room` found room for (a
+    /// packet's route, a transfer's id and pending place reserved), and a [`Record::Returned`]
+    /// for one it did not, whose amount goes back to its sender as a remittance of its own.
+    /// Once one is durable, `land` lands it (a credit, an opening, an arrival) and it counts as
+    /// applied.
     ///
     /// # Errors
     ///
@@ -551,7 +618,7 @@ impl Outbox {
         batch: &[Remittance],
         amount_max: Amount,
         land: impl Fn(Landing) + Clone + Send + 'static,
-        room: impl Fn(&PacketSent) -> Option<ReturnReason>,
+        room: impl Fn(&Remittance) -> Option<ReturnReason>,
     ) -> Result<(), RemittanceError> {
         let mut state = self.state.lock();
         // Everything is checked before anything is appended: numbers, amounts, their sums.
@@ -560,6 +627,7 @@ impl Outbox {
             let invalid = RemittanceError::InvalidAmount { amount: r.amount };
             let valid = match &r.packet {
                 Some(sent) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
+                // A credit, or a transfer.
                 None => !r.amount.is_zero() && r.amount <= amount_max,
             };
             if !valid {
@@ -580,9 +648,10 @@ impl Outbox {
                 me.applied.lock().insert(from, seq);
                 me.rung.send_modify(|n| *n += 1);
             };
-            let landing = match &r.packet {
-                None => Ok(Landing::Credit(Credit { user: r.user, amount: r.amount })),
-                Some(sent) => room(sent).map_or_else(|| Ok(Landing::Opened((**sent).clone())), Err),
+            let landing = match (&r.packet, &r.transfer) {
+                (Some(sent), _) => room(r).map_or_else(|| Ok(Landing::Opened((**sent).clone())), Err),
+                (None, Some(sent)) => room(r).map_or_else(|| Ok(Landing::Arrived((**sent).clone())), Err),
+                (None, None) => Ok(Landing::Credit(Credit { user: r.user, amount: r.amount })),
             };
             let (record, durable): (Record, Completion) = match landing {
                 Ok(landing) => (
@@ -677,7 +746,7 @@ mod tests {
         let decoded = Remittances::new(a).decode(&mut r, 4).unwrap();
         r.finish().unwrap();
         let held: Vec<Remittance> = decoded.unacknowledged[&1].iter().cloned().collect();
-        let expected = Remittance { from: 0, to: 1, seq: 2, user, amount: Amount::fen(10), packet: None };
+        let expected = Remittance::credit(0, 1, 2, user, Amount::fen(10));
         assert_eq!((held, decoded.sent_to(1), decoded.dispatched.len()), (vec![expected], 2, 0));
     }
 

@@ -132,16 +132,23 @@ fn place(id: u64, count: u32) -> u32 {
 /// Whether `r` is fresh in partition `me` (the next after `applied` from its sender), a repeat,
 /// or refused.
 pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool, RemittanceError> {
-    // A packet's remittance lands where its id places it, from its sender's partition, and
-    // carries its sender and total.
-    let lands_here = match &r.packet {
-        Some(sent) => {
+    // A packet's or transfer's remittance lands where its id places it, from its sender's
+    // partition, and carries its sender and amount.
+    let lands_here = match (&r.packet, &r.transfer) {
+        (Some(sent), None) => {
             me.holds_packet(sent.spec.id)
                 && sent.spec.sender == r.user
                 && me.of_user(r.user) == r.from
                 && sent.spec.split.total() == Some(r.amount)
         }
-        None => me.holds_user(r.user),
+        (None, Some(sent)) => {
+            me.holds_transfer(sent.spec.id)
+                && sent.spec.from == r.user
+                && me.of_user(r.user) == r.from
+                && sent.spec.amount == r.amount
+        }
+        (None, None) => me.holds_user(r.user),
+        (Some(_), Some(_)) => false,
     };
     if r.to != me.index || r.from == me.index || r.from >= me.count || !lands_here || r.seq == 0 {
         let (from, to, seq, user, partition) = (r.from, r.to, r.seq, r.user, me.index);

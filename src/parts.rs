@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
 use crate::oplog::{LiveLog, LoggedJournal};
 use crate::org::Orgs;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, SendId};
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{ApprovalId, PacketSent, Record, RETIRED_IDS_MAX};
@@ -148,6 +148,7 @@ impl Inner {
             fuse: Arc::clone(&fuse),
             pending: AtomicUsize::new(deadlines.len()),
             pending_max: limits.pending_transfers_max,
+            ids: parking_lot::Mutex::new(loaded.iter().map(TransferState::id).collect()),
             limits: limits.clone(),
             outbox: Arc::clone(&outbox),
         });
@@ -278,9 +279,19 @@ impl Inner {
         );
         let mut packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
         // Packets sent from here to open elsewhere are kept for retries as long as a packet.
-        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len()));
+        let packet = |id| match id {
+            SendId::Packet(packet) => Some(packet),
+            SendId::Transfer(_) => None,
+        };
+        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len(), packet));
         let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
-        let transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
+        let mut transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
+        // So are transfers sent from here to be held elsewhere, like a settled transfer.
+        let transfer = |id| match id {
+            SendId::Transfer(transfer) => Some(transfer),
+            SendId::Packet(_) => None,
+        };
+        transfers.extend(self.outbox.dispatched_before(transfers_cutoff, RETIRED_IDS_MAX - transfers.len(), transfer));
         let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
         if packets.is_empty() && ops.is_empty() && transfers.is_empty() {
             return Ok(retired);
@@ -288,7 +299,7 @@ impl Inner {
         // Recorded first, applied after: an id freed in memory could otherwise be used again
         // and recorded before the retirement that freed it, which replay would refuse (a packet
         // sent twice) or misread (a deposit taken for a repeat).
-        let record = Record::Retired { packets: packets.clone(), ops, transfers };
+        let record = Record::Retired { packets: packets.clone(), ops, transfers: transfers.clone() };
         let (tx, rx) = oneshot::channel();
         self.journal.append(
             record.clone(),
@@ -297,7 +308,7 @@ impl Inner {
             }),
         );
         self.routes.retire(&packets);
-        self.outbox.retire_dispatched(&packets);
+        self.outbox.retire_dispatched(&packets, &transfers);
         let record = Arc::new(record);
         self.wallets.retire(&record);
         self.transfers.retire(&record);

@@ -64,8 +64,14 @@ const RECEIVED_PACKET: u8 = 32;
 const RETURNED: u8 = 33;
 /// The remittances to a partition up to a number were acknowledged.
 const ACKNOWLEDGED: u8 = 34;
+/// A transfer debited here whose id places it in another partition; a remittance that carries
+/// a transfer there; one that could not be held there and went back to its sender.
+const TRANSFER_REMITTED: u8 = 35;
+const RECEIVED_TRANSFER: u8 = 36;
+const RETURNED_TRANSFER: u8 = 37;
 const RETURN_ID_TAKEN: u8 = 1;
 const RETURN_FULL: u8 = 2;
+const RETURN_TRANSFERS_FULL: u8 = 3;
 
 const SUBJECT_PACKET: u8 = 1;
 const SUBJECT_TRANSFER: u8 = 2;
@@ -135,9 +141,9 @@ pub struct PacketSent {
 }
 
 /// Money on its way from one partition to another: a share won or a transfer accepted by a
-/// member whose wallet is elsewhere (a credit of `user`), or a packet sent by a member whose
-/// wallet is elsewhere than the packet (`packet`: its total, from its sender, to open where its
-/// id places it).
+/// member whose wallet is elsewhere (a credit of `user`), or a packet or transfer sent by a
+/// member whose wallet is elsewhere than its id places it (`packet` or `transfer`: its amount,
+/// from its sender, to be held where its id places it). It carries at most one of the two.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Remittance {
@@ -154,17 +160,32 @@ pub struct Remittance {
     /// The packet it opens, if it carries one: then it credits no wallet.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub packet: Option<Box<PacketSent>>,
+    /// The transfer it carries, if it carries one: then it credits no wallet.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub transfer: Option<Box<TransferSent>>,
 }
 
 impl Remittance {
     /// The remittance that carries `sent` to the partition of its id.
     pub(crate) fn of_packet(from: u32, to: u32, seq: u64, sent: PacketSent) -> Option<Remittance> {
         let (user, amount) = (sent.spec.sender, sent.spec.split.total()?);
-        Some(Remittance { from, to, seq, user, amount, packet: Some(Box::new(sent)) })
+        Some(Remittance { from, to, seq, user, amount, packet: Some(Box::new(sent)), transfer: None })
+    }
+
+    /// The remittance that carries `sent` to the partition of its id.
+    pub(crate) fn of_transfer(from: u32, to: u32, seq: u64, sent: TransferSent) -> Remittance {
+        let (user, amount) = (sent.spec.from, sent.spec.amount);
+        Remittance { from, to, seq, user, amount, packet: None, transfer: Some(Box::new(sent)) }
+    }
+
+    /// A credit of `user`'s wallet, carrying nothing.
+    pub(crate) fn credit(from: u32, to: u32, seq: u64, user: UserId, amount: Amount) -> Remittance {
+        Remittance { from, to, seq, user, amount, packet: None, transfer: None }
     }
 }
 
-/// Why a packet that arrived from its sender's partition did not open, and its total went back.
+/// Why a packet or transfer that arrived from its sender's partition was not taken in, and its
+/// amount went back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -173,6 +194,8 @@ pub enum ReturnReason {
     IdTaken,
     /// The partition had `open_packets_max` packets open.
     TooManyOpenPackets,
+    /// The partition had `pending_transfers_max` transfers pending.
+    TooManyPendingTransfers,
 }
 
 /// Who may approve a send that waits for a second person (rule 23): never its sender.
@@ -270,7 +293,8 @@ pub struct NewTransfer {
 
 /// A transfer as sent: the request and every deadline it will meet, all fixed when it is
 /// sent. This is the payload of [`Record::TransferSent`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TransferSent {
     /// What the sender asked for.
     pub spec: NewTransfer,
@@ -675,8 +699,12 @@ pub enum Record {
         /// The highest number acknowledged.
         through: u64,
     },
-    /// A remittance carrying a packet was applied but the packet could not open here: its total
-    /// goes back to its sender as a remittance of its own.
+    /// A transfer was sent here by a member whose wallet is here, and its id places it in
+    /// another partition: its amount left the sender's wallet, and goes there as a numbered
+    /// remittance that holds it there until it settles.
+    TransferRemitted(TransferSent),
+    /// A remittance carrying a packet or a transfer was applied but could not be taken in here:
+    /// its amount goes back to its sender as a remittance of its own.
     Returned {
         /// What arrived.
         remittance: Remittance,
@@ -742,10 +770,22 @@ impl Record {
         }
     }
 
+    /// The transfer a record takes in to the journal's partition, if any: one sent here, or
+    /// one that arrived from its sender's partition.
+    pub fn opened_transfer(&self) -> Option<&TransferSent> {
+        match self {
+            Record::TransferSent(sent) => Some(sent),
+            Record::Received(Remittance { transfer: Some(sent), .. }) => Some(sent),
+            _ => None,
+        }
+    }
+
     /// The transfer a record is about, if any.
     pub fn transfer(&self) -> Option<TransferId> {
         match self {
-            Record::TransferSent(sent) => Some(sent.spec.id),
+            Record::TransferSent(sent) | Record::TransferRemitted(sent) => Some(sent.spec.id),
+            Record::Received(Remittance { transfer: Some(sent), .. })
+            | Record::Returned { remittance: Remittance { transfer: Some(sent), .. }, .. } => Some(sent.spec.id),
             Record::TransferArrived { transfer, .. } | Record::TransferSettled { transfer, .. } => Some(*transfer),
             Record::Approved { subject: ApprovalId::Transfer(transfer), .. }
             | Record::Rejected { subject: ApprovalId::Transfer(transfer), .. } => Some(*transfer),
@@ -775,18 +815,52 @@ pub enum DecodeError {
     Damaged(&'static str),
 }
 
-/// A remittance's numbers, then its packet (a remittance that carries one has its sender and
-/// total as its user and amount) or its wallet and amount.
+/// A remittance's numbers, then its packet or transfer (a remittance that carries one has its
+/// sender and amount as its user and amount) or its wallet and amount.
 fn put_remittance(out: &mut Vec<u8>, r: &Remittance) {
     out.extend_from_slice(&r.from.to_le_bytes());
     out.extend_from_slice(&r.to.to_le_bytes());
-    match &r.packet {
-        Some(sent) => {
-            put_u64s(out, &[r.seq]);
-            put_packet_sent(out, sent);
-        }
-        None => put_u64s(out, &[r.seq, r.user.0, r.amount.as_fen()]),
+    put_u64s(out, &[r.seq]);
+    match (&r.packet, &r.transfer) {
+        (Some(sent), _) => put_packet_sent(out, sent),
+        (None, Some(sent)) => put_transfer_sent(out, sent),
+        (None, None) => put_u64s(out, &[r.user.0, r.amount.as_fen()]),
     }
+}
+
+/// What a remittance carries, for its tag.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Credit,
+    Packet,
+    Transfer,
+}
+
+impl Carries {
+    fn of(r: &Remittance) -> Carries {
+        match (&r.packet, &r.transfer) {
+            (Some(_), _) => Carries::Packet,
+            (None, Some(_)) => Carries::Transfer,
+            (None, None) => Carries::Credit,
+        }
+    }
+}
+
+/// A transfer as sent (the body of [`TRANSFER_SENT`]).
+fn put_transfer_sent(out: &mut Vec<u8>, sent: &TransferSent) {
+    let TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval } = sent;
+    put_u64s(out, &[spec.id.0, spec.from.0, spec.to.0, spec.amount.as_fen()]);
+    match spec.arrival {
+        Arrival::Instant => out.push(ARRIVAL_INSTANT),
+        Arrival::Delayed { secs } => {
+            out.push(ARRIVAL_DELAYED);
+            put_u64s(out, &[secs]);
+        }
+    }
+    put_u64s(out, &[sent_at.0, *day, cooling_until.0, arrives_at.0, accept_until.0]);
+    put_approval(out, approval);
+    put_u64s(out, &[u64::from(spec.org.is_some()), spec.org.map_or(0, |o| o.0)]);
+    put_text(out, &spec.note);
 }
 
 /// A packet as sent (the body of [`PACKET_SENT_OPENS`]).
@@ -884,28 +958,13 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(PACKET_CANCELLED);
             put_u64s(out, &[packet.0, refund.as_fen(), at.0]);
         }
-        Record::TransferSent(TransferSent {
-            spec,
-            sent_at,
-            day,
-            cooling_until,
-            arrives_at,
-            accept_until,
-            approval,
-        }) => {
+        Record::TransferSent(sent) => {
             out.push(TRANSFER_SENT);
-            put_u64s(out, &[spec.id.0, spec.from.0, spec.to.0, spec.amount.as_fen()]);
-            match spec.arrival {
-                Arrival::Instant => out.push(ARRIVAL_INSTANT),
-                Arrival::Delayed { secs } => {
-                    out.push(ARRIVAL_DELAYED);
-                    put_u64s(out, &[secs]);
-                }
-            }
-            put_u64s(out, &[sent_at.0, *day, cooling_until.0, arrives_at.0, accept_until.0]);
-            put_approval(out, approval);
-            put_u64s(out, &[u64::from(spec.org.is_some()), spec.org.map_or(0, |o| o.0)]);
-            put_text(out, &spec.note);
+            put_transfer_sent(out, sent);
+        }
+        Record::TransferRemitted(sent) => {
+            out.push(TRANSFER_REMITTED);
+            put_transfer_sent(out, sent);
         }
         Record::TransferArrived { transfer, at } => {
             out.push(TRANSFER_ARRIVED);
@@ -1005,7 +1064,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&count.to_le_bytes());
         }
         Record::Received(r) => {
-            out.push(if r.packet.is_some() { RECEIVED_PACKET } else { RECEIVED });
+            out.push(match Carries::of(r) {
+                Carries::Credit => RECEIVED,
+                Carries::Packet => RECEIVED_PACKET,
+                Carries::Transfer => RECEIVED_TRANSFER,
+            });
             put_remittance(out, r);
         }
         Record::Acknowledged { to, through } => {
@@ -1014,10 +1077,11 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_u64s(out, &[*through]);
         }
         Record::Returned { remittance, reason } => {
-            out.push(RETURNED);
+            out.push(if Carries::of(remittance) == Carries::Transfer { RETURNED_TRANSFER } else { RETURNED });
             out.push(match reason {
                 ReturnReason::IdTaken => RETURN_ID_TAKEN,
                 ReturnReason::TooManyOpenPackets => RETURN_FULL,
+                ReturnReason::TooManyPendingTransfers => RETURN_TRANSFERS_FULL,
             });
             put_remittance(out, remittance);
         }
@@ -1102,16 +1166,34 @@ impl<'a> Reader<'a> {
         Ok(PacketSent { spec, seed, sent_at, expires_at, share_fen_max, opens_at, day, approval })
     }
 
-    /// What [`put_remittance`] wrote; `packet` if it carries one.
-    fn remittance(&mut self, packet: bool) -> Result<Remittance, DecodeError> {
+    /// What [`put_remittance`] wrote, carrying what `carries` says.
+    fn remittance(&mut self, carries: Carries) -> Result<Remittance, DecodeError> {
         let (from, to, seq) = (self.u32()?, self.u32()?, self.u64()?);
-        if packet {
-            let sent = self.packet_sent(PACKET_SENT_OPENS)?;
-            return Remittance::of_packet(from, to, seq, sent)
-                .ok_or(DecodeError::Damaged("a packet whose total overflows"));
+        match carries {
+            Carries::Packet => Remittance::of_packet(from, to, seq, self.packet_sent(PACKET_SENT_OPENS)?)
+                .ok_or(DecodeError::Damaged("a packet whose total overflows")),
+            Carries::Transfer => Ok(Remittance::of_transfer(from, to, seq, self.transfer_sent()?)),
+            Carries::Credit => Ok(Remittance::credit(from, to, seq, UserId(self.u64()?), Amount::fen(self.u64()?))),
         }
-        let (user, amount) = (UserId(self.u64()?), Amount::fen(self.u64()?));
-        Ok(Remittance { from, to, seq, user, amount, packet: None })
+    }
+
+    /// What [`put_transfer_sent`] wrote.
+    fn transfer_sent(&mut self) -> Result<TransferSent, DecodeError> {
+        let (id, from, to, amount) =
+            (TransferId(self.u64()?), UserId(self.u64()?), UserId(self.u64()?), Amount::fen(self.u64()?));
+        let arrival = match self.u8()? {
+            ARRIVAL_INSTANT => Arrival::Instant,
+            ARRIVAL_DELAYED => Arrival::Delayed { secs: self.u64()? },
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        };
+        let (sent_at, day) = (Timestamp(self.u64()?), self.u64()?);
+        let (cooling_until, arrives_at, accept_until) =
+            (Timestamp(self.u64()?), Timestamp(self.u64()?), Timestamp(self.u64()?));
+        let approval = self.approval()?;
+        let (has_org, org) = (self.u64()?, OrgId(self.u64()?));
+        let org = (has_org == 1).then_some(org);
+        let spec = NewTransfer { org, id, from, to, amount, arrival, note: self.text()? };
+        Ok(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval })
     }
 
     fn subject(&mut self) -> Result<ApprovalId, DecodeError> {
@@ -1179,23 +1261,8 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             refund: Amount::fen(r.u64()?),
             at: Timestamp(r.u64()?),
         },
-        TRANSFER_SENT => {
-            let (id, from, to, amount) =
-                (TransferId(r.u64()?), UserId(r.u64()?), UserId(r.u64()?), Amount::fen(r.u64()?));
-            let arrival = match r.u8()? {
-                ARRIVAL_INSTANT => Arrival::Instant,
-                ARRIVAL_DELAYED => Arrival::Delayed { secs: r.u64()? },
-                tag => return Err(DecodeError::UnknownTag(tag)),
-            };
-            let (sent_at, day) = (Timestamp(r.u64()?), r.u64()?);
-            let (cooling_until, arrives_at, accept_until) =
-                (Timestamp(r.u64()?), Timestamp(r.u64()?), Timestamp(r.u64()?));
-            let approval = r.approval()?;
-            let (has_org, org) = (r.u64()?, OrgId(r.u64()?));
-            let org = (has_org == 1).then_some(org);
-            let spec = NewTransfer { org, id, from, to, amount, arrival, note: r.text()? };
-            Record::TransferSent(TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval })
-        }
+        TRANSFER_SENT => Record::TransferSent(r.transfer_sent()?),
+        TRANSFER_REMITTED => Record::TransferRemitted(r.transfer_sent()?),
         TRANSFER_ARRIVED => Record::TransferArrived { transfer: TransferId(r.u64()?), at: Timestamp(r.u64()?) },
         TRANSFER_SETTLED => Record::TransferSettled {
             transfer: TransferId(r.u64()?),
@@ -1265,15 +1332,18 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             Record::Expired { packet: PacketId(r.u64()?), refund: Amount::fen(r.u64()?), at: Timestamp(r.u64()?) }
         }
         PARTITIONED => Record::Partitioned { index: r.u32()?, count: r.u32()? },
-        tag @ (RECEIVED | RECEIVED_PACKET) => Record::Received(r.remittance(tag == RECEIVED_PACKET)?),
+        RECEIVED => Record::Received(r.remittance(Carries::Credit)?),
+        RECEIVED_PACKET => Record::Received(r.remittance(Carries::Packet)?),
+        RECEIVED_TRANSFER => Record::Received(r.remittance(Carries::Transfer)?),
         ACKNOWLEDGED => Record::Acknowledged { to: r.u32()?, through: r.u64()? },
-        RETURNED => {
+        tag @ (RETURNED | RETURNED_TRANSFER) => {
             let reason = match r.u8()? {
                 RETURN_ID_TAKEN => ReturnReason::IdTaken,
                 RETURN_FULL => ReturnReason::TooManyOpenPackets,
+                RETURN_TRANSFERS_FULL => ReturnReason::TooManyPendingTransfers,
                 tag => return Err(DecodeError::UnknownTag(tag)),
             };
-            let remittance = r.remittance(true)?;
+            let remittance = r.remittance(if tag == RETURNED { Carries::Packet } else { Carries::Transfer })?;
             Record::Returned { remittance, reason }
         }
         tag => return Err(DecodeError::UnknownTag(tag)),
@@ -1329,6 +1399,27 @@ pub(crate) mod tests {
         sent
     }
 
+    /// A transfer sent under an org, delayed, waiting for its sender's guardian.
+    fn transfer_remitted(id: u64) -> TransferSent {
+        TransferSent {
+            spec: NewTransfer {
+                org: Some(OrgId(4)),
+                id: TransferId(id),
+                from: UserId(3),
+                to: UserId(4),
+                amount: Amount::fen(250),
+                arrival: Arrival::Delayed { secs: 60 },
+                note: "远方".into(),
+            },
+            sent_at: Timestamp(20),
+            day: 1,
+            cooling_until: Timestamp(30),
+            arrives_at: Timestamp(90),
+            accept_until: Timestamp(1_000),
+            approval: Some(Approval { approver: Approver::Guardian(UserId(9)), until: Timestamp(500) }),
+        }
+    }
+
     pub(crate) fn samples() -> Vec<Record> {
         vec![
             Record::Deposit { op: OpId(1), user: UserId(2), amount: Amount::fen(3), at: Timestamp(4) },
@@ -1344,14 +1435,7 @@ pub(crate) mod tests {
             sent(43, Split::Fixed { each: Amount::fen(88), shares: 3 }, "", 1),
             sent(44, Split::Exclusive { to: UserId(3), amount: Amount::fen(9) }, "给你", 2),
             Record::Partitioned { index: 2, count: 64 },
-            Record::Received(Remittance {
-                from: 3,
-                to: 1,
-                seq: 17,
-                user: UserId(5),
-                amount: Amount::fen(66),
-                packet: None,
-            }),
+            Record::Received(Remittance::credit(3, 1, 17, UserId(5), Amount::fen(66))),
             Record::PacketRemitted(remitted(46)),
             Record::Acknowledged { to: 3, through: 1_000 },
             Record::Received(Remittance::of_packet(2, 0, 9, remitted(47)).unwrap()),
@@ -1362,6 +1446,16 @@ pub(crate) mod tests {
             Record::Returned {
                 remittance: Remittance::of_packet(1, 0, 1, remitted(49)).unwrap(),
                 reason: ReturnReason::TooManyOpenPackets,
+            },
+            Record::TransferRemitted(transfer_remitted(50)),
+            Record::Received(Remittance::of_transfer(2, 0, 11, transfer_remitted(51))),
+            Record::Returned {
+                remittance: Remittance::of_transfer(2, 0, 12, transfer_remitted(52)),
+                reason: ReturnReason::IdTaken,
+            },
+            Record::Returned {
+                remittance: Remittance::of_transfer(2, 0, 13, transfer_remitted(53)),
+                reason: ReturnReason::TooManyPendingTransfers,
             },
             Record::Claim {
                 packet: PacketId(42),

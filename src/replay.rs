@@ -22,7 +22,7 @@ use crate::ledger::{Credit, DayUse, Ledger, OpDone};
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::oplog::OpLog;
 use crate::org::OrgBook;
-use crate::outbox::Remittances;
+use crate::outbox::{Remittances, SendId};
 use crate::packet::{ClaimView, PacketState, PacketStatus};
 use crate::partition::Partition;
 use crate::record::{
@@ -169,24 +169,37 @@ impl Replica {
                 }
                 self.partition_named = true;
             }
-            Record::PacketRemitted(sent) => {
-                let id = sent.spec.id;
-                if self.remittances.dispatched(id) || self.remittances.partition.holds_packet(id) {
-                    return Err(format!("packet {id} remitted twice, or to its own partition"));
+            Record::PacketRemitted(_) | Record::TransferRemitted(_) => {
+                // Checked first (sent once, placed elsewhere), then debited (which checks the
+                // amount): a refused record changes nothing.
+                let id = SendId::remitted(record).expect("a remitted send");
+                let partition = self.remittances.partition;
+                if self.remittances.dispatched(id) || id.placed(partition) == partition.index() {
+                    return Err(format!("{id:?} remitted twice, or to its own partition"));
                 }
                 self.ledger.apply(record)?;
-                self.remittances.replayed_packet(sent)?;
+                self.remittances.replayed_send(record)?;
             }
             Record::Received(remittance) => {
                 // Checked first: a refused remittance changes nothing.
                 if self.remittances.check(remittance).map_err(|e| e.to_string())? {
-                    match &remittance.packet {
-                        Some(sent) => {
+                    match (&remittance.packet, &remittance.transfer) {
+                        (Some(sent), _) => {
                             // Its total is in escrow here.
                             self.openable(sent)?;
                             self.packets.insert(sent.spec.id, PacketState::open((**sent).clone()));
                         }
-                        None => self.ledger.try_credit(Credit { user: remittance.user, amount: remittance.amount })?,
+                        (None, Some(sent)) => {
+                            // Its amount is pending here.
+                            let id = sent.spec.id;
+                            if self.transfers.contains_key(&id) {
+                                return Err(format!("transfer {id} sent twice"));
+                            }
+                            self.transfers.insert(id, TransferState::open((**sent).clone()));
+                        }
+                        (None, None) => {
+                            self.ledger.try_credit(Credit { user: remittance.user, amount: remittance.amount })?
+                        }
                     }
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
                 }
@@ -208,20 +221,22 @@ impl Replica {
             Record::Retired { packets, transfers, .. } => {
                 let open_or_unknown = |id: &&PacketId| match self.packets.get(id) {
                     Some(p) => !p.status().is_closed(),
-                    None => !self.remittances.dispatched(**id),
+                    None => !self.remittances.dispatched(SendId::Packet(**id)),
                 };
                 if let Some(id) = packets.iter().find(open_or_unknown) {
                     return Err(format!("packet {id} retired while open or unknown"));
                 }
-                if let Some(id) =
-                    transfers.iter().find(|id| self.transfers.get(id).is_none_or(|t| t.settled().is_none()))
-                {
+                let pending_or_unknown = |id: &&TransferId| match self.transfers.get(id) {
+                    Some(t) => t.settled().is_none(),
+                    None => !self.remittances.dispatched(SendId::Transfer(**id)),
+                };
+                if let Some(id) = transfers.iter().find(pending_or_unknown) {
                     return Err(format!("transfer {id} retired while pending or unknown"));
                 }
                 packets.iter().for_each(|id| {
                     self.packets.remove(id);
                 });
-                self.remittances.retire(packets);
+                self.remittances.retire(packets, transfers);
                 transfers.iter().for_each(|id| {
                     self.transfers.remove(id);
                 });

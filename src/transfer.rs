@@ -394,6 +394,13 @@ impl TransferState {
     }
 }
 
+/// The latest a transfer sent as `sent` settles by its deadlines: the end of its acceptance,
+/// shifted by the longest wait for its approval.
+pub(crate) fn settled_by(sent: &TransferSent) -> Timestamp {
+    let wait_ms = sent.approval.map_or(0, |a| a.until.as_millis().saturating_sub(sent.sent_at.as_millis()));
+    Timestamp(sent.accept_until.as_millis().saturating_add(wait_ms))
+}
+
 /// Checks a new transfer against the limits; changes nothing.
 ///
 /// # Errors

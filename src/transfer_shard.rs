@@ -40,10 +40,10 @@ use crate::health::Fuse;
 use crate::journal::{reply_after_barrier, Journal};
 use crate::ledger::Credit;
 use crate::money::Amount;
-use crate::money::{IdMap, TransferId};
+use crate::money::{IdMap, IdSet, TransferId};
 use crate::outbox::Outbox;
 use crate::placement::bucket;
-use crate::record::{ApprovalId, NewTransfer, Record, Remittance, TransferSent, TransferStatus};
+use crate::record::{ApprovalId, NewTransfer, Record, Remittance, ReturnReason, TransferSent, TransferStatus};
 use crate::runtime::{self, Refused};
 use crate::timer::{Due, Schedule, Timer};
 use crate::transfer::{Action, TransferState, TransferView};
@@ -62,6 +62,10 @@ pub(crate) struct TransferCtx {
     /// Transfers sending or pending, across shards; bounded by `pending_max`.
     pub pending: AtomicUsize,
     pub pending_max: usize,
+    /// Every transfer id the shards hold or are opening, and those arriving from other
+    /// partitions: an arrival is decided in the order of its remittances, apart from the
+    /// shards, and must see every id they hold.
+    pub ids: parking_lot::Mutex<IdSet<TransferId>>,
     /// Orgs, for who may approve an org's transfer.
     pub orgs: Arc<crate::org::Orgs>,
     /// The bounds a new transfer is checked against, and its windows.
@@ -71,6 +75,44 @@ pub(crate) struct TransferCtx {
 }
 
 impl TransferCtx {
+    /// Has the sender's wallet shard debit a new transfer (checked against the limits), now,
+    /// and `settle` it: held here, or (`remit`) remitted to the partition of its id. A full
+    /// mailbox settles it with the refusal.
+    pub(crate) fn debit(
+        &self,
+        spec: NewTransfer,
+        org: Option<crate::ledger::OrgRules>,
+        remit: Option<Arc<Outbox>>,
+        settle: crate::wallet::TransferSettle,
+    ) {
+        let (now, from) = (self.clock.now(), spec.from);
+        let (day, accept_secs) = (now.day(self.limits.day_utc_offset_secs), self.limits.transfer_accept_secs);
+        let debit = Debit { spec, now, day, accept_secs, org, remit, settle };
+        if let Err((refused, debit)) = self.wallets.try_tell(from, debit) {
+            // The message came back with its settle inside it: the refusal goes through it.
+            (debit.settle)(Err(TransferError::from(refused)));
+        }
+    }
+
+    /// Takes one pending place, unless `pending_max` are taken.
+    fn take_pending(&self) -> bool {
+        let max = self.pending_max;
+        self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Takes the id and a pending place for a transfer arriving from its sender's partition,
+    /// or says why it cannot be held here (its amount then goes back).
+    pub(crate) fn reserve_arrival(&self, id: TransferId) -> Result<(), ReturnReason> {
+        if !self.ids.lock().insert(id) {
+            return Err(ReturnReason::IdTaken);
+        }
+        if !self.take_pending() {
+            self.ids.lock().remove(&id);
+            return Err(ReturnReason::TooManyPendingTransfers);
+        }
+        Ok(())
+    }
+
     /// Appends `record`, which may credit `credit`, through the outbox (see
     /// `Outbox::append_crediting`): a wallet here is credited once it is durable, before
     /// `then`; a wallet elsewhere gets a remittance, which `then` hears of.
@@ -129,6 +171,21 @@ pub(crate) struct Get {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Opened(TransferSent, Reply);
+
+/// A transfer arrived from its sender's partition, durably (its id and pending place were
+/// reserved): it is held here from now on. Never refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Arrived(TransferSent);
+
+/// What became of a transfer remitted here (`sent`), once its remittance is applied: its view,
+/// or why it was not taken in.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ArrivalOf {
+    pub sent: TransferSent,
+    pub reply: Reply,
+}
 
 /// The debit was refused: the id is free again. Never refused.
 #[derive(Message)]
@@ -230,29 +287,22 @@ impl TransferShard {
             }
         };
         let max = self.ctx.pending_max;
-        if self.ctx.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+        if !self.ctx.take_pending() {
             let _ = reply.send(Err(TransferError::TooManyPending { max }));
             return;
         }
-        let now = self.ctx.clock.now();
-        let from = spec.from;
-        let debit = Debit {
-            spec,
-            now,
-            day: now.day(self.ctx.limits.day_utc_offset_secs),
-            accept_secs: self.ctx.limits.transfer_accept_secs,
-            org,
-            settle: settle_send(me, id, reply),
-        };
+        // An id unknown to this shard may be arriving from another partition: that transfer
+        // is here in a moment.
+        if !self.ctx.ids.lock().insert(id) {
+            self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply.send(Err(TransferError::Busy));
+            return;
+        }
         // The id is held from here until exactly one `Opened` or `Abandon` of this attempt
         // comes back, whatever happens to the debit: another send of the same id meanwhile is
         // answered `Busy`, and only this attempt's answer frees the id (and its pending place).
         self.transfers.insert(id, Slot::Opening);
-        if let Err((refused, debit)) = self.ctx.wallets.try_tell(from, debit) {
-            // The message came back with its settle inside it: the refusal goes through it,
-            // which queues this attempt's `Abandon`.
-            (debit.settle)(Err(TransferError::from(refused)));
-        }
+        self.ctx.debit(spec, org, None, settle_send(me, id, reply));
     }
 
     /// Records and applies what the passed deadlines of `id` do at `now` (arrival, return).
@@ -450,6 +500,46 @@ impl Handler<Get> for TransferShard {
     }
 }
 
+impl TransferShard {
+    /// Holds a transfer whose send (or arrival) is durable, with its deadline, and publishes
+    /// its events. Returns its view as sent.
+    fn hold(&mut self, sent: TransferSent) -> TransferView {
+        let sent_approval = sent.approval;
+        let state = TransferState::open(sent);
+        let view = state.view(state.sent().sent_at);
+        if let Some(at) = state.next_deadline() {
+            self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(state.id()) });
+        }
+        self.transfers.insert(state.id(), Slot::Known(Box::new(state)));
+        // The record is durable (this came from its completion) and the state is in place:
+        // the events, then the answer.
+        self.ctx.events.publish(|| Event::TransferSent {
+            transfer: view.id,
+            from: view.from,
+            to: view.to,
+            amount: view.amount,
+            arrival: view.arrival,
+            note: view.note.clone(),
+            status: view.status,
+        });
+        if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
+            // An instant transfer arrives with its send: the receiver hears at once.
+            self.ctx.events.publish(|| due_event(&view));
+        }
+        if let (TransferStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent_approval) {
+            // The guardian hears there is something to approve.
+            self.ctx.events.publish(|| Event::AwaitingApproval {
+                subject: ApprovalId::Transfer(view.id),
+                sender: view.from,
+                approver: approval.approver,
+                amount: view.amount,
+                until,
+            });
+        }
+        view
+    }
+}
+
 impl Handler<Opened> for TransferShard {
     type Result = ();
 
@@ -457,39 +547,37 @@ impl Handler<Opened> for TransferShard {
         let fuse = Arc::clone(&self.ctx.fuse);
         fuse.guard("transfer shard", || {
             let Opened(sent, reply) = m;
-            let sent_approval = sent.approval;
-            let state = TransferState::open(sent);
-            let view = state.view(state.sent().sent_at);
-            if let Some(at) = state.next_deadline() {
-                self.ctx.timer.do_send(Schedule { at, due: Due::Transfer(state.id()) });
-            }
-            self.transfers.insert(state.id(), Slot::Known(Box::new(state)));
-            // The send's record is durable (this came from its completion) and the state is in
-            // place: the events, then the answer.
-            self.ctx.events.publish(|| Event::TransferSent {
-                transfer: view.id,
-                from: view.from,
-                to: view.to,
-                amount: view.amount,
-                arrival: view.arrival,
-                note: view.note.clone(),
-                status: view.status,
-            });
-            if matches!(view.status, TransferStatus::AwaitingAcceptance { .. }) {
-                // An instant transfer arrives with its send: the receiver hears at once.
-                self.ctx.events.publish(|| due_event(&view));
-            }
-            if let (TransferStatus::AwaitingApproval { until }, Some(approval)) = (view.status, sent_approval) {
-                // The guardian hears there is something to approve.
-                self.ctx.events.publish(|| Event::AwaitingApproval {
-                    subject: ApprovalId::Transfer(view.id),
-                    sender: view.from,
-                    approver: approval.approver,
-                    amount: view.amount,
-                    until,
-                });
-            }
+            let view = self.hold(sent);
             let _ = reply.send(Ok(view));
+        });
+    }
+}
+
+impl Handler<Arrived> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Arrived, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || drop(self.hold(m.0)));
+    }
+}
+
+impl Handler<ArrivalOf> for TransferShard {
+    type Result = ();
+
+    fn handle(&mut self, m: ArrivalOf, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.ctx.fuse);
+        fuse.guard("transfer shard", || {
+            let now = self.ctx.clock.now();
+            let id = m.sent.spec.id;
+            self.run_due(id, now, false);
+            let answer = match self.transfers.get(&id) {
+                Some(Slot::Known(t)) if *t.sent() == m.sent => Ok(t.view(now)),
+                // A transfer that went back for want of room leaves its id free.
+                None => Err(TransferError::TooManyPending { max: self.ctx.pending_max }),
+                Some(_) => Err(TransferError::IdConflict { transfer: id }),
+            };
+            reply_after_barrier(&*self.ctx.journal, m.reply, answer);
         });
     }
 }
@@ -504,6 +592,7 @@ impl Handler<Abandon> for TransferShard {
             // each attempt sends one `Opened` or one `Abandon`.
             let removed = self.transfers.remove(&m.0);
             assert!(matches!(removed, Some(Slot::Opening)), "an abandoned transfer was opening");
+            self.ctx.ids.lock().remove(&m.0);
             let before = self.ctx.pending.fetch_sub(1, Ordering::AcqRel);
             assert!(before > 0, "the pending count covers every opening transfer");
         });
@@ -573,6 +662,7 @@ impl Handler<Retire> for TransferShard {
             for id in transfers {
                 if matches!(self.transfers.get(id), Some(Slot::Known(t)) if t.settled().is_some()) {
                     self.transfers.remove(id);
+                    self.ctx.ids.lock().remove(id);
                 }
             }
             if self.transfers.len() * 4 < self.transfers.capacity() {
@@ -621,6 +711,12 @@ impl Transfers {
             return Err(Refused::Elsewhere(self.partition.of_transfer(id)));
         }
         runtime::tell(self.shard(id), msg)
+    }
+
+    /// Holds a transfer that arrived from its sender's partition, durably (its id and pending
+    /// place reserved by [`TransferCtx::reserve_arrival`]). Never refused.
+    pub(crate) fn arrived(&self, sent: TransferSent) {
+        self.shard(sent.spec.id).do_send(Arrived(sent));
     }
 
     /// Tells the shard of `id` that one of its deadlines is due. Never refused: one per

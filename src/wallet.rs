@@ -149,6 +149,9 @@ pub(crate) struct Debit {
     pub accept_secs: u64,
     /// The rules of the org it is sent under, if any.
     pub org: Option<OrgRules>,
+    /// For a transfer whose id places it in another partition: the outbox that numbers the
+    /// remittance carrying it there (its room reserved).
+    pub remit: Option<Arc<Outbox>>,
     pub settle: TransferSettle,
 }
 
@@ -344,7 +347,7 @@ impl Handler<Debit> for WalletShard {
     fn handle(&mut self, m: Debit, _: &mut Context<Self>) {
         let fuse = Arc::clone(&self.fuse);
         fuse.guard("wallet shard", || {
-            let Debit { spec, now, day, accept_secs, org, settle } = m;
+            let Debit { spec, now, day, accept_secs, org, remit, settle } = m;
             let out = Outgoing { user: spec.from, amount: spec.amount, packet: false, day };
             let decided = match self.ledger.decide_send(out, self.caps, org, now, self.approval_secs) {
                 Ok(decided) => decided,
@@ -353,10 +356,16 @@ impl Handler<Debit> for WalletShard {
             let (cooling_until, approval) = (decided.opens_at, decided.approval);
             let (arrives_at, accept_until) = transfer::deadlines(spec.arrival, cooling_until, accept_secs);
             let sent = TransferSent { spec, sent_at: now, day, cooling_until, arrives_at, accept_until, approval };
-            let record = Record::TransferSent(sent.clone());
+            let Some(outbox) = remit else {
+                let record = Record::TransferSent(sent.clone());
+                self.ledger.apply(&record).expect("decided against this ledger");
+                // The transfer exists only once its debit is durable.
+                return self.journal.append(record, Box::new(move || settle(Ok(sent))));
+            };
+            // Its amount leaves as a remittance that holds it in its own partition.
+            let record = Record::TransferRemitted(sent.clone());
             self.ledger.apply(&record).expect("decided against this ledger");
-            // The transfer exists only once its debit is durable.
-            self.journal.append(record, Box::new(move || settle(Ok(sent))));
+            outbox.append_remitting(&*self.journal, record, move |_| settle(Ok(sent)));
         });
     }
 }

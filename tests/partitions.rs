@@ -121,6 +121,11 @@ fn packet_in(index: u32, from: u64) -> PacketId {
     (from..).map(PacketId).find(|&p| partition(0).of_packet(p) == index).unwrap()
 }
 
+/// The first id from `from` that places a transfer in `index`.
+fn transfer_in(index: u32, from: u64) -> TransferId {
+    (from..).map(TransferId).find(|&t| partition(0).of_transfer(t) == index).unwrap()
+}
+
 fn sender_in(index: u32) -> UserId {
     (1..=MEMBERS).map(UserId).find(|&u| partition(0).of_user(u) == index).unwrap()
 }
@@ -271,7 +276,7 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
     let cluster = Cluster::start().await;
     let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
     let home_of_1 = sender_in(1);
-    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5), packet: None };
+    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5), packet: None, transfer: None };
     let before = p1.audit().await.unwrap();
     assert!(matches!(
         p1.receive(&[r(1, home_of_1), r(3, home_of_1)]).await,
@@ -310,7 +315,40 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
     };
     assert!(p1.receive(&[carrying(sender_in(0), packet_in(1, 1))]).await.is_ok(), "the well-formed one");
     let before = p1.audit().await.unwrap();
-    for wrong in [carrying(sender_in(2), packet_in(1, 9)), carrying(sender_in(0), packet_in(2, 9))] {
+    // A transfer's remittance is checked the same way, and carries its own amount.
+    let transfer = |sender, id| {
+        let spec = delayed(id, sender, sender_in(2), 3);
+        let sent_at = hongbao::Clock::now(&cluster.clock);
+        let sent = hongbao::TransferSent {
+            spec,
+            sent_at,
+            day: 0,
+            cooling_until: sent_at,
+            arrives_at: sent_at.plus_secs(7_200),
+            accept_until: sent_at.plus_secs(7_200 + 86_400),
+            approval: None,
+        };
+        Remittance {
+            packet: None,
+            transfer: Some(Box::new(sent)),
+            user: sender,
+            amount: Amount::yuan(3),
+            ..r(1, sender)
+        }
+    };
+    let wrong_amount = Remittance { amount: Amount::yuan(4), ..transfer(sender_in(0), transfer_in(1, 1)) };
+    let both = Remittance {
+        packet: carrying(sender_in(0), packet_in(1, 9)).packet,
+        ..transfer(sender_in(0), transfer_in(1, 1))
+    };
+    for wrong in [
+        carrying(sender_in(2), packet_in(1, 9)),
+        carrying(sender_in(0), packet_in(2, 9)),
+        transfer(sender_in(2), transfer_in(1, 1)),
+        transfer(sender_in(0), transfer_in(2, 1)),
+        wrong_amount,
+        both,
+    ] {
         assert!(matches!(p1.receive(&[Remittance { seq: 2, ..wrong }]).await, Err(RemittanceError::Misrouted { .. })));
     }
     assert_eq!((p1.audit().await.unwrap(), p1.received_from(0)), (before, 1), "refused, changing nothing");
@@ -325,12 +363,11 @@ async fn requests_for_wallets_elsewhere_are_refused_with_their_partition() {
     assert!(matches!(p0.balance(elsewhere).await, Err(hongbao::EngineError::Elsewhere { partition: 2 })));
     let foreign_sender = lucky(packet_in(0, 1), elsewhere, 3);
     assert_eq!(p0.send_packet(foreign_sender).await, Err(SendError::Elsewhere { partition: 2 }));
-    let transfer_in = |i| (1..).map(TransferId).find(|&t| partition(0).of_transfer(t) == i).unwrap();
-    let transfer = |id| NewTransfer { id, amount: Amount::fen(10), ..spec_of(home, sender_in(1)) };
-    let placed_elsewhere = transfer(transfer_in(1));
-    assert_eq!(p0.transfer(placed_elsewhere).await, Err(TransferError::CrossPartition { placed: 1, sender: 0 }));
+    let transfer = |id| NewTransfer { id, amount: Amount::fen(10), ..spec_of(elsewhere, home) };
+    let foreign_transfer = transfer(transfer_in(0, 1));
+    assert_eq!(p0.transfer(foreign_transfer).await, Err(TransferError::Elsewhere { partition: 2 }));
     // Requests by a packet's or a transfer's id name the partition that holds it.
-    let (theirs, their_transfer) = (packet_in(2, 1), transfer_in(2));
+    let (theirs, their_transfer) = (packet_in(2, 1), transfer_in(2, 1));
     assert_eq!(p0.grab(theirs, home).await, Err(GrabError::Elsewhere { partition: 2 }));
     assert_eq!(p0.packet(theirs).await, Err(hongbao::EngineError::Elsewhere { partition: 2 }));
     assert_eq!(p0.cancel_packet(theirs, home).await, Err(hongbao::CancelError::Elsewhere { partition: 2 }));
@@ -441,8 +478,18 @@ async fn a_snapshot_plus_the_records_after_it_is_the_whole_journal_remittances_i
     let (first, second) = (senders.next().unwrap(), senders.next().unwrap());
     cluster.engines[1].send_packet(lucky(carried, first, 5)).await.unwrap();
     cluster.relay(1000).await;
+    // So are transfers: one carried and held in partition 0, one on its way to partition 2.
+    let (held, sent_off) = (transfer_in(0, 90_000), transfer_in(2, 90_000));
+    cluster.engines[1].transfer(delayed(held, first, second, 3)).await.unwrap();
+    cluster.relay(1000).await;
     cluster.engines[1].send_packet(lucky(travelling, second, 5)).await.unwrap();
+    cluster.engines[1].transfer(delayed(sent_off, second, first, 4)).await.unwrap();
     assert!(cluster.engines[0].packet(carried).await.is_ok());
+    assert!(cluster.engines[0].transfer_view(held).await.is_ok());
+    assert!(
+        cluster.engines[1].remitted_transfer(held).is_some()
+            && cluster.engines[1].remitted_transfer(sent_off).is_some()
+    );
     let mark = |position: u64| hongbao::LogMark { position, hash: [7; 32] };
     for index in 0..PARTITIONS {
         let records = cluster.journals[index as usize].records();
@@ -474,6 +521,11 @@ async fn a_snapshot_plus_the_records_after_it_is_the_whole_journal_remittances_i
         for packet in [carried, travelling] {
             assert_eq!(engine.remitted_packet(packet), cluster.engines[index as usize].remitted_packet(packet));
             assert_eq!(engine.packet(packet).await, cluster.engines[index as usize].packet(packet).await);
+        }
+        for transfer in [held, sent_off] {
+            let live = &cluster.engines[index as usize];
+            assert_eq!(engine.remitted_transfer(transfer), live.remitted_transfer(transfer));
+            assert_eq!(engine.transfer_view(transfer).await, live.transfer_view(transfer).await);
         }
         engine.shutdown().await;
         // A snapshot is only ever its own partition's.
@@ -716,4 +768,209 @@ async fn concurrent_sends_across_partitions_all_open_once() {
     let audit = cluster.audit().await;
     assert!(audit.is_balanced(), "{audit:?}");
     assert_eq!((audit.in_flight, audit.escrow), (Amount::ZERO, Amount::yuan(10 * sends.len() as u64)));
+}
+
+fn delayed(id: TransferId, from: UserId, to: UserId, yuan: u64) -> NewTransfer {
+    let arrival = hongbao::Arrival::Delayed { secs: 7_200 };
+    NewTransfer { id, amount: Amount::yuan(yuan), arrival, note: "远方".into(), ..spec_of(from, to) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_sent_from_another_partition_is_held_in_its_own_and_settles_home() {
+    let cluster = Cluster::start().await;
+    let (p0, p1, p2) = (&cluster.engines[0], &cluster.engines[1], &cluster.engines[2]);
+    // Sender in partition 0, transfer placed in 1, receiver in 2.
+    let (from, to, id) = (sender_in(0), sender_in(2), transfer_in(1, 1));
+    let spec = delayed(id, from, to, 30);
+    let sent = p0.transfer(spec.clone()).await.unwrap();
+    assert!(matches!(sent.status, hongbao::TransferStatus::InTransit { .. }), "{sent:?}");
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(70));
+    // A retry is the same send; other fields under the id conflict; nothing more is debited.
+    assert_eq!(p0.transfer(spec.clone()).await.unwrap(), sent);
+    let other = NewTransfer { note: "另一笔".into(), ..spec.clone() };
+    assert_eq!(p0.transfer(other).await, Err(TransferError::IdConflict { transfer: id }));
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(70));
+    let remittance = p0.remitted_transfer(id).expect("its send is durable");
+    assert_eq!((remittance.to, remittance.user, remittance.amount), (1, from, Amount::yuan(30)));
+    assert_eq!(remittance.transfer.as_deref().map(|t| &t.spec), Some(&spec));
+    let travelling = cluster.audit().await;
+    assert!(travelling.is_balanced(), "{travelling:?}");
+    assert_eq!((travelling.in_flight, travelling.pending), (Amount::yuan(30), Amount::ZERO));
+    assert_eq!(p1.transfer_view(id).await, Err(TransferError::UnknownTransfer), "not there before it arrives");
+    // Carried, it is held where its id places it, as it was sent.
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p1.transfer_arrival(&remittance).await.unwrap(), sent);
+    assert_eq!(p1.transfer_view(id).await.unwrap(), sent);
+    let held = cluster.audit().await;
+    assert!(held.is_balanced(), "{held:?}");
+    assert_eq!((held.in_flight, held.pending), (Amount::ZERO, Amount::yuan(30)));
+    // Its id is taken there now: a send of the id by a member of that partition conflicts.
+    let local = NewTransfer { from: sender_in(1), ..spec.clone() };
+    assert_eq!(p1.transfer(local).await, Err(TransferError::IdConflict { transfer: id }));
+    // Its sender recalls it in its partition; the money goes home as a remittance.
+    let recalled = p1.recall_transfer(id, from).await.unwrap();
+    assert_eq!(recalled.status, hongbao::TransferStatus::Recalled);
+    let refund = recalled.remitted.expect("the sender's wallet is elsewhere");
+    assert_eq!((refund.to, refund.user, refund.amount), (0, from, Amount::yuan(30)));
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(100));
+    // One accepted by its receiver in a third partition, one left to return at its deadline.
+    let (accepted, returned) = (transfer_in(1, id.0 + 1), transfer_in(1, transfer_in(1, id.0 + 1).0 + 1));
+    let instant = |id, yuan| NewTransfer { id, amount: Amount::yuan(yuan), ..spec_of(from, to) };
+    p0.transfer(instant(accepted, 20)).await.unwrap();
+    p0.transfer(instant(returned, 5)).await.unwrap();
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(75));
+    assert_eq!(cluster.relay(10).await, 2);
+    let credit = p1.accept_transfer(accepted, to).await.unwrap().remitted.expect("the receiver is elsewhere");
+    assert_eq!((credit.to, credit.user), (2, to));
+    cluster.relay(10).await;
+    p2.await_remittance(&credit).await.unwrap();
+    assert_eq!(p2.balance(to).await.unwrap(), Amount::yuan(120));
+    cluster.clock.advance(Duration::from_secs(Limits::default().transfer_accept_secs + 1));
+    p1.run_due().await.unwrap();
+    assert_eq!(p1.transfer_view(returned).await.unwrap().status, hongbao::TransferStatus::Returned);
+    cluster.relay(10).await;
+    assert_eq!(p0.balance(from).await.unwrap(), Amount::yuan(80));
+    let settled = cluster.audit().await;
+    assert!(settled.is_balanced(), "{settled:?}");
+    assert_eq!((settled.in_flight, settled.pending), (Amount::ZERO, Amount::ZERO));
+    // New owners hold the same: the sender's partition still answers a retry (debiting
+    // nothing), the transfer's holds it as it settled.
+    let (home_again, theirs_again) = (replayed(&cluster, 0), replayed(&cluster, 1));
+    assert_eq!(home_again.transfer(spec).await.unwrap(), sent);
+    assert_eq!(home_again.audit().await.unwrap(), p0.audit().await.unwrap());
+    assert_eq!(theirs_again.transfer_view(id).await.unwrap(), p1.transfer_view(id).await.unwrap());
+    assert_eq!(theirs_again.audit().await.unwrap(), p1.audit().await.unwrap());
+    home_again.shutdown().await;
+    theirs_again.shutdown().await;
+    // Past the retention of a settled transfer (after its latest deadline, for the sender's
+    // partition), both forget them, and a new owner replays the retirement.
+    let latest = 7_200 + Limits::default().transfer_accept_secs;
+    cluster.clock.advance(Duration::from_secs(latest + Limits::default().settled_transfer_retention_secs + 1));
+    p0.retire_due().await.unwrap();
+    p1.retire_due().await.unwrap();
+    for t in [id, accepted, returned] {
+        assert_eq!(p0.remitted_transfer(t), None, "{t}");
+        assert_eq!(p1.transfer_view(t).await, Err(TransferError::UnknownTransfer), "{t}");
+    }
+    let home_again = replayed(&cluster, 0);
+    assert_eq!(home_again.remitted_transfer(id), None);
+    assert_eq!(home_again.audit().await.unwrap(), p0.audit().await.unwrap());
+    home_again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_id_is_taken_in_its_partition_goes_back_to_its_sender() {
+    let cluster = Cluster::start().await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    let id = transfer_in(1, 1);
+    // The id is taken in its partition by a member whose wallet is there.
+    let first = p1.transfer(delayed(id, sender_in(1), sender_in(2), 10)).await.unwrap();
+    let sender = sender_in(0);
+    p0.transfer(delayed(id, sender, sender_in(2), 30)).await.unwrap();
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(70));
+    let remittance = p0.remitted_transfer(id).unwrap();
+    assert_eq!(cluster.carry(0, 1, 10).await, 1);
+    assert_eq!(p1.transfer_arrival(&remittance).await, Err(TransferError::IdConflict { transfer: id }));
+    assert_eq!(p1.transfer_view(id).await.unwrap(), first, "the transfer that had the id is untouched");
+    let returning = cluster.audit().await;
+    assert!(returning.is_balanced(), "{returning:?}");
+    assert_eq!(returning.in_flight, Amount::yuan(30), "the amount is on its way back");
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    let back = cluster.audit().await;
+    assert!(back.is_balanced(), "{back:?}");
+    assert_eq!((back.in_flight, back.pending), (Amount::ZERO, Amount::yuan(10)));
+    // Replayed, the return is what was recorded, not decided again.
+    let again = replayed(&cluster, 1);
+    assert_eq!(again.audit().await.unwrap(), p1.audit().await.unwrap());
+    assert_eq!(again.transfer_view(id).await.unwrap(), first);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_that_finds_its_partition_full_goes_back_and_its_id_stays_free() {
+    let cluster = Cluster::start_with(Limits { pending_transfers_max: 1, ..Limits::default() }).await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    // Partition 1 has as many transfers pending as it may.
+    p1.transfer(delayed(transfer_in(1, 1), sender_in(1), sender_in(2), 10)).await.unwrap();
+    let (sender, id) = (sender_in(0), transfer_in(1, 500));
+    p0.transfer(delayed(id, sender, sender_in(2), 30)).await.unwrap();
+    let remittance = p0.remitted_transfer(id).unwrap();
+    assert_eq!(cluster.carry(0, 1, 10).await, 1);
+    assert_eq!(p1.transfer_arrival(&remittance).await, Err(TransferError::TooManyPending { max: 1 }));
+    assert_eq!(p1.transfer_view(id).await, Err(TransferError::UnknownTransfer));
+    // Its amount went back; the sender's partition still answers a retry with what it sent.
+    assert_eq!(cluster.relay(10).await, 1);
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    assert!(p0.transfer(delayed(id, sender, sender_in(2), 30)).await.is_ok());
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100), "a retry debits nothing");
+    let audit = cluster.audit().await;
+    assert!(audit.is_balanced(), "{audit:?}");
+    assert_eq!((audit.in_flight, audit.pending), (Amount::ZERO, Amount::yuan(10)));
+    let again = replayed(&cluster, 1);
+    assert_eq!(again.audit().await.unwrap(), p1.audit().await.unwrap());
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_across_partitions_are_each_held_once() {
+    let cluster = Cluster::start().await;
+    let p0 = &cluster.engines[0];
+    // Every member at home in partition 0 sends two transfers placed elsewhere, each twice,
+    // all at once; then, while they are carried, a member of partition 1 sends transfers of
+    // its own under some of their ids.
+    let senders: Vec<UserId> = (1..=MEMBERS).map(UserId).filter(|&u| partition(0).holds_user(u)).collect();
+    let mut ids = (1..).map(TransferId).filter(|&t| partition(0).of_transfer(t) != 0);
+    let to = sender_in(2);
+    let sends: Vec<NewTransfer> = senders
+        .iter()
+        .flat_map(|&s| [delayed(ids.next().unwrap(), s, to, 10), delayed(ids.next().unwrap(), s, to, 10)])
+        .collect();
+    let all = sends.iter().chain(&sends).map(|spec| {
+        tokio::spawn({
+            let (p0, spec) = (p0.clone(), spec.clone());
+            async move { p0.transfer(spec).await }
+        })
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(60), join_all(all)).await.expect("no send hangs");
+    for (spec, answer) in sends.iter().chain(&sends).zip(answers) {
+        match answer.unwrap() {
+            Ok(view) => assert_eq!(view.id, spec.id),
+            Err(TransferError::Busy) => {} // the first of the two was still being debited
+            Err(e) => panic!("{spec:?}: {e}"),
+        }
+    }
+    for s in &senders {
+        assert_eq!(p0.balance(*s).await.unwrap(), Amount::yuan(80), "{s}: two transfers, debited once each");
+    }
+    let contested: Vec<TransferId> =
+        sends.iter().map(|s| s.id).filter(|&t| partition(0).of_transfer(t) == 1).take(8).collect();
+    let locals = contested.iter().map(|&id| {
+        let p1 = cluster.engines[1].clone();
+        tokio::spawn(async move { p1.transfer(delayed(id, sender_in(1), sender_in(0), 1)).await })
+    });
+    let (_, locals) = futures::join!(cluster.relay(1000), join_all(locals));
+    // Each contested id is held once: the local send's, and the arrival went back; or the
+    // arrival's, and the local send was refused.
+    let mut local_won = 0;
+    for (id, local) in contested.iter().zip(locals) {
+        let r = p0.remitted_transfer(*id).unwrap();
+        match (local.unwrap(), cluster.engines[1].transfer_arrival(&r).await) {
+            (Ok(_), Err(TransferError::IdConflict { .. })) => local_won += 1,
+            (Err(TransferError::Busy | TransferError::IdConflict { .. }), Ok(view)) => assert_eq!(view.from, r.user),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    for spec in sends.iter().filter(|s| !contested.contains(&s.id)) {
+        let r = p0.remitted_transfer(spec.id).unwrap();
+        let holder = &cluster.engines[partition(0).of_transfer(spec.id) as usize];
+        assert_eq!(holder.transfer_arrival(&r).await.unwrap().id, spec.id);
+    }
+    // What went back lands home.
+    cluster.relay(1000).await;
+    let audit = cluster.audit().await;
+    assert!(audit.is_balanced(), "{audit:?}");
+    let held = 10 * (sends.len() as u64 - local_won) + local_won;
+    assert_eq!((audit.in_flight, audit.pending), (Amount::ZERO, Amount::yuan(held)));
 }

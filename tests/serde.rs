@@ -130,11 +130,11 @@ fn packets_and_grabs_round_trip() {
             user: UserId(2),
             amount: Amount::fen(3),
             packet: None,
+            transfer: None,
         }),
     };
     round_trip(&grabbed);
     round_trip(&hongbao::RemittanceError::Gap { from: 1, to: 2, seq: 5, expected: 4 });
-    round_trip(&hongbao::TransferError::CrossPartition { placed: 1, sender: 0 });
     // A remittance that carries a packet to open where its id places it: the whole send, its
     // sender and total as its user and amount; one that carries none says nothing of it.
     let spec = hongbao::NewPacket {
@@ -162,6 +162,7 @@ fn packets_and_grabs_round_trip() {
         user: UserId(2),
         amount: Amount::fen(300),
         packet: Some(Box::new(sent)),
+        transfer: None,
     };
     let json = round_trip(&carrying);
     assert_eq!(
@@ -169,7 +170,28 @@ fn packets_and_grabs_round_trip() {
         (Some("远方"), Some("3.00")),
         "{json}"
     );
-    assert!(round_trip(&hongbao::Remittance { packet: None, ..carrying }).get("packet").is_none());
+    assert!(round_trip(&hongbao::Remittance { packet: None, ..carrying.clone() }).get("packet").is_none());
+    // One that carries a transfer to be held where its id places it.
+    let transfer = hongbao::TransferSent {
+        spec: hongbao::NewTransfer {
+            id: hongbao::TransferId(5),
+            from: UserId(2),
+            to: UserId(3),
+            amount: Amount::fen(300),
+            arrival: hongbao::Arrival::Delayed { secs: 7_200 },
+            note: "房租".into(),
+            org: None,
+        },
+        sent_at,
+        day: 0,
+        cooling_until: sent_at,
+        arrives_at: Timestamp(7_200_001),
+        accept_until: Timestamp(93_600_001),
+        approval: None,
+    };
+    let json = round_trip(&hongbao::Remittance { packet: None, transfer: Some(Box::new(transfer)), ..carrying });
+    assert_eq!(json["transfer"]["spec"]["note"].as_str(), Some("房租"), "{json}");
+    assert!(json.get("packet").is_none(), "{json}");
 }
 
 #[test]

@@ -462,7 +462,7 @@ async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Send
     let spec = NewPacket { id, sender: member.user, group, split, greeting };
     let answer = match engine.send_packet(spec).await {
         Ok(view) => match engine.remitted_packet(view.id) {
-            Some(remittance) => opened_elsewhere(&ctx, &remittance, &view).await,
+            Some(remittance) => held_elsewhere(&ctx, &remittance, without_seed(&view)).await,
             None => Ok(ok(without_seed(&view))),
         },
         Err(e) => Err(fail(e)),
@@ -473,13 +473,13 @@ async fn send_packet(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Send
     answer
 }
 
-/// The answer to a send whose packet opens in another partition than its sender's wallet
-/// (debited already): once the packet's partition has it (waiting up to
+/// The answer to a send whose packet or transfer is held in another partition than its
+/// sender's wallet (debited already): once that partition has it (waiting up to
 /// [`crate::cluster::CREDIT_WAIT`], here or on the node serving it), its view there, or why it
-/// did not open (its total is then on its way back). If it has not arrived by then, or its
-/// partition cannot say now (changing hands, shutting down), 202 with the view it opens with:
-/// it is on its way, and the send stands.
-async fn opened_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: &PacketView) -> Reply {
+/// was not taken in (its amount is then on its way back). If it has not arrived by then, or
+/// its partition cannot say now (changing hands, shutting down), 202 with `sent`, the view it
+/// was sent with: it is on its way, and the send stands.
+async fn held_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: Value) -> Reply {
     let arrived = match ctx.partitions.at(remittance.to) {
         Ok(engine) => arrival_here(&engine, remittance).await,
         Err(_) => match ctx.partitions.arrival(remittance).await {
@@ -488,9 +488,9 @@ async fn opened_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: &PacketView)
         },
     };
     match arrived {
-        // Only these say the packet did not open: anything else leaves the send standing.
-        Err(e) if !matches!(e.kind(), "id_conflict" | "too_many_open_packets") => {
-            Ok(HttpResponse::Accepted().json(without_seed(sent)))
+        // Only these say it was not taken in: anything else leaves the send standing.
+        Err(e) if !matches!(e.kind(), "id_conflict" | "too_many_open_packets" | "too_many_pending") => {
+            Ok(HttpResponse::Accepted().json(sent))
         }
         answer => answer,
     }
@@ -500,14 +500,16 @@ fn not_yet() -> ApiError {
     ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the packet has not arrived yet")
 }
 
-/// What became of a packet sent from another partition to this one, once it arrives (up to
-/// [`crate::cluster::CREDIT_WAIT`]; 504 `not_yet` past it).
+/// What became of a packet or transfer sent from another partition to this one, once it
+/// arrives (up to [`crate::cluster::CREDIT_WAIT`]; 504 `not_yet` past it).
 async fn arrival_here(engine: &Engine, remittance: &Remittance) -> Reply {
-    match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.arrival(remittance)).await {
-        Ok(Ok(view)) => Ok(ok(without_seed(&view))),
-        Ok(Err(e)) => Err(fail(e)),
-        Err(_) => Err(not_yet()),
-    }
+    let arrived = async {
+        match remittance.transfer {
+            Some(_) => engine.transfer_arrival(remittance).await.map(ok).map_err(fail),
+            None => engine.arrival(remittance).await.map(|view| ok(without_seed(&view))).map_err(fail),
+        }
+    };
+    tokio::time::timeout(crate::cluster::CREDIT_WAIT, arrived).await.unwrap_or_else(|_| Err(not_yet()))
 }
 
 #[derive(Deserialize)]
@@ -750,16 +752,17 @@ async fn send_transfer(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json<Se
     let send = Send::Transfer(id);
     let reserved = ctx.step_up(&member, send, Some(amount))?;
     let spec = NewTransfer { id, from: member.user, to, amount, arrival, note, org };
-    match engine.transfer(spec).await {
-        Ok(view) => Ok(ok(view)),
-        Err(e) => {
-            let error = fail(e);
-            if reserved {
-                ctx.release(&member, send, Some(amount), &error);
-            }
-            Err(error)
-        }
+    let answer = match engine.transfer(spec).await {
+        Ok(view) => match engine.remitted_transfer(view.id) {
+            Some(remittance) => held_elsewhere(&ctx, &remittance, json!(view)).await,
+            None => Ok(ok(view)),
+        },
+        Err(e) => Err(fail(e)),
+    };
+    if let (Err(error), true) = (&answer, reserved) {
+        ctx.release(&member, send, Some(amount), error);
     }
+    answer
 }
 
 /// A transfer, for its two parties and its approver.
@@ -936,7 +939,7 @@ async fn await_remittance(ctx: web::Data<Ctx>, req: HttpRequest, body: web::Json
     }
     let remittance = body.into_inner();
     let engine = ctx.partitions.at(remittance.to)?;
-    if remittance.packet.is_some() {
+    if remittance.packet.is_some() || remittance.transfer.is_some() {
         return arrival_here(&engine, &remittance).await;
     }
     match tokio::time::timeout(crate::cluster::CREDIT_WAIT, engine.await_remittance(&remittance)).await {

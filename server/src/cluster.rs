@@ -258,9 +258,9 @@ impl Partitions {
         }
     }
 
-    /// Asks the node serving the partition of a packet sent from here (`remittance` carries it)
-    /// to wait until it arrives, and answers what that node says: the packet's view, or why
-    /// it went back. `None` if no node answered.
+    /// Asks the node serving the partition of a packet or transfer sent from here
+    /// (`remittance` carries it) to wait until it arrives, and answers what that node says: its
+    /// view there, or why it went back. `None` if no node answered.
     pub async fn arrival(&self, remittance: &Remittance) -> Option<Result<serde_json::Value, ApiError>> {
         let Partitions::Cluster(node) = self else { return None };
         let wait =

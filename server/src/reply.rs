@@ -212,8 +212,7 @@ pub fn status_of(kind: &str) -> StatusCode {
         | "invalid_guardian"
         | "cooling_off_too_long"
         | "too_many_members"
-        | "too_many_groups"
-        | "cross_partition" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "too_many_groups" => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -386,15 +386,17 @@ async fn two_nodes_serve_three_partitions_and_one_killed_mid_storm_loses_nothing
         next_frame(&mut socket, &mut heard).await;
     }
 
-    // A transfer per partition to a member whose wallet is elsewhere, accepted through the
-    // other node.
+    // A transfer per partition to a member whose wallet is elsewhere, placed in a third
+    // partition (debited in the sender's, held in its own: the answer is its view there), and
+    // accepted through the other node.
     for (i, &sender) in senders.iter().enumerate() {
-        let id = id_in(i as u32, 1, |t| place.of_transfer(TransferId(t)));
+        let id = id_in((i as u32 + 2) % PARTS, 1, |t| place.of_transfer(TransferId(t)));
         let to = id_in((i as u32 + 1) % PARTS, 20, |u| place.of_user(UserId(u)));
         let (s, body) = api
             .post(&bases[i % 2], "/v1/transfers", Some(sender), json!({ "id": id, "to": to, "amount": "5.00" }))
             .await;
-        assert_eq!(s, 200, "{body}");
+        let status = body["status"]["kind"].as_str();
+        assert_eq!((s, body["id"].as_u64(), status), (200, Some(id), Some("awaiting_acceptance")), "{body}");
         let (s, body) =
             api.post(&bases[(i + 1) % 2], &format!("/v1/transfers/{id}/accept"), Some(to), Value::Null).await;
         assert_eq!(s, 200, "{body}");
@@ -569,7 +571,9 @@ async fn the_cluster_script_starts_and_stops_everything() {
 /// in partition 1 is still on its way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_audit_counts_the_remittances_in_flight() {
-    use hongbao::{Amount, Config, GroupId, NewPacket, OpId, PacketId, Partition, Split};
+    use hongbao::{
+        Amount, Arrival, Config, GroupId, NewPacket, NewTransfer, OpId, PacketId, Partition, Split, TransferId,
+    };
     use hongbao_cluster::{LeaseSpec, Owner, PartitionSpec};
 
     let _serial = one_at_a_time().await;
@@ -613,10 +617,15 @@ async fn the_cluster_audit_counts_the_remittances_in_flight() {
     let far_packet = (packet.0 + 1..).map(PacketId).find(|&p| part(0).of_packet(p) == 0).unwrap();
     let p1 = &owners[1].engine;
     p1.set_members(GroupId(2), vec![far_sender]).await.unwrap();
-    p1.deposit(OpId(2), far_sender, Amount::fen(500)).await.unwrap();
+    p1.deposit(OpId(2), far_sender, Amount::fen(800)).await.unwrap();
     let split = Split::Fixed { each: Amount::fen(100), shares: 5 };
     let far = NewPacket { id: far_packet, sender: far_sender, group: GroupId(2), split, greeting: "远".into() };
     p1.send_packet(far).await.unwrap();
+    // And a transfer whose id places it in partition 0: its amount is on its way too.
+    let far_transfer = (1..).map(TransferId).find(|&t| part(0).of_transfer(t) == 0).unwrap();
+    let (amount, arrival, note) = (Amount::fen(300), Arrival::Instant, String::new());
+    let transfer = NewTransfer { id: far_transfer, from: far_sender, to: sender, amount, arrival, note, org: None };
+    p1.transfer(transfer).await.unwrap();
     assert_eq!(p1.balance(far_sender).await.unwrap(), Amount::ZERO);
     for owner in owners {
         owner.stop().await;
@@ -628,11 +637,11 @@ async fn the_cluster_audit_counts_the_remittances_in_flight() {
     let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
     assert!(audit.status.success(), "{report}");
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["in_flight_remittances"], count + 1, "{report}");
+    assert_eq!(report["in_flight_remittances"], count + 2, "{report}");
     assert_eq!(report["read_again"], json!([]), "a quiet cluster is a consistent cut: {report}");
-    assert_eq!(report["totals_fen"]["in_flight"], fen + 500, "{report}");
+    assert_eq!(report["totals_fen"]["in_flight"], fen + 800, "{report}");
     assert_eq!(report["partitions"][0]["totals_fen"]["remitted"], fen, "{report}");
-    assert_eq!(report["partitions"][1]["totals_fen"]["remitted"], 500, "{report}");
+    assert_eq!(report["partitions"][1]["totals_fen"]["remitted"], 800, "{report}");
     assert_eq!(report["partitions"].as_array().unwrap().len(), 2, "{report}");
     // A cluster has at least one partition.
     let one = Command::new(BIN).args(["audit", "--json", "--cluster", &cluster.urls(), "--partitions", "0"]).output();
