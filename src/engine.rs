@@ -583,7 +583,8 @@ impl Engine {
     }
 
     /// Cancels a packet during its sender's cooling-off (禁止领取, "forbid claiming"): its whole
-    /// total goes back to the sender at once, and nobody can grab it. Returns the refund.
+    /// total goes back to the sender at once (to a wallet in another partition, as a
+    /// remittance), and nobody can grab it. Returns the refund.
     ///
     /// # Errors
     ///
@@ -729,7 +730,8 @@ impl Engine {
     }
 
     /// The sender takes back a transfer that has not arrived (cooling off or in transit): the
-    /// money is back in their wallet when this returns. Returns the settled view.
+    /// money is back in their wallet when this returns (or, when that wallet is in another
+    /// partition, on its way there as the view's `remitted`). Returns the settled view.
     ///
     /// # Errors
     ///
@@ -752,7 +754,8 @@ impl Engine {
     }
 
     /// The receiver declines an arrived transfer: the money is back in the sender's wallet
-    /// when this returns. Returns the settled view.
+    /// when this returns (or on its way there, as for [`Engine::recall_transfer`]). Returns the
+    /// settled view.
     ///
     /// # Errors
     ///
@@ -850,8 +853,8 @@ impl Engine {
         self.decide(subject, by, None).await.map(|_| ())
     }
 
-    /// Rejects a send waiting for approval: its money goes back to the sender at once. Returns
-    /// the refund.
+    /// Rejects a send waiting for approval: its money goes back to the sender at once (to a
+    /// wallet in another partition, as a remittance the relay carries). Returns the refund.
     ///
     /// # Errors
     ///
@@ -1208,6 +1211,7 @@ impl Engine {
             Landing::Credit(credit) => wallets.credit(credit),
             Landing::Opened(sent) => drop(open_sent(&routes, &events, sent)),
             Landing::Arrived(sent) => transfers.arrived(sent),
+            Landing::Returned(out) => wallets.returned(out),
         };
         // A packet or transfer from another partition is taken in here if its id is free and
         // there is room; if not, its amount goes back.

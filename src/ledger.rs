@@ -95,6 +95,18 @@ pub(crate) struct Outgoing {
     pub day: u64,
 }
 
+impl Outgoing {
+    /// The send a remittance carries (a packet or a transfer, as its sender sent it), if it
+    /// carries one.
+    pub(crate) fn carried(r: &crate::record::Remittance) -> Option<Outgoing> {
+        match (&r.packet, &r.transfer) {
+            (Some(sent), _) => Some(Outgoing { user: r.user, amount: r.amount, packet: true, day: sent.day }),
+            (None, Some(sent)) => Some(Outgoing { user: r.user, amount: r.amount, packet: false, day: sent.day }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// The daily caps a send is decided under.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DailyCaps {
@@ -397,6 +409,22 @@ impl Ledger {
     /// deposits stop far below that, so this is a bug, never an input error.
     pub(crate) fn credit(&mut self, credit: Credit) {
         self.try_credit(credit).expect("credits come from escrowed deposits");
+    }
+
+    /// A send that went back to its sender (its partition could not take it in): its amount
+    /// is theirs again, and it no longer counts against their daily caps if that day is
+    /// still theirs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::try_credit`]; nothing changes then.
+    pub(crate) fn returned(&mut self, out: Outgoing) -> Result<(), String> {
+        self.try_credit(Credit { user: out.user, amount: out.amount })?;
+        if let Some(used) = self.days.get_mut(&out.user).filter(|used| used.day == out.day) {
+            used.sent_fen = used.sent_fen.saturating_sub(out.amount.as_fen());
+            used.packets = used.packets.saturating_sub(u32::from(out.packet));
+        }
+        Ok(())
     }
 
     /// [`Ledger::credit`] for replay, where a journal could claim anything.

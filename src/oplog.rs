@@ -521,8 +521,8 @@ impl LiveLog {
         }
         match (record.packet(), record.transfer()) {
             (Some(packet), _) if record.opened_packet().is_none() => self.followed.contains_key(&packet),
-            (_, Some(_)) if matches!(record, Record::TransferSent(sent) if sent.spec.org.is_none()) => false,
-            (_, Some(transfer)) if !matches!(record, Record::TransferSent(_)) => {
+            (_, Some(_)) if record.opened_transfer().is_some_and(|sent| sent.spec.org.is_none()) => false,
+            (_, Some(transfer)) if record.opened_transfer().is_none() => {
                 self.followed_transfers.contains_key(&transfer)
             }
             _ => true,
@@ -535,19 +535,16 @@ impl LiveLog {
         if let Some(sent) = record.opened_packet().filter(|sent| log.packets.contains_key(&sent.spec.id)) {
             self.followed.insert(sent.spec.id, ());
         }
-        match record {
-            Record::TransferSent(sent) if log.transfers.contains_key(&sent.spec.id) => {
-                self.followed_transfers.insert(sent.spec.id, ());
-            }
-            Record::Retired { packets, transfers, .. } => {
-                packets.iter().for_each(|p| {
-                    self.followed.remove(p);
-                });
-                transfers.iter().for_each(|t| {
-                    self.followed_transfers.remove(t);
-                });
-            }
-            _ => {}
+        if let Some(sent) = record.opened_transfer().filter(|sent| log.transfers.contains_key(&sent.spec.id)) {
+            self.followed_transfers.insert(sent.spec.id, ());
+        }
+        if let Record::Retired { packets, transfers, .. } = record {
+            packets.iter().for_each(|p| {
+                self.followed.remove(p);
+            });
+            transfers.iter().for_each(|t| {
+                self.followed_transfers.remove(t);
+            });
         }
     }
 

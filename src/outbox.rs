@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
 use crate::journal::{Completion, Journal};
-use crate::ledger::Credit;
+use crate::ledger::{Credit, Outgoing};
 use crate::money::{Amount, PacketId, TransferId, UserId};
 use crate::partition::{check, Flow, Partition, RemittanceError, ACKNOWLEDGED_RECORD_EVERY, REMITTANCES_HELD_MAX};
 use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason, TransferSent};
@@ -80,6 +80,22 @@ impl SendId {
         packets.iter().map(|&p| SendId::Packet(p)).chain(transfers.iter().map(|&t| SendId::Transfer(t)))
     }
 
+    /// The packet's id, if it is one.
+    pub(crate) fn packet(self) -> Option<PacketId> {
+        match self {
+            SendId::Packet(id) => Some(id),
+            SendId::Transfer(_) => None,
+        }
+    }
+
+    /// The transfer's id, if it is one.
+    pub(crate) fn transfer(self) -> Option<TransferId> {
+        match self {
+            SendId::Transfer(id) => Some(id),
+            SendId::Packet(_) => None,
+        }
+    }
+
     /// The partition it is held in.
     pub(crate) fn placed(self, partition: Partition) -> u32 {
         match self {
@@ -132,6 +148,25 @@ impl Remittances {
             _ => unreachable!("a remitted send"),
         };
         Ok((id, remittance))
+    }
+
+    /// Numbers the remittance that takes a send `r` carried here back to its sender's
+    /// partition, for `reason`: the same send, its amount theirs again.
+    fn number_return(&mut self, r: &Remittance, reason: ReturnReason) -> Remittance {
+        let back = self.number(r.from, Credit { user: r.user, amount: r.amount });
+        Remittance { packet: r.packet.clone(), transfer: r.transfer.clone(), returned: Some(reason), ..back }
+    }
+
+    /// Replay's half of a [`Record::Returned`]: the send goes back, waiting for its sender's
+    /// partition's acknowledgement.
+    pub(crate) fn replayed_return(&mut self, r: &Remittance, reason: ReturnReason) {
+        let back = self.number_return(r, reason);
+        self.hold(back);
+    }
+
+    /// Replay's half of a send from here that came back: a retry of it is a new send.
+    pub(crate) fn forget(&mut self, id: SendId) {
+        self.dispatched.remove(&id);
     }
 
     /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
@@ -213,12 +248,22 @@ impl Remittances {
     ///
     /// A misrouted remittance or a gap; nothing changes then.
     pub(crate) fn receive(&mut self, r: &Remittance) -> Result<bool, RemittanceError> {
-        if !self.check(r)? {
+        if !self.receivable(r)? {
             return Ok(false);
         }
         let flow = self.received.entry(r.from).or_insert(Flow { peer: r.from, ..Flow::default() });
-        let amount = flow.amount.checked_add(r.amount).ok_or(RemittanceError::InvalidAmount { amount: r.amount })?;
+        let amount = flow.amount.checked_add(r.amount).expect("checked");
         *flow = Flow { peer: r.from, count: r.seq, amount };
+        Ok(true)
+    }
+
+    /// What [`Remittances::receive`] would answer, changing nothing.
+    pub(crate) fn receivable(&self, r: &Remittance) -> Result<bool, RemittanceError> {
+        if !self.check(r)? {
+            return Ok(false);
+        }
+        let received = self.received.get(&r.from).map(|f| f.amount).unwrap_or_default();
+        received.checked_add(r.amount).ok_or(RemittanceError::InvalidAmount { amount: r.amount })?;
         Ok(true)
     }
 
@@ -347,6 +392,8 @@ pub(crate) enum Landing {
     Opened(PacketSent),
     /// A transfer whose id is here, its id and pending place reserved: it is held here.
     Arrived(TransferSent),
+    /// A send from here that went back: its amount is its sender's again.
+    Returned(Outgoing),
 }
 
 /// The live side of [`Remittances`]: claims crediting a wallet elsewhere are appended through
@@ -518,25 +565,23 @@ impl Outbox {
         self.dispatched.lock().get(&id).cloned()
     }
 
-    /// Up to `max` packets (`Packet`) or transfers (`Transfer`) sent from here that closed,
-    /// wherever they went, before `cutoff` at the latest (a packet's expiry, a transfer's end
-    /// of acceptance, after the longest approval), due to be retired.
+    /// Up to `max` packets (`Packet`) or transfers (`Transfer`) sent from here to be held
+    /// elsewhere before `cutoff`, due to be retired. Counted from the send, this retires them
+    /// here no later than their own partition retires them (from their close, with the same
+    /// retention), so a retry answered here finds them there.
     pub(crate) fn dispatched_before<T>(
         &self,
         cutoff: Timestamp,
         max: usize,
         kind: impl Fn(SendId) -> Option<T>,
     ) -> Vec<T> {
-        let closed = |d: &Dispatch| match d {
-            Dispatch::Remitted(Remittance { packet: Some(sent), .. }) => {
-                let approved_last = sent.approval.map(|a| crate::packet::expiry_after_approval(sent, a.until));
-                approved_last.unwrap_or(sent.expires_at).max(sent.expires_at) < cutoff
-            }
-            Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) => crate::transfer::settled_by(sent) < cutoff,
+        let sent_before = |d: &Dispatch| match d {
+            Dispatch::Remitted(Remittance { packet: Some(sent), .. }) => sent.sent_at < cutoff,
+            Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) => sent.sent_at < cutoff,
             _ => false,
         };
         let dispatched = self.dispatched.lock();
-        dispatched.iter().filter(|(_, d)| closed(d)).filter_map(|(&id, _)| kind(id)).take(max).collect()
+        dispatched.iter().filter(|(_, d)| sent_before(d)).filter_map(|(&id, _)| kind(id)).take(max).collect()
     }
 
     /// Forgets retired packets and transfers sent from here.
@@ -625,10 +670,12 @@ impl Outbox {
         let mut applied: BTreeMap<u32, (u64, Amount)> = BTreeMap::new();
         for r in batch {
             let invalid = RemittanceError::InvalidAmount { amount: r.amount };
-            let valid = match &r.packet {
-                Some(sent) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
-                // A credit, or a transfer.
-                None => !r.amount.is_zero() && r.amount <= amount_max,
+            let valid = match (&r.packet, &r.transfer) {
+                (Some(sent), _) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
+                // A transfer's amount is its own (`check` holds it to it), bounded where it was
+                // sent: this partition's limits do not apply to it.
+                (None, Some(_)) => !r.amount.is_zero(),
+                (None, None) => !r.amount.is_zero() && r.amount <= amount_max,
             };
             if !valid {
                 return Err(invalid);
@@ -648,7 +695,11 @@ impl Outbox {
                 me.applied.lock().insert(from, seq);
                 me.rung.send_modify(|n| *n += 1);
             };
+            // A send from here that went back is its sender's again, and a retry of it a new
+            // send.
+            let returned = SendId::carried(r).filter(|_| r.returned.is_some());
             let landing = match (&r.packet, &r.transfer) {
+                _ if returned.is_some() => Ok(Landing::Returned(Outgoing::carried(r).expect("a send"))),
                 (Some(sent), _) => room(r).map_or_else(|| Ok(Landing::Opened((**sent).clone())), Err),
                 (None, Some(sent)) => room(r).map_or_else(|| Ok(Landing::Arrived((**sent).clone())), Err),
                 (None, None) => Ok(Landing::Credit(Credit { user: r.user, amount: r.amount })),
@@ -657,12 +708,15 @@ impl Outbox {
                 Ok(landing) => (
                     Record::Received(r.clone()),
                     Box::new(move || {
+                        if let Some(id) = returned {
+                            me.dispatched.lock().remove(&id);
+                        }
                         land(landing);
                         count(&me);
                     }),
                 ),
                 Err(reason) => {
-                    let back = state.number_credit(Credit { user: r.user, amount: r.amount });
+                    let back = state.number_return(r, reason);
                     (
                         Record::Returned { remittance: r.clone(), reason },
                         Box::new(move || {

@@ -132,22 +132,21 @@ fn place(id: u64, count: u32) -> u32 {
 /// Whether `r` is fresh in partition `me` (the next after `applied` from its sender), a repeat,
 /// or refused.
 pub(crate) fn check(me: Partition, r: &Remittance, applied: u64) -> Result<bool, RemittanceError> {
-    // A packet's or transfer's remittance lands where its id places it, from its sender's
-    // partition, and carries its sender and amount.
+    // A packet's or transfer's remittance carries its sender and amount, and lands where its
+    // id places it, from its sender's partition; or, sent back, lands in its sender's
+    // partition from where its id places it.
+    let carried = |placed: u32, sender: UserId, amount: Option<Amount>| {
+        let home = me.of_user(sender);
+        let lands = match r.returned {
+            None => placed == me.index && home == r.from,
+            Some(_) => home == me.index && placed == r.from,
+        };
+        sender == r.user && amount == Some(r.amount) && lands
+    };
     let lands_here = match (&r.packet, &r.transfer) {
-        (Some(sent), None) => {
-            me.holds_packet(sent.spec.id)
-                && sent.spec.sender == r.user
-                && me.of_user(r.user) == r.from
-                && sent.spec.split.total() == Some(r.amount)
-        }
-        (None, Some(sent)) => {
-            me.holds_transfer(sent.spec.id)
-                && sent.spec.from == r.user
-                && me.of_user(r.user) == r.from
-                && sent.spec.amount == r.amount
-        }
-        (None, None) => me.holds_user(r.user),
+        (Some(sent), None) => carried(me.of_packet(sent.spec.id), sent.spec.sender, sent.spec.split.total()),
+        (None, Some(sent)) => carried(me.of_transfer(sent.spec.id), sent.spec.from, Some(sent.spec.amount)),
+        (None, None) => me.holds_user(r.user) && r.returned.is_none(),
         (Some(_), Some(_)) => false,
     };
     if r.to != me.index || r.from == me.index || r.from >= me.count || !lands_here || r.seq == 0 {

@@ -278,20 +278,14 @@ impl Inner {
             now.as_millis().saturating_sub(self.limits.settled_transfer_retention_secs.saturating_mul(1_000)),
         );
         let mut packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
-        // Packets sent from here to open elsewhere are kept for retries as long as a packet.
-        let packet = |id| match id {
-            SendId::Packet(packet) => Some(packet),
-            SendId::Transfer(_) => None,
-        };
-        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len(), packet));
+        // Packets sent from here to open elsewhere are kept for retries for a closed packet's
+        // retention, counted from their send: never longer than their own partition keeps them.
+        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len(), SendId::packet));
         let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
         let mut transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
-        // So are transfers sent from here to be held elsewhere, like a settled transfer.
-        let transfer = |id| match id {
-            SendId::Transfer(transfer) => Some(transfer),
-            SendId::Packet(_) => None,
-        };
-        transfers.extend(self.outbox.dispatched_before(transfers_cutoff, RETIRED_IDS_MAX - transfers.len(), transfer));
+        // So are transfers sent from here to be held elsewhere, for a settled one's.
+        let room = RETIRED_IDS_MAX - transfers.len();
+        transfers.extend(self.outbox.dispatched_before(transfers_cutoff, room, SendId::transfer));
         let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
         if packets.is_empty() && ops.is_empty() && transfers.is_empty() {
             return Ok(retired);

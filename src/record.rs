@@ -64,13 +64,18 @@ const RECEIVED_PACKET: u8 = 32;
 const RETURNED: u8 = 33;
 /// The remittances to a partition up to a number were acknowledged.
 const ACKNOWLEDGED: u8 = 34;
-/// A transfer debited here whose id places it in another partition; a remittance that carries
-/// a transfer there; one that could not be held there and went back to its sender.
+/// A transfer debited here whose id places it in another partition.
 const TRANSFER_REMITTED: u8 = 35;
+/// A remittance that carries a transfer to its partition.
 const RECEIVED_TRANSFER: u8 = 36;
+/// A transfer that could not be held in its partition, and goes back to its sender.
 const RETURNED_TRANSFER: u8 = 37;
+/// A remittance that brings a packet or transfer that went back home to its sender's
+/// partition, with the reason.
+const RECEIVED_PACKET_BACK: u8 = 38;
+const RECEIVED_TRANSFER_BACK: u8 = 39;
 const RETURN_ID_TAKEN: u8 = 1;
-const RETURN_FULL: u8 = 2;
+const RETURN_PACKETS_FULL: u8 = 2;
 const RETURN_TRANSFERS_FULL: u8 = 3;
 
 const SUBJECT_PACKET: u8 = 1;
@@ -163,24 +168,29 @@ pub struct Remittance {
     /// The transfer it carries, if it carries one: then it credits no wallet.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub transfer: Option<Box<TransferSent>>,
+    /// For a packet or transfer it carries, set when it brings it back to its sender's
+    /// partition, from the partition of its id that could not take it in, and why: the
+    /// amount is the sender's again.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub returned: Option<ReturnReason>,
 }
 
 impl Remittance {
     /// The remittance that carries `sent` to the partition of its id.
     pub(crate) fn of_packet(from: u32, to: u32, seq: u64, sent: PacketSent) -> Option<Remittance> {
         let (user, amount) = (sent.spec.sender, sent.spec.split.total()?);
-        Some(Remittance { from, to, seq, user, amount, packet: Some(Box::new(sent)), transfer: None })
+        Some(Remittance { from, to, seq, user, amount, packet: Some(Box::new(sent)), transfer: None, returned: None })
     }
 
     /// The remittance that carries `sent` to the partition of its id.
     pub(crate) fn of_transfer(from: u32, to: u32, seq: u64, sent: TransferSent) -> Remittance {
         let (user, amount) = (sent.spec.from, sent.spec.amount);
-        Remittance { from, to, seq, user, amount, packet: None, transfer: Some(Box::new(sent)) }
+        Remittance { from, to, seq, user, amount, packet: None, transfer: Some(Box::new(sent)), returned: None }
     }
 
     /// A credit of `user`'s wallet, carrying nothing.
     pub(crate) fn credit(from: u32, to: u32, seq: u64, user: UserId, amount: Amount) -> Remittance {
-        Remittance { from, to, seq, user, amount, packet: None, transfer: None }
+        Remittance { from, to, seq, user, amount, packet: None, transfer: None, returned: None }
     }
 }
 
@@ -196,6 +206,25 @@ pub enum ReturnReason {
     TooManyOpenPackets,
     /// The partition had `pending_transfers_max` transfers pending.
     TooManyPendingTransfers,
+}
+
+impl ReturnReason {
+    fn tag(self) -> u8 {
+        match self {
+            ReturnReason::IdTaken => RETURN_ID_TAKEN,
+            ReturnReason::TooManyOpenPackets => RETURN_PACKETS_FULL,
+            ReturnReason::TooManyPendingTransfers => RETURN_TRANSFERS_FULL,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Result<ReturnReason, DecodeError> {
+        Ok(match tag {
+            RETURN_ID_TAKEN => ReturnReason::IdTaken,
+            RETURN_PACKETS_FULL => ReturnReason::TooManyOpenPackets,
+            RETURN_TRANSFERS_FULL => ReturnReason::TooManyPendingTransfers,
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        })
+    }
 }
 
 /// Who may approve a send that waits for a second person (rule 23): never its sender.
@@ -292,7 +321,8 @@ pub struct NewTransfer {
 }
 
 /// A transfer as sent: the request and every deadline it will meet, all fixed when it is
-/// sent. This is the payload of [`Record::TransferSent`].
+/// sent. This is the payload of [`Record::TransferSent`] and [`Record::TransferRemitted`], and
+/// what [`Remittance::transfer`] carries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TransferSent {
@@ -683,8 +713,10 @@ pub enum Record {
         count: u32,
     },
     /// A remittance from another partition was applied: a share won or a transfer accepted
-    /// there by a member whose wallet is here (credited), or a packet sent there whose id is
-    /// here (opened, its total in escrow). Applied once: a repeat of its number changes nothing.
+    /// there by a member whose wallet is here (credited); a packet or transfer sent there whose
+    /// id is here (opened, its total in escrow; held, its amount pending); or one sent from
+    /// here that went back (`returned`: credited to its sender, and no longer counted against
+    /// their day). Applied once: a repeat of its number changes nothing.
     Received(Remittance),
     /// A packet was sent here by a member whose wallet is here, and its id places it in another
     /// partition: its total left the sender's wallet, and goes there as a numbered remittance
@@ -699,9 +731,9 @@ pub enum Record {
         /// The highest number acknowledged.
         through: u64,
     },
-    /// A transfer was sent here by a member whose wallet is here, and its id places it in
-    /// another partition: its amount left the sender's wallet, and goes there as a numbered
-    /// remittance that holds it there until it settles.
+    /// A transfer was sent from this partition by a member whose wallet is here, and its id
+    /// places it in another partition: its amount left the sender's wallet, and goes there as
+    /// a numbered remittance that holds it there until it settles.
     TransferRemitted(TransferSent),
     /// A remittance carrying a packet or a transfer was applied but could not be taken in here:
     /// its amount goes back to its sender as a remittance of its own.
@@ -765,7 +797,7 @@ impl Record {
     pub fn opened_packet(&self) -> Option<&PacketSent> {
         match self {
             Record::PacketSent(sent) => Some(sent),
-            Record::Received(Remittance { packet: Some(sent), .. }) => Some(sent),
+            Record::Received(Remittance { packet: Some(sent), returned: None, .. }) => Some(sent),
             _ => None,
         }
     }
@@ -775,7 +807,7 @@ impl Record {
     pub fn opened_transfer(&self) -> Option<&TransferSent> {
         match self {
             Record::TransferSent(sent) => Some(sent),
-            Record::Received(Remittance { transfer: Some(sent), .. }) => Some(sent),
+            Record::Received(Remittance { transfer: Some(sent), returned: None, .. }) => Some(sent),
             _ => None,
         }
     }
@@ -846,7 +878,8 @@ impl Carries {
     }
 }
 
-/// A transfer as sent (the body of [`TRANSFER_SENT`]).
+/// A transfer as sent (the body of [`TRANSFER_SENT`] and [`TRANSFER_REMITTED`], and what a
+/// remittance carrying a transfer holds).
 fn put_transfer_sent(out: &mut Vec<u8>, sent: &TransferSent) {
     let TransferSent { spec, sent_at, day, cooling_until, arrives_at, accept_until, approval } = sent;
     put_u64s(out, &[spec.id.0, spec.from.0, spec.to.0, spec.amount.as_fen()]);
@@ -1064,11 +1097,16 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&count.to_le_bytes());
         }
         Record::Received(r) => {
-            out.push(match Carries::of(r) {
-                Carries::Credit => RECEIVED,
-                Carries::Packet => RECEIVED_PACKET,
-                Carries::Transfer => RECEIVED_TRANSFER,
+            out.push(match (Carries::of(r), r.returned) {
+                (Carries::Credit, _) => RECEIVED,
+                (Carries::Packet, None) => RECEIVED_PACKET,
+                (Carries::Transfer, None) => RECEIVED_TRANSFER,
+                (Carries::Packet, Some(_)) => RECEIVED_PACKET_BACK,
+                (Carries::Transfer, Some(_)) => RECEIVED_TRANSFER_BACK,
             });
+            if let (Carries::Packet | Carries::Transfer, Some(reason)) = (Carries::of(r), r.returned) {
+                out.push(reason.tag());
+            }
             put_remittance(out, r);
         }
         Record::Acknowledged { to, through } => {
@@ -1078,11 +1116,7 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
         }
         Record::Returned { remittance, reason } => {
             out.push(if Carries::of(remittance) == Carries::Transfer { RETURNED_TRANSFER } else { RETURNED });
-            out.push(match reason {
-                ReturnReason::IdTaken => RETURN_ID_TAKEN,
-                ReturnReason::TooManyOpenPackets => RETURN_FULL,
-                ReturnReason::TooManyPendingTransfers => RETURN_TRANSFERS_FULL,
-            });
+            out.push(reason.tag());
             put_remittance(out, remittance);
         }
     }
@@ -1335,14 +1369,14 @@ fn decode_from(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         RECEIVED => Record::Received(r.remittance(Carries::Credit)?),
         RECEIVED_PACKET => Record::Received(r.remittance(Carries::Packet)?),
         RECEIVED_TRANSFER => Record::Received(r.remittance(Carries::Transfer)?),
+        tag @ (RECEIVED_PACKET_BACK | RECEIVED_TRANSFER_BACK) => {
+            let reason = ReturnReason::from_tag(r.u8()?)?;
+            let carries = if tag == RECEIVED_PACKET_BACK { Carries::Packet } else { Carries::Transfer };
+            Record::Received(Remittance { returned: Some(reason), ..r.remittance(carries)? })
+        }
         ACKNOWLEDGED => Record::Acknowledged { to: r.u32()?, through: r.u64()? },
         tag @ (RETURNED | RETURNED_TRANSFER) => {
-            let reason = match r.u8()? {
-                RETURN_ID_TAKEN => ReturnReason::IdTaken,
-                RETURN_FULL => ReturnReason::TooManyOpenPackets,
-                RETURN_TRANSFERS_FULL => ReturnReason::TooManyPendingTransfers,
-                tag => return Err(DecodeError::UnknownTag(tag)),
-            };
+            let reason = ReturnReason::from_tag(r.u8()?)?;
             let remittance = r.remittance(if tag == RETURNED { Carries::Packet } else { Carries::Transfer })?;
             Record::Returned { remittance, reason }
         }
@@ -1448,6 +1482,14 @@ pub(crate) mod tests {
                 reason: ReturnReason::TooManyOpenPackets,
             },
             Record::TransferRemitted(transfer_remitted(50)),
+            Record::Received(Remittance {
+                returned: Some(ReturnReason::TooManyPendingTransfers),
+                ..Remittance::of_transfer(0, 2, 14, transfer_remitted(54))
+            }),
+            Record::Received(Remittance {
+                returned: Some(ReturnReason::TooManyOpenPackets),
+                ..Remittance::of_packet(0, 2, 15, remitted(55)).unwrap()
+            }),
             Record::Received(Remittance::of_transfer(2, 0, 11, transfer_remitted(51))),
             Record::Returned {
                 remittance: Remittance::of_transfer(2, 0, 12, transfer_remitted(52)),

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
 use crate::journal::{Fold, Restore};
-use crate::ledger::{Credit, DayUse, Ledger, OpDone};
+use crate::ledger::{Credit, DayUse, Ledger, OpDone, Outgoing};
 use crate::money::{Amount, GroupId, OpId, PacketId, TransferId, UserId};
 use crate::oplog::OpLog;
 use crate::org::OrgBook;
@@ -181,9 +181,17 @@ impl Replica {
                 self.remittances.replayed_send(record)?;
             }
             Record::Received(remittance) => {
-                // Checked first: a refused remittance changes nothing.
-                if self.remittances.check(remittance).map_err(|e| e.to_string())? {
+                // Checked first, and each kind's own check before its change: a refused
+                // remittance changes nothing.
+                if self.remittances.receivable(remittance).map_err(|e| e.to_string())? {
                     match (&remittance.packet, &remittance.transfer) {
+                        // A send from here that went back: its sender's again, and a retry of
+                        // it a new send.
+                        _ if remittance.returned.is_some() => {
+                            let out = Outgoing::carried(remittance).ok_or("a return carries a send")?;
+                            self.ledger.returned(out)?;
+                            self.remittances.forget(SendId::carried(remittance).ok_or("a return carries a send")?);
+                        }
                         (Some(sent), _) => {
                             // Its total is in escrow here.
                             self.openable(sent)?;
@@ -205,11 +213,14 @@ impl Replica {
                 }
             }
             Record::Acknowledged { to, through } => self.remittances.acknowledged(*to, *through)?,
-            Record::Returned { remittance, .. } => {
+            Record::Returned { remittance, reason } => {
+                if remittance.returned.is_some() || SendId::carried(remittance).is_none() {
+                    return Err(format!("{remittance:?} returned, though it carries no send to this partition"));
+                }
                 if self.remittances.check(remittance).map_err(|e| e.to_string())? {
                     self.remittances.receive(remittance).map_err(|e| e.to_string())?;
-                    // Back to its sender, whose wallet is where it came from.
-                    self.credit(Credit { user: remittance.user, amount: remittance.amount })?;
+                    // Back to its sender's partition, where it came from.
+                    self.remittances.replayed_return(remittance, *reason);
                 }
             }
             Record::Roster { .. } | Record::MembersAdded { .. } | Record::MembersRemoved { .. } => {

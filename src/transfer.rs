@@ -61,9 +61,10 @@ pub struct TransferView {
     /// When it settled; it is kept (answering repeats and queries) for
     /// `settled_transfer_retention_secs` from then.
     pub settled_at: Option<Timestamp>,
-    /// On the answer to an accept whose receiver's wallet is in another partition: the
-    /// remittance carrying the amount there. Await it in that partition
-    /// ([`crate::Engine::await_remittance`]) before reading the receiver's balance.
+    /// On the answer to an accept, recall or decline whose wallet to credit (the receiver's,
+    /// or the sender's) is in another partition: the remittance carrying the amount there.
+    /// Await it in that partition ([`crate::Engine::await_remittance`]) before reading that
+    /// balance.
     #[cfg_attr(feature = "serde", serde(default))]
     pub remitted: Option<crate::record::Remittance>,
 }
@@ -392,13 +393,6 @@ impl TransferState {
         }
         Ok(state)
     }
-}
-
-/// The latest a transfer sent as `sent` settles by its deadlines: the end of its acceptance,
-/// shifted by the longest wait for its approval.
-pub(crate) fn settled_by(sent: &TransferSent) -> Timestamp {
-    let wait_ms = sent.approval.map_or(0, |a| a.until.as_millis().saturating_sub(sent.sent_at.as_millis()));
-    Timestamp(sent.accept_until.as_millis().saturating_add(wait_ms))
 }
 
 /// Checks a new transfer against the limits; changes nothing.

@@ -192,6 +192,12 @@ pub(crate) struct GetUsage {
 #[rtype(result = "()")]
 pub(crate) struct Credit(pub CreditMove);
 
+/// A send of this wallet's that went back from another partition, durably: its amount is
+/// credited and no longer counts against the day's caps. Never refused, never answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Returned(pub Outgoing);
+
 /// The ids of operations applied before `cutoff` (at most `max`), due to be retired.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -449,6 +455,15 @@ impl Handler<Credit> for WalletShard {
     }
 }
 
+impl Handler<Returned> for WalletShard {
+    type Result = ();
+
+    fn handle(&mut self, m: Returned, _: &mut Context<Self>) {
+        let fuse = Arc::clone(&self.fuse);
+        fuse.guard("wallet shard", || self.ledger.returned(m.0).expect("a send's amount came from this wallet"));
+    }
+}
+
 impl Handler<OpsBefore> for WalletShard {
     type Result = ();
 
@@ -521,6 +536,11 @@ impl Wallets {
     /// Passes a credit on to the winner's shard. Never refused: see [`Credit`].
     pub(crate) fn credit(&self, credit: CreditMove) {
         self.shard(credit.user).do_send(Credit(credit));
+    }
+
+    /// Passes a send that went back on to its sender's shard. Never refused: see [`Returned`].
+    pub(crate) fn returned(&self, out: Outgoing) {
+        self.shard(out.user).do_send(Returned(out));
     }
 
     /// Sends a deposit (`deposit` is `Some(balance_fen_max)`) or a withdrawal to the user's

@@ -276,7 +276,16 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
     let cluster = Cluster::start().await;
     let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
     let home_of_1 = sender_in(1);
-    let r = |seq, user| Remittance { from: 0, to: 1, seq, user, amount: Amount::fen(5), packet: None, transfer: None };
+    let r = |seq, user| Remittance {
+        from: 0,
+        to: 1,
+        seq,
+        user,
+        amount: Amount::fen(5),
+        packet: None,
+        transfer: None,
+        returned: None,
+    };
     let before = p1.audit().await.unwrap();
     assert!(matches!(
         p1.receive(&[r(1, home_of_1), r(3, home_of_1)]).await,
@@ -337,11 +346,21 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
         }
     };
     let wrong_amount = Remittance { amount: Amount::yuan(4), ..transfer(sender_in(0), transfer_in(1, 1)) };
-    let both = Remittance {
-        packet: carrying(sender_in(0), packet_in(1, 9)).packet,
-        ..transfer(sender_in(0), transfer_in(1, 1))
-    };
+    // Both a packet and a transfer, each alone well formed (a packet of 3 yuan).
+    let mut both = transfer(sender_in(0), transfer_in(1, 1));
+    let mut small = sent(sender_in(0), packet_in(1, 9));
+    small.spec.split = Split::Fixed { each: Amount::yuan(1), shares: 3 };
+    both.packet = Some(Box::new(small));
+    // Sent back, though it is not going home; going home, though not sent back; a credit
+    // sent back.
+    let returned = Some(hongbao::ReturnReason::IdTaken);
+    let back_the_wrong_way = Remittance { returned, ..transfer(sender_in(0), transfer_in(1, 1)) };
+    let home_unreturned = Remittance { from: 0, ..transfer(sender_in(1), transfer_in(0, 1)) };
+    let credit_returned = Remittance { returned, ..r(2, sender_in(1)) };
     for wrong in [
+        back_the_wrong_way,
+        home_unreturned,
+        credit_returned,
         carrying(sender_in(2), packet_in(1, 9)),
         carrying(sender_in(0), packet_in(2, 9)),
         transfer(sender_in(2), transfer_in(1, 1)),
@@ -352,6 +371,10 @@ async fn misrouted_remittances_and_gaps_change_nothing() {
         assert!(matches!(p1.receive(&[Remittance { seq: 2, ..wrong }]).await, Err(RemittanceError::Misrouted { .. })));
     }
     assert_eq!((p1.audit().await.unwrap(), p1.received_from(0)), (before, 1), "refused, changing nothing");
+    // The well-formed transfer is taken in.
+    let held = Remittance { seq: 2, ..transfer(sender_in(0), transfer_in(1, 1)) };
+    p1.receive(std::slice::from_ref(&held)).await.unwrap();
+    assert_eq!(p1.transfer_arrival(&held).await.unwrap().id, transfer_in(1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,6 +662,7 @@ async fn a_packet_whose_id_is_taken_in_its_partition_goes_back_to_its_sender() {
     assert_eq!(returning.in_flight, Amount::yuan(50), "the total is on its way back");
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    assert_eq!(p0.remitted_packet(id), None, "home, the send is forgotten");
     let back = cluster.audit().await;
     assert!(back.is_balanced(), "{back:?}");
     assert_eq!((back.in_flight, back.escrow), (Amount::ZERO, Amount::yuan(50)));
@@ -662,14 +686,32 @@ async fn a_packet_that_finds_its_partition_full_goes_back_and_its_id_stays_free(
     assert_eq!(cluster.carry(0, 1, 10).await, 1);
     assert_eq!(p1.arrival(&remittance).await, Err(SendError::TooManyOpenPackets { max: 1 }));
     assert_eq!(p1.packet(id).await, Err(hongbao::EngineError::UnknownPacket));
-    // Its total went back; the sender's partition still answers a retry with what it sent.
+    // Until its total is home, a retry is answered with what was sent, and debits nothing.
+    assert!(p0.send_packet(lucky(id, sender, 5)).await.is_ok());
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50), "a retry debits nothing");
+    // Home, it is the sender's again, no longer counted against their day, and the send is
+    // forgotten: a retry is a new send, which finds the partition full again.
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
-    assert!(p0.send_packet(lucky(id, sender, 5)).await.is_ok());
-    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100), "a retry debits nothing");
+    let usage = p0.usage(sender).await.unwrap();
+    assert_eq!((usage.sent_today, usage.packets_today), (Amount::ZERO, 0));
+    assert_eq!(p0.remitted_packet(id), None);
+    p0.send_packet(lucky(id, sender, 5)).await.unwrap();
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50), "a new send");
+    let again = p0.remitted_packet(id).unwrap();
+    assert_eq!(cluster.relay(10).await, 2, "there and back");
+    assert_eq!(p1.arrival(&again).await, Err(SendError::TooManyOpenPackets { max: 1 }));
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
     let audit = cluster.audit().await;
     assert!(audit.is_balanced(), "{audit:?}");
     assert_eq!((audit.in_flight, audit.escrow), (Amount::ZERO, Amount::yuan(50)));
+    // Replayed, each partition holds the same: the returns were recorded, not decided again.
+    for index in [0, 1] {
+        let again = replayed(&cluster, index);
+        assert_eq!(again.audit().await.unwrap(), cluster.engines[index as usize].audit().await.unwrap());
+        assert_eq!(again.usage(sender).await.ok().map(|u| u.sent_today), (index == 0).then_some(Amount::ZERO));
+        again.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,6 +920,8 @@ async fn a_transfer_whose_id_is_taken_in_its_partition_goes_back_to_its_sender()
     assert_eq!(returning.in_flight, Amount::yuan(30), "the amount is on its way back");
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
+    assert_eq!(p0.remitted_transfer(id), None, "home, the send is forgotten");
+    assert_eq!(p0.usage(sender).await.unwrap().sent_today, Amount::ZERO);
     let back = cluster.audit().await;
     assert!(back.is_balanced(), "{back:?}");
     assert_eq!((back.in_flight, back.pending), (Amount::ZERO, Amount::yuan(10)));
@@ -900,17 +944,34 @@ async fn a_transfer_that_finds_its_partition_full_goes_back_and_its_id_stays_fre
     assert_eq!(cluster.carry(0, 1, 10).await, 1);
     assert_eq!(p1.transfer_arrival(&remittance).await, Err(TransferError::TooManyPending { max: 1 }));
     assert_eq!(p1.transfer_view(id).await, Err(TransferError::UnknownTransfer));
-    // Its amount went back; the sender's partition still answers a retry with what it sent.
+    // Until its amount is home, a retry is answered with what was sent, and debits nothing.
+    let spec = delayed(id, sender, sender_in(2), 30);
+    assert!(p0.transfer(spec.clone()).await.is_ok());
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(70), "a retry debits nothing");
+    // Home, it is the sender's again, and a retry is a new send: once the partition has room,
+    // it is held there.
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
-    assert!(p0.transfer(delayed(id, sender, sender_in(2), 30)).await.is_ok());
-    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100), "a retry debits nothing");
+    assert_eq!(p0.usage(sender).await.unwrap().sent_today, Amount::ZERO);
+    assert_eq!(p1.recall_transfer(transfer_in(1, 1), sender_in(1)).await.unwrap().remitted, None);
+    let sent = p0.transfer(spec).await.unwrap();
+    assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(70));
+    cluster.relay(10).await;
+    assert_eq!(p1.transfer_arrival(&p0.remitted_transfer(id).unwrap()).await.unwrap(), sent);
+    // Its id and pending place were given back with the first return: a member of that
+    // partition can take neither now.
+    let local = delayed(id, sender_in(1), sender_in(2), 1);
+    assert_eq!(p1.transfer(local).await, Err(TransferError::IdConflict { transfer: id }));
+    let other = delayed(transfer_in(1, id.0 + 1), sender_in(1), sender_in(2), 1);
+    assert_eq!(p1.transfer(other).await, Err(TransferError::TooManyPending { max: 1 }));
     let audit = cluster.audit().await;
     assert!(audit.is_balanced(), "{audit:?}");
-    assert_eq!((audit.in_flight, audit.pending), (Amount::ZERO, Amount::yuan(10)));
-    let again = replayed(&cluster, 1);
-    assert_eq!(again.audit().await.unwrap(), p1.audit().await.unwrap());
-    again.shutdown().await;
+    assert_eq!((audit.in_flight, audit.pending), (Amount::ZERO, Amount::yuan(30)));
+    for index in [0, 1] {
+        let again = replayed(&cluster, index);
+        assert_eq!(again.audit().await.unwrap(), cluster.engines[index as usize].audit().await.unwrap());
+        again.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,6 +1007,9 @@ async fn concurrent_transfers_across_partitions_are_each_held_once() {
     }
     let contested: Vec<TransferId> =
         sends.iter().map(|s| s.id).filter(|&t| partition(0).of_transfer(t) == 1).take(8).collect();
+    // (A send that goes back is forgotten once home.)
+    let remitted: HashMap<TransferId, Remittance> =
+        sends.iter().map(|s| (s.id, p0.remitted_transfer(s.id).unwrap())).collect();
     let locals = contested.iter().map(|&id| {
         let p1 = cluster.engines[1].clone();
         tokio::spawn(async move { p1.transfer(delayed(id, sender_in(1), sender_in(0), 1)).await })
@@ -955,17 +1019,16 @@ async fn concurrent_transfers_across_partitions_are_each_held_once() {
     // arrival's, and the local send was refused.
     let mut local_won = 0;
     for (id, local) in contested.iter().zip(locals) {
-        let r = p0.remitted_transfer(*id).unwrap();
-        match (local.unwrap(), cluster.engines[1].transfer_arrival(&r).await) {
+        let r = &remitted[id];
+        match (local.unwrap(), cluster.engines[1].transfer_arrival(r).await) {
             (Ok(_), Err(TransferError::IdConflict { .. })) => local_won += 1,
             (Err(TransferError::Busy | TransferError::IdConflict { .. }), Ok(view)) => assert_eq!(view.from, r.user),
             other => panic!("{id}: {other:?}"),
         }
     }
     for spec in sends.iter().filter(|s| !contested.contains(&s.id)) {
-        let r = p0.remitted_transfer(spec.id).unwrap();
         let holder = &cluster.engines[partition(0).of_transfer(spec.id) as usize];
-        assert_eq!(holder.transfer_arrival(&r).await.unwrap().id, spec.id);
+        assert_eq!(holder.transfer_arrival(&remitted[&spec.id]).await.unwrap().id, spec.id);
     }
     // What went back lands home.
     cluster.relay(1000).await;
@@ -973,4 +1036,33 @@ async fn concurrent_transfers_across_partitions_are_each_held_once() {
     assert!(audit.is_balanced(), "{audit:?}");
     let held = 10 * (sends.len() as u64 - local_won) + local_won;
     assert_eq!((audit.in_flight, audit.pending), (Amount::ZERO, Amount::yuan(held)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_transfer_is_logged_where_it_is_held_live_as_on_replay() {
+    let cluster = Cluster::start().await;
+    let (p0, p1) = (&cluster.engines[0], &cluster.engines[1]);
+    let (org, admin) = (hongbao::OrgId(5), sender_in(2));
+    // Orgs are kept by every partition.
+    for engine in &cluster.engines {
+        engine.create_org(org, hongbao::NewOrg { admins: vec![admin], name: "Acme".into() }).await.unwrap();
+        engine.attach_group(org, GROUP, admin).await.unwrap();
+    }
+    let (from, to, id) = (sender_in(0), sender_in(2), transfer_in(1, 1));
+    let spec = NewTransfer { org: Some(org), ..delayed(id, from, to, 30) };
+    p0.transfer(spec).await.unwrap();
+    cluster.relay(10).await;
+    cluster.clock.advance(Duration::from_secs(7_200));
+    p1.run_due().await.unwrap();
+    p1.accept_transfer(id, to).await.unwrap();
+    let kinds = |page: hongbao::OpPage| page.entries.iter().map(|e| (e.kind, e.transfer)).collect::<Vec<_>>();
+    let logged = kinds(p1.operations(org, hongbao::OpQuery::default()).await.unwrap());
+    let transfer = |kind| (kind, Some(id));
+    let expected = [transfer(hongbao::OpKind::TransferSent), transfer(hongbao::OpKind::TransferAccepted)];
+    assert_eq!(logged[2..], expected, "{logged:?}");
+    // Not in the sender's partition: it is logged where it is held.
+    assert_eq!(kinds(p0.operations(org, hongbao::OpQuery::default()).await.unwrap()).len(), 2);
+    let again = replayed(&cluster, 1);
+    assert_eq!(kinds(again.operations(org, hongbao::OpQuery::default()).await.unwrap()), logged);
+    again.shutdown().await;
 }

@@ -131,6 +131,7 @@ fn packets_and_grabs_round_trip() {
             amount: Amount::fen(3),
             packet: None,
             transfer: None,
+            returned: None,
         }),
     };
     round_trip(&grabbed);
@@ -163,6 +164,7 @@ fn packets_and_grabs_round_trip() {
         amount: Amount::fen(300),
         packet: Some(Box::new(sent)),
         transfer: None,
+        returned: None,
     };
     let json = round_trip(&carrying);
     assert_eq!(

@@ -497,7 +497,7 @@ async fn held_elsewhere(ctx: &Ctx, remittance: &Remittance, sent: Value) -> Repl
 }
 
 fn not_yet() -> ApiError {
-    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "the packet has not arrived yet")
+    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_yet", "it has not arrived in its partition yet")
 }
 
 /// What became of a packet or transfer sent from another partition to this one, once it
