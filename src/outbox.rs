@@ -584,8 +584,20 @@ impl Outbox {
         dispatched.iter().filter(|(_, d)| sent_before(d)).filter_map(|(&id, _)| kind(id)).take(max).collect()
     }
 
+    /// Appends `record`, a [`Record::Retired`], and forgets the packets and transfers sent from
+    /// here that it lists, under the lock that orders sends from here: as on replay, a send
+    /// that came back before it is forgotten already, and a new send of a listed id after it
+    /// is kept.
+    pub(crate) fn append_retiring(&self, journal: &dyn Journal, record: Record, then: Completion) {
+        let _ordered = self.state.lock();
+        if let Record::Retired { packets, transfers, .. } = &record {
+            self.retire_dispatched(packets, transfers);
+        }
+        journal.append(record, then);
+    }
+
     /// Forgets retired packets and transfers sent from here.
-    pub(crate) fn retire_dispatched(&self, packets: &[PacketId], transfers: &[TransferId]) {
+    fn retire_dispatched(&self, packets: &[PacketId], transfers: &[TransferId]) {
         let mut dispatched = self.dispatched.lock();
         SendId::all(packets, transfers).for_each(|id| drop(dispatched.remove(&id)));
         if dispatched.len() * 4 < dispatched.capacity() {

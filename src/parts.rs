@@ -295,14 +295,16 @@ impl Inner {
         // sent twice) or misread (a deposit taken for a repeat).
         let record = Record::Retired { packets: packets.clone(), ops, transfers: transfers.clone() };
         let (tx, rx) = oneshot::channel();
-        self.journal.append(
+        // The sends from here it lists are forgotten as it is appended (a send of one of their
+        // ids from then on is appended after it).
+        self.outbox.append_retiring(
+            &*self.journal,
             record.clone(),
             Box::new(move || {
                 let _ = tx.send(());
             }),
         );
         self.routes.retire(&packets);
-        self.outbox.retire_dispatched(&packets, &transfers);
         let record = Arc::new(record);
         self.wallets.retire(&record);
         self.transfers.retire(&record);

@@ -230,19 +230,17 @@ impl Replica {
                 self.orgs.apply(record)?;
             }
             Record::Retired { packets, transfers, .. } => {
-                let open_or_unknown = |id: &&PacketId| match self.packets.get(id) {
-                    Some(p) => !p.status().is_closed(),
-                    None => !self.remittances.dispatched(SendId::Packet(**id)),
-                };
-                if let Some(id) = packets.iter().find(open_or_unknown) {
-                    return Err(format!("packet {id} retired while open or unknown"));
+                // An id unknown here may be a send from here that came back meanwhile: retiring
+                // it changes nothing. Money never leaves with a retirement.
+                if let Some(id) =
+                    packets.iter().find(|id| self.packets.get(id).is_some_and(|p| !p.status().is_closed()))
+                {
+                    return Err(format!("packet {id} retired while open"));
                 }
-                let pending_or_unknown = |id: &&TransferId| match self.transfers.get(id) {
-                    Some(t) => t.settled().is_none(),
-                    None => !self.remittances.dispatched(SendId::Transfer(**id)),
-                };
-                if let Some(id) = transfers.iter().find(pending_or_unknown) {
-                    return Err(format!("transfer {id} retired while pending or unknown"));
+                if let Some(id) =
+                    transfers.iter().find(|id| self.transfers.get(id).is_some_and(|t| t.settled().is_none()))
+                {
+                    return Err(format!("transfer {id} retired while pending"));
                 }
                 packets.iter().for_each(|id| {
                     self.packets.remove(id);

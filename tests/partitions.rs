@@ -922,6 +922,12 @@ async fn a_transfer_whose_id_is_taken_in_its_partition_goes_back_to_its_sender()
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
     assert_eq!(p0.remitted_transfer(id), None, "home, the send is forgotten");
     assert_eq!(p0.usage(sender).await.unwrap().sent_today, Amount::ZERO);
+    // A retirement that lists it after that (its sweep chose it just before the return
+    // landed) changes nothing, and replays.
+    let mut records = cluster.journals[0].records();
+    records.push(hongbao::Record::Retired { packets: vec![], ops: vec![], transfers: vec![id] });
+    let mut folded = hongbao::Folded::empty(&config(0, &cluster.clock, Arc::new(MemoryJournal::new())));
+    records.iter().for_each(|r| folded.apply(r).unwrap());
     let back = cluster.audit().await;
     assert!(back.is_balanced(), "{back:?}");
     assert_eq!((back.in_flight, back.pending), (Amount::ZERO, Amount::yuan(10)));
