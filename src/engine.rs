@@ -135,11 +135,12 @@ fn packet_sent(inner: &Inner, spec: NewPacket) -> (PacketSent, u64) {
 /// being debited.
 fn redispatch(dispatch: Dispatch, spec: &NewPacket) -> Result<PacketView, SendError> {
     match dispatch {
-        Dispatch::Debiting => Err(SendError::Busy),
+        Dispatch::Debiting(_) => Err(SendError::Busy),
         Dispatch::Remitted(Remittance { packet: Some(sent), .. }) if sent.spec == *spec => {
             Ok(PacketState::open(*sent).view())
         }
-        Dispatch::Remitted(_) => Err(SendError::IdConflict { packet: spec.id }),
+        // (One that came back is not answered from: a retry of it is a new send.)
+        Dispatch::Remitted(_) | Dispatch::CameBack(..) => Err(SendError::IdConflict { packet: spec.id }),
     }
 }
 
@@ -148,12 +149,12 @@ fn redispatch(dispatch: Dispatch, spec: &NewPacket) -> Result<PacketView, SendEr
 /// is still being debited.
 fn redispatch_transfer(dispatch: Dispatch, spec: &NewTransfer) -> Result<TransferView, TransferError> {
     match dispatch {
-        Dispatch::Debiting => Err(TransferError::Busy),
+        Dispatch::Debiting(_) => Err(TransferError::Busy),
         Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) if sent.spec == *spec => {
             let sent_at = sent.sent_at;
             Ok(TransferState::open(*sent).view(sent_at))
         }
-        Dispatch::Remitted(_) => Err(TransferError::IdConflict { transfer: spec.id }),
+        Dispatch::Remitted(_) | Dispatch::CameBack(..) => Err(TransferError::IdConflict { transfer: spec.id }),
     }
 }
 
@@ -407,7 +408,7 @@ impl Engine {
     async fn send_elsewhere(&self, spec: NewPacket) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
         let id = SendId::Packet(spec.id);
-        if let Some(dispatch) = inner.outbox.dispatch(id) {
+        if let Some(dispatch) = inner.outbox.dispatch(id).filter(Dispatch::stands) {
             return redispatch(dispatch, &spec);
         }
         check_send(inner, &spec)?;
@@ -446,8 +447,8 @@ impl Engine {
 
     fn remitted(&self, id: SendId) -> Option<Remittance> {
         match self.inner.outbox.dispatch(id)? {
-            Dispatch::Remitted(remittance) => Some(remittance),
-            Dispatch::Debiting => None,
+            Dispatch::Remitted(remittance) | Dispatch::CameBack(remittance, _) => Some(remittance),
+            Dispatch::Debiting(_) => None,
         }
     }
 
@@ -680,7 +681,7 @@ impl Engine {
     ) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
         let id = SendId::Transfer(spec.id);
-        if let Some(dispatch) = inner.outbox.dispatch(id) {
+        if let Some(dispatch) = inner.outbox.dispatch(id).filter(Dispatch::stands) {
             return redispatch_transfer(dispatch, &spec);
         }
         crate::transfer::validate(&spec, &inner.limits)?;

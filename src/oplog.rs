@@ -280,7 +280,9 @@ impl OpLog {
         }
         // So is a transfer: where it is held.
         if let Some(sent) = record.opened_transfer() {
-            if let Some(org) = sent.spec.org {
+            // Under an org this partition knows (one that arrives from a partition that knew
+            // it first is logged where its org is known, live and on replay alike).
+            if let Some(org) = sent.spec.org.filter(|org| self.logs.contains_key(org)) {
                 let (id, from, amount) = (sent.spec.id, sent.spec.from, sent.spec.amount);
                 self.transfers.insert(id, (org, from, amount));
                 let detail = Detail { transfer: Some(id), amount: Some(amount), ..Detail::default() };

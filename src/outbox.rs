@@ -26,7 +26,7 @@ use crate::ledger::{Credit, Outgoing};
 use crate::money::{Amount, PacketId, TransferId, UserId};
 use crate::partition::{check, Flow, Partition, RemittanceError, ACKNOWLEDGED_RECORD_EVERY, REMITTANCES_HELD_MAX};
 use crate::record::{decode_prefixed, encode_prefixed, PacketSent, Remittance, ReturnReason, TransferSent};
-use crate::record::{put_u64s, DecodeError, Reader, Record};
+use crate::record::{put_u64s, DecodeError, Reader, Record, RETIRED_IDS_MAX};
 
 /// What a partition sent to and received from the others, as its journal tells: part of the
 /// state, folded the same way live and on replay.
@@ -43,9 +43,14 @@ pub(crate) struct Remittances {
     /// receiver.
     reserved: BTreeMap<u32, u64>,
     /// Packets and transfers sent from here to be held elsewhere, with the remittance that
-    /// carries each: a retry of the send is answered from it. Kept until retired, like closed
-    /// packets and settled transfers.
-    dispatched: BTreeMap<SendId, Remittance>,
+    /// carries each and, once it came back, why: a retry of the send is answered from it (or,
+    /// once it came back, is a new send). Kept until retired, a retention after the send.
+    dispatched: BTreeMap<SendId, (Remittance, Option<ReturnReason>)>,
+}
+
+/// Whether two remittances carry the same send.
+fn same_send(a: &Remittance, b: &Remittance) -> bool {
+    a.packet == b.packet && a.transfer == b.transfer
 }
 
 /// A packet or a transfer sent from one partition to be held in another: the key of the sends
@@ -78,22 +83,6 @@ impl SendId {
     /// Every one of `packets`, then of `transfers`.
     pub(crate) fn all<'a>(packets: &'a [PacketId], transfers: &'a [TransferId]) -> impl Iterator<Item = SendId> + 'a {
         packets.iter().map(|&p| SendId::Packet(p)).chain(transfers.iter().map(|&t| SendId::Transfer(t)))
-    }
-
-    /// The packet's id, if it is one.
-    pub(crate) fn packet(self) -> Option<PacketId> {
-        match self {
-            SendId::Packet(id) => Some(id),
-            SendId::Transfer(_) => None,
-        }
-    }
-
-    /// The transfer's id, if it is one.
-    pub(crate) fn transfer(self) -> Option<TransferId> {
-        match self {
-            SendId::Transfer(id) => Some(id),
-            SendId::Packet(_) => None,
-        }
     }
 
     /// The partition it is held in.
@@ -164,9 +153,16 @@ impl Remittances {
         self.hold(back);
     }
 
-    /// Replay's half of a send from here that came back: a retry of it is a new send.
-    pub(crate) fn forget(&mut self, id: SendId) {
-        self.dispatched.remove(&id);
+    /// Replay's half of a send from here that came back (`r`, its return): a retry of it is a
+    /// new send. A return of a send no longer held (retired, or sent again since) changes
+    /// nothing here.
+    pub(crate) fn came_back(&mut self, r: &Remittance) {
+        let Some(id) = SendId::carried(r) else { return };
+        if let Some((sent, back @ None)) = self.dispatched.get_mut(&id) {
+            if same_send(sent, r) {
+                *back = r.returned;
+            }
+        }
     }
 
     /// Replay's half of [`Outbox::append_crediting`]: a durable credit of a wallet elsewhere,
@@ -183,11 +179,11 @@ impl Remittances {
     ///
     /// If it is placed here, or was sent from here already.
     pub(crate) fn replayed_send(&mut self, record: &Record) -> Result<(), String> {
-        if let Some(id) = SendId::remitted(record).filter(|id| self.dispatched.contains_key(id)) {
+        if let Some(id) = SendId::remitted(record).filter(|&id| self.awaits(id)) {
             return Err(format!("{id:?} remitted twice"));
         }
         let (id, remittance) = self.number_send(record)?;
-        self.dispatched.insert(id, remittance.clone());
+        self.dispatched.insert(id, (remittance.clone(), None));
         self.hold(remittance);
         Ok(())
     }
@@ -213,10 +209,10 @@ impl Remittances {
         Ok(())
     }
 
-    /// Whether a packet or transfer was sent from here to be held elsewhere (and is not
-    /// retired).
-    pub(crate) fn dispatched(&self, id: SendId) -> bool {
-        self.dispatched.contains_key(&id)
+    /// Whether a packet or transfer was sent from here to be held elsewhere, and did not come
+    /// back (nor was retired).
+    pub(crate) fn awaits(&self, id: SendId) -> bool {
+        matches!(self.dispatched.get(&id), Some((_, None)))
     }
 
     /// Forgets retired packets and transfers sent from here.
@@ -288,7 +284,8 @@ impl Remittances {
 
     /// Appends the snapshot encoding (version 5): the partition, the flows out and in, the
     /// remittances not yet acknowledged and the packets and transfers sent from here to be held
-    /// elsewhere (each remittance in its record's encoding). Reservations are live only.
+    /// elsewhere (each remittance in its record's encoding; one that came back with its
+    /// `returned` set to why). Reservations are live only.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let p = self.partition;
         put_u64s(out, &[u64::from(p.index()), u64::from(p.count())]);
@@ -296,11 +293,10 @@ impl Remittances {
             put_u64s(out, &[flows.len() as u64]);
             flows.values().for_each(|f| put_u64s(out, &[u64::from(f.peer), f.count, f.amount.as_fen()]));
         }
-        for remittances in
-            [self.unacknowledged.values().flatten().collect::<Vec<_>>(), self.dispatched.values().collect()]
-        {
+        let dispatched = self.dispatched.values().map(|(r, back)| Remittance { returned: *back, ..r.clone() });
+        for remittances in [self.unacknowledged.values().flatten().cloned().collect::<Vec<_>>(), dispatched.collect()] {
             put_u64s(out, &[remittances.len() as u64]);
-            remittances.into_iter().for_each(|r| encode_prefixed(&Record::Received(r.clone()), out));
+            remittances.into_iter().for_each(|r| encode_prefixed(&Record::Received(r), out));
         }
     }
 
@@ -345,7 +341,8 @@ impl Remittances {
         for _ in 0..r.count(8)? {
             let remittance = remittance(r)?;
             let id = SendId::carried(&remittance).ok_or(DecodeError::Damaged("a snapshot's send held elsewhere"))?;
-            decoded.dispatched.insert(id, remittance);
+            let back = remittance.returned;
+            decoded.dispatched.insert(id, (Remittance { returned: None, ..remittance }, back));
         }
         Ok(decoded)
     }
@@ -367,10 +364,21 @@ fn drop_through(queue: &mut VecDeque<Remittance>, through: u64) {
 /// send finds it.
 #[derive(Clone, Debug)]
 pub(crate) enum Dispatch {
-    /// Its sender's debit is being decided.
-    Debiting,
+    /// Its sender's debit is being decided; in place of the send of the same id that came
+    /// back, if one did (it stands again if this one is refused).
+    Debiting(Option<(Remittance, ReturnReason)>),
     /// Debited, durably: the remittance that carries it.
     Remitted(Remittance),
+    /// It came back, for this reason, and its amount is its sender's again: a retry of it is a
+    /// new send.
+    CameBack(Remittance, ReturnReason),
+}
+
+impl Dispatch {
+    /// Whether a retry of the send is answered from it (it did not come back).
+    pub(crate) fn stands(&self) -> bool {
+        !matches!(self, Dispatch::CameBack(..))
+    }
 }
 
 /// What taking room for a packet sent from here found.
@@ -432,7 +440,9 @@ impl Outbox {
         let partition = state.partition;
         let applied = Mutex::new(state.received.iter().map(|(&from, flow)| (from, flow.count)).collect());
         let rung = tokio::sync::watch::channel(0).0;
-        let dispatched = std::mem::take(&mut state.dispatched).into_iter().map(|(id, r)| (id, Dispatch::Remitted(r)));
+        let dispatched = std::mem::take(&mut state.dispatched).into_iter().map(|(id, (r, back))| {
+            (id, back.map_or_else(|| Dispatch::Remitted(r.clone()), |reason| Dispatch::CameBack(r.clone(), reason)))
+        });
         let dispatched = Mutex::new(dispatched.collect());
         let journaled = Mutex::new(acknowledged.lock().clone());
         Outbox { partition, state: Mutex::new(state), held, acknowledged, applied, rung, dispatched, journaled }
@@ -501,7 +511,7 @@ impl Outbox {
     /// partition: the id must be new here, and the remittances to its partition below the
     /// bound (as for [`Outbox::reserve`]).
     pub(crate) fn reserve_dispatch(&self, id: SendId) -> DispatchRoom {
-        if let Some(dispatch) = self.dispatch(id) {
+        if let Some(dispatch) = self.dispatch(id).filter(Dispatch::stands) {
             return DispatchRoom::Taken(dispatch);
         }
         let to = id.placed(self.partition);
@@ -511,9 +521,14 @@ impl Outbox {
             return DispatchRoom::Full;
         }
         let taken = match self.dispatched.lock().entry(id) {
-            Entry::Occupied(e) => Some(e.get().clone()),
+            Entry::Occupied(e) if e.get().stands() => Some(e.get().clone()),
+            Entry::Occupied(mut e) => {
+                let Dispatch::CameBack(sent, reason) = e.get().clone() else { unreachable!("it does not stand") };
+                e.insert(Dispatch::Debiting(Some((sent, reason))));
+                None
+            }
             Entry::Vacant(e) => {
-                e.insert(Dispatch::Debiting);
+                e.insert(Dispatch::Debiting(None));
                 None
             }
         };
@@ -529,11 +544,18 @@ impl Outbox {
     /// Gives back the room of a packet or transfer whose send was refused.
     pub(crate) fn abandon_dispatch(&self, id: SendId) {
         let abandoned = match self.dispatched.lock().entry(id) {
-            Entry::Occupied(e) if matches!(e.get(), Dispatch::Debiting) => {
-                e.remove();
-                true
-            }
-            _ => false,
+            Entry::Occupied(mut e) => match e.get().clone() {
+                Dispatch::Debiting(Some((sent, reason))) => {
+                    e.insert(Dispatch::CameBack(sent, reason));
+                    true
+                }
+                Dispatch::Debiting(None) => {
+                    e.remove();
+                    true
+                }
+                _ => false,
+            },
+            Entry::Vacant(_) => false,
         };
         if abandoned {
             self.state.lock().unreserve(id.placed(self.partition));
@@ -560,49 +582,80 @@ impl Outbox {
         });
     }
 
+    /// A send from here came back (`r`, its return): a retry of it is a new send. A return of
+    /// a send no longer held (retired, or sent again since) changes nothing here.
+    fn came_back(&self, id: SendId, r: &Remittance) {
+        let mut dispatched = self.dispatched.lock();
+        if let (Some(Dispatch::Remitted(sent)), Some(reason)) = (dispatched.get(&id), r.returned) {
+            if same_send(sent, r) {
+                let sent = sent.clone();
+                dispatched.insert(id, Dispatch::CameBack(sent, reason));
+            }
+        }
+    }
+
     /// Where a packet or transfer sent from here to be held elsewhere stands, if it was.
     pub(crate) fn dispatch(&self, id: SendId) -> Option<Dispatch> {
         self.dispatched.lock().get(&id).cloned()
     }
 
-    /// Up to `max` packets (`Packet`) or transfers (`Transfer`) sent from here to be held
-    /// elsewhere before `cutoff`, due to be retired. Counted from the send, this retires them
-    /// here no later than their own partition retires them (from their close, with the same
-    /// retention), so a retry answered here finds them there.
-    pub(crate) fn dispatched_before<T>(
+    /// Adds to `record`, a [`Record::Retired`], the packets and transfers sent from here
+    /// before their cutoffs (`(packets, transfers)`; up to [`RETIRED_IDS_MAX`] of each in all),
+    /// forgets them, and appends it, all under the lock that orders sends from here, so that
+    /// replay forgets exactly these. Counted from the send, a send is retired here no later
+    /// than its own partition retires it (from its close, with the same retention), so a
+    /// retry answered here finds it there. Returns the record, or `None` (appending nothing)
+    /// if it retires nothing.
+    pub(crate) fn append_retiring(
         &self,
-        cutoff: Timestamp,
-        max: usize,
-        kind: impl Fn(SendId) -> Option<T>,
-    ) -> Vec<T> {
-        let sent_before = |d: &Dispatch| match d {
-            Dispatch::Remitted(Remittance { packet: Some(sent), .. }) => sent.sent_at < cutoff,
-            Dispatch::Remitted(Remittance { transfer: Some(sent), .. }) => sent.sent_at < cutoff,
-            _ => false,
-        };
-        let dispatched = self.dispatched.lock();
-        dispatched.iter().filter(|(_, d)| sent_before(d)).filter_map(|(&id, _)| kind(id)).take(max).collect()
-    }
-
-    /// Appends `record`, a [`Record::Retired`], and forgets the packets and transfers sent from
-    /// here that it lists, under the lock that orders sends from here: as on replay, a send
-    /// that came back before it is forgotten already, and a new send of a listed id after it
-    /// is kept.
-    pub(crate) fn append_retiring(&self, journal: &dyn Journal, record: Record, then: Completion) {
+        journal: &dyn Journal,
+        (packets_cutoff, transfers_cutoff): (Timestamp, Timestamp),
+        mut record: Record,
+        then: Completion,
+    ) -> Option<Record> {
+        let Record::Retired { packets, ops, transfers } = &mut record else { unreachable!("a retirement") };
         let _ordered = self.state.lock();
-        if let Record::Retired { packets, transfers, .. } = &record {
-            self.retire_dispatched(packets, transfers);
-        }
-        journal.append(record, then);
-    }
-
-    /// Forgets retired packets and transfers sent from here.
-    fn retire_dispatched(&self, packets: &[PacketId], transfers: &[TransferId]) {
         let mut dispatched = self.dispatched.lock();
-        SendId::all(packets, transfers).for_each(|id| drop(dispatched.remove(&id)));
+        let sent_at = |d: &Dispatch| match d {
+            Dispatch::Remitted(r) | Dispatch::CameBack(r, _) => {
+                r.packet.as_ref().map(|p| p.sent_at).or(r.transfer.as_ref().map(|t| t.sent_at))
+            }
+            // A send being decided is new.
+            Dispatch::Debiting(_) => None,
+        };
+        let due: Vec<SendId> = dispatched
+            .iter()
+            .filter(|(id, d)| {
+                let cutoff = if matches!(id, SendId::Packet(_)) { packets_cutoff } else { transfers_cutoff };
+                sent_at(d).is_some_and(|at| at < cutoff)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let listed = match id {
+                SendId::Packet(p) if packets.len() < RETIRED_IDS_MAX => {
+                    packets.push(p);
+                    true
+                }
+                SendId::Transfer(t) if transfers.len() < RETIRED_IDS_MAX => {
+                    transfers.push(t);
+                    true
+                }
+                _ => false,
+            };
+            if listed {
+                dispatched.remove(&id);
+            }
+        }
         if dispatched.len() * 4 < dispatched.capacity() {
             dispatched.shrink_to_fit();
         }
+        drop(dispatched);
+        if packets.is_empty() && ops.is_empty() && transfers.is_empty() {
+            return None;
+        }
+        journal.append(record.clone(), then);
+        Some(record)
     }
 
     /// Takes room for one credit of `user`, about to be decided and appended through
@@ -682,12 +735,11 @@ impl Outbox {
         let mut applied: BTreeMap<u32, (u64, Amount)> = BTreeMap::new();
         for r in batch {
             let invalid = RemittanceError::InvalidAmount { amount: r.amount };
-            let valid = match (&r.packet, &r.transfer) {
-                (Some(sent), _) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
-                // A transfer's amount is its own (`check` holds it to it), bounded where it was
-                // sent: this partition's limits do not apply to it.
-                (None, Some(_)) => !r.amount.is_zero(),
-                (None, None) => !r.amount.is_zero() && r.amount <= amount_max,
+            let valid = match &r.packet {
+                Some(sent) => crate::split::check_servable(&sent.spec.split, sent.share_fen_max).is_ok(),
+                // A credit, or a transfer (whose amount `check` holds to its own): bounded, so
+                // that no remittance can overflow a wallet. Partitions must share their limits.
+                None => !r.amount.is_zero() && r.amount <= amount_max,
             };
             if !valid {
                 return Err(invalid);
@@ -710,6 +762,7 @@ impl Outbox {
             // A send from here that went back is its sender's again, and a retry of it a new
             // send.
             let returned = SendId::carried(r).filter(|_| r.returned.is_some());
+            let back_home = r.clone();
             let landing = match (&r.packet, &r.transfer) {
                 _ if returned.is_some() => Ok(Landing::Returned(Outgoing::carried(r).expect("a send"))),
                 (Some(sent), _) => room(r).map_or_else(|| Ok(Landing::Opened((**sent).clone())), Err),
@@ -720,10 +773,12 @@ impl Outbox {
                 Ok(landing) => (
                     Record::Received(r.clone()),
                     Box::new(move || {
-                        if let Some(id) = returned {
-                            me.dispatched.lock().remove(&id);
-                        }
+                        // The credit first: a retry that finds the send came back is debited
+                        // after it.
                         land(landing);
+                        if let Some(id) = returned {
+                            me.came_back(id, &back_home);
+                        }
                         count(&me);
                     }),
                 ),

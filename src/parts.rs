@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::money::{OpId, PacketId, UserId};
 use crate::oplog::{LiveLog, LoggedJournal};
 use crate::org::Orgs;
-use crate::outbox::{Outbox, SendId};
+use crate::outbox::Outbox;
 use crate::packet::{PacketState, PacketStatus, PacketView};
 use crate::packet_actor::PacketCtx;
 use crate::record::{ApprovalId, PacketSent, Record, RETIRED_IDS_MAX};
@@ -277,34 +277,28 @@ impl Inner {
         let transfers_cutoff = Timestamp(
             now.as_millis().saturating_sub(self.limits.settled_transfer_retention_secs.saturating_mul(1_000)),
         );
-        let mut packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
-        // Packets sent from here to open elsewhere are kept for retries for a closed packet's
-        // retention, counted from their send: never longer than their own partition keeps them.
-        packets.extend(self.outbox.dispatched_before(packets_cutoff, RETIRED_IDS_MAX - packets.len(), SendId::packet));
+        let packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
         let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
-        let mut transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
-        // So are transfers sent from here to be held elsewhere, for a settled one's.
-        let room = RETIRED_IDS_MAX - transfers.len();
-        transfers.extend(self.outbox.dispatched_before(transfers_cutoff, room, SendId::transfer));
-        let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
-        if packets.is_empty() && ops.is_empty() && transfers.is_empty() {
-            return Ok(retired);
-        }
+        let transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
         // Recorded first, applied after: an id freed in memory could otherwise be used again
         // and recorded before the retirement that freed it, which replay would refuse (a packet
-        // sent twice) or misread (a deposit taken for a repeat).
-        let record = Record::Retired { packets: packets.clone(), ops, transfers: transfers.clone() };
+        // sent twice) or misread (a deposit taken for a repeat). Packets and transfers sent from
+        // here to be held elsewhere are added, and forgotten, as it is appended (a send of one
+        // of their ids from then on is appended after it).
         let (tx, rx) = oneshot::channel();
-        // The sends from here it lists are forgotten as it is appended (a send of one of their
-        // ids from then on is appended after it).
-        self.outbox.append_retiring(
+        let Some(record) = self.outbox.append_retiring(
             &*self.journal,
-            record.clone(),
+            (packets_cutoff, transfers_cutoff),
+            Record::Retired { packets, ops, transfers },
             Box::new(move || {
                 let _ = tx.send(());
             }),
-        );
-        self.routes.retire(&packets);
+        ) else {
+            return Ok(Retired::default());
+        };
+        let Record::Retired { packets, ops, transfers } = &record else { unreachable!("a retirement") };
+        let retired = Retired { packets: packets.len(), ops: ops.len(), transfers: transfers.len() };
+        self.routes.retire(packets);
         let record = Arc::new(record);
         self.wallets.retire(&record);
         self.transfers.retire(&record);

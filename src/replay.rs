@@ -174,7 +174,7 @@ impl Replica {
                 // amount): a refused record changes nothing.
                 let id = SendId::remitted(record).expect("a remitted send");
                 let partition = self.remittances.partition;
-                if self.remittances.dispatched(id) || id.placed(partition) == partition.index() {
+                if self.remittances.awaits(id) || id.placed(partition) == partition.index() {
                     return Err(format!("{id:?} remitted twice, or to its own partition"));
                 }
                 self.ledger.apply(record)?;
@@ -190,7 +190,7 @@ impl Replica {
                         _ if remittance.returned.is_some() => {
                             let out = Outgoing::carried(remittance).ok_or("a return carries a send")?;
                             self.ledger.returned(out)?;
-                            self.remittances.forget(SendId::carried(remittance).ok_or("a return carries a send")?);
+                            self.remittances.came_back(remittance);
                         }
                         (Some(sent), _) => {
                             // Its total is in escrow here.

@@ -662,7 +662,10 @@ async fn a_packet_whose_id_is_taken_in_its_partition_goes_back_to_its_sender() {
     assert_eq!(returning.in_flight, Amount::yuan(50), "the total is on its way back");
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
-    assert_eq!(p0.remitted_packet(id), None, "home, the send is forgotten");
+    // Home, the send is known to have come back: it still names its remittance (which its
+    // partition answers for), and a retry is a new send, which would go back again.
+    assert_eq!(p0.remitted_packet(id), Some(remittance.clone()));
+    assert_eq!(p1.arrival(&remittance).await, Err(SendError::IdConflict { packet: id }));
     let back = cluster.audit().await;
     assert!(back.is_balanced(), "{back:?}");
     assert_eq!((back.in_flight, back.escrow), (Amount::ZERO, Amount::yuan(50)));
@@ -695,7 +698,7 @@ async fn a_packet_that_finds_its_partition_full_goes_back_and_its_id_stays_free(
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
     let usage = p0.usage(sender).await.unwrap();
     assert_eq!((usage.sent_today, usage.packets_today), (Amount::ZERO, 0));
-    assert_eq!(p0.remitted_packet(id), None);
+    assert_eq!(p0.remitted_packet(id), Some(remittance));
     p0.send_packet(lucky(id, sender, 5)).await.unwrap();
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(50), "a new send");
     let again = p0.remitted_packet(id).unwrap();
@@ -920,11 +923,22 @@ async fn a_transfer_whose_id_is_taken_in_its_partition_goes_back_to_its_sender()
     assert_eq!(returning.in_flight, Amount::yuan(30), "the amount is on its way back");
     assert_eq!(cluster.relay(10).await, 1);
     assert_eq!(p0.balance(sender).await.unwrap(), Amount::yuan(100));
-    assert_eq!(p0.remitted_transfer(id), None, "home, the send is forgotten");
+    assert_eq!(p0.remitted_transfer(id), Some(remittance.clone()), "it came back, and names how it went");
     assert_eq!(p0.usage(sender).await.unwrap().sent_today, Amount::ZERO);
+    // A new owner from a snapshot knows it came back too: a retry there is a new send.
+    let mut records = cluster.journals[0].records();
+    let home = config(0, &cluster.clock, Arc::new(MemoryJournal::new()));
+    let mut folded = hongbao::Folded::empty(&home);
+    records.iter().for_each(|r| folded.apply(r).unwrap());
+    let mark = hongbao::LogMark { position: 0, hash: [0; 32] };
+    let (state, _) = hongbao::Folded::restore(&home, &folded.snapshot(&mark)).unwrap();
+    let restored = Engine::start(home.clone().with_journal_state(Arc::new(MemoryJournal::new()), state)).unwrap();
+    assert_eq!(restored.remitted_transfer(id), Some(remittance.clone()));
+    restored.transfer(delayed(id, sender, sender_in(2), 30)).await.unwrap();
+    assert_eq!(restored.balance(sender).await.unwrap(), Amount::yuan(70), "a new send");
+    restored.shutdown().await;
     // A retirement that lists it after that (its sweep chose it just before the return
     // landed) changes nothing, and replays.
-    let mut records = cluster.journals[0].records();
     records.push(hongbao::Record::Retired { packets: vec![], ops: vec![], transfers: vec![id] });
     let mut folded = hongbao::Folded::empty(&config(0, &cluster.clock, Arc::new(MemoryJournal::new())));
     records.iter().for_each(|r| folded.apply(r).unwrap());
