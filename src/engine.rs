@@ -448,7 +448,8 @@ impl Engine {
     fn remitted(&self, id: SendId) -> Option<Remittance> {
         match self.inner.outbox.dispatch(id)? {
             Dispatch::Remitted(remittance) | Dispatch::CameBack(remittance, _) => Some(remittance),
-            Dispatch::Debiting(_) => None,
+            // A new send of one that came back, being decided: the one that came back, so far.
+            Dispatch::Debiting(came_back) => came_back.map(|(remittance, _)| remittance),
         }
     }
 

@@ -421,8 +421,9 @@ pub(crate) struct Outbox {
     applied: Mutex<BTreeMap<u32, u64>>,
     /// Rung when a remittance is durable here, for those awaiting one.
     rung: tokio::sync::watch::Sender<u64>,
-    /// Packets and transfers sent from here to be held elsewhere, and those being debited.
-    /// Never locked while `state` is wanted (an append's completion takes it under `state`).
+    /// Packets and transfers sent from here to be held elsewhere (standing, or come back),
+    /// and those being debited. Never locked while `state` is wanted (an append's completion
+    /// takes it under `state`).
     dispatched: Mutex<HashMap<SendId, Dispatch>>,
     /// The highest acknowledgement to each receiver journaled.
     journaled: Mutex<BTreeMap<u32, u64>>,
@@ -576,6 +577,9 @@ impl Outbox {
             let record = record.clone();
             move |state: &mut Remittances| state.number_send(&record).expect("a send placed elsewhere, checked").1
         };
+        // The completion queues the remittance for the relay, then marks the send remitted: its
+        // return can only land after that, since it lands in a completion too, and completions
+        // run one at a time in journal order.
         self.append_numbered(journal, record, number, true, move |me, remittance| {
             me.dispatched.lock().insert(id, Dispatch::Remitted(remittance.clone()));
             then(remittance);
@@ -614,24 +618,29 @@ impl Outbox {
         then: Completion,
     ) -> Option<Record> {
         let Record::Retired { packets, ops, transfers } = &mut record else { unreachable!("a retirement") };
-        let _ordered = self.state.lock();
-        let mut dispatched = self.dispatched.lock();
-        let sent_at = |d: &Dispatch| match d {
-            Dispatch::Remitted(r) | Dispatch::CameBack(r, _) => {
-                r.packet.as_ref().map(|p| p.sent_at).or(r.transfer.as_ref().map(|t| t.sent_at))
-            }
-            // A send being decided is new.
-            Dispatch::Debiting(_) => None,
+        // Due: sent before its cutoff, and its remittance acknowledged (a send still on its way
+        // stays, or a retry of it would be a new send). A send being decided is new.
+        let due = |id: &SendId, d: &Dispatch, acknowledged: &BTreeMap<u32, u64>| {
+            let cutoff = if matches!(id, SendId::Packet(_)) { packets_cutoff } else { transfers_cutoff };
+            let (Dispatch::Remitted(r) | Dispatch::CameBack(r, _)) = d else { return false };
+            let sent_at = r.packet.as_ref().map(|p| p.sent_at).or(r.transfer.as_ref().map(|t| t.sent_at));
+            sent_at.is_some_and(|at| at < cutoff) && acknowledged.get(&r.to).is_some_and(|&through| r.seq <= through)
         };
-        let due: Vec<SendId> = dispatched
-            .iter()
-            .filter(|(id, d)| {
-                let cutoff = if matches!(id, SendId::Packet(_)) { packets_cutoff } else { transfers_cutoff };
-                sent_at(d).is_some_and(|at| at < cutoff)
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in due {
+        // Chosen apart from `state` (a scan of every send from here), then taken under it,
+        // checked again.
+        let chosen: Vec<SendId> = {
+            let acknowledged = self.acknowledged.lock().clone();
+            let dispatched = self.dispatched.lock();
+            let due = dispatched.iter().filter(|(id, d)| due(id, d, &acknowledged)).map(|(&id, _)| id);
+            due.take(2 * RETIRED_IDS_MAX).collect()
+        };
+        let _ordered = self.state.lock();
+        let acknowledged = self.acknowledged.lock().clone();
+        let mut dispatched = self.dispatched.lock();
+        for id in chosen {
+            if !dispatched.get(&id).is_some_and(|d| due(&id, d, &acknowledged)) {
+                continue;
+            }
             let listed = match id {
                 SendId::Packet(p) if packets.len() < RETIRED_IDS_MAX => {
                     packets.push(p);

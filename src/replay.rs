@@ -6,13 +6,14 @@
 //! (`PacketState::apply`), the rosters (`roster::apply`) — so replay and the running engine
 //! cannot disagree. A record that contradicts the state before it is refused, naming itself.
 //!
-//! The snapshot encoding of a replica is here too (the body of `HBSNAP05`; versions 1 to 4 are
+//! The snapshot encoding of a replica is here too (the body of `HBSNAP06`; versions 1 to 5 are
 //! read): sums, balances, operations, rosters, each packet as its send record, its claims, its
 //! refund, when it closed and when it opened; then each user's latest day of sends, the
 //! cooling-off settings, each transfer as its send record, its arrival and its settlement, the
 //! operation log; then (version 4) whether the journal named its partition, and the partition's
 //! remittances: its flows out and in, and those not yet acknowledged (version 5: as records,
-//! and the packets sent from here to open elsewhere).
+//! and the packets sent from here to open elsewhere; version 6, the same layout: packets and
+//! transfers, and whether each came back).
 
 use std::collections::BTreeMap;
 

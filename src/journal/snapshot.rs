@@ -1,10 +1,11 @@
 //! Snapshots, so a restart replays a snapshot plus the records after it instead of the whole
 //! history.
 //!
-//! A snapshot file covers the records before position N. It holds the magic `HBSNAP05` (this
+//! A snapshot file covers the records before position N. It holds the magic `HBSNAP06` (this
 //! build also reads `HBSNAP01`, whose sends do not record their cap, `HBSNAP02`, from before
-//! cooling-off, daily caps and transfers, `HBSNAP03`, from before partitions, and `HBSNAP04`,
-//! from before packets sent across partitions), N,
+//! cooling-off, daily caps and transfers, `HBSNAP03`, from before partitions, `HBSNAP04`,
+//! from before packets sent across partitions, and `HBSNAP05`, from before transfers sent
+//! across partitions and sends that came back), N,
 //! the hash of the last frame it covers (the chain continues: the next frame's `prev` must
 //! equal it), the state's own encoding ([`Fold::encode`]), and a BLAKE3 hash of all of that.
 //! It is written to a temporary file, synced and renamed, so a crash leaves either the old
@@ -18,10 +19,11 @@ use super::format::{self, Kind};
 use super::{Fold, Restore};
 use crate::record::{put_u64s, DecodeError, Reader};
 
-/// The magic this build writes: version 5, whose remittances may carry packets.
-const MAGIC: &[u8; 8] = b"HBSNAP05";
+/// The magic this build writes: version 6, whose remittances may carry packets and transfers,
+/// and whose sends from the partition may have come back (same layout as version 5).
+const MAGIC: &[u8; 8] = b"HBSNAP06";
 /// The magics this build reads, oldest first (the index is the version less one).
-const MAGICS: [&[u8; 8]; 5] = [b"HBSNAP01", b"HBSNAP02", b"HBSNAP03", b"HBSNAP04", MAGIC];
+const MAGICS: [&[u8; 8]; 6] = [b"HBSNAP01", b"HBSNAP02", b"HBSNAP03", b"HBSNAP04", b"HBSNAP05", MAGIC];
 
 /// A loaded snapshot.
 #[derive(Debug)]
