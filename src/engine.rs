@@ -1095,8 +1095,11 @@ impl Engine {
 
     /// Retires what has passed its retention: closed packets `closed_retention_secs` after they
     /// closed, settled transfers `settled_transfer_retention_secs` after they settled,
-    /// operation ids `op_retention_secs` after they were applied (each up to 100 000 per call). The engine does this by itself every `retire_interval_secs`; this call is for
-    /// tests on a manual clock and operators. Returns how many of each it retired.
+    /// operation ids `op_retention_secs` after they were applied (up to 100 000 ids in all per
+    /// call). In a partition of a cluster, also the packets and transfers sent from here to be
+    /// held elsewhere, a retention after they were sent once their remittance is
+    /// acknowledged. The engine does this by itself every `retire_interval_secs`; this call is
+    /// for tests on a manual clock and operators. Returns how many of each it retired.
     ///
     /// # Errors
     ///

@@ -282,7 +282,7 @@ impl Remittances {
         (self.sent.values().copied().collect(), self.received.values().copied().collect())
     }
 
-    /// Appends the snapshot encoding (version 5): the partition, the flows out and in, the
+    /// Appends the snapshot encoding (version 6; 5 is the same layout): the partition, the flows out and in, the
     /// remittances not yet acknowledged and the packets and transfers sent from here to be held
     /// elsewhere (each remittance in its record's encoding; one that came back with its
     /// `returned` set to why). Reservations are live only.
@@ -604,8 +604,9 @@ impl Outbox {
     }
 
     /// Adds to `record`, a [`Record::Retired`], the packets and transfers sent from here
-    /// before their cutoffs (`(packets, transfers)`; up to [`RETIRED_IDS_MAX`] of each in all),
-    /// forgets them, and appends it, all under the lock that orders sends from here, so that
+    /// before their cutoffs (`(packets, transfers)`; up to [`RETIRED_IDS_MAX`] ids in the record
+    /// in all) whose remittance is acknowledged, forgets them, and appends it, all under the
+    /// lock that orders sends from here, so that
     /// replay forgets exactly these. Counted from the send, a send is retired here no later
     /// than its own partition retires it (from its close, with the same retention), so a
     /// retry answered here finds it there. Returns the record, or `None` (appending nothing)
@@ -632,29 +633,23 @@ impl Outbox {
             let acknowledged = self.acknowledged.lock().clone();
             let dispatched = self.dispatched.lock();
             let due = dispatched.iter().filter(|(id, d)| due(id, d, &acknowledged)).map(|(&id, _)| id);
-            due.take(2 * RETIRED_IDS_MAX).collect()
+            due.take(RETIRED_IDS_MAX).collect()
         };
         let _ordered = self.state.lock();
         let acknowledged = self.acknowledged.lock().clone();
         let mut dispatched = self.dispatched.lock();
         for id in chosen {
+            if packets.len() + ops.len() + transfers.len() >= RETIRED_IDS_MAX {
+                break;
+            }
             if !dispatched.get(&id).is_some_and(|d| due(&id, d, &acknowledged)) {
                 continue;
             }
-            let listed = match id {
-                SendId::Packet(p) if packets.len() < RETIRED_IDS_MAX => {
-                    packets.push(p);
-                    true
-                }
-                SendId::Transfer(t) if transfers.len() < RETIRED_IDS_MAX => {
-                    transfers.push(t);
-                    true
-                }
-                _ => false,
-            };
-            if listed {
-                dispatched.remove(&id);
+            match id {
+                SendId::Packet(p) => packets.push(p),
+                SendId::Transfer(t) => transfers.push(t),
             }
+            dispatched.remove(&id);
         }
         if dispatched.len() * 4 < dispatched.capacity() {
             dispatched.shrink_to_fit();
@@ -842,6 +837,62 @@ mod tests {
 
     fn user_in(p: Partition, index: u32) -> UserId {
         (0..).map(UserId).find(|&u| p.of_user(u) == index).unwrap()
+    }
+
+    #[test]
+    fn a_retirement_lists_sends_from_here_that_are_due_and_acknowledged_within_its_bound() {
+        use crate::money::{OpId, TransferId};
+        use crate::record::{Arrival, NewTransfer, TransferSent};
+        let a = Partition::new(0, 2).unwrap();
+        let mut replayed = Remittances::new(a);
+        let (from, to) = (user_in(a, 0), user_in(a, 1));
+        let send = |id: u64, at: u64| {
+            let spec = NewTransfer {
+                id: TransferId(id),
+                from,
+                to,
+                amount: Amount::fen(1),
+                arrival: Arrival::Instant,
+                note: String::new(),
+                org: None,
+            };
+            let (sent_at, accept_until) = (Timestamp(at), Timestamp(at + 1));
+            let sent = TransferSent {
+                spec,
+                sent_at,
+                day: 0,
+                cooling_until: sent_at,
+                arrives_at: sent_at,
+                accept_until,
+                approval: None,
+            };
+            Record::TransferRemitted(sent)
+        };
+        // Ids placed in partition 1: twenty sent at 10, one at 1 000.
+        let mut ids = (1..).filter(|&t| a.of_transfer(TransferId(t)) == 1);
+        let old: Vec<u64> = ids.by_ref().take(20).collect();
+        let new = ids.next().unwrap();
+        old.iter().for_each(|&t| replayed.replayed_send(&send(t, 10)).unwrap());
+        replayed.replayed_send(&send(new, 1_000)).unwrap();
+        // Acknowledged up to the fifteenth: the last five old ones are still on their way.
+        replayed.acknowledged(1, 15).unwrap();
+        let outbox = Outbox::new(replayed);
+        let journal = crate::journal::MemoryJournal::new();
+        let cutoffs = (Timestamp(500), Timestamp(500));
+        // A record nearly full of operation ids takes ten of the fifteen due.
+        let ops: Vec<OpId> = (0..RETIRED_IDS_MAX as u64 - 10).map(OpId).collect();
+        let retiring = Record::Retired { packets: vec![], ops, transfers: vec![] };
+        let first = outbox.append_retiring(&journal, cutoffs, retiring, Box::new(|| {})).unwrap();
+        let Record::Retired { transfers, .. } = &first else { unreachable!() };
+        assert_eq!(transfers.len(), 10);
+        let empty = || Record::Retired { packets: vec![], ops: vec![], transfers: vec![] };
+        let second = outbox.append_retiring(&journal, cutoffs, empty(), Box::new(|| {})).unwrap();
+        let Record::Retired { transfers: rest, .. } = &second else { unreachable!() };
+        let mut all: Vec<u64> = transfers.iter().chain(rest).map(|t| t.0).collect();
+        all.sort_unstable();
+        assert_eq!(all, old[..15], "the due and acknowledged ones, no more");
+        assert!(outbox.append_retiring(&journal, cutoffs, empty(), Box::new(|| {})).is_none(), "nothing left due");
+        assert!(old[15..].iter().chain([&new]).all(|&t| outbox.dispatch(SendId::Transfer(TransferId(t))).is_some()));
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Inner {
                     if inner.health() == Health::Serving {
                         // A full sweep may take several rounds: retire until a round is short.
                         while let Ok(r) = inner.retire_due().await {
-                            if r.packets < RETIRED_IDS_MAX && r.ops < RETIRED_IDS_MAX && r.transfers < RETIRED_IDS_MAX {
+                            if r.packets + r.ops + r.transfers < RETIRED_IDS_MAX {
                                 break;
                             }
                             tokio::task::yield_now().await;
@@ -265,7 +265,7 @@ impl Inner {
     }
 
     /// Retires closed packets, operation ids and settled transfers past their retention (at
-    /// most `RETIRED_IDS_MAX` of each per call): decides the lists, records them, and applies
+    /// most `RETIRED_IDS_MAX` ids in all per call): decides the lists, records them, and applies
     /// them to the routes, the wallet shards and the transfer shards. Returns how many of each
     /// it retired.
     pub(crate) async fn retire_due(&self) -> Result<Retired, Stopped> {
@@ -277,9 +277,11 @@ impl Inner {
         let transfers_cutoff = Timestamp(
             now.as_millis().saturating_sub(self.limits.settled_transfer_retention_secs.saturating_mul(1_000)),
         );
+        // At most `RETIRED_IDS_MAX` ids in all: the rest waits for the next round.
         let packets = self.routes.closed_before(packets_cutoff, RETIRED_IDS_MAX);
-        let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX).await;
-        let transfers = self.transfers.settled_before(transfers_cutoff, RETIRED_IDS_MAX).await;
+        let ops = self.wallets.ops_before(ops_cutoff, RETIRED_IDS_MAX - packets.len()).await;
+        let room = RETIRED_IDS_MAX - packets.len() - ops.len();
+        let transfers = self.transfers.settled_before(transfers_cutoff, room).await;
         // Recorded first, applied after: an id freed in memory could otherwise be used again
         // and recorded before the retirement that freed it, which replay would refuse (a packet
         // sent twice) or misread (a deposit taken for a repeat). Packets and transfers sent from

@@ -93,7 +93,9 @@ const ARRIVAL_DELAYED: u8 = 2;
 /// The day offset of records written before sends recorded their day (UTC+8).
 const LEGACY_DAY_OFFSET_SECS: i32 = 8 * 3_600;
 
-/// Most ids one retirement record lists (so that it stays far within the record bound).
+/// Most ids one retirement record lists, packets, operations and transfers together (8 bytes
+/// each: about 800 KB, so that it stays within the record bound and within one NATS message of
+/// the default `max_payload`, 1 MiB).
 pub(crate) const RETIRED_IDS_MAX: usize = 100_000;
 
 const SPLIT_LUCKY: u8 = 1;
