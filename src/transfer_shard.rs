@@ -11,6 +11,8 @@
 //! | `Act`      | engine handle   | recall, accept or decline: the view or `TransferError`, after the journal | yes (`Busy`) |
 //! | `Get`      | engine handle   | the view, after a barrier                      | yes (`Busy`)      |
 //! | `Opened`, `Abandon` | the sender's wallet shard, via the send's settle callback | none | never: the debit's outcome must land |
+//! | `Arrived`  | a remittance from the sender's partition, once durable | none | never: its id and pending place are reserved |
+//! | `ArrivalOf` | engine handle (`transfer_arrival`) | the view of the transfer a remittance carried here, or why it is not held | yes (`Busy`) |
 //! | `RunDue`   | timer, `Engine::run_due` | after what the passed deadlines did is durable | never (the timer's; one per call) |
 //! | `Inspect`, `SettledBefore`, `Retire`, `Flush` | audit, retirement, shutdown | sums / ids / none / after a barrier | never |
 //!
@@ -20,6 +22,13 @@
 //! shard the transfer exists (`Opened`). The shard publishes its events and answers the caller
 //! only then — so whatever the caller or the receiver does on hearing of it meets the
 //! transfer, and every later event of the transfer follows its `TransferSent`.
+//!
+//! In a partition of a cluster, a transfer sent by a member whose wallet is in another partition
+//! is debited there and arrives here as a remittance, decided in the order of the remittances
+//! (`Outbox::receive`), apart from the shards: [`TransferCtx::reserve_arrival`] takes its id in
+//! the set every shard shares (`TransferCtx::ids`) and a pending place, and `Arrived` holds it
+//! once that decision is durable. A local send takes its id in the same set, so a local send and
+//! an arrival of one id are never both held.
 //!
 //! Deadlines (arrival, end of acceptance) live in the timer. Every request first applies the
 //! deadlines that have passed by the engine's clock, so a request racing a deadline meets the
