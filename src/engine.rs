@@ -1178,7 +1178,7 @@ impl Engine {
     /// The remittances from here to partition `to` up to number `through` are safe beyond this
     /// partition — applied by `to` ([`Engine::received_from`] there), or stored durably on
     /// their way (as the NATS relay's inbox stream does) — and leave the outbox. Journaled
-    /// now and then ([`Record::Acknowledged`], see [`crate::ACKNOWLEDGED_RECORD_EVERY`]): a
+    /// now and then ([`crate::Record::Acknowledged`], see [`crate::ACKNOWLEDGED_RECORD_EVERY`]): a
     /// restart offers again only those acknowledged since, which their receiver takes as
     /// repeats.
     pub fn acknowledge(&self, to: u32, through: u64) {
