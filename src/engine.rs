@@ -453,15 +453,23 @@ impl Engine {
         }
     }
 
-    /// Waits until `remittance`, which carries a packet or transfer, is applied here; `elsewhere`
-    /// if it is not for this partition.
-    async fn carried_here<E: From<Stopped>>(&self, remittance: &Remittance, elsewhere: E) -> Result<(), E> {
+    /// What `remittance` carries here (`carried` of it: a packet or a transfer), once it is
+    /// applied here; `elsewhere` if it carries none for this partition.
+    async fn carried_here<'r, T: 'r, E: From<Stopped>>(
+        &self,
+        remittance: &'r Remittance,
+        carried: impl FnOnce(&'r Remittance) -> Option<&'r T>,
+        elsewhere: E,
+    ) -> Result<&'r T, E> {
         let inner = self.inner()?;
+        let here = remittance.to == inner.outbox.partition().index();
+        let Some(sent) = carried(remittance).filter(|_| here) else { return Err(elsewhere) };
         self.await_remittance(remittance).await.map_err(|e| match e {
             RemittanceError::ShuttingDown => E::from(Stopped::ShuttingDown),
             RemittanceError::Misrouted { .. } => elsewhere,
             _ => E::from(inner.lost()),
-        })
+        })?;
+        Ok(sent)
     }
 
     /// What became of a packet's remittance here ([`Engine::remitted_packet`] of its sender's
@@ -476,11 +484,8 @@ impl Engine {
     /// `Busy`, `ShuttingDown`.
     pub async fn arrival(&self, remittance: &Remittance) -> Result<PacketView, SendError> {
         let inner = self.inner()?;
-        let partition = inner.outbox.partition();
-        let Some(sent) = remittance.packet.as_deref().filter(|_| remittance.to == partition.index()) else {
-            return Err(SendError::Elsewhere { partition: remittance.to });
-        };
-        self.carried_here(remittance, SendError::Elsewhere { partition: remittance.to }).await?;
+        let elsewhere = SendError::Elsewhere { partition: remittance.to };
+        let sent = self.carried_here(remittance, |r| r.packet.as_deref(), elsewhere).await?;
         // Once applied, an arrived packet's route is open (or closed since): it is this very
         // send (same draw, same moment) or another packet that had the id.
         let id = sent.spec.id;
@@ -721,11 +726,8 @@ impl Engine {
     /// `ShuttingDown`.
     pub async fn transfer_arrival(&self, remittance: &Remittance) -> Result<TransferView, TransferError> {
         let inner = self.inner()?;
-        let partition = inner.outbox.partition();
-        let Some(sent) = remittance.transfer.as_deref().filter(|_| remittance.to == partition.index()) else {
-            return Err(TransferError::Elsewhere { partition: remittance.to });
-        };
-        self.carried_here(remittance, TransferError::Elsewhere { partition: remittance.to }).await?;
+        let elsewhere = TransferError::Elsewhere { partition: remittance.to };
+        let sent = self.carried_here(remittance, |r| r.transfer.as_deref(), elsewhere).await?;
         let (reply, rx) = oneshot::channel();
         inner.transfers.tell(sent.spec.id, ArrivalOf { sent: sent.clone(), reply })?;
         rx.await.map_err(|_| TransferError::from(inner.lost().read()))?

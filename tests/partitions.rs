@@ -774,6 +774,19 @@ async fn a_large_packet_refunded_across_partitions_lands_whole() {
     assert_eq!((audit.in_flight, audit.escrow), (Amount::ZERO, Amount::ZERO));
 }
 
+/// Each of `sends` sent twice, all at once, each answer beside its send. Sent as tasks on the
+/// runtime's workers, so that the wait runs apart from them.
+async fn twice_at_once<S, T, Fut>(sends: &[S], send: impl Fn(S) -> Fut) -> Vec<(S, T)>
+where
+    S: Clone,
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let all = sends.iter().chain(sends).map(|spec| tokio::spawn(send(spec.clone())));
+    let answers = tokio::time::timeout(Duration::from_secs(60), join_all(all)).await.expect("no send hangs");
+    sends.iter().chain(sends).cloned().zip(answers.into_iter().map(Result::unwrap)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_across_partitions_all_open_once() {
     let cluster = Cluster::start().await;
@@ -787,16 +800,12 @@ async fn concurrent_sends_across_partitions_all_open_once() {
         .flat_map(|&s| [lucky(ids.next().unwrap(), s, 3), lucky(ids.next().unwrap(), s, 3)])
         .map(|spec| NewPacket { split: Split::lucky(Amount::yuan(10), 3), ..spec })
         .collect();
-    // Tasks on the runtime's workers, so that the wait below runs apart from them.
-    let all = sends.iter().chain(&sends).map(|spec| {
-        tokio::spawn({
-            let (p0, spec) = (p0.clone(), spec.clone());
-            async move { p0.send_packet(spec).await }
-        })
-    });
-    let answers = tokio::time::timeout(Duration::from_secs(60), join_all(all)).await.expect("no send hangs");
-    for (spec, answer) in sends.iter().chain(&sends).zip(answers) {
-        match answer.unwrap() {
+    let send = |spec| {
+        let p0 = p0.clone();
+        async move { p0.send_packet(spec).await }
+    };
+    for (spec, answer) in twice_at_once(&sends, send).await {
+        match answer {
             Ok(view) => assert_eq!(view.id, spec.id),
             Err(SendError::Busy) => {} // the first of the two was still being debited
             Err(e) => panic!("{spec:?}: {e}"),
@@ -1008,15 +1017,12 @@ async fn concurrent_transfers_across_partitions_are_each_held_once() {
         .iter()
         .flat_map(|&s| [delayed(ids.next().unwrap(), s, to, 10), delayed(ids.next().unwrap(), s, to, 10)])
         .collect();
-    let all = sends.iter().chain(&sends).map(|spec| {
-        tokio::spawn({
-            let (p0, spec) = (p0.clone(), spec.clone());
-            async move { p0.transfer(spec).await }
-        })
-    });
-    let answers = tokio::time::timeout(Duration::from_secs(60), join_all(all)).await.expect("no send hangs");
-    for (spec, answer) in sends.iter().chain(&sends).zip(answers) {
-        match answer.unwrap() {
+    let send = |spec| {
+        let p0 = p0.clone();
+        async move { p0.transfer(spec).await }
+    };
+    for (spec, answer) in twice_at_once(&sends, send).await {
+        match answer {
             Ok(view) => assert_eq!(view.id, spec.id),
             Err(TransferError::Busy) => {} // the first of the two was still being debited
             Err(e) => panic!("{spec:?}: {e}"),
